@@ -1,0 +1,394 @@
+// GGUF reader: header, metadata, tensor index, and lazy reads of one tensor's bytes.
+//
+// Layout (GGUF v2/v3, little-endian):
+//   magic "GGUF" u32 version, u64 n_tensors, u64 n_kv
+//   n_kv × { string key, u32 value_type, value }
+//   n_tensors × { string name, u32 n_dims, u64 dims[n_dims], u32 ggml_type, u64 offset }
+//   padding to general.alignment, then the data section (tensor offsets are relative to it).
+//
+// The file is read through a small window, never whole: every count and length is checked
+// against the bytes left in the file before anything is allocated for it, so a hostile file
+// fails fast with a GgufError naming the field and its offset.
+
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { ggmlTypeInfo, type GgmlType, type GgmlTypeInfo } from '../ggml/types.ts';
+
+export type MetadataValue = number | bigint | boolean | string | MetadataValue[];
+
+export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
+export const GGUF_DEFAULT_ALIGNMENT = 32;
+const MAX_DIMS = 4;
+const MAX_TENSOR_NAME = 64;
+const MAX_ARRAY_NESTING = 8;
+
+export const MetaType = {
+  UINT8: 0,
+  INT8: 1,
+  UINT16: 2,
+  INT16: 3,
+  UINT32: 4,
+  INT32: 5,
+  FLOAT32: 6,
+  BOOL: 7,
+  STRING: 8,
+  ARRAY: 9,
+  UINT64: 10,
+  INT64: 11,
+  FLOAT64: 12,
+} as const;
+export type MetaType = (typeof MetaType)[keyof typeof MetaType];
+
+/** Bytes a value of this type takes at least in the file (a string takes its u64 length). */
+const minBytes: Record<number, number> = {
+  [MetaType.UINT8]: 1, [MetaType.INT8]: 1, [MetaType.UINT16]: 2, [MetaType.INT16]: 2,
+  [MetaType.UINT32]: 4, [MetaType.INT32]: 4, [MetaType.FLOAT32]: 4, [MetaType.BOOL]: 1,
+  [MetaType.STRING]: 8, [MetaType.ARRAY]: 12, [MetaType.UINT64]: 8, [MetaType.INT64]: 8,
+  [MetaType.FLOAT64]: 8,
+};
+
+export type GgufErrorCode =
+  | 'io'
+  | 'truncated'
+  | 'bad-magic'
+  | 'bad-version'
+  | 'bad-count'
+  | 'bad-string'
+  | 'bad-value-type'
+  | 'bad-array'
+  | 'duplicate-key'
+  | 'bad-alignment'
+  | 'bad-tensor'
+  | 'duplicate-tensor'
+  | 'unknown-type'
+  | 'bad-shape'
+  | 'bad-offset'
+  | 'missing-key'
+  | 'wrong-key-type';
+
+export class GgufError extends Error {
+  constructor(
+    readonly code: GgufErrorCode,
+    readonly path: string,
+    detail: string,
+    readonly offset?: number,
+  ) {
+    super(`${path}: ${detail}${offset === undefined ? '' : ` (at offset 0x${offset.toString(16)})`}`);
+    this.name = 'GgufError';
+  }
+}
+
+export interface TensorInfo {
+  readonly name: string;
+  /** ggml order: dims[0] is the row length (fastest varying). */
+  readonly dims: readonly number[];
+  readonly type: GgmlTypeInfo;
+  readonly nElements: number;
+  readonly nBytes: number;
+  /** Absolute offset of the first byte in the file. */
+  readonly fileOffset: number;
+}
+
+/** Reads a file sequentially through a window, checking every read against the file size. */
+class Cursor {
+  private buf = Buffer.alloc(0);
+  private bufStart = 0;
+  pos = 0;
+
+  constructor(
+    private readonly fd: number,
+    readonly size: number,
+    private readonly path: string,
+  ) {}
+
+  get remaining(): number {
+    return this.size - this.pos;
+  }
+
+  /** Makes n bytes at pos available in the window and returns the window offset. */
+  private need(n: number, what: string): number {
+    if (n > this.remaining) {
+      throw new GgufError('truncated', this.path, `file ends inside ${what}: needs ${n} bytes, ${this.remaining} left`, this.pos);
+    }
+    const off = this.pos - this.bufStart;
+    if (off >= 0 && off + n <= this.buf.length) return off;
+    const len = Math.min(Math.max(n, 1 << 16), this.remaining);
+    if (this.buf.length < len) this.buf = Buffer.allocUnsafe(len);
+    let got = 0;
+    while (got < len) {
+      const r = readSync(this.fd, this.buf, got, len - got, this.pos + got);
+      if (r === 0) throw new GgufError('io', this.path, `short read inside ${what}`, this.pos + got);
+      got += r;
+    }
+    this.bufStart = this.pos;
+    return 0;
+  }
+
+  u8(what: string): number { const o = this.need(1, what); this.pos += 1; return this.buf.readUInt8(o); }
+  i8(what: string): number { const o = this.need(1, what); this.pos += 1; return this.buf.readInt8(o); }
+  u16(what: string): number { const o = this.need(2, what); this.pos += 2; return this.buf.readUInt16LE(o); }
+  i16(what: string): number { const o = this.need(2, what); this.pos += 2; return this.buf.readInt16LE(o); }
+  u32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readUInt32LE(o); }
+  i32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readInt32LE(o); }
+  f32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readFloatLE(o); }
+  f64(what: string): number { const o = this.need(8, what); this.pos += 8; return this.buf.readDoubleLE(o); }
+  u64(what: string): bigint { const o = this.need(8, what); this.pos += 8; return this.buf.readBigUInt64LE(o); }
+  i64(what: string): bigint { const o = this.need(8, what); this.pos += 8; return this.buf.readBigInt64LE(o); }
+
+  /** A u64 count whose items take at least itemBytes each: it must fit in the rest of the file. */
+  count(what: string, itemBytes: number): number {
+    const at = this.pos;
+    const n = this.u64(what);
+    if (n > BigInt(Math.floor(this.remaining / Math.max(itemBytes, 1)))) {
+      throw new GgufError('bad-count', this.path, `${what} is ${n}, more than the ${this.remaining} bytes left in the file can hold`, at);
+    }
+    return Number(n);
+  }
+
+  string(what: string): string {
+    const at = this.pos;
+    const n = this.u64(`length of ${what}`);
+    if (n > BigInt(this.remaining)) {
+      throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, only ${this.remaining} left in the file`, at);
+    }
+    const len = Number(n);
+    const o = this.need(len, what);
+    this.pos += len;
+    return this.buf.toString('utf8', o, o + len);
+  }
+}
+
+function safeNumber(v: bigint): number | bigint {
+  return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+}
+
+export class GgufFile {
+  private constructor(
+    readonly path: string,
+    readonly version: number,
+    readonly metadata: ReadonlyMap<string, MetadataValue>,
+    readonly tensors: readonly TensorInfo[],
+    readonly alignment: number,
+    readonly dataOffset: number,
+    readonly fileSize: number,
+  ) {
+    this.byName = new Map(tensors.map((t) => [t.name, t]));
+  }
+
+  private readonly byName: Map<string, TensorInfo>;
+
+  /** Parses and validates the header, metadata and tensor index of a GGUF file. */
+  static open(path: string): GgufFile {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (e) {
+      throw new GgufError('io', path, `cannot open: ${(e as Error).message}`);
+    }
+    try {
+      return GgufFile.parse(fd, path);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private static parse(fd: number, path: string): GgufFile {
+    const size = fstatSync(fd).size;
+    const c = new Cursor(fd, size, path);
+
+    const magic = c.u32('magic');
+    if (magic !== GGUF_MAGIC) {
+      throw new GgufError('bad-magic', path, `not a GGUF file: magic is 0x${magic.toString(16).padStart(8, '0')}, expected "GGUF"`, 0);
+    }
+    const version = c.u32('version');
+    if (version !== 2 && version !== 3) {
+      const hint = version >= 0x01000000 ? ' (a big-endian file? only little-endian is supported)' : '';
+      throw new GgufError('bad-version', path, `unsupported GGUF version ${version}${hint}; versions 2 and 3 are supported`, 4);
+    }
+    // A tensor info takes at least 8 (name length) + 4 + 4 + 8 bytes; a key/value at least 8 + 4 + 1.
+    const nTensors = c.count('tensor count', 24);
+    const nKv = c.count('metadata count', 13);
+
+    const metadata = new Map<string, MetadataValue>();
+    for (let i = 0; i < nKv; i++) {
+      const at = c.pos;
+      const key = c.string(`metadata key #${i}`);
+      if (metadata.has(key)) throw new GgufError('duplicate-key', path, `metadata key "${key}" appears twice`, at);
+      const type = c.u32(`type of metadata "${key}"`);
+      metadata.set(key, readValue(c, type, key, 0, path));
+    }
+
+    let alignment = GGUF_DEFAULT_ALIGNMENT;
+    const align = metadata.get('general.alignment');
+    if (align !== undefined) {
+      if (typeof align !== 'number' || align <= 0 || (align & (align - 1)) !== 0) {
+        throw new GgufError('bad-alignment', path, `general.alignment must be a power of two, got ${String(align)}`);
+      }
+      alignment = align;
+    }
+
+    interface RawTensor { name: string; dims: number[]; type: GgmlTypeInfo; nElements: number; nBytes: number; offset: bigint; at: number }
+    const raw: RawTensor[] = [];
+    const seen = new Set<string>();
+    for (let i = 0; i < nTensors; i++) {
+      const at = c.pos;
+      const name = c.string(`name of tensor #${i}`);
+      if (name.length >= MAX_TENSOR_NAME) {
+        throw new GgufError('bad-tensor', path, `tensor #${i} name is ${name.length} characters, ggml allows ${MAX_TENSOR_NAME - 1}`, at);
+      }
+      if (seen.has(name)) throw new GgufError('duplicate-tensor', path, `tensor "${name}" appears twice`, at);
+      seen.add(name);
+      const nDims = c.u32(`dimension count of tensor "${name}"`);
+      if (nDims < 1 || nDims > MAX_DIMS) {
+        throw new GgufError('bad-shape', path, `tensor "${name}" has ${nDims} dimensions, ggml allows 1..${MAX_DIMS}`, at);
+      }
+      const dims: number[] = [];
+      let elements = 1n;
+      for (let d = 0; d < nDims; d++) {
+        const dim = c.u64(`dimension ${d} of tensor "${name}"`);
+        if (dim === 0n) throw new GgufError('bad-shape', path, `tensor "${name}" has a zero-sized dimension ${d}`, at);
+        elements *= dim;
+        if (elements > BigInt(Number.MAX_SAFE_INTEGER)) {
+          throw new GgufError('bad-shape', path, `tensor "${name}" element count overflows (dimension ${d} is ${dim})`, at);
+        }
+        dims.push(Number(dim));
+      }
+      const typeId = c.u32(`type of tensor "${name}"`);
+      const type = ggmlTypeInfo(typeId);
+      if (!type) throw new GgufError('unknown-type', path, `tensor "${name}" has unknown ggml type ${typeId}`, at);
+      if (dims[0] % type.blockSize !== 0) {
+        throw new GgufError('bad-shape', path, `tensor "${name}" row length ${dims[0]} is not a multiple of the ${type.name} block size ${type.blockSize}`, at);
+      }
+      const nElements = Number(elements);
+      const offset = c.u64(`data offset of tensor "${name}"`);
+      raw.push({ name, dims, type, nElements, nBytes: (nElements / type.blockSize) * type.typeSize, offset, at });
+    }
+
+    const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+    if (nTensors > 0 && dataOffset > size) {
+      throw new GgufError('truncated', path, `data section would start at ${dataOffset}, past the end of the file (${size} bytes)`, c.pos);
+    }
+    const dataSize = BigInt(Math.max(0, size - dataOffset));
+    const tensors: TensorInfo[] = raw.map((t) => {
+      if (t.offset % BigInt(alignment) !== 0n) {
+        throw new GgufError('bad-offset', path, `tensor "${t.name}" data offset ${t.offset} is not aligned to ${alignment}`, t.at);
+      }
+      if (t.offset + BigInt(t.nBytes) > dataSize) {
+        throw new GgufError('bad-offset', path,
+          `tensor "${t.name}" data [${t.offset}, ${t.offset + BigInt(t.nBytes)}) lies past the end of the data section (${dataSize} bytes)`, t.at);
+      }
+      return { name: t.name, dims: t.dims, type: t.type, nElements: t.nElements, nBytes: t.nBytes, fileOffset: dataOffset + Number(t.offset) };
+    });
+
+    return new GgufFile(path, version, metadata, tensors, alignment, dataOffset, size);
+  }
+
+  tensor(name: string): TensorInfo | undefined {
+    return this.byName.get(name);
+  }
+
+  /** The tensor named, or a GgufError naming the file and the tensor. */
+  requireTensor(name: string): TensorInfo {
+    const t = this.byName.get(name);
+    if (!t) throw new GgufError('bad-tensor', this.path, `tensor "${name}" is missing`);
+    return t;
+  }
+
+  /** Reads one tensor's bytes from disk into a fresh buffer (off the JS heap). */
+  readTensor(t: TensorInfo): Buffer {
+    const out = Buffer.allocUnsafe(t.nBytes);
+    const fd = openSync(this.path, 'r');
+    try {
+      let got = 0;
+      while (got < t.nBytes) {
+        const r = readSync(fd, out, got, t.nBytes - got, t.fileOffset + got);
+        if (r === 0) throw new GgufError('io', this.path, `short read in tensor "${t.name}"`, t.fileOffset + got);
+        got += r;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return out;
+  }
+
+  // Typed metadata accessors: a missing key or a value of the wrong kind names the key.
+
+  has(key: string): boolean {
+    return this.metadata.has(key);
+  }
+
+  string(key: string): string;
+  string(key: string, fallback: string): string;
+  string(key: string, fallback?: string): string {
+    const v = this.metadata.get(key);
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (typeof v !== 'string') throw this.keyError(key, 'a string', v);
+    return v;
+  }
+
+  number(key: string): number;
+  number(key: string, fallback: number): number;
+  number(key: string, fallback?: number): number {
+    const v = this.metadata.get(key);
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (typeof v !== 'number') throw this.keyError(key, 'a number', v);
+    return v;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.metadata.get(key);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'boolean') throw this.keyError(key, 'a boolean', v);
+    return v;
+  }
+
+  array(key: string): MetadataValue[] | undefined {
+    const v = this.metadata.get(key);
+    if (v === undefined) return undefined;
+    if (!Array.isArray(v)) throw this.keyError(key, 'an array', v);
+    return v;
+  }
+
+  private keyError(key: string, want: string, got: MetadataValue | undefined): GgufError {
+    if (got === undefined) return new GgufError('missing-key', this.path, `metadata "${key}" is missing`);
+    const kind = Array.isArray(got) ? 'an array' : typeof got;
+    return new GgufError('wrong-key-type', this.path, `metadata "${key}" should be ${want}, found ${kind}`);
+  }
+}
+
+function readValue(c: Cursor, type: number, key: string, depth: number, path: string): MetadataValue {
+  const what = `value of "${key}"`;
+  switch (type) {
+    case MetaType.UINT8: return c.u8(what);
+    case MetaType.INT8: return c.i8(what);
+    case MetaType.UINT16: return c.u16(what);
+    case MetaType.INT16: return c.i16(what);
+    case MetaType.UINT32: return c.u32(what);
+    case MetaType.INT32: return c.i32(what);
+    case MetaType.FLOAT32: return c.f32(what);
+    case MetaType.FLOAT64: return c.f64(what);
+    case MetaType.UINT64: return safeNumber(c.u64(what));
+    case MetaType.INT64: return safeNumber(c.i64(what));
+    case MetaType.BOOL: {
+      const at = c.pos;
+      const b = c.u8(what);
+      if (b > 1) throw new GgufError('bad-value-type', path, `${what} is a bool stored as ${b}`, at);
+      return b === 1;
+    }
+    case MetaType.STRING: return c.string(what);
+    case MetaType.ARRAY: {
+      const at = c.pos;
+      if (depth >= MAX_ARRAY_NESTING) throw new GgufError('bad-array', path, `${what} nests arrays deeper than ${MAX_ARRAY_NESTING}`, at);
+      const itemType = c.u32(`array item type of "${key}"`);
+      const min = minBytes[itemType];
+      if (min === undefined) throw new GgufError('bad-value-type', path, `array "${key}" has unknown item type ${itemType}`, at);
+      const n = c.count(`item count of array "${key}"`, min);
+      const out: MetadataValue[] = new Array(n);
+      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path);
+      return out;
+    }
+    default:
+      throw new GgufError('bad-value-type', path, `metadata "${key}" has unknown value type ${type}`, c.pos - 4);
+  }
+}
+
+export type { GgmlType };
