@@ -1,0 +1,62 @@
+// Matrix × vector over a weight of any supported type: the one call the model makes for
+// every projection. Rows are contiguous in the GGUF layout (dims[0] is the row length).
+
+import { Activation } from './activation.ts';
+import { kernelType, type KernelType } from './types.ts';
+import { rowBytes } from '../ggml/types.ts';
+import type { GgmlTypeInfo } from '../ggml/types.ts';
+
+export interface Weight {
+  readonly name: string;
+  readonly kernel: KernelType;
+  /** Output size: the number of rows. */
+  readonly rows: number;
+  /** Input size: the row length. */
+  readonly cols: number;
+  readonly rowBytes: number;
+  readonly data: Uint8Array;
+}
+
+export class KernelError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KernelError';
+  }
+}
+
+/** Wraps a 1-D or 2-D tensor's bytes as a weight, checking its type is computable. */
+export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly number[], data: Uint8Array): Weight {
+  const kernel = kernelType(type.id);
+  if (!kernel) throw new KernelError(`tensor ${name}: weight type ${type.name} is not supported yet`);
+  const cols = dims[0];
+  const rows = dims.slice(1).reduce((a, b) => a * b, 1);
+  const bytes = rowBytes(type, cols);
+  if (data.length !== rows * bytes) {
+    throw new KernelError(`tensor ${name}: ${data.length} bytes, expected ${rows * bytes} for ${type.name} [${dims.join(', ')}]`);
+  }
+  return { name, kernel, rows, cols, rowBytes: bytes, data };
+}
+
+/** Reusable activation buffer so the token loop allocates nothing. */
+export class MatvecScratch {
+  private act: Activation;
+  constructor(capacity: number) {
+    this.act = new Activation(capacity);
+  }
+  prepare(w: Weight, x: Float32Array): Activation {
+    return this.act.fill(w.kernel.activation, x, w.cols);
+  }
+}
+
+/** out[r] = Σ_c w[r, c] · x[c] for every row r. */
+export function matvec(w: Weight, x: Float32Array, out: Float32Array, scratch: MatvecScratch): void {
+  const act = scratch.prepare(w, x);
+  const { kernel, rows, cols, rowBytes: rb, data } = w;
+  for (let r = 0; r < rows; r++) out[r] = kernel.dot(data, r * rb, cols, act);
+}
+
+/** Writes row r of w, dequantized, into out (an embedding lookup). */
+export function getRow(w: Weight, r: number, out: Float32Array): void {
+  if (r < 0 || r >= w.rows) throw new KernelError(`tensor ${w.name}: row ${r} out of range 0..${w.rows - 1}`);
+  w.kernel.dequantizeRow(w.data, r * w.rowBytes, w.cols, out, 0);
+}

@@ -1,0 +1,47 @@
+// One table drives every weight type (as ggml's type_traits do): how to dequantize a row,
+// which form the activations take for the dot product (Q4_0 and Q8_0 weights pair with
+// activations quantized to Q8_0 blocks, f16 weights with f16-rounded activations), and the
+// dot product itself. Adding a type means adding one row here and its kernel file.
+
+import { GgmlType, ggmlTypeInfo, type GgmlTypeInfo } from '../ggml/types.ts';
+import * as f32 from './f32.ts';
+import * as f16 from './f16.ts';
+import * as bf16 from './bf16.ts';
+import * as q8_0 from './q8_0.ts';
+import * as q4_0 from './q4_0.ts';
+import type { Activation, ActivationKind } from './activation.ts';
+
+export interface KernelType {
+  readonly info: GgmlTypeInfo;
+  /** The form the activation vector is converted to before dot products with this type. */
+  readonly activation: ActivationKind;
+  /** Writes n values of the row starting at byte offset `off` of `w` to out[outOff..]. */
+  dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void;
+  /** Dot product of the n-element row at byte offset `off` with the prepared activation. */
+  dot(w: Uint8Array, off: number, n: number, x: Activation): number;
+  /** Reference quantizer: n values of x into bytes at dst[dstOff..] (what GGUF stores). */
+  quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void;
+}
+
+const rows: KernelType[] = [
+  { info: must(GgmlType.F32), activation: 'f32', ...f32 },
+  { info: must(GgmlType.F16), activation: 'f16', ...f16 },
+  { info: must(GgmlType.BF16), activation: 'bf16', ...bf16 },
+  { info: must(GgmlType.Q8_0), activation: 'q8_0', ...q8_0 },
+  { info: must(GgmlType.Q4_0), activation: 'q8_0', ...q4_0 },
+];
+
+function must(id: GgmlType): GgmlTypeInfo {
+  const info = ggmlTypeInfo(id);
+  if (!info) throw new Error(`ggml type ${id} missing from the type table`);
+  return info;
+}
+
+const byId = new Map<number, KernelType>(rows.map((r) => [r.info.id, r]));
+
+/** The kernels for a ggml type, or undefined when herd cannot compute with it yet. */
+export function kernelType(id: number): KernelType | undefined {
+  return byId.get(id);
+}
+
+export const supportedTypes: readonly GgmlTypeInfo[] = rows.map((r) => r.info);

@@ -1,0 +1,101 @@
+// The tensors of one stage: the layers [start, end) of the model, plus the token embedding
+// on the first stage and the final norm and output head on the last. Each tensor is read
+// from the file once, checked against the config's shapes, and kept as loaded bytes.
+
+import type { GgufFile, TensorInfo } from '../gguf/reader.ts';
+import { makeWeight, getRow, type Weight } from '../kernels/matvec.ts';
+import { ModelError, type ModelConfig } from './config.ts';
+
+export interface LayerWeights {
+  readonly attnNorm: Float32Array;
+  readonly wq: Weight;
+  readonly wk: Weight;
+  readonly wv: Weight;
+  readonly wo: Weight;
+  /** qwen2: biases added after the q, k, v projections. */
+  readonly bq?: Float32Array;
+  readonly bk?: Float32Array;
+  readonly bv?: Float32Array;
+  /** qwen3: RMSNorm over each head of q and k, before RoPE. */
+  readonly qNorm?: Float32Array;
+  readonly kNorm?: Float32Array;
+  readonly ffnNorm: Float32Array;
+  readonly wGate: Weight;
+  readonly wUp: Weight;
+  readonly wDown: Weight;
+}
+
+export interface StageWeights {
+  readonly start: number;
+  readonly end: number;
+  /** First stage only. */
+  readonly tokenEmbd?: Weight;
+  readonly layers: LayerWeights[];
+  /** Last stage only. */
+  readonly outputNorm?: Float32Array;
+  readonly output?: Weight;
+  /** llama 3.1 style per-pair RoPE frequency divisors (rope_freqs.weight), when present. */
+  readonly ropeFreqs?: Float32Array;
+  readonly bytes: number;
+}
+
+export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, end: number): StageWeights {
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= c.nLayers)) {
+    throw new ModelError(file.path, `layer range [${start}, ${end}) is not within the model's ${c.nLayers} layers`);
+  }
+  let bytes = 0;
+  const info = (name: string, dims: number[]): TensorInfo => {
+    const t = file.tensor(name);
+    if (!t) throw new ModelError(file.path, `tensor "${name}" is missing`);
+    const same = t.dims.length === dims.length && t.dims.every((d, i) => d === dims[i]);
+    if (!same) throw new ModelError(file.path, `tensor "${name}" has shape [${t.dims.join(', ')}], expected [${dims.join(', ')}]`);
+    return t;
+  };
+  const weight = (name: string, cols: number, rows: number): Weight => {
+    const t = info(name, [cols, rows]);
+    bytes += t.nBytes;
+    return makeWeight(name, t.type, t.dims, file.readTensor(t));
+  };
+  const vector = (name: string, n: number): Float32Array => {
+    const t = info(name, [n]);
+    bytes += t.nBytes;
+    const out = new Float32Array(n);
+    getRow(makeWeight(name, t.type, [n, 1], file.readTensor(t)), 0, out);
+    return out;
+  };
+  const optionalVector = (name: string, n: number) => (file.tensor(name) ? vector(name, n) : undefined);
+
+  const qDim = c.nHeads * c.headDim;
+  const kvDim = c.nKvHeads * c.headDim;
+  const layers: LayerWeights[] = [];
+  for (let l = start; l < end; l++) {
+    const p = `blk.${l}.`;
+    layers.push({
+      attnNorm: vector(`${p}attn_norm.weight`, c.dim),
+      wq: weight(`${p}attn_q.weight`, c.dim, qDim),
+      wk: weight(`${p}attn_k.weight`, c.dim, kvDim),
+      wv: weight(`${p}attn_v.weight`, c.dim, kvDim),
+      wo: weight(`${p}attn_output.weight`, qDim, c.dim),
+      bq: optionalVector(`${p}attn_q.bias`, qDim),
+      bk: optionalVector(`${p}attn_k.bias`, kvDim),
+      bv: optionalVector(`${p}attn_v.bias`, kvDim),
+      qNorm: c.arch === 'qwen3' ? vector(`${p}attn_q_norm.weight`, c.headDim) : undefined,
+      kNorm: c.arch === 'qwen3' ? vector(`${p}attn_k_norm.weight`, c.headDim) : undefined,
+      ffnNorm: vector(`${p}ffn_norm.weight`, c.dim),
+      wGate: weight(`${p}ffn_gate.weight`, c.dim, c.ffnDim),
+      wUp: weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
+      wDown: weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
+    });
+  }
+
+  const first = start === 0;
+  const last = end === c.nLayers;
+  const embdName = 'token_embd.weight';
+  const tokenEmbd = first ? weight(embdName, c.dim, c.vocabSize) : undefined;
+  // Tied embeddings: without output.weight the head reuses the token embedding matrix.
+  const headName = file.tensor('output.weight') ? 'output.weight' : embdName;
+  const output = last ? (headName === embdName && tokenEmbd ? tokenEmbd : weight(headName, c.dim, c.vocabSize)) : undefined;
+  const outputNorm = last ? vector('output_norm.weight', c.dim) : undefined;
+  const ropeFreqs = file.tensor('rope_freqs.weight') ? vector('rope_freqs.weight', c.ropeDims / 2) : undefined;
+  return { start, end, tokenEmbd, layers, outputNorm, output, ropeFreqs, bytes };
+}
