@@ -1,8 +1,7 @@
 // The generation loop: prefill the prompt, then decode one token at a time until EOS, a
 // stop string, the token limit or the end of the context.
 
-import type { Transformer } from '../model/transformer.ts';
-import { Sampler, type SamplingOptions } from './sampler.ts';
+import type { InferenceSession } from './session.ts';
 
 /** What the loop needs of a tokenizer: end-of-generation ids and a streaming decoder. */
 export interface Vocabulary {
@@ -15,7 +14,6 @@ export interface GenerateRequest {
   /** Prompt token ids, BOS included when the model wants one. */
   prompt: readonly number[];
   maxTokens: number;
-  sampling: SamplingOptions;
   /** Generation ends before the first occurrence of any of these strings. */
   stop?: readonly string[];
   signal?: AbortSignal;
@@ -55,48 +53,39 @@ export function checkPromptFits(promptLength: number, ctx: number): void {
 }
 
 export async function generate(
-  model: Transformer,
+  session: InferenceSession,
   vocab: Vocabulary,
   req: GenerateRequest,
   onText?: (text: string, token: number) => void,
 ): Promise<GenerateResult> {
-  const ctx = model.ctx;
+  const ctx = session.ctx;
   checkPromptFits(req.prompt.length, ctx);
   if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw new RangeError(`max tokens must be an integer >= 0, got ${req.maxTokens}`);
-  const sampler = new Sampler(req.sampling, model.config.vocabSize);
   const stops = (req.stop ?? []).filter((s) => s.length > 0);
-  const cache = model.newCache();
-  const history = [...req.prompt];
   const tokens: number[] = [];
-
-  // prefill: every prompt token through the layers, logits only for the last
-  const t0 = performance.now();
-  let pos = 0;
-  for (; pos < req.prompt.length; pos++) {
-    model.embed(req.prompt[pos]);
-    model.forwardLayers(pos, cache);
-  }
-  let logits = model.head();
-  const t1 = performance.now();
-
-  // decode
   const decoder = vocab.stream();
   let text = '';
   let emitted = 0;
   let stopReason: StopReason = 'length';
+
+  // prefill: the whole prompt in one step gives the first token
+  const t0 = performance.now();
+  let pos = req.prompt.length;
+  let next = req.maxTokens > 0 ? await session.step(req.prompt, 0) : -1;
+  const t1 = performance.now();
+
+  // decode: each sampled token is fed back until a stop condition
   while (tokens.length < req.maxTokens) {
     if (req.signal?.aborted) {
       stopReason = 'aborted';
       break;
     }
-    const token = sampler.sample(logits, history);
-    if (vocab.isEog(token)) {
+    if (vocab.isEog(next)) {
       stopReason = 'eos';
       break;
     }
-    tokens.push(token);
-    history.push(token);
-    text += decoder.push(token);
+    tokens.push(next);
+    text += decoder.push(next);
 
     const hit = firstStop(text, stops, emitted);
     if (hit >= 0) {
@@ -107,19 +96,17 @@ export async function generate(
     // Hold back text that could still grow into a stop string.
     const safe = text.length - partialStopLength(text, stops);
     if (safe > emitted) {
-      onText?.(text.slice(emitted, safe), token);
+      onText?.(text.slice(emitted, safe), next);
       emitted = safe;
     }
+    if (tokens.length === req.maxTokens) break;
     if (pos >= ctx) {
       stopReason = 'context';
       break;
     }
-    if (tokens.length === req.maxTokens) break;
-    model.embed(token);
-    model.forwardLayers(pos++, cache);
-    logits = model.head();
-    // Let a caller's abort or a streaming consumer run between tokens.
-    if (req.signal) await new Promise((r) => setImmediate(r));
+    next = await session.step([next], pos++);
+    // A session in this process resolves at once: let timers, sockets and aborts run.
+    await new Promise((resolve) => setImmediate(resolve));
   }
   if (stopReason !== 'stop') text += decoder.flush();
   if (text.length > emitted) onText?.(text.slice(emitted), tokens[tokens.length - 1] ?? -1);

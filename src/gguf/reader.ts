@@ -220,7 +220,9 @@ export class GgufFile {
     let alignment = GGUF_DEFAULT_ALIGNMENT;
     const align = metadata.get('general.alignment');
     if (align !== undefined) {
-      if (typeof align !== 'number' || align <= 0 || (align & (align - 1)) !== 0) {
+      // The bit test only sees the low 32 bits, so it needs an integer no larger than a u32
+      // power of two: 1.5 or 3 * 2^32 would pass it, and BigInt(1.5) below would then throw.
+      if (typeof align !== 'number' || !Number.isInteger(align) || align <= 0 || align > 0x80000000 || (align & (align - 1)) !== 0) {
         throw new GgufError('bad-alignment', path, `general.alignment must be a power of two, got ${String(align)}`);
       }
       alignment = align;
@@ -296,18 +298,26 @@ export class GgufFile {
   /** Reads one tensor's bytes from disk into a fresh buffer (off the JS heap). */
   readTensor(t: TensorInfo): Buffer {
     const out = Buffer.allocUnsafe(t.nBytes);
+    this.readTensorInto(t, out);
+    return out;
+  }
+
+  /** Reads one tensor's bytes into dst (e.g. a kernel backend's memory), dst.length = t.nBytes. */
+  readTensorInto(t: TensorInfo, dst: Uint8Array): void {
+    if (dst.length !== t.nBytes) {
+      throw new GgufError('io', this.path, `tensor "${t.name}" is ${t.nBytes} bytes, destination holds ${dst.length}`);
+    }
     const fd = openSync(this.path, 'r');
     try {
       let got = 0;
       while (got < t.nBytes) {
-        const r = readSync(fd, out, got, t.nBytes - got, t.fileOffset + got);
+        const r = readSync(fd, dst, got, Math.min(t.nBytes - got, 1 << 30), t.fileOffset + got);
         if (r === 0) throw new GgufError('io', this.path, `short read in tensor "${t.name}"`, t.fileOffset + got);
         got += r;
       }
     } finally {
       closeSync(fd);
     }
-    return out;
   }
 
   // Typed metadata accessors: a missing key or a value of the wrong kind names the key.

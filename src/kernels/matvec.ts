@@ -40,7 +40,7 @@ export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly numb
 /** Reusable activation buffer so the token loop allocates nothing. */
 export class MatvecScratch {
   private act: Activation;
-  constructor(capacity: number) {
+  constructor(readonly capacity: number) {
     this.act = new Activation(capacity);
   }
   prepare(w: Weight, x: Float32Array): Activation {

@@ -4,7 +4,8 @@
 // stage; the last stage turns it into logits. Every buffer is allocated once, up front.
 
 import type { GgufFile } from '../gguf/reader.ts';
-import { matvec, getRow, MatvecScratch } from '../kernels/matvec.ts';
+import { getRow, type Weight } from '../kernels/matvec.ts';
+import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
 import { rmsnorm, rope, ropeAngles, swiglu, addInPlace } from '../kernels/ops.ts';
 import { attendHead } from '../kernels/attention.ts';
 import { readConfig, ModelError, type ModelConfig } from './config.ts';
@@ -17,6 +18,8 @@ export interface LoadOptions {
   kvType?: KvType;
   /** Layer range [start, end); defaults to every layer. */
   layers?: readonly [number, number];
+  /** Kernel backend for the matrix products; defaults to the js reference. */
+  backend?: KernelBackend;
 }
 
 /** Every activation buffer of one forward step. */
@@ -34,7 +37,6 @@ class RunState {
   readonly logits: Float32Array;
   readonly ropeCos: Float32Array;
   readonly ropeSin: Float32Array;
-  readonly scratch: MatvecScratch;
 
   constructor(c: ModelConfig, ctx: number) {
     const qDim = c.nHeads * c.headDim;
@@ -52,7 +54,6 @@ class RunState {
     this.logits = new Float32Array(c.vocabSize);
     this.ropeCos = new Float32Array(c.ropeDims / 2);
     this.ropeSin = new Float32Array(c.ropeDims / 2);
-    this.scratch = new MatvecScratch(Math.max(c.dim, qDim, c.ffnDim));
   }
 }
 
@@ -66,6 +67,7 @@ export class Transformer {
     readonly weights: StageWeights,
     readonly ctx: number,
     readonly kvType: KvType,
+    readonly backend: KernelBackend,
   ) {
     this.state = new RunState(config, ctx);
     this.cache = this.newCache();
@@ -76,9 +78,12 @@ export class Transformer {
     const ctx = opts.ctx ?? config.ctxTrain;
     if (!Number.isInteger(ctx) || ctx < 1) throw new ModelError(file.path, `context size must be a positive integer, got ${ctx}`);
     const [start, end] = opts.layers ?? [0, config.nLayers];
-    const weights = loadStageWeights(file, config, start, end);
-    return new Transformer(config, weights, ctx, opts.kvType ?? 'f32');
+    const backend = opts.backend ?? new JsBackend();
+    const weights = loadStageWeights(file, config, start, end, backend);
+    return new Transformer(config, weights, ctx, opts.kvType ?? 'f32', backend);
   }
+
+  private readonly matvec = (w: Weight, x: Float32Array, out: Float32Array): void => this.backend.matvec(w, x, out);
 
   get isFirst(): boolean {
     return this.weights.tokenEmbd !== undefined;
@@ -115,6 +120,7 @@ export class Transformer {
     }
     const c = this.config;
     const s = this.state;
+    const matvec = this.matvec;
     const kvDim = c.nKvHeads * c.headDim;
     const groupSize = c.nHeads / c.nKvHeads;
     ropeAngles(pos, c.ropeDims, c.ropeBase, c.ropeFreqScale, s.ropeCos, s.ropeSin, this.weights.ropeFreqs);
@@ -126,9 +132,9 @@ export class Transformer {
       rmsnorm(s.xb, s.x, lw.attnNorm, c.dim, c.rmsEps);
 
       // q, k, v projections (+ bias for qwen2)
-      matvec(lw.wq, s.xb, s.q, s.scratch);
-      matvec(lw.wk, s.xb, s.k, s.scratch);
-      matvec(lw.wv, s.xb, s.v, s.scratch);
+      matvec(lw.wq, s.xb, s.q);
+      matvec(lw.wk, s.xb, s.k);
+      matvec(lw.wv, s.xb, s.v);
       if (lw.bq) addInPlace(s.q, lw.bq, s.q.length);
       if (lw.bk) addInPlace(s.k, lw.bk, kvDim);
       if (lw.bv) addInPlace(s.v, lw.bv, kvDim);
@@ -153,17 +159,17 @@ export class Transformer {
       }
 
       // output projection and residual
-      matvec(lw.wo, s.attOut, s.xb2, s.scratch);
+      matvec(lw.wo, s.attOut, s.xb2);
       addInPlace(s.x, s.xb2, c.dim);
 
       // ffn rmsnorm
       rmsnorm(s.xb, s.x, lw.ffnNorm, c.dim, c.rmsEps);
 
       // SwiGLU: down(silu(gate(x)) * up(x))
-      matvec(lw.wGate, s.xb, s.hb, s.scratch);
-      matvec(lw.wUp, s.xb, s.hb2, s.scratch);
+      matvec(lw.wGate, s.xb, s.hb);
+      matvec(lw.wUp, s.xb, s.hb2);
       swiglu(s.hb, s.hb, s.hb2, c.ffnDim);
-      matvec(lw.wDown, s.hb, s.xb2, s.scratch);
+      matvec(lw.wDown, s.hb, s.xb2);
 
       // residual
       addInPlace(s.x, s.xb2, c.dim);
@@ -177,7 +183,7 @@ export class Transformer {
     const s = this.state;
     if (!w.output || !w.outputNorm) throw new Error(`stage [${w.start}, ${w.end}) holds no output head`);
     rmsnorm(s.xb, s.x, w.outputNorm, this.config.dim, this.config.rmsEps);
-    matvec(w.output, s.xb, s.logits, s.scratch);
+    this.matvec(w.output, s.xb, s.logits);
     return s.logits;
   }
 }

@@ -4,6 +4,7 @@
 
 import type { GgufFile, TensorInfo } from '../gguf/reader.ts';
 import { makeWeight, getRow, type Weight } from '../kernels/matvec.ts';
+import type { KernelBackend } from '../kernels/backend.ts';
 import { ModelError, type ModelConfig } from './config.ts';
 
 export interface LayerWeights {
@@ -39,7 +40,7 @@ export interface StageWeights {
   readonly bytes: number;
 }
 
-export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, end: number): StageWeights {
+export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend): StageWeights {
   if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= c.nLayers)) {
     throw new ModelError(file.path, `layer range [${start}, ${end}) is not within the model's ${c.nLayers} layers`);
   }
@@ -54,7 +55,9 @@ export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, 
   const weight = (name: string, cols: number, rows: number): Weight => {
     const t = info(name, [cols, rows]);
     bytes += t.nBytes;
-    return makeWeight(name, t.type, t.dims, file.readTensor(t));
+    const data = backend.alloc(t.nBytes);
+    file.readTensorInto(t, data);
+    return makeWeight(name, t.type, t.dims, data);
   };
   const vector = (name: string, n: number): Float32Array => {
     const t = info(name, [n]);

@@ -1,0 +1,36 @@
+// The kernel backends behind one interface. The model asks its backend for weight memory
+// (so wasm/native kernels read weights where they live, copied from the file once) and for
+// the matrix products; everything else in a layer is cheap element-wise work.
+
+import { MatvecScratch, matvec, type Weight } from './matvec.ts';
+
+export type BackendName = 'js' | 'wasm' | 'native';
+
+export interface KernelBackend {
+  readonly name: BackendName;
+  readonly threads: number;
+  /** Zeroed memory for `bytes` of weight data that this backend's kernels can read. */
+  alloc(bytes: number): Uint8Array;
+  /** out[r] = Σ_c w[r, c] · x[c]. */
+  matvec(w: Weight, x: Float32Array, out: Float32Array): void;
+  /** Stops worker threads and frees memory; the backend is unusable afterwards. */
+  close(): Promise<void>;
+}
+
+/** The plain TypeScript reference: one thread, the oracle other backends are tested against. */
+export class JsBackend implements KernelBackend {
+  readonly name = 'js';
+  readonly threads = 1;
+  private scratch = new MatvecScratch(0);
+
+  alloc(bytes: number): Uint8Array {
+    return new Uint8Array(bytes);
+  }
+
+  matvec(w: Weight, x: Float32Array, out: Float32Array): void {
+    if (this.scratch.capacity < w.cols) this.scratch = new MatvecScratch(w.cols);
+    matvec(w, x, out, this.scratch);
+  }
+
+  async close(): Promise<void> {}
+}
