@@ -20,6 +20,13 @@ export const GGUF_DEFAULT_ALIGNMENT = 32;
 const MAX_DIMS = 4;
 const MAX_TENSOR_NAME = 64;
 const MAX_ARRAY_NESTING = 8;
+// Checking claims against the bytes left is not enough in a multi-GB model: a hostile string
+// length could still ask for gigabytes (V8 cannot even make a string past ~512 MiB), an array
+// count for more items than a JS array holds, or for a JS value per file byte. These caps sit far
+// above real files (the largest strings are embedded tokenizer.json files of tens of MiB, the
+// largest arrays vocabularies of a few hundred thousand tokens).
+const MAX_STRING_BYTES = 128 * 1024 * 1024;
+const MAX_ARRAY_ITEMS = 1 << 24;
 
 export const MetaType = {
   UINT8: 0,
@@ -149,6 +156,9 @@ class Cursor {
     const n = this.u64(`length of ${what}`);
     if (n > BigInt(this.remaining)) {
       throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, only ${this.remaining} left in the file`, at);
+    }
+    if (n > BigInt(MAX_STRING_BYTES)) {
+      throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, more than the ${MAX_STRING_BYTES} a GGUF string may take`, at);
     }
     const len = Number(n);
     const o = this.need(len, what);
@@ -297,7 +307,9 @@ export class GgufFile {
 
   /** Reads one tensor's bytes from disk into a fresh buffer (off the JS heap). */
   readTensor(t: TensorInfo): Buffer {
-    const out = Buffer.allocUnsafe(t.nBytes);
+    // Not allocUnsafe: below 4 KiB that hands out a slice of Node's shared pool, and a typed
+    // array made over `.buffer` would then see other allocations' bytes.
+    const out = Buffer.allocUnsafeSlow(t.nBytes);
     this.readTensorInto(t, out);
     return out;
   }
@@ -391,7 +403,11 @@ function readValue(c: Cursor, type: number, key: string, depth: number, path: st
       const itemType = c.u32(`array item type of "${key}"`);
       const min = minBytes[itemType];
       if (min === undefined) throw new GgufError('bad-value-type', path, `array "${key}" has unknown item type ${itemType}`, at);
+      const countAt = c.pos;
       const n = c.count(`item count of array "${key}"`, min);
+      if (n > MAX_ARRAY_ITEMS) {
+        throw new GgufError('bad-count', path, `item count of array "${key}" is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`, countAt);
+      }
       const out: MetadataValue[] = new Array(n);
       for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path);
       return out;
