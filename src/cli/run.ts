@@ -1,0 +1,124 @@
+// `herd run`: generate a continuation of a prompt and stream it to stdout.
+
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { GgufFile } from '../gguf/reader.ts';
+import { Tokenizer } from '../tokenizer/index.ts';
+import { Transformer } from '../model/transformer.ts';
+import { generate } from '../engine/generate.ts';
+import { LocalSession } from '../engine/session.ts';
+import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { resolveModelPath } from './model-path.ts';
+import { UsageError } from './errors.ts';
+
+interface RunArgs {
+  prompt: string;
+  model?: string;
+  maxTokens: number;
+  temp: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repeatPenalty: number;
+  frequencyPenalty: number;
+  presencePenalty: number;
+  seed?: number;
+  threads?: number;
+  ctx?: number;
+  kvType: 'f32' | 'f16';
+  stop?: string | string[];
+  json: boolean;
+}
+
+function integer(name: string, v: number | undefined, min: number): void {
+  if (v !== undefined && !(Number.isInteger(v) && v >= min)) {
+    throw new UsageError(`--${name} must be an integer >= ${min}, got ${String(v)}`);
+  }
+}
+
+function builder(y: Argv): Argv<RunArgs> {
+  return y
+    .positional('prompt', { type: 'string', default: '', describe: 'Text to continue' })
+    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+    .option('max-tokens', { alias: 'n', type: 'number', default: 256, describe: 'Most tokens to generate' })
+    .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
+    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
+    .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
+    .option('min-p', { type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)' })
+    .option('repeat-penalty', { type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)' })
+    .option('frequency-penalty', { type: 'number', default: 0, describe: 'Subtract per occurrence of a recent token' })
+    .option('presence-penalty', { type: 'number', default: 0, describe: 'Subtract once for a recent token' })
+    .option('seed', { type: 'number', describe: 'Random seed (default: random); same seed, same text' })
+    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (the js backend runs on one)' })
+    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens (default: the model's, at most 4096)" })
+    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
+    // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
+    .option('stop', { type: 'string', describe: 'Stop before this text (repeatable)' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' }) as unknown as Argv<RunArgs>;
+}
+
+async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
+  integer('max-tokens', args.maxTokens, 0);
+  integer('seed', args.seed, 0);
+  integer('threads', args.threads, 1);
+  integer('ctx', args.ctx, 1);
+  const sampling: SamplingOptions = validateSampling({
+    temperature: args.temp,
+    topK: args.topK,
+    topP: args.topP,
+    minP: args.minP,
+    repeatPenalty: args.repeatPenalty,
+    frequencyPenalty: args.frequencyPenalty,
+    presencePenalty: args.presencePenalty,
+    penaltyLastN: defaultSampling.penaltyLastN,
+    seed: args.seed ?? Math.floor(Math.random() * 0xffffffff),
+  });
+
+  const path = resolveModelPath(args.model);
+  const tLoad = performance.now();
+  const file = GgufFile.open(path);
+  const tokenizer = Tokenizer.fromGguf(file);
+  const prompt = tokenizer.encode(args.prompt);
+  const ctxTrain = file.number(`${file.string('general.architecture')}.context_length`, 4096);
+  const ctx = args.ctx ?? Math.min(ctxTrain, 4096);
+  // Refuse a prompt that cannot fit before reading any weights.
+  if (prompt.length >= ctx) {
+    throw new UsageError(`the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
+  }
+  const model = Transformer.load(file, { ctx, kvType: args.kvType });
+  const loadMs = performance.now() - tLoad;
+
+  const session = new LocalSession(model, sampling);
+  const result = await generate(
+    session,
+    tokenizer,
+    { prompt, maxTokens: args.maxTokens, stop: [args.stop ?? []].flat() },
+    args.json ? undefined : (text) => process.stdout.write(text),
+  );
+
+  if (args.json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        text: result.text,
+        tokens: result.tokens,
+        prompt_tokens: prompt,
+        stop_reason: result.stopReason,
+        seed: sampling.seed,
+        timings: result.timings,
+      })}\n`,
+    );
+  } else {
+    process.stdout.write('\n');
+    const t = result.timings;
+    process.stderr.write(
+      `herd: load ${loadMs.toFixed(0)} ms | prompt ${t.prompt_tokens} tokens, ${t.prompt_ms} ms (${t.prompt_tps} tok/s)` +
+        ` | decode ${t.decode_tokens} tokens, ${t.decode_ms} ms (${t.decode_tps} tok/s) | stop: ${result.stopReason} | seed ${sampling.seed}\n`,
+    );
+  }
+}
+
+export const runCommand: CommandModule<object, RunArgs> = {
+  command: 'run [prompt]',
+  describe: 'Generate a continuation of PROMPT, streamed to stdout',
+  builder,
+  handler,
+};
