@@ -1,0 +1,286 @@
+// Tiny synthetic GGUF models with random weights, for checking herd's forward pass against
+// llama.cpp on architectures no small real file exists for here (qwen2's QKV bias, qwen3's
+// per-head q/k RMSNorm and key_length ≠ dim / heads, tied embeddings).
+//
+// Everything follows from the seed: a mulberry32 stream and Box-Muller normals, so the same
+// options give byte-identical files on every machine. The vocabulary (512 SentencePiece
+// tokens) is copied from the repository's models/stories260K.gguf.
+//
+// Weights are scaled for a distribution with teeth, not the flat one a uniform std of 0.02
+// would give at this width: each matrix has std gain / sqrt(fan_in), so every sub-block adds
+// an O(1) change to an O(1) residual stream, attention scores spread over a few units, and the
+// output head (gain 3) gives logits with a std of about 3, i.e. peaked next-token
+// distributions (top probabilities of tens of percent) rather than ~1/512 everywhere.
+//
+// Layout as llama.cpp's converters write it: 2-D weights in the chosen type, norm weights and
+// biases always f32; ggml dimension order (dims[0] is the row length, i.e. the input width).
+
+import { fileURLToPath } from 'node:url';
+import { GgufFile, MetaType, type MetadataValue } from '../gguf/reader.ts';
+import { meta, writeGguf, type MetaEntry, type TensorSpec } from '../gguf/writer.ts';
+import { GgmlType } from '../ggml/types.ts';
+import { f32ToF16Bytes } from '../ggml/half.ts';
+
+export const SYNTH_ARCHS = ['llama', 'qwen2', 'qwen3'] as const;
+export type SynthArch = (typeof SYNTH_ARCHS)[number];
+export type SynthWeightType = 'f32' | 'f16';
+
+/** The repository's stories260K model, whose vocabulary the synthetic models reuse. */
+export const DEFAULT_VOCAB_SOURCE = fileURLToPath(new URL('../../models/stories260K.gguf', import.meta.url));
+
+export interface SynthOptions {
+  readonly arch: SynthArch;
+  /** Type of the 2-D weight matrices (norms and biases stay f32). */
+  readonly type: SynthWeightType;
+  readonly seed: number;
+  /** Path of the GGUF file to write. */
+  readonly out: string;
+  /** No output.weight: the head reuses token_embd.weight. */
+  readonly tied?: boolean;
+  readonly dim?: number;
+  readonly nLayers?: number;
+  readonly nHeads?: number;
+  readonly nKvHeads?: number;
+  /** Per-head size; for qwen3 it is written as key_length/value_length and may differ from dim / nHeads. */
+  readonly headDim?: number;
+  readonly ffnDim?: number;
+  readonly ctxTrain?: number;
+  /** A GGUF file whose tokenizer.ggml.* metadata (and hence vocab size) is copied. */
+  readonly vocabFrom?: string;
+}
+
+export interface SynthModel {
+  readonly path: string;
+  readonly arch: SynthArch;
+  readonly type: SynthWeightType;
+  readonly tied: boolean;
+  readonly dim: number;
+  readonly nLayers: number;
+  readonly nHeads: number;
+  readonly nKvHeads: number;
+  readonly headDim: number;
+  readonly ffnDim: number;
+  readonly vocabSize: number;
+  readonly ctxTrain: number;
+  readonly ropeBase: number;
+  readonly rmsEps: number;
+  readonly tensorCount: number;
+  readonly fileSize: number;
+}
+
+/** Deterministic uniform and normal numbers from a 32-bit seed (mulberry32 + Box-Muller). */
+export class SynthRng {
+  private state: number;
+  private spare: number | undefined;
+
+  constructor(seed: number) {
+    this.state = seed >>> 0;
+  }
+
+  /** Uniform in [0, 1). */
+  next(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+
+  /** An integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+
+  /** Standard normal. */
+  normal(): number {
+    if (this.spare !== undefined) {
+      const s = this.spare;
+      this.spare = undefined;
+      return s;
+    }
+    let u = 0;
+    while (u === 0) u = this.next();
+    const v = this.next();
+    const r = Math.sqrt(-2 * Math.log(u));
+    this.spare = r * Math.sin(2 * Math.PI * v);
+    return r * Math.cos(2 * Math.PI * v);
+  }
+
+  /** n normals with mean and std, as f32. */
+  normals(n: number, std: number, mean = 0): Float32Array {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = mean + std * this.normal();
+    return out;
+  }
+}
+
+interface ArchDefaults {
+  dim: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  ffnDim: number;
+  ropeBase: number;
+  rmsEps: number;
+}
+
+// Small but real shapes: grouped-query attention (2 query heads per KV head); qwen3 with a
+// head size that is not dim / heads, as in the real Qwen3 models.
+const defaults: Record<SynthArch, ArchDefaults> = {
+  llama: { dim: 64, nHeads: 4, nKvHeads: 2, headDim: 16, ffnDim: 192, ropeBase: 10000, rmsEps: 1e-5 },
+  qwen2: { dim: 64, nHeads: 4, nKvHeads: 2, headDim: 16, ffnDim: 192, ropeBase: 1000000, rmsEps: 1e-6 },
+  qwen3: { dim: 64, nHeads: 4, nKvHeads: 2, headDim: 32, ffnDim: 192, ropeBase: 1000000, rmsEps: 1e-6 },
+};
+
+// The GGUF types of the tokenizer keys copied from the vocab source (as llama.cpp reads them).
+const tokenizerKeys: readonly { key: string; type: MetaType; itemType?: MetaType }[] = [
+  { key: 'tokenizer.ggml.model', type: MetaType.STRING },
+  { key: 'tokenizer.ggml.pre', type: MetaType.STRING },
+  { key: 'tokenizer.ggml.tokens', type: MetaType.ARRAY, itemType: MetaType.STRING },
+  { key: 'tokenizer.ggml.scores', type: MetaType.ARRAY, itemType: MetaType.FLOAT32 },
+  { key: 'tokenizer.ggml.token_type', type: MetaType.ARRAY, itemType: MetaType.INT32 },
+  { key: 'tokenizer.ggml.merges', type: MetaType.ARRAY, itemType: MetaType.STRING },
+  { key: 'tokenizer.ggml.bos_token_id', type: MetaType.UINT32 },
+  { key: 'tokenizer.ggml.eos_token_id', type: MetaType.UINT32 },
+  { key: 'tokenizer.ggml.unknown_token_id', type: MetaType.UINT32 },
+  { key: 'tokenizer.ggml.add_bos_token', type: MetaType.BOOL },
+  { key: 'tokenizer.ggml.add_eos_token', type: MetaType.BOOL },
+];
+
+function copyTokenizer(source: GgufFile): { entries: MetaEntry[]; vocabSize: number } {
+  const entries: MetaEntry[] = [];
+  for (const { key, type, itemType } of tokenizerKeys) {
+    const v: MetadataValue | undefined = source.metadata.get(key);
+    if (v === undefined) continue;
+    if (type === MetaType.ARRAY) {
+      if (!Array.isArray(v) || itemType === undefined) throw new Error(`${source.path}: metadata "${key}" is not an array`);
+      entries.push(meta.array(key, itemType, v as (string | number)[]));
+    } else if (type === MetaType.STRING) {
+      entries.push(meta.str(key, source.string(key)));
+    } else if (type === MetaType.BOOL) {
+      entries.push(meta.bool(key, source.bool(key, false)));
+    } else {
+      entries.push(meta.u32(key, source.number(key)));
+    }
+  }
+  const tokens = source.array('tokenizer.ggml.tokens');
+  if (!tokens) throw new Error(`${source.path}: no tokenizer.ggml.tokens to copy the vocabulary from`);
+  return { entries, vocabSize: tokens.length };
+}
+
+function check(cond: boolean, what: string): void {
+  if (!cond) throw new RangeError(`synthModel: ${what}`);
+}
+
+/** Builds a synthetic model and writes it to opts.out. */
+export function synthModel(opts: SynthOptions): SynthModel {
+  check((SYNTH_ARCHS as readonly string[]).includes(opts.arch), `unknown architecture "${opts.arch}"`);
+  check(opts.type === 'f32' || opts.type === 'f16', `weight type must be f32 or f16, got "${opts.type}"`);
+  const d = defaults[opts.arch];
+  const dim = opts.dim ?? d.dim;
+  const nLayers = opts.nLayers ?? 2;
+  const nHeads = opts.nHeads ?? d.nHeads;
+  const nKvHeads = opts.nKvHeads ?? d.nKvHeads;
+  const headDim = opts.headDim ?? (opts.dim === undefined && opts.nHeads === undefined ? d.headDim : dim / nHeads);
+  const ffnDim = opts.ffnDim ?? d.ffnDim;
+  const ctxTrain = opts.ctxTrain ?? 256;
+  const tied = opts.tied ?? false;
+  for (const [k, v] of Object.entries({ dim, nLayers, nHeads, nKvHeads, headDim, ffnDim, ctxTrain })) {
+    check(Number.isInteger(v) && v > 0, `${k} must be a positive integer, got ${v}`);
+  }
+  check(nHeads % nKvHeads === 0, `nHeads ${nHeads} is not a multiple of nKvHeads ${nKvHeads}`);
+  check(headDim % 2 === 0, `headDim ${headDim} must be even (RoPE rotates pairs)`);
+  check(opts.arch === 'qwen3' || headDim * nHeads === dim, `${opts.arch} needs headDim × nHeads = dim (${headDim} × ${nHeads} ≠ ${dim}); only qwen3 writes key_length`);
+
+  const source = GgufFile.open(opts.vocabFrom ?? DEFAULT_VOCAB_SOURCE);
+  const tokenizer = copyTokenizer(source);
+  const vocabSize = tokenizer.vocabSize;
+  const qDim = nHeads * headDim;
+  const kvDim = nKvHeads * headDim;
+  const arch = opts.arch;
+  const k = (name: string) => `${arch}.${name}`;
+
+  const metadata: MetaEntry[] = [
+    meta.str('general.architecture', arch),
+    meta.str('general.name', `herd-synth-${arch}-${opts.type}${tied ? '-tied' : ''}-s${opts.seed}`),
+    // llama_ftype: 0 all F32, 1 mostly F16.
+    meta.u32('general.file_type', opts.type === 'f32' ? 0 : 1),
+    meta.u32(k('context_length'), ctxTrain),
+    meta.u32(k('embedding_length'), dim),
+    meta.u32(k('block_count'), nLayers),
+    meta.u32(k('feed_forward_length'), ffnDim),
+    meta.u32(k('attention.head_count'), nHeads),
+    meta.u32(k('attention.head_count_kv'), nKvHeads),
+    meta.f32(k('attention.layer_norm_rms_epsilon'), d.rmsEps),
+    meta.f32(k('rope.freq_base'), d.ropeBase),
+  ];
+  if (arch === 'llama') {
+    metadata.push(meta.u32(k('rope.dimension_count'), headDim), meta.u32(k('vocab_size'), vocabSize));
+  }
+  if (arch === 'qwen3') {
+    metadata.push(meta.u32(k('attention.key_length'), headDim), meta.u32(k('attention.value_length'), headDim));
+  }
+  metadata.push(...tokenizer.entries);
+
+  const rng = new SynthRng(opts.seed);
+  const weightType = opts.type === 'f32' ? GgmlType.F32 : GgmlType.F16;
+  const tensors: TensorSpec[] = [];
+  const f32Bytes = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  /** A [rows × cols] matrix (ggml dims [cols, rows]) with std gain / sqrt(cols). */
+  const matrix = (name: string, cols: number, rows: number, gain: number): void => {
+    const w = rng.normals(cols * rows, gain / Math.sqrt(cols));
+    tensors.push({ name, dims: [cols, rows], type: weightType, data: opts.type === 'f32' ? f32Bytes(w) : f32ToF16Bytes(w) });
+  };
+  const vector = (name: string, n: number, std: number, mean: number): void => {
+    tensors.push({ name, dims: [n], type: GgmlType.F32, data: f32Bytes(rng.normals(n, std, mean)) });
+  };
+
+  // Embedding entries of std 1; the head reads rmsnorm(x), so its gain 3 gives logits of std ~3.
+  // Tied, the embedding is the head: std 3 / sqrt(dim) keeps those logits at std ~3 too.
+  matrix('token_embd.weight', dim, vocabSize, tied ? 3 : Math.sqrt(dim));
+  for (let l = 0; l < nLayers; l++) {
+    const p = `blk.${l}.`;
+    vector(`${p}attn_norm.weight`, dim, 0.2, 1);
+    // q and k with gain 1.5: attention scores of a few units, so softmax over positions is uneven.
+    matrix(`${p}attn_q.weight`, dim, qDim, 1.5);
+    matrix(`${p}attn_k.weight`, dim, kvDim, 1.5);
+    matrix(`${p}attn_v.weight`, dim, kvDim, 1);
+    if (arch === 'qwen2') {
+      vector(`${p}attn_q.bias`, qDim, 0.5, 0);
+      vector(`${p}attn_k.bias`, kvDim, 0.5, 0);
+      vector(`${p}attn_v.bias`, kvDim, 0.5, 0);
+    }
+    if (arch === 'qwen3') {
+      // After the per-head RMSNorm q and k have unit RMS; weights around 1.5 keep the scores spread.
+      vector(`${p}attn_q_norm.weight`, headDim, 0.3, 1.5);
+      vector(`${p}attn_k_norm.weight`, headDim, 0.3, 1.5);
+    }
+    matrix(`${p}attn_output.weight`, qDim, dim, 1);
+    vector(`${p}ffn_norm.weight`, dim, 0.2, 1);
+    matrix(`${p}ffn_gate.weight`, dim, ffnDim, 1.5);
+    matrix(`${p}ffn_up.weight`, dim, ffnDim, 1);
+    matrix(`${p}ffn_down.weight`, ffnDim, dim, 1);
+  }
+  vector('output_norm.weight', dim, 0.2, 1);
+  if (!tied) matrix('output.weight', dim, vocabSize, 3);
+
+  const written = writeGguf(opts.out, { metadata, tensors });
+  return {
+    path: opts.out,
+    arch,
+    type: opts.type,
+    tied,
+    dim,
+    nLayers,
+    nHeads,
+    nKvHeads,
+    headDim,
+    ffnDim,
+    vocabSize,
+    ctxTrain,
+    ropeBase: d.ropeBase,
+    rmsEps: d.rmsEps,
+    tensorCount: tensors.length,
+    fileSize: written.fileSize,
+  };
+}
