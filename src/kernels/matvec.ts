@@ -29,6 +29,9 @@ export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly numb
   const kernel = kernelType(type.id);
   if (!kernel) throw new KernelError(`tensor ${name}: weight type ${type.name} is not supported yet`);
   const cols = dims[0];
+  if (cols % type.blockSize !== 0) {
+    throw new KernelError(`tensor ${name}: row length ${cols} is not a multiple of the ${type.name} block size ${type.blockSize}`);
+  }
   const rows = dims.slice(1).reduce((a, b) => a * b, 1);
   const bytes = rowBytes(type, cols);
   if (data.length !== rows * bytes) {

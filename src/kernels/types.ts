@@ -1,7 +1,8 @@
 // One table drives every weight type (as ggml's type_traits do): how to dequantize a row,
-// which form the activations take for the dot product (Q4_0 and Q8_0 weights pair with
-// activations quantized to Q8_0 blocks, f16 weights with f16-rounded activations), and the
-// dot product itself. Adding a type means adding one row here and its kernel file.
+// which form the activations take for the dot product (ggml's vec_dot_type: Q4_0, Q5_0 and
+// Q8_0 weights pair with Q8_0 activations, Q4_1 and Q5_1 with Q8_1, the K-quants with Q8_K,
+// f16 weights with f16-rounded activations), and the dot product itself. Adding a type
+// means adding one row here and its kernel file.
 
 import { GgmlType, ggmlTypeInfo, type GgmlTypeInfo } from '../ggml/types.ts';
 import * as f32 from './f32.ts';
@@ -9,6 +10,14 @@ import * as f16 from './f16.ts';
 import * as bf16 from './bf16.ts';
 import * as q8_0 from './q8_0.ts';
 import * as q4_0 from './q4_0.ts';
+import * as q4_1 from './q4_1.ts';
+import * as q5_0 from './q5_0.ts';
+import * as q5_1 from './q5_1.ts';
+import * as q2_k from './q2_k.ts';
+import * as q3_k from './q3_k.ts';
+import * as q4_k from './q4_k.ts';
+import * as q5_k from './q5_k.ts';
+import * as q6_k from './q6_k.ts';
 import type { Activation, ActivationKind } from './activation.ts';
 
 export interface KernelType {
@@ -29,6 +38,14 @@ const rows: KernelType[] = [
   { info: must(GgmlType.BF16), activation: 'bf16', ...bf16 },
   { info: must(GgmlType.Q8_0), activation: 'q8_0', ...q8_0 },
   { info: must(GgmlType.Q4_0), activation: 'q8_0', ...q4_0 },
+  { info: must(GgmlType.Q4_1), activation: 'q8_1', ...q4_1 },
+  { info: must(GgmlType.Q5_0), activation: 'q8_0', ...q5_0 },
+  { info: must(GgmlType.Q5_1), activation: 'q8_1', ...q5_1 },
+  { info: must(GgmlType.Q2_K), activation: 'q8_k', ...q2_k },
+  { info: must(GgmlType.Q3_K), activation: 'q8_k', ...q3_k },
+  { info: must(GgmlType.Q4_K), activation: 'q8_k', ...q4_k },
+  { info: must(GgmlType.Q5_K), activation: 'q8_k', ...q5_k },
+  { info: must(GgmlType.Q6_K), activation: 'q8_k', ...q6_k },
 ];
 
 function must(id: GgmlType): GgmlTypeInfo {
