@@ -9,7 +9,9 @@ import { BYTE_TO_CHAR, utf8Bytes } from './unicode.ts';
 import type { Vocab } from './vocab.ts';
 
 // Words repeat a lot in real text; a bounded memo of word -> ids saves most of the merge work.
+// (Long words are rare and not worth keeping: a run of 100k spaces is one "word".)
 const CACHE_LIMIT = 1 << 16;
+const CACHE_WORD_MAX = 64;
 
 export class BpeTokenizer {
   private readonly pre: PreTokenizer;
@@ -25,8 +27,10 @@ export class BpeTokenizer {
       let ids = this.cache.get(encoded);
       if (!ids) {
         ids = this.encodeWord(encoded);
-        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-        this.cache.set(encoded, ids);
+        if (encoded.length <= CACHE_WORD_MAX) {
+          if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+          this.cache.set(encoded, ids);
+        }
       }
       for (const id of ids) out.push(id);
     }

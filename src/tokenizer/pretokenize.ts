@@ -9,8 +9,9 @@
 // - std::regex has no \p{..}, so llama.cpp first "collapses" the text: ASCII stays, non-ASCII
 //   whitespace becomes \v, every other code point becomes one stand-in byte for its category
 //   (number, letter, punctuation, mark, symbol, other), and \p{X} in the regex becomes a class of
-//   that stand-in plus the ASCII members of X. We do the same with private-use stand-ins. This is
-//   not the same as JS \p{S}: llama.cpp's ASCII part of \p{S} leaves out '~'.
+//   that stand-in plus the ASCII members of X. We do the same with private-use stand-ins and
+//   llama.cpp's category table, rather than JS \p{X}: its ASCII part of \p{S} leaves out '~', and
+//   its Unicode 15.1 data knows no character assigned since.
 // - A regex with no \p{..} runs on the code points directly (std::wregex), again with non-ASCII
 //   whitespace replaced by \v; its \s is then ASCII only.
 // llama.cpp hand-codes the GPT-2 and Llama-3 regexes for speed; those functions give the same

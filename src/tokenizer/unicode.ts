@@ -2,8 +2,11 @@
 // groups its regex collapsing and WordPiece splitting use), its own whitespace set, the first
 // code point of the NFD form, simple lowercase, and GPT-2's byte-to-character table.
 //
-// llama.cpp ships tables generated from UnicodeData.txt; we ask the JS engine's ICU data the same
-// questions (one cached lookup per code point), which agrees wherever the Unicode versions do.
+// Categories come from llama.cpp's own table (unicode-data.ts, Unicode 15.1). NFD and lowercase
+// come from the JS engine: mappings of assigned characters never change between Unicode versions,
+// and for code points llama.cpp considers unassigned both are the identity, as in its tables.
+
+import { CATEGORY_RUNS } from './unicode-data.ts';
 
 /** The category groups of llama.cpp's `unicode_cpt_flags` (one per code point). */
 export const Cat = {
@@ -18,37 +21,27 @@ export const Cat = {
 } as const;
 export type Cat = (typeof Cat)[keyof typeof Cat];
 
-const MAX_CODEPOINT = 0x10ffff;
+const CODEPOINTS = 0x110000;
 
-// Tested in this order; the first hit wins (the groups are disjoint anyway).
-const categoryTests: ReadonlyArray<readonly [RegExp, Cat]> = [
-  [/^\p{L}$/u, Cat.Letter],
-  [/^\p{N}$/u, Cat.Number],
-  [/^\p{P}$/u, Cat.Punctuation],
-  [/^\p{S}$/u, Cat.Symbol],
-  [/^\p{M}$/u, Cat.Mark],
-  [/^\p{Z}$/u, Cat.Separator],
-  [/^[\p{Cc}\p{Cf}\p{Co}\p{Cs}]$/u, Cat.Control],
-];
+// One byte per code point (1.1 MB), expanded from the run-length table on first use.
+let categories: Uint8Array | undefined;
 
-// 0 = not looked up yet, otherwise category + 1. Filled lazily: most text touches few code points.
-let categoryCache: Uint8Array | undefined;
+function expandCategories(): Uint8Array {
+  const table = new Uint8Array(CODEPOINTS);
+  let cp = 0;
+  for (const m of CATEGORY_RUNS.matchAll(/([0-9A-F]+)([a-h])/g)) {
+    const n = parseInt(m[1], 16);
+    table.fill(m[2].charCodeAt(0) - 0x61, cp, cp + n);
+    cp += n;
+  }
+  if (cp !== CODEPOINTS) throw new Error(`unicode-data.ts covers ${cp} code points, not ${CODEPOINTS}`);
+  return table;
+}
 
 export function category(cp: number): Cat {
-  if (cp < 0 || cp > MAX_CODEPOINT) return Cat.Undefined;
-  categoryCache ??= new Uint8Array(MAX_CODEPOINT + 1);
-  const cached = categoryCache[cp];
-  if (cached !== 0) return (cached - 1) as Cat;
-  const ch = String.fromCodePoint(cp);
-  let cat: Cat = Cat.Undefined;
-  for (const [re, c] of categoryTests) {
-    if (re.test(ch)) {
-      cat = c;
-      break;
-    }
-  }
-  categoryCache[cp] = cat + 1;
-  return cat;
+  if (!(cp >= 0 && cp < CODEPOINTS)) return Cat.Undefined;
+  categories ??= expandCategories();
+  return categories[cp] as Cat;
 }
 
 /**
@@ -72,13 +65,14 @@ export const ASCII_SPACE_CLASS = '\\t\\n\\v\\f\\r ';
  * (so "é" becomes "e" and the accent is gone), which is what BERT's WordPiece relies on.
  */
 export function nfdFirst(cp: number): number {
-  if (cp < 0xc0) return cp; // nothing below U+00C0 decomposes
+  if (cp < 0xc0 || category(cp) === Cat.Undefined) return cp; // nothing below U+00C0 decomposes
   return String.fromCodePoint(cp).normalize('NFD').codePointAt(0) ?? cp;
 }
 
 /** Simple (one code point) lowercase mapping, as UnicodeData.txt's lowercase field gives it. */
 export function toLower(cp: number): number {
   if (cp < 0x80) return cp >= 0x41 && cp <= 0x5a ? cp + 32 : cp;
+  if (category(cp) === Cat.Undefined) return cp;
   // The full mapping only differs for U+0130, whose first code point is the simple mapping.
   return String.fromCodePoint(cp).toLowerCase().codePointAt(0) ?? cp;
 }

@@ -286,11 +286,12 @@ export function loadVocab(file: VocabSource): Vocab {
     throw fail('bad-value', 'tokenizer.ggml.cls_token_id', 'a WordPiece vocabulary needs [CLS] and [SEP] tokens');
   }
 
-  // Tokens found by their text become control tokens, so raw text never produces them.
+  // Tokens found by their text become control tokens (and only that: llama.cpp replaces the
+  // type), so raw text never produces them.
   const markControl = (id: number) => {
     if ((attrs[id] & TokenAttr.Control) === 0) {
       warnings.push(`control-looking token ${id} ${JSON.stringify(tokens[id])} was not control-type: now it is`);
-      attrs[id] |= TokenAttr.Control;
+      attrs[id] = TokenAttr.Control;
     }
   };
   for (const [slot, texts] of byText) {
