@@ -18,12 +18,18 @@
 import { fileURLToPath } from 'node:url';
 import { GgufFile, MetaType, type MetadataValue } from '../gguf/reader.ts';
 import { meta, writeGguf, type MetaEntry, type TensorSpec } from '../gguf/writer.ts';
-import { GgmlType } from '../ggml/types.ts';
-import { f32ToF16Bytes } from '../ggml/half.ts';
+import { GgmlType, ggmlTypeByName, rowBytes } from '../ggml/types.ts';
+import { kernelType, type KernelType } from '../kernels/types.ts';
 
 export const SYNTH_ARCHS = ['llama', 'qwen2', 'qwen3'] as const;
 export type SynthArch = (typeof SYNTH_ARCHS)[number];
-export type SynthWeightType = 'f32' | 'f16';
+/** A ggml type name herd can quantize to: f32, f16, bf16, q8_0, q4_0, q4_k, … */
+export type SynthWeightType = string;
+
+// llama_ftype values llama.cpp writes as general.file_type ("mostly <type>").
+const FILE_TYPE: Record<string, number> = {
+  F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, Q2_K: 10, Q3_K: 12, Q4_K: 15, Q5_K: 17, Q6_K: 18, BF16: 32,
+};
 
 /** The repository's stories260K model, whose vocabulary the synthetic models reuse. */
 export const DEFAULT_VOCAB_SOURCE = fileURLToPath(new URL('../../models/stories260K.gguf', import.meta.url));
@@ -175,7 +181,10 @@ function check(cond: boolean, what: string): void {
 /** Builds a synthetic model and writes it to opts.out. */
 export function synthModel(opts: SynthOptions): SynthModel {
   check((SYNTH_ARCHS as readonly string[]).includes(opts.arch), `unknown architecture "${opts.arch}"`);
-  check(opts.type === 'f32' || opts.type === 'f16', `weight type must be f32 or f16, got "${opts.type}"`);
+  const typeInfo = ggmlTypeByName(opts.type);
+  const kernel: KernelType | undefined = typeInfo && kernelType(typeInfo.id);
+  check(kernel !== undefined && FILE_TYPE[kernel.info.name] !== undefined, `weight type "${opts.type}" cannot be written`);
+  const weightKernel = kernel as KernelType;
   const d = defaults[opts.arch];
   const dim = opts.dim ?? d.dim;
   const nLayers = opts.nLayers ?? 2;
@@ -203,8 +212,7 @@ export function synthModel(opts: SynthOptions): SynthModel {
   const metadata: MetaEntry[] = [
     meta.str('general.architecture', arch),
     meta.str('general.name', `herd-synth-${arch}-${opts.type}${tied ? '-tied' : ''}-s${opts.seed}`),
-    // llama_ftype: 0 all F32, 1 mostly F16.
-    meta.u32('general.file_type', opts.type === 'f32' ? 0 : 1),
+    meta.u32('general.file_type', FILE_TYPE[weightKernel.info.name]),
     meta.u32(k('context_length'), ctxTrain),
     meta.u32(k('embedding_length'), dim),
     meta.u32(k('block_count'), nLayers),
@@ -223,13 +231,17 @@ export function synthModel(opts: SynthOptions): SynthModel {
   metadata.push(...tokenizer.entries);
 
   const rng = new SynthRng(opts.seed);
-  const weightType = opts.type === 'f32' ? GgmlType.F32 : GgmlType.F16;
   const tensors: TensorSpec[] = [];
   const f32Bytes = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   /** A [rows × cols] matrix (ggml dims [cols, rows]) with std gain / sqrt(cols). */
   const matrix = (name: string, cols: number, rows: number, gain: number): void => {
     const w = rng.normals(cols * rows, gain / Math.sqrt(cols));
-    tensors.push({ name, dims: [cols, rows], type: weightType, data: opts.type === 'f32' ? f32Bytes(w) : f32ToF16Bytes(w) });
+    const info = weightKernel.info;
+    check(cols % info.blockSize === 0, `${name}: row length ${cols} is not a multiple of the ${info.name} block size ${info.blockSize}`);
+    const rb = rowBytes(info, cols);
+    const data = new Uint8Array(rb * rows);
+    for (let r = 0; r < rows; r++) weightKernel.quantizeRow(w, r * cols, cols, data, r * rb);
+    tensors.push({ name, dims: [cols, rows], type: info.id, data });
   };
   const vector = (name: string, n: number, std: number, mean: number): void => {
     tensors.push({ name, dims: [n], type: GgmlType.F32, data: f32Bytes(rng.normals(n, std, mean)) });
