@@ -9,7 +9,7 @@ import {
 } from '../src/ggml/half.ts';
 import { GgmlType, ggmlTypeInfo } from '../src/ggml/types.ts';
 import { GgufError, GgufFile, MetaType, type GgufErrorCode, type MetadataValue } from '../src/gguf/reader.ts';
-import { meta, writeGguf, type MetaEntry, type TensorSpec } from '../src/gguf/writer.ts';
+import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../src/gguf/writer.ts';
 
 const modelsDir = fileURLToPath(new URL('../../shared/models/', import.meta.url));
 const vocabDir = fileURLToPath(new URL('../../shared/vocab/', import.meta.url));
@@ -313,26 +313,12 @@ test('stories260K.gguf (llama.cpp, all f32) parses with the shapes of the 260K m
   t.true(norm.every((x) => Number.isFinite(x) && x !== 0));
 });
 
-// llama.cpp's type for each key of the converted model: the reader returns plain numbers, the
-// writer needs the GGUF type back to reproduce the file.
-const storiesKeyTypes: Record<string, MetaType> = {
-  'tokenizer.ggml.tokens': MetaType.STRING,
-  'tokenizer.ggml.scores': MetaType.FLOAT32,
-  'tokenizer.ggml.token_type': MetaType.INT32,
-  'llama.attention.layer_norm_rms_epsilon': MetaType.FLOAT32,
-  'tokenizer.ggml.model': MetaType.STRING,
-  'general.architecture': MetaType.STRING,
-  'general.name': MetaType.STRING,
-};
-
-test('rewriting stories260K.gguf with the writer reproduces it byte for byte', (t) => {
+test('rewriting stories260K.gguf with copied metadata reproduces it byte for byte', (t) => {
   const src = join(modelsDir, 'stories260K.gguf');
   const g = GgufFile.open(src);
-  const metadata: MetaEntry[] = [...g.metadata].map(([key, value]): MetaEntry => {
-    const type = storiesKeyTypes[key] ?? MetaType.UINT32;
-    if (Array.isArray(value)) return meta.array(key, type, value as (string | number)[]);
-    return { key, type, value } as MetaEntry;
-  });
+  const metadata = copyMetadata(g);
+  t.is(g.metadataTypes.get('tokenizer.ggml.scores')?.item?.type, MetaType.FLOAT32);
+  t.is(g.metadataTypes.get('llama.block_count')?.type, MetaType.UINT32);
   const tensors = g.tensors.map((x): TensorSpec => ({ name: x.name, dims: x.dims, type: x.type.id, data: g.readTensor(x) }));
   const out = join(tempDir(t), 'stories260K.gguf');
   writeGguf(out, { metadata, tensors });

@@ -15,6 +15,9 @@ import { ggmlTypeInfo, type GgmlType, type GgmlTypeInfo } from '../ggml/types.ts
 
 export type MetadataValue = number | bigint | boolean | string | MetadataValue[];
 
+/** The GGUF type a metadata value was stored with (for arrays, also their items' type). */
+export type MetaTypeDesc = { readonly type: MetaType; readonly item?: MetaTypeDesc };
+
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_DEFAULT_ALIGNMENT = 32;
 const MAX_DIMS = 4;
@@ -176,6 +179,8 @@ export class GgufFile {
     readonly path: string,
     readonly version: number,
     readonly metadata: ReadonlyMap<string, MetadataValue>,
+    /** How each metadata value was stored, so a rewritten file keeps llama.cpp's types. */
+    readonly metadataTypes: ReadonlyMap<string, MetaTypeDesc>,
     readonly tensors: readonly TensorInfo[],
     readonly alignment: number,
     readonly dataOffset: number,
@@ -219,12 +224,15 @@ export class GgufFile {
     const nKv = c.count('metadata count', 13);
 
     const metadata = new Map<string, MetadataValue>();
+    const metadataTypes = new Map<string, MetaTypeDesc>();
     for (let i = 0; i < nKv; i++) {
       const at = c.pos;
       const key = c.string(`metadata key #${i}`);
       if (metadata.has(key)) throw new GgufError('duplicate-key', path, `metadata key "${key}" appears twice`, at);
       const type = c.u32(`type of metadata "${key}"`);
-      metadata.set(key, readValue(c, type, key, 0, path));
+      const desc: { type: MetaType; item?: MetaTypeDesc } = { type: type as MetaType };
+      metadata.set(key, readValue(c, type, key, 0, path, desc));
+      metadataTypes.set(key, desc);
     }
 
     let alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -291,7 +299,7 @@ export class GgufFile {
       return { name: t.name, dims: t.dims, type: t.type, nElements: t.nElements, nBytes: t.nBytes, fileOffset: dataOffset + Number(t.offset) };
     });
 
-    return new GgufFile(path, version, metadata, tensors, alignment, dataOffset, size);
+    return new GgufFile(path, version, metadata, metadataTypes, tensors, alignment, dataOffset, size);
   }
 
   tensor(name: string): TensorInfo | undefined {
@@ -377,7 +385,8 @@ export class GgufFile {
   }
 }
 
-function readValue(c: Cursor, type: number, key: string, depth: number, path: string): MetadataValue {
+/** Reads one value; for arrays, records the item type (of the first item, for nested ones) in desc. */
+function readValue(c: Cursor, type: number, key: string, depth: number, path: string, desc?: { item?: MetaTypeDesc }): MetadataValue {
   const what = `value of "${key}"`;
   switch (type) {
     case MetaType.UINT8: return c.u8(what);
@@ -409,7 +418,9 @@ function readValue(c: Cursor, type: number, key: string, depth: number, path: st
         throw new GgufError('bad-count', path, `item count of array "${key}" is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`, countAt);
       }
       const out: MetadataValue[] = new Array(n);
-      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path);
+      const item: { type: MetaType; item?: MetaTypeDesc } = { type: itemType as MetaType };
+      if (desc) desc.item = item;
+      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined);
       return out;
     }
     default:

@@ -12,7 +12,7 @@
 
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { ggmlTypeInfo, type GgmlType, type GgmlTypeInfo } from '../ggml/types.ts';
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufError, MetaType } from './reader.ts';
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufError, MetaType, type GgufFile, type MetaTypeDesc, type MetadataValue } from './reader.ts';
 
 const GGUF_VERSION = 3;
 const MAX_DIMS = 4;
@@ -57,6 +57,33 @@ export const meta = {
   /** An array item of an array whose itemType is ARRAY. */
   nested: (itemType: MetaType, value: readonly MetaItem[]): MetaArray => ({ itemType, value }),
 } as const;
+
+/**
+ * The metadata of a file read by GgufFile, as entries with the types it was stored with, so a
+ * rewritten file (quantized, or a slice of layers) keeps every key as llama.cpp expects it.
+ */
+export function copyMetadata(file: GgufFile, keep: (key: string) => boolean = () => true): MetaEntry[] {
+  const out: MetaEntry[] = [];
+  for (const [key, value] of file.metadata) {
+    if (!keep(key)) continue;
+    const desc = file.metadataTypes.get(key);
+    if (!desc) throw new GgufError('missing-key', file.path, `metadata "${key}" has no recorded type`);
+    out.push({ key, ...typedItem(value, desc) } as MetaEntry);
+  }
+  return out;
+}
+
+function typedItem(value: MetadataValue, desc: MetaTypeDesc): { type: MetaType; value: MetaItem | readonly MetaItem[]; itemType?: MetaType } {
+  if (desc.type !== MetaType.ARRAY) return { type: desc.type, value: value as MetaItem };
+  const item = desc.item ?? { type: MetaType.UINT8 };
+  return { type: MetaType.ARRAY, itemType: item.type, value: toItems(value as MetadataValue[], item) };
+}
+
+function toItems(values: MetadataValue[], item: MetaTypeDesc): MetaItem[] {
+  if (item.type !== MetaType.ARRAY) return values as MetaItem[];
+  const inner = item.item ?? { type: MetaType.UINT8 };
+  return values.map((v) => meta.nested(inner.type, toItems(v as MetadataValue[], inner)));
+}
 
 /** Tensor data: all bytes at once, or a generator of chunks for tensors too big to hold. */
 export type TensorData = Uint8Array | (() => Iterable<Uint8Array>);
