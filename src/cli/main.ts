@@ -4,6 +4,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { runCommand } from './run.ts';
 import { tokenizeCommand } from './tokenize.ts';
+import { quantizeCommand } from './quantize.ts';
+import { synthCommand } from './synth.ts';
 import { reportAndExit, UsageError } from './errors.ts';
 
 await yargs(hideBin(process.argv))
@@ -11,7 +13,9 @@ await yargs(hideBin(process.argv))
   .usage('$0 <command> [options]\n\nRun GGUF language models on one machine or a herd of small ones.')
   .command(runCommand)
   .command(tokenizeCommand)
-  .demandCommand(1, 'Name a command: run or tokenize (see --help).')
+  .command(quantizeCommand)
+  .command(synthCommand)
+  .demandCommand(1, 'Name a command (see --help).')
   .strict()
   .help()
   .alias('h', 'help')

@@ -16,28 +16,43 @@
 // biases always f32; ggml dimension order (dims[0] is the row length, i.e. the input width).
 
 import { fileURLToPath } from 'node:url';
-import { GgufFile, MetaType, type MetadataValue } from '../gguf/reader.ts';
-import { meta, writeGguf, type MetaEntry, type TensorSpec } from '../gguf/writer.ts';
-import { GgmlType, ggmlTypeByName, rowBytes } from '../ggml/types.ts';
-import { kernelType, type KernelType } from '../kernels/types.ts';
+import { GgufFile } from '../gguf/reader.ts';
+import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../gguf/writer.ts';
+import { GgmlType, ggmlTypeInfo, rowBytes } from '../ggml/types.ts';
+import { kernelType } from '../kernels/types.ts';
+import { chooseType, quantTarget } from './quantize.ts';
 
 export const SYNTH_ARCHS = ['llama', 'qwen2', 'qwen3'] as const;
 export type SynthArch = (typeof SYNTH_ARCHS)[number];
-/** A ggml type name herd can quantize to: f32, f16, bf16, q8_0, q4_0, q4_k, … */
+/** A quantization target as `herd quantize` names them: f32, f16, bf16, q8_0, q4_0, q4_k_m, … */
 export type SynthWeightType = string;
 
-// llama_ftype values llama.cpp writes as general.file_type ("mostly <type>").
-const FILE_TYPE: Record<string, number> = {
-  F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, Q2_K: 10, Q3_K: 12, Q4_K: 15, Q5_K: 17, Q6_K: 18, BF16: 32,
-};
+/** llama.cpp's Llama SentencePiece vocabulary (32000 tokens), bundled for the real shapes. */
+export const LLAMA_VOCAB = fileURLToPath(new URL('../../models/llama-spm-vocab.gguf', import.meta.url));
+
+/** Real model shapes with random weights: what benchmarks and cluster trials need. */
+export const SYNTH_SHAPES = {
+  tinyllama: { arch: 'llama', dim: 2048, nLayers: 22, nHeads: 32, nKvHeads: 4, ffnDim: 5632, ctxTrain: 2048 },
+  'llama2-7b': { arch: 'llama', dim: 4096, nLayers: 32, nHeads: 32, nKvHeads: 32, ffnDim: 11008, ctxTrain: 4096 },
+} as const;
+export type SynthShape = keyof typeof SYNTH_SHAPES;
+
+/** A model of a real shape: std 0.02 weights and the Llama vocabulary, like a fresh checkpoint. */
+export function synthShape(shape: SynthShape, type: SynthWeightType, seed: number, out: string): SynthModel {
+  const s = SYNTH_SHAPES[shape];
+  if (!s) throw new RangeError(`unknown shape "${shape}" (known: ${Object.keys(SYNTH_SHAPES).join(', ')})`);
+  return synthModel({ ...s, type, seed, out, std: 0.02, vocabFrom: LLAMA_VOCAB, name: `herd-synth-${shape}-${type}-s${seed}` });
+}
 
 /** The repository's stories260K model, whose vocabulary the synthetic models reuse. */
 export const DEFAULT_VOCAB_SOURCE = fileURLToPath(new URL('../../models/stories260K.gguf', import.meta.url));
 
 export interface SynthOptions {
   readonly arch: SynthArch;
-  /** Type of the 2-D weight matrices (norms and biases stay f32). */
+  /** Type of the 2-D weight matrices, chosen per tensor as llama-quantize would (norms and biases stay f32). */
   readonly type: SynthWeightType;
+  /** One std for every matrix (as real checkpoints have, ~0.02) instead of the per-matrix gains. */
+  readonly std?: number;
   readonly seed: number;
   /** Path of the GGUF file to write. */
   readonly out: string;
@@ -53,6 +68,8 @@ export interface SynthOptions {
   readonly ctxTrain?: number;
   /** A GGUF file whose tokenizer.ggml.* metadata (and hence vocab size) is copied. */
   readonly vocabFrom?: string;
+  /** general.name; defaults to one naming the options. */
+  readonly name?: string;
 }
 
 export interface SynthModel {
@@ -138,40 +155,11 @@ const defaults: Record<SynthArch, ArchDefaults> = {
   qwen3: { dim: 64, nHeads: 4, nKvHeads: 2, headDim: 32, ffnDim: 192, ropeBase: 1000000, rmsEps: 1e-6 },
 };
 
-// The GGUF types of the tokenizer keys copied from the vocab source (as llama.cpp reads them).
-const tokenizerKeys: readonly { key: string; type: MetaType; itemType?: MetaType }[] = [
-  { key: 'tokenizer.ggml.model', type: MetaType.STRING },
-  { key: 'tokenizer.ggml.pre', type: MetaType.STRING },
-  { key: 'tokenizer.ggml.tokens', type: MetaType.ARRAY, itemType: MetaType.STRING },
-  { key: 'tokenizer.ggml.scores', type: MetaType.ARRAY, itemType: MetaType.FLOAT32 },
-  { key: 'tokenizer.ggml.token_type', type: MetaType.ARRAY, itemType: MetaType.INT32 },
-  { key: 'tokenizer.ggml.merges', type: MetaType.ARRAY, itemType: MetaType.STRING },
-  { key: 'tokenizer.ggml.bos_token_id', type: MetaType.UINT32 },
-  { key: 'tokenizer.ggml.eos_token_id', type: MetaType.UINT32 },
-  { key: 'tokenizer.ggml.unknown_token_id', type: MetaType.UINT32 },
-  { key: 'tokenizer.ggml.add_bos_token', type: MetaType.BOOL },
-  { key: 'tokenizer.ggml.add_eos_token', type: MetaType.BOOL },
-];
-
+/** The tokenizer.* keys of the vocabulary source, with the types they were stored with. */
 function copyTokenizer(source: GgufFile): { entries: MetaEntry[]; vocabSize: number } {
-  const entries: MetaEntry[] = [];
-  for (const { key, type, itemType } of tokenizerKeys) {
-    const v: MetadataValue | undefined = source.metadata.get(key);
-    if (v === undefined) continue;
-    if (type === MetaType.ARRAY) {
-      if (!Array.isArray(v) || itemType === undefined) throw new Error(`${source.path}: metadata "${key}" is not an array`);
-      entries.push(meta.array(key, itemType, v as (string | number)[]));
-    } else if (type === MetaType.STRING) {
-      entries.push(meta.str(key, source.string(key)));
-    } else if (type === MetaType.BOOL) {
-      entries.push(meta.bool(key, source.bool(key, false)));
-    } else {
-      entries.push(meta.u32(key, source.number(key)));
-    }
-  }
   const tokens = source.array('tokenizer.ggml.tokens');
   if (!tokens) throw new Error(`${source.path}: no tokenizer.ggml.tokens to copy the vocabulary from`);
-  return { entries, vocabSize: tokens.length };
+  return { entries: copyMetadata(source, (key) => key.startsWith('tokenizer.')), vocabSize: tokens.length };
 }
 
 function check(cond: boolean, what: string): void {
@@ -181,10 +169,7 @@ function check(cond: boolean, what: string): void {
 /** Builds a synthetic model and writes it to opts.out. */
 export function synthModel(opts: SynthOptions): SynthModel {
   check((SYNTH_ARCHS as readonly string[]).includes(opts.arch), `unknown architecture "${opts.arch}"`);
-  const typeInfo = ggmlTypeByName(opts.type);
-  const kernel: KernelType | undefined = typeInfo && kernelType(typeInfo.id);
-  check(kernel !== undefined && FILE_TYPE[kernel.info.name] !== undefined, `weight type "${opts.type}" cannot be written`);
-  const weightKernel = kernel as KernelType;
+  const target = quantTarget(opts.type);
   const d = defaults[opts.arch];
   const dim = opts.dim ?? d.dim;
   const nLayers = opts.nLayers ?? 2;
@@ -211,8 +196,8 @@ export function synthModel(opts: SynthOptions): SynthModel {
 
   const metadata: MetaEntry[] = [
     meta.str('general.architecture', arch),
-    meta.str('general.name', `herd-synth-${arch}-${opts.type}${tied ? '-tied' : ''}-s${opts.seed}`),
-    meta.u32('general.file_type', FILE_TYPE[weightKernel.info.name]),
+    meta.str('general.name', opts.name ?? `herd-synth-${arch}-${opts.type}${tied ? '-tied' : ''}-s${opts.seed}`),
+    meta.u32('general.file_type', target.fileType),
     meta.u32(k('context_length'), ctxTrain),
     meta.u32(k('embedding_length'), dim),
     meta.u32(k('block_count'), nLayers),
@@ -230,21 +215,37 @@ export function synthModel(opts: SynthOptions): SynthModel {
   }
   metadata.push(...tokenizer.entries);
 
-  const rng = new SynthRng(opts.seed);
   const tensors: TensorSpec[] = [];
   const f32Bytes = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-  /** A [rows × cols] matrix (ggml dims [cols, rows]) with std gain / sqrt(cols). */
+  // Each tensor draws from its own stream, so its values do not depend on when it is written.
+  const rngFor = () => new SynthRng(Math.imul(opts.seed ^ 0x9e3779b9, 2654435761) + tensors.length * 0x632be5ab);
+  /** A [rows × cols] matrix (ggml dims [cols, rows]) with std gain / sqrt(cols), made chunk by chunk. */
   const matrix = (name: string, cols: number, rows: number, gain: number): void => {
-    const w = rng.normals(cols * rows, gain / Math.sqrt(cols));
-    const info = weightKernel.info;
-    check(cols % info.blockSize === 0, `${name}: row length ${cols} is not a multiple of the ${info.name} block size ${info.blockSize}`);
-    const rb = rowBytes(info, cols);
-    const data = new Uint8Array(rb * rows);
-    for (let r = 0; r < rows; r++) weightKernel.quantizeRow(w, r * cols, cols, data, r * rb);
-    tensors.push({ name, dims: [cols, rows], type: info.id, data });
+    const rng = rngFor();
+    const std = opts.std ?? gain / Math.sqrt(cols);
+    const info = ggmlTypeInfo(chooseType({ name, dims: [cols, rows] }, target, nLayers) ?? GgmlType.F32);
+    const kernel = info && kernelType(info.id);
+    check(kernel !== undefined, `${name}: no type of ${opts.type} fits rows of ${cols}`);
+    const k = kernel!;
+    const rb = rowBytes(k.info, cols);
+    const chunkRows = Math.max(1, Math.floor((1 << 20) / cols));
+    tensors.push({
+      name,
+      dims: [cols, rows],
+      type: k.info.id,
+      data: function* () {
+        for (let r0 = 0; r0 < rows; r0 += chunkRows) {
+          const n = Math.min(chunkRows, rows - r0);
+          const w = rng.normals(n * cols, std);
+          const out = new Uint8Array(n * rb);
+          for (let r = 0; r < n; r++) k.quantizeRow(w, r * cols, cols, out, r * rb);
+          yield out;
+        }
+      },
+    });
   };
   const vector = (name: string, n: number, std: number, mean: number): void => {
-    tensors.push({ name, dims: [n], type: GgmlType.F32, data: f32Bytes(rng.normals(n, std, mean)) });
+    tensors.push({ name, dims: [n], type: GgmlType.F32, data: f32Bytes(rngFor().normals(n, std, mean)) });
   };
 
   // Embedding entries of std 1; the head reads rmsnorm(x), so its gain 3 gives logits of std ~3.
