@@ -90,6 +90,25 @@ test('a stage split in two gives the same logits as the whole model', (t) => {
   }
 });
 
+test('a prompt run in batched steps gives the logits of token-by-token steps', (t) => {
+  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const seq = [...reference.prompt_tokens, ...reference.generated_tokens];
+  const single = Transformer.load(file, { kvType: 'f32', batch: 1 });
+  const batched = Transformer.load(file, { kvType: 'f32', batch: 16 });
+  let expected = new Float32Array(0);
+  for (let pos = 0; pos < seq.length; pos++) expected = Float32Array.from(single.forward(seq[pos], pos));
+  for (let start = 0; start < seq.length; start += 16) {
+    batched.embed(seq.slice(start, start + 16));
+    batched.forwardLayers(start);
+  }
+  const got = batched.head();
+  let maxDiff = 0;
+  for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i] - expected[i]));
+  t.log(`max |Δlogit| ${maxDiff.toExponential(2)} after 69 tokens in steps of 16`);
+  t.true(maxDiff <= 1e-5);
+  t.throws(() => batched.embed(seq.slice(0, 17)), { message: /a step takes 1\.\.16 tokens, got 17/ });
+});
+
 test('model errors name the file and the problem', (t) => {
   const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
   t.throws(() => Transformer.load(file, { layers: [3, 9] }), { message: /stories260K\.gguf: layer range \[3, 9\) is not within the model's 5 layers/ });

@@ -40,10 +40,12 @@ export class LocalSession implements InferenceSession {
   async step(tokens: readonly number[], start: number): Promise<number> {
     if (start !== this.history.length) throw new RangeError(`step at position ${start}, but the session is at ${this.history.length}`);
     if (tokens.length === 0) throw new RangeError('step with no tokens');
-    for (let i = 0; i < tokens.length; i++) {
-      this.model.embed(tokens[i]);
+    // The prompt goes through in steps of up to the model's batch size.
+    for (let i = 0; i < tokens.length; i += this.model.batch) {
+      const step = tokens.slice(i, i + this.model.batch);
+      this.model.embed(step);
       this.model.forwardLayers(start + i, this.cache);
-      this.history.push(tokens[i]);
+      this.history.push(...step);
     }
     return this.sampler.sample(this.model.head(), this.history);
   }

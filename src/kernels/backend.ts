@@ -13,6 +13,11 @@ export interface KernelBackend {
   alloc(bytes: number): Uint8Array;
   /** out[r] = Σ_c w[r, c] · x[c]. */
   matvec(w: Weight, x: Float32Array, out: Float32Array): void;
+  /**
+   * out (n × rows) = xs (n × cols) · wᵀ, reading the weight once for all n vectors (prefill).
+   * Optional: without it the model runs n matvecs.
+   */
+  matmul?(w: Weight, xs: Float32Array, n: number, out: Float32Array): void;
   /** Stops worker threads and frees memory; the backend is unusable afterwards. */
   close(): Promise<void>;
 }

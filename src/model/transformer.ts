@@ -18,13 +18,19 @@ export interface LoadOptions {
   kvType?: KvType;
   /** Layer range [start, end); defaults to every layer. */
   layers?: readonly [number, number];
+  /** Most tokens one forward step takes (prefill step size); default 32. */
+  batch?: number;
   /** Kernel backend for the matrix products; defaults to the js reference. */
   backend?: KernelBackend;
 }
 
-/** Every activation buffer of one forward step. */
+/**
+ * Every activation buffer of one forward step, for up to `batch` tokens at once: row i of
+ * x, xb, q, … belongs to the i-th token of the step. Decode is a step of one token; prefill
+ * runs the prompt in steps of up to `batch` tokens, so each weight is read once per step.
+ */
 class RunState {
-  readonly x: Float32Array; // the residual stream (hidden state)
+  readonly x: Float32Array; // the residual stream (hidden states)
   readonly xb: Float32Array; // normed input of a sub-block
   readonly xb2: Float32Array; // sub-block output before the residual add
   readonly q: Float32Array;
@@ -38,23 +44,28 @@ class RunState {
   readonly ropeCos: Float32Array;
   readonly ropeSin: Float32Array;
 
-  constructor(c: ModelConfig, ctx: number) {
+  constructor(c: ModelConfig, ctx: number, readonly batch: number) {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
-    this.x = new Float32Array(c.dim);
-    this.xb = new Float32Array(c.dim);
-    this.xb2 = new Float32Array(c.dim);
-    this.q = new Float32Array(qDim);
-    this.k = new Float32Array(kvDim);
-    this.v = new Float32Array(kvDim);
-    this.attOut = new Float32Array(qDim);
+    this.x = new Float32Array(batch * c.dim);
+    this.xb = new Float32Array(batch * c.dim);
+    this.xb2 = new Float32Array(batch * c.dim);
+    this.q = new Float32Array(batch * qDim);
+    this.k = new Float32Array(batch * kvDim);
+    this.v = new Float32Array(batch * kvDim);
+    this.attOut = new Float32Array(batch * qDim);
     this.att = new Float32Array(ctx);
-    this.hb = new Float32Array(c.ffnDim);
-    this.hb2 = new Float32Array(c.ffnDim);
+    this.hb = new Float32Array(batch * c.ffnDim);
+    this.hb2 = new Float32Array(batch * c.ffnDim);
     this.logits = new Float32Array(c.vocabSize);
-    this.ropeCos = new Float32Array(c.ropeDims / 2);
-    this.ropeSin = new Float32Array(c.ropeDims / 2);
+    this.ropeCos = new Float32Array((batch * c.ropeDims) / 2);
+    this.ropeSin = new Float32Array((batch * c.ropeDims) / 2);
   }
+}
+
+/** Row i (of width n) of a batch buffer. */
+function row(buf: Float32Array, i: number, n: number): Float32Array {
+  return buf.subarray(i * n, (i + 1) * n);
 }
 
 export class Transformer {
@@ -68,8 +79,9 @@ export class Transformer {
     readonly ctx: number,
     readonly kvType: KvType,
     readonly backend: KernelBackend,
+    batch: number,
   ) {
-    this.state = new RunState(config, ctx);
+    this.state = new RunState(config, ctx, batch);
     this.cache = this.newCache();
   }
 
@@ -80,10 +92,25 @@ export class Transformer {
     const [start, end] = opts.layers ?? [0, config.nLayers];
     const backend = opts.backend ?? new JsBackend();
     const weights = loadStageWeights(file, config, start, end, backend);
-    return new Transformer(config, weights, ctx, opts.kvType ?? 'f32', backend);
+    const batch = opts.batch ?? 32;
+    if (!Number.isInteger(batch) || batch < 1) throw new ModelError(file.path, `batch size must be a positive integer, got ${batch}`);
+    return new Transformer(config, weights, ctx, opts.kvType ?? 'f32', backend, batch);
   }
 
-  private readonly matvec = (w: Weight, x: Float32Array, out: Float32Array): void => this.backend.matvec(w, x, out);
+  /** Tokens in the current step (rows of state.x in use). */
+  private n = 1;
+
+  get batch(): number {
+    return this.state.batch;
+  }
+
+  /** out (n × rows) = xs (n × cols) · wᵀ: one pass over the weight for the whole step. */
+  private readonly matmul = (w: Weight, xs: Float32Array, out: Float32Array): void => {
+    const n = this.n;
+    if (n === 1) this.backend.matvec(w, xs, out);
+    else if (this.backend.matmul) this.backend.matmul(w, xs, n, out);
+    else for (let i = 0; i < n; i++) this.backend.matvec(w, row(xs, i, w.cols), row(out, i, w.rows));
+  };
 
   get isFirst(): boolean {
     return this.weights.tokenEmbd !== undefined;
@@ -100,90 +127,125 @@ export class Transformer {
 
   /** The whole model for one token at one position: the logits of the next token. */
   forward(token: number, pos: number, cache: KvCache = this.cache): Float32Array {
-    this.embed(token);
+    this.embed([token]);
     this.forwardLayers(pos, cache);
     return this.head();
   }
 
-  /** First stage: the token's embedding row becomes the hidden state. */
-  embed(token: number): Float32Array {
+  /** First stage: the tokens' embedding rows become the hidden states of the step. */
+  embed(tokens: number | readonly number[]): Float32Array {
+    if (typeof tokens === 'number') tokens = [tokens];
     const w = this.weights;
     if (!w.tokenEmbd) throw new Error(`stage [${w.start}, ${w.end}) holds no token embedding`);
-    getRow(w.tokenEmbd, token, this.state.x);
-    return this.state.x;
+    this.setStep(tokens.length);
+    for (let i = 0; i < tokens.length; i++) getRow(w.tokenEmbd, tokens[i], row(this.state.x, i, this.config.dim));
+    return this.hidden;
   }
 
-  /** Runs this stage's layers on state.x at position pos, in place. */
-  forwardLayers(pos: number, cache: KvCache = this.cache): Float32Array {
-    if (!(Number.isInteger(pos) && pos >= 0 && pos < this.ctx)) {
-      throw new RangeError(`position ${pos} is outside the context of ${this.ctx}`);
+  /** Sets how many tokens the next step carries (a later stage sets it before filling state.x). */
+  setStep(n: number): void {
+    if (!(Number.isInteger(n) && n >= 1 && n <= this.batch)) throw new RangeError(`a step takes 1..${this.batch} tokens, got ${n}`);
+    this.n = n;
+  }
+
+  /** The step's hidden states: n × dim, what one stage hands the next. */
+  get hidden(): Float32Array {
+    return this.state.x.subarray(0, this.n * this.config.dim);
+  }
+
+  /** Runs this stage's layers on the step's hidden states at positions start.., in place. */
+  forwardLayers(start: number, cache: KvCache = this.cache): Float32Array {
+    const n = this.n;
+    if (!(Number.isInteger(start) && start >= 0 && start + n <= this.ctx)) {
+      const what = n === 1 ? `position ${start} is` : `positions ${start}..${start + n - 1} are`;
+      throw new RangeError(`${what} outside the context of ${this.ctx}`);
     }
     const c = this.config;
     const s = this.state;
-    const matvec = this.matvec;
+    const matmul = this.matmul;
+    const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     const groupSize = c.nHeads / c.nKvHeads;
-    ropeAngles(pos, c.ropeDims, c.ropeBase, c.ropeFreqScale, s.ropeCos, s.ropeSin, this.weights.ropeFreqs);
+    const half = c.ropeDims / 2;
+    for (let i = 0; i < n; i++) {
+      ropeAngles(start + i, c.ropeDims, c.ropeBase, c.ropeFreqScale, row(s.ropeCos, i, half), row(s.ropeSin, i, half), this.weights.ropeFreqs);
+    }
 
-    for (let i = 0; i < this.weights.layers.length; i++) {
-      const lw = this.weights.layers[i];
+    for (let l = 0; l < this.weights.layers.length; l++) {
+      const lw = this.weights.layers[l];
 
       // attention rmsnorm
-      rmsnorm(s.xb, s.x, lw.attnNorm, c.dim, c.rmsEps);
+      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(s.x, i, c.dim), lw.attnNorm, c.dim, c.rmsEps);
 
       // q, k, v projections (+ bias for qwen2)
-      matvec(lw.wq, s.xb, s.q);
-      matvec(lw.wk, s.xb, s.k);
-      matvec(lw.wv, s.xb, s.v);
-      if (lw.bq) addInPlace(s.q, lw.bq, s.q.length);
-      if (lw.bk) addInPlace(s.k, lw.bk, kvDim);
-      if (lw.bv) addInPlace(s.v, lw.bv, kvDim);
-
-      // per-head q/k norm (qwen3)
-      if (lw.qNorm && lw.kNorm) {
-        for (let h = 0; h < c.nHeads; h++) rmsnorm(s.q, s.q, lw.qNorm, c.headDim, c.rmsEps, h * c.headDim);
-        for (let h = 0; h < c.nKvHeads; h++) rmsnorm(s.k, s.k, lw.kNorm, c.headDim, c.rmsEps, h * c.headDim);
+      matmul(lw.wq, s.xb, s.q);
+      matmul(lw.wk, s.xb, s.k);
+      matmul(lw.wv, s.xb, s.v);
+      for (let i = 0; i < n; i++) {
+        if (lw.bq) addInPlace(row(s.q, i, qDim), lw.bq, qDim);
+        if (lw.bk) addInPlace(row(s.k, i, kvDim), lw.bk, kvDim);
+        if (lw.bv) addInPlace(row(s.v, i, kvDim), lw.bv, kvDim);
       }
 
-      // RoPE on q and k
-      rope(s.q, c.nHeads, c.headDim, c.ropeDims, c.ropeNeox, s.ropeCos, s.ropeSin);
-      rope(s.k, c.nKvHeads, c.headDim, c.ropeDims, c.ropeNeox, s.ropeCos, s.ropeSin);
+      for (let i = 0; i < n; i++) {
+        const q = row(s.q, i, qDim);
+        const k = row(s.k, i, kvDim);
 
-      // write k, v of this position into the cache
-      cache.write(i, pos, s.k, s.v);
+        // per-head q/k norm (qwen3)
+        if (lw.qNorm && lw.kNorm) {
+          for (let h = 0; h < c.nHeads; h++) rmsnorm(q, q, lw.qNorm, c.headDim, c.rmsEps, h * c.headDim);
+          for (let h = 0; h < c.nKvHeads; h++) rmsnorm(k, k, lw.kNorm, c.headDim, c.rmsEps, h * c.headDim);
+        }
 
-      // attention per head over the cache (grouped-query: groupSize heads share a KV head)
-      for (let h = 0; h < c.nHeads; h++) {
-        const kvOff = Math.floor(h / groupSize) * c.headDim;
-        attendHead(cache.keys[i], cache.values[i], kvDim, pos, s.q, h * c.headDim, kvOff, c.headDim, s.att, s.attOut, h * c.headDim);
+        // RoPE on q and k
+        const cos = row(s.ropeCos, i, half);
+        const sin = row(s.ropeSin, i, half);
+        rope(q, c.nHeads, c.headDim, c.ropeDims, c.ropeNeox, cos, sin);
+        rope(k, c.nKvHeads, c.headDim, c.ropeDims, c.ropeNeox, cos, sin);
+
+        // write k, v of this position into the cache
+        cache.write(l, start + i, k, row(s.v, i, kvDim));
+      }
+
+      // attention per head over the cache, each token seeing positions up to its own
+      // (grouped-query: groupSize heads share a KV head)
+      for (let i = 0; i < n; i++) {
+        const q = row(s.q, i, qDim);
+        const out = row(s.attOut, i, qDim);
+        for (let h = 0; h < c.nHeads; h++) {
+          const kvOff = Math.floor(h / groupSize) * c.headDim;
+          attendHead(cache.keys[l], cache.values[l], kvDim, start + i, q, h * c.headDim, kvOff, c.headDim, s.att, out, h * c.headDim);
+        }
       }
 
       // output projection and residual
-      matvec(lw.wo, s.attOut, s.xb2);
-      addInPlace(s.x, s.xb2, c.dim);
+      matmul(lw.wo, s.attOut, s.xb2);
+      addInPlace(s.x, s.xb2, n * c.dim);
 
       // ffn rmsnorm
-      rmsnorm(s.xb, s.x, lw.ffnNorm, c.dim, c.rmsEps);
+      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(s.x, i, c.dim), lw.ffnNorm, c.dim, c.rmsEps);
 
       // SwiGLU: down(silu(gate(x)) * up(x))
-      matvec(lw.wGate, s.xb, s.hb);
-      matvec(lw.wUp, s.xb, s.hb2);
-      swiglu(s.hb, s.hb, s.hb2, c.ffnDim);
-      matvec(lw.wDown, s.hb, s.xb2);
+      matmul(lw.wGate, s.xb, s.hb);
+      matmul(lw.wUp, s.xb, s.hb2);
+      swiglu(s.hb, s.hb, s.hb2, n * c.ffnDim);
+      matmul(lw.wDown, s.hb, s.xb2);
 
       // residual
-      addInPlace(s.x, s.xb2, c.dim);
+      addInPlace(s.x, s.xb2, n * c.dim);
     }
-    return s.x;
+    return this.hidden;
   }
 
-  /** Last stage: final rmsnorm and the classifier give the logits. */
+  /** Last stage: final rmsnorm and the classifier give the logits after the step's last token. */
   head(): Float32Array {
     const w = this.weights;
     const s = this.state;
+    const dim = this.config.dim;
     if (!w.output || !w.outputNorm) throw new Error(`stage [${w.start}, ${w.end}) holds no output head`);
-    rmsnorm(s.xb, s.x, w.outputNorm, this.config.dim, this.config.rmsEps);
-    this.matvec(w.output, s.xb, s.logits);
+    const xb = row(s.xb, 0, dim);
+    rmsnorm(xb, row(s.x, this.n - 1, dim), w.outputNorm, dim, this.config.rmsEps);
+    this.backend.matvec(w.output, xb, s.logits);
     return s.logits;
   }
 }
