@@ -6,6 +6,9 @@ import { runCommand } from './run.ts';
 import { tokenizeCommand } from './tokenize.ts';
 import { quantizeCommand } from './quantize.ts';
 import { synthCommand } from './synth.ts';
+import { nodeCommand } from './node.ts';
+import { nodesCommand } from './nodes.ts';
+import { planCommand } from './plan.ts';
 import { reportAndExit, UsageError } from './errors.ts';
 
 await yargs(hideBin(process.argv))
@@ -15,6 +18,9 @@ await yargs(hideBin(process.argv))
   .command(tokenizeCommand)
   .command(quantizeCommand)
   .command(synthCommand)
+  .command(nodeCommand)
+  .command(nodesCommand)
+  .command(planCommand)
   .demandCommand(1, 'Name a command (see --help).')
   .strict()
   .help()

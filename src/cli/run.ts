@@ -3,14 +3,15 @@
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { GgufFile } from '../gguf/reader.ts';
 import { Tokenizer } from '../tokenizer/index.ts';
-import { Transformer } from '../model/transformer.ts';
 import { generate } from '../engine/generate.ts';
-import { LocalSession } from '../engine/session.ts';
+import { openInference } from '../cluster/coordinator/open.ts';
+import { loadClusterKey } from '../cluster/auth.ts';
+import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
 import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { resolveModelPath } from './model-path.ts';
 import { UsageError } from './errors.ts';
 
-interface RunArgs {
+interface RunArgs extends KeyArgs {
   prompt: string;
   model?: string;
   maxTokens: number;
@@ -27,6 +28,11 @@ interface RunArgs {
   kvType: 'f32' | 'f16';
   stop?: string | string[];
   json: boolean;
+  nodes: string;
+  stages?: number;
+  interface?: string;
+  wire: 'f32' | 'f16';
+  discoveryTimeout: number;
 }
 
 function integer(name: string, v: number | undefined, min: number): void {
@@ -53,7 +59,16 @@ function builder(y: Argv): Argv<RunArgs> {
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
     .option('stop', { type: 'string', describe: 'Stop before this text (repeatable)' })
-    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' }) as unknown as Argv<RunArgs>;
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' })
+    // The herd: where the layers run.
+    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
+    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
+    .option('interface', { alias: 'i', type: 'string', describe: 'Discover and serve the coordinator on this network interface only' })
+    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
+    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer (--nodes auto)' })
+    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
+    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
+    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file'], 'Herd:') as unknown as Argv<RunArgs>;
 }
 
 async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
@@ -84,16 +99,22 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   if (prompt.length >= ctx) {
     throw new UsageError(`the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
   }
-  const model = Transformer.load(file, { ctx, kvType: args.kvType });
+  integer('stages', args.stages, 1);
+  const inference = await asUsage(() =>
+    openInference({
+      file, ctx, kvType: args.kvType, sampling, nodes: args.nodes, stages: args.stages, interface: args.interface,
+      key: loadClusterKey(args), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000, cacheDir: defaultCacheDir(),
+      note: (line) => process.stderr.write(`herd: ${line}\n`),
+    }),
+  );
+  const session = inference.session;
   const loadMs = performance.now() - tLoad;
-
-  const session = new LocalSession(model, sampling);
   const result = await generate(
     session,
     tokenizer,
     { prompt, maxTokens: args.maxTokens, stop: [args.stop ?? []].flat() },
     args.json ? undefined : (text) => process.stdout.write(text),
-  );
+  ).finally(() => inference.close());
 
   if (args.json) {
     process.stdout.write(
@@ -104,6 +125,8 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         stop_reason: result.stopReason,
         seed: sampling.seed,
         timings: result.timings,
+        plan: inference.plan,
+        ...(inference.shards ? { shards: inference.shards } : {}),
       })}\n`,
     );
   } else {

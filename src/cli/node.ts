@@ -1,0 +1,108 @@
+// `herd node`: the daemon. Serves HerdNode over gRPC, advertises _herd._tcp over mDNS, logs
+// one JSON line per event on stderr, and on SIGINT/SIGTERM says goodbye and exits 0.
+
+import { hostname } from 'node:os';
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { JsBackend } from '../kernels/backend.ts';
+import { loadClusterKey } from '../cluster/auth.ts';
+import { DEFAULT_PORT } from '../cluster/caps.ts';
+import { MdnsAdvertiser } from '../cluster/discovery/mdns.ts';
+import { jsonLogger } from '../cluster/log.ts';
+import { interfaceIpv4 } from '../cluster/net.ts';
+import { NodeServer } from '../cluster/node/server.ts';
+import { benchmarkMatvec, herdVersion, nodeId, readHostInfo } from '../cluster/node/sysinfo.ts';
+import { asUsage, defaultCacheDir, keyOptions, type KeyArgs } from './cluster-options.ts';
+import { UsageError } from './errors.ts';
+
+interface NodeArgs extends KeyArgs {
+  port: number;
+  host?: string;
+  name?: string;
+  interface?: string;
+  cacheDir?: string;
+  modelDir?: string;
+  threads?: number;
+  mdns: boolean;
+  grace: number;
+}
+
+function builder(y: Argv): Argv<NodeArgs> {
+  return keyOptions(
+    y
+      .option('port', { alias: 'p', type: 'number', default: DEFAULT_PORT, describe: 'gRPC port (0: any free port)' })
+      .option('host', { type: 'string', describe: 'Address to listen on (default: all, or the --interface address)' })
+      .option('name', { type: 'string', describe: 'Name shown to coordinators (default: the host name)' })
+      .option('interface', { alias: 'i', type: 'string', describe: 'Pin mDNS and the advertised address to this network interface' })
+      .option('cache-dir', { type: 'string', describe: 'Where shards and the node id live (default: $HERD_CACHE_DIR or ~/.cache/herd)' })
+      .option('model-dir', { type: 'string', describe: 'Directory of GGUF files to read shards from directly when the hash matches' })
+      .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (the js backend runs on one)' })
+      .option('mdns', { type: 'boolean', default: true, describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)' })
+      .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' }),
+  ) as unknown as Argv<NodeArgs>;
+}
+
+async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
+  if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535)) throw new UsageError(`--port must be in 0..65535, got ${args.port}`);
+  if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 1)) throw new UsageError('--threads must be an integer >= 1');
+  const key = asUsage(() => loadClusterKey(args));
+  const host = args.host ?? (args.interface ? asUsage(() => interfaceIpv4(args.interface as string)) : '0.0.0.0');
+  const name = args.name ?? hostname();
+  const cacheDir = args.cacheDir ?? defaultCacheDir();
+  const log = jsonLogger({ node: name });
+
+  const hostInfo = await readHostInfo();
+  const backend = new JsBackend();
+  const throughput = benchmarkMatvec(backend);
+  const id = nodeId(cacheDir);
+  const server = new NodeServer({
+    nodeId: id, name, host, port: args.port, cacheDir, modelDir: args.modelDir, key, backend, hostInfo, throughput,
+    version: herdVersion(), log,
+  });
+  const port = await server.start();
+  if (!key) log.log('warn', 'auth.open', { detail: 'no cluster key: any coordinator on the network may use this node' });
+
+  let advertiser: MdnsAdvertiser | undefined;
+  if (args.mdns) {
+    advertiser = await MdnsAdvertiser.start({ name, port, caps: server.capabilities, interface: args.interface });
+    log.log('info', 'mdns.advertise', { service: advertiser.instanceName, interface: args.interface ?? 'all' });
+  }
+  server.remeasure(
+    () => benchmarkMatvec(backend),
+    (t) => {
+      log.log('info', 'node.throughput', { throughput: Math.round(t) });
+      void advertiser?.updateTxt(server.capabilities);
+    },
+  );
+  log.log('info', 'node.ready', {
+    id, host, port, cacheDir, backend: backend.name, cores: hostInfo.cores, memTotal: hostInfo.memTotal,
+    memAvailable: hostInfo.memAvailable, throughput: Math.round(throughput), auth: key !== undefined, mdns: args.mdns,
+  });
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.log('info', 'node.stop', { signal });
+    void (async () => {
+      try {
+        await advertiser?.stop(); // goodbye packets first: coordinators stop choosing us
+        await server.stop(args.grace * 1000);
+        await backend.close();
+        log.log('info', 'node.exit', { code: 0 });
+        process.exit(0);
+      } catch (e) {
+        log.log('error', 'node.exit', { code: 1, error: e instanceof Error ? e.message : String(e) });
+        process.exit(1);
+      }
+    })();
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+export const nodeCommand: CommandModule<object, NodeArgs> = {
+  command: 'node',
+  describe: 'Run a herd node daemon: serve layers of models to coordinators on the LAN',
+  builder,
+  handler,
+};

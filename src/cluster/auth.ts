@@ -1,0 +1,92 @@
+// Cluster key auth, challenge-response: a server hands out single-use nonces (Challenge); a
+// caller proves it holds the key with HMAC-SHA256(key, nonce ‖ method path) in call metadata.
+// The key never travels; a nonce works once, for one method, for a short time.
+
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Metadata } from '@grpc/grpc-js';
+import { ClusterError } from './errors.ts';
+
+export const NONCE_HEADER = 'herd-nonce';
+export const PROOF_HEADER = 'herd-proof';
+export const NONCE_TTL_MS = 30_000;
+const MAX_OUTSTANDING = 4096;
+
+export type ClusterKey = Buffer;
+
+/** The key from --cluster-key or --cluster-key-file (trimmed), or undefined for an open cluster. */
+export function loadClusterKey(opts: { clusterKey?: string; clusterKeyFile?: string }): ClusterKey | undefined {
+  if (opts.clusterKey !== undefined && opts.clusterKeyFile !== undefined) {
+    throw new ClusterError('usage', 'give --cluster-key or --cluster-key-file, not both');
+  }
+  let text = opts.clusterKey;
+  if (opts.clusterKeyFile !== undefined) {
+    try {
+      text = readFileSync(opts.clusterKeyFile, 'utf8');
+    } catch (e) {
+      throw new ClusterError('usage', `cannot read the cluster key file: ${(e as Error).message}`);
+    }
+  }
+  if (text === undefined) return undefined;
+  const key = text.trim();
+  if (key.length < 8) throw new ClusterError('usage', 'the cluster key must be at least 8 characters');
+  return Buffer.from(key, 'utf8');
+}
+
+export function proof(key: ClusterKey, nonce: Uint8Array, method: string): Buffer {
+  return createHmac('sha256', key).update(nonce).update(method, 'utf8').digest();
+}
+
+/** Metadata proving the key for one call of `method`, given a nonce from the server. */
+export function authMetadata(key: ClusterKey | undefined, nonce: Uint8Array, method: string): Metadata {
+  const md = new Metadata();
+  if (key) {
+    md.set(NONCE_HEADER, Buffer.from(nonce).toString('hex'));
+    md.set(PROOF_HEADER, proof(key, nonce, method).toString('hex'));
+  }
+  return md;
+}
+
+/** The server side: issues nonces and checks proofs. Without a key every call is accepted. */
+export class Authenticator {
+  private readonly nonces = new Map<string, number>();
+
+  constructor(readonly key: ClusterKey | undefined) {}
+
+  get required(): boolean {
+    return this.key !== undefined;
+  }
+
+  issue(): Buffer {
+    const now = Date.now();
+    if (this.nonces.size >= MAX_OUTSTANDING) {
+      for (const [n, exp] of this.nonces) if (exp <= now) this.nonces.delete(n);
+      // Still full: forget the oldest (Map keeps insertion order).
+      while (this.nonces.size >= MAX_OUTSTANDING) this.nonces.delete(this.nonces.keys().next().value as string);
+    }
+    const nonce = randomBytes(32);
+    this.nonces.set(nonce.toString('hex'), now + NONCE_TTL_MS);
+    return nonce;
+  }
+
+  /** Undefined when the call may proceed, else why it may not. */
+  check(md: Metadata, method: string): string | undefined {
+    if (!this.key) return undefined;
+    const nonceHex = first(md, NONCE_HEADER);
+    const proofHex = first(md, PROOF_HEADER);
+    if (nonceHex === undefined || proofHex === undefined) return 'missing cluster key proof';
+    if (!/^[0-9a-f]{64}$/.test(nonceHex) || !/^[0-9a-f]{64}$/.test(proofHex)) return 'malformed cluster key proof';
+    const expires = this.nonces.get(nonceHex);
+    if (expires === undefined) return 'unknown or already used nonce';
+    this.nonces.delete(nonceHex);
+    if (expires < Date.now()) return 'expired nonce';
+    const want = proof(this.key, Buffer.from(nonceHex, 'hex'), method);
+    if (!timingSafeEqual(want, Buffer.from(proofHex, 'hex'))) return 'wrong cluster key';
+    return undefined;
+  }
+}
+
+function first(md: Metadata, key: string): string | undefined {
+  const v = md.get(key)[0];
+  return typeof v === 'string' ? v : undefined;
+}

@@ -1,0 +1,66 @@
+// Which nodes a coordinator plans over: `--nodes auto` (mDNS), `local` (this process), or a
+// host:port list. `auto` with nobody answering falls back to this process, with a note.
+
+import { JsBackend } from '../../kernels/backend.ts';
+import { findNodes } from '../discovery/find.ts';
+import type { DiscoveredNode } from '../discovery/types.ts';
+import { ClusterError } from '../errors.ts';
+import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
+import type { PlanNode } from '../planner.ts';
+import type { NodeInfo } from '../../proto/herd.ts';
+
+export const LOCAL_ADDRESS = 'in-process';
+
+export interface NodeSet {
+  /** 'local' when generation runs in this process. */
+  readonly mode: 'local' | 'cluster';
+  readonly nodes: PlanNode[];
+  /** What the user should know (fallbacks, unreachable peers), one line each. */
+  readonly notes: string[];
+  /** Each node's Info answer, by address. */
+  readonly infos: ReadonlyMap<string, NodeInfo>;
+}
+
+/** The nodes with the layer ranges of this model each holds in memory or in its cache. */
+export function withHoldings(set: NodeSet, modelHash: string): PlanNode[] {
+  return set.nodes.map((n) => {
+    const info = set.infos.get(n.address);
+    if (!info) return n;
+    const held = [...info.shards, ...info.cached].filter((s) => s.modelHash === modelHash).map((s) => [s.start, s.end] as const);
+    return { ...n, holds: held };
+  });
+}
+
+export interface ResolveOptions {
+  readonly nodes: string;
+  readonly interface?: string;
+  readonly timeoutMs: number;
+  readonly want?: number;
+}
+
+export function planNode(n: DiscoveredNode): PlanNode {
+  return { id: n.caps.nodeId, name: n.caps.name, address: n.address, memAvailable: n.caps.memAvailable, throughput: n.caps.throughput };
+}
+
+export async function localNode(): Promise<PlanNode> {
+  const h = await readHostInfo();
+  return { id: 'local', name: h.hostname, address: LOCAL_ADDRESS, memAvailable: h.memAvailable, throughput: benchmarkMatvec(new JsBackend(), 100) };
+}
+
+export async function resolveNodes(o: ResolveOptions): Promise<NodeSet> {
+  const spec = o.nodes.trim();
+  if (spec === 'local') return { mode: 'local', nodes: [await localNode()], notes: [], infos: new Map() };
+  const auto = spec === 'auto';
+  const r = await findNodes({ peers: auto ? undefined : spec, interface: o.interface, timeoutMs: o.timeoutMs, want: o.want });
+  const notes = r.unreachable.map((u) => `node ${u.address} did not answer: ${u.error}`);
+  if (r.nodes.length === 0) {
+    if (auto) {
+      notes.push(`no herd nodes answered over mDNS in ${o.timeoutMs / 1000} s: running in-process`);
+      return { mode: 'local', nodes: [await localNode()], notes, infos: new Map() };
+    }
+    throw new ClusterError('discovery', `none of the nodes answered (${r.unreachable.map((u) => `${u.address}: ${u.error}`).join('; ')})`);
+  }
+  const infos = new Map<string, NodeInfo>();
+  for (const n of r.nodes) if (n.info) infos.set(n.address, n.info);
+  return { mode: 'cluster', nodes: r.nodes.map(planNode), notes, infos };
+}

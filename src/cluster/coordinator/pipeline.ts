@@ -1,0 +1,276 @@
+// The coordinator side of a generation over the herd. `HerdCluster.start` hashes the model,
+// plans, serves the model's tensors, and has every stage load its shard; `openSession` gives
+// a PipelineSession — an InferenceSession whose step() sends token ids to stage 1 on one
+// long-lived Forward stream and awaits the token the last stage Delivers back.
+
+import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import type { ClientDuplexStream } from '@grpc/grpc-js';
+import type { InferenceSession } from '../../engine/session.ts';
+import type { SamplingOptions } from '../../engine/sampler.ts';
+import type { KvType as EngineKvType } from '../../model/kv-cache.ts';
+import { DType, KvType, type Delivery, type ForwardReply, type ForwardRequest, type HerdNodeClient, type LoadProgress } from '../../proto/herd.ts';
+import type { ClusterKey } from '../auth.ts';
+import { ClusterError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { formatHostPort, interfaceIpv4, parseHostPort } from '../net.ts';
+import { plan as makePlan, type Plan, type PlanNode } from '../planner.ts';
+import { authenticate, describeCallError, nodeClient } from '../rpc.ts';
+import { ModelSource } from '../shard/source.ts';
+import { modelShape } from '../shape.ts';
+import { samplingToWire } from '../node/stage.ts';
+import { CoordinatorServer } from './server.ts';
+
+const FORWARD = '/herd.v1.HerdNode/Forward';
+const LOAD = '/herd.v1.HerdNode/LoadShard';
+const OPEN_TIMEOUT_MS = 60_000;
+const LOAD_TIMEOUT_MS = 10 * 60_000;
+
+export interface ClusterOptions {
+  readonly modelPath: string;
+  /** The nodes, or a function of the model hash giving them (with what each already holds). */
+  readonly nodes: readonly PlanNode[] | ((modelHash: string) => readonly PlanNode[]);
+  readonly stages?: number;
+  readonly ctx: number;
+  readonly kvType: EngineKvType;
+  readonly wire: 'f32' | 'f16';
+  readonly key?: ClusterKey;
+  /** Bind the coordinator's server to this interface's address. */
+  readonly interface?: string;
+  readonly cacheDir?: string;
+  readonly log: Logger;
+  /** Per-token wait before the pipeline counts as stalled. */
+  readonly stepTimeoutMs?: number;
+}
+
+/** How each stage got its shard for this run. */
+export interface StageLoad {
+  readonly node: string;
+  readonly address: string;
+  readonly layers: [number, number];
+  /** memory (already loaded: no reload), local, cache (no transfer) or fetched. */
+  readonly source: string;
+  readonly bytes_transferred: number;
+  readonly ms: number;
+}
+
+export class HerdCluster {
+  private readonly clients = new Map<string, HerdNodeClient>();
+
+  private constructor(
+    readonly o: ClusterOptions,
+    readonly source: ModelSource,
+    readonly plan: Plan,
+    readonly server: CoordinatorServer,
+    readonly deliverTo: string,
+    readonly loads: StageLoad[],
+  ) {}
+
+  static async start(o: ClusterOptions): Promise<HerdCluster> {
+    const source = await ModelSource.open(o.modelPath, o.cacheDir);
+    const nodes = typeof o.nodes === 'function' ? o.nodes(source.hash) : o.nodes;
+    const plan = makePlan(nodes, modelShape(source.file, o.ctx, o.kvType), { stages: o.stages });
+    if (plan.stages.some((s) => s.node.address === 'in-process')) {
+      throw new ClusterError('usage', 'a plan over the in-process node runs without a cluster');
+    }
+    const server = new CoordinatorServer(source, o.key, o.log);
+    const bindHost = o.interface ? interfaceIpv4(o.interface) : '0.0.0.0';
+    const port = await server.start(bindHost);
+    const first = parseHostPort(plan.stages[0].node.address);
+    const host = o.interface ? bindHost : await localAddressFor(first.host, first.port);
+    const deliverTo = formatHostPort({ host, port });
+    const cluster = new HerdCluster(o, source, plan, server, deliverTo, []);
+    server.nodes = plan.stages.map((s) => ({ address: s.node.address, info: undefined }));
+    try {
+      const loads = await Promise.all(plan.stages.map((s) => cluster.loadStage(s.node, s.start, s.end)));
+      cluster.loads.push(...loads);
+    } catch (e) {
+      await cluster.close();
+      throw e;
+    }
+    return cluster;
+  }
+
+  client(address: string): HerdNodeClient {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = nodeClient(address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  private async loadStage(node: PlanNode, start: number, end: number): Promise<StageLoad> {
+    const t0 = performance.now();
+    const client = this.client(node.address);
+    const md = await authenticate(client, this.o.key, LOAD).catch((e: unknown) => {
+      throw new ClusterError('shard', `node ${node.name} (${node.address}): ${describeCallError(e)}`);
+    });
+    const last = await new Promise<LoadProgress>((resolve, reject) => {
+      let latest: LoadProgress | undefined;
+      const call = client.loadShard(
+        {
+          modelHash: this.source.hash, modelSize: this.source.size, modelName: this.source.name, start, end,
+          nLayers: this.source.nLayers, ctx: this.o.ctx, kvType: this.o.kvType === 'f16' ? KvType.KV_TYPE_F16 : KvType.KV_TYPE_F32,
+          coordinator: this.deliverTo,
+        },
+        md,
+        { deadline: new Date(Date.now() + LOAD_TIMEOUT_MS) },
+      );
+      call.on('data', (p: LoadProgress) => {
+        latest = p;
+        this.o.log.log('debug', 'shard.progress', { node: node.name, phase: p.phase, done: p.bytesDone, total: p.bytesTotal });
+      });
+      call.on('error', (e) => reject(new ClusterError('shard', `node ${node.name} (${node.address}) could not load layers [${start}, ${end}): ${describeCallError(e)}`)));
+      call.on('end', () => (latest?.phase === 'done' ? resolve(latest) : reject(new ClusterError('shard', `node ${node.name} ended LoadShard before it was done`))));
+    });
+    const load: StageLoad = {
+      node: node.name, address: node.address, layers: [start, end], source: last.source,
+      bytes_transferred: last.bytesTransferred, ms: Math.round(performance.now() - t0),
+    };
+    this.o.log.log('info', 'stage.loaded', { ...load, layers: load.layers });
+    return load;
+  }
+
+  async openSession(sampling: SamplingOptions): Promise<PipelineSession> {
+    return PipelineSession.open(this, sampling);
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+    await this.server.stop();
+  }
+}
+
+/** The local address this machine would use to reach host:port (a UDP connect sends nothing). */
+function localAddressFor(host: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    s.once('error', (e) => {
+      s.close();
+      reject(new ClusterError('usage', `no route to ${host}: ${e.message}`));
+    });
+    s.connect(port, host, () => {
+      const a = s.address().address;
+      s.close();
+      resolve(a);
+    });
+  });
+}
+
+export class PipelineSession implements InferenceSession {
+  private waiting: { position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
+  private failure: Error | undefined;
+  private closed = false;
+  private readonly ended: Promise<void>;
+
+  private constructor(
+    private readonly cluster: HerdCluster,
+    readonly id: string,
+    private readonly stream: ClientDuplexStream<ForwardRequest, ForwardReply>,
+    readonly ctx: number,
+  ) {
+    this.ended = new Promise((resolve) => {
+      stream.on('end', resolve);
+      stream.on('error', () => resolve());
+    });
+  }
+
+  static async open(cluster: HerdCluster, sampling: SamplingOptions): Promise<PipelineSession> {
+    const { plan, o } = cluster;
+    const id = randomBytes(12).toString('base64url');
+    const first = plan.stages[0].node;
+    const client = cluster.client(first.address);
+    const md = await authenticate(client, o.key, FORWARD).catch((e: unknown) => {
+      throw new ClusterError('pipeline', `stage 1 ${first.name} (${first.address}): ${describeCallError(e)}`);
+    });
+    const stream = client.forward(md);
+    const session = new PipelineSession(cluster, id, stream, o.ctx);
+    cluster.server.sinks.set(id, { deliver: (d) => session.onDelivery(d), fail: (r) => session.fail(new ClusterError('pipeline', r)) });
+
+    const ready = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ClusterError('pipeline', `the pipeline did not open in ${OPEN_TIMEOUT_MS / 1000} s`)), OPEN_TIMEOUT_MS);
+      stream.on('data', (r: ForwardReply) => {
+        if (r.ready) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      stream.on('error', (e) => {
+        clearTimeout(timer);
+        const err = new ClusterError('pipeline', `pipeline (stage 1 ${first.name}, ${first.address}): ${describeCallError(e)}`);
+        session.fail(err);
+        reject(err);
+      });
+    });
+    stream.write({
+      open: {
+        sessionId: id,
+        modelHash: cluster.source.hash,
+        route: plan.stages.map((s) => ({ address: s.node.address, start: s.start, end: s.end })),
+        hop: 0,
+        ctx: o.ctx,
+        wire: o.wire === 'f16' ? DType.DTYPE_F16 : DType.DTYPE_F32,
+        sampling: samplingToWire(sampling),
+        deliverTo: cluster.deliverTo,
+      },
+    });
+    try {
+      await ready;
+    } catch (e) {
+      await session.close();
+      throw e;
+    }
+    return session;
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    const w = this.waiting;
+    this.waiting = undefined;
+    if (w) {
+      clearTimeout(w.timer);
+      w.reject(e);
+    }
+  }
+
+  private onDelivery(d: Delivery): void {
+    const w = this.waiting;
+    if (!w || d.position !== w.position) {
+      this.fail(new ClusterError('pipeline', `the last stage delivered position ${d.position}, expected ${w?.position ?? 'nothing'}`));
+      return;
+    }
+    this.waiting = undefined;
+    clearTimeout(w.timer);
+    w.resolve(d.tokenId);
+  }
+
+  step(tokens: readonly number[], start: number): Promise<number> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new ClusterError('pipeline', 'the session is closed'));
+    if (this.waiting) return Promise.reject(new ClusterError('pipeline', 'a step is already in flight'));
+    if (tokens.length === 0) return Promise.reject(new RangeError('step with no tokens'));
+    const timeoutMs = this.cluster.o.stepTimeoutMs ?? 120_000;
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `no token from the pipeline in ${timeoutMs / 1000} s`)), timeoutMs);
+      this.waiting = { position: start + tokens.length, resolve, reject, timer };
+      this.stream.write({
+        activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0 },
+      });
+    });
+  }
+
+  /** Ends the stream: every stage frees the session's KV cache. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.cluster.server.sinks.delete(this.id);
+    if (this.failure) this.stream.cancel();
+    else this.stream.end();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.ended, new Promise((r) => (timer = setTimeout(r, 5000)))]);
+    clearTimeout(timer);
+  }
+}

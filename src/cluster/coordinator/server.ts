@@ -1,0 +1,128 @@
+// The coordinator's gRPC server (HerdCoordinator): serves its model's tensors to nodes that
+// lack them (FetchTensors), receives the last stage's tokens (Deliver), lists its nodes.
+
+import { Server, ServerCredentials, status, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import {
+  HerdCoordinatorService,
+  type DeliverReply,
+  type Delivery,
+  type FetchTensorsReply,
+  type FetchTensorsRequest,
+  type ListedNode,
+  type ListNodesReply,
+} from '../../proto/herd.ts';
+import { Authenticator, type ClusterKey } from '../auth.ts';
+import { invalid } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { channelOptions, toStatus } from '../rpc.ts';
+import type { ModelSource } from '../shard/source.ts';
+
+const FETCH = '/herd.v1.HerdCoordinator/FetchTensors';
+const DELIVER = '/herd.v1.HerdCoordinator/Deliver';
+
+/** Where a session's delivered tokens go. */
+export interface DeliverySink {
+  deliver(d: Delivery): void;
+  /** The last stage's Deliver stream failed or ended early. */
+  fail(reason: string): void;
+}
+
+export class CoordinatorServer {
+  private readonly server = new Server(channelOptions);
+  private readonly auth: Authenticator;
+  readonly sinks = new Map<string, DeliverySink>();
+  nodes: ListedNode[] = [];
+  bytesServed = 0;
+  port = 0;
+
+  constructor(
+    private readonly source: ModelSource,
+    key: ClusterKey | undefined,
+    private readonly log: Logger,
+  ) {
+    this.auth = new Authenticator(key);
+    this.server.addService(HerdCoordinatorService, {
+      challenge: (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>) => {
+        cb(null, { nonce: this.auth.issue(), ttlMs: 30_000 });
+      },
+      fetchTensors: this.fetchTensors,
+      deliver: this.deliver,
+      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => cb(null, { nodes: this.nodes }),
+    });
+  }
+
+  async start(host: string): Promise<number> {
+    this.port = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(`${host}:0`, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    });
+    return this.port;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private refuse(md: ServerUnaryCall<unknown, unknown>['metadata'], method: string, peer: string) {
+    const reason = this.auth.check(md, method);
+    if (reason === undefined) return undefined;
+    this.log.log('warn', 'auth.refused', { method, peer, reason });
+    return { name: 'Unauthenticated', message: reason, code: status.UNAUTHENTICATED, details: `cluster key: ${reason}` };
+  }
+
+  private readonly fetchTensors = (call: ServerWritableStream<FetchTensorsRequest, FetchTensorsReply>): void => {
+    const refused = this.refuse(call.metadata, FETCH, call.getPeer());
+    if (refused) {
+      call.emit('error', refused);
+      return;
+    }
+    const t0 = performance.now();
+    let bytes = 0;
+    this.source
+      .serve(call, (n) => {
+        bytes += n;
+        this.bytesServed += n;
+      })
+      .then(() => {
+        this.log.log('debug', 'tensors.served', { peer: call.getPeer(), start: call.request.start, end: call.request.end, bytes, ms: Math.round(performance.now() - t0) });
+      })
+      .catch((e: unknown) => call.emit('error', toStatus(e)));
+  };
+
+  private readonly deliver = (call: ServerReadableStream<Delivery, DeliverReply>, cb: sendUnaryData<DeliverReply>): void => {
+    const refused = this.refuse(call.metadata, DELIVER, call.getPeer());
+    if (refused) return cb(refused);
+    let sink: DeliverySink | undefined;
+    let sessionId: string | undefined;
+    let answered = false;
+    const answer = (err: ReturnType<typeof toStatus> | null) => {
+      if (answered) return;
+      answered = true;
+      cb(err, err ? undefined : {});
+    };
+    call.on('data', (d: Delivery) => {
+      if (answered) return;
+      const s = this.sinks.get(d.sessionId);
+      if (!s || (sessionId !== undefined && d.sessionId !== sessionId)) {
+        answer(toStatus(invalid(`delivery for unknown session "${d.sessionId}"`)));
+        return;
+      }
+      sessionId = d.sessionId;
+      sink = s;
+      s.deliver(d);
+    });
+    call.on('end', () => answer(null));
+    call.on('error', (e) => {
+      sink?.fail(`the last stage's token stream failed: ${e.message}`);
+      answer(null);
+    });
+  };
+}

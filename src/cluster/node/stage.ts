@@ -1,0 +1,190 @@
+// One session on one stage: its KV cache, its position, and (on the last stage) the sampler
+// and token history. Every message is checked against the loaded shard before use; a bad one
+// is a ClusterError('invalid') — INVALID_ARGUMENT for the caller — never a crash.
+
+import { DType, KvType, type Activation, type Delivery, type SessionOpen, type Sampling } from '../../proto/herd.ts';
+import type { KvCache } from '../../model/kv-cache.ts';
+import { Sampler, SamplingError, validateSampling, type SamplingOptions } from '../../engine/sampler.ts';
+import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
+import { invalid } from '../errors.ts';
+import { parseHostPort } from '../net.ts';
+import { HASH_RE } from '../shard/shard.ts';
+import type { LoadedShard, ShardStore } from '../shard/store.ts';
+
+export const SESSION_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
+const MAX_ROUTE = 64;
+
+export function dtypeBytes(d: DType): number {
+  return d === DType.DTYPE_F16 ? 2 : 4;
+}
+
+export function kvTypeOf(k: KvType): 'f32' | 'f16' | undefined {
+  return k === KvType.KV_TYPE_F32 ? 'f32' : k === KvType.KV_TYPE_F16 ? 'f16' : undefined;
+}
+
+export function samplingFromWire(s: Sampling): SamplingOptions {
+  try {
+    return validateSampling({
+      temperature: s.temperature,
+      topK: s.topK,
+      topP: s.topP,
+      minP: s.minP,
+      repeatPenalty: s.repeatPenalty,
+      frequencyPenalty: s.frequencyPenalty,
+      presencePenalty: s.presencePenalty,
+      penaltyLastN: s.penaltyLastN,
+      seed: s.seed,
+    });
+  } catch (e) {
+    if (e instanceof SamplingError) throw invalid(`sampling: ${e.message}`);
+    throw e;
+  }
+}
+
+export function samplingToWire(s: SamplingOptions): Sampling {
+  return {
+    temperature: s.temperature,
+    topK: s.topK,
+    topP: s.topP,
+    minP: s.minP,
+    repeatPenalty: s.repeatPenalty,
+    frequencyPenalty: s.frequencyPenalty,
+    presencePenalty: s.presencePenalty,
+    penaltyLastN: s.penaltyLastN,
+    seed: s.seed,
+  };
+}
+
+export interface CheckedOpen {
+  readonly shard: LoadedShard;
+  readonly isLast: boolean;
+  /** host:port of the next stage (not on the last). */
+  readonly next?: string;
+  /** host:port of the coordinator's Deliver (last stage only). */
+  readonly deliverTo?: string;
+  readonly sampling?: SamplingOptions;
+  readonly wire: DType;
+}
+
+/** Checks a SessionOpen against what this node holds. */
+export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: string) => boolean): CheckedOpen {
+  if (!SESSION_ID_RE.test(o.sessionId)) throw invalid('session id must be 8..64 characters of [A-Za-z0-9_-]');
+  if (existing(o.sessionId)) throw invalid(`session ${o.sessionId} is already open`);
+  if (!HASH_RE.test(o.modelHash)) throw invalid('model hash must be 64 lowercase hex digits');
+  if (o.route.length < 1 || o.route.length > MAX_ROUTE) throw invalid(`route must have 1..${MAX_ROUTE} hops, got ${o.route.length}`);
+  if (!(o.hop < o.route.length)) throw invalid(`hop ${o.hop} is outside the route of ${o.route.length}`);
+  let expectStart = 0;
+  for (const [i, h] of o.route.entries()) {
+    if (h.start !== expectStart || !(h.end > h.start)) {
+      throw invalid(`route hop ${i} covers [${h.start}, ${h.end}), expected a non-empty range starting at ${expectStart}`);
+    }
+    expectStart = h.end;
+    try {
+      parseHostPort(h.address);
+    } catch {
+      throw invalid(`route hop ${i} has a bad address "${h.address}"`);
+    }
+  }
+  const mine = o.route[o.hop];
+  const shard = store.get(o.modelHash, mine.start, mine.end);
+  if (!shard) throw invalid(`layers [${mine.start}, ${mine.end}) of model ${o.modelHash.slice(0, 12)} are not loaded here (LoadShard first)`);
+  if (expectStart !== shard.nLayers) throw invalid(`route ends at layer ${expectStart}, the model has ${shard.nLayers}`);
+  if (!(o.ctx >= 1 && o.ctx <= shard.ctx)) throw invalid(`session ctx ${o.ctx} must be in 1..${shard.ctx} (the loaded shard's)`);
+  const isLast = o.hop === o.route.length - 1;
+  if (!isLast && o.wire !== DType.DTYPE_F32 && o.wire !== DType.DTYPE_F16) throw invalid('wire dtype must be f32 or f16');
+  if (isLast) {
+    if (!o.sampling) throw invalid('the last stage needs sampling options');
+    try {
+      parseHostPort(o.deliverTo);
+    } catch {
+      throw invalid(`deliver_to "${o.deliverTo}" is not a host:port`);
+    }
+  }
+  return {
+    shard,
+    isLast,
+    next: isLast ? undefined : o.route[o.hop + 1].address,
+    deliverTo: isLast ? o.deliverTo : undefined,
+    sampling: isLast && o.sampling ? samplingFromWire(o.sampling) : undefined,
+    wire: o.wire,
+  };
+}
+
+export class StageSession {
+  readonly cache: KvCache;
+  pos = 0;
+  private readonly sampler?: Sampler;
+  private readonly history: number[] = [];
+
+  constructor(
+    readonly id: string,
+    readonly shard: LoadedShard,
+    readonly ctx: number,
+    readonly wire: DType,
+    readonly isLast: boolean,
+    sampling: SamplingOptions | undefined,
+  ) {
+    this.cache = shard.model.newCache();
+    if (isLast) {
+      if (!sampling) throw invalid('the last stage needs sampling options');
+      this.sampler = new Sampler(sampling, shard.model.config.vocabSize);
+    }
+  }
+
+  get isFirst(): boolean {
+    return this.shard.model.isFirst;
+  }
+
+  /** Validates and runs one message: the activation for the next stage, or (last) the sampled token. */
+  run(a: Activation): { out?: Activation; delivery?: Delivery } {
+    const model = this.shard.model;
+    const { dim, vocabSize } = model.config;
+    if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
+    if (a.position !== this.pos) throw invalid(`activation at position ${a.position}, the session is at ${this.pos}`);
+    const n = a.tokenIds.length;
+    if (n < 1) throw invalid('activation carries no tokens');
+    if (a.position + n > this.ctx) throw invalid(`positions [${a.position}, ${a.position + n}) run past the session's context of ${this.ctx}`);
+    for (const t of a.tokenIds) if (!(t < vocabSize)) throw invalid(`token id ${t} is outside the vocabulary of ${vocabSize}`);
+    if (this.isFirst) {
+      if (a.hidden.length !== 0) throw invalid('the first stage embeds token ids: hidden state must be empty');
+    } else {
+      if (a.dtype !== DType.DTYPE_F32 && a.dtype !== DType.DTYPE_F16) throw invalid(`hidden dtype ${a.dtype} is not f32 or f16`);
+      if (a.dim !== dim) throw invalid(`hidden dim ${a.dim}, the model's is ${dim}`);
+      const want = n * dim * dtypeBytes(a.dtype);
+      if (a.hidden.length !== want) throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
+    }
+
+    // In steps of at most the model's batch: each weight is read once per step.
+    const outSize = this.isLast ? 0 : n * dim * dtypeBytes(this.wire);
+    const out = Buffer.allocUnsafe(outSize);
+    const inBytes = a.dtype === DType.DTYPE_F16 ? 2 : 4;
+    for (let off = 0; off < n; off += model.batch) {
+      const m = Math.min(model.batch, n - off);
+      const tokens = a.tokenIds.slice(off, off + m);
+      if (this.isFirst) {
+        model.embed(tokens);
+      } else {
+        model.setStep(m);
+        const rows = a.hidden.subarray(off * dim * inBytes, (off + m) * dim * inBytes);
+        const h = model.hidden;
+        // Copy: a decoded bytes field is an unaligned view into a larger buffer.
+        if (a.dtype === DType.DTYPE_F32) new Uint8Array(h.buffer, h.byteOffset, m * dim * 4).set(rows);
+        else f16BytesToF32(rows, h);
+      }
+      const h = model.forwardLayers(a.position + off, this.cache);
+      if (this.isLast) {
+        this.history.push(...tokens);
+      } else if (this.wire === DType.DTYPE_F32) {
+        out.set(new Uint8Array(h.buffer, h.byteOffset, m * dim * 4), off * dim * 4);
+      } else {
+        out.set(f32ToF16Bytes(h), off * dim * 2);
+      }
+    }
+    this.pos += n;
+    if (this.isLast && this.sampler) {
+      const token = this.sampler.sample(model.head(), this.history);
+      return { delivery: { sessionId: this.id, position: this.pos, tokenId: token } };
+    }
+    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim } };
+  }
+}

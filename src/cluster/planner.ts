@@ -1,0 +1,322 @@
+// The planner: a pure function from node capabilities and a model's shape to contiguous layer
+// ranges. Every slice must fit its node's available memory with its KV cache and overhead; among
+// the plans that fit, the one whose slowest stage is fastest wins (stage time = bytes of weights
+// streamed per token ÷ measured matvec throughput + one hop). A node that cannot make the
+// bottleneck better is left out, unless `stages` asks for exactly that many.
+//
+// Measured throughputs are noisy, so plans whose bottleneck is within `tolerance` of the best
+// count as equally fast; among those the planner prefers, in order: stages a node already holds
+// (loaded or cached: a standing herd answers at once, a restarted one transfers nothing), fewer
+// stages (fewer hops), then the faster bottleneck.
+
+import { formatBytes } from './caps.ts';
+import { ClusterError } from './errors.ts';
+
+export interface PlanNode {
+  readonly id: string;
+  readonly name: string;
+  readonly address: string;
+  readonly memAvailable: number;
+  /** Weight bytes per second its matvec streams. */
+  readonly throughput: number;
+  /** Layer ranges of this model the node holds in memory or in its cache. */
+  readonly holds?: readonly (readonly [number, number])[];
+}
+
+export interface ModelShape {
+  readonly nLayers: number;
+  /** Weight bytes of each layer. */
+  readonly layerBytes: readonly number[];
+  /** The token embedding matrix (held by the first stage). */
+  readonly embedBytes: number;
+  /** Output norm + head (held and run by the last stage); with a tied head, the embedding. */
+  readonly headBytes: number;
+  /** The head is the embedding matrix: a last stage that is also first holds it once. */
+  readonly tiedHead: boolean;
+  /** Tensors every stage holds (rope_freqs). */
+  readonly sharedBytes: number;
+  /** KV cache bytes per layer for one session at the planned context. */
+  readonly kvBytesPerLayer: number;
+  /** Activation buffers of a stage (logits, ffn scratch, attention scores). */
+  readonly bufferBytes: number;
+}
+
+export interface PlanOptions {
+  /** Exactly this many stages. */
+  readonly stages?: number;
+  /** Fixed per-process cost of a stage (runtime, gRPC, caches): default 64 MiB. */
+  readonly overheadBytes?: number;
+  /** Cost of one hop between stages, seconds: default 0.5 ms. */
+  readonly hopSeconds?: number;
+  /** Sessions whose KV caches must fit at once: default 1. */
+  readonly sessions?: number;
+  /** Bottlenecks within this fraction of the best count as equal: default 0.2. */
+  readonly tolerance?: number;
+}
+
+export interface PlannedStage {
+  readonly node: PlanNode;
+  readonly start: number;
+  readonly end: number;
+  readonly weightBytes: number;
+  readonly kvBytes: number;
+  /** Everything the stage needs in memory. */
+  readonly memBytes: number;
+  /** Estimated seconds per token on this stage. */
+  readonly seconds: number;
+}
+
+export interface Plan {
+  readonly stages: readonly PlannedStage[];
+  /** The slowest stage's seconds per token: the pipeline's throughput limit. */
+  readonly bottleneckSeconds: number;
+  /** Seconds for one token through every stage (single-sequence decode latency). */
+  readonly tokenSeconds: number;
+}
+
+export class PlanError extends ClusterError {
+  constructor(message: string) {
+    super('plan', message);
+    this.name = 'PlanError';
+  }
+}
+
+const DEFAULT_OVERHEAD = 64 * 1024 * 1024;
+const DEFAULT_HOP = 0.0005;
+/** Larger herds are searched by throughput-ordered prefixes instead of every subset. */
+const EXHAUSTIVE_MAX = 8;
+/** Up to this many nodes, every order of a subset is tried (a node's held range fixes its place). */
+const PERMUTE_MAX = 5;
+const DEFAULT_TOLERANCE = 0.2;
+
+interface Costs {
+  mem(a: number, b: number): number;
+  weights(a: number, b: number): number;
+  seconds(node: PlanNode, a: number, b: number): number;
+  kv(a: number, b: number): number;
+}
+
+function costs(m: ModelShape, o: PlanOptions): Costs {
+  const prefix = [0];
+  for (const b of m.layerBytes) prefix.push(prefix[prefix.length - 1] + b);
+  const layers = (a: number, b: number) => prefix[b] - prefix[a];
+  const L = m.nLayers;
+  const overhead = o.overheadBytes ?? DEFAULT_OVERHEAD;
+  const hop = o.hopSeconds ?? DEFAULT_HOP;
+  const sessions = o.sessions ?? 1;
+  const weights = (a: number, b: number) => {
+    let w = layers(a, b) + m.sharedBytes;
+    if (a === 0) w += m.embedBytes;
+    if (b === L && !(m.tiedHead && a === 0)) w += m.headBytes;
+    return w;
+  };
+  const kv = (a: number, b: number) => (b - a) * m.kvBytesPerLayer * sessions;
+  return {
+    weights,
+    kv,
+    mem: (a, b) => weights(a, b) + kv(a, b) + m.bufferBytes + overhead,
+    // Per token a stage streams its layers' weights, and the last one the head too.
+    seconds: (node, a, b) => (layers(a, b) + (b === L ? m.headBytes : 0)) / Math.max(node.throughput, 1) + hop,
+  };
+}
+
+/** Best split of layers over `order` (every node gets ≥ 1 layer), or undefined if none fits. */
+function split(order: readonly PlanNode[], m: ModelShape, c: Costs): { bottleneck: number; cuts: number[] } | undefined {
+  const k = order.length;
+  const L = m.nLayers;
+  if (k > L) return undefined;
+  // best[j][b]: min bottleneck placing layers [0, b) on the first j nodes; from[j][b]: the cut.
+  const best: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(Infinity));
+  const from: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(-1));
+  best[0][0] = 0;
+  for (let j = 1; j <= k; j++) {
+    const node = order[j - 1];
+    for (let b = j; b <= L - (k - j); b++) {
+      for (let a = j - 1; a < b; a++) {
+        if (best[j - 1][a] === Infinity) continue;
+        if (c.mem(a, b) > node.memAvailable) continue;
+        const t = Math.max(best[j - 1][a], c.seconds(node, a, b));
+        if (t < best[j][b]) {
+          best[j][b] = t;
+          from[j][b] = a;
+        }
+      }
+    }
+  }
+  if (best[k][L] === Infinity) return undefined;
+  const cuts = [L];
+  for (let j = k, b = L; j > 0; j--) {
+    b = from[j][b];
+    cuts.unshift(b);
+  }
+  return { bottleneck: best[k][L], cuts };
+}
+
+/** The split over `order` that minimises the largest memory shortfall: who is short, by how much. */
+function shortest(order: readonly PlanNode[], m: ModelShape, c: Costs): { node: PlanNode; start: number; end: number; need: number; short: number } {
+  const k = order.length;
+  const L = m.nLayers;
+  const worst: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(Infinity));
+  const from: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(-1));
+  worst[0][0] = -Infinity;
+  for (let j = 1; j <= k; j++) {
+    for (let b = j; b <= L - (k - j); b++) {
+      for (let a = j - 1; a < b; a++) {
+        if (worst[j - 1][a] === Infinity) continue;
+        const s = Math.max(worst[j - 1][a], c.mem(a, b) - order[j - 1].memAvailable);
+        if (s < worst[j][b]) {
+          worst[j][b] = s;
+          from[j][b] = a;
+        }
+      }
+    }
+  }
+  let pick = { node: order[0], start: 0, end: L, need: c.mem(0, L), short: -Infinity };
+  for (let j = k, b = L; j > 0; j--) {
+    const a = from[j][b];
+    const need = c.mem(a, b);
+    const short = need - order[j - 1].memAvailable;
+    if (short > pick.short) pick = { node: order[j - 1], start: a, end: b, need, short };
+    b = a;
+  }
+  return pick;
+}
+
+function byThroughput(a: PlanNode, b: PlanNode): number {
+  return b.throughput - a.throughput || b.memAvailable - a.memAvailable || byName(a, b);
+}
+
+function byName(a: PlanNode, b: PlanNode): number {
+  return a.name.localeCompare(b.name) || a.address.localeCompare(b.address);
+}
+
+function* subsets(nodes: readonly PlanNode[], size?: number): Generator<PlanNode[]> {
+  const n = nodes.length;
+  if (n <= EXHAUSTIVE_MAX) {
+    for (let mask = 1; mask < 1 << n; mask++) {
+      const s = nodes.filter((_, i) => mask & (1 << i));
+      if (size === undefined || s.length === size) yield s;
+    }
+  } else {
+    for (let k = 1; k <= n; k++) if (size === undefined || k === size) yield nodes.slice(0, k);
+  }
+}
+
+function* permutations<T>(items: readonly T[]): Generator<T[]> {
+  if (items.length <= 1) {
+    yield [...items];
+    return;
+  }
+  for (let i = 0; i < items.length; i++) {
+    const rest = [...items.slice(0, i), ...items.slice(i + 1)];
+    for (const p of permutations(rest)) yield [items[i], ...p];
+  }
+}
+
+/** Every node order worth planning over. */
+function* orders(nodes: readonly PlanNode[], size?: number): Generator<PlanNode[]> {
+  const permute = nodes.length <= PERMUTE_MAX;
+  for (const s of subsets(nodes, size)) {
+    if (permute) yield* permutations([...s].sort(byName));
+    else yield s;
+  }
+}
+
+function holds(node: PlanNode, a: number, b: number, nLayers: number): boolean {
+  // A held range that covers [a, b) has every tensor needed (with the head only if it ends the model).
+  return (node.holds ?? []).some(([x, y]) => x <= a && b <= y && (b < nLayers || y === nLayers));
+}
+
+/**
+ * Among splits of `order` whose every stage fits and takes at most `cap` seconds, the one with
+ * the fewest stages not already held, then the fastest bottleneck.
+ */
+function preferredSplit(order: readonly PlanNode[], m: ModelShape, c: Costs, cap: number) {
+  const k = order.length;
+  const L = m.nLayers;
+  if (k > L) return undefined;
+  type Cost = [missing: number, bottleneck: number];
+  const less = (x: Cost, y: Cost) => x[0] < y[0] || (x[0] === y[0] && x[1] < y[1]);
+  const best: (Cost | undefined)[][] = Array.from({ length: k + 1 }, () => new Array<Cost | undefined>(L + 1).fill(undefined));
+  const from: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(-1));
+  best[0][0] = [0, 0];
+  for (let j = 1; j <= k; j++) {
+    const node = order[j - 1];
+    for (let b = j; b <= L - (k - j); b++) {
+      for (let a = j - 1; a < b; a++) {
+        const prev = best[j - 1][a];
+        if (!prev) continue;
+        const t = c.seconds(node, a, b);
+        if (t > cap || c.mem(a, b) > node.memAvailable) continue;
+        const cost: Cost = [prev[0] + (holds(node, a, b, L) ? 0 : 1), Math.max(prev[1], t)];
+        const cur = best[j][b];
+        if (!cur || less(cost, cur)) {
+          best[j][b] = cost;
+          from[j][b] = a;
+        }
+      }
+    }
+  }
+  const end = best[k][L];
+  if (!end) return undefined;
+  const cuts = [L];
+  for (let j = k, b = L; j > 0; j--) {
+    b = from[j][b];
+    cuts.unshift(b);
+  }
+  return { missing: end[0], bottleneck: end[1], cuts };
+}
+
+export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions = {}): Plan {
+  if (m.layerBytes.length !== m.nLayers || m.nLayers < 1) throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
+  if (nodesIn.length === 0) throw new PlanError('no nodes to plan over');
+  const nodes = [...nodesIn].sort(byThroughput);
+  const want = o.stages;
+  if (want !== undefined) {
+    if (!(Number.isInteger(want) && want >= 1)) throw new PlanError(`--stages must be a positive integer, got ${want}`);
+    if (want > m.nLayers) throw new PlanError(`--stages ${want} asks for more stages than the model's ${m.nLayers} layers`);
+    if (want > nodes.length) throw new PlanError(`--stages ${want} asks for more stages than the ${nodes.length} node(s) available`);
+  }
+  const c = costs(m, o);
+
+  // Pass 1: the best bottleneck any plan reaches.
+  let fastest = Infinity;
+  for (const order of orders(nodes, want)) {
+    const s = split(order, m, c);
+    if (s && s.bottleneck < fastest) fastest = s.bottleneck;
+  }
+
+  if (fastest === Infinity) {
+    const pool = want === undefined ? nodes.slice(0, Math.min(nodes.length, m.nLayers)) : nodes.slice(0, want);
+    const s = shortest(pool, m, c);
+    const total = c.weights(0, m.nLayers) + c.kv(0, m.nLayers);
+    const avail = pool.reduce((sum, n) => sum + n.memAvailable, 0);
+    throw new PlanError(
+      `the model does not fit: node ${s.node.name} (${s.node.address}) would need ${formatBytes(s.need)} for layers [${s.start}, ${s.end})` +
+        ` with its KV cache and overhead but has ${formatBytes(s.node.memAvailable)} available: short by ${formatBytes(s.short)}` +
+        ` (weights and KV cache total ${formatBytes(total)}; ${pool.length} node(s) have ${formatBytes(avail)} available)`,
+    );
+  }
+
+  // Pass 2: among plans as fast as that (within tolerance), reuse first, then fewer stages.
+  const cap = fastest * (1 + (o.tolerance ?? DEFAULT_TOLERANCE));
+  let best: { order: PlanNode[]; missing: number; bottleneck: number; cuts: number[] } | undefined;
+  for (const order of orders(nodes, want)) {
+    const s = preferredSplit(order, m, c, cap);
+    if (!s) continue;
+    const better =
+      !best ||
+      s.missing < best.missing ||
+      (s.missing === best.missing && (order.length < best.order.length || (order.length === best.order.length && s.bottleneck < best.bottleneck)));
+    if (better) best = { order, ...s };
+  }
+  if (!best) throw new PlanError('internal: no plan within tolerance of the fastest');
+  const chosen = best;
+
+  const stages = chosen.order.map((node, j): PlannedStage => {
+    const start = chosen.cuts[j];
+    const end = chosen.cuts[j + 1];
+    return { node, start, end, weightBytes: c.weights(start, end), kvBytes: c.kv(start, end), memBytes: c.mem(start, end), seconds: c.seconds(node, start, end) };
+  });
+  return { stages, bottleneckSeconds: chosen.bottleneck, tokenSeconds: stages.reduce((s, st) => s + st.seconds, 0) };
+}

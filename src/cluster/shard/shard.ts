@@ -1,0 +1,55 @@
+// A shard is a plain value shared by planner, node and coordinator: which model (by hash) and
+// which contiguous layer range. shardTensorNames says which tensors a range needs.
+
+import type { GgufFile } from '../../gguf/reader.ts';
+
+export interface Shard {
+  /** sha256 hex of the whole GGUF file. */
+  readonly modelHash: string;
+  readonly start: number;
+  readonly end: number;
+  readonly nLayers: number;
+}
+
+export const HASH_RE = /^[0-9a-f]{64}$/;
+
+export function shardKey(s: { modelHash: string; start: number; end: number }): string {
+  return `${s.modelHash}:${s.start}-${s.end}`;
+}
+
+export function describeShard(s: { modelHash: string; start: number; end: number }): string {
+  return `layers [${s.start}, ${s.end}) of model ${s.modelHash.slice(0, 12)}`;
+}
+
+/**
+ * The tensors a stage holding layers [start, end) reads: its layers' blk.N.* tensors, the
+ * output norm and head on the last stage, rope_freqs when present, and token_embd.weight
+ * always — src/model/config.ts reads the vocabulary size from its shape, so even a middle
+ * stage's slice file must list it (the first stage embeds with it; a tied head uses it).
+ */
+export function shardTensorNames(file: GgufFile, start: number, end: number, nLayers: number): string[] {
+  const names: string[] = [];
+  for (const t of file.tensors) {
+    const m = /^blk\.(\d+)\./.exec(t.name);
+    if (m) {
+      const l = Number(m[1]);
+      if (l >= start && l < end) names.push(t.name);
+    } else if (t.name === 'token_embd.weight' || t.name === 'rope_freqs.weight') {
+      names.push(t.name);
+    } else if ((t.name === 'output_norm.weight' || t.name === 'output.weight') && end === nLayers) {
+      names.push(t.name);
+    }
+  }
+  return names;
+}
+
+/** Whether a tensor name may belong to the slice of [start, end) (checks what a peer sends). */
+export function tensorBelongs(name: string, start: number, end: number, nLayers: number): boolean {
+  const m = /^blk\.(\d+)\.[A-Za-z0-9_.]+$/.exec(name);
+  if (m) {
+    const l = Number(m[1]);
+    return l >= start && l < end;
+  }
+  if (name === 'token_embd.weight' || name === 'rope_freqs.weight') return true;
+  return (name === 'output_norm.weight' || name === 'output.weight') && end === nLayers;
+}

@@ -1,0 +1,155 @@
+// The herd end to end, with real processes on a LAN of network namespaces (root, as in CI):
+// three `herd node` daemons, each in its own namespace, and a coordinator in a fourth that
+// finds them over mDNS and runs stories260K as a 3-stage pipeline.
+
+import test from 'ava';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
+import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
+import { sharedModels } from './helpers/paths.ts';
+
+interface Reference {
+  prompt: string;
+  generated_tokens: number[];
+}
+const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as Reference;
+
+interface RunJson {
+  tokens: number[];
+  plan: { node: string; address: string; layers: [number, number] }[];
+  shards?: { node: string; address: string; layers: [number, number]; source: string; bytes_transferred: number }[];
+}
+
+interface NodesJson {
+  nodes: { address: string; name: string; counters?: Record<string, number>; shards?: unknown[] }[];
+}
+
+const KEY = 'herd-test-cluster-key';
+let lan: TestLan;
+let dir: string;
+let keyFile: string;
+let nodes: RunningNode[] = [];
+let coordinator: LanHost;
+let peers: string;
+
+const on = (host: LanHost, env: NodeJS.ProcessEnv = {}): Spawner => (cmd, args, opts) =>
+  lan.spawn(host, cmd, args, { ...opts, env: { ...process.env, ...env } });
+
+async function startNodes(extra: string[]): Promise<void> {
+  // One after another: each measures its kernel at start-up, best not all at once on 2 cores.
+  nodes = [];
+  for (const [i, h] of lan.hosts.slice(0, 3).entries()) {
+    nodes.push(await startNode(['--interface', 'eth0', '--port', '7077', '--cache-dir', join(dir, `node${i}`), '--cluster-key-file', keyFile, '--name', `node-${i}`, ...extra], on(h)));
+  }
+}
+
+async function stopNodes(): Promise<void> {
+  await Promise.all(nodes.map((n) => stopProcess(n.child, 8000)));
+  nodes = [];
+}
+
+/** `herd …` in the coordinator's namespace. */
+function herd(args: string[], timeoutMs = 90_000) {
+  return runHerd(args, on(coordinator, { HERD_CACHE_DIR: join(dir, 'coordinator') }), timeoutMs);
+}
+
+const generate = (nodesFlag: string, key = KEY) => [
+  'run', '--nodes', nodesFlag, '--stages', '3', '--interface', 'eth0', '--cluster-key', key, '--discovery-timeout', '10',
+  '--temp', '0', '-n', '64', '--json', reference.prompt,
+];
+
+test.before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'herd-cluster-'));
+  keyFile = join(dir, 'key');
+  writeFileSync(keyFile, `${KEY}\n`);
+  lan = await createLan(4, 'herd');
+  coordinator = lan.hosts[3];
+  peers = lan.hosts.slice(0, 3).map((h) => `${h.ip}:7077`).join(',');
+  await startNodes([]);
+  // ciao probes before it announces: wait until every node says it is advertised.
+  await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'mdns.advertise', 20_000)));
+});
+
+test.after.always(async () => {
+  await stopNodes().catch(() => {});
+  await lan?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test.serial('herd nodes finds the three daemons over mDNS', async (t) => {
+  const r = await herd(['nodes', '--interface', 'eth0', '--timeout', '3', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const found = JSON.parse(r.stdout) as NodesJson;
+  t.deepEqual(found.nodes.map((n) => n.name).sort(), ['node-0', 'node-1', 'node-2']);
+  t.deepEqual(found.nodes.map((n) => n.address).sort(), peers.split(',').sort());
+});
+
+test.serial('herd plan over mDNS splits the model across the three nodes', async (t) => {
+  const r = await herd(['plan', '--nodes', 'auto', '--interface', 'eth0', '--stages', '3', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const p = JSON.parse(r.stdout) as { plan: { address: string; layers: [number, number] }[] };
+  t.deepEqual(p.plan.map((s) => s.address).sort(), peers.split(',').sort());
+  t.is(p.plan[0].layers[0], 0);
+  t.is(p.plan[2].layers[1], 5);
+});
+
+test.serial('a coordinator found the nodes over mDNS and generated the 64 reference tokens through 3 stages', async (t) => {
+  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate('auto')]);
+  t.is(r.code, 0, r.stderr);
+  t.log(`3-stage run over mDNS: ${r.ms} ms (process start to exit)`);
+  const out = JSON.parse(r.stdout) as RunJson;
+  t.log(`plan ${JSON.stringify(out.plan)}`);
+  t.deepEqual(out.tokens, reference.generated_tokens);
+  t.is(out.plan.length, 3);
+  t.deepEqual(out.plan.map((p) => p.address).sort(), peers.split(',').sort());
+  t.deepEqual(out.plan.map((p) => p.layers).flat(), [0, out.plan[0].layers[1], out.plan[1].layers[0], out.plan[1].layers[1], out.plan[2].layers[0], 5]);
+  // The nodes had nothing: each pulled exactly its slice from the coordinator.
+  t.true(out.shards?.every((s) => s.source === 'fetched' && s.bytes_transferred > 0), JSON.stringify(out.shards));
+});
+
+test.serial('a second request reuses the loaded slices: no transfer, no reload', async (t) => {
+  const before = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate('auto')]);
+  t.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as RunJson;
+  t.deepEqual(out.tokens, reference.generated_tokens);
+  t.true(out.shards?.every((s) => s.source === 'memory' && s.bytes_transferred === 0), JSON.stringify(out.shards));
+  const after = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  for (const n of after.nodes) {
+    const b = before.nodes.find((x) => x.address === n.address);
+    t.is(n.counters?.shardLoads, 1, `${n.name} loaded its slice once`);
+    t.is(n.counters?.bytesFetched, b?.counters?.bytesFetched, `${n.name} fetched nothing more`);
+    t.is(n.counters?.shardReuses, (b?.counters?.shardReuses ?? 0) + 1);
+    t.true((n.counters?.activations ?? 0) > (b?.counters?.activations ?? 0), 'activations went through every node');
+  }
+});
+
+test.serial('a coordinator with the wrong key is refused and the nodes keep serving', async (t) => {
+  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate(peers, 'not-the-cluster-key')]);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /UNAUTHENTICATED/);
+  t.regex(r.stderr, /wrong cluster key/);
+  const refused = await Promise.any(nodes.map((n) => n.waitFor((e) => e.event === 'auth.refused', 5000)));
+  t.is(refused.reason, 'wrong cluster key');
+  const list = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  t.is(list.nodes.length, 3);
+});
+
+test.serial('restarted with mDNS off, the nodes serve --peers from their shard cache: nothing transferred', async (t) => {
+  await stopNodes();
+  await startNodes(['--no-mdns']);
+  const silent = await herd(['nodes', '--interface', 'eth0', '--timeout', '2', '--json']);
+  t.deepEqual((JSON.parse(silent.stdout) as NodesJson).nodes, [], 'no node answers over mDNS');
+
+  const listed = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  t.log(`after restart: ${JSON.stringify(listed.nodes.map((n) => [n.name, (n as { throughput?: number }).throughput, (n as { cached?: unknown }).cached]))}`);
+  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate(peers)]);
+  t.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as RunJson;
+  t.deepEqual(out.tokens, reference.generated_tokens);
+  t.true(out.shards?.every((s) => s.source === 'cache' && s.bytes_transferred === 0), JSON.stringify(out.shards));
+  const info = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  for (const n of info.nodes) t.is(n.counters?.bytesFetched, 0, `${n.name} fetched nothing after the restart`);
+});

@@ -1,0 +1,204 @@
+import test from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { authMetadata } from '../src/cluster/auth.ts';
+import { authenticate, nodeClient, unary } from '../src/cluster/rpc.ts';
+import { stopProcess } from './helpers/netns.ts';
+import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { DType, KvType, type Delivery, type ForwardRequest, type HerdNodeClient, type LoadProgress, type SessionOpen } from '../src/proto/herd.ts';
+import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
+import { ModelSource } from '../src/cluster/shard/source.ts';
+import { silentLogger } from '../src/cluster/log.ts';
+import { samplingToWire } from '../src/cluster/node/stage.ts';
+import { defaultSampling } from '../src/engine/sampler.ts';
+import { sharedModels } from './helpers/paths.ts';
+
+const KEY = 'correct horse battery staple';
+const LOAD = '/herd.v1.HerdNode/LoadShard';
+const FORWARD = '/herd.v1.HerdNode/Forward';
+
+let node: RunningNode;
+let client: HerdNodeClient;
+let cacheDir: string;
+
+test.before(async () => {
+  cacheDir = mkdtempSync(join(tmpdir(), 'herd-node-'));
+  node = await startNode(['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', cacheDir, '--cluster-key', KEY, '--name', 'loop']);
+  client = nodeClient(`127.0.0.1:${node.port}`);
+});
+
+test.after.always(async () => {
+  client?.close();
+  if (node) await stopProcess(node.child, 5000);
+  rmSync(cacheDir, { recursive: true, force: true });
+});
+
+function loadShard(md: Metadata): Promise<LoadProgress[]> {
+  return new Promise((resolve, reject) => {
+    const got: LoadProgress[] = [];
+    const call = client.loadShard(
+      { modelHash: 'a'.repeat(64), modelSize: 1, modelName: 'x.gguf', start: 0, end: 1, nLayers: 1, ctx: 16, kvType: KvType.KV_TYPE_F32, coordinator: '127.0.0.1:1' },
+      md,
+    );
+    call.on('data', (p: LoadProgress) => got.push(p));
+    call.on('error', reject);
+    call.on('end', () => resolve(got));
+  });
+}
+
+/** Sends the messages on one Forward stream and returns the status it ends with. */
+function forward(md: Metadata, msgs: (ForwardRequest | Buffer)[]): Promise<ServiceError | 'ok'> {
+  return new Promise((resolve) => {
+    const raw = msgs.some((m) => Buffer.isBuffer(m));
+    // Raw bytes need a stream without the generated serializer.
+    const call = raw
+      ? client.makeBidiStreamRequest<Buffer, Buffer>(FORWARD, (b) => b, (b) => b, md)
+      : client.forward(md);
+    call.on('data', () => {});
+    call.on('error', (e: ServiceError) => resolve(e));
+    call.on('end', () => resolve('ok'));
+    for (const m of msgs) (call.write as (x: unknown) => void)(m);
+    call.end();
+  });
+}
+
+test.serial('Info answers without a key and reports capabilities', async (t) => {
+  const info = await unary(client, client.info, {}, 5000);
+  t.is(info.name, 'loop');
+  t.is(info.protocolVersion, 1);
+  t.true(info.authRequired);
+  t.true(info.cores >= 1);
+  t.true(info.memTotal > 0);
+  t.true(info.throughput > 0, 'a measured kernel throughput');
+  t.is(info.nodeId, node.ready.id as string);
+  const h = await unary(client, client.health, {}, 5000);
+  t.true(h.ok);
+});
+
+test.serial('a wrong or missing cluster key is refused with UNAUTHENTICATED, logged, and the node keeps serving', async (t) => {
+  const missing = await loadShard(new Metadata()).catch((e: ServiceError) => e);
+  t.is((missing as ServiceError).code, status.UNAUTHENTICATED);
+
+  const nonce = (await unary(client, client.challenge, {}, 5000)).nonce;
+  const wrong = await loadShard(authMetadata(Buffer.from('not the key at all'), nonce, LOAD)).catch((e: ServiceError) => e);
+  t.is((wrong as ServiceError).code, status.UNAUTHENTICATED);
+  t.regex((wrong as ServiceError).details, /wrong cluster key/);
+
+  // A proof for another method does not pass either.
+  const nonce2 = (await unary(client, client.challenge, {}, 5000)).nonce;
+  const other = await loadShard(authMetadata(Buffer.from(KEY), nonce2, FORWARD)).catch((e: ServiceError) => e);
+  t.is((other as ServiceError).code, status.UNAUTHENTICATED);
+  // …and a nonce is single use, even for the right method.
+  const replay = await loadShard(authMetadata(Buffer.from(KEY), nonce2, LOAD)).catch((e: ServiceError) => e);
+  t.is((replay as ServiceError).code, status.UNAUTHENTICATED);
+
+  const refused = await node.waitFor((e) => e.event === 'auth.refused', 5000);
+  t.is(refused.method, LOAD);
+  const info = await unary(client, client.info, {}, 5000);
+  t.is(info.counters?.authFailures, 4);
+
+  // The right key gets past auth (and this request then fails on its own merits).
+  const md = await authenticate(client, Buffer.from(KEY), LOAD);
+  const ok = await loadShard(md).catch((e: ServiceError) => e);
+  t.not((ok as ServiceError).code, status.UNAUTHENTICATED);
+});
+
+test.serial('malformed forward messages get INVALID_ARGUMENT and the node keeps serving', async (t) => {
+  const key = Buffer.from(KEY);
+  const cases: [string, (ForwardRequest | Buffer)[], RegExp][] = [
+    ['activation before open', [{ activation: { sessionId: 'session-1', position: 0, tokenIds: [1], hidden: Buffer.alloc(0), dtype: DType.DTYPE_F32, dim: 64 } }], /before the session was opened/],
+    ['empty message', [{}], /neither open nor activation/],
+    ['undecodable bytes', [Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])], /undecodable/],
+    ['bad session id', [{ open: { sessionId: 'x', modelHash: 'a'.repeat(64), route: [], hop: 0, ctx: 8, wire: DType.DTYPE_F32, deliverTo: '' } }], /session id/],
+    ['shard not loaded', [{ open: { sessionId: 'session-2', modelHash: 'b'.repeat(64), route: [{ address: '127.0.0.1:1', start: 0, end: 5 }], hop: 0, ctx: 8, wire: DType.DTYPE_F32, deliverTo: '127.0.0.1:2' } }], /not loaded here/],
+    ['route with a gap', [{ open: { sessionId: 'session-3', modelHash: 'b'.repeat(64), route: [{ address: '127.0.0.1:1', start: 0, end: 2 }, { address: '127.0.0.1:1', start: 3, end: 5 }], hop: 0, ctx: 8, wire: DType.DTYPE_F32, deliverTo: '' } }], /route hop 1/],
+  ];
+  for (const [name, msgs, re] of cases) {
+    const md = await authenticate(client, key, FORWARD);
+    const r = await forward(md, msgs);
+    t.not(r, 'ok', name);
+    if (r === 'ok') continue;
+    t.is(r.code, status.INVALID_ARGUMENT, `${name}: ${r.details}`);
+    t.regex(r.details, re, name);
+  }
+  const h = await unary(client, client.health, {}, 5000);
+  t.true(h.ok);
+  const info = await unary(client, client.info, {}, 5000);
+  t.true((info.counters?.invalidRequests ?? 0) >= cases.length);
+});
+
+test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT, then a good one is served', async (t) => {
+  const key = Buffer.from(KEY);
+  const source = await ModelSource.open(join(sharedModels, 'stories260K.gguf'));
+  const coord = new CoordinatorServer(source, key, silentLogger);
+  const port = await coord.start('127.0.0.1');
+  t.teardown(() => coord.stop());
+  const coordAddr = `127.0.0.1:${port}`;
+
+  // The node pulls layers [1, 5) (a later stage, with the head) from our coordinator.
+  const progress = await new Promise<LoadProgress[]>((resolve, reject) => {
+    void authenticate(client, key, LOAD).then((md) => {
+      const got: LoadProgress[] = [];
+      const call = client.loadShard(
+        { modelHash: source.hash, modelSize: source.size, modelName: source.name, start: 1, end: 5, nLayers: 5, ctx: 64, kvType: KvType.KV_TYPE_F32, coordinator: coordAddr },
+        md,
+      );
+      call.on('data', (p: LoadProgress) => got.push(p));
+      call.on('error', reject);
+      call.on('end', () => resolve(got));
+    });
+  });
+  t.is(progress.at(-1)?.phase, 'done');
+  t.is(progress.at(-1)?.source, 'fetched');
+  t.true((progress.at(-1)?.bytesTransferred ?? 0) > 0);
+
+  const dim = 64;
+  let n = 0;
+  const open = (): SessionOpen => ({
+    sessionId: `validate-${++n}`, modelHash: source.hash, hop: 1, ctx: 64, wire: DType.DTYPE_F32, deliverTo: coordAddr,
+    route: [{ address: '127.0.0.1:9', start: 0, end: 1 }, { address: `127.0.0.1:${node.port}`, start: 1, end: 5 }],
+    sampling: samplingToWire({ ...defaultSampling, temperature: 0 }),
+  });
+  const act = (o: SessionOpen, over: Partial<NonNullable<ForwardRequest['activation']>>): ForwardRequest => ({
+    activation: { sessionId: o.sessionId, position: 0, tokenIds: [1], hidden: Buffer.alloc(dim * 4), dtype: DType.DTYPE_F32, dim, ...over },
+  });
+  const bad: [string, (o: SessionOpen) => ForwardRequest[], RegExp][] = [
+    ['wrong dim', (o) => [act(o, { dim: 32, hidden: Buffer.alloc(32 * 4) })], /hidden dim 32/],
+    ['short hidden', (o) => [act(o, { hidden: Buffer.alloc(dim * 4 - 2) })], /hidden state is 254 bytes/],
+    ['position gap', (o) => [act(o, { position: 3 })], /position 3, the session is at 0/],
+    ['other session id', (o) => [act(o, { sessionId: 'someone-else' })], /on the stream of session/],
+    ['token outside the vocabulary', (o) => [act(o, { tokenIds: [100000] })], /outside the vocabulary/],
+    ['no tokens', (o) => [act(o, { tokenIds: [], hidden: Buffer.alloc(0) })], /no tokens/],
+    ['bad dtype', (o) => [act(o, { dtype: 7 as DType })], /dtype/],
+    ['past the context', (o) => [act(o, { position: 0, tokenIds: new Array(65).fill(1), hidden: Buffer.alloc(65 * dim * 4) })], /past the session's context/],
+    ['second open', (o) => [{ open: o }], /second open/],
+  ];
+  for (const [name, messages, re] of bad) {
+    const o = open();
+    const r = await forward(await authenticate(client, key, FORWARD), [{ open: o }, ...messages(o)]);
+    t.not(r, 'ok', name);
+    if (r !== 'ok') {
+      t.is(r.code, status.INVALID_ARGUMENT, `${name}: ${r.details}`);
+      t.regex(r.details, re, name);
+    }
+  }
+
+  // A good message on a fresh session: the last stage samples and delivers to the coordinator.
+  const o = open();
+  const delivered = new Promise<Delivery>((resolve) => coord.sinks.set(o.sessionId, { deliver: resolve, fail: () => {} }));
+  const hidden = Buffer.from(new Float32Array(dim).map((_, i) => Math.sin(i)).buffer);
+  const r = await forward(await authenticate(client, key, FORWARD), [{ open: o }, act(o, { hidden })]);
+  t.is(r, 'ok');
+  const d = await delivered;
+  t.is(d.position, 1);
+  t.true(d.tokenId >= 0 && d.tokenId < 512);
+  t.true((await unary(client, client.health, {}, 5000)).ok);
+});
+
+test.serial('SIGTERM ends the daemon cleanly with exit 0', async (t) => {
+  node.child.kill('SIGTERM');
+  t.is(await node.exited(), 0);
+  t.truthy(node.events.find((e) => e.event === 'node.exit' && e.code === 0));
+});

@@ -1,0 +1,106 @@
+import test from 'ava';
+import { join } from 'node:path';
+import { plan, PlanError, type ModelShape, type PlanNode } from '../src/cluster/planner.ts';
+import { modelShape } from '../src/cluster/shape.ts';
+import { GgufFile } from '../src/gguf/reader.ts';
+import { sharedModels } from './helpers/paths.ts';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** 22 equal layers of 40 MiB, a 60 MiB embedding and head: TinyLlama-like proportions. */
+const shape: ModelShape = {
+  nLayers: 22,
+  layerBytes: new Array(22).fill(40 * MiB),
+  embedBytes: 60 * MiB,
+  headBytes: 60 * MiB,
+  tiedHead: false,
+  sharedBytes: 0,
+  kvBytesPerLayer: 4 * MiB,
+  bufferBytes: 1 * MiB,
+};
+
+const node = (name: string, gbps: number, memGiB: number): PlanNode => ({
+  id: name, name, address: `${name}:7077`, throughput: gbps * 1e9, memAvailable: memGiB * GiB,
+});
+
+const ranges = (p: ReturnType<typeof plan>) => p.stages.map((s) => [s.node.name, s.start, s.end]);
+
+test('equal nodes split the layers evenly, contiguous and covering the model', (t) => {
+  const p = plan([node('a', 1, 8), node('b', 1, 8), node('c', 1, 8)], shape);
+  t.is(p.stages.length, 3);
+  t.is(p.stages[0].start, 0);
+  t.is(p.stages[2].end, 22);
+  for (let i = 1; i < 3; i++) t.is(p.stages[i].start, p.stages[i - 1].end);
+  // Balanced in time, not in layer count: the last stage also streams the head.
+  const secs = p.stages.map((s) => s.seconds);
+  t.true(Math.max(...secs) - Math.min(...secs) <= (40 * MiB) / 1e9 + 1e-9, JSON.stringify(ranges(p)));
+  t.deepEqual(p.stages.map((s) => s.end - s.start), [8, 8, 6]);
+});
+
+test('a twice-as-fast node gets about twice the layers', (t) => {
+  const p = plan([node('fast', 2, 8), node('slow', 1, 8)], shape);
+  t.is(p.stages.length, 2);
+  const fast = p.stages.find((s) => s.node.name === 'fast')!;
+  const slow = p.stages.find((s) => s.node.name === 'slow')!;
+  // 2:1 by speed, less the head that the last stage also streams.
+  t.true(fast.end - fast.start >= 14 && fast.end - fast.start <= 16, JSON.stringify(ranges(p)));
+  t.true(slow.end - slow.start >= 6);
+  t.true(p.bottleneckSeconds <= Math.max(fast.seconds, slow.seconds) + 1e-12);
+});
+
+test('a node that would slow the pipeline is left out, unless --stages asks for it', (t) => {
+  const nodes = [node('a', 1, 8), node('b', 1, 8), node('snail', 0.005, 8)];
+  const auto = plan(nodes, shape);
+  t.deepEqual(auto.stages.map((s) => s.node.name).sort(), ['a', 'b']);
+  const forced = plan(nodes, shape, { stages: 3 });
+  t.is(forced.stages.length, 3);
+  t.true(forced.stages.some((s) => s.node.name === 'snail'));
+  t.is(forced.stages.find((s) => s.node.name === 'snail')!.end - forced.stages.find((s) => s.node.name === 'snail')!.start, 1);
+  t.true(forced.bottleneckSeconds > auto.bottleneckSeconds);
+});
+
+test('memory decides the split when a node is small', (t) => {
+  // 'small' can hold at most 3 layers with its KV cache and overhead.
+  const p = plan([node('big', 1, 8), node('small', 1, (64 + 3 * 44 + 10) / 1024)], shape, { stages: 2 });
+  const small = p.stages.find((s) => s.node.name === 'small')!;
+  t.true(small.memBytes <= small.node.memAvailable);
+  t.true(small.end - small.start <= 3);
+});
+
+test('a model that does not fit names the short node and by how much', (t) => {
+  const e = t.throws(() => plan([node('pi-a', 1, 0.4), node('pi-b', 1, 0.3)], shape), { instanceOf: PlanError });
+  t.regex(e!.message, /does not fit: node pi-\w \(pi-\w:7077\) would need [\d.]+ MiB for layers \[\d+, \d+\) .* short by [\d.]+ MiB/);
+});
+
+test('--stages beyond the nodes or the layers is refused clearly', (t) => {
+  t.throws(() => plan([node('a', 1, 8)], shape, { stages: 2 }), { message: /more stages than the 1 node/ });
+  t.throws(() => plan([node('a', 1, 8)], { ...shape, nLayers: 1, layerBytes: [1] }, { stages: 2 }), { message: /more stages than the model's 1 layers/ });
+});
+
+test('stories260K over three equal nodes uses all three with --stages 3', (t) => {
+  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const s = modelShape(file, 512, 'f16');
+  t.is(s.nLayers, 5);
+  t.true(s.tiedHead || s.headBytes > 0);
+  const p = plan([node('n1', 0.2, 4), node('n2', 0.2, 4), node('n3', 0.2, 4)], s, { stages: 3 });
+  t.deepEqual(p.stages.map((x) => x.end - x.start).reduce((a, b) => a + b, 0), 5);
+  t.is(p.stages.length, 3);
+});
+
+test('ranges the nodes already hold win among equally fast plans (noise does not move a standing herd)', (t) => {
+  const first = plan([node('a', 1.0, 8), node('b', 1.0, 8), node('c', 1.0, 8)], shape);
+  const held = new Map(first.stages.map((s) => [s.node.name, [[s.start, s.end] as const]]));
+  // Re-measured throughputs differ by ±10%; the nodes hold their old ranges.
+  const again = plan(
+    [node('a', 1.1, 8), node('b', 0.92, 8), node('c', 1.05, 8)].map((n) => ({ ...n, holds: held.get(n.name) })),
+    shape,
+  );
+  t.deepEqual(ranges(again), ranges(first));
+});
+
+test('a held range that is much slower than the best plan is not kept', (t) => {
+  const nodes = [node('a', 1, 8), { ...node('b', 1, 8), holds: [[0, 21] as const] }];
+  const p = plan(nodes, shape);
+  t.true(p.stages.every((s) => s.end - s.start < 21), JSON.stringify(ranges(p)));
+});

@@ -1,0 +1,109 @@
+import test from 'ava';
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createLan, stopProcess } from './helpers/netns.ts';
+import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { runHerd } from './helpers/herd-proc.ts';
+import type { DiscoveryResult } from '../src/cluster/discovery/types.ts';
+import { capsFromTxt, capsToTxt, PROTOCOL_VERSION } from '../src/cluster/caps.ts';
+import { parseHostPort } from '../src/cluster/net.ts';
+
+const probe = ['--import=tsx', 'test/helpers/mdns-probe.ts'];
+
+/** Resolves with the process's stdout once a line matches, or rejects on exit or timeout. */
+export function waitForLine(child: ChildProcess, re: RegExp, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => done(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; stderr: ${err.slice(-2000)}`)), timeoutMs);
+    const onOut = (b: Buffer) => {
+      out += b.toString();
+      const m = out.split('\n').find((l) => re.test(l));
+      if (m !== undefined) done(undefined, m);
+    };
+    const onErr = (b: Buffer) => (err += b.toString());
+    const onExit = (code: number | null) => done(new Error(`exited (${code}) before ${re}; stderr: ${err.slice(-2000)}`));
+    const done = (e?: Error, line?: string) => {
+      clearTimeout(timer);
+      child.stdout?.off('data', onOut);
+      child.stderr?.off('data', onErr);
+      child.off('exit', onExit);
+      if (e) reject(e);
+      else resolve(line as string);
+    };
+    child.stdout?.on('data', onOut);
+    child.stderr?.on('data', onErr);
+    child.once('exit', onExit);
+  });
+}
+
+test('TXT capabilities round-trip and junk is refused', (t) => {
+  const caps = {
+    protocolVersion: PROTOCOL_VERSION, nodeId: 'abc123', name: 'pi-4', arch: 'arm64', backend: 'wasm',
+    memTotal: 4 * 2 ** 30, memAvailable: 3 * 2 ** 30, cores: 4, throughput: 123456789,
+  };
+  t.deepEqual(capsFromTxt(capsToTxt(caps)), caps);
+  t.is(capsFromTxt({ pv: '1' }), undefined);
+  t.is(capsFromTxt({ pv: 'x', id: 'a' }), undefined);
+  t.is(capsFromTxt({ pv: '1', id: 'bad id with spaces' }), undefined);
+  t.is(capsFromTxt(null), undefined);
+  t.is(capsFromTxt({ pv: '1', id: 'n1', mem: '-5' })?.memTotal, 0);
+});
+
+test('host:port parsing', (t) => {
+  t.deepEqual(parseHostPort('10.77.0.10:7077'), { host: '10.77.0.10', port: 7077 });
+  t.deepEqual(parseHostPort('pi.local', 7077), { host: 'pi.local', port: 7077 });
+  t.deepEqual(parseHostPort('[::1]:9'), { host: '::1', port: 9 });
+  t.throws(() => parseHostPort('host:0'));
+  t.throws(() => parseHostPort('host'));
+  t.throws(() => parseHostPort('a:b:c'));
+});
+
+test('a browser in one namespace finds two advertisers in two others over mDNS', async (t) => {
+  const lan = await createLan(3, 'disc');
+  t.teardown(() => lan.close());
+  const [a, b, browser] = lan.hosts;
+  const ads = [
+    lan.spawn(a, process.execPath, [...probe, 'advertise', 'alpha', '7101', 'eth0', 'node-alpha'], { cwd: repoRoot }),
+    lan.spawn(b, process.execPath, [...probe, 'advertise', 'beta', '7102', 'eth0', 'node-beta'], { cwd: repoRoot }),
+  ];
+  await Promise.all(ads.map((p) => waitForLine(p, /^ready$/, 20_000)));
+
+  const started = Date.now();
+  const br = lan.spawn(browser, process.execPath, [...probe, 'browse', 'eth0', '8000', '2'], { cwd: repoRoot });
+  const line = await waitForLine(br, /^\{/, 20_000);
+  const result = JSON.parse(line) as DiscoveryResult;
+  t.log(`found ${result.nodes.length} nodes in ${Date.now() - started} ms (incl. process start-up)`);
+  const byId = new Map(result.nodes.map((n) => [n.caps.nodeId, n]));
+  t.is(byId.get('node-alpha')?.address, `${a.ip}:7101`);
+  t.is(byId.get('node-beta')?.address, `${b.ip}:7102`);
+  t.is(byId.get('node-alpha')?.caps.name, 'alpha');
+  t.is(byId.get('node-beta')?.caps.cores, 4);
+
+  // Goodbyes: after alpha stops, a fresh browse sees only beta.
+  await stopProcess(ads[0], 5000);
+  t.is(ads[0].exitCode, 0);
+  const br2 = lan.spawn(browser, process.execPath, [...probe, 'browse', 'eth0', '3000'], { cwd: repoRoot });
+  const again = JSON.parse(await waitForLine(br2, /^\{/, 20_000)) as DiscoveryResult;
+  t.deepEqual(again.nodes.map((n) => n.caps.nodeId), ['node-beta']);
+  await once(br2, 'exit');
+});
+
+test('herd run --nodes auto with no daemon answering runs in-process and says so', async (t) => {
+  const lan = await createLan(1, 'alone');
+  t.teardown(() => lan.close());
+  const [host] = lan.hosts;
+  const ref = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as { prompt: string; generated_tokens: number[] };
+  const r = await runHerd(
+    ['run', '--nodes', 'auto', '--interface', 'eth0', '--discovery-timeout', '1', '--temp', '0', '-n', '16', '--json', ref.prompt],
+    (cmd, args, opts) => lan.spawn(host, cmd, args, opts),
+    60_000,
+  );
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /no herd nodes answered over mDNS in 1 s: running in-process/);
+  const out = JSON.parse(r.stdout) as { tokens: number[]; plan: { address: string; layers: number[] }[] };
+  t.deepEqual(out.tokens, ref.generated_tokens.slice(0, 16));
+  t.deepEqual(out.plan.map((p) => [p.address, p.layers]), [['in-process', [0, 5]]]);
+});
