@@ -3,7 +3,7 @@
 
 import { hostname } from 'node:os';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { JsBackend } from '../kernels/backend.ts';
+import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { loadClusterKey } from '../cluster/auth.ts';
 import { DEFAULT_PORT } from '../cluster/caps.ts';
 import { MdnsAdvertiser } from '../cluster/discovery/mdns.ts';
@@ -22,6 +22,7 @@ interface NodeArgs extends KeyArgs {
   cacheDir?: string;
   modelDir?: string;
   threads?: number;
+  backend: BackendChoice;
   mdns: boolean;
   grace: number;
 }
@@ -35,7 +36,8 @@ function builder(y: Argv): Argv<NodeArgs> {
       .option('interface', { alias: 'i', type: 'string', describe: 'Pin mDNS and the advertised address to this network interface' })
       .option('cache-dir', { type: 'string', describe: 'Where shards and the node id live (default: $HERD_CACHE_DIR or ~/.cache/herd)' })
       .option('model-dir', { type: 'string', describe: 'Directory of GGUF files to read shards from directly when the hash matches' })
-      .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (the js backend runs on one)' })
+      .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
+      .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
       .option('mdns', { type: 'boolean', default: true, describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)' })
       .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' }),
   ) as unknown as Argv<NodeArgs>;
@@ -51,7 +53,7 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   const log = jsonLogger({ node: name });
 
   const hostInfo = await readHostInfo();
-  const backend = new JsBackend();
+  const backend = await createBackend(args.backend, { threads: args.threads, note: (line) => log.log('warn', 'kernels.fallback', { detail: line }) });
   const throughput = benchmarkMatvec(backend);
   const id = nodeId(cacheDir);
   const server = new NodeServer({

@@ -9,6 +9,8 @@ import { loadClusterKey } from '../cluster/auth.ts';
 import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
 import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { resolveModelPath } from './model-path.ts';
+import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
+import { LOCAL_ADDRESS } from '../cluster/coordinator/nodes.ts';
 import { UsageError } from './errors.ts';
 
 interface RunArgs extends KeyArgs {
@@ -24,6 +26,7 @@ interface RunArgs extends KeyArgs {
   presencePenalty: number;
   seed?: number;
   threads?: number;
+  backend: BackendChoice;
   ctx?: number;
   kvType: 'f32' | 'f16';
   stop?: string | string[];
@@ -54,7 +57,8 @@ function builder(y: Argv): Argv<RunArgs> {
     .option('frequency-penalty', { type: 'number', default: 0, describe: 'Subtract per occurrence of a recent token' })
     .option('presence-penalty', { type: 'number', default: 0, describe: 'Subtract once for a recent token' })
     .option('seed', { type: 'number', describe: 'Random seed (default: random); same seed, same text' })
-    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (the js backend runs on one)' })
+    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
     .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens (default: the model's, at most 4096)" })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
@@ -100,13 +104,19 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     throw new UsageError(`the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
   }
   integer('stages', args.stages, 1);
+  const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
+  const backend = await createBackend(args.backend, { threads: args.threads, note });
   const inference = await asUsage(() =>
     openInference({
-      file, ctx, kvType: args.kvType, sampling, nodes: args.nodes, stages: args.stages, interface: args.interface,
+      file, ctx, kvType: args.kvType, sampling, backend, nodes: args.nodes, stages: args.stages, interface: args.interface,
       key: loadClusterKey(args), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000, cacheDir: defaultCacheDir(),
-      note: (line) => process.stderr.write(`herd: ${line}\n`),
+      note,
     }),
-  );
+  ).catch(async (e: unknown) => {
+    await backend.close();
+    throw e;
+  });
+  const inProcess = inference.plan.every((p) => p.address === LOCAL_ADDRESS);
   const session = inference.session;
   const loadMs = performance.now() - tLoad;
   const result = await generate(
@@ -114,7 +124,10 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     tokenizer,
     { prompt, maxTokens: args.maxTokens, stop: [args.stop ?? []].flat() },
     args.json ? undefined : (text) => process.stdout.write(text),
-  ).finally(() => inference.close());
+  ).finally(async () => {
+    await inference.close();
+    await backend.close();
+  });
 
   if (args.json) {
     process.stdout.write(
@@ -126,6 +139,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         seed: sampling.seed,
         timings: result.timings,
         plan: inference.plan,
+        ...(inProcess ? { backend: backend.name, threads: backend.threads } : {}),
         ...(inference.shards ? { shards: inference.shards } : {}),
       })}\n`,
     );
@@ -134,7 +148,8 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     const t = result.timings;
     process.stderr.write(
       `herd: load ${loadMs.toFixed(0)} ms | prompt ${t.prompt_tokens} tokens, ${t.prompt_ms} ms (${t.prompt_tps} tok/s)` +
-        ` | decode ${t.decode_tokens} tokens, ${t.decode_ms} ms (${t.decode_tps} tok/s) | stop: ${result.stopReason} | seed ${sampling.seed}\n`,
+        ` | decode ${t.decode_tokens} tokens, ${t.decode_ms} ms (${t.decode_tps} tok/s) | stop: ${result.stopReason} | seed ${sampling.seed}` +
+        `${inProcess ? ` | ${backend.name} kernels, ${backend.threads} threads` : ''}\n`,
     );
   }
 }

@@ -3,6 +3,7 @@
 
 import { hostname } from 'node:os';
 import type { GgufFile } from '../../gguf/reader.ts';
+import type { KernelBackend } from '../../kernels/backend.ts';
 import { Transformer } from '../../model/transformer.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import { LocalSession, type InferenceSession } from '../../engine/session.ts';
@@ -17,6 +18,8 @@ export interface OpenOptions {
   readonly ctx: number;
   readonly kvType: KvType;
   readonly sampling: SamplingOptions;
+  /** Kernels for an in-process run (the caller owns and closes it); default the js reference. */
+  readonly backend?: KernelBackend;
   /** auto | local | host:port,… */
   readonly nodes: string;
   readonly stages?: number;
@@ -47,7 +50,7 @@ export interface OpenedInference {
 
 export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   const local = async (): Promise<OpenedInference> => {
-    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType });
+    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend });
     return {
       session: new LocalSession(model, o.sampling),
       plan: [{ node: hostname(), address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }],

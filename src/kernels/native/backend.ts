@@ -1,0 +1,172 @@
+// The native backend: C kernels in a Node-API addon (./addon.c and friends), compiled on
+// the machine that runs them with -march=native, multithreaded inside the addon.
+//
+// Memory: alloc() hands out memory the addon owns (64-byte aligned, zeroed, freed when
+// the last view of it is collected), so the model reads each tensor from the file straight
+// into memory the kernels read; the kernels also accept any other Uint8Array (no copy).
+//
+// Threads: a persistent pthread pool; the calling thread takes a share of every product.
+// Idle workers spin for spinMicros after a product (in decode the next one follows within
+// microseconds), then sleep. Rows go out in chunks from a shared counter; each row's dot
+// product is computed the same way whichever thread takes it, so results do not depend on
+// the thread count, and matmul over n vectors equals n matvecs bit for bit.
+
+import { availableParallelism } from 'node:os';
+import type { KernelBackend } from '../backend.ts';
+import { Activation, type ActivationKind } from '../activation.ts';
+import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
+import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
+
+export type { NativeIsa } from './addon.ts';
+
+export type NativeBackendErrorCode = 'NATIVE_UNAVAILABLE' | 'NATIVE_CLOSED' | 'NATIVE_ARGUMENT';
+
+export class NativeBackendError extends Error {
+  constructor(
+    readonly code: NativeBackendErrorCode,
+    message: string,
+  ) {
+    super(`native backend: ${message}`);
+    this.name = 'NativeBackendError';
+  }
+}
+
+export interface NativeBackendOptions {
+  /** Threads computing each product, the calling one included; defaults to the core count. */
+  threads?: number;
+  /**
+   * Products over fewer weight bytes than this run on the calling thread alone: waking
+   * workers costs more than it saves on a small matrix. Default 64 KiB; 0 always splits.
+   */
+  minParallelBytes?: number;
+  /** How long idle workers poll for the next product before sleeping. Default 200 µs. */
+  spinMicros?: number;
+  /** Instruction-set path; defaults to the best this build compiled (see NativeBackend.isas()). */
+  isa?: NativeIsa;
+}
+
+/** True when the addon is built and loads on this machine. */
+export function isNativeAvailable(): boolean {
+  return loadAddon().addon !== undefined;
+}
+
+function requireAddon(): NativeAddon {
+  const { addon, error } = loadAddon();
+  if (!addon) throw new NativeBackendError('NATIVE_UNAVAILABLE', error ?? 'the native addon is unavailable');
+  return addon;
+}
+
+function isNativeIsa(s: string): s is NativeIsa {
+  return (NATIVE_ISAS as readonly string[]).includes(s);
+}
+
+export class NativeBackend implements KernelBackend {
+  readonly name = 'native';
+  private handle: NativeHandle | undefined;
+  private readonly types: ReadonlySet<number>;
+  private jsScratch = new MatvecScratch(0);
+
+  private constructor(
+    private readonly addon: NativeAddon,
+    handle: NativeHandle,
+    readonly threads: number,
+    readonly isa: NativeIsa,
+    private readonly minParallelBytes: number,
+  ) {
+    this.handle = handle;
+    this.types = new Set(addon.info().types);
+  }
+
+  /** Starts the addon's threads; fails with NATIVE_UNAVAILABLE when the addon is not built. */
+  static async create(opts: NativeBackendOptions = {}): Promise<NativeBackend> {
+    const addon = requireAddon();
+    const threads = opts.threads ?? availableParallelism();
+    if (!Number.isInteger(threads) || threads < 1 || threads > 1024) {
+      throw new NativeBackendError('NATIVE_ARGUMENT', `threads must be an integer 1 … 1024, got ${threads}`);
+    }
+    const compiled = NativeBackend.isas();
+    const isa = opts.isa ?? compiled[compiled.length - 1];
+    if (!compiled.includes(isa)) {
+      throw new NativeBackendError('NATIVE_ARGUMENT', `instruction-set path ${isa} is not in this build (it has ${compiled.join(', ')})`);
+    }
+    const spin = opts.spinMicros ?? 200;
+    if (!(Number.isInteger(spin) && spin >= 0 && spin <= 1_000_000)) {
+      throw new NativeBackendError('NATIVE_ARGUMENT', `spinMicros must be an integer 0 … 1000000, got ${spin}`);
+    }
+    const minParallelBytes = opts.minParallelBytes ?? 64 * 1024;
+    const handle = addon.create(threads, spin, NATIVE_ISAS.indexOf(isa));
+    return new NativeBackend(addon, handle, addon.threads(handle), isa, minParallelBytes);
+  }
+
+  /** The instruction-set paths this build compiled, plainest first. */
+  static isas(): NativeIsa[] {
+    return requireAddon().info().isas.filter(isNativeIsa);
+  }
+
+  /** Whether the addon has kernels of its own for a ggml type (others run the js reference). */
+  supports(type: number): boolean {
+    return this.types.has(type);
+  }
+
+  alloc(bytes: number): Uint8Array {
+    this.live();
+    if (!(Number.isSafeInteger(bytes) && bytes >= 0)) throw new NativeBackendError('NATIVE_ARGUMENT', `cannot allocate ${bytes} bytes`);
+    return new Uint8Array(this.addon.alloc(bytes));
+  }
+
+  matvec(w: Weight, x: Float32Array, out: Float32Array): void {
+    const handle = this.live();
+    this.check(w, x, 1, out);
+    if (!this.types.has(w.kernel.info.id)) {
+      if (this.jsScratch.capacity < w.cols) this.jsScratch = new MatvecScratch(w.cols);
+      jsMatvec(w, x, out, this.jsScratch);
+      return;
+    }
+    this.addon.matvec(handle, w.kernel.info.id, w.data, w.rows, w.cols, x, out, this.parallel(w));
+  }
+
+  /**
+   * n products in one pass over the weights (prefill): xs holds n input vectors of w.cols
+   * values one after another, out receives n output vectors of w.rows values the same way.
+   * Equal, bit for bit, to n matvec calls.
+   */
+  matmul(w: Weight, xs: Float32Array, n: number, out: Float32Array): void {
+    const handle = this.live();
+    if (!(Number.isInteger(n) && n >= 1)) throw new NativeBackendError('NATIVE_ARGUMENT', `matmul over ${n} vectors`);
+    this.check(w, xs, n, out);
+    if (!this.types.has(w.kernel.info.id)) {
+      for (let j = 0; j < n; j++) this.matvec(w, xs.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows));
+      return;
+    }
+    this.addon.matmul(handle, w.kernel.info.id, w.data, w.rows, w.cols, xs, n, out, this.parallel(w));
+  }
+
+  /** x[0..n) prepared as `kind` by the C code, for tests against activation.ts. */
+  activation(kind: ActivationKind, x: Float32Array, n: number): Activation {
+    this.live();
+    const act = new Activation(n);
+    act.kind = kind;
+    act.n = n;
+    this.addon.prepare(ACT_KINDS.indexOf(kind), x, n, act.f, act.qs, act.d, act.s, act.bsums);
+    return act;
+  }
+
+  async close(): Promise<void> {
+    if (this.handle) this.addon.close(this.handle);
+    this.handle = undefined;
+  }
+
+  private live(): NativeHandle {
+    if (!this.handle) throw new NativeBackendError('NATIVE_CLOSED', 'the backend is closed');
+    return this.handle;
+  }
+
+  private parallel(w: Weight): number {
+    return w.rows * w.rowBytes >= this.minParallelBytes ? 1 : 0;
+  }
+
+  private check(w: Weight, x: Float32Array, n: number, out: Float32Array): void {
+    if (x.length < n * w.cols) throw new NativeBackendError('NATIVE_ARGUMENT', `${w.name}: input holds ${x.length} values, ${n * w.cols} needed`);
+    if (out.length < n * w.rows) throw new NativeBackendError('NATIVE_ARGUMENT', `${w.name}: output holds ${out.length} values, ${n * w.rows} needed`);
+  }
+}

@@ -1,0 +1,456 @@
+// Dot products of the 32-value block types with their Q8 activation:
+//   Q8_0, Q4_0, Q5_0 × Q8_0   Σ_b dw·dx·Σ q·qx
+//   Q4_1, Q5_1     × Q8_1     Σ_b dw·dx·Σ q·qx + m·s   (s = dx·Σqx, prepared with the activation)
+// The integer sums are exact on every path; the per-block scale dw·dx is the same f32
+// product the js reference forms; only the float accumulation order differs.
+//
+// Block layouts (bytes): Q8_0 {f16 d, i8 q[32]} 34; Q4_0 {f16 d, u8 nib[16]} 18;
+// Q4_1 {f16 d, f16 m, nib[16]} 20; Q5_0 {f16 d, u32 qh, nib[16]} 22;
+// Q5_1 {f16 d, f16 m, u32 qh, nib[16]} 24. Nibble byte j holds value j (low) and j+16
+// (high); bit i of qh is the fifth bit of value i.
+
+#include "herd.h"
+
+// ---- scalar: transcriptions of src/kernels/q*.ts, accumulating in f32 like ggml ----
+
+float herd_dot_q8_0_scalar(int n, const uint8_t *w, const herd_act *x) {
+  float sum = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 34) {
+    const int8_t *q = (const int8_t *)(w + 2);
+    const int8_t *y = x->qs + b * QK;
+    int isum = 0;
+    for (int j = 0; j < QK; j++) isum += q[j] * y[j];
+    sum += (float)isum * (herd_half(w) * x->d[b]);
+  }
+  return sum;
+}
+
+float herd_dot_q4_0_scalar(int n, const uint8_t *w, const herd_act *x) {
+  float sum = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 18) {
+    const int8_t *y = x->qs + b * QK;
+    int isum = 0;
+    for (int j = 0; j < QK / 2; j++) {
+      const uint8_t v = w[2 + j];
+      isum += ((v & 15) - 8) * y[j] + ((v >> 4) - 8) * y[j + 16];
+    }
+    sum += (float)isum * (herd_half(w) * x->d[b]);
+  }
+  return sum;
+}
+
+float herd_dot_q4_1_scalar(int n, const uint8_t *w, const herd_act *x) {
+  float sum = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 20) {
+    const int8_t *y = x->qs + b * QK;
+    int isum = 0;
+    for (int j = 0; j < QK / 2; j++) {
+      const uint8_t v = w[4 + j];
+      isum += (v & 15) * y[j] + (v >> 4) * y[j + 16];
+    }
+    sum += (float)isum * (herd_half(w) * x->d[b]) + herd_half(w + 2) * x->s[b];
+  }
+  return sum;
+}
+
+float herd_dot_q5_0_scalar(int n, const uint8_t *w, const herd_act *x) {
+  float sum = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 22) {
+    const uint32_t qh = herd_le32(w + 2);
+    const int8_t *y = x->qs + b * QK;
+    int isum = 0;
+    for (int j = 0; j < QK / 2; j++) {
+      const uint8_t v = w[6 + j];
+      const int lo = (int)((v & 15) | (((qh >> j) & 1) << 4)) - 16;
+      const int hi = (int)((v >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+      isum += lo * y[j] + hi * y[j + 16];
+    }
+    sum += (float)isum * (herd_half(w) * x->d[b]);
+  }
+  return sum;
+}
+
+float herd_dot_q5_1_scalar(int n, const uint8_t *w, const herd_act *x) {
+  float sum = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 24) {
+    const uint32_t qh = herd_le32(w + 4);
+    const int8_t *y = x->qs + b * QK;
+    int isum = 0;
+    for (int j = 0; j < QK / 2; j++) {
+      const uint8_t v = w[8 + j];
+      const int lo = (int)((v & 15) | (((qh >> j) & 1) << 4));
+      const int hi = (int)((v >> 4) | (((qh >> (j + 16)) & 1) << 4));
+      isum += lo * y[j] + hi * y[j + 16];
+    }
+    sum += (float)isum * (herd_half(w) * x->d[b]) + herd_half(w + 2) * x->s[b];
+  }
+  return sum;
+}
+
+// ---- AVX2: one 32-value block per 256-bit vector; maddubs/madd for the integer dot ----
+
+#if defined(HERD_AVX2)
+
+static inline float hsum_f32x8(__m256 v) {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+// 16 nibble bytes → 32 bytes: values 0-15 (low nibbles) then 16-31 (high nibbles).
+static inline __m256i nibbles_32(const uint8_t *p) {
+  const __m128i t = _mm_loadu_si128((const __m128i *)p);
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+// The 32 bits of qh spread over 32 bytes: 0xff where bit i is set, else 0.
+static inline __m256i bits_32(const uint8_t *p) {
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)herd_le32(p)), shuf);
+  // Every bit of each byte set except the one this byte tests: all-ones iff that bit is set.
+  const __m256i others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+  return _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
+}
+
+// Σ of unsigned×signed byte products in 8 int32 lanes, as floats. maddubs saturates at
+// ±32767 per byte pair: safe for |u| ≤ 128 against the activation's |qx| ≤ 127.
+static inline __m256 dot_us8(__m256i u, __m256i s) {
+  const __m256i p16 = _mm256_maddubs_epi16(u, s);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+// Σ of signed×signed byte products: move x's sign onto y so maddubs sees |x| unsigned.
+static inline __m256 dot_ss8(__m256i x, __m256i y) {
+  return dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+// Q8_0 and Q4_0 are the types prefill spends its time in, so their kernels take T
+// activation vectors at once (T = 1 for matvec, 4 for matmul): each weight block is
+// unpacked once and met by every vector. Per vector the arithmetic is the same whatever T
+// is, so a matmul gives bit for bit the results of T matvecs. Two accumulators per vector
+// (even and odd blocks) hide the FMA latency.
+static HERD_INLINE void q8_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  const int nb = n / QK;
+  __m256 acc0[4], acc1[4];
+  for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
+  int b = 0;
+  for (; b + 2 <= nb; b += 2, w += 68) {
+    const float d0 = herd_half(w), d1 = herd_half(w + 34);
+    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + 2));
+    const __m256i q1 = _mm256_loadu_si256((const __m256i *)(w + 36));
+    const __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
+    for (int t = 0; t < T; t++) {
+      const int8_t *y = x[t]->qs + b * QK;
+      const __m256i y0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y), q0);
+      const __m256i y1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(y + 32)), q1);
+      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_us8(a0, y0), acc0[t]);
+      acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[t]->d[b + 1]), dot_us8(a1, y1), acc1[t]);
+    }
+  }
+  if (b < nb) {
+    const float d0 = herd_half(w);
+    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + 2));
+    for (int t = 0; t < T; t++) {
+      const __m256i y0 = _mm256_loadu_si256((const __m256i *)(x[t]->qs + b * QK));
+      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
+}
+
+static HERD_INLINE void q4_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  const int nb = n / QK;
+  const __m256i m8 = _mm256_set1_epi8(8);
+  __m256 acc0[4], acc1[4];
+  for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
+  int b = 0;
+  for (; b + 2 <= nb; b += 2, w += 36) {
+    const float d0 = herd_half(w), d1 = herd_half(w + 18);
+    const __m256i q0 = _mm256_sub_epi8(nibbles_32(w + 2), m8);
+    const __m256i q1 = _mm256_sub_epi8(nibbles_32(w + 20), m8);
+    const __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
+    for (int t = 0; t < T; t++) {
+      const int8_t *y = x[t]->qs + b * QK;
+      const __m256i y0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y), q0);
+      const __m256i y1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(y + 32)), q1);
+      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_us8(a0, y0), acc0[t]);
+      acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[t]->d[b + 1]), dot_us8(a1, y1), acc1[t]);
+    }
+  }
+  if (b < nb) {
+    const float d0 = herd_half(w);
+    const __m256i q0 = _mm256_sub_epi8(nibbles_32(w + 2), m8);
+    for (int t = 0; t < T; t++) {
+      const __m256i y0 = _mm256_loadu_si256((const __m256i *)(x[t]->qs + b * QK));
+      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
+}
+
+HERD_DEFINE_DOTS(q8_0, avx2)
+HERD_DEFINE_DOTS(q4_0, avx2)
+
+float herd_dot_q4_1_avx2(int n, const uint8_t *w, const herd_act *x) {
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 20) {
+    mins += herd_half(w + 2) * x->s[b];
+    const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
+    const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
+    acc = _mm256_fmadd_ps(d, dot_us8(nibbles_32(w + 4), y), acc);
+  }
+  return hsum_f32x8(acc) + mins;
+}
+
+float herd_dot_q5_0_avx2(int n, const uint8_t *w, const herd_act *x) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int b = 0; b < n / QK; b++, w += 22) {
+    const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
+    // q - 16 as a signed byte: the nibble itself where the fifth bit is set, else the
+    // nibble with 0xf0 or-ed in (nibble - 16).
+    const __m256i hi = _mm256_andnot_si256(bits_32(w + 2), _mm256_set1_epi8((char)0xf0));
+    const __m256i q = _mm256_or_si256(nibbles_32(w + 6), hi);
+    const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
+    acc = _mm256_fmadd_ps(d, dot_ss8(q, y), acc);
+  }
+  return hsum_f32x8(acc);
+}
+
+float herd_dot_q5_1_avx2(int n, const uint8_t *w, const herd_act *x) {
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 24) {
+    mins += herd_half(w + 2) * x->s[b];
+    const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
+    const __m256i hi = _mm256_and_si256(bits_32(w + 4), _mm256_set1_epi8(0x10));
+    const __m256i q = _mm256_or_si256(nibbles_32(w + 8), hi);
+    const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
+    acc = _mm256_fmadd_ps(d, dot_us8(q, y), acc);
+  }
+  return hsum_f32x8(acc) + mins;
+}
+
+#endif
+
+// ---- AVX-512 VNNI: two blocks per 512-bit vector, vpdpbusd for the integer dot ----
+
+#if defined(HERD_AVX512)
+
+// Two blocks' scales, one per 256-bit half (the int32 lanes of each block).
+static inline __m512 scales_2(float d0, float d1) {
+  return _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
+}
+
+// The activation's scales of blocks b and b+1 spread the same way: two loads' worth of
+// work instead of two scalar products and broadcasts per vector.
+static inline __m512 act_scales_2(const float *d) {
+  const __m512 v = _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)d)));
+  return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
+}
+
+static inline __m512i nibbles_64(const uint8_t *p0, const uint8_t *p1) {
+  const __m128i t0 = _mm_loadu_si128((const __m128i *)p0);
+  const __m128i t1 = _mm_loadu_si128((const __m128i *)p1);
+  const __m256i v0 = _mm256_inserti128_si256(_mm256_castsi128_si256(t0), _mm_srli_epi16(t0, 4), 1);
+  const __m256i v1 = _mm256_inserti128_si256(_mm256_castsi128_si256(t1), _mm_srli_epi16(t1, 4), 1);
+  return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1), _mm512_set1_epi8(0x0f));
+}
+
+static inline __m512i load_2x32(const uint8_t *p0, const uint8_t *p1) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0)), _mm256_loadu_si256((const __m256i *)p1), 1);
+}
+
+static HERD_INLINE void q8_0_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  const int nb = n / QK;
+  __m512 acc[4];
+  for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+  int b = 0;
+  for (; b + 2 <= nb; b += 2, w += 68) {
+    const __m512 dw = scales_2(herd_half(w), herd_half(w + 34));
+    const __m512i q = load_2x32(w + 2, w + 36);
+    // vpdpbusd multiplies unsigned by signed bytes: |q| against y carrying q's sign.
+    const __m512i aq = _mm512_abs_epi8(q);
+    const __mmask64 neg = _mm512_movepi8_mask(q);
+    for (int t = 0; t < T; t++) {
+      const __m512i y = _mm512_loadu_si512((const void *)(x[t]->qs + b * QK));
+      const __m512i sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aq, sy);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, act_scales_2(x[t]->d + b)), _mm512_cvtepi32_ps(p), acc[t]);
+    }
+  }
+  const herd_act *tail[4];
+  herd_act tails[4];
+  for (int t = 0; t < T; t++) {
+    out[t] = _mm512_reduce_add_ps(acc[t]);
+    tails[t] = *x[t];
+    tails[t].qs += b * QK;
+    tails[t].d += b;
+    tail[t] = &tails[t];
+  }
+  if (b < nb) {
+    float rest[4];
+    q8_0_avx2(QK, w, tail, rest, T);
+    for (int t = 0; t < T; t++) out[t] += rest[t];
+  }
+}
+
+static HERD_INLINE void q4_0_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  const int nb = n / QK;
+  __m512 acc[4];
+  for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+  int b = 0;
+  for (; b + 2 <= nb; b += 2, w += 36) {
+    const __m512 dw = scales_2(herd_half(w), herd_half(w + 18));
+    const __m512i q = nibbles_64(w + 2, w + 20);
+    for (int t = 0; t < T; t++) {
+      const __m512i y = _mm512_loadu_si512((const void *)(x[t]->qs + b * QK));
+      // Σ (q - 8)·y = Σ q·y - Σ 8·y, both with unsigned q against signed y.
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+      const __m512i off = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), y);
+      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, act_scales_2(x[t]->d + b)), _mm512_cvtepi32_ps(_mm512_sub_epi32(p, off)), acc[t]);
+    }
+  }
+  const herd_act *tail[4];
+  herd_act tails[4];
+  for (int t = 0; t < T; t++) {
+    out[t] = _mm512_reduce_add_ps(acc[t]);
+    tails[t] = *x[t];
+    tails[t].qs += b * QK;
+    tails[t].d += b;
+    tail[t] = &tails[t];
+  }
+  if (b < nb) {
+    float rest[4];
+    q4_0_avx2(QK, w, tail, rest, T);
+    for (int t = 0; t < T; t++) out[t] += rest[t];
+  }
+}
+
+HERD_DEFINE_DOTS(q8_0, avx512)
+HERD_DEFINE_DOTS(q4_0, avx512)
+
+#endif
+
+// ---- NEON: 16 bytes per vector; the integer dot is vdotq_s32 when the CPU has it (Pi 5),
+// else widening multiplies (vmull_s8) and pairwise adds (Pi 4). ----
+
+#if defined(HERD_NEON)
+
+// Σ of a·b over 16 signed bytes, added to acc in 4 int32 lanes (lane grouping differs
+// between the two forms; every caller reduces all lanes).
+static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b, int dotprod) {
+#if defined(HERD_NEON_DOTPROD)
+  if (dotprod) return vdotq_s32(acc, a, b);
+#endif
+  (void)dotprod;
+  const int16x8_t p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+  const int16x8_t p1 = vmull_s8(vget_high_s8(a), vget_high_s8(b));
+  return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
+}
+
+// The fifth bits of qh for values 0-15 (lo) and 16-31 (hi): 0x10 where set.
+static inline void bits_32_neon(const uint8_t *p, uint8x16_t *lo, uint8x16_t *hi) {
+  static const uint8_t idx_lo[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  static const uint8_t idx_hi[16] = {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+  static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t qh = vreinterpretq_u8_u32(vdupq_n_u32(herd_le32(p)));
+  const uint8x16_t m = vld1q_u8(bit);
+  *lo = vandq_u8(vtstq_u8(vqtbl1q_u8(qh, vld1q_u8(idx_lo)), m), vdupq_n_u8(0x10));
+  *hi = vandq_u8(vtstq_u8(vqtbl1q_u8(qh, vld1q_u8(idx_hi)), m), vdupq_n_u8(0x10));
+}
+
+static inline float q8_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+  float32x4_t acc = vdupq_n_f32(0.0f);
+  for (int b = 0; b < n / QK; b++, w += 34) {
+    const int8_t *y = x->qs + b * QK;
+    int32x4_t p = dot16(vdupq_n_s32(0), vld1q_s8((const int8_t *)(w + 2)), vld1q_s8(y), dotprod);
+    p = dot16(p, vld1q_s8((const int8_t *)(w + 18)), vld1q_s8(y + 16), dotprod);
+    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  }
+  return vaddvq_f32(acc);
+}
+
+static inline float q4_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+  float32x4_t acc = vdupq_n_f32(0.0f);
+  for (int b = 0; b < n / QK; b++, w += 18) {
+    const int8_t *y = x->qs + b * QK;
+    const uint8x16_t v = vld1q_u8(w + 2);
+    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
+    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  }
+  return vaddvq_f32(acc);
+}
+
+static inline float q4_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+  float32x4_t acc = vdupq_n_f32(0.0f);
+  float mins = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 20) {
+    const int8_t *y = x->qs + b * QK;
+    mins += herd_half(w + 2) * x->s[b];
+    const uint8x16_t v = vld1q_u8(w + 4);
+    int32x4_t p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vld1q_s8(y), dotprod);
+    p = dot16(p, vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(y + 16), dotprod);
+    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  }
+  return vaddvq_f32(acc) + mins;
+}
+
+static inline float q5_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+  float32x4_t acc = vdupq_n_f32(0.0f);
+  for (int b = 0; b < n / QK; b++, w += 22) {
+    const int8_t *y = x->qs + b * QK;
+    uint8x16_t hlo, hhi;
+    bits_32_neon(w + 2, &hlo, &hhi);
+    const uint8x16_t v = vld1q_u8(w + 6);
+    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo)), vdupq_n_s8(16));
+    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi)), vdupq_n_s8(16));
+    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  }
+  return vaddvq_f32(acc);
+}
+
+static inline float q5_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+  float32x4_t acc = vdupq_n_f32(0.0f);
+  float mins = 0.0f;
+  for (int b = 0; b < n / QK; b++, w += 24) {
+    const int8_t *y = x->qs + b * QK;
+    mins += herd_half(w + 2) * x->s[b];
+    uint8x16_t hlo, hhi;
+    bits_32_neon(w + 4, &hlo, &hhi);
+    const uint8x16_t v = vld1q_u8(w + 8);
+    const int8x16_t lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo));
+    const int8x16_t hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi));
+    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  }
+  return vaddvq_f32(acc) + mins;
+}
+
+// One body per type, compiled twice: without and with the dot-product instruction.
+#define HERD_NEON_PAIR(type)                                                              \
+  float herd_dot_##type##_neon(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 0); } \
+  HERD_NEON_DOT_VARIANT(type)
+
+#if defined(HERD_NEON_DOTPROD)
+#define HERD_NEON_DOT_VARIANT(type) \
+  float herd_dot_##type##_neondot(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 1); }
+#else
+#define HERD_NEON_DOT_VARIANT(type)
+#endif
+
+HERD_NEON_PAIR(q8_0)
+HERD_NEON_PAIR(q4_0)
+HERD_NEON_PAIR(q4_1)
+HERD_NEON_PAIR(q5_0)
+HERD_NEON_PAIR(q5_1)
+
+#endif

@@ -1,0 +1,782 @@
+// herd's WebAssembly SIMD128 kernels (AssemblyScript). Built by scripts/build-wasm.mjs into
+// ../kernels.wasm, which is committed so a Raspberry Pi needs nothing but Node to run them.
+//
+// The module imports one shared memory and holds no state of its own: every thread (the
+// main one and each worker) instantiates it on the same memory, and a job is described by
+// a control block in that memory (layout below) so one call, run(ctl, gen), makes a thread
+// take part in any product. The plain TypeScript kernels in src/kernels/ are the
+// reference: the activation quantizers and the integer block sums give identical bits; the
+// K-quant dot products too (their one float step per 256 values is done in f64, in the
+// reference's order); the other float sums differ only by summation order and precision
+// (four f32 lanes here, one f64 sum there).
+
+// ---------------------------------------------------------------------------------------
+// Control block: byte offsets from its base, exported as globals so the JavaScript side
+// reads them from here instead of keeping a second copy of the layout.
+
+/** Job generation, bumped by the main thread for every product (its own cache line). */
+export const CTL_GEN: i32 = 0;
+/** Chunks of the current job computed so far (its own cache line). */
+export const CTL_DONE: i32 = 64;
+/** Non-zero once a worker failed; the main thread reports it. */
+export const CTL_ERROR: i32 = 68;
+/** The next unclaimed chunk, tagged with the job: (generation & 0xfffff) << 12 | chunk. */
+export const CTL_NEXT: i32 = 128;
+/** The job: what to compute and where (written before the generation moves). */
+export const CTL_OP: i32 = 192; // OP_STOP or a ggml type id
+export const CTL_CHUNKS: i32 = 196; // the rows are cut into this many chunks (< 4096)
+export const CTL_CHUNK_ROWS: i32 = 200; // rows per chunk (the last may have fewer)
+export const CTL_W: i32 = 204; // weight bytes
+export const CTL_ROW_BYTES: i32 = 208;
+export const CTL_ROWS: i32 = 212;
+export const CTL_COLS: i32 = 216;
+export const CTL_N: i32 = 220; // activation vectors (1 for a matvec)
+export const CTL_ACT: i32 = 224; // f32 values, or int8 quants for Q8_0/Q8_1/Q8_K activations
+export const CTL_ACT_STRIDE: i32 = 228; // bytes from one activation vector to the next
+export const CTL_ACT_D: i32 = 232; // Q8 activation scales (f32 per 32 values, or per 256 for Q8_K)
+export const CTL_ACT_D_STRIDE: i32 = 236;
+export const CTL_ACT_X: i32 = 240; // Q8_1: d·Σq per 32 (f32); Q8_K: Σq per 16 (i16)
+export const CTL_ACT_X_STRIDE: i32 = 244;
+export const CTL_OUT: i32 = 248; // f32 outputs, vector j at out + j * rows * 4
+export const CTL_BYTES: i32 = 256;
+
+export const OP_STOP: i32 = -1;
+
+// ggml type ids (src/ggml/types.ts) this module has kernels for.
+const F32: i32 = 0;
+const F16: i32 = 1;
+const Q4_0: i32 = 2;
+const Q4_1: i32 = 3;
+const Q5_0: i32 = 6;
+const Q5_1: i32 = 7;
+const Q8_0: i32 = 8;
+const Q2_K: i32 = 10;
+const Q3_K: i32 = 11;
+const Q4_K: i32 = 12;
+const Q5_K: i32 = 13;
+const Q6_K: i32 = 14;
+const BF16: i32 = 30;
+
+/** Whether this module computes weights of ggml type `type`. */
+export function supports(type: i32): bool {
+  switch (type) {
+    case F32:
+    case F16:
+    case BF16:
+    case Q8_0:
+    case Q4_0:
+    case Q4_1:
+    case Q5_0:
+    case Q5_1:
+    case Q2_K:
+    case Q3_K:
+    case Q4_K:
+    case Q5_K:
+    case Q6_K:
+      return true;
+  }
+  return false;
+}
+
+/** First byte after the module's static data: the JavaScript allocator starts above it. */
+export function heapBase(): usize {
+  return __heap_base;
+}
+
+// ---------------------------------------------------------------------------------------
+// Half precision, bit-exact with src/ggml/half.ts.
+
+/** f16 bits → f32, exact. Subnormal halves go through a normal subtraction (not a multiply
+ *  by 2^112 of an f32 subnormal) so cores that flush subnormals, like 32-bit NEON, agree. */
+// @ts-ignore: decorator
+@inline function f16ToF32(h: u32): f32 {
+  let o: u32 = (h & 0x7fff) << 13;
+  const e: u32 = o & 0x0f800000;
+  o += 112 << 23;
+  let f: f32;
+  if (e == 0x0f800000) {
+    f = reinterpret<f32>(o + (112 << 23)); // Inf/NaN: exponent to 255, payload kept
+  } else if (e == 0) {
+    f = reinterpret<f32>(o + (1 << 23)) - reinterpret<f32>(<u32>113 << 23);
+  } else {
+    f = reinterpret<f32>(o);
+  }
+  return reinterpret<f32>(reinterpret<u32>(f) | ((h & 0x8000) << 16));
+}
+
+/** Four f16 (zero-extended into i32 lanes) → four f32, the same arithmetic as f16ToF32. */
+// @ts-ignore: decorator
+@inline function f16x4ToF32x4(h: v128): v128 {
+  let o = i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13);
+  const e = v128.and(o, i32x4.splat(0x0f800000));
+  o = i32x4.add(o, i32x4.splat(112 << 23));
+  o = i32x4.add(o, v128.and(i32x4.eq(e, i32x4.splat(0x0f800000)), i32x4.splat(112 << 23)));
+  const sub = i32x4.eq(e, i32x4.splat(0));
+  o = i32x4.add(o, v128.and(sub, i32x4.splat(1 << 23)));
+  // Lanes that are not subnormal subtract +0, which leaves them unchanged.
+  const f = f32x4.sub(o, v128.and(sub, i32x4.splat(113 << 23)));
+  return v128.or(f, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+/** f32 bits → f16 bits, round to nearest even (ggml_compute_fp32_to_fp16). */
+function f32BitsToF16(w: u32): u32 {
+  const sign = (w >>> 16) & 0x8000;
+  const abs = w & 0x7fffffff;
+  if (abs > 0x7f800000) return sign | 0x7e00;
+  if (abs >= 0x477ff000) return sign | 0x7c00;
+  if (abs >= 0x38800000) {
+    const m = abs - 0x38000000;
+    return sign | ((m + 0xfff + ((m >>> 13) & 1)) >>> 13);
+  }
+  const e = abs >>> 23;
+  const shift = 126 - e;
+  if (shift > 24) return sign;
+  const mant = (abs & 0x7fffff) | 0x800000;
+  let q = mant >>> shift;
+  const rem = mant & ((<u32>1 << shift) - 1);
+  const half = <u32>1 << (shift - 1);
+  if (rem > half || (rem == half && (q & 1) == 1)) q++;
+  return sign | q;
+}
+
+/** f32 bits → bf16 bits, round to nearest even, NaN forced quiet (ggml_compute_fp32_to_bf16). */
+// @ts-ignore: decorator
+@inline function f32BitsToBf16(w: u32): u32 {
+  if ((w & 0x7fffffff) > 0x7f800000) return ((w >>> 16) | 0x40) & 0xffff;
+  return (w + 0x7fff + ((w >>> 16) & 1)) >>> 16;
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation preparation: once per matvec, by the main thread, before the workers start.
+
+/** dst[i] = x[i] rounded to f16 and back, as the reference does for F16 weights. */
+export function roundF16(x: usize, dst: usize, n: i32): void {
+  for (let i = 0; i < n; i++) {
+    const o = <usize>i << 2;
+    store<f32>(dst + o, f16ToF32(f32BitsToF16(load<u32>(x + o))));
+  }
+}
+
+/** dst[i] = x[i] rounded to bf16 and back, as the reference does for BF16 weights. */
+export function roundBf16(x: usize, dst: usize, n: i32): void {
+  for (let i = 0; i < n; i++) {
+    const o = <usize>i << 2;
+    store<u32>(dst + o, f32BitsToBf16(load<u32>(x + o)) << 16);
+  }
+}
+
+/**
+ * Q8_0 activations exactly as src/kernels/activation.ts makes them (ggml's x86 path): per
+ * 32 values d = amax/127 rounded to f16 (stored here as its f32 value), quants
+ * nearest-even(x · 127/amax) in f32 arithmetic. n must be a multiple of 32.
+ */
+export function quantizeQ8_0(x: usize, n: i32, qs: usize, d: usize): void {
+  for (let b = 0; b < n >> 5; b++) {
+    const df = q8Block32(x + (<usize>b << 7), qs + (<usize>b << 5));
+    store<f32>(d + (<usize>b << 2), f16ToF32(f32BitsToF16(reinterpret<u32>(df))));
+  }
+}
+
+/** Q8_1 activations: Q8_0's, plus s = d·Σq (with the unrounded f32 d) rounded to f16. */
+export function quantizeQ8_1(x: usize, n: i32, qs: usize, d: usize, s: usize): void {
+  for (let b = 0; b < n >> 5; b++) {
+    const q = qs + (<usize>b << 5);
+    const df = q8Block32(x + (<usize>b << 7), q);
+    store<f32>(d + (<usize>b << 2), f16ToF32(f32BitsToF16(reinterpret<u32>(df))));
+    // Σq over 32 int8: widen pairwise twice (i8 → i16 → i32), then add the four lanes.
+    const lo = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(q)));
+    const hi = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(q, 16)));
+    const sum = hsumI32(i32x4.add(lo, hi));
+    store<f32>(s + (<usize>b << 2), f16ToF32(f32BitsToF16(reinterpret<u32>(df * <f32>sum))));
+  }
+}
+
+/** Quantizes the 32 f32 at p into the 32 int8 at q; returns d = amax/127 (f32, unrounded). */
+// @ts-ignore: decorator
+@inline function q8Block32(p: usize, q: usize): f32 {
+  const v0 = v128.load(p), v1 = v128.load(p, 16), v2 = v128.load(p, 32), v3 = v128.load(p, 48);
+  const v4 = v128.load(p, 64), v5 = v128.load(p, 80), v6 = v128.load(p, 96), v7 = v128.load(p, 112);
+  let m = f32x4.max(
+    f32x4.max(f32x4.max(f32x4.abs(v0), f32x4.abs(v1)), f32x4.max(f32x4.abs(v2), f32x4.abs(v3))),
+    f32x4.max(f32x4.max(f32x4.abs(v4), f32x4.abs(v5)), f32x4.max(f32x4.abs(v6), f32x4.abs(v7))),
+  );
+  m = f32x4.max(m, v128.shuffle<f32>(m, m, 2, 3, 0, 1));
+  m = f32x4.max(m, v128.shuffle<f32>(m, m, 1, 0, 3, 2));
+  const amax = f32x4.extract_lane(m, 0);
+  const id: f32 = amax != 0 ? <f32>127 / amax : 0;
+  const s = f32x4.splat(id);
+  // |x·id| ≤ 127·(1+2⁻²³)², so the saturating narrows never clip.
+  const q0 = i16x8.narrow_i32x4_s(toInt(v0, s), toInt(v1, s));
+  const q1 = i16x8.narrow_i32x4_s(toInt(v2, s), toInt(v3, s));
+  const q2 = i16x8.narrow_i32x4_s(toInt(v4, s), toInt(v5, s));
+  const q3 = i16x8.narrow_i32x4_s(toInt(v6, s), toInt(v7, s));
+  v128.store(q, i8x16.narrow_i16x8_s(q0, q1));
+  v128.store(q, i8x16.narrow_i16x8_s(q2, q3), 16);
+  return amax / <f32>127;
+}
+
+// @ts-ignore: decorator
+@inline function toInt(v: v128, s: v128): v128 {
+  return i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v, s)));
+}
+
+/** ggml's nearest_int on four lanes: add 1.5·2²³ and read the low mantissa bits (ties to even). */
+// @ts-ignore: decorator
+@inline function nearestInt4(v: v128): v128 {
+  const t = f32x4.add(v, f32x4.splat(12582912));
+  return i32x4.sub(v128.and(t, i32x4.splat(0x007fffff)), i32x4.splat(0x00400000));
+}
+
+/**
+ * Q8_K activations as quantize_row_q8_K_ref (src/kernels/activation.ts): per 256 values the
+ * first value of largest magnitude maps to -127, q = min(127, nearest_int(x·iscale)) with
+ * iscale = -127/max, d = 1/iscale kept as f32, and bsums = Σq per 16 values (i16).
+ * n must be a multiple of 256.
+ */
+export function quantizeQ8_K(x: usize, n: i32, qs: usize, d: usize, bsums: usize): void {
+  for (let b = 0; b < n >> 8; b++) {
+    const p = x + (<usize>b << 10);
+    const q = qs + (<usize>b << 8);
+    const bs = bsums + (<usize>b << 5);
+    let amax: f32 = 0;
+    let max: f32 = 0;
+    for (let i = 0; i < 256; i++) {
+      const v = load<f32>(p + (<usize>i << 2));
+      const av = abs<f32>(v);
+      if (av > amax) {
+        amax = av;
+        max = v;
+      }
+    }
+    if (amax == 0) {
+      store<f32>(d + (<usize>b << 2), 0);
+      memory.fill(q, 0, 256);
+      memory.fill(bs, 0, 32);
+      continue;
+    }
+    const iscale: f32 = <f32>-127 / max;
+    const s = f32x4.splat(iscale);
+    const top = i32x4.splat(127);
+    for (let g = 0; g < 16; g++) {
+      const pg = p + (<usize>g << 6);
+      const a0 = i32x4.min_s(nearestInt4(f32x4.mul(s, v128.load(pg))), top);
+      const a1 = i32x4.min_s(nearestInt4(f32x4.mul(s, v128.load(pg, 16))), top);
+      const a2 = i32x4.min_s(nearestInt4(f32x4.mul(s, v128.load(pg, 32))), top);
+      const a3 = i32x4.min_s(nearestInt4(f32x4.mul(s, v128.load(pg, 48))), top);
+      v128.store(q + (<usize>g << 4), i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(a0, a1), i16x8.narrow_i32x4_s(a2, a3)));
+      store<i16>(bs + (<usize>g << 1), <i16>hsumI32(i32x4.add(i32x4.add(a0, a1), i32x4.add(a2, a3))));
+    }
+    store<f32>(d + (<usize>b << 2), <f32>1 / iscale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dot products of one weight row with one prepared activation vector.
+
+// @ts-ignore: decorator
+@inline function hsumI32(v: v128): i32 {
+  return i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1) + i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3);
+}
+
+// @ts-ignore: decorator
+@inline function hsum(v: v128): f32 {
+  return f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3);
+}
+
+// @ts-ignore: decorator
+@inline function dotF32(w: usize, n: i32, x: usize): f32 {
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(w + o), v128.load(x + o)));
+    a1 = f32x4.add(a1, f32x4.mul(v128.load(w + o, 16), v128.load(x + o, 16)));
+    a2 = f32x4.add(a2, f32x4.mul(v128.load(w + o, 32), v128.load(x + o, 32)));
+    a3 = f32x4.add(a3, f32x4.mul(v128.load(w + o, 48), v128.load(x + o, 48)));
+  }
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    a0 = f32x4.add(a0, f32x4.mul(v128.load(w + o), v128.load(x + o)));
+  }
+  let sum = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+  for (; i < n; i++) sum += load<f32>(w + (<usize>i << 2)) * load<f32>(x + (<usize>i << 2));
+  return sum;
+}
+
+/** F16 weights against f16-rounded activations: eight halves per step, widened in SIMD. */
+// @ts-ignore: decorator
+@inline function dotF16(w: usize, n: i32, x: usize): f32 {
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const h = v128.load(w + (<usize>i << 1));
+    const o = <usize>i << 2;
+    a0 = f32x4.add(a0, f32x4.mul(f16x4ToF32x4(i32x4.extend_low_i16x8_u(h)), v128.load(x + o)));
+    a1 = f32x4.add(a1, f32x4.mul(f16x4ToF32x4(i32x4.extend_high_i16x8_u(h)), v128.load(x + o, 16)));
+  }
+  let sum = hsum(f32x4.add(a0, a1));
+  for (; i < n; i++) sum += f16ToF32(load<u16>(w + (<usize>i << 1))) * load<f32>(x + (<usize>i << 2));
+  return sum;
+}
+
+/** BF16 weights against bf16-rounded activations: a bf16 is the top half of an f32. */
+// @ts-ignore: decorator
+@inline function dotBf16(w: usize, n: i32, x: usize): f32 {
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const h = v128.load(w + (<usize>i << 1));
+    const o = <usize>i << 2;
+    a0 = f32x4.add(a0, f32x4.mul(i32x4.shl(i32x4.extend_low_i16x8_u(h), 16), v128.load(x + o)));
+    a1 = f32x4.add(a1, f32x4.mul(i32x4.shl(i32x4.extend_high_i16x8_u(h), 16), v128.load(x + o, 16)));
+  }
+  let sum = hsum(f32x4.add(a0, a1));
+  for (; i < n; i++) sum += reinterpret<f32>(<u32>load<u16>(w + (<usize>i << 1)) << 16) * load<f32>(x + (<usize>i << 2));
+  return sum;
+}
+
+// The integer block products multiply int8 by int8 into int16 lanes (extmul) and add lane
+// pairs into int32 (extadd_pairwise): on arm64 these are single smull/smull2/saddlp
+// instructions, where widening first and using i32x4.dot_i16x8_s costs about twice as
+// many; on x86 the two forms measured the same. Two int8·int8 products fit an int16 lane
+// (|q| ≤ 127 for activations, ≥ -128 for weights: 2·128·127 < 2^15).
+
+/** The Q8_0 block at w (f16 d, 32 int8) against 32 activation quants at a: int32 lane sums. */
+// @ts-ignore: decorator
+@inline function q8Block(w: usize, a: usize): v128 {
+  const wl = v128.load(w, 2), wh = v128.load(w, 18);
+  const al = v128.load(a), ah = v128.load(a, 16);
+  const lo = i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.extmul_low_i8x16_s(wl, al), i16x8.extmul_high_i8x16_s(wl, al)));
+  const hi = i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.extmul_low_i8x16_s(wh, ah), i16x8.extmul_high_i8x16_s(wh, ah)));
+  return i32x4.add(lo, hi);
+}
+
+/** The Q4_0 block at w (f16 d, 16 bytes of nibbles) against 32 activation quants at a.
+ *  Nibble weights are in [-8, 7], so all four products of a lane fit int16 (4·8·127). */
+// @ts-ignore: decorator
+@inline function q4Block(w: usize, a: usize): v128 {
+  const x = v128.load(w, 2);
+  const wl = i8x16.sub(v128.and(x, i8x16.splat(0x0f)), i8x16.splat(8)); // values 0..15
+  const wh = i8x16.sub(i8x16.shr_u(x, 4), i8x16.splat(8)); // values 16..31
+  const al = v128.load(a), ah = v128.load(a, 16);
+  const s = i16x8.add(
+    i16x8.add(i16x8.extmul_low_i8x16_s(wl, al), i16x8.extmul_high_i8x16_s(wl, al)),
+    i16x8.add(i16x8.extmul_low_i8x16_s(wh, ah), i16x8.extmul_high_i8x16_s(wh, ah)),
+  );
+  return i32x4.extadd_pairwise_i16x8_s(s);
+}
+
+/** Σ over 16 lanes of w·a (int8 × int8, at most two products per int16 lane) as 4 int32 lanes. */
+// @ts-ignore: decorator
+@inline function mul16(w: v128, a: v128): v128 {
+  return i16x8.add(i16x8.extmul_low_i8x16_s(w, a), i16x8.extmul_high_i8x16_s(w, a));
+}
+
+/** 0x10 in byte i where bit i of the 16-bit qh is set: the fifth bit of Q5_0/Q5_1 values. */
+// @ts-ignore: decorator
+@inline function fifthBits(qh: u32): v128 {
+  const spread = i8x16.swizzle(i32x4.splat(qh), i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  const bit = i8x16(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  return v128.and(i8x16.eq(v128.and(spread, bit), bit), i8x16.splat(0x10));
+}
+
+// Per 32-value block: the exact integer lane sums, converted to f32 (each lane < 2^24, so
+// exactly), times d_w·d_x in f32 like the reference's Math.fround(d_w·d_x), accumulated in
+// four f32 lanes (ggml's x86 path does the same with FMA). Min terms (Q4_1, Q5_1) use the
+// activation's s = d_x·Σq_x, one multiply per block, as the reference does.
+
+// @ts-ignore: decorator
+@inline function dotQ8_0(w: usize, n: i32, qs: usize, d: usize): f32 {
+  let acc = f32x4.splat(0);
+  const nb = n >> 5;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 34;
+    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(q8Block(p, qs + (<usize>b << 5))), f32x4.splat(s)));
+  }
+  return hsum(acc);
+}
+
+// @ts-ignore: decorator
+@inline function dotQ4_0(w: usize, n: i32, qs: usize, d: usize): f32 {
+  let acc = f32x4.splat(0);
+  const nb = n >> 5;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 18;
+    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(q4Block(p, qs + (<usize>b << 5))), f32x4.splat(s)));
+  }
+  return hsum(acc);
+}
+
+/** Q4_1 (f16 d, f16 m, 16 bytes of nibbles q in [0, 15]): value = d·q + m. */
+// @ts-ignore: decorator
+@inline function dotQ4_1(w: usize, n: i32, qs: usize, d: usize, xs: usize): f32 {
+  let acc = f32x4.splat(0);
+  let mins: f32 = 0;
+  const nb = n >> 5;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 20;
+    const a = qs + (<usize>b << 5);
+    const x = v128.load(p, 4);
+    // Nibbles 0..15 are valid int8, so the signed multiplies apply; 4·15·127 fits int16.
+    const s16 = i16x8.add(mul16(v128.and(x, i8x16.splat(0x0f)), v128.load(a)), mul16(i8x16.shr_u(x, 4), v128.load(a, 16)));
+    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
+    mins += f16ToF32(load<u16>(p, 2)) * load<f32>(xs + (<usize>b << 2));
+  }
+  return hsum(acc) + mins;
+}
+
+/** Q5_0 (f16 d, u32 qh, 16 bytes of nibbles): value = d·((nibble | bit << 4) - 16). */
+// @ts-ignore: decorator
+@inline function dotQ5_0(w: usize, n: i32, qs: usize, d: usize): f32 {
+  let acc = f32x4.splat(0);
+  const nb = n >> 5;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 22;
+    const a = qs + (<usize>b << 5);
+    const qh = load<u32>(p, 2);
+    const x = v128.load(p, 6);
+    const wl = i8x16.sub(v128.or(v128.and(x, i8x16.splat(0x0f)), fifthBits(qh & 0xffff)), i8x16.splat(16));
+    const wh = i8x16.sub(v128.or(i8x16.shr_u(x, 4), fifthBits(qh >>> 16)), i8x16.splat(16));
+    // |q| ≤ 16: four products of a lane stay within int16 (4·16·127).
+    const s16 = i16x8.add(mul16(wl, v128.load(a)), mul16(wh, v128.load(a, 16)));
+    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
+  }
+  return hsum(acc);
+}
+
+/** Q5_1 (f16 d, f16 m, u32 qh, 16 bytes of nibbles): value = d·(nibble | bit << 4) + m. */
+// @ts-ignore: decorator
+@inline function dotQ5_1(w: usize, n: i32, qs: usize, d: usize, xs: usize): f32 {
+  let acc = f32x4.splat(0);
+  let mins: f32 = 0;
+  const nb = n >> 5;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 24;
+    const a = qs + (<usize>b << 5);
+    const qh = load<u32>(p, 4);
+    const x = v128.load(p, 8);
+    const wl = v128.or(v128.and(x, i8x16.splat(0x0f)), fifthBits(qh & 0xffff));
+    const wh = v128.or(i8x16.shr_u(x, 4), fifthBits(qh >>> 16));
+    // q ≤ 31: 4·31·127 = 15748 fits int16.
+    const s16 = i16x8.add(mul16(wl, v128.load(a)), mul16(wh, v128.load(a, 16)));
+    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
+    mins += f16ToF32(load<u16>(p, 2)) * load<f32>(xs + (<usize>b << 2));
+  }
+  return hsum(acc) + mins;
+}
+
+// K-quants: super-blocks of 256 values against Q8_K activations. Inside a super-block the
+// sums stay integer (sub-block scale × Σ q·q_x, in int32 lanes), so the one float step per
+// 256 values is done in f64 in the reference's order: these dot products equal the js
+// reference bit for bit.
+
+/** Σ over 16 lanes of w·a times the integer scale sc, into four int32 lanes. */
+// @ts-ignore: decorator
+@inline function scaled16(w: v128, a: v128, sc: i32): v128 {
+  return i32x4.dot_i16x8_s(mul16(w, a), i16x8.splat(<i16>sc));
+}
+
+/** Σ_j bsums[j] · min[j/2] over the 16 per-16 sums of a Q8_K block (mins: 8 bytes at m). */
+// @ts-ignore: decorator
+@inline function minSum(bs: usize, m0: u32, m1: u32): i32 {
+  // m0, m1 hold mins 0-3 and 4-7, one per byte: pair each with two consecutive bsums.
+  let sum = 0;
+  for (let j = 0; j < 4; j++) {
+    const ma = <i32>((m0 >>> (8 * j)) & 0xff);
+    const mb = <i32>((m1 >>> (8 * j)) & 0xff);
+    sum += ma * (<i32>load<i16>(bs + (<usize>j << 2)) + <i32>load<i16>(bs + (<usize>j << 2), 2));
+    sum += mb * (<i32>load<i16>(bs + (<usize>j << 2), 16) + <i32>load<i16>(bs + (<usize>j << 2), 18));
+  }
+  return sum;
+}
+
+/** Q4_K/Q5_K's 6-bit scales and mins (ggml's get_scale_min_k4): four per u32, one per byte. */
+// @ts-ignore: decorator
+@inline function scalesK4(p: usize, which: i32): u32 {
+  const a = load<u32>(p); // bytes 0-3: scales 0-3 (low 6 bits), top bits of scales 4-7
+  const b = load<u32>(p, 4); // bytes 4-7: mins 0-3, top bits of mins 4-7
+  const c = load<u32>(p, 8); // bytes 8-11: low nibbles of scales 4-7, high nibbles of mins 4-7
+  switch (which) {
+    case 0:
+      return a & 0x3f3f3f3f;
+    case 1:
+      return b & 0x3f3f3f3f;
+    case 2:
+      return (c & 0x0f0f0f0f) | (((a >>> 6) & 0x03030303) << 4);
+    default:
+      return ((c >>> 4) & 0x0f0f0f0f) | (((b >>> 6) & 0x03030303) << 4);
+  }
+}
+
+/** Q4_K (f16 d, f16 dmin, 12 bytes scales/mins, 128 bytes nibbles): value = d·sc·q - dmin·m. */
+// @ts-ignore: decorator
+@inline function dotQ4_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
+  let sum: f64 = 0;
+  const nb = n >> 8;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 144;
+    const a = qs + (<usize>b << 8);
+    const sc0 = scalesK4(p + 4, 0), sc1 = scalesK4(p + 4, 2);
+    let acc = i32x4.splat(0);
+    for (let k = 0; k < 4; k++) {
+      const x0 = v128.load(p + 16 + (<usize>k << 5));
+      const x1 = v128.load(p + 16 + (<usize>k << 5), 16);
+      const ak = a + (<usize>k << 6);
+      const sLo = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
+      const sHi = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
+      // Sub-block 2k: low nibbles against a[0..32); 2k+1: high nibbles against a[32..64).
+      const lo = i16x8.add(mul16(v128.and(x0, i8x16.splat(0x0f)), v128.load(ak)), mul16(v128.and(x1, i8x16.splat(0x0f)), v128.load(ak, 16)));
+      const hi = i16x8.add(mul16(i8x16.shr_u(x0, 4), v128.load(ak, 32)), mul16(i8x16.shr_u(x1, 4), v128.load(ak, 48)));
+      acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+    }
+    const isum = hsumI32(acc);
+    const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
+    const xd = load<f32>(d + (<usize>b << 2));
+    const dd = f16ToF32(load<u16>(p)) * xd;
+    const dm = f16ToF32(load<u16>(p, 2)) * xd;
+    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+  }
+  return <f32>sum;
+}
+
+/** Q5_K (f16 d, f16 dmin, 12 bytes scales/mins, 32 bytes qh, 128 bytes nibbles). */
+// @ts-ignore: decorator
+@inline function dotQ5_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
+  let sum: f64 = 0;
+  const nb = n >> 8;
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 176;
+    const a = qs + (<usize>b << 8);
+    const sc0 = scalesK4(p + 4, 0), sc1 = scalesK4(p + 4, 2);
+    // Bit s of qh[l] is the fifth bit of value 32s + l; shift qh right by 2 per 64 values.
+    let h0 = v128.load(p + 16), h1 = v128.load(p + 16, 16);
+    let acc = i32x4.splat(0);
+    for (let k = 0; k < 4; k++) {
+      const x0 = v128.load(p + 48 + (<usize>k << 5));
+      const x1 = v128.load(p + 48 + (<usize>k << 5), 16);
+      const ak = a + (<usize>k << 6);
+      const sLo = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
+      const sHi = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
+      const one = i8x16.splat(1), two = i8x16.splat(2), m4 = i8x16.splat(0x0f);
+      const l0 = v128.or(v128.and(x0, m4), i8x16.shl(v128.and(h0, one), 4));
+      const l1 = v128.or(v128.and(x1, m4), i8x16.shl(v128.and(h1, one), 4));
+      const u0 = v128.or(i8x16.shr_u(x0, 4), i8x16.shl(v128.and(h0, two), 3));
+      const u1 = v128.or(i8x16.shr_u(x1, 4), i8x16.shl(v128.and(h1, two), 3));
+      // q ≤ 31: 4·31·127 fits int16.
+      const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
+      const hi = i16x8.add(mul16(u0, v128.load(ak, 32)), mul16(u1, v128.load(ak, 48)));
+      acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+      h0 = i8x16.shr_u(h0, 2);
+      h1 = i8x16.shr_u(h1, 2);
+    }
+    const isum = hsumI32(acc);
+    const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
+    const xd = load<f32>(d + (<usize>b << 2));
+    const dd = f16ToF32(load<u16>(p)) * xd;
+    const dm = f16ToF32(load<u16>(p, 2)) * xd;
+    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+  }
+  return <f32>sum;
+}
+
+/** Q6_K (128 bytes ql, 64 bytes qh, 16 int8 scales, f16 d): value = d·sc·(q - 32), q 6-bit. */
+// @ts-ignore: decorator
+@inline function dotQ6_K(w: usize, n: i32, qs: usize, d: usize): f32 {
+  let sum: f64 = 0;
+  const nb = n >> 8;
+  const m4 = i8x16.splat(0x0f), m3 = i8x16.splat(3), k32 = i8x16.splat(32);
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 210;
+    const a = qs + (<usize>b << 8);
+    let acc = i32x4.splat(0);
+    for (let half = 0; half < 2; half++) {
+      const ql = p + (<usize>half << 6);
+      const qh = p + 128 + (<usize>half << 5);
+      const sc = p + 192 + (<usize>half << 3);
+      const ah = a + (<usize>half << 7);
+      for (let g = 0; g < 2; g++) {
+        // Values 16g..16g+15 of each quarter of 32; |q - 32| ≤ 32, so two products per
+        // int16 lane (2·32·127) are safe and the scale multiply widens to int32.
+        const go = <usize>g << 4;
+        const a0 = v128.load(ql + go), a1 = v128.load(ql + go, 32), h = v128.load(qh + go);
+        const q1 = i8x16.sub(v128.or(v128.and(a0, m4), i8x16.shl(v128.and(h, m3), 4)), k32);
+        const q2 = i8x16.sub(v128.or(v128.and(a1, m4), i8x16.shl(v128.and(i8x16.shr_u(h, 2), m3), 4)), k32);
+        const q3 = i8x16.sub(v128.or(i8x16.shr_u(a0, 4), i8x16.shl(v128.and(i8x16.shr_u(h, 4), m3), 4)), k32);
+        const q4 = i8x16.sub(v128.or(i8x16.shr_u(a1, 4), i8x16.shl(i8x16.shr_u(h, 6), 4)), k32);
+        acc = i32x4.add(acc, scaled16(q1, v128.load(ah + go), <i32>load<i8>(sc + g)));
+        acc = i32x4.add(acc, scaled16(q2, v128.load(ah + go, 32), <i32>load<i8>(sc + g, 2)));
+        acc = i32x4.add(acc, scaled16(q3, v128.load(ah + go, 64), <i32>load<i8>(sc + g, 4)));
+        acc = i32x4.add(acc, scaled16(q4, v128.load(ah + go, 96), <i32>load<i8>(sc + g, 6)));
+      }
+    }
+    const isum = hsumI32(acc);
+    sum += <f64>(f16ToF32(load<u16>(p, 208)) * load<f32>(d + (<usize>b << 2))) * <f64>isum;
+  }
+  return <f32>sum;
+}
+
+/** Q2_K (16 bytes 4-bit scale|min, 64 bytes of 2-bit q, f16 d, f16 dmin): value = d·sc·q - dmin·m. */
+// @ts-ignore: decorator
+@inline function dotQ2_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
+  let sum: f64 = 0;
+  const nb = n >> 8;
+  const m3 = i8x16.splat(3);
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 84;
+    const a = qs + (<usize>b << 8);
+    const bs = bsums + (<usize>b << 5);
+    let acc = i32x4.splat(0);
+    let msum = 0;
+    // Group g (16 values at a + 16g) reads bits 2·((g>>1)&3) of q[32·(g>>3) + 16·(g&1) + l].
+    for (let g = 0; g < 16; g++) {
+      const s = <i32>load<u8>(p + g);
+      const x = v128.load(p + 16 + (<usize>(g >> 3) << 5) + (<usize>(g & 1) << 4));
+      const q = v128.and(i8x16.shr_u(x, 2 * ((g >> 1) & 3)), m3);
+      acc = i32x4.add(acc, scaled16(q, v128.load(a + (<usize>g << 4)), s & 15));
+      msum += (s >> 4) * <i32>load<i16>(bs + (<usize>g << 1));
+    }
+    const isum = hsumI32(acc);
+    const xd = load<f32>(d + (<usize>b << 2));
+    const dd = f16ToF32(load<u16>(p, 80)) * xd;
+    const dm = f16ToF32(load<u16>(p, 82)) * xd;
+    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+  }
+  return <f32>sum;
+}
+
+/** Q3_K (32 bytes hmask, 64 bytes of 2-bit q, 12 bytes of 6-bit scales, f16 d). */
+// @ts-ignore: decorator
+@inline function dotQ3_K(w: usize, n: i32, qs: usize, d: usize): f32 {
+  let sum: f64 = 0;
+  const nb = n >> 8;
+  const m3 = i8x16.splat(3), one = i8x16.splat(1);
+  for (let b = 0; b < nb; b++) {
+    const p = w + <usize>b * 110;
+    const a = qs + (<usize>b << 8);
+    let acc = i32x4.splat(0);
+    for (let g = 0; g < 16; g++) {
+      // Scale g: low 4 bits from byte g (g < 8) or the high nibble of byte g-8, top 2 bits
+      // from byte 8 + (g & 3) at bit 2·(g >> 2); stored biased by 32.
+      const low = g < 8 ? <i32>load<u8>(p + 96 + g) & 15 : <i32>load<u8>(p + 96 + g - 8) >> 4;
+      const high = (<i32>load<u8>(p + 104 + (g & 3)) >> (2 * (g >> 2))) & 3;
+      const sc = (low | (high << 4)) - 32;
+      const x = v128.load(p + 32 + (<usize>(g >> 3) << 5) + (<usize>(g & 1) << 4));
+      const hm = v128.load(p + (<usize>(g & 1) << 4));
+      // q = 2 low bits - 4 unless the hmask bit is set: values in [-4, 3].
+      const lowBits = v128.and(i8x16.shr_u(x, 2 * ((g >> 1) & 3)), m3);
+      const minus4 = i8x16.shl(v128.andnot(one, i8x16.shr_u(hm, g >> 1)), 2);
+      acc = i32x4.add(acc, scaled16(i8x16.sub(lowBits, minus4), v128.load(a + (<usize>g << 4)), sc));
+    }
+    const isum = hsumI32(acc);
+    sum += <f64>(f16ToF32(load<u16>(p, 108)) * load<f32>(d + (<usize>b << 2))) * <f64>isum;
+  }
+  return <f32>sum;
+}
+
+// ---------------------------------------------------------------------------------------
+// The row loop. Rows [r0, r1) of out = W · x_j for the n activation vectors; with n > 1
+// (a matmul for prefill) a weight row is read from memory once and reused from L1 for every
+// vector, which is the whole gain of batching on a memory-bound machine. The switch costs
+// one predictable branch per row.
+
+/**
+ * Takes part in job `gen` of the control block at ctl: claims chunks of rows until none is
+ * left, computes each, and counts it done (waking the main thread after the last one).
+ * Chunks are claimed, not assigned, so a thread that is descheduled or slow (a busy core,
+ * a little core) leaves its share to the others instead of holding the product up.
+ *
+ * A claim is a compare-and-swap of NEXT that only succeeds while NEXT still carries this
+ * job's tag. The main thread retags NEXT before it rewrites the job, so a thread that read
+ * the job and was then delayed past its end claims nothing and writes nothing.
+ */
+export function run(ctl: usize, gen: i32): void {
+  const tag = (gen & 0xfffff) << 12;
+  const chunks = load<i32>(ctl + CTL_CHUNKS);
+  for (;;) {
+    const v = atomic.load<i32>(ctl + CTL_NEXT);
+    const chunk = v & 0xfff;
+    if ((v & ~0xfff) != tag || chunk >= chunks) return;
+    if (atomic.cmpxchg<i32>(ctl + CTL_NEXT, v, v + 1) != v) continue;
+    // Claimed: the job cannot change before this chunk is counted done, so its words are
+    // read (again) from here on.
+    const chunkRows = load<i32>(ctl + CTL_CHUNK_ROWS);
+    const r0 = chunk * chunkRows;
+    const r1 = min(load<i32>(ctl + CTL_ROWS), r0 + chunkRows);
+    rowsOf(ctl, load<i32>(ctl + CTL_OP), r0, r1);
+    if (atomic.add<i32>(ctl + CTL_DONE, 1) + 1 == chunks) atomic.notify(ctl + CTL_DONE);
+  }
+}
+
+/** Rows [r0, r1) of the job's product, for every activation vector. */
+function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
+  const w = <usize>load<u32>(ctl + CTL_W);
+  const rb = <usize>load<u32>(ctl + CTL_ROW_BYTES);
+  const rows = load<i32>(ctl + CTL_ROWS);
+  const cols = load<i32>(ctl + CTL_COLS);
+  const n = load<i32>(ctl + CTL_N);
+  const act = <usize>load<u32>(ctl + CTL_ACT);
+  const actStride = <usize>load<u32>(ctl + CTL_ACT_STRIDE);
+  const actD = <usize>load<u32>(ctl + CTL_ACT_D);
+  const actDStride = <usize>load<u32>(ctl + CTL_ACT_D_STRIDE);
+  const actX = <usize>load<u32>(ctl + CTL_ACT_X);
+  const actXStride = <usize>load<u32>(ctl + CTL_ACT_X_STRIDE);
+  const out = <usize>load<u32>(ctl + CTL_OUT);
+  for (let r = r0; r < r1; r++) {
+    const p = w + <usize>r * rb;
+    for (let j = 0; j < n; j++) {
+      const x = act + <usize>j * actStride;
+      const xd = actD + <usize>j * actDStride;
+      const xx = actX + <usize>j * actXStride;
+      let v: f32 = 0;
+      switch (op) {
+        case F32:
+          v = dotF32(p, cols, x);
+          break;
+        case F16:
+          v = dotF16(p, cols, x);
+          break;
+        case BF16:
+          v = dotBf16(p, cols, x);
+          break;
+        case Q8_0:
+          v = dotQ8_0(p, cols, x, xd);
+          break;
+        case Q4_0:
+          v = dotQ4_0(p, cols, x, xd);
+          break;
+        case Q4_1:
+          v = dotQ4_1(p, cols, x, xd, xx);
+          break;
+        case Q5_0:
+          v = dotQ5_0(p, cols, x, xd);
+          break;
+        case Q5_1:
+          v = dotQ5_1(p, cols, x, xd, xx);
+          break;
+        case Q2_K:
+          v = dotQ2_K(p, cols, x, xd, xx);
+          break;
+        case Q3_K:
+          v = dotQ3_K(p, cols, x, xd);
+          break;
+        case Q4_K:
+          v = dotQ4_K(p, cols, x, xd, xx);
+          break;
+        case Q5_K:
+          v = dotQ5_K(p, cols, x, xd, xx);
+          break;
+        case Q6_K:
+          v = dotQ6_K(p, cols, x, xd);
+          break;
+        default:
+          unreachable();
+      }
+      store<f32>(out + ((<usize>j * <usize>rows + <usize>r) << 2), v);
+    }
+  }
+}

@@ -1,0 +1,594 @@
+// The wasm backend: SIMD128 kernels compiled from AssemblyScript (./assembly/, built into
+// the committed ./kernels.wasm), run on threads that share one WebAssembly memory.
+//
+// Memory: one shared WebAssembly.Memory holds the control block, every weight (alloc() is
+// a bump allocator in it, so the model reads each tensor from the GGUF file straight into
+// memory the kernels address) and scratch space for activations and outputs. Growing a
+// shared memory never detaches the SharedArrayBuffers handed out before, so the views that
+// alloc() returned stay valid; wasm32 addresses at most 4 GiB.
+//
+// Threads: threads-1 worker_threads instantiate the same module on the same memory. A
+// product writes its job into the control block, bumps the generation counter and
+// notifies; every thread, the calling one included, claims chunks of rows (a
+// compare-and-swap on a counter) until none is left, and the calling thread waits until
+// every chunk is counted done. A worker that is slow or descheduled (a busy core) thus
+// costs at most the chunk it holds. Atomics only, no postMessage per product.
+
+import { availableParallelism } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import type { KernelBackend } from '../backend.ts';
+import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
+import { Activation, Q8K_BLOCK, type ActivationKind } from '../activation.ts';
+
+export type WasmBackendErrorCode = 'WASM_UNAVAILABLE' | 'WASM_MEMORY_LIMIT' | 'WASM_WORKER' | 'WASM_CLOSED' | 'WASM_ARGUMENT';
+
+export class WasmBackendError extends Error {
+  constructor(
+    readonly code: WasmBackendErrorCode,
+    message: string,
+  ) {
+    super(`wasm backend: ${message}`);
+    this.name = 'WasmBackendError';
+  }
+}
+
+export interface WasmBackendOptions {
+  /** Threads computing each product, the calling one included; defaults to the core count. */
+  threads?: number;
+  /**
+   * Products over fewer weight bytes than this run on the calling thread alone: waking the
+   * workers costs more than it saves on a small matrix. Default 256 KiB; 0 always splits.
+   */
+  minParallelBytes?: number;
+  /** Upper bound of the shared memory (weights + scratch). Default 4 GiB on 64-bit hosts, 1 GiB on 32-bit. */
+  maxMemoryBytes?: number;
+  /**
+   * Microseconds a worker polls for the next product before sleeping (default 300): long
+   * enough to span the element-wise work between the products of a token, so workers are
+   * awake when the next product starts; 0 sleeps at once (saves CPU, costs latency).
+   */
+  spinMicros?: number;
+}
+
+/** The module's exports, narrowed from WebAssembly's untyped ones by kernelExports(). */
+interface KernelExports {
+  supports(type: number): number;
+  heapBase(): number;
+  roundF16(x: number, dst: number, n: number): void;
+  roundBf16(x: number, dst: number, n: number): void;
+  quantizeQ8_0(x: number, n: number, qs: number, d: number): void;
+  quantizeQ8_1(x: number, n: number, qs: number, d: number, s: number): void;
+  quantizeQ8_K(x: number, n: number, qs: number, d: number, bsums: number): void;
+  run(ctl: number, gen: number): void;
+  layout: Layout;
+}
+
+/** Control block word indexes (byte offsets / 4) and the stop op, read from the module. */
+interface Layout {
+  gen: number;
+  done: number;
+  error: number;
+  next: number;
+  op: number;
+  chunks: number;
+  chunkRows: number;
+  w: number;
+  rowBytes: number;
+  rows: number;
+  cols: number;
+  n: number;
+  act: number;
+  actStride: number;
+  actD: number;
+  actDStride: number;
+  actX: number;
+  actXStride: number;
+  out: number;
+  bytes: number;
+  stop: number;
+}
+
+const PAGE = 65536;
+const WASM32_PAGES = 65536; // 4 GiB: all a 32-bit address reaches
+const ALIGN = 64; // a cache line: weights and scratch never share one across threads
+const Q8_BLOCK = 32; // Q8_0/Q8_1 values per block (Q8_K: 256, from activation.ts)
+const JOB_TIMEOUT_MS = 60_000;
+/** Chunks per thread: more balance the end of a product better, each costs a contended CAS. */
+const CHUNKS_PER_THREAD = 8;
+
+// (func (result v128) i32.const 0 i8x16.splat i8x16.popcnt): compiles only with SIMD128.
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
+
+let compiled: WebAssembly.Module | undefined;
+
+/** The kernels module, compiled once per process (workers receive it compiled). */
+function kernelsModule(): WebAssembly.Module {
+  if (!WebAssembly.validate(SIMD_PROBE)) {
+    throw new WasmBackendError('WASM_UNAVAILABLE', 'this runtime has no WebAssembly SIMD128; use the js backend');
+  }
+  if (typeof SharedArrayBuffer !== 'function') {
+    throw new WasmBackendError('WASM_UNAVAILABLE', 'this runtime has no SharedArrayBuffer (shared wasm memory); use the js backend');
+  }
+  compiled ??= new WebAssembly.Module(readFileSync(new URL('./kernels.wasm', import.meta.url)));
+  return compiled;
+}
+
+function kernelExports(instance: WebAssembly.Instance): KernelExports {
+  const ex = instance.exports;
+  const fn = (name: string): ((...args: number[]) => number) => {
+    const f = ex[name];
+    if (typeof f !== 'function') throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks function ${name}; rebuild it (npm run build:wasm)`);
+    return f as (...args: number[]) => number;
+  };
+  const word = (name: string): number => {
+    const g = ex[name];
+    if (!(g instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks global ${name}; rebuild it (npm run build:wasm)`);
+    return (g.value as number) / 4;
+  };
+  const stop = ex.OP_STOP;
+  if (!(stop instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', 'kernels.wasm lacks global OP_STOP');
+  return {
+    supports: fn('supports'),
+    heapBase: fn('heapBase'),
+    roundF16: fn('roundF16'),
+    roundBf16: fn('roundBf16'),
+    quantizeQ8_0: fn('quantizeQ8_0'),
+    quantizeQ8_1: fn('quantizeQ8_1'),
+    quantizeQ8_K: fn('quantizeQ8_K'),
+    run: fn('run'),
+    layout: {
+      gen: word('CTL_GEN'),
+      done: word('CTL_DONE'),
+      error: word('CTL_ERROR'),
+      next: word('CTL_NEXT'),
+      op: word('CTL_OP'),
+      chunks: word('CTL_CHUNKS'),
+      chunkRows: word('CTL_CHUNK_ROWS'),
+      w: word('CTL_W'),
+      rowBytes: word('CTL_ROW_BYTES'),
+      rows: word('CTL_ROWS'),
+      cols: word('CTL_COLS'),
+      n: word('CTL_N'),
+      act: word('CTL_ACT'),
+      actStride: word('CTL_ACT_STRIDE'),
+      actD: word('CTL_ACT_D'),
+      actDStride: word('CTL_ACT_D_STRIDE'),
+      actX: word('CTL_ACT_X'),
+      actXStride: word('CTL_ACT_X_STRIDE'),
+      out: word('CTL_OUT'),
+      bytes: word('CTL_BYTES') * 4,
+      stop: stop.value as number,
+    },
+  };
+}
+
+/**
+ * A shared memory as large as this host lets us reserve: V8 reserves a shared memory's
+ * maximum up front (it can never move), which a 32-bit process cannot do for 4 GiB.
+ */
+function sharedMemory(maxBytes: number | undefined): { memory: WebAssembly.Memory; maxBytes: number } {
+  const is32 = process.arch === 'arm' || process.arch === 'ia32';
+  let pages = Math.min(WASM32_PAGES, Math.floor((maxBytes ?? (is32 ? 2 ** 30 : 2 ** 32)) / PAGE));
+  if (pages < 1) throw new WasmBackendError('WASM_ARGUMENT', `maxMemoryBytes ${maxBytes} is below one 64 KiB page`);
+  for (;;) {
+    try {
+      return { memory: new WebAssembly.Memory({ initial: 1, maximum: pages, shared: true }), maxBytes: pages * PAGE };
+    } catch (err) {
+      if (pages <= 256) throw new WasmBackendError('WASM_UNAVAILABLE', `cannot create a shared memory: ${(err as Error).message}`);
+      pages >>= 1;
+    }
+  }
+}
+
+/** Per-vector byte strides of a prepared activation: values or quants, scales, extras. */
+interface ActivationLayout {
+  q: number;
+  d: number;
+  x: number;
+  /** Bytes n vectors take, each array 64-byte aligned. */
+  bytes(n: number): number;
+}
+
+function activationLayout(kind: ActivationKind, cols: number): ActivationLayout {
+  let q = cols * 4; // f32/f16/bf16: f32 values
+  let d = 0;
+  let x = 0;
+  if (kind === 'q8_0' || kind === 'q8_1') {
+    q = alignUp(cols, 16);
+    d = (cols / Q8_BLOCK) * 4;
+    x = kind === 'q8_1' ? d : 0; // s = d·Σq per block
+  } else if (kind === 'q8_k') {
+    q = alignUp(cols, 16);
+    d = (cols / Q8K_BLOCK) * 4;
+    x = alignUp((cols / 16) * 2, 4); // bsums: i16 per 16 values
+  }
+  return { q, d, x, bytes: (n) => alignUp(n * q, ALIGN) + alignUp(n * d, ALIGN) + alignUp(n * x, ALIGN) };
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+interface WorkerHandle {
+  worker: Worker;
+  errors: MessagePort;
+}
+
+export class WasmBackend implements KernelBackend {
+  readonly name = 'wasm';
+  readonly threads: number;
+  /** Bytes the memory may grow to (its maximum). */
+  readonly maxBytes: number;
+  private readonly memory: WebAssembly.Memory;
+  private readonly ex: KernelExports;
+  private readonly L: Layout;
+  private readonly ctl: number;
+  private readonly c: Int32Array;
+  private readonly workers: WorkerHandle[];
+  private readonly minParallelBytes: number;
+  /** Every buffer memory.buffer has returned: views into any of them are ours. */
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
+  private f32 = new Float32Array(0);
+  private u8 = new Uint8Array(0);
+  private top: number;
+  private scratch = { ptr: 0, bytes: 0 };
+  private jsScratch = new MatvecScratch(0);
+  private closed = false;
+  /** Set when a worker thread died: every later product fails with it. */
+  private failure: string | undefined;
+
+  private constructor(
+    memory: WebAssembly.Memory,
+    maxBytes: number,
+    ex: KernelExports,
+    threads: number,
+    minParallelBytes: number,
+    workers: WorkerHandle[],
+    ctl: number,
+  ) {
+    this.memory = memory;
+    this.maxBytes = maxBytes;
+    this.ex = ex;
+    this.L = ex.layout;
+    this.threads = threads;
+    this.minParallelBytes = minParallelBytes;
+    this.workers = workers;
+    this.ctl = ctl;
+    this.c = new Int32Array(memory.buffer, ctl, this.L.bytes / 4);
+    this.top = ctl + this.L.bytes;
+    this.refreshViews();
+    for (const [i, h] of workers.entries()) {
+      // Events arrive only between products (a product blocks this thread), so a dead worker
+      // is reported by the next product rather than by the one it left unfinished (that one
+      // times out); and an 'error' event without a listener would crash the process.
+      h.worker.on('error', (err) => (this.failure ??= `worker ${i + 1} failed: ${err.message}`));
+      h.worker.on('exit', (code) => {
+        if (!this.closed) this.failure ??= `worker ${i + 1} exited with code ${code}`;
+      });
+    }
+  }
+
+  /**
+   * Compiles (once per process) and instantiates the kernels, and starts threads-1 workers.
+   * Throws WasmBackendError WASM_UNAVAILABLE when the runtime lacks SIMD128 or shared
+   * memory, so the caller can fall back to the js backend.
+   */
+  static async create(opts: WasmBackendOptions = {}): Promise<WasmBackend> {
+    const threads = opts.threads ?? availableParallelism();
+    if (!Number.isInteger(threads) || threads < 1 || threads > 256) {
+      throw new WasmBackendError('WASM_ARGUMENT', `threads must be an integer in 1..256, got ${threads}`);
+    }
+    const minParallelBytes = opts.minParallelBytes ?? 256 * 1024;
+    const spinMicros = opts.spinMicros ?? 300;
+    if (!(spinMicros >= 0)) throw new WasmBackendError('WASM_ARGUMENT', `spinMicros must be >= 0, got ${spinMicros}`);
+    const module = kernelsModule();
+    const { memory, maxBytes } = sharedMemory(opts.maxMemoryBytes);
+    const ex = kernelExports(new WebAssembly.Instance(module, { env: { memory } }));
+    const ctl = alignUp(ex.heapBase(), ALIGN);
+
+    const workers: WorkerHandle[] = [];
+    try {
+      const ready: Promise<void>[] = [];
+      for (let part = 1; part < threads; part++) {
+        const { port1, port2 } = new MessageChannel();
+        const worker = new Worker(new URL('./worker.mjs', import.meta.url), {
+          workerData: { module, memory, ctl, part, spinMicros, errors: port2 },
+          // The worker is plain JavaScript: it needs no loader (tsx) and must not inherit
+          // flags that only make sense for the main script (--input-type, --test, ...).
+          execArgv: [],
+          transferList: [port2],
+        });
+        workers.push({ worker, errors: port1 });
+        ready.push(
+          new Promise<void>((resolve, reject) => {
+            worker.once('message', () => resolve());
+            worker.once('error', reject);
+            worker.once('exit', (code) => reject(new WasmBackendError('WASM_WORKER', `worker ${part} exited with code ${code} while starting`)));
+          }),
+        );
+      }
+      await Promise.all(ready);
+    } catch (err) {
+      await Promise.all(workers.map((h) => h.worker.terminate()));
+      throw err instanceof WasmBackendError ? err : new WasmBackendError('WASM_WORKER', `starting worker threads failed: ${(err as Error).message}`);
+    }
+    for (const h of workers) {
+      // Blocked in Atomics.wait, a worker must not keep the process alive, nor must the
+      // ports the main thread only reads synchronously.
+      h.worker.removeAllListeners();
+      h.worker.unref();
+      h.errors.unref();
+    }
+    return new WasmBackend(memory, maxBytes, ex, threads, minParallelBytes, workers, ctl);
+  }
+
+  /** Bytes of the shared memory in use (weights, scratch and the control block). */
+  get usedBytes(): number {
+    return this.top;
+  }
+
+  /** Whether the wasm kernels compute this ggml type (others fall back to the js kernels). */
+  supports(type: number): boolean {
+    return this.ex.supports(type) !== 0;
+  }
+
+  /** Zeroed, 64-byte aligned memory the kernels read in place. Never freed before close(). */
+  alloc(bytes: number): Uint8Array {
+    this.checkOpen();
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new WasmBackendError('WASM_ARGUMENT', `cannot allocate ${bytes} bytes`);
+    const ptr = this.reserve(bytes);
+    return new Uint8Array(this.memory.buffer, ptr, bytes);
+  }
+
+  matvec(w: Weight, x: Float32Array, out: Float32Array): void {
+    this.product(w, x, 1, out);
+  }
+
+  /**
+   * Several activation vectors per pass over the weights (prefill): xs holds n vectors of
+   * w.cols values back to back, out receives n vectors of w.rows. Each weight row is read
+   * from memory once for all n vectors.
+   */
+  matmul(w: Weight, xs: Float32Array, n: number, out: Float32Array): void {
+    this.product(w, xs, n, out);
+  }
+
+  /**
+   * x[0..n) converted by the wasm code into the form `kind` that dot products take, returned
+   * as the js Activation: Q8_0/Q8_1/Q8_K blocks (Q8_0 is also what a node can send
+   * downstream) or f16/bf16-rounded values.
+   */
+  activation(kind: ActivationKind, x: Float32Array, n: number): Activation {
+    this.checkOpen();
+    const act = new Activation(n);
+    if (kind === 'f32') return act.fill(kind, x, n);
+    const block = kind === 'q8_k' ? Q8K_BLOCK : kind === 'f16' || kind === 'bf16' ? 1 : Q8_BLOCK;
+    if (n % block !== 0) throw new WasmBackendError('WASM_ARGUMENT', `${kind} activations need a multiple of ${block} values, got ${n}`);
+    const lay = activationLayout(kind, n);
+    const xPtr = this.scratchFor(alignUp(n * 4, ALIGN) + lay.bytes(1));
+    this.f32.set(x.subarray(0, n), xPtr / 4);
+    const p = this.prepare(kind, xPtr, 1, n, xPtr + alignUp(n * 4, ALIGN), lay);
+    const buf = this.memory.buffer;
+    act.kind = kind;
+    act.n = n;
+    if (kind === 'f16' || kind === 'bf16') {
+      act.f.set(new Float32Array(buf, p.q, n));
+      return act;
+    }
+    const nd = lay.d / 4;
+    act.qs.set(new Int8Array(buf, p.q, n));
+    act.d.set(new Float32Array(buf, p.d, nd));
+    if (kind === 'q8_1') act.s.set(new Float32Array(buf, p.x, nd));
+    if (kind === 'q8_k') act.bsums.set(new Int16Array(buf, p.x, n / 16));
+    return act;
+  }
+
+  /**
+   * Converts the n input vectors of `cols` f32 at xPtr into activations of `kind` at actPtr
+   * (laid out as `lay` says); returns where the quants/values, scales and extras start.
+   */
+  private prepare(kind: ActivationKind, xPtr: number, n: number, cols: number, actPtr: number, lay: ActivationLayout): { q: number; d: number; x: number } {
+    if (kind === 'f32') return { q: xPtr, d: 0, x: 0 };
+    const q = actPtr;
+    const d = q + alignUp(n * lay.q, ALIGN);
+    const x = d + alignUp(n * lay.d, ALIGN);
+    for (let j = 0; j < n; j++) {
+      const xj = xPtr + j * cols * 4;
+      const qj = q + j * lay.q;
+      const dj = d + j * lay.d;
+      const ej = x + j * lay.x;
+      switch (kind) {
+        case 'f16':
+          this.ex.roundF16(xj, qj, cols);
+          break;
+        case 'bf16':
+          this.ex.roundBf16(xj, qj, cols);
+          break;
+        case 'q8_0':
+          this.ex.quantizeQ8_0(xj, cols, qj, dj);
+          break;
+        case 'q8_1':
+          this.ex.quantizeQ8_1(xj, cols, qj, dj, ej);
+          break;
+        case 'q8_k':
+          this.ex.quantizeQ8_K(xj, cols, qj, dj, ej);
+          break;
+      }
+    }
+    return { q, d, x };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.workers.length > 0) {
+      Atomics.store(this.c, this.L.op, this.L.stop);
+      Atomics.add(this.c, this.L.gen, 1);
+      Atomics.notify(this.c, this.L.gen);
+    }
+    await Promise.all(
+      this.workers.map(async (h) => {
+        h.errors.close();
+        await h.worker.terminate();
+      }),
+    );
+  }
+
+  private product(w: Weight, x: Float32Array, n: number, out: Float32Array): void {
+    this.checkOpen();
+    if (this.failure) throw new WasmBackendError('WASM_WORKER', this.failure);
+    const { rows, cols } = w;
+    const type = w.kernel.info.id;
+    if (!Number.isInteger(n) || n < 1) throw new WasmBackendError('WASM_ARGUMENT', `${w.name}: vector count must be a positive integer, got ${n}`);
+    if (x.length < n * cols) throw new WasmBackendError('WASM_ARGUMENT', `${w.name}: input holds ${x.length} values, ${n}×${cols} needed`);
+    if (out.length < n * rows) throw new WasmBackendError('WASM_ARGUMENT', `${w.name}: output holds ${out.length} values, ${n}×${rows} needed`);
+    if (!this.supports(type)) {
+      this.jsFallback(w, x, n, out);
+      return;
+    }
+
+    // Scratch: the f32 input, the prepared activations (F32 weights read the input itself),
+    // then the outputs, and a copy of the weight when it lives outside this memory.
+    const kind = w.kernel.activation;
+    const xBytes = alignUp(n * cols * 4, ALIGN);
+    const lay = activationLayout(kind, cols);
+    const actBytes = kind === 'f32' ? 0 : lay.bytes(n);
+    const wBytes = rows * w.rowBytes;
+    const own = this.owns(w.data);
+    const xPtr = this.scratchFor(xBytes + actBytes + alignUp(n * rows * 4, ALIGN) + (own ? 0 : wBytes));
+    const actPtr = kind === 'f32' ? xPtr : xPtr + xBytes;
+    const outPtr = xPtr + xBytes + actBytes;
+    let wPtr = w.data.byteOffset;
+    if (!own) {
+      // A weight in memory the kernels cannot address (not from alloc()): copied per call.
+      // Correct but slow; the model always allocates its weights here.
+      wPtr = outPtr + alignUp(n * rows * 4, ALIGN);
+      this.u8.set(w.data.subarray(0, wBytes), wPtr);
+    }
+    this.f32.set(x.subarray(0, n * cols), xPtr / 4);
+    const ptrs = this.prepare(kind, xPtr, n, cols, actPtr, lay);
+
+    // Small products are one chunk, which the calling thread claims itself.
+    const parallel = this.workers.length > 0 && wBytes >= this.minParallelBytes;
+    const chunks = parallel ? Math.min(rows, this.threads * CHUNKS_PER_THREAD) : 1; // < 4096 (12 bits)
+    const c = this.c;
+    const L = this.L;
+    const gen = (c[L.gen] + 1) | 0;
+    const tag = (gen & 0xfffff) << 12;
+    // Retag the claim counter first, with no chunk claimable: a worker still holding the
+    // previous job's words can then claim nothing while they are rewritten.
+    Atomics.store(c, L.next, tag | 0xfff);
+    c[L.op] = type;
+    c[L.chunks] = chunks;
+    c[L.chunkRows] = Math.ceil(rows / chunks);
+    c[L.w] = wPtr;
+    c[L.rowBytes] = w.rowBytes;
+    c[L.rows] = rows;
+    c[L.cols] = cols;
+    c[L.n] = n;
+    c[L.act] = ptrs.q;
+    c[L.actStride] = lay.q;
+    c[L.actD] = ptrs.d;
+    c[L.actDStride] = lay.d;
+    c[L.actX] = ptrs.x;
+    c[L.actXStride] = lay.x;
+    c[L.out] = outPtr;
+    Atomics.store(c, L.done, 0);
+    // The seq-cst stores publish the plain job words above to whoever sees the new tag.
+    Atomics.store(c, L.next, tag);
+    Atomics.store(c, L.gen, gen);
+    if (parallel) Atomics.notify(c, L.gen);
+    try {
+      this.ex.run(this.ctl, gen);
+    } catch (err) {
+      // A trap (a kernel bug) leaves this thread's chunk uncounted and the workers possibly
+      // still writing: report it, and refuse further products.
+      this.failure = `${w.name}: ${(err as Error).message}`;
+      throw new WasmBackendError('WASM_WORKER', this.failure);
+    }
+    this.awaitChunks(chunks, w.name);
+    out.set(this.f32.subarray(outPtr / 4, outPtr / 4 + n * rows));
+  }
+
+  /** Blocks until all `chunks` of the current job are done; reports a worker's failure. */
+  private awaitChunks(chunks: number, what: string): void {
+    const c = this.c;
+    const L = this.L;
+    let d = Atomics.load(c, L.done);
+    // Another thread's last chunk usually ends within microseconds of this thread's.
+    for (let i = 0; d !== chunks && i < 20_000; i++) d = Atomics.load(c, L.done);
+    const deadline = Date.now() + JOB_TIMEOUT_MS;
+    while (d !== chunks) {
+      if (Atomics.load(c, L.error) !== 0) {
+        // A worker died holding a chunk; others may still be writing theirs into the
+        // scratch space, so this backend cannot be trusted with another product.
+        const messages = this.workers.map((h) => receiveMessageOnPort(h.errors)?.message).filter((m) => m !== undefined);
+        this.failure = `${what}: ${messages.join('; ') || 'a worker thread failed'}`;
+        throw new WasmBackendError('WASM_WORKER', this.failure);
+      }
+      Atomics.wait(c, L.done, d, 100);
+      d = Atomics.load(c, L.done);
+      // A worker that died (killed, out of memory) never counts its chunk: do not hang forever.
+      if (d !== chunks && Date.now() > deadline) {
+        this.failure = `${what}: worker threads did not finish within ${JOB_TIMEOUT_MS / 1000} s`;
+        throw new WasmBackendError('WASM_WORKER', this.failure);
+      }
+    }
+  }
+
+  private jsFallback(w: Weight, x: Float32Array, n: number, out: Float32Array): void {
+    if (this.jsScratch.capacity < w.cols) this.jsScratch = new MatvecScratch(w.cols);
+    for (let j = 0; j < n; j++) {
+      jsMatvec(w, x.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows), this.jsScratch);
+    }
+  }
+
+  /** The scratch region, grown (by allocating a larger one) to at least `bytes`. */
+  private scratchFor(bytes: number): number {
+    if (bytes > this.scratch.bytes) {
+      const size = Math.max(bytes, this.scratch.bytes * 2, 64 * 1024);
+      this.scratch = { ptr: this.reserve(size), bytes: size };
+    }
+    return this.scratch.ptr;
+  }
+
+  /** Bump-allocates `bytes` at a 64-byte boundary, growing the memory as needed. */
+  private reserve(bytes: number): number {
+    const ptr = alignUp(this.top, ALIGN);
+    const end = ptr + bytes;
+    if (end > this.maxBytes) {
+      const gib = (v: number) => `${(v / 2 ** 30).toFixed(2)} GiB`;
+      throw new WasmBackendError(
+        'WASM_MEMORY_LIMIT',
+        `cannot allocate ${bytes} bytes: ${gib(this.top)} in use and the shared memory is capped at ${gib(this.maxBytes)}` +
+          (this.maxBytes >= 2 ** 32 ? ' (all that wasm32 can address)' : '') +
+          '; hold fewer layers on this node or use another backend',
+      );
+    }
+    const have = this.memory.buffer.byteLength;
+    if (end > have) {
+      // Grow by at least an eighth so loading a model tensor by tensor grows rarely.
+      const want = Math.min(this.maxBytes, Math.max(end, have + have / 8));
+      this.memory.grow(Math.ceil((want - have) / PAGE));
+      this.refreshViews();
+    }
+    this.top = end;
+    return ptr;
+  }
+
+  private refreshViews(): void {
+    const buf = this.memory.buffer;
+    this.buffers.add(buf);
+    this.f32 = new Float32Array(buf);
+    this.u8 = new Uint8Array(buf);
+  }
+
+  private owns(data: Uint8Array): boolean {
+    return this.buffers.has(data.buffer);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new WasmBackendError('WASM_CLOSED', 'the backend is closed');
+  }
+}

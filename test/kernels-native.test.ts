@@ -1,0 +1,388 @@
+// The native backend against the js reference kernels (src/kernels/types.ts rows): every
+// type, every instruction-set path this build compiled, odd shapes, 1–3 threads; the
+// activations it prepares bit-identical to activation.ts; matmul equal to n matvecs; and
+// stories260K's 64 greedy tokens equal to the js backend's.
+//
+// The addon is built at install time (scripts/build-native.mjs). When it is not built these
+// tests fail, saying so: CI builds it, and a missing build must not pass as skipped tests.
+//
+// Tolerance: the integer block sums and the per-block scales are exactly the reference's;
+// only the float summation differs (f32 lanes in C, f64 in js). The allowed |native − js| per
+// output is the textbook bound for summing k terms in f32, (k + 4)·2⁻²⁴·M with k = cols and
+// M = Σ|terms|: Σ|wᵢ·aᵢ| with aᵢ the activation as the kernel sees it, and for weights with a
+// min term (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) Σ(|wᵢ + mᵢ| + |mᵢ|)·|aᵢ|, since the scaled quants
+// and the mins are summed apart. Observed errors are 10–100× below it (relative ~1e-6);
+// a single wrong block of 32 values would exceed it ~100-fold.
+
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { rowBytes, type GgmlTypeInfo } from '../src/ggml/types.ts';
+import { f16ToF32 } from '../src/ggml/half.ts';
+import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
+import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
+import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
+import { kernelType, supportedTypes } from '../src/kernels/types.ts';
+import { NativeBackend, NativeBackendError, isNativeAvailable, type NativeIsa } from '../src/kernels/native/index.ts';
+import { GgufFile } from '../src/gguf/reader.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { repoRoot, sharedModels } from './helpers/paths.ts';
+
+const run = promisify(execFile);
+const NOT_BUILT = 'the native addon is not built or does not load here: run `npm run build:native` (needs a C compiler); CI builds it';
+
+/** Deterministic inputs (mulberry32), so a failure reproduces. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomVector(n: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: n }, () => next() * 2 - 1);
+}
+
+const quantized = new Map<string, Uint8Array>();
+
+/** rows×cols random values quantized by the type's reference quantizer (cached: the K-quant searches are slow). */
+function quantizedBytes(info: GgmlTypeInfo, rows: number, cols: number, seed: number): Uint8Array {
+  const key = `${info.name} ${rows} ${cols} ${seed}`;
+  let bytes = quantized.get(key);
+  if (!bytes) {
+    const kernel = kernelType(info.id)!;
+    const rb = rowBytes(info, cols);
+    const src = randomVector(rows * cols, rng(seed));
+    bytes = new Uint8Array(rows * rb);
+    for (let r = 0; r < rows; r++) kernel.quantizeRow(src, r * cols, cols, bytes, r * rb);
+    quantized.set(key, bytes);
+  }
+  return bytes;
+}
+
+/** The same quantized weight in `backend`'s memory and as a plain copy for js. */
+function makePair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols: number, seed: number): { native: Weight; js: Weight } {
+  const bytes = quantizedBytes(info, rows, cols, seed);
+  const data = backend.alloc(bytes.length);
+  data.set(bytes);
+  const name = `${info.name}[${rows}×${cols}]`;
+  return { native: makeWeight(name, info, [cols, rows], data), js: makeWeight(name, info, [cols, rows], bytes.slice()) };
+}
+
+/** The min mᵢ subtracted from value i (value = scaled quant − mᵢ), 0 for types without mins. */
+function minOf(w: Weight, off: number, i: number): number {
+  const d = w.data;
+  switch (w.kernel.info.name) {
+    case 'Q4_1':
+    case 'Q5_1': {
+      const o = off + (i >> 5) * w.kernel.info.typeSize;
+      return -f16ToF32(d[o + 2] | (d[o + 3] << 8));
+    }
+    case 'Q2_K': {
+      const o = off + (i >> 8) * 84;
+      return f16ToF32(d[o + 82] | (d[o + 83] << 8)) * (d[o + ((i & 255) >> 4)] >> 4);
+    }
+    case 'Q4_K':
+    case 'Q5_K': {
+      const o = off + (i >> 8) * w.kernel.info.typeSize;
+      const j = (i & 255) >> 5;
+      const s = o + 4;
+      const m = j < 4 ? d[s + j + 4] & 63 : (d[s + j + 4] >> 4) | ((d[s + j] >> 6) << 4);
+      return f16ToF32(d[o + 2] | (d[o + 3] << 8)) * m;
+    }
+    default:
+      return 0;
+  }
+}
+
+/** Allowed |native − js| per output row (see the header). */
+function bounds(w: Weight, x: Float32Array): Float64Array {
+  const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
+  const a = new Float64Array(w.cols);
+  for (let i = 0; i < w.cols; i++) {
+    if (act.kind === 'q8_0' || act.kind === 'q8_1') a[i] = act.d[i >> 5] * act.qs[i];
+    else if (act.kind === 'q8_k') a[i] = act.d[i >> 8] * act.qs[i];
+    else a[i] = act.f[i];
+  }
+  const row = new Float32Array(w.cols);
+  const out = new Float64Array(w.rows);
+  for (let r = 0; r < w.rows; r++) {
+    const off = r * w.rowBytes;
+    w.kernel.dequantizeRow(w.data, off, w.cols, row, 0);
+    let m = 0;
+    for (let i = 0; i < w.cols; i++) {
+      const mi = minOf(w, off, i);
+      m += (Math.abs(row[i] + mi) + Math.abs(mi)) * Math.abs(a[i]);
+    }
+    out[r] = (w.cols + 4) * 2 ** -24 * m * 1.001 + 1e-30;
+  }
+  return out;
+}
+
+const ROWS = [1, 7, 33, 67];
+
+/** Row lengths per type: several block multiples, 2080 (65 blocks of 32), 512 and 2816 for K-quants. */
+function colsFor(info: GgmlTypeInfo): number[] {
+  if (info.blockSize === 1) return [1, 7, 33, 96, 2080];
+  if (info.blockSize === 32) return [32, 96, 2080];
+  return [256, 512, 2816];
+}
+
+const available = isNativeAvailable();
+const isas: NativeIsa[] = available ? NativeBackend.isas() : [];
+
+test('the native addon is built and loads', (t) => {
+  t.true(available, NOT_BUILT);
+  t.true(isas.includes('scalar'));
+  if (process.arch === 'x64') t.true(isas.includes('avx2'), `an x64 build machine without AVX2? paths: ${isas.join(', ')}`);
+  if (process.arch === 'arm64') t.true(isas.includes('neon'), `an arm64 build without NEON? paths: ${isas.join(', ')}`);
+});
+
+// js outputs per case, shared by every path and thread count.
+const reference = new Map<string, { want: Float32Array; bound: Float64Array; x: Float32Array }>();
+
+for (const isa of available ? isas : ['unbuilt' as NativeIsa]) {
+  for (const threads of [1, 2, 3]) {
+    test(`every type on the ${isa} path matches the js reference within the f32 summation bound, ${threads} thread(s)`, async (t) => {
+      const native = await NativeBackend.create({ threads, isa, minParallelBytes: 0 });
+      t.is(native.threads, threads);
+      const js = new JsBackend();
+      try {
+        for (const info of supportedTypes) {
+          t.true(native.supports(info.id), `${info.name} has native kernels`);
+          for (const rows of ROWS) {
+            for (const cols of colsFor(info)) {
+              const seed = rows * 7919 + cols;
+              const w = makePair(native, info, rows, cols, seed);
+              const key = `${info.name} ${rows} ${cols}`;
+              let ref = reference.get(key);
+              if (!ref) {
+                const x = randomVector(cols, rng(seed + 1));
+                const want = new Float32Array(rows);
+                js.matvec(w.js, x, want);
+                ref = { want, bound: bounds(w.js, x), x };
+                reference.set(key, ref);
+              }
+              const got = new Float32Array(rows);
+              native.matvec(w.native, ref.x, got);
+              for (let r = 0; r < rows; r++) {
+                const err = Math.abs(got[r] - ref.want[r]);
+                if (!(err <= ref.bound[r])) t.fail(`${w.native.name} row ${r} (${isa}): native ${got[r]} js ${ref.want[r]} |Δ| ${err} > ${ref.bound[r]}`);
+              }
+            }
+          }
+        }
+      } finally {
+        await native.close();
+      }
+    });
+  }
+}
+
+test('matmul over n vectors equals n matvecs bit for bit, rows split over 3 threads', async (t) => {
+  const native = await NativeBackend.create({ threads: 3, minParallelBytes: 0 });
+  const next = rng(42);
+  try {
+    for (const info of supportedTypes) {
+      const rows = 67;
+      const cols = info.blockSize === 256 ? 2304 : 2080;
+      const n = 5;
+      const w = makePair(native, info, rows, cols, 11).native;
+      const xs = randomVector(n * cols, next);
+      const out = new Float32Array(n * rows);
+      native.matmul(w, xs, n, out);
+      const one = new Float32Array(rows);
+      for (let j = 0; j < n; j++) {
+        native.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
+        t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${info.name} vector ${j}`);
+      }
+    }
+  } finally {
+    await native.close();
+  }
+});
+
+test('results do not depend on the thread count', async (t) => {
+  const one = await NativeBackend.create({ threads: 1 });
+  const three = await NativeBackend.create({ threads: 3, minParallelBytes: 0 });
+  try {
+    for (const name of ['Q4_0', 'Q4_K', 'F16']) {
+      const info = supportedTypes.find((ty) => ty.name === name)!;
+      const w = makePair(one, info, 67, 512, 3).native;
+      const x = randomVector(512, rng(4));
+      const a = new Float32Array(67);
+      const b = new Float32Array(67);
+      one.matvec(w, x, a);
+      three.matvec(w, x, b);
+      t.deepEqual(Array.from(a), Array.from(b), name);
+    }
+  } finally {
+    await one.close();
+    await three.close();
+  }
+});
+
+/** Inputs that exercise the quantizers' edges: ties at .5, zero blocks, f16 over- and underflow. */
+function edgeVector(next: () => number): Float32Array {
+  const x = new Float32Array(512);
+  // amax = 127 makes the inverse scale exactly 1, so these hit ties: half to even decides.
+  x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
+  // block 1: all zero (scale 0, quants 0)
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6), 64); // scale an f16 subnormal
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9), 96); // scale rounds to f16 zero
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7), 128); // scale overflows f16 to inf
+  x.set([-3, 3], 160); // equal magnitudes of both signs
+  for (let i = 192; i < x.length; i++) x[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
+  return x;
+}
+
+test('the addon prepares Q8_0, Q8_1, Q8_K, f16 and bf16 activations bit for bit like activation.ts', async (t) => {
+  const native = await NativeBackend.create({ threads: 1 });
+  const next = rng(7);
+  const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+  try {
+    const edge = edgeVector(next);
+    const inputs = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)];
+    for (const x of inputs) {
+      const n = x.length;
+      for (const kind of ['q8_0', 'q8_1', 'q8_k', 'f16', 'bf16'] as ActivationKind[]) {
+        if (kind === 'q8_k' && n % 256 !== 0) continue;
+        const want = new Activation(n).fill(kind, x, n);
+        const got = native.activation(kind, x, n);
+        if (kind === 'f16' || kind === 'bf16') {
+          t.deepEqual(bits(got.f), bits(want.f), `${kind} values (bits)`);
+          continue;
+        }
+        t.deepEqual(got.qs, want.qs, `${kind} quants`);
+        t.deepEqual(bits(got.d), bits(want.d), `${kind} scales (bits)`);
+        if (kind === 'q8_1') t.deepEqual(bits(got.s), bits(want.s), 'q8_1 d·Σq (bits)');
+        if (kind === 'q8_k') t.deepEqual(got.bsums, want.bsums, 'q8_k Σq per 16');
+      }
+    }
+  } finally {
+    await native.close();
+  }
+});
+
+test('alloc() gives zeroed memory the kernels read in place; any Uint8Array works too; bad arguments are clear errors', async (t) => {
+  const native = await NativeBackend.create({ threads: 2, minParallelBytes: 0 });
+  const js = new JsBackend();
+  const info = supportedTypes.find((ty) => ty.name === 'Q4_0')!;
+  try {
+    const big = native.alloc(3 * 2 ** 20); // mmap-backed
+    t.is(big.length, 3 * 2 ** 20);
+    t.true(big.every((v) => v === 0));
+    t.is(native.alloc(0).length, 0);
+    const pair = makePair(native, info, 7, 96, 13);
+    const x = randomVector(96, rng(1));
+    const a = new Float32Array(7);
+    const b = new Float32Array(7);
+    js.matvec(pair.js, x, a);
+    native.matvec(pair.native, x, b);
+    const bound = bounds(pair.js, x);
+    t.true(a.every((v, i) => Math.abs(v - b[i]) <= bound[i]));
+    // Writes through the view are what the kernels see.
+    pair.native.data.fill(0);
+    native.matvec(pair.native, x, b);
+    t.true(b.every((v) => v === 0));
+    // Weights in ordinary js memory, at an odd byte offset: read in place.
+    const raw = new Uint8Array(pair.js.data.length + 1);
+    raw.set(pair.js.data, 1);
+    native.matvec(makeWeight('odd', info, [96, 7], raw.subarray(1)), x, b);
+    t.true(a.every((v, i) => Math.abs(v - b[i]) <= bound[i]));
+    t.throws(() => native.matvec(pair.js, x.subarray(0, 95), b), { instanceOf: NativeBackendError, message: /input holds 95 values/ });
+    t.throws(() => native.matvec(pair.js, x, b.subarray(0, 6)), { instanceOf: NativeBackendError, message: /output holds 6 values/ });
+    t.throws(() => native.alloc(-1), { instanceOf: NativeBackendError });
+  } finally {
+    await native.close();
+  }
+  t.throws(() => native.alloc(16), { instanceOf: NativeBackendError, message: /closed/ });
+  await t.throwsAsync(NativeBackend.create({ threads: 0 }), { instanceOf: NativeBackendError, message: /threads must be/ });
+});
+
+test('threads inside the addon do not keep the process alive', async (t) => {
+  const script = `import { NativeBackend } from ${JSON.stringify(join(repoRoot, 'src/kernels/native/index.ts'))};
+    const b = await NativeBackend.create({ threads: 3 });
+    console.log('threads', b.threads);`;
+  const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: repoRoot, timeout: 20_000 });
+  t.is(stdout.trim(), 'threads 3');
+});
+
+test('an addon built on another CPU is refused before it is loaded', async (t) => {
+  t.true(available, NOT_BUILT);
+  const dir = mkdtempSync(join(tmpdir(), 'herd-native-'));
+  try {
+    const copy = join(dir, 'herd_native.node');
+    copyFileSync(join(repoRoot, 'build/Release/herd_native.node'), copy);
+    writeFileSync(join(dir, 'herd_native.cpu'), 'arm64 | Cortex-A76 | fp asimd asimddp\n');
+    const script = `import { NativeBackend, isNativeAvailable } from ${JSON.stringify(join(repoRoot, 'src/kernels/native/index.ts'))};
+      console.log(isNativeAvailable());
+      await NativeBackend.create({ threads: 1 }).catch((e) => console.log(e.code, e.message));`;
+    const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], {
+      cwd: repoRoot,
+      env: { ...process.env, HERD_NATIVE_ADDON: copy },
+      timeout: 20_000,
+    });
+    const [availability, error] = stdout.trim().split('\n');
+    t.is(availability, 'false');
+    t.regex(error, /^NATIVE_UNAVAILABLE native backend: .* was built for another CPU \(arm64, Cortex-A76; this is .*\); run npm run build:native on this machine$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('without a C compiler the install step still succeeds and says herd will use wasm', async (t) => {
+  const { stdout } = await run(process.execPath, [join(repoRoot, 'scripts/build-native.mjs')], {
+    cwd: repoRoot,
+    env: { ...process.env, CC: 'false' },
+    timeout: 60_000,
+  });
+  t.regex(stdout.trim(), /^herd: native kernels not built \(no working C compiler \(CC=false\)\); herd will use the wasm backend$/);
+});
+
+/** Greedy decoding: feed each argmax back, from the prompt's last token on. */
+function greedy(m: Transformer, prompt: number[], count: number): number[] {
+  const out: number[] = [];
+  let token = prompt[0];
+  for (let pos = 0; out.length < count; pos++) {
+    const logits = m.forward(token, pos);
+    if (pos + 1 < prompt.length) {
+      token = prompt[pos + 1];
+      continue;
+    }
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    out.push(best);
+    token = best;
+  }
+  return out;
+}
+
+const PROMPT = [1, 403, 407, 261, 378];
+const models = [
+  join(repoRoot, 'models/stories260K.gguf'), // F32 weights
+  join(sharedModels, 'stories260K-q8_0.gguf'),
+  join(sharedModels, 'stories260K-q4_0.gguf'),
+].filter((p) => existsSync(p));
+
+for (const path of models) {
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  test(`${name}: the native backend on 2 threads gives the js backend's 64 greedy tokens`, async (t) => {
+    const file = GgufFile.open(path);
+    const want = greedy(Transformer.load(file, { kvType: 'f32' }), PROMPT, 64);
+    const backend = await NativeBackend.create({ threads: 2, minParallelBytes: 0 });
+    try {
+      const got = greedy(Transformer.load(file, { backend, kvType: 'f32' }), PROMPT, 64);
+      t.deepEqual(got, want);
+    } finally {
+      await backend.close();
+    }
+  });
+}

@@ -1,0 +1,385 @@
+// The wasm backend against the js reference kernels (src/kernels/types.ts rows): every type
+// it computes, odd shapes, 1–3 threads; Q8_0 activation quants bit-identical; the committed
+// kernels.wasm equal to a fresh build; and stories260K's greedy tokens unchanged.
+
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ggmlTypeInfo, rowBytes, type GgmlTypeInfo } from '../src/ggml/types.ts';
+import { f16ToF32 } from '../src/ggml/half.ts';
+import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
+import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
+import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
+import { kernelType, supportedTypes } from '../src/kernels/types.ts';
+import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
+import { GgufFile } from '../src/gguf/reader.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { repoRoot, sharedModels } from './helpers/paths.ts';
+
+const run = promisify(execFile);
+
+/** Deterministic inputs (mulberry32), so a failure reproduces. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomVector(n: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: n }, () => next() * 2 - 1);
+}
+
+const quantized = new Map<string, Uint8Array>();
+
+/** rows×cols random values quantized by the type's reference quantizer (cached: the K-quant searches are slow). */
+function quantizedBytes(info: GgmlTypeInfo, rows: number, cols: number, seed: number): Uint8Array {
+  const key = `${info.name} ${rows} ${cols} ${seed}`;
+  let bytes = quantized.get(key);
+  if (!bytes) {
+    const kernel = kernelType(info.id)!;
+    const rb = rowBytes(info, cols);
+    const src = randomVector(rows * cols, rng(seed));
+    bytes = new Uint8Array(rows * rb);
+    for (let r = 0; r < rows; r++) kernel.quantizeRow(src, r * cols, cols, bytes, r * rb);
+    quantized.set(key, bytes);
+  }
+  return bytes;
+}
+
+/** A quantized weight in `backend`'s memory, and the same bytes as a plain copy for js. */
+function makePair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols: number, seed: number): { wasm: Weight; js: Weight } {
+  const bytes = quantizedBytes(info, rows, cols, seed);
+  const data = backend.alloc(bytes.length);
+  data.set(bytes);
+  return { wasm: makeWeight(`${info.name}[${rows}×${cols}]`, info, [cols, rows], data), js: makeWeight('js', info, [cols, rows], bytes.slice()) };
+}
+
+/** Q4_1 and Q5_1 store value = d·q + m with an f16 min m at bytes 2–3 of each 32-value block. */
+const MIN_TYPES = new Set(['Q4_1', 'Q5_1']);
+/** K-quants sum integers within 256 values and do the float step in f64 as js does: exact. */
+const EXACT_TYPES = new Set(['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K']);
+
+/**
+ * Allowed |wasm − js| per output: the standard bound for summing k terms in f32,
+ * (k + 4)·2⁻²⁴·M, where M is the sum of the magnitudes of what is added: Σ|wᵢ·aᵢ| with aᵢ
+ * the activation as the kernel sees it (f16/bf16-rounded, or Q8-dequantized), and for
+ * weights with a min term Σ(|wᵢ − m|·|aᵢ| + |m|·|aᵢ|), since d·q and m are summed apart.
+ * The integer block sums are exact in both backends; only the f32 lane sums (wasm) versus
+ * the f64 sums (js) differ, i.e. summation order and precision.
+ */
+function bounds(w: Weight, x: Float32Array): Float32Array {
+  const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
+  const a = new Float64Array(w.cols);
+  const q8 = act.kind === 'q8_0' || act.kind === 'q8_1';
+  for (let i = 0; i < w.cols; i++) a[i] = q8 ? act.d[i >> 5] * act.qs[i] : act.kind === 'q8_k' ? act.d[i >> 8] * act.qs[i] : act.f[i];
+  const row = new Float32Array(w.cols);
+  const out = new Float32Array(w.rows);
+  const hasMin = MIN_TYPES.has(w.kernel.info.name);
+  for (let r = 0; r < w.rows; r++) {
+    const off = r * w.rowBytes;
+    w.kernel.dequantizeRow(w.data, off, w.cols, row, 0);
+    let s = 0;
+    for (let i = 0; i < w.cols; i++) {
+      const o = off + (i >> 5) * w.kernel.info.typeSize;
+      const m = hasMin ? f16ToF32(w.data[o + 2] | (w.data[o + 3] << 8)) : 0;
+      s += (Math.abs(row[i] - m) + 1.001 * Math.abs(m)) * Math.abs(a[i]);
+    }
+    out[r] = (w.cols + 4) * 2 ** -24 * s + 1e-30;
+  }
+  return out;
+}
+
+/** The types both the js table and the wasm module compute. */
+async function wasmTypes(): Promise<GgmlTypeInfo[]> {
+  const b = await WasmBackend.create({ threads: 1 });
+  try {
+    return supportedTypes.filter((t) => b.supports(t.id));
+  } finally {
+    await b.close();
+  }
+}
+
+const ROWS = [1, 7, 33, 67];
+
+for (const threads of [1, 2, 3]) {
+  test(`every wasm type matches the js reference (K-quants bit for bit, others within the f32 summation bound), ${threads} thread(s)`, async (t) => {
+    const types = await wasmTypes();
+    const names = types.map((ty) => ty.name);
+    for (const n of ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K']) t.true(names.includes(n), n);
+    // minParallelBytes 0: split even tiny products, so row ranges of 0–1 rows per thread run.
+    const wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+    const js = new JsBackend();
+    const next = rng(100 + threads);
+    try {
+      for (const info of types) {
+        const colsList = info.blockSize === 1 ? [1, 7, 32, 33, 96, 2080] : [32, 96, 2080].filter((c) => c % info.blockSize === 0);
+        if (info.blockSize > 32) colsList.push(info.blockSize, 3 * info.blockSize, 9 * info.blockSize);
+        for (const rows of ROWS) {
+          for (const cols of colsList) {
+            const w = makePair(wasm, info, rows, cols, rows * 7919 + cols);
+            const x = randomVector(cols, next);
+            const want = new Float32Array(rows);
+            const got = new Float32Array(rows);
+            js.matvec(w.js, x, want);
+            wasm.matvec(w.wasm, x, got);
+            if (EXACT_TYPES.has(info.name)) {
+              if (!got.every((v, r) => Object.is(v, want[r]))) t.fail(`${w.wasm.name}: wasm ${Array.from(got)} js ${Array.from(want)} (expected identical)`);
+              continue;
+            }
+            const bound = bounds(w.js, x);
+            for (let r = 0; r < rows; r++) {
+              const err = Math.abs(got[r] - want[r]);
+              if (!(err <= bound[r])) t.fail(`${w.wasm.name} row ${r}: wasm ${got[r]} js ${want[r]} |Δ| ${err} > ${bound[r]}`);
+            }
+          }
+        }
+      }
+      t.pass();
+    } finally {
+      await wasm.close();
+    }
+  });
+}
+
+test('thousands of back-to-back products on 3 threads give the 1-thread bits', async (t) => {
+  // Products alternate between one chunk (below minParallelBytes: the calling thread alone)
+  // and many chunks claimed by all threads, so workers keep meeting jobs that moved on.
+  const one = await WasmBackend.create({ threads: 1 });
+  const three = await WasmBackend.create({ threads: 3, minParallelBytes: 4096 });
+  try {
+    const info = ggmlTypeInfo(2)!; // Q4_0
+    const shapes = [
+      [5, 64],
+      [67, 256],
+      [300, 96],
+      [2, 512],
+      [1000, 32],
+    ];
+    const pairs = shapes.map(([rows, cols], i) => ({ a: makePair(one, info, rows, cols, 50 + i).wasm, b: makePair(three, info, rows, cols, 50 + i).wasm }));
+    const next = rng(9);
+    for (let k = 0; k < 3000; k++) {
+      const { a, b } = pairs[k % pairs.length];
+      const x = randomVector(a.cols, next);
+      const want = new Float32Array(a.rows);
+      const got = new Float32Array(a.rows);
+      one.matvec(a, x, want);
+      three.matvec(b, x, got);
+      if (!got.every((v, r) => Object.is(v, want[r]))) {
+        t.fail(`product ${k} (${a.name}) differs between 3 threads and 1`);
+        return;
+      }
+    }
+    t.pass();
+  } finally {
+    await Promise.all([one.close(), three.close()]);
+  }
+});
+
+test('matmul over n vectors equals n matvecs, rows split over 3 threads', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 3, minParallelBytes: 0 });
+  const next = rng(42);
+  try {
+    for (const name of ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q5_1', 'Q4_K', 'Q6_K']) {
+      const info = supportedTypes.find((ty) => ty.name === name)!;
+      const rows = 67;
+      const cols = info.blockSize === 256 ? 2304 : 2080;
+      const n = 5;
+      const w = makePair(wasm, info, rows, cols, 11).wasm;
+      const xs = randomVector(n * cols, next);
+      const out = new Float32Array(n * rows);
+      wasm.matmul(w, xs, n, out);
+      const one = new Float32Array(rows);
+      for (let j = 0; j < n; j++) {
+        wasm.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
+        // The same kernel over the same prepared activation: identical bits.
+        t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${name} vector ${j}`);
+      }
+    }
+  } finally {
+    await wasm.close();
+  }
+});
+
+/** Inputs that exercise the quantizer's edges: ties at .5, zero blocks, f16 over- and underflow. */
+function edgeVector(next: () => number): Float32Array {
+  const x = new Float32Array(512);
+  // amax = 127 makes the inverse scale exactly 1, so these hit ties: half to even decides.
+  x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
+  // block 1: all zero (scale 0, quants 0)
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6), 64); // scale an f16 subnormal
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9), 96); // scale rounds to f16 zero
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7), 128); // scale overflows f16 to inf
+  x.set([-3, 3], 160); // equal magnitudes of both signs
+  for (let i = 192; i < x.length; i++) x[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
+  return x;
+}
+
+test('wasm prepares Q8_0, Q8_1, Q8_K, f16 and bf16 activations bit-for-bit like the js reference', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 1 });
+  const next = rng(7);
+  const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+  try {
+    const edge = edgeVector(next); // 512 values
+    const inputs = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000)];
+    for (const x of inputs) {
+      const n = x.length;
+      for (const kind of ['q8_0', 'q8_1', 'q8_k', 'f16', 'bf16'] as ActivationKind[]) {
+        const want = new Activation(n).fill(kind, x, n);
+        const got = wasm.activation(kind, x, n);
+        if (kind === 'f16' || kind === 'bf16') {
+          t.deepEqual(bits(got.f), bits(want.f), `${kind} values (bits)`);
+          continue;
+        }
+        t.deepEqual(got.qs, want.qs, `${kind} quants`);
+        t.deepEqual(bits(got.d), bits(want.d), `${kind} scales (bits)`);
+        if (kind === 'q8_1') t.deepEqual(bits(got.s), bits(want.s), 'q8_1 d·Σq (bits)');
+        if (kind === 'q8_k') t.deepEqual(got.bsums, want.bsums, 'q8_k Σq per 16');
+      }
+    }
+  } finally {
+    await wasm.close();
+  }
+});
+
+test('views returned by alloc() stay valid and addressable as the memory grows', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 2, minParallelBytes: 0 });
+  const js = new JsBackend();
+  const next = rng(3);
+  try {
+    const first = makePair(wasm, ggmlTypeInfo(8)!, 33, 96, 12); // Q8_0
+    const before = first.wasm.data.buffer.byteLength;
+    const big = wasm.alloc(96 * 2 ** 20);
+    t.true(big.buffer.byteLength > before, 'the memory grew');
+    t.is(first.wasm.data.byteOffset % 64, 0);
+    big.fill(0xa5);
+    t.deepEqual(first.wasm.data, first.js.data, 'old view still reads the weight bytes');
+    const x = randomVector(96, next);
+    const a = new Float32Array(33);
+    const b = new Float32Array(33);
+    js.matvec(first.js, x, a);
+    wasm.matvec(first.wasm, x, b);
+    const bound = bounds(first.js, x);
+    t.true(a.every((v, i) => Math.abs(v - b[i]) <= bound[i]));
+    // Writes through the old view are what the kernels see.
+    first.wasm.data.fill(0);
+    wasm.matvec(first.wasm, x, b);
+    t.true(b.every((v) => v === 0));
+  } finally {
+    await wasm.close();
+  }
+});
+
+test('weights outside the wasm memory are copied in, and unsupported arguments are clear errors', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 2, minParallelBytes: 0 });
+  const js = new JsBackend();
+  const next = rng(5);
+  try {
+    const pair = makePair(js, ggmlTypeInfo(2)!, 7, 96, 13); // Q4_0 in a plain Uint8Array
+    const x = randomVector(96, next);
+    const a = new Float32Array(7);
+    const b = new Float32Array(7);
+    js.matvec(pair.js, x, a);
+    wasm.matvec(pair.wasm, x, b);
+    const bound = bounds(pair.js, x);
+    t.true(a.every((v, i) => Math.abs(v - b[i]) <= bound[i]));
+    t.throws(() => wasm.matvec(pair.wasm, x.subarray(0, 95), b), { instanceOf: WasmBackendError, message: /input holds 95 values/ });
+    t.throws(() => wasm.matvec(pair.wasm, x, b.subarray(0, 6)), { instanceOf: WasmBackendError, message: /output holds 6 values/ });
+  } finally {
+    await wasm.close();
+  }
+  t.throws(() => wasm.alloc(16), { instanceOf: WasmBackendError, message: /closed/ });
+});
+
+test('allocating past the memory cap is a clear error', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 1, maxMemoryBytes: 8 * 2 ** 20 });
+  try {
+    t.is(wasm.maxBytes, 8 * 2 ** 20);
+    wasm.alloc(4 * 2 ** 20);
+    const err = t.throws(() => wasm.alloc(8 * 2 ** 20), { instanceOf: WasmBackendError });
+    t.is(err?.code, 'WASM_MEMORY_LIMIT');
+    t.regex(err?.message ?? '', /cannot allocate 8388608 bytes: .* capped at 0\.01 GiB/);
+  } finally {
+    await wasm.close();
+  }
+});
+
+test('without WebAssembly SIMD, create() fails with WASM_UNAVAILABLE', async (t) => {
+  const validate = WebAssembly.validate;
+  WebAssembly.validate = () => false;
+  const pending = WasmBackend.create({ threads: 1 });
+  WebAssembly.validate = validate;
+  const err = await t.throwsAsync(pending, { instanceOf: WasmBackendError });
+  t.is(err?.code, 'WASM_UNAVAILABLE');
+  t.regex(err?.message ?? '', /no WebAssembly SIMD128; use the js backend/);
+});
+
+test('worker threads do not keep the process alive', async (t) => {
+  // A child that creates a 3-thread backend and neither closes it nor exits explicitly.
+  const script = `import { WasmBackend } from ${JSON.stringify(join(repoRoot, 'src/kernels/wasm/backend.ts'))};
+    const b = await WasmBackend.create({ threads: 3 });
+    console.log('threads', b.threads);`;
+  const started = Date.now();
+  const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: repoRoot, timeout: 20_000 });
+  t.is(stdout.trim(), 'threads 3');
+  t.true(Date.now() - started < 20_000);
+});
+
+test('the committed kernels.wasm is byte-identical to a fresh asc build', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'herd-wasm-'));
+  try {
+    const fresh = join(dir, 'kernels.wasm');
+    await run(process.execPath, [join(repoRoot, 'scripts/build-wasm.mjs'), '--out', fresh], { cwd: repoRoot, timeout: 120_000 });
+    const committed = readFileSync(join(repoRoot, 'src/kernels/wasm/kernels.wasm'));
+    t.true(committed.equals(readFileSync(fresh)), 'kernels.wasm is stale: run npm run build:wasm and commit it');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Greedy decoding: feed each argmax back, from the prompt's last token on. */
+function greedy(m: Transformer, prompt: number[], count: number): number[] {
+  const out: number[] = [];
+  let token = prompt[0];
+  for (let pos = 0; out.length < count; pos++) {
+    const logits = m.forward(token, pos);
+    if (pos + 1 < prompt.length) {
+      token = prompt[pos + 1];
+      continue;
+    }
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    out.push(best);
+    token = best;
+  }
+  return out;
+}
+
+const PROMPT = [1, 403, 407, 261, 378];
+const models = [
+  join(repoRoot, 'models/stories260K.gguf'), // F32 weights
+  join(sharedModels, 'stories260K-q8_0.gguf'),
+  join(sharedModels, 'stories260K-q4_0.gguf'),
+].filter((p) => existsSync(p));
+
+for (const path of models) {
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  test(`${name}: the wasm backend on 2 threads gives the js backend's 64 greedy tokens`, async (t) => {
+    const file = GgufFile.open(path);
+    const want = greedy(Transformer.load(file, { kvType: 'f32' }), PROMPT, 64);
+    const backend = await WasmBackend.create({ threads: 2, minParallelBytes: 0 });
+    try {
+      const got = greedy(Transformer.load(file, { backend, kvType: 'f32' }), PROMPT, 64);
+      t.deepEqual(got, want);
+    } finally {
+      await backend.close();
+    }
+  });
+}
