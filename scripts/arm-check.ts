@@ -1,0 +1,316 @@
+// The native and wasm kernel checks of test/kernels-native.test.ts and
+// test/kernels-wasm.test.ts, split so that they can run on an emulated arm64 or armv7 Node
+// (scripts/test-arm.sh): the slow parts (the js reference quantizers and products, the js
+// greedy run) happen once on the host, the native and wasm parts under qemu against what
+// the host wrote.
+//
+//   npx tsx scripts/arm-check.ts fixtures FILE [MODEL…]   host: write cases and js results
+//   node arm-check.mjs check FILE [native] [wasm]           target (bundled): run the backends
+//
+// The bundle finds kernels.wasm and worker.mjs next to itself (backend.ts resolves them
+// against import.meta.url), so copy src/kernels/wasm/{kernels.wasm,worker.mjs} beside it.
+// check prints one "ok …" / "not ok …" line per check and a closing "# ARCH BACKENDS: N ok,
+// M not ok" comment (test-arm.sh counts the lines of every run), and exits 1 on any
+// failure. The tolerance, for both backends, is the native test's: (k + 4)·2⁻²⁴·Σ|terms| per
+// output (see its header).
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { rowBytes, ggmlTypeInfo, type GgmlTypeInfo } from '../src/ggml/types.ts';
+import { f16ToF32 } from '../src/ggml/half.ts';
+import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
+import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
+import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
+import { kernelType, supportedTypes } from '../src/kernels/types.ts';
+import { NativeBackend } from '../src/kernels/native/index.ts';
+import { WasmBackend } from '../src/kernels/wasm/backend.ts';
+import { GgufFile } from '../src/gguf/reader.ts';
+import { Transformer } from '../src/model/transformer.ts';
+
+interface Case {
+  type: number;
+  rows: number;
+  cols: number;
+  w: string; // base64 weight bytes
+  x: number[];
+  want: number[];
+  bound: number[];
+}
+
+interface Fixtures {
+  cases: Case[];
+  activations: number[][];
+  greedy: { model: string; tokens: number[] }[];
+}
+
+const PROMPT = [1, 403, 407, 261, 378];
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomVector(n: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: n }, () => next() * 2 - 1);
+}
+
+/** The min subtracted from value i (value = scaled quant − min), 0 for types without mins. */
+function minOf(w: Weight, off: number, i: number): number {
+  const d = w.data;
+  switch (w.kernel.info.name) {
+    case 'Q4_1':
+    case 'Q5_1': {
+      const o = off + (i >> 5) * w.kernel.info.typeSize;
+      return -f16ToF32(d[o + 2] | (d[o + 3] << 8));
+    }
+    case 'Q2_K': {
+      const o = off + (i >> 8) * 84;
+      return f16ToF32(d[o + 82] | (d[o + 83] << 8)) * (d[o + ((i & 255) >> 4)] >> 4);
+    }
+    case 'Q4_K':
+    case 'Q5_K': {
+      const o = off + (i >> 8) * w.kernel.info.typeSize;
+      const j = (i & 255) >> 5;
+      const s = o + 4;
+      const m = j < 4 ? d[s + j + 4] & 63 : (d[s + j + 4] >> 4) | ((d[s + j] >> 6) << 4);
+      return f16ToF32(d[o + 2] | (d[o + 3] << 8)) * m;
+    }
+    default:
+      return 0;
+  }
+}
+
+function bounds(w: Weight, x: Float32Array): number[] {
+  const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
+  const a = new Float64Array(w.cols);
+  for (let i = 0; i < w.cols; i++) {
+    if (act.kind === 'q8_0' || act.kind === 'q8_1') a[i] = act.d[i >> 5] * act.qs[i];
+    else if (act.kind === 'q8_k') a[i] = act.d[i >> 8] * act.qs[i];
+    else a[i] = act.f[i];
+  }
+  const row = new Float32Array(w.cols);
+  const out: number[] = [];
+  for (let r = 0; r < w.rows; r++) {
+    const off = r * w.rowBytes;
+    w.kernel.dequantizeRow(w.data, off, w.cols, row, 0);
+    let m = 0;
+    for (let i = 0; i < w.cols; i++) {
+      const mi = minOf(w, off, i);
+      m += (Math.abs(row[i] + mi) + Math.abs(mi)) * Math.abs(a[i]);
+    }
+    out.push((w.cols + 4) * 2 ** -24 * m * 1.001 + 1e-30);
+  }
+  return out;
+}
+
+function greedy(m: Transformer, count: number): number[] {
+  const out: number[] = [];
+  let token = PROMPT[0];
+  for (let pos = 0; out.length < count; pos++) {
+    const logits = m.forward(token, pos);
+    if (pos + 1 < PROMPT.length) {
+      token = PROMPT[pos + 1];
+      continue;
+    }
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    out.push(best);
+    token = best;
+  }
+  return out;
+}
+
+function fixtures(file: string, models: string[]): void {
+  const js = new JsBackend();
+  const cases: Case[] = [];
+  for (const info of supportedTypes) {
+    const colsList = info.blockSize === 1 ? [7, 96, 2080] : info.blockSize === 32 ? [96, 2080] : [256, 2816];
+    for (const rows of [1, 7, 33]) {
+      for (const cols of colsList) {
+        const seed = rows * 7919 + cols;
+        const kernel = kernelType(info.id)!;
+        const rb = rowBytes(info, cols);
+        const src = randomVector(rows * cols, rng(seed));
+        const bytes = new Uint8Array(rows * rb);
+        for (let r = 0; r < rows; r++) kernel.quantizeRow(src, r * cols, cols, bytes, r * rb);
+        const w = makeWeight('w', info, [cols, rows], bytes);
+        const x = randomVector(cols, rng(seed + 1));
+        const want = new Float32Array(rows);
+        js.matvec(w, x, want);
+        cases.push({ type: info.id, rows, cols, w: Buffer.from(bytes).toString('base64'), x: Array.from(x), want: Array.from(want), bound: bounds(w, x) });
+      }
+    }
+  }
+  const next = rng(7);
+  // Ties at .5 with amax = 127 (inverse scale exactly 1), an all-zero block, f16-subnormal and
+  // overflowing scales, then random values over eight decades.
+  const edge = new Float32Array(512);
+  edge.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
+  edge.set(randomVector(32, next).map((v) => v * 1e-6), 64);
+  edge.set(randomVector(32, next).map((v) => v * 3e-9), 96);
+  edge.set(randomVector(32, next).map((v) => v * 4e7), 128);
+  for (let i = 192; i < edge.length; i++) edge[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
+  const activations = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)].map((a) => Array.from(a));
+  const greedyRefs = models.map((model) => ({ model, tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), 64) }));
+  writeFileSync(file, JSON.stringify({ cases, activations, greedy: greedyRefs } satisfies Fixtures));
+  console.log(`wrote ${cases.length} cases and ${greedyRefs.length} greedy references to ${file}`);
+}
+
+type Report = (ok: boolean, what: string) => void;
+
+/** The backends under test: NativeBackend and WasmBackend both prepare activations too. */
+type Backend = KernelBackend & { activation(kind: ActivationKind, x: Float32Array, n: number): Activation };
+
+/** Every fixture product on `backend`, each output within the case's f32 summation bound. */
+function checkProducts(report: Report, label: string, backend: Backend, fx: Fixtures): void {
+  const bad: string[] = [];
+  for (const c of fx.cases) {
+    const info: GgmlTypeInfo = ggmlTypeInfo(c.type)!;
+    const bytes = Buffer.from(c.w, 'base64');
+    const data = backend.alloc(bytes.length);
+    data.set(bytes);
+    const w = makeWeight(`${info.name}[${c.rows}×${c.cols}]`, info, [c.cols, c.rows], data);
+    const got = new Float32Array(c.rows);
+    try {
+      backend.matvec(w, Float32Array.from(c.x), got);
+    } catch (err) {
+      bad.push(`${w.name}: ${(err as Error).message}`);
+      continue;
+    }
+    for (let r = 0; r < c.rows; r++) {
+      const err = Math.abs(got[r] - c.want[r]);
+      if (!(err <= c.bound[r])) bad.push(`${w.name} row ${r}: ${backend.name} ${got[r]} js ${c.want[r]} |Δ| ${err} > ${c.bound[r]}`);
+    }
+  }
+  report(bad.length === 0, `${label}, ${backend.threads} thread(s): ${fx.cases.length} products of every type within the f32 summation bound${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`);
+}
+
+/** The activations the backend prepares, bit for bit those of activation.ts. */
+function checkActivations(report: Report, label: string, backend: Backend, fx: Fixtures): void {
+  const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length)).join();
+  for (const values of fx.activations) {
+    const x = Float32Array.from(values);
+    const n = x.length;
+    for (const kind of ['q8_0', 'q8_1', 'q8_k', 'f16', 'bf16'] as ActivationKind[]) {
+      if (kind === 'q8_k' && n % 256 !== 0) continue;
+      const what = `${label}: ${kind} activation of ${n} values bit-identical to activation.ts`;
+      try {
+        const want = new Activation(n).fill(kind, x, n);
+        const got = backend.activation(kind, x, n);
+        const same =
+          kind === 'f16' || kind === 'bf16'
+            ? bits(got.f) === bits(want.f)
+            : got.qs.join() === want.qs.join() && bits(got.d) === bits(want.d) && bits(got.s) === bits(want.s) && got.bsums.join() === want.bsums.join();
+        report(same, what);
+      } catch (err) {
+        report(false, `${what}\n  ${(err as Error).message}`);
+      }
+    }
+  }
+}
+
+/** The host's 64 greedy tokens of every fixture model, generated on `backend`. */
+function checkGreedy(report: Report, label: string, backend: Backend, fx: Fixtures): void {
+  for (const g of fx.greedy) {
+    const what = `${label}, ${backend.threads} thread(s): ${g.model.slice(g.model.lastIndexOf('/') + 1)}: 64 greedy tokens equal to the js backend's`;
+    try {
+      const got = greedy(Transformer.load(GgufFile.open(g.model), { backend, kvType: 'f32' }), 64);
+      const same = got.join() === g.tokens.join();
+      report(same, same ? what : `${what}\n  got  ${got.join(', ')}\n  want ${g.tokens.join(', ')}`);
+    } catch (err) {
+      report(false, `${what}\n  ${(err as Error).message}`);
+    }
+  }
+}
+
+async function checkNative(report: Report, fx: Fixtures): Promise<void> {
+  const isas = NativeBackend.isas();
+  console.log(`# ${process.arch}, native paths: ${isas.join(', ')}`);
+  for (const isa of isas) {
+    for (const threads of [1, 3]) {
+      const native = await NativeBackend.create({ threads, isa, minParallelBytes: 0 });
+      try {
+        checkProducts(report, `native ${isa}`, native, fx);
+      } finally {
+        await native.close();
+      }
+    }
+  }
+  const native = await NativeBackend.create({ threads: 2, minParallelBytes: 0 });
+  try {
+    checkActivations(report, 'native', native, fx);
+    checkGreedy(report, 'native', native, fx);
+  } finally {
+    await native.close();
+  }
+}
+
+/** What kernels.wasm must compute itself: a type it dropped would pass through the js fallback unnoticed. */
+const WASM_TYPES = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
+
+async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
+  // kernels.wasm and worker.mjs are found next to this script (new URL(…, import.meta.url)
+  // in the bundled backend.ts): test-arm.sh copies them there.
+  console.log(`# ${process.arch}, wasm backend`);
+  for (const threads of [1, 3]) {
+    let wasm: WasmBackend;
+    try {
+      // minParallelBytes 0: even the smallest product is split over the threads.
+      wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+    } catch (err) {
+      report(false, `wasm, ${threads} thread(s): WasmBackend.create failed\n  ${(err as Error).message}`);
+      continue;
+    }
+    try {
+      if (threads === 1) {
+        const own = supportedTypes.filter((t) => wasm.supports(t.id)).map((t) => t.name);
+        const missing = WASM_TYPES.filter((n) => !own.includes(n));
+        const fallback = supportedTypes.filter((t) => !own.includes(t.name)).map((t) => t.name);
+        report(
+          missing.length === 0,
+          `wasm computes ${WASM_TYPES.join(', ')} itself${fallback.length ? ` (js fallback: ${fallback.join(', ')})` : ''}${missing.length ? `\n  missing: ${missing.join(', ')}` : ''}`,
+        );
+      }
+      checkProducts(report, 'wasm', wasm, fx);
+      if (threads === 3) {
+        checkActivations(report, 'wasm', wasm, fx);
+        checkGreedy(report, 'wasm', wasm, fx);
+      }
+    } finally {
+      await wasm.close();
+    }
+  }
+}
+
+async function check(file: string, backends: string[]): Promise<number> {
+  const fx = JSON.parse(readFileSync(file, 'utf8')) as Fixtures;
+  let passed = 0;
+  let failed = 0;
+  const report: Report = (ok, what) => {
+    if (ok) passed++;
+    else failed++;
+    console.log(`${ok ? 'ok' : 'not ok'} ${what}`);
+  };
+  for (const b of backends) {
+    if (b === 'native') await checkNative(report, fx);
+    else if (b === 'wasm') await checkWasm(report, fx);
+    else report(false, `unknown backend ${b}`);
+  }
+  // Not the "N passed, M failed" form: test-arm.sh prints that once, over every run.
+  console.log(`# ${process.arch} ${backends.join('+')}: ${passed} ok, ${failed} not ok`);
+  return failed === 0 ? 0 : 1;
+}
+
+const [mode, file, ...models] = process.argv.slice(2);
+if (mode === 'fixtures' && file) fixtures(file, models.length ? models : [join(process.cwd(), 'models/stories260K.gguf')]);
+else if (mode === 'check' && file) process.exitCode = await check(file, models.length ? models : ['native', 'wasm']);
+else {
+  console.error('usage: arm-check.ts fixtures FILE [MODEL…] | check FILE [native|wasm…]');
+  process.exitCode = 2;
+}
