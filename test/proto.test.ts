@@ -3,7 +3,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Activation, DType, ForwardRequest, NodeInfo } from '../src/proto/herd.ts';
+import { Activation, DType, FetchTensorsReply, ForwardRequest, NodeInfo } from '../src/proto/herd.ts';
+import { encodeFetchReply } from '../src/cluster/shard/wire.ts';
 import { repoRoot } from './helpers/paths.ts';
 
 test('the committed src/proto is exactly what `npm run gen:proto` generates', (t) => {
@@ -44,4 +45,16 @@ test('64-bit counters decode as numbers', (t) => {
   const info = NodeInfo.decode(NodeInfo.encode(NodeInfo.fromPartial({ memTotal: 24 * 2 ** 30, throughput: 2 ** 40 })).finish());
   t.is(info.memTotal, 24 * 2 ** 30);
   t.is(info.throughput, 2 ** 40);
+});
+
+test('the one-copy shard chunk encoder writes exactly what ts-proto writes', (t) => {
+  const cases: FetchTensorsReply[] = [
+    { chunk: { index: 0, offset: 0, data: Buffer.from([1, 2, 3]), sha256: Buffer.alloc(0) } },
+    { chunk: { index: 300, offset: 5 * 2 ** 32 + 7, data: Buffer.alloc(200_000, 9), sha256: Buffer.alloc(32, 0xab) } },
+    { chunk: { index: 1, offset: 1 << 20, data: Buffer.alloc(0), sha256: Buffer.alloc(0) } },
+    { header: { metadata: Buffer.from('kv'), metadataCount: 1, alignment: 32, tensors: [] } },
+  ];
+  for (const msg of cases) {
+    t.true(encodeFetchReply(msg).equals(Buffer.from(FetchTensorsReply.encode(msg).finish())));
+  }
 });

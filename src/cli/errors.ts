@@ -5,9 +5,10 @@ import { ModelError } from '../model/config.ts';
 import { KernelError } from '../kernels/matvec.ts';
 import { ContextError } from '../engine/generate.ts';
 import { SamplingError } from '../engine/sampler.ts';
+import { ClusterError } from '../cluster/errors.ts';
 
 /** Errors whose message is already a complete sentence for the user. */
-const userFacing = [GgufError, ModelError, KernelError, ContextError, SamplingError];
+const userFacing = [GgufError, ModelError, KernelError, ContextError, SamplingError, ClusterError];
 
 export class UsageError extends Error {
   constructor(message: string) {

@@ -9,12 +9,17 @@ import { ClusterError } from './errors.ts';
 /** Large enough for a prefill's hidden states and a shard chunk; grpc-js defaults to 4 MiB. */
 export const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
+/**
+ * No HTTP/2 keepalive pings: a stage's event loop is busy for the whole of a forward step
+ * (seconds for a big prefill on a Pi), so an unanswered ping says nothing about a dead peer.
+ * A node process that dies resets its connections at once; a silent one trips the step timeout.
+ */
 export const channelOptions: ChannelOptions = {
   'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
   'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  'grpc.keepalive_time_ms': 20_000,
-  'grpc.keepalive_timeout_ms': 10_000,
-  'grpc.keepalive_permit_without_calls': 1,
+  // A client's HTTP/2 receive window (default 64 KiB): shard chunks of 1 MiB stream at several
+  // times the rate with a window that holds a few of them.
+  'grpc-node.flow_control_window': 16 * 1024 * 1024,
 };
 
 export function nodeClient(address: string): HerdNodeClient {

@@ -47,8 +47,11 @@ export function readConfig(file: GgufFile): ModelConfig {
   const nHeads = file.number(k('attention.head_count'));
   const nKvHeads = file.number(k('attention.head_count_kv'), nHeads);
   const headDim = file.number(k('attention.key_length'), dim / nHeads);
+  // A middle stage's slice file holds no embedding: the vocabulary size then comes from the
+  // metadata the slice keeps.
   const embd = file.tensor('token_embd.weight');
-  if (!embd) throw new ModelError(file.path, 'tensor "token_embd.weight" is missing');
+  const tokens = file.array('tokenizer.ggml.tokens');
+  const vocabSize = embd?.dims[1] ?? file.number(k('vocab_size'), tokens?.length ?? 0);
 
   const scalingType = file.string(k('rope.scaling.type'), 'none');
   let ropeFreqScale = 1;
@@ -66,7 +69,7 @@ export function readConfig(file: GgufFile): ModelConfig {
     nKvHeads,
     headDim,
     ffnDim: file.number(k('feed_forward_length')),
-    vocabSize: embd.dims[1] ?? 0,
+    vocabSize,
     ctxTrain: file.number(k('context_length')),
     rmsEps: file.number(k('attention.layer_norm_rms_epsilon')),
     ropeBase: file.number(k('rope.freq_base'), 10000),

@@ -252,7 +252,8 @@ export class PipelineSession implements InferenceSession {
     if (this.closed) return Promise.reject(new ClusterError('pipeline', 'the session is closed'));
     if (this.waiting) return Promise.reject(new ClusterError('pipeline', 'a step is already in flight'));
     if (tokens.length === 0) return Promise.reject(new RangeError('step with no tokens'));
-    const timeoutMs = this.cluster.o.stepTimeoutMs ?? 120_000;
+    // Generous: a big prefill on slow nodes takes minutes; a dead process resets its connection.
+    const timeoutMs = this.cluster.o.stepTimeoutMs ?? 600_000;
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `no token from the pipeline in ${timeoutMs / 1000} s`)), timeoutMs);
       this.waiting = { position: start + tokens.length, resolve, reject, timer };

@@ -16,6 +16,7 @@ import { invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { channelOptions, toStatus } from '../rpc.ts';
 import type { ModelSource } from '../shard/source.ts';
+import { encodeFetchReply } from '../shard/wire.ts';
 
 const FETCH = '/herd.v1.HerdCoordinator/FetchTensors';
 const DELIVER = '/herd.v1.HerdCoordinator/Deliver';
@@ -41,7 +42,9 @@ export class CoordinatorServer {
     private readonly log: Logger,
   ) {
     this.auth = new Authenticator(key);
-    this.server.addService(HerdCoordinatorService, {
+    // Shard chunks take the one-copy encoder; the bytes are what ts-proto would write.
+    const service = { ...HerdCoordinatorService, fetchTensors: { ...HerdCoordinatorService.fetchTensors, responseSerialize: encodeFetchReply } };
+    this.server.addService(service, {
       challenge: (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>) => {
         cb(null, { nonce: this.auth.issue(), ttlMs: 30_000 });
       },

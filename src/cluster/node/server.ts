@@ -390,7 +390,7 @@ export class NodeServer {
       if (msg.open) return open(msg.open);
       if (!msg.activation) throw invalid('empty message: neither open nor activation');
       if (!stage) throw invalid('activation before the session was opened');
-      const r = stage.run(msg.activation);
+      const r = await stage.run(msg.activation);
       this.counters.activations++;
       if (r.out) down?.write({ activation: r.out });
       if (r.delivery) deliver?.write(r.delivery);

@@ -135,8 +135,12 @@ export class StageSession {
     return this.shard.model.isFirst;
   }
 
-  /** Validates and runs one message: the activation for the next stage, or (last) the sampled token. */
-  run(a: Activation): { out?: Activation; delivery?: Delivery } {
+  /**
+   * Validates and runs one message: the activation for the next stage, or (last) the sampled
+   * token. Between steps of `batch` tokens it yields, so the node answers other calls during a
+   * long prefill; each step fills, runs and reads the shared state.x without yielding.
+   */
+  async run(a: Activation): Promise<{ out?: Activation; delivery?: Delivery }> {
     const model = this.shard.model;
     const { dim, vocabSize } = model.config;
     if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
@@ -159,6 +163,7 @@ export class StageSession {
     const out = Buffer.allocUnsafe(outSize);
     const inBytes = a.dtype === DType.DTYPE_F16 ? 2 : 4;
     for (let off = 0; off < n; off += model.batch) {
+      if (off > 0) await new Promise((resolve) => setImmediate(resolve));
       const m = Math.min(model.batch, n - off);
       const tokens = a.tokenIds.slice(off, off + m);
       if (this.isFirst) {

@@ -23,18 +23,20 @@ export function describeShard(s: { modelHash: string; start: number; end: number
 
 /**
  * The tensors a stage holding layers [start, end) reads: its layers' blk.N.* tensors, the
- * output norm and head on the last stage, rope_freqs when present, and token_embd.weight
- * always — src/model/config.ts reads the vocabulary size from its shape, so even a middle
- * stage's slice file must list it (the first stage embeds with it; a tied head uses it).
+ * token embedding on the first stage (and on the last when the head is tied to it), the
+ * output norm and head on the last stage, and rope_freqs when present.
  */
 export function shardTensorNames(file: GgufFile, start: number, end: number, nLayers: number): string[] {
   const names: string[] = [];
+  const tied = !file.tensor('output.weight');
   for (const t of file.tensors) {
     const m = /^blk\.(\d+)\./.exec(t.name);
     if (m) {
       const l = Number(m[1]);
       if (l >= start && l < end) names.push(t.name);
-    } else if (t.name === 'token_embd.weight' || t.name === 'rope_freqs.weight') {
+    } else if (t.name === 'token_embd.weight') {
+      if (start === 0 || (tied && end === nLayers)) names.push(t.name);
+    } else if (t.name === 'rope_freqs.weight') {
       names.push(t.name);
     } else if ((t.name === 'output_norm.weight' || t.name === 'output.weight') && end === nLayers) {
       names.push(t.name);
