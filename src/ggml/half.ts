@@ -114,6 +114,14 @@ export function f16ToF32Table(): Uint32Array {
   return f16Table;
 }
 
+let f16Floats: Float32Array | undefined;
+
+/** The same table as f32 values: F16_TABLE[h] is the value of the f16 with bits h. */
+export function f16Float32Table(): Float32Array {
+  f16Floats ??= new Float32Array(f16ToF32Table().buffer);
+  return f16Floats;
+}
+
 /** Little-endian F16 bytes of src, two per element. */
 export function f32ToF16Bytes(src: Float32Array): Uint8Array {
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);

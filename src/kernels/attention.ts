@@ -1,47 +1,63 @@
-// Attention of one query head over a layer's cached keys and values. The cache holds f32
-// or f16 (as Uint16Array bits); rows are positions, kvOff selects the KV head in a row.
+// Attention of the query heads that share one KV head (grouped-query attention) over a
+// layer's cached keys and values. The cache holds f32 or f16 (as Uint16Array bits); rows are
+// positions, kvOff selects the KV head in a row. Each cached key and value row is read (and,
+// for f16, converted) once for the whole group, not once per query head.
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
+import { f16Float32Table, f16ToF32, f32ToF16 } from '../ggml/half.ts';
+
+// Reading an f16 cache is one load per element through ggml's kind of lookup table.
+const F16 = f16Float32Table();
 
 /**
- * Attention of one head over positions 0..pos: scores = q·k/√d, causal softmax, Σ p·v.
+ * For each of the `group` query heads starting at q[qOff] (headDim apart): scores =
+ * q·k/√d over positions 0..pos, softmax, Σ p·v into out[outOff..] (same layout as q).
+ * `att` holds group × (pos+1) scores; `row` one converted key or value row (headDim).
  * With an f16 cache, q and the probabilities are rounded to f16 before their products,
  * as llama.cpp's f16 matrix products do, so the two agree closely.
  */
-export function attendHead(
+export function attendGroup(
   keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, kvDim: number, pos: number,
-  q: Float32Array, qOff: number, kvOff: number, headDim: number,
-  att: Float32Array, out: Float32Array, outOff: number,
+  q: Float32Array, qOff: number, group: number, kvOff: number, headDim: number,
+  att: Float32Array, row: Float32Array, out: Float32Array, outOff: number,
 ): void {
   const scale = 1 / Math.sqrt(headDim);
   const half = keys instanceof Uint16Array;
-  if (half) for (let i = 0; i < headDim; i++) q[qOff + i] = f16ToF32(f32ToF16(q[qOff + i]));
+  const n = pos + 1;
+  if (half) for (let i = 0; i < group * headDim; i++) q[qOff + i] = f16ToF32(f32ToF16(q[qOff + i]));
 
-  let max = -Infinity;
-  for (let t = 0; t <= pos; t++) {
+  // scores of every head of the group against each cached key
+  for (let t = 0; t < n; t++) {
     const ko = t * kvDim + kvOff;
-    let s = 0;
-    if (half) for (let i = 0; i < headDim; i++) s += q[qOff + i] * f16ToF32(keys[ko + i]);
-    else for (let i = 0; i < headDim; i++) s += q[qOff + i] * keys[ko + i];
-    s *= scale;
-    att[t] = s;
-    if (s > max) max = s;
+    if (half) for (let i = 0; i < headDim; i++) row[i] = F16[keys[ko + i]];
+    else for (let i = 0; i < headDim; i++) row[i] = keys[ko + i];
+    for (let h = 0; h < group; h++) {
+      const qo = qOff + h * headDim;
+      let s = 0;
+      for (let i = 0; i < headDim; i++) s += q[qo + i] * row[i];
+      att[h * n + t] = s * scale;
+    }
   }
-  let sum = 0;
-  for (let t = 0; t <= pos; t++) {
-    const e = Math.exp(att[t] - max);
-    att[t] = e;
-    sum += e;
+
+  // softmax per head
+  for (let h = 0; h < group; h++) {
+    const a = h * n;
+    let max = -Infinity;
+    for (let t = 0; t < n; t++) if (att[a + t] > max) max = att[a + t];
+    let sum = 0;
+    for (let t = 0; t < n; t++) sum += att[a + t] = Math.exp(att[a + t] - max);
+    for (let t = 0; t < n; t++) att[a + t] = half ? f16ToF32(f32ToF16(att[a + t] / sum)) : att[a + t] / sum;
   }
-  for (let i = 0; i < headDim; i++) out[outOff + i] = 0;
-  for (let t = 0; t <= pos; t++) {
-    let p = att[t] / sum;
+
+  // weighted sum of the cached values
+  out.fill(0, outOff, outOff + group * headDim);
+  for (let t = 0; t < n; t++) {
     const vo = t * kvDim + kvOff;
-    if (half) {
-      p = f16ToF32(f32ToF16(p));
-      for (let i = 0; i < headDim; i++) out[outOff + i] += p * f16ToF32(values[vo + i]);
-    } else {
-      for (let i = 0; i < headDim; i++) out[outOff + i] += p * values[vo + i];
+    if (half) for (let i = 0; i < headDim; i++) row[i] = F16[values[vo + i]];
+    else for (let i = 0; i < headDim; i++) row[i] = values[vo + i];
+    for (let h = 0; h < group; h++) {
+      const p = att[h * n + t];
+      const o = outOff + h * headDim;
+      for (let i = 0; i < headDim; i++) out[o + i] += p * row[i];
     }
   }
 }

@@ -7,7 +7,7 @@ import type { GgufFile } from '../gguf/reader.ts';
 import { getRow, type Weight } from '../kernels/matvec.ts';
 import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
 import { rmsnorm, rope, ropeAngles, swiglu, addInPlace } from '../kernels/ops.ts';
-import { attendHead } from '../kernels/attention.ts';
+import { attendGroup } from '../kernels/attention.ts';
 import { readConfig, ModelError, type ModelConfig } from './config.ts';
 import { loadStageWeights, type StageWeights } from './weights.ts';
 import { KvCache, type KvType } from './kv-cache.ts';
@@ -37,7 +37,8 @@ class RunState {
   readonly k: Float32Array;
   readonly v: Float32Array;
   readonly attOut: Float32Array; // concatenated head outputs
-  readonly att: Float32Array; // scores of one head over the context
+  readonly att: Float32Array; // scores of one group of query heads over the context
+  readonly kvRow: Float32Array; // one cached key or value row, converted
   readonly hb: Float32Array;
   readonly hb2: Float32Array;
   readonly logits: Float32Array;
@@ -54,7 +55,8 @@ class RunState {
     this.k = new Float32Array(batch * kvDim);
     this.v = new Float32Array(batch * kvDim);
     this.attOut = new Float32Array(batch * qDim);
-    this.att = new Float32Array(ctx);
+    this.att = new Float32Array((ctx * c.nHeads) / c.nKvHeads);
+    this.kvRow = new Float32Array(c.headDim);
     this.hb = new Float32Array(batch * c.ffnDim);
     this.hb2 = new Float32Array(batch * c.ffnDim);
     this.logits = new Float32Array(c.vocabSize);
@@ -207,14 +209,14 @@ export class Transformer {
         cache.write(l, start + i, k, row(s.v, i, kvDim));
       }
 
-      // attention per head over the cache, each token seeing positions up to its own
-      // (grouped-query: groupSize heads share a KV head)
+      // attention over the cache, each token seeing positions up to its own
+      // (grouped-query: each group of groupSize heads shares one KV head)
       for (let i = 0; i < n; i++) {
         const q = row(s.q, i, qDim);
         const out = row(s.attOut, i, qDim);
-        for (let h = 0; h < c.nHeads; h++) {
-          const kvOff = Math.floor(h / groupSize) * c.headDim;
-          attendHead(cache.keys[l], cache.values[l], kvDim, start + i, q, h * c.headDim, kvOff, c.headDim, s.att, out, h * c.headDim);
+        for (let g = 0; g < c.nKvHeads; g++) {
+          const qOff = g * groupSize * c.headDim;
+          attendGroup(cache.keys[l], cache.values[l], kvDim, start + i, q, qOff, groupSize, g * c.headDim, c.headDim, s.att, s.kvRow, out, qOff);
         }
       }
 
