@@ -9,6 +9,8 @@ import { synthCommand } from './synth.ts';
 import { nodeCommand } from './node.ts';
 import { nodesCommand } from './nodes.ts';
 import { planCommand } from './plan.ts';
+import { serveCommand } from './serve.ts';
+import { chatCommand } from './chat.ts';
 import { reportAndExit, UsageError } from './errors.ts';
 
 await yargs(hideBin(process.argv))
@@ -21,6 +23,8 @@ await yargs(hideBin(process.argv))
   .command(nodeCommand)
   .command(nodesCommand)
   .command(planCommand)
+  .command(serveCommand)
+  .command(chatCommand)
   .demandCommand(1, 'Name a command (see --help).')
   .strict()
   .help()

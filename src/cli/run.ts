@@ -12,6 +12,7 @@ import { resolveModelPath } from './model-path.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { LOCAL_ADDRESS } from '../cluster/coordinator/nodes.ts';
 import { UsageError } from './errors.ts';
+import { runOnServer } from './client.ts';
 
 interface RunArgs extends KeyArgs {
   prompt: string;
@@ -36,6 +37,8 @@ interface RunArgs extends KeyArgs {
   interface?: string;
   wire: 'f32' | 'f16';
   discoveryTimeout: number;
+  server?: string;
+  apiKey?: string;
 }
 
 function integer(name: string, v: number | undefined, min: number): void {
@@ -72,7 +75,9 @@ function builder(y: Argv): Argv<RunArgs> {
     .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer (--nodes auto)' })
     .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
     .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
-    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file'], 'Herd:') as unknown as Argv<RunArgs>;
+    .option('server', { type: 'string', describe: 'Send the prompt to a running herd serve (URL, or auto: find it over mDNS) instead of coordinating here' })
+    .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
+    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file', 'server', 'api-key'], 'Herd:') as unknown as Argv<RunArgs>;
 }
 
 async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
@@ -91,6 +96,12 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     penaltyLastN: defaultSampling.penaltyLastN,
     seed: args.seed ?? Math.floor(Math.random() * 0xffffffff),
   });
+  if (args.server !== undefined) {
+    return runOnServer({
+      server: args.server, apiKey: args.apiKey, prompt: args.prompt, model: args.model, maxTokens: args.maxTokens, sampling,
+      stop: [args.stop ?? []].flat(), json: args.json, discoveryTimeoutMs: args.discoveryTimeout * 1000, interface: args.interface,
+    });
+  }
 
   const path = resolveModelPath(args.model);
   const tLoad = performance.now();

@@ -1,0 +1,101 @@
+// The herd dashboard: polls /api/state once a second and draws it. No build step, no library.
+
+const COLORS = ['#7cc4a4', '#7aa8e0', '#e0b060', '#d890c8', '#a0d070', '#e08870', '#70d0d0', '#c0a0f0'];
+const history = [];
+const $ = (id) => document.getElementById(id);
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'style') Object.assign(e.style, v);
+    else if (k.startsWith('data-')) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function bytes(n) {
+  if (n === undefined || n === null) return '?';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+}
+
+function drawLayers(state) {
+  const total = state.model.layers;
+  $('layer-count').textContent = `${total} in ${state.model.id}`;
+  const bar = $('layers');
+  bar.replaceChildren();
+  state.nodes.forEach((n, i) => {
+    const [a, b] = n.layers;
+    bar.append(el('div', {
+      className: 'range', title: `${n.node}: layers ${a}–${b - 1}`, 'data-node': n.node,
+      style: { left: `${(100 * a) / total}%`, width: `${(100 * (b - a)) / total}%`, background: COLORS[i % COLORS.length] },
+    }, `${n.node} [${a}, ${b})`));
+  });
+}
+
+function drawNodes(state) {
+  const list = $('nodes');
+  list.replaceChildren();
+  state.nodes.forEach((n, i) => {
+    const used = n.memTotal && n.memAvailable !== undefined ? n.memTotal - n.memAvailable : undefined;
+    const pct = used !== undefined ? Math.round((100 * used) / n.memTotal) : 0;
+    list.append(el('li', { className: 'node', 'data-node': n.node, style: { borderLeftColor: COLORS[i % COLORS.length] } },
+      el('div', { className: 'name' }, n.node),
+      el('div', { className: 'meta' }, `${n.address} · layers ${n.layers[0]}–${n.layers[1] - 1}`),
+      el('div', { className: 'meta' }, [n.arch, n.backend && `${n.backend} kernels`].filter(Boolean).join(' · ')),
+      el('div', { className: 'meta mem-text' }, `memory ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`),
+      el('div', { className: 'mem' }, el('div', { style: { width: `${pct}%` } }))));
+  });
+}
+
+function drawSpark() {
+  const c = $('spark');
+  const g = c.getContext('2d');
+  g.clearRect(0, 0, c.width, c.height);
+  const max = Math.max(1, ...history);
+  g.strokeStyle = '#7cc4a4';
+  g.lineWidth = 2;
+  g.beginPath();
+  history.forEach((v, i) => {
+    const x = (i / 119) * c.width;
+    const y = c.height - 4 - (v / max) * (c.height - 8);
+    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+  });
+  g.stroke();
+}
+
+async function poll() {
+  try {
+    const r = await fetch('/api/state', { cache: 'no-store' });
+    const s = await r.json();
+    $('model').textContent = `${s.model.id} · ${s.model.architecture} · ${bytes(s.model.bytes)} · ctx ${s.model.context}`;
+    const status = $('status');
+    status.textContent = s.mode ? `${s.status} (${s.mode})` : s.status;
+    status.className = `status ${s.status}`;
+    $('tps').textContent = s.tokens_per_second.toFixed(1);
+    $('sessions').textContent = `${s.sessions.active} / ${s.sessions.slots}`;
+    $('queued').textContent = String(s.sessions.queued);
+    $('generated').textContent = String(s.tokens_generated);
+    $('version').textContent = `herd ${s.version}`;
+    const err = $('error');
+    err.hidden = !s.error;
+    err.textContent = s.error ?? '';
+    history.push(s.tokens_per_second);
+    if (history.length > 120) history.shift();
+    drawLayers(s);
+    drawNodes(s);
+    drawSpark();
+    document.body.dataset.loaded = 'true';
+  } catch {
+    const status = $('status');
+    status.textContent = 'offline';
+    status.className = 'status offline';
+  }
+}
+
+poll();
+setInterval(poll, 1000);

@@ -1,0 +1,89 @@
+// One request's generation on a ModelHost: check the prompt fits, wait fairly for a session,
+// run the engine's loop with the request's AbortSignal, always free the session, and count
+// what happened for the metrics. Shared by the HTTP handlers and `herd chat`.
+
+import { checkPromptFits, generate, type GenerateResult, type Vocabulary } from '../engine/generate.ts';
+import type { SamplingOptions } from '../engine/sampler.ts';
+import type { ModelHost } from './host.ts';
+import type { ApiMetrics } from './metrics.ts';
+
+export interface GenerationJob {
+  readonly prompt: readonly number[];
+  /** Default: until the context is full. */
+  readonly maxTokens?: number;
+  /** Stop strings (for chat, the caller adds the template's end-of-turn text). */
+  readonly stop: readonly string[];
+  readonly sampling: SamplingOptions;
+  readonly signal?: AbortSignal;
+  /** Label of the metrics: chat or completions. */
+  readonly endpoint: string;
+}
+
+export type FinishReason = 'stop' | 'length';
+
+export interface GenerationOutcome extends GenerateResult {
+  /** OpenAI's finish_reason: stop (EOS, end of turn or a stop string) or length (max_tokens or context). */
+  readonly finishReason: FinishReason;
+  /** From the job's start (queue wait included) to the first token, ms; undefined without tokens. */
+  readonly ttftMs: number | undefined;
+  readonly totalMs: number;
+}
+
+export async function runGeneration(
+  host: ModelHost,
+  metrics: ApiMetrics | undefined,
+  job: GenerationJob,
+  onText?: (text: string) => void,
+  /** Called once the request holds a session, before the first step. */
+  onStart?: () => void,
+): Promise<GenerationOutcome> {
+  const t0 = performance.now();
+  checkPromptFits(job.prompt.length, host.ctx);
+  const maxTokens = job.maxTokens ?? host.ctx - job.prompt.length;
+  let first: number | undefined;
+  const vocab = countingVocabulary(host.tokenizer, () => {
+    if (first === undefined) {
+      first = performance.now();
+      metrics?.ttft.observe((first - t0) / 1000);
+    }
+    metrics?.addTokens(1);
+  });
+  let result: GenerateResult;
+  try {
+    const lease = await host.lease(job.sampling, job.signal);
+    try {
+      metrics?.promptTokens.inc(job.prompt.length);
+      onStart?.();
+      result = await generate(lease.session, vocab, { prompt: job.prompt, maxTokens, stop: job.stop, signal: job.signal }, onText && ((text) => onText(text)));
+    } finally {
+      await lease.close();
+    }
+  } catch (e) {
+    const cancelled = job.signal?.aborted === true;
+    metrics?.generations.inc({ endpoint: job.endpoint, outcome: cancelled ? 'cancelled' : 'error' });
+    throw host.clusterFailure(e);
+  }
+  const totalMs = performance.now() - t0;
+  const aborted = result.stopReason === 'aborted';
+  const finishReason: FinishReason = result.stopReason === 'length' || result.stopReason === 'context' ? 'length' : 'stop';
+  metrics?.generations.inc({ endpoint: job.endpoint, outcome: aborted ? 'cancelled' : finishReason });
+  if (!aborted) metrics?.latency.observe({ endpoint: job.endpoint }, totalMs / 1000);
+  return { ...result, finishReason, ttftMs: first === undefined ? undefined : first - t0, totalMs };
+}
+
+/** The tokenizer as the loop sees it, telling `onToken` of each generated token. */
+function countingVocabulary(v: Vocabulary, onToken: () => void): Vocabulary {
+  return {
+    isEog: (id) => v.isEog(id),
+    stream: () => {
+      const s = v.stream();
+      return {
+        push: (id) => {
+          onToken();
+          return s.push(id);
+        },
+        flush: () => s.flush(),
+      };
+    },
+  };
+}

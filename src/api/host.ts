@@ -1,0 +1,433 @@
+// The standing coordinator behind `herd serve` (and `herd chat` without --server): the model
+// is loaded once — in this process (`--nodes local`) or as a plan over the herd — and every
+// request gets its own session with its own KV cache, admitted through a fair queue of slots.
+//
+// In-process, all sessions share one Transformer, whose activation buffers (RunState) hold one
+// step at a time: a lock of size 1 around each step makes active requests take turns token by
+// token, in arrival order. Over the herd, each session is its own Forward stream, so stages
+// work on different requests at once (pipeline parallelism) and no lock is taken.
+
+import { freemem, hostname, totalmem } from 'node:os';
+import { basename } from 'node:path';
+import type { Logger } from 'pino';
+import { GgufFile } from '../gguf/reader.ts';
+import { Tokenizer } from '../tokenizer/index.ts';
+import { ChatTemplate } from '../tokenizer/chat-template.ts';
+import { Transformer } from '../model/transformer.ts';
+import type { KvType } from '../model/kv-cache.ts';
+import type { KernelBackend } from '../kernels/backend.ts';
+import { readConfig, type ModelConfig } from '../model/config.ts';
+import { LocalSession, type InferenceSession } from '../engine/session.ts';
+import type { SamplingOptions } from '../engine/sampler.ts';
+import type { ClusterKey } from '../cluster/auth.ts';
+import { ClusterError } from '../cluster/errors.ts';
+import { jsonLogger, silentLogger } from '../cluster/log.ts';
+import { resolveNodes, withHoldings, type NodeSet } from '../cluster/coordinator/nodes.ts';
+import { HerdCluster } from '../cluster/coordinator/pipeline.ts';
+import { fetchInfo } from '../cluster/discovery/static.ts';
+import type { PlanEntry } from '../cluster/coordinator/open.ts';
+import { FairQueue, type Release } from './queue.ts';
+import { unavailable } from './errors.ts';
+
+export interface HostOptions {
+  readonly modelPath: string;
+  /** local | auto | host:port,… (as `herd run --nodes`). */
+  readonly nodes: string;
+  readonly ctx?: number;
+  readonly kvType: KvType;
+  /** Kernels for in-process layers (default: the js reference); the caller closes it. */
+  readonly backend?: KernelBackend;
+  readonly stages?: number;
+  readonly interface?: string;
+  readonly key?: ClusterKey;
+  readonly wire: 'f32' | 'f16';
+  readonly discoveryTimeoutMs: number;
+  readonly cacheDir?: string;
+  /** Sessions (KV caches) at once; default: 4, fewer if their caches would not fit in memory. */
+  readonly parallel?: number;
+  /** A fallback name, `model`, or a Jinja file (see ChatTemplate.forModel). */
+  readonly chatTemplate?: string;
+  readonly log: Logger;
+  /** Seconds between attempts to bring up a herd that is not ready (default 2, doubling to 30). */
+  readonly retrySeconds?: number;
+  /**
+   * With `nodes: auto`, browse again this often while idle and re-plan when the set of nodes
+   * changed (a Pi that booted late joins; default 30; 0: never).
+   */
+  readonly rediscoverSeconds?: number;
+}
+
+export type HostStatus = 'loading' | 'ready' | 'unavailable' | 'closed';
+
+/** One node as the dashboard shows it. */
+export interface NodeView {
+  readonly node: string;
+  readonly address: string;
+  readonly layers: [number, number];
+  readonly backend?: string;
+  readonly arch?: string;
+  readonly memTotal?: number;
+  readonly memAvailable?: number;
+  /** Resident memory of the herd process holding the layers (in-process only). */
+  readonly rss?: number;
+}
+
+/** Per-step timing, for metrics: which node(s) ran it, prefill or decode, how long. */
+export type StepObserver = (node: string, phase: 'prefill' | 'decode', seconds: number, tokens: number) => void;
+
+interface Runner {
+  readonly mode: 'local' | 'cluster';
+  readonly plan: PlanEntry[];
+  open(sampling: SamplingOptions): Promise<InferenceSession>;
+  nodes(): Promise<NodeView[]>;
+  close(): Promise<void>;
+}
+
+/** A session lent to one request: close() frees its KV cache and its slot. */
+export interface Lease {
+  readonly session: InferenceSession;
+  close(): Promise<void>;
+}
+
+export class ModelHost {
+  readonly file: GgufFile;
+  readonly tokenizer: Tokenizer;
+  readonly template: ChatTemplate;
+  readonly config: ModelConfig;
+  /** The id clients name in `model` (the file name without .gguf). */
+  readonly modelId: string;
+  readonly ctx: number;
+  readonly created = Math.floor(Date.now() / 1000);
+  readonly slots: FairQueue;
+  private readonly stepLock = new FairQueue(1);
+  private runner: Runner | undefined;
+  private state: HostStatus = 'loading';
+  private lastError: string | undefined;
+  private loading: Promise<void> | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryMs: number;
+  private watchTimer: NodeJS.Timeout | undefined;
+  /** The node ids the current plan was made from ('' for in-process). */
+  private discovered = '';
+  /** Open leases per runner, so a replaced runner closes when its last session ends. */
+  private readonly leases = new Map<Runner, number>();
+  private readonly retiring = new Set<Runner>();
+  onStep: StepObserver = () => {};
+
+  private constructor(readonly o: HostOptions) {
+    this.file = GgufFile.open(o.modelPath);
+    this.tokenizer = Tokenizer.fromGguf(this.file);
+    this.template = ChatTemplate.forModel(this.file, this.tokenizer, o.chatTemplate);
+    this.config = readConfig(this.file);
+    this.modelId = basename(o.modelPath).replace(/\.gguf$/i, '');
+    this.ctx = o.ctx ?? Math.min(this.config.ctxTrain, 4096);
+    this.slots = new FairQueue(o.parallel ?? defaultParallel(this.config, this.ctx, o.kvType, o.nodes));
+    this.retryMs = (o.retrySeconds ?? 2) * 1000;
+  }
+
+  /** Reads the model's header and vocabulary (a bad file fails here); start() loads the weights. */
+  static open(o: HostOptions): ModelHost {
+    return new ModelHost(o);
+  }
+
+  /** Read through a getter: the state changes while load() awaits. */
+  private get closed(): boolean {
+    return this.state === 'closed';
+  }
+
+  get status(): HostStatus {
+    return this.state;
+  }
+
+  get error(): string | undefined {
+    return this.lastError;
+  }
+
+  get mode(): 'local' | 'cluster' | undefined {
+    return this.runner?.mode;
+  }
+
+  get plan(): PlanEntry[] {
+    return this.runner?.plan ?? [];
+  }
+
+  /** Loads the model (in-process or over the herd); on failure the host retries with backoff. */
+  start(): Promise<void> {
+    this.loading ??= this.load().finally(() => (this.loading = undefined));
+    return this.loading;
+  }
+
+  private async load(): Promise<void> {
+    const log = this.o.log;
+    this.state = 'loading';
+    const t0 = performance.now();
+    log.info({ model: this.o.modelPath, nodes: this.o.nodes, ctx: this.ctx, slots: this.slots.size }, 'model.loading');
+    try {
+      const set = await this.resolve();
+      const runner = await this.makeRunner(set);
+      if (this.closed) {
+        await runner.close();
+        return;
+      }
+      this.runner = runner;
+      this.discovered = nodeSetKey(set);
+      this.state = 'ready';
+      this.lastError = undefined;
+      this.retryMs = (this.o.retrySeconds ?? 2) * 1000;
+      this.logReady(runner, t0);
+      this.scheduleWatch();
+    } catch (e) {
+      if (this.closed) return;
+      this.state = 'unavailable';
+      this.lastError = (e as Error).message;
+      log.error({ error: this.lastError, retryInS: this.retryMs / 1000 }, 'model.unavailable');
+      this.retryTimer = setTimeout(() => void this.start(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 30_000);
+    }
+  }
+
+  private logReady(runner: Runner, t0: number): void {
+    const plan = runner.plan.map((p) => `${p.node}@${p.address}[${p.layers[0]},${p.layers[1]})`);
+    this.o.log.info({ mode: runner.mode, plan, ms: Math.round(performance.now() - t0) }, 'model.ready');
+  }
+
+  /** The nodes to plan over; undefined for `--nodes local`. */
+  private async resolve(): Promise<NodeSet | undefined> {
+    const o = this.o;
+    if (o.nodes.trim() === 'local') return undefined;
+    const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
+    for (const n of set.notes) o.log.warn({ detail: n }, 'herd.note');
+    return set;
+  }
+
+  private scheduleWatch(): void {
+    const every = this.o.rediscoverSeconds ?? 30;
+    if (this.o.nodes.trim() !== 'auto' || every <= 0 || this.closed) return;
+    clearTimeout(this.watchTimer);
+    this.watchTimer = setTimeout(() => void this.watch(), every * 1000);
+  }
+
+  /** Re-plans, while idle, when the nodes that answer over mDNS are not the ones planned over. */
+  private async watch(): Promise<void> {
+    if (this.state !== 'ready') return; // load() schedules the next watch once ready again
+    try {
+      if (this.slots.active > 0 || this.slots.waiting > 0) return;
+      const set = await this.resolve();
+      const key = nodeSetKey(set);
+      if (key === this.discovered || this.state !== 'ready') return;
+      this.o.log.info({ before: this.discovered || 'in-process', after: key || 'in-process' }, 'herd.changed');
+      const t0 = performance.now();
+      const runner = await this.makeRunner(set);
+      if (this.closed) {
+        await runner.close();
+        return;
+      }
+      const old = this.runner;
+      this.runner = runner;
+      this.discovered = key;
+      this.logReady(runner, t0);
+      if (old) this.retire(old);
+    } catch (e) {
+      this.o.log.warn({ error: (e as Error).message }, 'herd.replan_failed');
+    } finally {
+      this.scheduleWatch();
+    }
+  }
+
+  /** Closes a replaced runner once its last session has ended. */
+  private retire(runner: Runner): void {
+    if ((this.leases.get(runner) ?? 0) === 0) void runner.close();
+    else this.retiring.add(runner);
+  }
+
+  private async makeRunner(set: NodeSet | undefined): Promise<Runner> {
+    const o = this.o;
+    if (!set || set.mode === 'local') return this.localRunner();
+    const cluster = await HerdCluster.start({
+      modelPath: this.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: this.ctx, kvType: o.kvType,
+      wire: o.wire, key: o.key, interface: o.interface, cacheDir: o.cacheDir,
+      log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger,
+    });
+    for (const l of cluster.loads) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
+    const plan: PlanEntry[] = cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
+    const infos = new Map(set.infos);
+    let fetched = 0;
+    return {
+      mode: 'cluster',
+      plan,
+      open: (sampling) => cluster.openSession(sampling),
+      nodes: async () => {
+        // Memory changes as nodes load and serve: ask again at most every 5 s.
+        if (performance.now() - fetched > 5000) {
+          fetched = performance.now();
+          await Promise.all(
+            plan.map(async (p) => {
+              try {
+                infos.set(p.address, await fetchInfo(p.address, 1500));
+              } catch {
+                // keep the last answer; the pipeline reports dead nodes itself
+              }
+            }),
+          );
+        }
+        return plan.map((p) => {
+          const i = infos.get(p.address);
+          return { ...p, backend: i?.backend, arch: i?.arch, memTotal: i?.memTotal, memAvailable: i?.memAvailable };
+        });
+      },
+      close: () => cluster.close(),
+    };
+  }
+
+  private localRunner(): Runner {
+    const model = Transformer.load(this.file, { ctx: this.ctx, kvType: this.o.kvType, backend: this.o.backend });
+    const node = hostname();
+    const plan: PlanEntry[] = [{ node, address: 'in-process', layers: [0, model.config.nLayers] }];
+    return {
+      mode: 'local',
+      plan,
+      open: async (sampling) => new LocalSession(model, sampling),
+      nodes: async () => [
+        { ...plan[0], backend: model.backend.name, arch: process.arch, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss },
+      ],
+      close: async () => {},
+    };
+  }
+
+  /**
+   * Waits (fairly) for a slot, then opens a session. Rejects with 503 when the herd is not
+   * ready, and with AbortedError when `signal` aborts while waiting.
+   */
+  async lease(sampling: SamplingOptions, signal?: AbortSignal): Promise<Lease> {
+    this.requireReady();
+    const release: Release = await this.slots.acquire(signal);
+    let session: InferenceSession;
+    let runner: Runner;
+    try {
+      this.requireReady();
+      runner = this.runner as Runner;
+      session = await runner.open(sampling);
+    } catch (e) {
+      release();
+      throw this.clusterFailure(e);
+    }
+    this.leases.set(runner, (this.leases.get(runner) ?? 0) + 1);
+    const local = runner.mode === 'local';
+    const observed = new ObservedSession(session, local ? hostname() : 'pipeline', (...a) => this.onStep(...a));
+    let closed = false;
+    return {
+      // In-process, the step is timed inside the lock: waiting for one's turn is not compute.
+      session: local ? new LockedSession(observed, this.stepLock) : observed,
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        try {
+          await session.close();
+        } finally {
+          release();
+          const left = (this.leases.get(runner) ?? 1) - 1;
+          if (left > 0) this.leases.set(runner, left);
+          else {
+            this.leases.delete(runner);
+            if (this.retiring.delete(runner)) void runner.close();
+          }
+        }
+      },
+    };
+  }
+
+  /** A cluster error during a request: the herd is re-planned in the background; 503 to the client. */
+  clusterFailure(e: unknown): unknown {
+    if (!(e instanceof ClusterError) || this.runner?.mode !== 'cluster' || this.state !== 'ready') return e;
+    this.o.log.error({ error: e.message }, 'herd.failed');
+    const old = this.runner;
+    this.runner = undefined;
+    this.state = 'unavailable';
+    this.lastError = e.message;
+    void old.close().finally(() => void this.start());
+    return unavailable(`the herd failed: ${e.message}`);
+  }
+
+  private requireReady(): void {
+    if (this.state === 'ready' && this.runner) return;
+    if (this.state === 'loading') throw unavailable(`the model ${this.modelId} is still loading`, 'model_loading');
+    throw unavailable(`no herd is ready${this.lastError ? `: ${this.lastError}` : ''}`);
+  }
+
+  async nodes(): Promise<NodeView[]> {
+    return this.runner ? this.runner.nodes() : [];
+  }
+
+  async close(): Promise<void> {
+    this.state = 'closed';
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.watchTimer);
+    this.slots.drain(unavailable('the server is shutting down', 'shutting_down'));
+    await this.loading?.catch(() => {});
+    await this.runner?.close();
+    for (const r of this.retiring) await r.close();
+    this.retiring.clear();
+    this.runner = undefined;
+  }
+}
+
+/** Which nodes answered: the sorted node ids, '' when generation runs in-process. */
+function nodeSetKey(set: NodeSet | undefined): string {
+  return !set || set.mode === 'local' ? '' : set.nodes.map((n) => n.id).sort().join(',');
+}
+
+/** 4 sessions, fewer if that many in-process KV caches would take over half the free memory. */
+function defaultParallel(c: ModelConfig, ctx: number, kvType: KvType, nodes: string): number {
+  if (nodes.trim() !== 'local') return 4;
+  const kvBytes = 2 * c.nLayers * ctx * c.nKvHeads * c.headDim * (kvType === 'f32' ? 4 : 2);
+  return Math.max(1, Math.min(4, Math.floor((0.5 * freemem()) / kvBytes)));
+}
+
+/** Takes the lock around each step: sessions on one Transformer never overlap a step. */
+class LockedSession implements InferenceSession {
+  constructor(
+    private readonly inner: InferenceSession,
+    private readonly lock: FairQueue,
+  ) {}
+
+  get ctx(): number {
+    return this.inner.ctx;
+  }
+
+  async step(tokens: readonly number[], start: number): Promise<number> {
+    const release = await this.lock.acquire();
+    try {
+      return await this.inner.step(tokens, start);
+    } finally {
+      release();
+    }
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** Times each step for the metrics. */
+class ObservedSession implements InferenceSession {
+  constructor(
+    private readonly inner: InferenceSession,
+    private readonly node: string,
+    private readonly observe: StepObserver,
+  ) {}
+
+  get ctx(): number {
+    return this.inner.ctx;
+  }
+
+  async step(tokens: readonly number[], start: number): Promise<number> {
+    const t0 = performance.now();
+    const token = await this.inner.step(tokens, start);
+    this.observe(this.node, start === 0 ? 'prefill' : 'decode', (performance.now() - t0) / 1000, tokens.length);
+    return token;
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

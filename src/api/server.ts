@@ -1,0 +1,386 @@
+// The OpenAI-compatible HTTP surface of `herd serve`, on node:http (a handful of routes, SSE
+// and per-request cancellation need nothing more): /v1/chat/completions, /v1/completions,
+// /v1/models, /health, /metrics, the dashboard at / and its JSON at /api/state. Errors become
+// OpenAI error objects here and nowhere else.
+
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { ContextError } from '../engine/generate.ts';
+import { SamplingError } from '../engine/sampler.ts';
+import { ChatTemplateError } from '../tokenizer/chat-template.ts';
+import { ApiError, badRequest, internal, modelNotFound, notFound, unauthorized, unavailable } from './errors.ts';
+import { runGeneration, type GenerationOutcome } from './generation.ts';
+import type { ModelHost } from './host.ts';
+import { ApiMetrics } from './metrics.ts';
+import { AbortedError } from './queue.ts';
+import { parseChatRequest, parseCompletionRequest, type GenerationParams } from './requests.ts';
+
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
+
+export interface ServerOptions {
+  readonly host: ModelHost;
+  /** Bearer key every /v1 request must carry; undefined leaves the API open. */
+  readonly apiKey?: string;
+  readonly log: Logger;
+  readonly version: string;
+}
+
+/** Static files of the dashboard: no build step, read once. */
+const dashboardDir = new URL('./dashboard/', import.meta.url);
+const STATIC: Record<string, { file: string; type: string }> = {
+  '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/dashboard.js': { file: 'dashboard.js', type: 'text/javascript; charset=utf-8' },
+  '/dashboard.css': { file: 'dashboard.css', type: 'text/css; charset=utf-8' },
+};
+
+/** Route labels for the metrics: known routes by name, everything else as one label. */
+const ROUTES = new Set(['/', '/health', '/metrics', '/api/state', '/v1/models', '/v1/chat/completions', '/v1/completions', '/dashboard.js', '/dashboard.css']);
+
+export class ApiServer {
+  readonly metrics: ApiMetrics;
+  private readonly http: Server;
+  private readonly inflight = new Set<AbortController>();
+  private readonly keyHash: Buffer | undefined;
+  private readonly started = performance.now();
+  private readonly fingerprint: string;
+  private readonly files = new Map<string, Buffer>();
+
+  constructor(private readonly o: ServerOptions) {
+    const host = o.host;
+    this.metrics = new ApiMetrics({
+      queueDepth: () => host.slots.waiting,
+      sessionsActive: () => host.slots.active,
+      slots: host.slots.size,
+      ready: () => host.status === 'ready',
+    });
+    host.onStep = (node, phase, seconds) => this.metrics.step.observe({ node, phase }, seconds);
+    this.keyHash = o.apiKey === undefined ? undefined : sha256(o.apiKey);
+    this.fingerprint = `herd-${o.version}`;
+    for (const { file } of Object.values(STATIC)) this.files.set(file, readFileSync(new URL(file, dashboardDir)));
+    this.http = createServer((req, res) => void this.handle(req, res));
+    // Long generations stream for minutes: no request timeout; idle keep-alive sockets still close.
+    this.http.requestTimeout = 0;
+  }
+
+  /** Listens; resolves with the bound address (port 0 picks a free port). */
+  listen(host: string, port: number): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(port, host, () => {
+        this.http.off('error', reject);
+        resolve(this.http.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** Stops listening, cancels every generation in flight and closes the connections. */
+  async close(): Promise<void> {
+    for (const c of this.inflight) c.abort();
+    await new Promise<void>((resolve) => {
+      this.http.close(() => resolve());
+      this.http.closeIdleConnections();
+      setTimeout(() => this.http.closeAllConnections(), 1000).unref();
+    });
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://herd');
+    const path = url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
+    const route = ROUTES.has(path) ? path : path.startsWith('/v1/models/') ? '/v1/models/:id' : 'other';
+    res.on('finish', () => this.metrics.httpRequests.inc({ route, status: String(res.statusCode) }));
+    res.setHeader('Access-Control-Allow-Origin', '*');
+    try {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(204, {
+          'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
+          'Access-Control-Allow-Headers': 'Authorization, Content-Type',
+          'Access-Control-Max-Age': '86400',
+        });
+        res.end();
+        return;
+      }
+      const get = req.method === 'GET' || req.method === 'HEAD';
+      if (path.startsWith('/v1/')) this.authorize(req);
+      if (get && STATIC[path]) return this.sendStatic(res, STATIC[path]);
+      if (get && path === '/health') return this.health(res);
+      if (get && path === '/metrics') return await this.sendMetrics(res);
+      if (get && path === '/api/state') return sendJson(res, 200, await this.state());
+      if (get && path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [this.modelObject()] });
+      if (get && path.startsWith('/v1/models/')) {
+        const id = decodeURIComponent(path.slice('/v1/models/'.length));
+        if (!this.servesModel(id)) throw modelNotFound(id, this.o.host.modelId);
+        return sendJson(res, 200, this.modelObject());
+      }
+      if (req.method === 'POST' && path === '/v1/chat/completions') return await this.chat(req, res);
+      if (req.method === 'POST' && path === '/v1/completions') return await this.completions(req, res);
+      const known = ROUTES.has(path) || path.startsWith('/v1/models/');
+      if (known) throw new ApiError(405, 'invalid_request_error', 'method_not_allowed', `${req.method} is not allowed on ${path}`);
+      throw notFound(`no route ${req.method} ${path}`);
+    } catch (e) {
+      this.fail(res, e);
+    }
+  }
+
+  private fail(res: ServerResponse, e: unknown): void {
+    if (e instanceof AbortedError || res.destroyed) return;
+    const err = toApiError(e);
+    if (err.status === 500) this.o.log.error({ error: (e as Error).message, stack: (e as Error).stack }, 'request.error');
+    else if (err.status >= 500) this.o.log.warn({ status: err.status, code: err.code, error: err.message }, 'request.unavailable');
+    else this.o.log.debug({ status: err.status, code: err.code, error: err.message }, 'request.refused');
+    if (res.headersSent) {
+      // Mid-stream: the status is gone, so the error travels as an event, then the stream ends.
+      res.end(`data: ${JSON.stringify(err.body())}\n\n`);
+      return;
+    }
+    sendJson(res, err.status, err.body());
+  }
+
+  private authorize(req: IncomingMessage): void {
+    if (!this.keyHash) return;
+    const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
+    if (!m) throw unauthorized('You didn\'t provide an API key: send "Authorization: Bearer KEY" (herd serve --api-key)');
+    if (!timingSafeEqual(sha256(m[1].trim()), this.keyHash)) throw unauthorized('Incorrect API key provided');
+  }
+
+  private servesModel(id: string): boolean {
+    const own = this.o.host.modelId;
+    return id === own || id === `${own}.gguf`;
+  }
+
+  private checkModel(p: GenerationParams): void {
+    if (p.model !== undefined && p.model !== '' && !this.servesModel(p.model)) throw modelNotFound(p.model, this.o.host.modelId);
+  }
+
+  private modelObject(): object {
+    const h = this.o.host;
+    return {
+      id: h.modelId,
+      object: 'model',
+      created: h.created,
+      owned_by: 'herd',
+      herd: { path: h.file.path, architecture: h.config.arch, layers: h.config.nLayers, context: h.ctx, chat_template: h.template.name },
+    };
+  }
+
+  private sendStatic(res: ServerResponse, s: { file: string; type: string }): void {
+    const body = this.files.get(s.file) as Buffer;
+    res.writeHead(200, { 'Content-Type': s.type, 'Content-Length': body.length, 'Cache-Control': 'no-cache' });
+    res.end(body);
+  }
+
+  private health(res: ServerResponse): void {
+    const h = this.o.host;
+    const body = {
+      status: h.status === 'ready' ? 'ok' : h.status,
+      model: h.modelId,
+      mode: h.mode ?? null,
+      sessions: { active: h.slots.active, queued: h.slots.waiting, slots: h.slots.size },
+      ...(h.error ? { error: h.error } : {}),
+    };
+    sendJson(res, h.status === 'ready' ? 200 : 503, body);
+  }
+
+  private async sendMetrics(res: ServerResponse): Promise<void> {
+    const text = await this.metrics.text();
+    res.writeHead(200, { 'Content-Type': this.metrics.contentType });
+    res.end(text);
+  }
+
+  /** What the dashboard draws. */
+  async state(): Promise<object> {
+    const h = this.o.host;
+    const value = async (c: { get(): Promise<{ values: { value: number }[] }> }) => (await c.get()).values.reduce((s, v) => s + v.value, 0);
+    return {
+      version: this.o.version,
+      status: h.status,
+      error: h.error ?? null,
+      mode: h.mode ?? null,
+      model: {
+        id: h.modelId, path: h.file.path, architecture: h.config.arch, layers: h.config.nLayers, context: h.ctx,
+        bytes: h.file.fileSize, chat_template: h.template.name,
+      },
+      nodes: await h.nodes(),
+      sessions: { active: h.slots.active, queued: h.slots.waiting, slots: h.slots.size },
+      tokens_per_second: this.metrics.tokensPerSecond(),
+      tokens_generated: await value(this.metrics.generatedTokens),
+      prompt_tokens: await value(this.metrics.promptTokens),
+      uptime_s: Math.round((performance.now() - this.started) / 1000),
+    };
+  }
+
+  /** The request's AbortController: aborted when the client goes away or the server closes. */
+  private track(res: ServerResponse): AbortController {
+    const ac = new AbortController();
+    this.inflight.add(ac);
+    res.on('close', () => {
+      this.inflight.delete(ac);
+      if (!res.writableFinished) ac.abort();
+    });
+    return ac;
+  }
+
+  private async chat(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const h = this.o.host;
+    const r = parseChatRequest(await readJson(req));
+    this.checkModel(r);
+    const prompt = h.template.render(r.messages).ids;
+    const id = `chatcmpl-${randomBytes(12).toString('base64url')}`;
+    const created = Math.floor(Date.now() / 1000);
+    const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
+    const ac = this.track(res);
+    const stream = r.stream ? new EventStream(res) : undefined;
+    const chunk = (delta: object, finish: string | null, extra: object = {}) => ({
+      ...head, object: 'chat.completion.chunk', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...extra,
+    });
+    const out = await runGeneration(
+      h,
+      this.metrics,
+      { prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, signal: ac.signal, endpoint: 'chat' },
+      stream && ((text) => stream.send(chunk({ content: text }, null))),
+      stream && (() => stream.send(chunk({ role: 'assistant', content: '' }, null))),
+    );
+    this.logDone(id, 'chat', prompt.length, out, ac.signal.aborted);
+    if (ac.signal.aborted) return this.endAborted(res);
+    const usage = usageOf(prompt.length, out);
+    const herd = this.extension(prompt, r, out);
+    if (stream) {
+      stream.send(chunk({}, out.finishReason, { herd }));
+      if (r.includeUsage) stream.send({ ...head, object: 'chat.completion.chunk', choices: [], usage });
+      stream.done();
+      return;
+    }
+    sendJson(res, 200, {
+      ...head,
+      object: 'chat.completion',
+      choices: [{ index: 0, message: { role: 'assistant', content: out.text }, logprobs: null, finish_reason: out.finishReason }],
+      usage,
+      herd,
+    });
+  }
+
+  private async completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const h = this.o.host;
+    const r = parseCompletionRequest(await readJson(req), h.tokenizer.vocabSize);
+    this.checkModel(r);
+    // As `herd run`: the text with the vocabulary's BOS, control-token text left as text.
+    const prompt = typeof r.prompt === 'string' ? h.tokenizer.encode(r.prompt) : r.prompt;
+    const echoText = r.echo ? (typeof r.prompt === 'string' ? r.prompt : h.tokenizer.decode(r.prompt)) : '';
+    const id = `cmpl-${randomBytes(12).toString('base64url')}`;
+    const created = Math.floor(Date.now() / 1000);
+    const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
+    const ac = this.track(res);
+    const stream = r.stream ? new EventStream(res) : undefined;
+    const chunk = (text: string, finish: string | null, extra: object = {}) => ({
+      ...head, object: 'text_completion', choices: [{ index: 0, text, logprobs: null, finish_reason: finish }], ...extra,
+    });
+    const out = await runGeneration(
+      h,
+      this.metrics,
+      // OpenAI's completions default to 16 tokens.
+      { prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, signal: ac.signal, endpoint: 'completions' },
+      stream && ((text) => stream.send(chunk(text, null))),
+      stream && (() => echoText && stream.send(chunk(echoText, null))),
+    );
+    this.logDone(id, 'completions', prompt.length, out, ac.signal.aborted);
+    if (ac.signal.aborted) return this.endAborted(res);
+    const usage = usageOf(prompt.length, out);
+    const herd = this.extension(prompt, r, out);
+    if (stream) {
+      stream.send(chunk('', out.finishReason, { herd }));
+      if (r.includeUsage) stream.send({ ...head, object: 'text_completion', choices: [], usage });
+      stream.done();
+      return;
+    }
+    sendJson(res, 200, { ...head, object: 'text_completion', choices: [{ index: 0, text: echoText + out.text, logprobs: null, finish_reason: out.finishReason }], usage, herd });
+  }
+
+  /** A generation cut short: by the client (nothing to say) or by the server closing. */
+  private endAborted(res: ServerResponse): void {
+    if (res.destroyed || res.writableEnded) return;
+    this.fail(res, unavailable('the server is shutting down', 'shutting_down'));
+  }
+
+  /** herd's own fields beside OpenAI's: what `herd run --json` prints (clients ignore them). */
+  private extension(prompt: readonly number[], r: GenerationParams, out: GenerationOutcome): object {
+    return {
+      tokens: out.tokens,
+      prompt_tokens: prompt,
+      stop_reason: out.stopReason,
+      seed: r.sampling.seed,
+      timings: out.timings,
+      ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
+      plan: this.o.host.plan,
+      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, threads: this.o.host.o.backend.threads } : {}),
+    };
+  }
+
+  private logDone(id: string, endpoint: string, promptTokens: number, out: GenerationOutcome, cancelled: boolean): void {
+    this.o.log.info(
+      {
+        id, endpoint, promptTokens, completionTokens: out.tokens.length, finish: cancelled ? 'cancelled' : out.finishReason,
+        ttftMs: out.ttftMs === undefined ? null : Math.round(out.ttftMs), ms: Math.round(out.totalMs),
+      },
+      cancelled ? 'request.cancelled' : 'request.done',
+    );
+  }
+}
+
+/** Server-sent events: headers go out when the first event does (after the queue wait). */
+class EventStream {
+  constructor(private readonly res: ServerResponse) {}
+
+  send(event: object): void {
+    if (!this.res.headersSent) {
+      this.res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+    }
+    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(event)}\n\n`);
+  }
+
+  done(): void {
+    if (!this.res.writableEnded) this.res.end('data: [DONE]\n\n');
+  }
+}
+
+function usageOf(promptTokens: number, out: GenerationOutcome): object {
+  return { prompt_tokens: promptTokens, completion_tokens: out.tokens.length, total_tokens: promptTokens + out.tokens.length };
+}
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest();
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new ApiError(413, 'invalid_request_error', 'request_too_large', `the request body exceeds ${MAX_BODY_BYTES} bytes`);
+    chunks.push(c as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') throw badRequest('the request body is empty: send a JSON object', null, 'invalid_json');
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw badRequest(`the request body is not valid JSON: ${(e as Error).message}`, null, 'invalid_json');
+  }
+}
+
+/** Every error a request can meet, as the status and OpenAI error object the client gets. */
+export function toApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  if (e instanceof ContextError) return badRequest(e.message, 'messages', 'context_length_exceeded');
+  if (e instanceof SamplingError) return badRequest(e.message);
+  // Templates raise on conversations they do not accept (roles out of order): the client's to fix.
+  if (e instanceof ChatTemplateError) return badRequest(e.message, 'messages');
+  return internal(e instanceof Error ? e.message : String(e));
+}

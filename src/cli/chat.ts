@@ -1,0 +1,196 @@
+// `herd chat`: a conversation in the terminal. Each turn renders the whole conversation with
+// the model's chat template and streams the reply; `/reset` starts over, `/exit` (or Ctrl-D)
+// leaves, Ctrl-C stops the reply being written and keeps the session. In-process (or over the
+// herd with --nodes) by default; `--server URL|auto` sends the turns to a running herd serve.
+
+import { createInterface } from 'node:readline';
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { ContextError } from '../engine/generate.ts';
+import type { ChatMessage } from '../tokenizer/chat-template.ts';
+import { loadClusterKey } from '../cluster/auth.ts';
+import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
+import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
+import { chatOnServer, resolveServer, ServerError, type ServerTarget } from './client.ts';
+import { resolveModelPath } from './model-path.ts';
+import { UsageError } from './errors.ts';
+
+interface ChatArgs extends KeyArgs {
+  model?: string;
+  system?: string;
+  maxTokens?: number;
+  temp: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repeatPenalty: number;
+  seed?: number;
+  ctx?: number;
+  kvType: 'f32' | 'f16';
+  chatTemplate?: string;
+  backend: BackendChoice;
+  threads?: number;
+  nodes: string;
+  stages?: number;
+  interface?: string;
+  wire: 'f32' | 'f16';
+  discoveryTimeout: number;
+  server?: string;
+  apiKey?: string;
+}
+
+function builder(y: Argv): Argv<ChatArgs> {
+  return y
+    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+    .option('system', { alias: 's', type: 'string', describe: 'System prompt that opens the conversation' })
+    .option('max-tokens', { alias: 'n', type: 'number', describe: 'Most tokens per reply (default: until the end of the turn or the context)' })
+    .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
+    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
+    .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
+    .option('min-p', { type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)' })
+    .option('repeat-penalty', { type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)' })
+    .option('seed', { type: 'number', describe: 'Random seed (default: random)' })
+    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens (default: the model's, at most 4096)" })
+    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
+    .option('chat-template', { type: 'string', describe: "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)" })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
+    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
+    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
+    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
+    .option('interface', { alias: 'i', type: 'string', describe: 'Discover nodes (or the server) on this network interface only' })
+    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
+    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes or a server to answer over mDNS' })
+    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
+    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
+    .option('server', { type: 'string', describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)' })
+    .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
+    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file', 'server', 'api-key'], 'Herd:') as unknown as Argv<ChatArgs>;
+}
+
+/** Answers one turn: streams text to onText, resolves with the whole reply. */
+type Replier = (messages: readonly ChatMessage[], onText: (text: string) => void, signal: AbortSignal) => Promise<string>;
+
+interface Backend {
+  readonly describe: string;
+  readonly reply: Replier;
+  close(): Promise<void>;
+}
+
+async function localBackend(args: ChatArgs, sampling: () => SamplingOptions): Promise<Backend> {
+  const { ModelHost } = await import('../api/host.ts');
+  const { runGeneration } = await import('../api/generation.ts');
+  const { apiLogger } = await import('./serve.ts');
+  const backend = await createBackend(args.backend, { threads: args.threads, note: (line) => process.stderr.write(`herd: ${line}\n`) });
+  const host = ModelHost.open({
+    modelPath: resolveModelPath(args.model), nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
+    interface: args.interface, key: asUsage(() => loadClusterKey(args)), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
+    cacheDir: defaultCacheDir(), parallel: 1, chatTemplate: args.chatTemplate, log: await apiLogger('silent'),
+  });
+  await host.start();
+  if (host.status !== 'ready') {
+    const why = host.error ?? host.status;
+    await host.close();
+    await backend.close();
+    throw new UsageError(`no herd to chat with: ${why}`);
+  }
+  return {
+    describe: `${host.modelId} (${host.mode === 'local' ? `in-process, ${backend.name} kernels` : `${host.plan.length} stages over the herd`}, template ${host.template.name})`,
+    reply: async (messages, onText, signal) => {
+      const prompt = host.template.render(messages).ids;
+      const out = await runGeneration(
+        host,
+        undefined,
+        { prompt, maxTokens: args.maxTokens, stop: [...host.template.stops], sampling: sampling(), signal, endpoint: 'chat' },
+        onText,
+      );
+      return out.text;
+    },
+    close: async () => {
+      await host.close();
+      await backend.close();
+    },
+  };
+}
+
+async function serverBackend(args: ChatArgs, sampling: () => SamplingOptions): Promise<Backend> {
+  const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
+  const url = await resolveServer(args.server as string, { timeoutMs: args.discoveryTimeout * 1000, interface: args.interface, note });
+  const target: ServerTarget = { url, apiKey: args.apiKey ?? process.env.HERD_API_KEY };
+  const model = args.model?.replace(/^.*[\\/]/, '').replace(/\.gguf$/i, '');
+  return {
+    describe: `${model ?? 'the served model'} at ${url}`,
+    reply: async (messages, onText, signal) => (await chatOnServer(target, messages, { maxTokens: args.maxTokens, sampling: sampling(), model }, onText, signal)).text,
+    close: async () => {},
+  };
+}
+
+async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
+  for (const [name, v, min] of [['max-tokens', args.maxTokens, 0], ['seed', args.seed, 0], ['ctx', args.ctx, 1], ['threads', args.threads, 1], ['stages', args.stages, 1]] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw new UsageError(`--${name} must be an integer >= ${min}, got ${String(v)}`);
+  }
+  const base = validateSampling({
+    temperature: args.temp, topK: args.topK, topP: args.topP, minP: args.minP, repeatPenalty: args.repeatPenalty,
+    frequencyPenalty: 0, presencePenalty: 0, penaltyLastN: defaultSampling.penaltyLastN, seed: args.seed ?? 0,
+  });
+  // A fixed --seed gives every turn the same draws (reproducible); otherwise each turn a fresh seed.
+  const sampling = () => ({ ...base, seed: args.seed ?? Math.floor(Math.random() * 0xffffffff) });
+  const backend = args.server !== undefined ? await serverBackend(args, sampling) : await localBackend(args, sampling);
+
+  const tty = process.stdin.isTTY === true;
+  const opening: ChatMessage[] = args.system ? [{ role: 'system', content: args.system }] : [];
+  let messages: ChatMessage[] = [...opening];
+  let replying: AbortController | undefined;
+  process.stderr.write(`herd chat: ${backend.describe}\n/reset starts over, /exit leaves, Ctrl-C stops a reply\n`);
+
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: tty, prompt: '> ' });
+  const interrupt = () => {
+    if (replying) replying.abort();
+    else {
+      process.stdout.write('\n(/exit or Ctrl-D to leave)\n');
+      rl.prompt();
+    }
+  };
+  rl.on('SIGINT', interrupt);
+  // Without a terminal, Ctrl-C arrives as a signal.
+  process.on('SIGINT', interrupt);
+
+  rl.prompt();
+  for await (const raw of rl) {
+    const line = raw.trim();
+    if (line === '/exit' || line === '/quit' || line === '/bye') break;
+    if (line === '/reset') {
+      messages = [...opening];
+      process.stdout.write('(conversation cleared)\n');
+    } else if (line.startsWith('/')) {
+      process.stdout.write('commands: /reset starts over, /exit leaves; Ctrl-C stops a reply\n');
+    } else if (line !== '') {
+      messages.push({ role: 'user', content: raw });
+      replying = new AbortController();
+      try {
+        const text = await backend.reply(messages, (t) => process.stdout.write(t), replying.signal);
+        messages.push({ role: 'assistant', content: text });
+        process.stdout.write(replying.signal.aborted ? ' [stopped]\n' : '\n');
+      } catch (e) {
+        // The turn did not happen: leave the conversation as it was before it.
+        messages.pop();
+        if (e instanceof ContextError) process.stdout.write(`\n(the conversation no longer fits the context: /reset to start over)\n`);
+        else if (e instanceof ServerError || e instanceof UsageError) process.stdout.write(`\n(error: ${e.message})\n`);
+        else throw e;
+      } finally {
+        replying = undefined;
+      }
+    }
+    rl.prompt();
+  }
+  rl.close();
+  process.off('SIGINT', interrupt);
+  await backend.close();
+  if (tty) process.stdout.write('\n');
+}
+
+export const chatCommand: CommandModule<object, ChatArgs> = {
+  command: 'chat',
+  describe: 'Chat with the model in the terminal (multi-turn, streamed, with its chat template)',
+  builder,
+  handler,
+};

@@ -1,0 +1,178 @@
+// `herd serve`: the standing coordinator. Loads the model once (in-process or over the herd),
+// serves the OpenAI-compatible API, /metrics and the dashboard, advertises `_herd-api._tcp`,
+// logs one JSON line per event on stderr (pino), and on SIGINT/SIGTERM cancels what is in
+// flight, says goodbye over mDNS and exits 0.
+
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import type { Logger } from 'pino';
+import type { ApiAdvertiser as ApiAdvertiserType } from '../api/advertise.ts';
+import { loadClusterKey } from '../cluster/auth.ts';
+import { herdVersion } from '../cluster/node/sysinfo.ts';
+import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
+import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
+import { resolveModelPath } from './model-path.ts';
+import { UsageError } from './errors.ts';
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
+export type LogLevelName = (typeof LOG_LEVELS)[number];
+
+interface ServeArgs extends KeyArgs {
+  host: string;
+  port: number;
+  model?: string;
+  nodes: string;
+  stages?: number;
+  interface?: string;
+  wire: 'f32' | 'f16';
+  discoveryTimeout: number;
+  rediscover: number;
+  ctx?: number;
+  kvType: 'f32' | 'f16';
+  backend: BackendChoice;
+  threads?: number;
+  parallel?: number;
+  chatTemplate?: string;
+  apiKey?: string;
+  apiKeyFile?: string;
+  logLevel: LogLevelName;
+  mdns: boolean;
+  name?: string;
+}
+
+function builder(y: Argv): Argv<ServeArgs> {
+  return y
+    .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0: the whole LAN)' })
+    .option('port', { alias: 'p', type: 'number', default: 8080, describe: 'HTTP port (0: any free port)' })
+    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens per session (default: the model's, at most 4096)" })
+    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels for in-process layers: auto picks native, else wasm, else js' })
+    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
+    .option('parallel', { type: 'number', describe: 'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)' })
+    .option('chat-template', { type: 'string', describe: "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)" })
+    .option('api-key', { type: 'string', describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)' })
+    .option('api-key-file', { type: 'string', describe: 'File holding the API key' })
+    .option('log-level', { choices: LOG_LEVELS, default: 'info' as const, describe: 'JSON log lines on stderr from this level up' })
+    .option('mdns', { type: 'boolean', default: true, describe: 'Advertise _herd-api._tcp over mDNS (never for a loopback --host)' })
+    .option('name', { type: 'string', describe: 'mDNS instance name (default: herd on HOSTNAME)' })
+    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
+    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
+    .option('interface', { alias: 'i', type: 'string', describe: 'Discover nodes, serve the coordinator and advertise on this network interface only' })
+    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
+    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer (--nodes auto)' })
+    .option('rediscover', { type: 'number', default: 30, describe: 'With --nodes auto: seconds between looks for nodes that came or went, re-planning while idle (0: never)' })
+    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
+    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
+    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'rediscover', 'cluster-key', 'cluster-key-file'], 'Herd:') as unknown as Argv<ServeArgs>;
+}
+
+function integerIn(name: string, v: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): void {
+  if (v !== undefined && !(Number.isInteger(v) && v >= min && v <= max)) throw new UsageError(`--${name} must be an integer in ${min}..${max}, got ${String(v)}`);
+}
+
+/** The API key from --api-key, --api-key-file or $HERD_API_KEY (in that order). */
+function apiKey(args: ServeArgs): string | undefined {
+  if (args.apiKey !== undefined && args.apiKeyFile !== undefined) throw new UsageError('give --api-key or --api-key-file, not both');
+  let key = args.apiKey;
+  if (args.apiKeyFile !== undefined) {
+    try {
+      key = readFileSync(args.apiKeyFile, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read the API key file: ${(e as Error).message}`);
+    }
+  }
+  // An empty $HERD_API_KEY (compose passes one through when unset) means no key.
+  key = (key ?? (process.env.HERD_API_KEY || undefined))?.trim();
+  if (key === '') throw new UsageError('the API key is empty');
+  return key;
+}
+
+/** pino, as one JSON line per event on stderr: {"level":"info","time":…,"event":"serve.listening",…}. */
+export async function apiLogger(level: LogLevelName): Promise<Logger> {
+  const { pino } = await import('pino');
+  return pino(
+    {
+      level,
+      base: undefined,
+      messageKey: 'event',
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    pino.destination({ fd: 2, sync: true }),
+  );
+}
+
+async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
+  integerIn('port', args.port, 0, 65535);
+  integerIn('ctx', args.ctx, 1);
+  integerIn('parallel', args.parallel, 1, 256);
+  integerIn('stages', args.stages, 1);
+  integerIn('threads', args.threads, 1);
+  if (!(Number.isFinite(args.rediscover) && args.rediscover >= 0)) throw new UsageError(`--rediscover must be a number of seconds >= 0, got ${args.rediscover}`);
+  const key = apiKey(args);
+  const clusterKey = asUsage(() => loadClusterKey(args));
+  const log = await apiLogger(args.logLevel);
+  const version = herdVersion();
+  // Loaded here, not at the top: every other herd command starts without the API's packages.
+  const { ModelHost } = await import('../api/host.ts');
+  const { ApiServer } = await import('../api/server.ts');
+  const { ApiAdvertiser } = await import('../api/advertise.ts');
+
+  const modelPath = resolveModelPath(args.model);
+  const backend = await createBackend(args.backend, { threads: args.threads, note: (detail) => log.warn({ detail }, 'backend.note') });
+  const host = ModelHost.open({
+    modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
+    interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
+    cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover,
+  });
+  const server = new ApiServer({ host, apiKey: key, log, version });
+  const addr = await server.listen(args.host, args.port).catch((e: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot listen on ${args.host}:${args.port}: ${e.code ?? e.message}`);
+  });
+  const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  if (!key && !/^127\.|^::1$|^localhost$/.test(args.host)) log.warn({ detail: 'no API key: anyone on the network may use this server' }, 'auth.open');
+
+  let advertiser: ApiAdvertiserType | undefined;
+  if (args.mdns) {
+    const r = await ApiAdvertiser.start({
+      name: args.name ?? `herd on ${hostname()}`, host: args.host, port: addr.port, model: host.modelId, auth: key !== undefined, version,
+      interface: args.interface,
+    }).catch((e: Error) => `mDNS failed: ${e.message}`);
+    if (typeof r === 'string') log.info({ reason: r }, 'mdns.skipped');
+    else {
+      advertiser = r;
+      log.info({ service: r.instanceName, interface: args.interface ?? 'all' }, 'mdns.advertise');
+    }
+  }
+  // One human line on stdout whatever the log level (the JSON lines go to stderr).
+  process.stdout.write(`herd: serving ${host.modelId} on ${url}\n`);
+  log.info({ url, host: addr.address, port: addr.port, model: host.modelId, template: host.template.name, slots: host.slots.size, backend: backend.name, threads: backend.threads, auth: key !== undefined, mdns: advertiser !== undefined }, 'serve.listening');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'serve.stopping');
+    await server.close();
+    await advertiser?.stop().catch(() => {});
+    await host.close();
+    await backend.close();
+    log.info({}, 'serve.stopped');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+
+  // Load after listening: /health answers 503 "loading" meanwhile (a big model takes a while).
+  await host.start();
+  if (host.status === 'ready') log.info({ url, model: host.modelId, mode: host.mode }, 'serve.ready');
+}
+
+export const serveCommand: CommandModule<object, ServeArgs> = {
+  command: 'serve',
+  describe: 'Serve the OpenAI-compatible API, /metrics and a dashboard: the standing coordinator of the herd',
+  builder,
+  handler,
+};

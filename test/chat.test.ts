@@ -1,0 +1,126 @@
+// `herd chat` as a person uses it: in a pseudo-terminal (python3's pty module), and piped.
+
+import test from 'ava';
+import { execFile, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { herdBin, repoRoot } from './helpers/paths.ts';
+import { startServe } from './helpers/serve.ts';
+
+const ptyDrive = fileURLToPath(new URL('./helpers/pty-drive.py', import.meta.url));
+
+interface Step {
+  send?: string;
+  prompts?: number;
+  text?: string;
+  grow?: number;
+  timeout?: number;
+}
+
+function drive(args: readonly string[], steps: Step[]): Promise<{ ok: boolean[]; status: number | null; out: string }> {
+  const spec = JSON.stringify({ cmd: [process.execPath, herdBin, ...args], cwd: repoRoot, steps });
+  return new Promise((resolve, reject) => {
+    execFile('python3', [ptyDrive, spec], { maxBuffer: 16 << 20, timeout: 120_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`pty driver: ${err.message}\n${stderr}`));
+      else resolve(JSON.parse(stdout) as { ok: boolean[]; status: number | null; out: string });
+    });
+  });
+}
+
+/** Runs `herd chat ARGS` with `input` on a pipe; resolves with stdout and the exit code. */
+function piped(args: readonly string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [herdBin, 'chat', ...args], { cwd: repoRoot, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+/** The replies in piped output: "> reply1\n> reply2\n> ". */
+function pipedReplies(stdout: string): string[] {
+  return stdout.replace(/^> /, '').split('\n> ').map((r) => r.replace(/\n$/, '')).filter((r) => r !== '');
+}
+
+/** Terminal output without escape sequences and with \n line ends. */
+function plain(out: string): string {
+  // eslint-disable-next-line no-control-regex
+  return out.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r\n/g, '\n').replace(/\r/g, '');
+}
+
+/** The reply after the echoed line `said` in terminal output. */
+function ttyReply(out: string, said: string): string {
+  const from = out.indexOf(`> ${said}\n`);
+  if (from < 0) throw new Error(`"${said}" not echoed in:\n${out}`);
+  const start = from + said.length + 3;
+  const end = out.indexOf('\n> ', start);
+  return out.slice(start, end < 0 ? undefined : end);
+}
+
+const args = ['chat', '--temp', '0', '-n', '60', '--system', 'You are a storyteller.'];
+
+test('in a terminal: two turns, /reset, /exit; the replies are those of the same turns on a pipe', async (t) => {
+  const r = await drive(args, [
+    { prompts: 1 },
+    { send: 'Hello there\r', prompts: 2 },
+    { send: 'Tell me more\r', prompts: 3 },
+    { send: '/reset\r', text: '(conversation cleared)' },
+    { prompts: 4 },
+    { send: '/exit\r' },
+  ]);
+  t.deepEqual(r.ok, r.ok.map(() => true), plain(r.out));
+  t.is(r.status, 0, plain(r.out));
+  const out = plain(r.out);
+  const first = ttyReply(out, 'Hello there');
+  const second = ttyReply(out, 'Tell me more');
+  t.true(first.length > 0 && second.length > 0);
+  t.not(first, second, 'the second turn sees the first');
+
+  // The terminal changes nothing but the keys.
+  const p = await piped(args.slice(1), 'Hello there\nTell me more\n');
+  t.is(p.code, 0, p.stderr);
+  t.deepEqual(pipedReplies(p.stdout), [first, second]);
+});
+
+test('in a terminal: Ctrl-C stops a long reply and keeps the session; at the prompt it only says how to leave', async (t) => {
+  // A long context and token limit: the reply is still being written when Ctrl-C arrives.
+  const r = await drive(['chat', '--temp', '0', '-n', '3000', '--ctx', '4096'], [
+    { prompts: 1 },
+    { send: 'Tell me a long story\r', grow: 40 },
+    { send: '\u0003', text: '[stopped]' },
+    { prompts: 2 },
+    { send: '\u0003', text: '/exit or Ctrl-D to leave' },
+    { prompts: 3 },
+    { send: '/exit\r' },
+  ]);
+  t.deepEqual(r.ok, r.ok.map(() => true), plain(r.out));
+  t.is(r.status, 0, plain(r.out));
+  t.regex(ttyReply(plain(r.out), 'Tell me a long story'), / \[stopped\]$/);
+});
+
+test('--server: the same conversation through herd serve gives the replies the API gives', async (t) => {
+  const serve = await startServe(['--ctx', '1024']);
+  try {
+    const system = 'You are a storyteller.';
+    const p = await piped(['--server', serve.url, '--temp', '0', '-n', '40', '--system', system], 'Hello there\nTell me more\n/exit\n');
+    t.is(p.code, 0, p.stderr);
+    const replies = pipedReplies(p.stdout);
+    t.is(replies.length, 2, p.stdout);
+
+    const messages: { role: string; content: string }[] = [{ role: 'system', content: system }];
+    for (const [i, said] of ['Hello there', 'Tell me more'].entries()) {
+      messages.push({ role: 'user', content: said });
+      const r = await fetch(`${serve.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, max_tokens: 40, temperature: 0 }) });
+      const reply = ((await r.json()) as { choices: { message: { content: string } }[] }).choices[0].message.content;
+      t.is(replies[i], reply, `turn ${i + 1}`);
+      messages.push({ role: 'assistant', content: reply });
+    }
+    // and a local chat of the same conversation agrees
+    const local = await piped(['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system], 'Hello there\nTell me more\n');
+    t.deepEqual(pipedReplies(local.stdout), replies);
+  } finally {
+    await serve.stop();
+  }
+});

@@ -1,0 +1,92 @@
+// The dashboard at GET / of herd serve, loaded in headless Chromium (Debian's chromium package,
+// driven by playwright-core): it lists the herd's nodes, draws their layer ranges against the
+// model and shows live tokens/s.
+
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser } from 'playwright-core';
+import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { startServe, type RunningServe } from './helpers/serve.ts';
+
+const CHROMIUM = process.env.HERD_CHROMIUM ?? '/usr/bin/chromium';
+
+/** Debian's chromium, installed here when missing and running as root (as CI does). */
+function ensureChromium(): string {
+  if (existsSync(CHROMIUM)) return CHROMIUM;
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
+    throw new Error(`the dashboard test needs Chromium at ${CHROMIUM}: run "apt-get install -y chromium" as root (or set HERD_CHROMIUM)`);
+  }
+  execFileSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    timeout: 900_000,
+  });
+  if (!existsSync(CHROMIUM)) throw new Error(`apt-get installed chromium, but ${CHROMIUM} is still missing`);
+  return CHROMIUM;
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'herd-dashboard-'));
+const nodes: RunningNode[] = [];
+let serve: RunningServe;
+let browser: Browser;
+
+test.before(async () => {
+  const executablePath = ensureChromium();
+  for (const name of ['pi-one', 'pi-two']) {
+    nodes.push(await startNode(['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', join(dir, name), '--name', name]));
+  }
+  serve = await startServe(['--nodes', nodes.map((n) => `127.0.0.1:${n.port}`).join(','), '--stages', '2', '--ctx', '1024'], {
+    env: { ...process.env, HERD_CACHE_DIR: join(dir, 'serve') },
+  });
+  browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    // As the environment notes say: no sandbox as root, and no background traffic off the machine.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+test.after.always(async () => {
+  await browser?.close();
+  await serve?.stop();
+  for (const n of nodes) {
+    n.child.kill('SIGTERM');
+    await n.exited();
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('the dashboard lists the nodes, their layer ranges against the model, and live tokens/s', async (t) => {
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(serve.url);
+  await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 });
+
+  const state = (await (await fetch(`${serve.url}/api/state`)).json()) as { nodes: { node: string; address: string; layers: [number, number] }[]; model: { layers: number } };
+  const listed = await page.$$eval('#nodes li.node', (lis) => lis.map((li) => ({ name: li.getAttribute('data-node'), text: li.textContent ?? '' })));
+  t.deepEqual(listed.map((n) => n.name), state.nodes.map((n) => n.node));
+  t.deepEqual([...listed.map((n) => n.name)].sort(), ['pi-one', 'pi-two']);
+  for (const [i, n] of state.nodes.entries()) {
+    t.true(listed[i].text.includes(n.address), listed[i].text);
+    t.true(listed[i].text.includes(`layers ${n.layers[0]}–${n.layers[1] - 1}`), listed[i].text);
+    t.regex(listed[i].text, /memory [\d.]+ [KMGT]?B \/ [\d.]+ [KMGT]?B/);
+  }
+
+  // The ranges tile the model's layers: widths add up to the whole bar.
+  const ranges = await page.$$eval('#layers .range', (els) => els.map((e) => ({ node: e.getAttribute('data-node'), left: parseFloat((e as HTMLElement).style.left), width: parseFloat((e as HTMLElement).style.width) })));
+  t.is(ranges.length, 2);
+  t.is(Math.round(ranges.reduce((s, r) => s + r.width, 0)), 100);
+  t.is(ranges[0].left, 0);
+  t.is(await page.textContent('#status'), 'ready (cluster)');
+
+  // Generate, and the page shows tokens/s above zero at its next poll.
+  const r = await fetch(`${serve.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 200, temperature: 0 }) });
+  t.is(r.status, 200);
+  await page.waitForFunction(() => Number(document.getElementById('tps')?.textContent) > 0, undefined, { timeout: 5000 });
+  t.true(Number(await page.textContent('#generated')) > 0);
+  await page.screenshot({ path: join(tmpdir(), 'herd-dashboard.png'), fullPage: true });
+  t.deepEqual(errors, []);
+});
