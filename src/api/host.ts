@@ -24,6 +24,7 @@ import { ClusterError } from '../cluster/errors.ts';
 import { jsonLogger, silentLogger } from '../cluster/log.ts';
 import { resolveNodes, withHoldings, type NodeSet } from '../cluster/coordinator/nodes.ts';
 import { HerdCluster } from '../cluster/coordinator/pipeline.ts';
+import { nodeProgress, type ProgressSink } from '../cluster/coordinator/progress.ts';
 import { fetchInfo } from '../cluster/discovery/static.ts';
 import type { PlanEntry } from '../cluster/coordinator/open.ts';
 import { FairQueue, type Release } from './queue.ts';
@@ -55,6 +56,8 @@ export interface HostOptions {
    * changed (a Pi that booted late joins; default 30; 0: never).
    */
   readonly rediscoverSeconds?: number;
+  /** Hears model loading (in-process) or each node's shard transfer and loading (cluster). */
+  readonly progress?: ProgressSink;
 }
 
 export type HostStatus = 'loading' | 'ready' | 'unavailable' | 'closed';
@@ -247,6 +250,7 @@ export class ModelHost {
       modelPath: this.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: this.ctx, kvType: o.kvType,
       wire: o.wire, key: o.key, interface: o.interface, cacheDir: o.cacheDir,
       log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger,
+      onProgress: o.progress && nodeProgress(o.progress),
     });
     for (const l of cluster.loads) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
     const plan: PlanEntry[] = cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
@@ -280,8 +284,10 @@ export class ModelHost {
   }
 
   private localRunner(): Runner {
-    const model = Transformer.load(this.file, { ctx: this.ctx, kvType: this.o.kvType, backend: this.o.backend });
     const node = hostname();
+    const progress = this.o.progress;
+    const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${node} ${p.stage}`, bytes: p.bytes, total: p.total }));
+    const model = Transformer.load(this.file, { ctx: this.ctx, kvType: this.o.kvType, backend: this.o.backend, onProgress });
     const plan: PlanEntry[] = [{ node, address: 'in-process', layers: [0, model.config.nLayers] }];
     return {
       mode: 'local',

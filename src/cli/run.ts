@@ -13,6 +13,7 @@ import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/s
 import { LOCAL_ADDRESS } from '../cluster/coordinator/nodes.ts';
 import { UsageError } from './errors.ts';
 import { runOnServer } from './client.ts';
+import { ProgressRenderer } from './progress.ts';
 
 interface RunArgs extends KeyArgs {
   prompt: string;
@@ -121,7 +122,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     openInference({
       file, ctx, kvType: args.kvType, sampling, backend, nodes: args.nodes, stages: args.stages, interface: args.interface,
       key: loadClusterKey(args), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000, cacheDir: defaultCacheDir(),
-      note,
+      note, progress: new ProgressRenderer(process.stderr).sink,
     }),
   ).catch(async (e: unknown) => {
     await backend.close();

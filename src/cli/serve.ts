@@ -13,6 +13,7 @@ import { herdVersion } from '../cluster/node/sysinfo.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
 import { resolveModelPath } from './model-path.ts';
+import { ProgressRenderer } from './progress.ts';
 import { UsageError } from './errors.ts';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
@@ -126,6 +127,8 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
     modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
     interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
     cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover,
+    // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
+    progress: new ProgressRenderer({ write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') }, { tty: false }).sink,
   });
   const server = new ApiServer({ host, apiKey: key, log, version });
   const addr = await server.listen(args.host, args.port).catch((e: NodeJS.ErrnoException) => {

@@ -9,7 +9,7 @@ import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
 import { rmsnorm, rope, ropeAngles, swiglu, addInPlace } from '../kernels/ops.ts';
 import { attendGroup } from '../kernels/attention.ts';
 import { readConfig, ModelError, type ModelConfig } from './config.ts';
-import { loadStageWeights, type StageWeights } from './weights.ts';
+import { loadStageWeights, type LoadProgress, type StageWeights } from './weights.ts';
 import { KvCache, type KvType } from './kv-cache.ts';
 
 export interface LoadOptions {
@@ -22,6 +22,8 @@ export interface LoadOptions {
   batch?: number;
   /** Kernel backend for the matrix products; defaults to the js reference. */
   backend?: KernelBackend;
+  /** Hears the bytes read after each tensor (and once at 0 before the first). */
+  onProgress?: (p: LoadProgress) => void;
 }
 
 /**
@@ -93,7 +95,7 @@ export class Transformer {
     if (!Number.isInteger(ctx) || ctx < 1) throw new ModelError(file.path, `context size must be a positive integer, got ${ctx}`);
     const [start, end] = opts.layers ?? [0, config.nLayers];
     const backend = opts.backend ?? new JsBackend();
-    const weights = loadStageWeights(file, config, start, end, backend);
+    const weights = loadStageWeights(file, config, start, end, backend, opts.onProgress);
     const batch = opts.batch ?? 32;
     if (!Number.isInteger(batch) || batch < 1) throw new ModelError(file.path, `batch size must be a positive integer, got ${batch}`);
     return new Transformer(config, weights, ctx, opts.kvType ?? 'f32', backend, batch);

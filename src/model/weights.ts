@@ -40,11 +40,48 @@ export interface StageWeights {
   readonly bytes: number;
 }
 
-export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend): StageWeights {
+/** Tensor bytes of a stage read so far, out of the stage's total; `stage` names the range. */
+export interface LoadProgress {
+  readonly stage: string;
+  readonly bytes: number;
+  readonly total: number;
+}
+
+/** Bytes of the tensors `loadStageWeights` reads for [start, end), before reading any. */
+export function stageBytes(file: GgufFile, c: ModelConfig, start: number, end: number): number {
+  const size = (name: string) => file.tensor(name)?.nBytes ?? 0;
+  const names = new Set<string>();
+  const perLayer = ['attn_norm.weight', 'attn_q.weight', 'attn_k.weight', 'attn_v.weight', 'attn_output.weight', 'attn_q.bias', 'attn_k.bias',
+    'attn_v.bias', 'ffn_norm.weight', 'ffn_gate.weight', 'ffn_up.weight', 'ffn_down.weight'];
+  if (c.arch === 'qwen3') perLayer.push('attn_q_norm.weight', 'attn_k_norm.weight');
+  for (let l = start; l < end; l++) for (const n of perLayer) names.add(`blk.${l}.${n}`);
+  if (start === 0) names.add('token_embd.weight');
+  if (end === c.nLayers) {
+    names.add(file.tensor('output.weight') ? 'output.weight' : 'token_embd.weight');
+    names.add('output_norm.weight');
+  }
+  if (file.tensor('rope_freqs.weight')) names.add('rope_freqs.weight');
+  let total = 0;
+  for (const n of names) total += size(n);
+  return total;
+}
+
+export function loadStageWeights(
+  file: GgufFile,
+  c: ModelConfig,
+  start: number,
+  end: number,
+  backend: KernelBackend,
+  onProgress?: (p: LoadProgress) => void,
+): StageWeights {
   if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= c.nLayers)) {
     throw new ModelError(file.path, `layer range [${start}, ${end}) is not within the model's ${c.nLayers} layers`);
   }
   let bytes = 0;
+  const stage = `layers [${start},${end})`;
+  const total = onProgress ? stageBytes(file, c, start, end) : 0;
+  const report = onProgress ? () => onProgress({ stage, bytes, total }) : () => {};
+  onProgress?.({ stage, bytes: 0, total });
   const info = (name: string, dims: number[]): TensorInfo => {
     const t = file.tensor(name);
     if (!t) throw new ModelError(file.path, `tensor "${name}" is missing`);
@@ -57,6 +94,7 @@ export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, 
     bytes += t.nBytes;
     const data = backend.alloc(t.nBytes);
     file.readTensorInto(t, data);
+    report();
     return makeWeight(name, t.type, t.dims, data);
   };
   const vector = (name: string, n: number): Float32Array => {
@@ -64,6 +102,7 @@ export function loadStageWeights(file: GgufFile, c: ModelConfig, start: number, 
     bytes += t.nBytes;
     const out = new Float32Array(n);
     getRow(makeWeight(name, t.type, [n, 1], file.readTensor(t)), 0, out);
+    report();
     return out;
   };
   const optionalVector = (name: string, n: number) => (file.tensor(name) ? vector(name, n) : undefined);

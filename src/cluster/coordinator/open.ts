@@ -12,6 +12,7 @@ import type { ClusterKey } from '../auth.ts';
 import { jsonLogger, silentLogger } from '../log.ts';
 import { LOCAL_ADDRESS, resolveNodes, withHoldings } from './nodes.ts';
 import { HerdCluster, type StageLoad } from './pipeline.ts';
+import { nodeProgress, type ProgressSink } from './progress.ts';
 
 export interface OpenOptions {
   readonly file: GgufFile;
@@ -32,6 +33,8 @@ export interface OpenOptions {
   readonly note: (line: string) => void;
   /** Structured cluster logs on stderr. */
   readonly verbose?: boolean;
+  /** Hears model loading (in-process) or each node's shard transfer and loading (cluster). */
+  readonly progress?: ProgressSink;
 }
 
 export interface PlanEntry {
@@ -50,7 +53,9 @@ export interface OpenedInference {
 
 export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   const local = async (): Promise<OpenedInference> => {
-    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend });
+    const progress = o.progress;
+    const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${hostname()} ${p.stage}`, bytes: p.bytes, total: p.total }));
+    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
     return {
       session: new LocalSession(model, o.sampling),
       plan: [{ node: hostname(), address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }],
@@ -66,6 +71,7 @@ export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   const cluster = await HerdCluster.start({
     modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
     interface: o.interface, cacheDir: o.cacheDir, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger,
+    onProgress: o.progress && nodeProgress(o.progress),
   });
   for (const [i, l] of cluster.loads.entries()) {
     const how = l.source === 'fetched' ? `fetched ${(l.bytes_transferred / 1e6).toFixed(1)} MB` : `from ${l.source}`;

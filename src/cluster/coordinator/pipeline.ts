@@ -41,6 +41,8 @@ export interface ClusterOptions {
   readonly log: Logger;
   /** Per-token wait before the pipeline counts as stalled. */
   readonly stepTimeoutMs?: number;
+  /** Hears each LoadProgress a node streams while it makes its layers resident. */
+  readonly onProgress?: (node: string, layers: [number, number], p: LoadProgress) => void;
 }
 
 /** How each stage got its shard for this run. */
@@ -120,6 +122,7 @@ export class HerdCluster {
       call.on('data', (p: LoadProgress) => {
         latest = p;
         this.o.log.log('debug', 'shard.progress', { node: node.name, phase: p.phase, done: p.bytesDone, total: p.bytesTotal });
+        this.o.onProgress?.(node.name, [start, end], p);
       });
       call.on('error', (e) => reject(new ClusterError('shard', `node ${node.name} (${node.address}) could not load layers [${start}, ${end}): ${describeCallError(e)}`)));
       call.on('end', () => (latest?.phase === 'done' ? resolve(latest) : reject(new ClusterError('shard', `node ${node.name} ended LoadShard before it was done`))));

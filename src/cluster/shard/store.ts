@@ -134,9 +134,17 @@ export class ShardStore {
         source = 'fetched';
       }
     }
-    progress({ phase: 'loading', source, bytesTransferred: transferred });
+    progress({ phase: 'loading', source, bytesTransferred: transferred, bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0 });
     const file = GgufFile.open(path);
-    const model = Transformer.load(file, { ctx: req.ctx, kvType: req.kvType, layers: [req.start, req.end], backend: this.o.backend });
+    // Loading is synchronous, so these queue on the stream and leave together; report every 5%.
+    let step = -1;
+    const onProgress = (p: { bytes: number; total: number }) => {
+      const s = p.total > 0 ? Math.floor((20 * p.bytes) / p.total) : 20;
+      if (s === step) return;
+      step = s;
+      progress({ phase: 'loading', bytesDone: p.bytes, bytesTotal: p.total });
+    };
+    const model = Transformer.load(file, { ctx: req.ctx, kvType: req.kvType, layers: [req.start, req.end], backend: this.o.backend, onProgress });
     if (model.config.nLayers !== req.nLayers) {
       throw new ClusterError('shard', `${path} has ${model.config.nLayers} layers, the coordinator says ${req.nLayers}`);
     }
