@@ -8,51 +8,19 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { ggmlTypeInfo, rowBytes, type GgmlTypeInfo } from '../src/ggml/types.ts';
+import { ggmlTypeInfo, type GgmlTypeInfo } from '../src/ggml/types.ts';
 import { f16ToF32 } from '../src/ggml/half.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
-import { kernelType, supportedTypes } from '../src/kernels/types.ts';
+import { supportedTypes } from '../src/kernels/types.ts';
 import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
 
 const run = promisify(execFile);
-
-/** Deterministic inputs (mulberry32), so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomVector(n: number, next: () => number): Float32Array {
-  return Float32Array.from({ length: n }, () => next() * 2 - 1);
-}
-
-const quantized = new Map<string, Uint8Array>();
-
-/** rows×cols random values quantized by the type's reference quantizer (cached: the K-quant searches are slow). */
-function quantizedBytes(info: GgmlTypeInfo, rows: number, cols: number, seed: number): Uint8Array {
-  const key = `${info.name} ${rows} ${cols} ${seed}`;
-  let bytes = quantized.get(key);
-  if (!bytes) {
-    const kernel = kernelType(info.id)!;
-    const rb = rowBytes(info, cols);
-    const src = randomVector(rows * cols, rng(seed));
-    bytes = new Uint8Array(rows * rb);
-    for (let r = 0; r < rows; r++) kernel.quantizeRow(src, r * cols, cols, bytes, r * rb);
-    quantized.set(key, bytes);
-  }
-  return bytes;
-}
 
 /** A quantized weight in `backend`'s memory, and the same bytes as a plain copy for js. */
 function makePair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols: number, seed: number): { wasm: Weight; js: Weight } {
