@@ -15,8 +15,10 @@ export interface GenerationJob {
   readonly stop: readonly string[];
   readonly sampling: SamplingOptions;
   readonly signal?: AbortSignal;
-  /** Label of the metrics: chat or completions. */
+  /** Label of the metrics: chat, completions or grpc. */
   readonly endpoint: string;
+  /** Hears each generated token id as it is sampled (before its text may be held back). */
+  readonly onToken?: (id: number) => void;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -41,7 +43,8 @@ export async function runGeneration(
   checkPromptFits(job.prompt.length, host.ctx);
   const maxTokens = job.maxTokens ?? host.ctx - job.prompt.length;
   let first: number | undefined;
-  const vocab = countingVocabulary(host.tokenizer, () => {
+  const vocab = countingVocabulary(host.tokenizer, (id) => {
+    job.onToken?.(id);
     if (first === undefined) {
       first = performance.now();
       metrics?.ttft.observe((first - t0) / 1000);
@@ -72,14 +75,14 @@ export async function runGeneration(
 }
 
 /** The tokenizer as the loop sees it, telling `onToken` of each generated token. */
-function countingVocabulary(v: Vocabulary, onToken: () => void): Vocabulary {
+function countingVocabulary(v: Vocabulary, onToken: (id: number) => void): Vocabulary {
   return {
     isEog: (id) => v.isEog(id),
     stream: () => {
       const s = v.stream();
       return {
         push: (id) => {
-          onToken();
+          onToken(id);
           return s.push(id);
         },
         flush: () => s.flush(),

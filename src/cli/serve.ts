@@ -22,6 +22,7 @@ export type LogLevelName = (typeof LOG_LEVELS)[number];
 interface ServeArgs extends KeyArgs {
   host: string;
   port: number;
+  grpcPort?: number;
   model?: string;
   nodes: string;
   stages?: number;
@@ -46,6 +47,7 @@ function builder(y: Argv): Argv<ServeArgs> {
   return y
     .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0: the whole LAN)' })
     .option('port', { alias: 'p', type: 'number', default: 8080, describe: 'HTTP port (0: any free port)' })
+    .option('grpc-port', { type: 'number', describe: 'Also serve gRPC HerdCoordinator.Generate on this port (0: any free port; default: off); needs the cluster key proof when one is set' })
     .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
     .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens per session (default: the model's, at most 4096)" })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
@@ -107,6 +109,7 @@ export async function apiLogger(level: LogLevelName): Promise<Logger> {
 
 async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   integerIn('port', args.port, 0, 65535);
+  integerIn('grpc-port', args.grpcPort, 0, 65535);
   integerIn('ctx', args.ctx, 1);
   integerIn('parallel', args.parallel, 1, 256);
   integerIn('stages', args.stages, 1);
@@ -120,6 +123,7 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   const { ModelHost } = await import('../api/host.ts');
   const { ApiServer } = await import('../api/server.ts');
   const { ApiAdvertiser } = await import('../api/advertise.ts');
+  const { GrpcApi } = args.grpcPort !== undefined ? await import('../api/grpc.ts') : { GrpcApi: undefined };
 
   const modelPath = resolveModelPath(args.model);
   const backend = await createBackend(args.backend, { threads: args.threads, note: (detail) => log.warn({ detail }, 'backend.note') });
@@ -135,6 +139,13 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
     throw new UsageError(`cannot listen on ${args.host}:${args.port}: ${e.code ?? e.message}`);
   });
   const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  const grpc = GrpcApi && new GrpcApi(host, server.metrics, clusterKey, log);
+  if (grpc) {
+    const port = await grpc.listen(args.host, args.grpcPort as number).catch((e: Error) => {
+      throw new UsageError(`cannot serve gRPC on ${args.host}:${String(args.grpcPort)}: ${e.message}`);
+    });
+    log.info({ host: args.host, port, auth: clusterKey !== undefined }, 'grpc.listening');
+  }
   if (!key && !/^127\.|^::1$|^localhost$/.test(args.host)) log.warn({ detail: 'no API key: anyone on the network may use this server' }, 'auth.open');
 
   let advertiser: ApiAdvertiserType | undefined;
@@ -158,6 +169,7 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'serve.stopping');
+    await grpc?.close();
     await server.close();
     await advertiser?.stop().catch(() => {});
     await host.close();

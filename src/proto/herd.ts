@@ -469,6 +469,51 @@ export interface ListNodesReply {
   nodes: ListedNode[];
 }
 
+export interface GenerateRequest {
+  /** prompt text, tokenized with the model's tokenizer (BOS added if the model wants one) */
+  prompt: string;
+  /** tokens to generate at most; 0: until the context is full */
+  maxTokens: number;
+  /**
+   * Absent: herd's defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalties).
+   * Present: taken as given, except that top_p 0 and repeat_penalty 0 mean off (1).
+   */
+  sampling?:
+    | Sampling
+    | undefined;
+  /** generation ends before the first occurrence of any of these (at most 4) */
+  stop: string[];
+}
+
+export interface GenerateEvent {
+  /** each piece of text as it is decoded */
+  text?:
+    | GeneratedText
+    | undefined;
+  /** last message, once */
+  done?: GenerateDone | undefined;
+}
+
+export interface GeneratedText {
+  /** the next piece of text (may be empty while a UTF-8 character is incomplete) */
+  text: string;
+  /** the tokens that produced it */
+  tokenIds: number[];
+}
+
+export interface GenerateDone {
+  /** eos | stop (a stop string) | length (max_tokens) | context (context full) | aborted */
+  stopReason: string;
+  /** tokens of the prompt */
+  promptTokens: number;
+  /** prefill time */
+  promptMs: number;
+  /** tokens generated */
+  decodeTokens: number;
+  /** decode time */
+  decodeMs: number;
+}
+
 export interface ListedNode {
   /** host:port of its HerdNode */
   address: string;
@@ -3907,6 +3952,474 @@ export const ListNodesReply: MessageFns<ListNodesReply> = {
   },
 };
 
+function createBaseGenerateRequest(): GenerateRequest {
+  return { prompt: "", maxTokens: 0, sampling: undefined, stop: [] };
+}
+
+export const GenerateRequest: MessageFns<GenerateRequest> = {
+  encode(message: GenerateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.prompt !== "") {
+      writer.uint32(10).string(message.prompt);
+    }
+    if (message.maxTokens !== 0) {
+      writer.uint32(16).uint32(message.maxTokens);
+    }
+    if (message.sampling !== undefined) {
+      Sampling.encode(message.sampling, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.stop) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.prompt = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxTokens = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sampling = Sampling.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.stop.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateRequest {
+    return {
+      prompt: isSet(object.prompt) ? globalThis.String(object.prompt) : "",
+      maxTokens: isSet(object.maxTokens)
+        ? globalThis.Number(object.maxTokens)
+        : isSet(object.max_tokens)
+        ? globalThis.Number(object.max_tokens)
+        : 0,
+      sampling: isSet(object.sampling) ? Sampling.fromJSON(object.sampling) : undefined,
+      stop: globalThis.Array.isArray(object?.stop) ? object.stop.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GenerateRequest): unknown {
+    const obj: any = {};
+    if (message.prompt !== "") {
+      obj.prompt = message.prompt;
+    }
+    if (message.maxTokens !== 0) {
+      obj.maxTokens = Math.round(message.maxTokens);
+    }
+    if (message.sampling !== undefined) {
+      obj.sampling = Sampling.toJSON(message.sampling);
+    }
+    if (message.stop?.length) {
+      obj.stop = message.stop;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateRequest>, I>>(base?: I): GenerateRequest {
+    return GenerateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateRequest>, I>>(object: I): GenerateRequest {
+    const message = createBaseGenerateRequest();
+    message.prompt = object.prompt ?? "";
+    message.maxTokens = object.maxTokens ?? 0;
+    message.sampling = (object.sampling !== undefined && object.sampling !== null)
+      ? Sampling.fromPartial(object.sampling)
+      : undefined;
+    message.stop = object.stop?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGenerateEvent(): GenerateEvent {
+  return { text: undefined, done: undefined };
+}
+
+export const GenerateEvent: MessageFns<GenerateEvent> = {
+  encode(message: GenerateEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== undefined) {
+      GeneratedText.encode(message.text, writer.uint32(10).fork()).join();
+    }
+    if (message.done !== undefined) {
+      GenerateDone.encode(message.done, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = GeneratedText.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.done = GenerateDone.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateEvent {
+    return {
+      text: isSet(object.text) ? GeneratedText.fromJSON(object.text) : undefined,
+      done: isSet(object.done) ? GenerateDone.fromJSON(object.done) : undefined,
+    };
+  },
+
+  toJSON(message: GenerateEvent): unknown {
+    const obj: any = {};
+    if (message.text !== undefined) {
+      obj.text = GeneratedText.toJSON(message.text);
+    }
+    if (message.done !== undefined) {
+      obj.done = GenerateDone.toJSON(message.done);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateEvent>, I>>(base?: I): GenerateEvent {
+    return GenerateEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateEvent>, I>>(object: I): GenerateEvent {
+    const message = createBaseGenerateEvent();
+    message.text = (object.text !== undefined && object.text !== null)
+      ? GeneratedText.fromPartial(object.text)
+      : undefined;
+    message.done = (object.done !== undefined && object.done !== null)
+      ? GenerateDone.fromPartial(object.done)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGeneratedText(): GeneratedText {
+  return { text: "", tokenIds: [] };
+}
+
+export const GeneratedText: MessageFns<GeneratedText> = {
+  encode(message: GeneratedText, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== "") {
+      writer.uint32(10).string(message.text);
+    }
+    if (message.tokenIds.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.tokenIds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GeneratedText {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGeneratedText();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.tokenIds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.tokenIds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GeneratedText {
+    return {
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+      tokenIds: globalThis.Array.isArray(object?.tokenIds)
+        ? object.tokenIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.token_ids)
+        ? object.token_ids.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GeneratedText): unknown {
+    const obj: any = {};
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    if (message.tokenIds?.length) {
+      obj.tokenIds = message.tokenIds.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GeneratedText>, I>>(base?: I): GeneratedText {
+    return GeneratedText.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GeneratedText>, I>>(object: I): GeneratedText {
+    const message = createBaseGeneratedText();
+    message.text = object.text ?? "";
+    message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGenerateDone(): GenerateDone {
+  return { stopReason: "", promptTokens: 0, promptMs: 0, decodeTokens: 0, decodeMs: 0 };
+}
+
+export const GenerateDone: MessageFns<GenerateDone> = {
+  encode(message: GenerateDone, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stopReason !== "") {
+      writer.uint32(10).string(message.stopReason);
+    }
+    if (message.promptTokens !== 0) {
+      writer.uint32(16).uint32(message.promptTokens);
+    }
+    if (message.promptMs !== 0) {
+      writer.uint32(25).double(message.promptMs);
+    }
+    if (message.decodeTokens !== 0) {
+      writer.uint32(32).uint32(message.decodeTokens);
+    }
+    if (message.decodeMs !== 0) {
+      writer.uint32(41).double(message.decodeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateDone {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateDone();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stopReason = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.promptTokens = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.promptMs = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.decodeTokens = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.decodeMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateDone {
+    return {
+      stopReason: isSet(object.stopReason)
+        ? globalThis.String(object.stopReason)
+        : isSet(object.stop_reason)
+        ? globalThis.String(object.stop_reason)
+        : "",
+      promptTokens: isSet(object.promptTokens)
+        ? globalThis.Number(object.promptTokens)
+        : isSet(object.prompt_tokens)
+        ? globalThis.Number(object.prompt_tokens)
+        : 0,
+      promptMs: isSet(object.promptMs)
+        ? globalThis.Number(object.promptMs)
+        : isSet(object.prompt_ms)
+        ? globalThis.Number(object.prompt_ms)
+        : 0,
+      decodeTokens: isSet(object.decodeTokens)
+        ? globalThis.Number(object.decodeTokens)
+        : isSet(object.decode_tokens)
+        ? globalThis.Number(object.decode_tokens)
+        : 0,
+      decodeMs: isSet(object.decodeMs)
+        ? globalThis.Number(object.decodeMs)
+        : isSet(object.decode_ms)
+        ? globalThis.Number(object.decode_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: GenerateDone): unknown {
+    const obj: any = {};
+    if (message.stopReason !== "") {
+      obj.stopReason = message.stopReason;
+    }
+    if (message.promptTokens !== 0) {
+      obj.promptTokens = Math.round(message.promptTokens);
+    }
+    if (message.promptMs !== 0) {
+      obj.promptMs = floatToJson(message.promptMs);
+    }
+    if (message.decodeTokens !== 0) {
+      obj.decodeTokens = Math.round(message.decodeTokens);
+    }
+    if (message.decodeMs !== 0) {
+      obj.decodeMs = floatToJson(message.decodeMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateDone>, I>>(base?: I): GenerateDone {
+    return GenerateDone.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateDone>, I>>(object: I): GenerateDone {
+    const message = createBaseGenerateDone();
+    message.stopReason = object.stopReason ?? "";
+    message.promptTokens = object.promptTokens ?? 0;
+    message.promptMs = object.promptMs ?? 0;
+    message.decodeTokens = object.decodeTokens ?? 0;
+    message.decodeMs = object.decodeMs ?? 0;
+    return message;
+  },
+};
+
 function createBaseListedNode(): ListedNode {
   return { address: "", info: undefined };
 }
@@ -4194,6 +4707,20 @@ export const HerdCoordinatorService = {
     responseSerialize: (value: ListNodesReply): Buffer => Buffer.from(ListNodesReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListNodesReply => ListNodesReply.decode(value),
   },
+  /**
+   * Generation for clients (`herd serve --grpc-port`): text pieces as they come, then `done`.
+   * Auth when the server holds a cluster key (a nonce from Challenge, as above). Cancelling
+   * the call stops the generation and frees its session.
+   */
+  generate: {
+    path: "/herd.v1.HerdCoordinator/Generate" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: GenerateRequest): Buffer => Buffer.from(GenerateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GenerateRequest => GenerateRequest.decode(value),
+    responseSerialize: (value: GenerateEvent): Buffer => Buffer.from(GenerateEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GenerateEvent => GenerateEvent.decode(value),
+  },
 } as const;
 
 export interface HerdCoordinatorServer extends UntypedServiceImplementation {
@@ -4205,6 +4732,12 @@ export interface HerdCoordinatorServer extends UntypedServiceImplementation {
   deliver: handleClientStreamingCall<Delivery, DeliverReply>;
   /** The nodes this coordinator knows and uses. No auth. */
   listNodes: handleUnaryCall<ListNodesRequest, ListNodesReply>;
+  /**
+   * Generation for clients (`herd serve --grpc-port`): text pieces as they come, then `done`.
+   * Auth when the server holds a cluster key (a nonce from Challenge, as above). Cancelling
+   * the call stops the generation and frees its session.
+   */
+  generate: handleServerStreamingCall<GenerateRequest, GenerateEvent>;
 }
 
 export interface HerdCoordinatorClient extends Client {
@@ -4262,6 +4795,17 @@ export interface HerdCoordinatorClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListNodesReply) => void,
   ): ClientUnaryCall;
+  /**
+   * Generation for clients (`herd serve --grpc-port`): text pieces as they come, then `done`.
+   * Auth when the server holds a cluster key (a nonce from Challenge, as above). Cancelling
+   * the call stops the generation and frees its session.
+   */
+  generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateEvent>;
+  generate(
+    request: GenerateRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<GenerateEvent>;
 }
 
 export const HerdCoordinatorClient = makeGenericClientConstructor(

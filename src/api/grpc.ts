@@ -1,0 +1,172 @@
+// Generation for gRPC clients: `herd serve --grpc-port P` serves HerdCoordinator's Challenge and
+// Generate on the same ModelHost as the HTTP API — the same fair slots, sessions and metrics.
+// A Generate call streams each decoded piece of text with its token ids, then one `done` event;
+// cancelling the call aborts the generation and frees its session. With a cluster key, Generate
+// needs the challenge-response proof of src/cluster/auth.ts (UNAUTHENTICATED otherwise).
+
+import { Server, ServerCredentials, status, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { HerdCoordinatorService, type GenerateEvent, type GenerateRequest, type ListNodesReply, type Sampling } from '../proto/herd.ts';
+import { Authenticator, NONCE_TTL_MS, type ClusterKey } from '../cluster/auth.ts';
+import { channelOptions } from '../cluster/rpc.ts';
+import { ContextError } from '../engine/generate.ts';
+import { defaultSampling, SamplingError, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { ApiError } from './errors.ts';
+import { runGeneration } from './generation.ts';
+import type { ModelHost } from './host.ts';
+import type { ApiMetrics } from './metrics.ts';
+
+export const GENERATE = '/herd.v1.HerdCoordinator/Generate';
+const MAX_STOPS = 4;
+const MAX_PROMPT_CHARS = 1 << 20;
+
+interface GrpcError {
+  name: string;
+  message: string;
+  code: status;
+  details: string;
+}
+
+function grpcError(code: status, message: string): GrpcError {
+  return { name: status[code] ?? 'Error', message, code, details: message };
+}
+
+class BadRequest extends Error {}
+
+/** The request's sampling: herd's defaults when absent; top_p 0 and repeat_penalty 0 mean off. */
+export function samplingFrom(s: Sampling | undefined): SamplingOptions {
+  if (!s) return { ...defaultSampling };
+  return validateSampling({
+    temperature: s.temperature,
+    topK: s.topK,
+    topP: s.topP === 0 ? 1 : s.topP,
+    minP: s.minP,
+    repeatPenalty: s.repeatPenalty === 0 ? 1 : s.repeatPenalty,
+    frequencyPenalty: s.frequencyPenalty,
+    presencePenalty: s.presencePenalty,
+    penaltyLastN: s.penaltyLastN,
+    seed: s.seed,
+  });
+}
+
+export class GrpcApi {
+  private readonly server = new Server(channelOptions);
+  private readonly auth: Authenticator;
+  private readonly calls = new Set<AbortController>();
+  private ids = 0;
+
+  constructor(
+    private readonly host: ModelHost,
+    private readonly metrics: ApiMetrics | undefined,
+    key: ClusterKey | undefined,
+    private readonly log: Logger,
+  ) {
+    this.auth = new Authenticator(key);
+    // FetchTensors and Deliver belong to `herd run`'s coordinator: grpc-js answers UNIMPLEMENTED.
+    this.server.addService(HerdCoordinatorService, {
+      challenge: (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>) => {
+        cb(null, { nonce: this.auth.issue(), ttlMs: NONCE_TTL_MS });
+      },
+      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => cb(null, { nodes: [] }),
+      generate: (call: ServerWritableStream<GenerateRequest, GenerateEvent>) => void this.generate(call),
+    });
+  }
+
+  /** Binds host:port (0: any free port) and returns the port. */
+  listen(host: string, port: number): Promise<number> {
+    const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    return new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(addr, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+    });
+  }
+
+  /** Cancels what is in flight and stops. */
+  async close(): Promise<void> {
+    for (const ac of this.calls) ac.abort();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private parse(r: GenerateRequest): { prompt: number[]; maxTokens: number | undefined; sampling: SamplingOptions; stop: string[] } {
+    if (r.prompt.length === 0) throw new BadRequest('prompt: must not be empty');
+    if (r.prompt.length > MAX_PROMPT_CHARS) throw new BadRequest(`prompt: at most ${MAX_PROMPT_CHARS} characters`);
+    if (r.stop.length > MAX_STOPS) throw new BadRequest(`stop: at most ${MAX_STOPS} strings, got ${r.stop.length}`);
+    let sampling: SamplingOptions;
+    try {
+      sampling = samplingFrom(r.sampling);
+    } catch (e) {
+      throw new BadRequest(`sampling: ${(e as Error).message}`);
+    }
+    const prompt = this.host.tokenizer.encode(r.prompt);
+    return { prompt, maxTokens: r.maxTokens === 0 ? undefined : r.maxTokens, sampling, stop: r.stop };
+  }
+
+  private async generate(call: ServerWritableStream<GenerateRequest, GenerateEvent>): Promise<void> {
+    const peer = call.getPeer();
+    const reason = this.auth.check(call.metadata, GENERATE);
+    if (reason !== undefined) {
+      this.log.warn({ method: GENERATE, peer, reason }, 'auth.refused');
+      call.emit('error', grpcError(status.UNAUTHENTICATED, `cluster key: ${reason}`));
+      return;
+    }
+    const id = `grpc-${++this.ids}`;
+    const ac = new AbortController();
+    this.calls.add(ac);
+    call.on('cancelled', () => ac.abort());
+    let pending: number[] = [];
+    try {
+      const job = this.parse(call.request);
+      this.log.debug({ id, peer, promptTokens: job.prompt.length, maxTokens: job.maxTokens }, 'grpc.generate');
+      const out = await runGeneration(
+        this.host,
+        this.metrics,
+        { ...job, signal: ac.signal, endpoint: 'grpc', onToken: (t) => pending.push(t) },
+        (text) => {
+          if (ac.signal.aborted) return;
+          call.write({ text: { text, tokenIds: pending } });
+          pending = [];
+        },
+      );
+      if (ac.signal.aborted) {
+        this.log.info({ id, completionTokens: out.tokens.length }, 'request.cancelled');
+        return;
+      }
+      // Tokens whose text never came out (cut by a stop string, or held back at the end).
+      if (pending.length > 0) call.write({ text: { text: '', tokenIds: pending } });
+      const t = out.timings;
+      call.write({
+        done: { stopReason: out.stopReason, promptTokens: t.prompt_tokens, promptMs: t.prompt_ms, decodeTokens: t.decode_tokens, decodeMs: t.decode_ms },
+      });
+      call.end();
+      this.log.info({ id, endpoint: 'grpc', promptTokens: t.prompt_tokens, completionTokens: t.decode_tokens, stopReason: out.stopReason, ms: Math.round(out.totalMs) }, 'request.done');
+    } catch (e) {
+      if (ac.signal.aborted) {
+        this.log.info({ id }, 'request.cancelled');
+        return;
+      }
+      const err = this.toGrpc(e);
+      if (err.code === status.INTERNAL) this.log.error({ id, error: err.message }, 'request.failed');
+      call.emit('error', err);
+    } finally {
+      this.calls.delete(ac);
+    }
+  }
+
+  private toGrpc(e: unknown): GrpcError {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (e instanceof BadRequest || e instanceof ContextError || e instanceof SamplingError || e instanceof RangeError) return grpcError(status.INVALID_ARGUMENT, msg);
+    if (e instanceof ApiError) {
+      const code = e.status === 503 ? status.UNAVAILABLE : e.status >= 400 && e.status < 500 ? status.INVALID_ARGUMENT : status.INTERNAL;
+      return grpcError(code, msg);
+    }
+    return grpcError(status.INTERNAL, msg);
+  }
+}
