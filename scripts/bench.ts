@@ -8,7 +8,7 @@
 //                    [--threads 2] [--decode 64] [--prefill 128] [--json]
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -64,14 +64,12 @@ async function readBandwidth(): Promise<number> {
 }
 
 /** Bytes of weights one decode step reads: every tensor but the embedding (one row of it). */
-function bytesPerToken(path: string): number {
-  const f = GgufFile.open(path);
+function bytesPerToken(f: GgufFile): number {
   const tied = !f.tensor('output.weight');
   return f.tensors.reduce((sum, t) => sum + (t.name === 'token_embd.weight' && !tied ? 0 : t.nBytes), 0);
 }
 
-function kvBytes(path: string, ctx: number): number {
-  const f = GgufFile.open(path);
+function kvBytes(f: GgufFile, ctx: number): number {
   const arch = f.string('general.architecture');
   const layers = f.number(`${arch}.block_count`);
   const heads = f.number(`${arch}.attention.head_count`);
@@ -117,7 +115,8 @@ const rows: Row[] = [];
 const engines = [['llama.cpp', 'cpu'], ...values.backends.split(',').map((b) => ['herd', b])];
 for (const type of values.models.split(',')) {
   const model = ensureModel(type);
-  const limitTps = bandwidth / bytesPerToken(model);
+  const file = GgufFile.open(model);
+  const limitTps = bandwidth / bytesPerToken(file);
   const best = new Map<string, Figures>();
   for (let rep = 0; rep < Number(values.reps); rep++) {
     for (const [engine, backend] of engines) {
@@ -130,7 +129,7 @@ for (const type of values.models.split(',')) {
     }
   }
   const ref = best.get('llama.cpp/cpu');
-  const budget = (statSync(model).size + kvBytes(model, 512)) / 2 ** 20 + 64;
+  const budget = (file.fileSize + kvBytes(file, 512)) / 2 ** 20 + 64;
   for (const f of best.values()) {
     rows.push({
       ...f,

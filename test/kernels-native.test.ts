@@ -31,6 +31,7 @@ import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { repoRoot, sharedModels } from './helpers/paths.ts';
 import { quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
+import { greedy } from './helpers/greedy.ts';
 
 const run = promisify(execFile);
 const NOT_BUILT = 'the native addon is not built or does not load here: run `npm run build:native` (needs a C compiler); CI builds it';
@@ -314,24 +315,6 @@ test('without a C compiler the install step still succeeds and says herd will us
   });
   t.regex(stdout.trim(), /^herd: native kernels not built \(no working C compiler \(CC=false\)\); herd will use the wasm backend$/);
 });
-
-/** Greedy decoding: feed each argmax back, from the prompt's last token on. */
-function greedy(m: Transformer, prompt: number[], count: number): number[] {
-  const out: number[] = [];
-  let token = prompt[0];
-  for (let pos = 0; out.length < count; pos++) {
-    const logits = m.forward(token, pos);
-    if (pos + 1 < prompt.length) {
-      token = prompt[pos + 1];
-      continue;
-    }
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-    out.push(best);
-    token = best;
-  }
-  return out;
-}
 
 const PROMPT = [1, 403, 407, 261, 378];
 const models = [

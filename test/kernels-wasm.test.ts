@@ -19,6 +19,7 @@ import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { repoRoot, sharedModels } from './helpers/paths.ts';
 import { quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
+import { greedy } from './helpers/greedy.ts';
 
 const run = promisify(execFile);
 
@@ -311,24 +312,6 @@ test('the committed kernels.wasm is byte-identical to a fresh asc build', async 
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-/** Greedy decoding: feed each argmax back, from the prompt's last token on. */
-function greedy(m: Transformer, prompt: number[], count: number): number[] {
-  const out: number[] = [];
-  let token = prompt[0];
-  for (let pos = 0; out.length < count; pos++) {
-    const logits = m.forward(token, pos);
-    if (pos + 1 < prompt.length) {
-      token = prompt[pos + 1];
-      continue;
-    }
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-    out.push(best);
-    token = best;
-  }
-  return out;
-}
 
 const PROMPT = [1, 403, 407, 261, 378];
 const models = [

@@ -2,6 +2,7 @@
 
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { GgufFile } from '../gguf/reader.ts';
+import { readConfig } from '../model/config.ts';
 import { Tokenizer } from '../tokenizer/index.ts';
 import { generate } from '../engine/generate.ts';
 import { openInference } from '../cluster/coordinator/open.ts';
@@ -109,8 +110,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   const file = GgufFile.open(path);
   const tokenizer = Tokenizer.fromGguf(file);
   const prompt = tokenizer.encode(args.prompt);
-  const ctxTrain = file.number(`${file.string('general.architecture')}.context_length`, 4096);
-  const ctx = args.ctx ?? Math.min(ctxTrain, 4096);
+  const ctx = args.ctx ?? Math.min(readConfig(file).ctxTrain, 4096);
   // Refuse a prompt that cannot fit before reading any weights.
   if (prompt.length >= ctx) {
     throw new UsageError(`the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
