@@ -1,5 +1,5 @@
-// Attention of the query heads that share one KV head (grouped-query attention) over a
-// layer's cached keys and values. The cache holds f32 or f16 (as Uint16Array bits); rows are
+// Attention over a layer's cached keys and values: the js reference of KernelBackend.attend.
+// attendGroup does the query heads that share one KV head (grouped-query attention). The cache holds f32 or f16 (as Uint16Array bits); rows are
 // positions, kvOff selects the KV head in a row. Each cached key and value row is read (and,
 // for f16, converted) once for the whole group, not once per query head.
 
@@ -58,6 +58,47 @@ export function attendGroup(
       const p = att[h * n + t];
       const o = outOff + h * headDim;
       for (let i = 0; i < headDim; i++) out[o + i] += p * row[i];
+    }
+  }
+}
+
+/** One attention step: n consecutive tokens of one sequence against one layer's cache. */
+export interface AttentionStep {
+  /** The layer's cached keys and values, ctx × kvDim each: f32, or f16 bits as Uint16Array. */
+  readonly keys: Float32Array | Uint16Array;
+  readonly values: Float32Array | Uint16Array;
+  readonly nHeads: number;
+  readonly nKvHeads: number;
+  readonly headDim: number;
+  /** Position of the step's first token; token i sees positions 0..start+i (causal). */
+  readonly start: number;
+  /** Tokens in the step. */
+  readonly n: number;
+  /** n × nHeads·headDim queries, RoPE applied. With an f16 cache they are rounded to f16 in place. */
+  readonly q: Float32Array;
+  /** n × nHeads·headDim: each head's attention-weighted sum of the cached values. */
+  readonly out: Float32Array;
+}
+
+/** Scratch for attend(): one group's scores over the context and one converted cache row. */
+export class AttentionScratch {
+  att = new Float32Array(0);
+  row = new Float32Array(0);
+}
+
+/** The step's attention, token by token and KV head by KV head, in plain TypeScript. */
+export function attend(s: AttentionStep, scratch: AttentionScratch): void {
+  const group = s.nHeads / s.nKvHeads;
+  const kvDim = s.nKvHeads * s.headDim;
+  const qDim = s.nHeads * s.headDim;
+  if (scratch.att.length < group * (s.start + s.n)) scratch.att = new Float32Array(group * (s.start + s.n));
+  if (scratch.row.length < s.headDim) scratch.row = new Float32Array(s.headDim);
+  for (let i = 0; i < s.n; i++) {
+    const q = s.q.subarray(i * qDim, (i + 1) * qDim);
+    const out = s.out.subarray(i * qDim, (i + 1) * qDim);
+    for (let g = 0; g < s.nKvHeads; g++) {
+      const qOff = g * group * s.headDim;
+      attendGroup(s.keys, s.values, kvDim, s.start + i, q, qOff, group, g * s.headDim, s.headDim, scratch.att, scratch.row, out, qOff);
     }
   }
 }

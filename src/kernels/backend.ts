@@ -1,8 +1,11 @@
 // The kernel backends behind one interface. The model asks its backend for weight memory
-// (so wasm/native kernels read weights where they live, copied from the file once) and for
-// the matrix products; everything else in a layer is cheap element-wise work.
+// (so wasm/native kernels read weights where they live, copied from the file once), for
+// the matrix products, for attention over the KV cache and for the SwiGLU activation;
+// RMSNorm, RoPE and the residual adds are O(dim) per token and stay in TypeScript.
 
 import { MatvecScratch, matvec, type Weight } from './matvec.ts';
+import { AttentionScratch, attend, type AttentionStep } from './attention.ts';
+import { swiglu } from './ops.ts';
 
 export type BackendName = 'js' | 'wasm' | 'native';
 
@@ -18,6 +21,10 @@ export interface KernelBackend {
    * Optional: without it the model runs n matvecs.
    */
   matmul?(w: Weight, xs: Float32Array, n: number, out: Float32Array): void;
+  /** Causal grouped-query attention of a step's tokens over one layer's KV cache. */
+  attend(step: AttentionStep): void;
+  /** out[i] = silu(gate[i]) · up[i] for i < n (out may be gate). */
+  swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void;
   /** Stops worker threads and frees memory; the backend is unusable afterwards. */
   close(): Promise<void>;
 }
@@ -27,6 +34,7 @@ export class JsBackend implements KernelBackend {
   readonly name = 'js';
   readonly threads = 1;
   private scratch = new MatvecScratch(0);
+  private readonly attention = new AttentionScratch();
 
   alloc(bytes: number): Uint8Array {
     return new Uint8Array(bytes);
@@ -35,6 +43,14 @@ export class JsBackend implements KernelBackend {
   matvec(w: Weight, x: Float32Array, out: Float32Array): void {
     if (this.scratch.capacity < w.cols) this.scratch = new MatvecScratch(w.cols);
     matvec(w, x, out, this.scratch);
+  }
+
+  attend(step: AttentionStep): void {
+    attend(step, this.attention);
+  }
+
+  swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
+    swiglu(out, gate, up, n);
   }
 
   async close(): Promise<void> {}

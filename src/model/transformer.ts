@@ -6,8 +6,7 @@
 import type { GgufFile } from '../gguf/reader.ts';
 import { getRow, type Weight } from '../kernels/matvec.ts';
 import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
-import { rmsnorm, rope, ropeAngles, swiglu, addInPlace } from '../kernels/ops.ts';
-import { attendGroup } from '../kernels/attention.ts';
+import { rmsnorm, rope, ropeAngles, addInPlace } from '../kernels/ops.ts';
 import { readConfig, ModelError, type ModelConfig } from './config.ts';
 import { loadStageWeights, type LoadProgress, type StageWeights } from './weights.ts';
 import { KvCache, type KvType } from './kv-cache.ts';
@@ -39,8 +38,6 @@ class RunState {
   readonly k: Float32Array;
   readonly v: Float32Array;
   readonly attOut: Float32Array; // concatenated head outputs
-  readonly att: Float32Array; // scores of one group of query heads over the context
-  readonly kvRow: Float32Array; // one cached key or value row, converted
   readonly hb: Float32Array;
   readonly hb2: Float32Array;
   readonly logits: Float32Array;
@@ -57,8 +54,6 @@ class RunState {
     this.k = new Float32Array(batch * kvDim);
     this.v = new Float32Array(batch * kvDim);
     this.attOut = new Float32Array(batch * qDim);
-    this.att = new Float32Array((ctx * c.nHeads) / c.nKvHeads);
-    this.kvRow = new Float32Array(c.headDim);
     this.hb = new Float32Array(batch * c.ffnDim);
     this.hb2 = new Float32Array(batch * c.ffnDim);
     this.logits = new Float32Array(c.vocabSize);
@@ -169,7 +164,6 @@ export class Transformer {
     const matmul = this.matmul;
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
-    const groupSize = c.nHeads / c.nKvHeads;
     const half = c.ropeDims / 2;
     for (let i = 0; i < n; i++) {
       ropeAngles(start + i, c.ropeDims, c.ropeBase, c.ropeFreqScale, row(s.ropeCos, i, half), row(s.ropeSin, i, half), this.weights.ropeFreqs);
@@ -212,15 +206,11 @@ export class Transformer {
       }
 
       // attention over the cache, each token seeing positions up to its own
-      // (grouped-query: each group of groupSize heads shares one KV head)
-      for (let i = 0; i < n; i++) {
-        const q = row(s.q, i, qDim);
-        const out = row(s.attOut, i, qDim);
-        for (let g = 0; g < c.nKvHeads; g++) {
-          const qOff = g * groupSize * c.headDim;
-          attendGroup(cache.keys[l], cache.values[l], kvDim, start + i, q, qOff, groupSize, g * c.headDim, c.headDim, s.att, s.kvRow, out, qOff);
-        }
-      }
+      // (grouped-query: each group of nHeads/nKvHeads query heads shares one KV head)
+      this.backend.attend({
+        keys: cache.keys[l], values: cache.values[l], nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim,
+        start, n, q: s.q, out: s.attOut,
+      });
 
       // output projection and residual
       matmul(lw.wo, s.attOut, s.xb2);
@@ -232,7 +222,7 @@ export class Transformer {
       // SwiGLU: down(silu(gate(x)) * up(x))
       matmul(lw.wGate, s.xb, s.hb);
       matmul(lw.wUp, s.xb, s.hb2);
-      swiglu(s.hb, s.hb, s.hb2, n * c.ffnDim);
+      this.backend.swiglu(s.hb, s.hb, s.hb2, n * c.ffnDim);
       matmul(lw.wDown, s.hb, s.xb2);
 
       // residual

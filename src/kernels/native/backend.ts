@@ -13,6 +13,8 @@
 
 import { availableParallelism } from 'node:os';
 import type { KernelBackend } from '../backend.ts';
+import { AttentionScratch, attend as jsAttend, type AttentionStep } from '../attention.ts';
+import { swiglu as jsSwiglu } from '../ops.ts';
 import { Activation, type ActivationKind } from '../activation.ts';
 import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
@@ -65,6 +67,7 @@ export class NativeBackend implements KernelBackend {
   private handle: NativeHandle | undefined;
   private readonly types: ReadonlySet<number>;
   private jsScratch = new MatvecScratch(0);
+  private readonly attention = new AttentionScratch();
 
   private constructor(
     private readonly addon: NativeAddon,
@@ -139,6 +142,14 @@ export class NativeBackend implements KernelBackend {
       return;
     }
     this.addon.matmul(handle, w.kernel.info.id, w.data, w.rows, w.cols, xs, n, out, this.parallel(w));
+  }
+
+  attend(step: AttentionStep): void {
+    jsAttend(step, this.attention);
+  }
+
+  swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
+    jsSwiglu(out, gate, up, n);
   }
 
   /** x[0..n) prepared as `kind` by the C code, for tests against activation.ts. */

@@ -18,6 +18,8 @@ import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import type { KernelBackend } from '../backend.ts';
+import { AttentionScratch, attend as jsAttend, type AttentionStep } from '../attention.ts';
+import { swiglu as jsSwiglu } from '../ops.ts';
 import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
 import { Activation, Q8K_BLOCK, type ActivationKind } from '../activation.ts';
 
@@ -234,6 +236,7 @@ export class WasmBackend implements KernelBackend {
   private top: number;
   private scratch = { ptr: 0, bytes: 0 };
   private jsScratch = new MatvecScratch(0);
+  private readonly attention = new AttentionScratch();
   private closed = false;
   /** Set when a worker thread died: every later product fails with it. */
   private failure: string | undefined;
@@ -352,6 +355,14 @@ export class WasmBackend implements KernelBackend {
    */
   matmul(w: Weight, xs: Float32Array, n: number, out: Float32Array): void {
     this.product(w, xs, n, out);
+  }
+
+  attend(step: AttentionStep): void {
+    jsAttend(step, this.attention);
+  }
+
+  swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
+    jsSwiglu(out, gate, up, n);
   }
 
   /**
