@@ -1,7 +1,26 @@
 #!/usr/bin/env node
-// Entry point of the `herd` command: runs the TypeScript sources through tsx, so a fresh
-// clone needs no build step.
-import { register } from 'tsx/esm/api';
+// Entry point of the `herd` command. Runs the JavaScript that `npm install` compiled into
+// dist/ (scripts/build-js.mjs) when it is newer than every source file; otherwise runs the
+// TypeScript sources through tsx, so a fresh or edited checkout needs no build step.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-register();
-await import('../src/cli/main.ts');
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+/** Newest modification time of the files under dir, in ms. */
+function newest(dir) {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) t = Math.max(t, statSync(`${e.parentPath ?? e.path}/${e.name}`).mtimeMs);
+  }
+  return t;
+}
+
+const built = `${root}dist/BUILT`;
+if (process.env.HERD_FROM_SOURCE !== '1' && existsSync(built) && statSync(built).mtimeMs >= newest(`${root}src`)) {
+  await import('../dist/cli/main.js');
+} else {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import('../src/cli/main.ts');
+}

@@ -3,6 +3,8 @@
 // engines alternating so machine noise hits both. Decode and prefill tok/s, the ratio to
 // llama.cpp, each decode figure as a share of the memory-bandwidth limit (weight bytes read
 // per token ÷ measured read bandwidth), and peak RSS against file + KV cache + 64 MiB.
+// herd's RSS is that of a real `herd run` (bin/herd.js, as a user runs it) on the same
+// file, context and KV type; the speed figures come from scripts/bench-engine.ts.
 //
 //   npm run bench -- [--models q4_0,q8_0,q4_k_m] [--backends native,wasm] [--reps 2]
 //                    [--threads 2] [--decode 64] [--prefill 128] [--json]
@@ -100,6 +102,18 @@ function runEngine(args: string[]): Figures | undefined {
   return JSON.parse(r.stdout.trim().split('\n').pop() as string) as Figures;
 }
 
+/** Peak RSS (MiB) of `herd run` generating `decode` tokens on the model with this backend. */
+function herdRunRss(model: string, backend: string): number | undefined {
+  const args = ['run', '--model', model, '--backend', backend, '--threads', String(threads), '--ctx', '512', '--kv-type', 'f16',
+    '--max-tokens', values.decode, '--temp', '0', '--json', 'Once upon a time, in a village between two rivers, there lived'];
+  const r = spawnSync(process.execPath, [`${root}bin/herd.js`, ...args], { encoding: 'utf8', cwd: root });
+  if (r.status !== 0) {
+    log(`herd run --backend ${backend} failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    return undefined;
+  }
+  return (JSON.parse(r.stdout) as { peak_rss_mib: number }).peak_rss_mib;
+}
+
 spawnSync(process.execPath, [`${root}test/oracle/ensure.mjs`], { stdio: ['ignore', 'inherit', 'inherit'] });
 const bandwidth = await readBandwidth();
 log(`read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s with ${threads} threads`);
@@ -127,6 +141,12 @@ for (const type of values.models.split(',')) {
       best.set(key, prev ? { ...f, decode_tps: Math.max(prev.decode_tps, f.decode_tps), prefill_tps: Math.max(prev.prefill_tps, f.prefill_tps), peak_rss_mib: Math.max(prev.peak_rss_mib, f.peak_rss_mib) } : f);
       log(`${type} ${key}: decode ${f.decode_tps.toFixed(1)} tok/s, prefill ${f.prefill_tps.toFixed(1)} tok/s, peak RSS ${f.peak_rss_mib.toFixed(0)} MiB`);
     }
+  }
+  for (const [key, f] of best) {
+    if (f.engine !== 'herd') continue;
+    const rss = herdRunRss(model, f.backend);
+    log(`${type} ${key}: herd run peak RSS ${rss?.toFixed(0) ?? '?'} MiB`);
+    best.set(key, { ...f, peak_rss_mib: rss ?? NaN });
   }
   const ref = best.get('llama.cpp/cpu');
   const budget = (file.fileSize + kvBytes(file, 512)) / 2 ** 20 + 64;

@@ -2,29 +2,31 @@
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { runCommand } from './run.ts';
-import { tokenizeCommand } from './tokenize.ts';
-import { quantizeCommand } from './quantize.ts';
-import { synthCommand } from './synth.ts';
-import { nodeCommand } from './node.ts';
-import { nodesCommand } from './nodes.ts';
-import { planCommand } from './plan.ts';
-import { serveCommand } from './serve.ts';
-import { chatCommand } from './chat.ts';
+import type { Argv } from 'yargs';
 import { reportAndExit, UsageError } from './errors.ts';
 
-await yargs(hideBin(process.argv))
+// Each command's module is imported only when it runs: `herd run` on a Pi then never loads
+// gRPC, mDNS, prom-client or the API server, whose modules cost tens of MiB of memory the
+// model slice needs. A line without a known command first (--help, a typo) loads them all.
+const commands: Record<string, (program: Argv) => Promise<unknown>> = {
+  run: async (p) => p.command((await import('./run.ts')).runCommand),
+  tokenize: async (p) => p.command((await import('./tokenize.ts')).tokenizeCommand),
+  quantize: async (p) => p.command((await import('./quantize.ts')).quantizeCommand),
+  synth: async (p) => p.command((await import('./synth.ts')).synthCommand),
+  node: async (p) => p.command((await import('./node.ts')).nodeCommand),
+  nodes: async (p) => p.command((await import('./nodes.ts')).nodesCommand),
+  plan: async (p) => p.command((await import('./plan.ts')).planCommand),
+  serve: async (p) => p.command((await import('./serve.ts')).serveCommand),
+  chat: async (p) => p.command((await import('./chat.ts')).chatCommand),
+};
+const argv = hideBin(process.argv);
+const named = Object.hasOwn(commands, argv[0] ?? '') ? [commands[argv[0]]] : Object.values(commands);
+const program = yargs(argv);
+for (const register of named) await register(program);
+
+await program
   .scriptName('herd')
   .usage('$0 <command> [options]\n\nRun GGUF language models on one machine or a herd of small ones.')
-  .command(runCommand)
-  .command(tokenizeCommand)
-  .command(quantizeCommand)
-  .command(synthCommand)
-  .command(nodeCommand)
-  .command(nodesCommand)
-  .command(planCommand)
-  .command(serveCommand)
-  .command(chatCommand)
   .demandCommand(1, 'Name a command (see --help).')
   .strict()
   .help()

@@ -151,7 +151,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         seed: sampling.seed,
         timings: result.timings,
         plan: inference.plan,
-        ...(inProcess ? { backend: backend.name, threads: backend.threads } : {}),
+        ...(inProcess ? { backend: backend.name, threads: backend.threads, peak_rss_mib: peakRssMib() } : {}),
         ...(inference.shards ? { shards: inference.shards } : {}),
       })}\n`,
     );
@@ -164,6 +164,11 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         `${inProcess ? ` | ${backend.name} kernels, ${backend.threads} threads` : ''}\n`,
     );
   }
+}
+
+/** This process's peak resident memory: the model, the KV cache and Node itself, in MiB. */
+function peakRssMib(): number {
+  return Math.round(process.resourceUsage().maxRSS / 1024);
 }
 
 export const runCommand: CommandModule<object, RunArgs> = {
