@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import OpenAI from 'openai';
 import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { herd } from './helpers/herd.ts';
+import { parsePrometheus, sum } from './helpers/prometheus.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
 
@@ -53,6 +54,30 @@ test.serial('the plan spans both nodes and a greedy completion equals a local ru
   t.is(c.choices[0].text, local.text);
   t.deepEqual((c as unknown as { herd: { tokens: number[]; plan: unknown[] } }).herd.tokens, local.tokens);
   t.is((c as unknown as { herd: { plan: unknown[] } }).herd.plan.length, 2);
+});
+
+test.serial('/metrics shows each node\'s own stage time, by phase, for every step of the ring', async (t) => {
+  await client.completions.create({ model: 'stories260K', prompt: 'The little dog', max_tokens: 8, temperature: 0 });
+  const { samples, types } = parsePrometheus(await (await fetch(`${serve.url}/metrics`)).text());
+  t.is(types.get('herd_stage_step_seconds'), 'histogram');
+  const ids = new Map(await Promise.all(nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, 2000)).name, n.ready.id as string] as const)));
+  for (const phase of ['prefill', 'decode']) {
+    const steps = sum(samples, 'herd_step_seconds_count', { phase });
+    t.true(steps > 0, phase);
+    for (const [node, id] of ids) {
+      // Every step passes every stage: each node counts each step once.
+      t.is(sum(samples, 'herd_stage_step_seconds_count', { node, node_id: id, phase }), steps, `${node} ${phase}`);
+      t.true(sum(samples, 'herd_stage_step_seconds_sum', { node, phase }) > 0, `${node} ${phase}`);
+    }
+    // A stage's compute is part of the ring's time.
+    const stages = [...ids.keys()].reduce((a, node) => a + sum(samples, 'herd_stage_step_seconds_sum', { node, phase }), 0);
+    t.true(stages < sum(samples, 'herd_step_seconds_sum', { phase }), phase);
+  }
+  t.deepEqual(samples.filter((x) => x.name === 'herd_stage_step_seconds_count').map((x) => x.labels.node).filter((n, i, a) => a.indexOf(n) === i).sort(), ['alpha', 'beta']);
+
+  // The dashboard's JSON: each node's recent compute per token.
+  const state = (await (await fetch(`${serve.url}/api/state`)).json()) as { nodes: { node: string; stageMs: { prefill?: number; decode?: number } }[] };
+  for (const n of state.nodes) t.true((n.stageMs.decode ?? 0) > 0 && (n.stageMs.prefill ?? 0) > 0, n.node);
 });
 
 test.serial('concurrent streams run as separate pipeline sessions, each equal to its sequential result', async (t) => {

@@ -1,48 +1,10 @@
 // /metrics in Prometheus text format counts what the requests did; pino logs are JSON lines.
 
 import test from 'ava';
+import { hostname } from 'node:os';
 import OpenAI from 'openai';
+import { parsePrometheus, sum } from './helpers/prometheus.ts';
 import { startServe } from './helpers/serve.ts';
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Parses the Prometheus text exposition format (0.0.4), throwing on any line it does not know. */
-function parsePrometheus(text: string): { samples: Sample[]; types: Map<string, string> } {
-  const samples: Sample[] = [];
-  const types = new Map<string, string>();
-  const name = '[a-zA-Z_:][a-zA-Z0-9_:]*';
-  const sampleRe = new RegExp(`^(${name})(?:\\{(.*)\\})? (-?[0-9.]+(?:[eE][-+]?[0-9]+)?|NaN|\\+Inf|-Inf)(?: -?\\d+)?$`);
-  const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/y;
-  for (const line of text.split('\n')) {
-    if (line === '') continue;
-    let m: RegExpExecArray | null;
-    if ((m = new RegExp(`^# HELP (${name}) .*$`).exec(line))) continue;
-    if ((m = new RegExp(`^# TYPE (${name}) (counter|gauge|histogram|summary|untyped)$`).exec(line))) {
-      types.set(m[1], m[2]);
-      continue;
-    }
-    m = sampleRe.exec(line);
-    if (!m) throw new Error(`not Prometheus text: ${line}`);
-    const labels: Record<string, string> = {};
-    if (m[2]) {
-      labelRe.lastIndex = 0;
-      let l: RegExpExecArray | null;
-      while (labelRe.lastIndex < m[2].length && (l = labelRe.exec(m[2]))) labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
-      if (labelRe.lastIndex !== m[2].length) throw new Error(`bad labels: ${line}`);
-    }
-    const v = m[3] === '+Inf' ? Infinity : m[3] === '-Inf' ? -Infinity : Number(m[3]);
-    samples.push({ name: m[1], labels, value: v });
-  }
-  return { samples, types };
-}
-
-function sum(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
-  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
-}
 
 test('/metrics parses as Prometheus text and counts the tokens the requests generated', async (t) => {
   const serve = await startServe([]);
@@ -83,9 +45,14 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
     for (const r of runs) t.true(sum(samples, 'herd_generations_total', { endpoint: r.endpoint, outcome: r.finish }) >= 1);
     t.is(sum(samples, 'herd_generations_total'), 3);
     // One prefill step per request; a decode step per token after the first (and one more to see an EOS).
-    t.is(sum(samples, 'herd_stage_step_seconds_count', { phase: 'prefill' }), 3);
+    // In-process, the one stage is this host, and its time is the step's.
     const decodeSteps = runs.reduce((s, r) => s + r.usage.completion_tokens - (r.finish === 'length' ? 1 : 0), 0);
-    t.is(sum(samples, 'herd_stage_step_seconds_count', { phase: 'decode' }), decodeSteps);
+    t.is(types.get('herd_step_seconds'), 'histogram');
+    t.is(sum(samples, 'herd_step_seconds_count', { phase: 'prefill' }), 3);
+    t.is(sum(samples, 'herd_step_seconds_count', { phase: 'decode' }), decodeSteps);
+    t.is(sum(samples, 'herd_stage_step_seconds_count', { node: hostname(), node_id: 'local', phase: 'prefill' }), 3);
+    t.is(sum(samples, 'herd_stage_step_seconds_count', { node: hostname(), node_id: 'local', phase: 'decode' }), decodeSteps);
+    t.is(sum(samples, 'herd_stage_step_seconds_count'), 3 + decodeSteps);
     t.true(sum(samples, 'herd_tokens_per_second') > 0);
     t.is(sum(samples, 'herd_queue_depth'), 0);
     t.is(sum(samples, 'herd_sessions_active'), 0);

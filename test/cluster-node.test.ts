@@ -4,11 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { authMetadata } from '../src/cluster/auth.ts';
-import { authenticate, nodeClient, unary } from '../src/cluster/rpc.ts';
+import { PROTOCOL_VERSION } from '../src/cluster/caps.ts';
+import { authenticate, coordinatorClient, nodeClient, unary } from '../src/cluster/rpc.ts';
 import { stopProcess } from './helpers/netns.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
-import { DType, KvType, type Delivery, type ForwardRequest, type HerdNodeClient, type LoadProgress, type SessionOpen } from '../src/proto/herd.ts';
+import { DType, KvType, type Delivery, type ForwardRequest, type HerdNodeClient, type LoadProgress, type SessionOpen, type StageTiming } from '../src/proto/herd.ts';
 import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
+import { stageTimesOf } from '../src/cluster/coordinator/pipeline.ts';
 import { ModelSource } from '../src/cluster/shard/source.ts';
 import { silentLogger } from '../src/cluster/log.ts';
 import { samplingToWire } from '../src/cluster/node/stage.ts';
@@ -18,6 +20,7 @@ import { sharedModels } from './helpers/paths.ts';
 const KEY = 'correct horse battery staple';
 const LOAD = '/herd.v1.HerdNode/LoadShard';
 const FORWARD = '/herd.v1.HerdNode/Forward';
+const DELIVER = '/herd.v1.HerdCoordinator/Deliver';
 
 let node: RunningNode;
 let client: HerdNodeClient;
@@ -67,7 +70,7 @@ function forward(md: Metadata, msgs: (ForwardRequest | Buffer)[]): Promise<Servi
 test.serial('Info answers without a key and reports capabilities', async (t) => {
   const info = await unary(client, client.info, {}, 5000);
   t.is(info.name, 'loop');
-  t.is(info.protocolVersion, 1);
+  t.is(info.protocolVersion, PROTOCOL_VERSION);
   t.true(info.authRequired);
   t.true(info.cores >= 1);
   t.true(info.memTotal > 0);
@@ -108,7 +111,7 @@ test.serial('a wrong or missing cluster key is refused with UNAUTHENTICATED, log
 test.serial('malformed forward messages get INVALID_ARGUMENT and the node keeps serving', async (t) => {
   const key = Buffer.from(KEY);
   const cases: [string, (ForwardRequest | Buffer)[], RegExp][] = [
-    ['activation before open', [{ activation: { sessionId: 'session-1', position: 0, tokenIds: [1], hidden: Buffer.alloc(0), dtype: DType.DTYPE_F32, dim: 64 } }], /before the session was opened/],
+    ['activation before open', [{ activation: { sessionId: 'session-1', position: 0, tokenIds: [1], hidden: Buffer.alloc(0), dtype: DType.DTYPE_F32, dim: 64, timings: [] } }], /before the session was opened/],
     ['empty message', [{}], /neither open nor activation/],
     ['undecodable bytes', [Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])], /undecodable/],
     ['bad session id', [{ open: { sessionId: 'x', modelHash: 'a'.repeat(64), route: [], hop: 0, ctx: 8, wire: DType.DTYPE_F32, deliverTo: '' } }], /session id/],
@@ -161,8 +164,10 @@ test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT,
     route: [{ address: '127.0.0.1:9', start: 0, end: 1 }, { address: `127.0.0.1:${node.port}`, start: 1, end: 5 }],
     sampling: samplingToWire({ ...defaultSampling, temperature: 0 }),
   });
+  // What stage 1 (layers [0, 1)) would have appended.
+  const upstream: StageTiming = { nodeId: 'stage-one', start: 0, end: 1, seconds: 0.002 };
   const act = (o: SessionOpen, over: Partial<NonNullable<ForwardRequest['activation']>>): ForwardRequest => ({
-    activation: { sessionId: o.sessionId, position: 0, tokenIds: [1], hidden: Buffer.alloc(dim * 4), dtype: DType.DTYPE_F32, dim, ...over },
+    activation: { sessionId: o.sessionId, position: 0, tokenIds: [1], hidden: Buffer.alloc(dim * 4), dtype: DType.DTYPE_F32, dim, timings: [upstream], ...over },
   });
   const bad: [string, (o: SessionOpen) => ForwardRequest[], RegExp][] = [
     ['wrong dim', (o) => [act(o, { dim: 32, hidden: Buffer.alloc(32 * 4) })], /hidden dim 32/],
@@ -174,6 +179,13 @@ test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT,
     ['bad dtype', (o) => [act(o, { dtype: 7 as DType })], /dtype/],
     ['past the context', (o) => [act(o, { position: 0, tokenIds: new Array(65).fill(1), hidden: Buffer.alloc(65 * dim * 4) })], /past the session's context/],
     ['second open', (o) => [{ open: o }], /second open/],
+    ['no stage timing', (o) => [act(o, { timings: [] })], /0 stage timings, expected 1/],
+    ['a stage timing too many', (o) => [act(o, { timings: [upstream, upstream] })], /2 stage timings, expected 1/],
+    ['stage timing for other layers', (o) => [act(o, { timings: [{ ...upstream, end: 2 }] })], /stage timing 0 is for layers \[0, 2\)/],
+    ['stage timing without a node id', (o) => [act(o, { timings: [{ ...upstream, nodeId: '' }] })], /bad node id/],
+    ['stage timing with a bad node id', (o) => [act(o, { timings: [{ ...upstream, nodeId: 'a b' }] })], /bad node id/],
+    ['negative stage time', (o) => [act(o, { timings: [{ ...upstream, seconds: -1 }] })], /says -1 s/],
+    ['stage time not a number', (o) => [act(o, { timings: [{ ...upstream, seconds: NaN }] })], /says NaN s/],
   ];
   for (const [name, messages, re] of bad) {
     const o = open();
@@ -194,7 +206,53 @@ test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT,
   const d = await delivered;
   t.is(d.position, 1);
   t.true(d.tokenId >= 0 && d.tokenId < 512);
+  // Stage 1's timing passed on, then this node's own for its layers.
+  t.is(d.timings.length, 2);
+  t.deepEqual(d.timings[0], upstream);
+  t.like(d.timings[1], { nodeId: node.ready.id as string, start: 1, end: 5 });
+  t.true(d.timings[1].seconds > 0 && d.timings[1].seconds < 60);
   t.true((await unary(client, client.health, {}, 5000)).ok);
+});
+
+test.serial('the coordinator refuses a delivery whose stage timings do not match the plan: INVALID_ARGUMENT', async (t) => {
+  const key = Buffer.from(KEY);
+  const source = await ModelSource.open(join(sharedModels, 'stories260K.gguf'));
+  const coord = new CoordinatorServer(source, key, silentLogger);
+  const port = await coord.start('127.0.0.1');
+  const deliverClient = coordinatorClient(`127.0.0.1:${port}`);
+  t.teardown(async () => {
+    deliverClient.close();
+    await coord.stop();
+  });
+  const planned = (id: string, name: string) => ({ id, name, address: '127.0.0.1:9', memAvailable: 1, throughput: 1 });
+  const stages = [{ node: planned('node-one', 'one'), start: 0, end: 2 }, { node: planned('node-two', 'two'), start: 2, end: 5 }];
+  const good: StageTiming[] = [{ nodeId: 'node-one', start: 0, end: 2, seconds: 0.01 }, { nodeId: 'node-two', start: 2, end: 5, seconds: 0.02 }];
+  t.like(stageTimesOf(good, stages)[1], { node: 'two', nodeId: 'node-two', layers: [2, 5], seconds: 0.02 });
+
+  /** Delivers one token of a session whose sink checks against the plan; the status Deliver ends with. */
+  const deliver = async (timings: StageTiming[]): Promise<ServiceError | 'ok'> => {
+    coord.sinks.set('timing-check', { deliver: (d) => void stageTimesOf(d.timings, stages), fail: () => {} });
+    const md = await authenticate(deliverClient, key, DELIVER);
+    return new Promise((resolve) => {
+      const call = deliverClient.deliver(md, (err: ServiceError | null) => resolve(err ?? 'ok'));
+      call.write({ sessionId: 'timing-check', position: 1, tokenId: 7, timings });
+      call.end();
+    });
+  };
+  t.is(await deliver(good), 'ok');
+  const bad: [string, StageTiming[], RegExp][] = [
+    ['a stage missing', good.slice(1), /1 stage timings, expected 2/],
+    ['another node than planned', [good[0], { ...good[1], nodeId: 'node-three' }], /stage timing 1 is from node node-three, the plan has two \(node-two\)/],
+    ['stages out of order', [good[1], good[0]], /stage timing 0 is for layers \[2, 5\)/],
+    ['infinite seconds', [good[0], { ...good[1], seconds: Infinity }], /says Infinity s/],
+  ];
+  for (const [name, timings, re] of bad) {
+    const r = await deliver(timings);
+    t.not(r, 'ok', name);
+    if (r === 'ok') continue;
+    t.is(r.code, status.INVALID_ARGUMENT, `${name}: ${r.details}`);
+    t.regex(r.details, re, name);
+  }
 });
 
 test.serial('SIGTERM ends the daemon cleanly with exit 0', async (t) => {

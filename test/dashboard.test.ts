@@ -87,6 +87,9 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   t.is(r.status, 200);
   await page.waitForFunction(() => Number(document.getElementById('tps')?.textContent) > 0, undefined, { timeout: 5000 });
   t.true(Number(await page.textContent('#generated')) > 0);
+  // Each node shows its own compute per token.
+  await page.waitForFunction(() => [...document.querySelectorAll('#nodes .stage-time')].every((e) => /^decode [\d.]+ · prefill [\d.]+ ms\/token$/.test(e.textContent ?? '')), undefined, { timeout: 5000 });
+  t.is((await page.$$('#nodes .stage-time')).length, 2);
   await page.screenshot({ path: join(tmpdir(), 'herd-dashboard.png'), fullPage: true });
   t.deepEqual(errors, []);
 });

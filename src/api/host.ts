@@ -7,43 +7,28 @@
 // token, in arrival order. Over the herd, each session is its own Forward stream, so stages
 // work on different requests at once (pipeline parallelism) and no lock is taken.
 
-import { freemem, hostname, totalmem } from 'node:os';
+import { freemem, totalmem } from 'node:os';
 import { basename } from 'node:path';
 import type { Logger } from 'pino';
 import { GgufFile } from '../gguf/reader.ts';
 import { Tokenizer } from '../tokenizer/index.ts';
 import { ChatTemplate } from '../tokenizer/chat-template.ts';
-import { Transformer } from '../model/transformer.ts';
 import type { KvType } from '../model/kv-cache.ts';
-import type { KernelBackend } from '../kernels/backend.ts';
 import { readConfig, type ModelConfig } from '../model/config.ts';
-import { LocalSession, type InferenceSession } from '../engine/session.ts';
+import type { InferenceSession } from '../engine/session.ts';
 import type { SamplingOptions } from '../engine/sampler.ts';
-import type { ClusterKey } from '../cluster/auth.ts';
 import { ClusterError } from '../cluster/errors.ts';
 import { jsonLogger, silentLogger } from '../cluster/log.ts';
-import { resolveNodes, withHoldings, type NodeSet } from '../cluster/coordinator/nodes.ts';
-import { HerdCluster } from '../cluster/coordinator/pipeline.ts';
-import { nodeProgress, type ProgressSink } from '../cluster/coordinator/progress.ts';
+import type { NodeSet } from '../cluster/coordinator/nodes.ts';
+import type { StagedSession, StageTime } from '../cluster/coordinator/pipeline.ts';
 import { fetchInfo } from '../cluster/discovery/static.ts';
-import type { PlanEntry } from '../cluster/coordinator/open.ts';
+import { findHerd, loadModel, type HerdOptions, type LoadedModel, type PlanEntry } from '../cluster/coordinator/open.ts';
 import { FairQueue, type Release } from './queue.ts';
 import { unavailable } from './errors.ts';
 
-export interface HostOptions {
+export interface HostOptions extends HerdOptions {
   readonly modelPath: string;
-  /** local | auto | host:port,… (as `herd run --nodes`). */
-  readonly nodes: string;
   readonly ctx?: number;
-  readonly kvType: KvType;
-  /** Kernels for in-process layers (default: the js reference); the caller closes it. */
-  readonly backend?: KernelBackend;
-  readonly stages?: number;
-  readonly interface?: string;
-  readonly key?: ClusterKey;
-  readonly wire: 'f32' | 'f16';
-  readonly discoveryTimeoutMs: number;
-  readonly cacheDir?: string;
   /** Sessions (KV caches) at once; default: 4, fewer if their caches would not fit in memory. */
   readonly parallel?: number;
   /** A fallback name, `model`, or a Jinja file (see ChatTemplate.forModel). */
@@ -56,8 +41,6 @@ export interface HostOptions {
    * changed (a Pi that booted late joins; default 30; 0: never).
    */
   readonly rediscoverSeconds?: number;
-  /** Hears model loading (in-process) or each node's shard transfer and loading (cluster). */
-  readonly progress?: ProgressSink;
 }
 
 export type HostStatus = 'loading' | 'ready' | 'unavailable' | 'closed';
@@ -75,16 +58,20 @@ export interface NodeView {
   readonly rss?: number;
 }
 
-/** Per-step timing, for metrics: which node(s) ran it, prefill or decode, how long. */
-export type StepObserver = (node: string, phase: 'prefill' | 'decode', seconds: number, tokens: number) => void;
-
-interface Runner {
-  readonly mode: 'local' | 'cluster';
-  readonly plan: PlanEntry[];
-  open(sampling: SamplingOptions): Promise<InferenceSession>;
-  nodes(): Promise<NodeView[]>;
-  close(): Promise<void>;
+/** One step of one session, for the metrics. */
+export interface StepTiming {
+  readonly phase: 'prefill' | 'decode';
+  readonly tokens: number;
+  /** The whole step as this process waited for it (over the herd: the ring, hops included). */
+  readonly seconds: number;
+  /** Each stage's own compute on the step. */
+  readonly stages: readonly StageTime[];
 }
+
+export type StepObserver = (step: StepTiming) => void;
+
+/** The loaded model, with how the dashboard sees its nodes. */
+type Runner = LoadedModel & { nodes(): Promise<NodeView[]> };
 
 /** A session lent to one request: close() frees its KV cache and its slot. */
 export interface Lease {
@@ -195,12 +182,8 @@ export class ModelHost {
   }
 
   /** The nodes to plan over; undefined for `--nodes local`. */
-  private async resolve(): Promise<NodeSet | undefined> {
-    const o = this.o;
-    if (o.nodes.trim() === 'local') return undefined;
-    const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
-    for (const n of set.notes) o.log.warn({ detail: n }, 'herd.note');
-    return set;
+  private resolve(): Promise<NodeSet | undefined> {
+    return findHerd(this.o, (detail) => this.o.log.warn({ detail }, 'herd.note'));
   }
 
   private scheduleWatch(): void {
@@ -245,27 +228,23 @@ export class ModelHost {
 
   private async makeRunner(set: NodeSet | undefined): Promise<Runner> {
     const o = this.o;
-    if (!set || set.mode === 'local') return this.localRunner();
-    const cluster = await HerdCluster.start({
-      modelPath: this.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: this.ctx, kvType: o.kvType,
-      wire: o.wire, key: o.key, interface: o.interface, cacheDir: o.cacheDir,
-      log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger,
-      onProgress: o.progress && nodeProgress(o.progress),
-    });
-    for (const l of cluster.loads) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
-    const plan: PlanEntry[] = cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
-    const infos = new Map(set.infos);
+    const loaded = await loadModel({ ...o, file: this.file, ctx: this.ctx, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+    if (loaded.mode === 'local') {
+      const { model } = loaded;
+      const view = { ...loaded.plan[0], backend: model.backend.name, arch: process.arch };
+      return { ...loaded, nodes: async () => [{ ...view, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss }] };
+    }
+    for (const l of loaded.shards) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
+    const infos = new Map(set?.infos);
     let fetched = 0;
     return {
-      mode: 'cluster',
-      plan,
-      open: (sampling) => cluster.openSession(sampling),
+      ...loaded,
       nodes: async () => {
         // Memory changes as nodes load and serve: ask again at most every 5 s.
         if (performance.now() - fetched > 5000) {
           fetched = performance.now();
           await Promise.all(
-            plan.map(async (p) => {
+            loaded.plan.map(async (p) => {
               try {
                 infos.set(p.address, await fetchInfo(p.address, 1500));
               } catch {
@@ -274,29 +253,11 @@ export class ModelHost {
             }),
           );
         }
-        return plan.map((p) => {
+        return loaded.plan.map((p) => {
           const i = infos.get(p.address);
           return { ...p, backend: i?.backend, arch: i?.arch, memTotal: i?.memTotal, memAvailable: i?.memAvailable };
         });
       },
-      close: () => cluster.close(),
-    };
-  }
-
-  private localRunner(): Runner {
-    const node = hostname();
-    const progress = this.o.progress;
-    const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${node} ${p.stage}`, bytes: p.bytes, total: p.total }));
-    const model = Transformer.load(this.file, { ctx: this.ctx, kvType: this.o.kvType, backend: this.o.backend, onProgress });
-    const plan: PlanEntry[] = [{ node, address: 'in-process', layers: [0, model.config.nLayers] }];
-    return {
-      mode: 'local',
-      plan,
-      open: async (sampling) => new LocalSession(model, sampling),
-      nodes: async () => [
-        { ...plan[0], backend: model.backend.name, arch: process.arch, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss },
-      ],
-      close: async () => {},
     };
   }
 
@@ -307,7 +268,7 @@ export class ModelHost {
   async lease(sampling: SamplingOptions, signal?: AbortSignal): Promise<Lease> {
     this.requireReady();
     const release: Release = await this.slots.acquire(signal);
-    let session: InferenceSession;
+    let session: StagedSession;
     let runner: Runner;
     try {
       this.requireReady();
@@ -319,7 +280,7 @@ export class ModelHost {
     }
     this.leases.set(runner, (this.leases.get(runner) ?? 0) + 1);
     const local = runner.mode === 'local';
-    const observed = new ObservedSession(session, local ? hostname() : 'pipeline', (...a) => this.onStep(...a));
+    const observed = new ObservedSession(session, (step) => this.onStep(step));
     let closed = false;
     return {
       // In-process, the step is timed inside the lock: waiting for one's turn is not compute.
@@ -414,11 +375,10 @@ class LockedSession implements InferenceSession {
   }
 }
 
-/** Times each step for the metrics. */
+/** Times each step, and hands it with its stages' times to the metrics. */
 class ObservedSession implements InferenceSession {
   constructor(
-    private readonly inner: InferenceSession,
-    private readonly node: string,
+    private readonly inner: StagedSession,
     private readonly observe: StepObserver,
   ) {}
 
@@ -429,7 +389,8 @@ class ObservedSession implements InferenceSession {
   async step(tokens: readonly number[], start: number): Promise<number> {
     const t0 = performance.now();
     const token = await this.inner.step(tokens, start);
-    this.observe(this.node, start === 0 ? 'prefill' : 'decode', (performance.now() - t0) / 1000, tokens.length);
+    const seconds = (performance.now() - t0) / 1000;
+    this.observe({ phase: start === 0 ? 'prefill' : 'decode', tokens: tokens.length, seconds, stages: this.inner.lastStages });
     return token;
   }
 

@@ -2,9 +2,19 @@
 // so tests and several servers in one process do not share counters).
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { StepTiming } from './host.ts';
 
 /** Seconds of recent tokens the tokens-per-second gauge averages over. */
 const RATE_WINDOW_S = 10;
+/** Weight of the newest step in a stage's recent time per token (the dashboard's). */
+const RECENT_WEIGHT = 0.2;
+const STEP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** A stage's recent compute per token, ms, by phase. */
+export interface RecentStageTime {
+  prefill?: number;
+  decode?: number;
+}
 
 export type Outcome = 'stop' | 'length' | 'cancelled' | 'error';
 
@@ -16,8 +26,11 @@ export class ApiMetrics {
   readonly generatedTokens: Counter;
   readonly ttft: Histogram;
   readonly latency: Histogram<'endpoint'>;
-  readonly step: Histogram<'node' | 'phase'>;
+  readonly step: Histogram<'phase'>;
+  readonly stageStep: Histogram<'node' | 'node_id' | 'phase'>;
   private readonly recent: { t: number; n: number }[] = [];
+  /** By stage address. */
+  private readonly recentStages = new Map<string, RecentStageTime>();
 
   constructor(sample: { queueDepth: () => number; sessionsActive: () => number; slots: number; ready: () => boolean }) {
     const registers = [this.registry];
@@ -45,10 +58,17 @@ export class ApiMetrics {
       registers,
     });
     this.step = new Histogram({
+      name: 'herd_step_seconds',
+      help: 'Time of one step as the coordinator waits for it (over the herd: the whole ring, hops included), by phase',
+      labelNames: ['phase'],
+      buckets: STEP_BUCKETS,
+      registers,
+    });
+    this.stageStep = new Histogram({
       name: 'herd_stage_step_seconds',
-      help: 'Time of one forward step, by node (in-process: this host; over the herd: the whole pipeline) and phase',
-      labelNames: ['node', 'phase'],
-      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      help: 'Compute time of one step on one stage, as the node reports it, by node name, node id (local: in-process) and phase',
+      labelNames: ['node', 'node_id', 'phase'],
+      buckets: STEP_BUCKETS,
       registers,
     });
     const gauge = (name: string, help: string, value: () => number) =>
@@ -65,6 +85,24 @@ export class ApiMetrics {
     gauge('herd_sessions_active', 'Sessions (KV caches) in use', sample.sessionsActive);
     gauge('herd_session_slots', 'Sessions that may run at once', () => sample.slots);
     gauge('herd_ready', '1 when the model or herd is ready to serve', () => (sample.ready() ? 1 : 0));
+  }
+
+  /** One step: the whole step, each stage's share, and the stages' recent time per token. */
+  observeStep(s: StepTiming): void {
+    this.step.observe({ phase: s.phase }, s.seconds);
+    for (const st of s.stages) {
+      this.stageStep.observe({ node: st.node, node_id: st.nodeId, phase: s.phase }, st.seconds);
+      const ms = (1000 * st.seconds) / s.tokens;
+      const r = this.recentStages.get(st.address) ?? {};
+      const before = r[s.phase];
+      r[s.phase] = before === undefined ? ms : before + RECENT_WEIGHT * (ms - before);
+      this.recentStages.set(st.address, r);
+    }
+  }
+
+  /** The stage at this address: its recent compute per token, ms (empty before its first step). */
+  recentStage(address: string): RecentStageTime {
+    return { ...this.recentStages.get(address) };
   }
 
   /** Counts generated tokens for the rate gauge and the counter. */

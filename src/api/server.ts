@@ -56,7 +56,7 @@ export class ApiServer {
       slots: host.slots.size,
       ready: () => host.status === 'ready',
     });
-    host.onStep = (node, phase, seconds) => this.metrics.step.observe({ node, phase }, seconds);
+    host.onStep = (step) => this.metrics.observeStep(step);
     this.keyHash = o.apiKey === undefined ? undefined : sha256(o.apiKey);
     this.fingerprint = `herd-${o.version}`;
     for (const { file } of Object.values(STATIC)) this.files.set(file, readFileSync(new URL(file, dashboardDir)));
@@ -202,7 +202,7 @@ export class ApiServer {
         id: h.modelId, path: h.file.path, architecture: h.config.arch, layers: h.config.nLayers, context: h.ctx,
         bytes: h.file.fileSize, chat_template: h.template.name,
       },
-      nodes: await h.nodes(),
+      nodes: (await h.nodes()).map((n) => ({ ...n, stageMs: this.metrics.recentStage(n.address) })),
       sessions: { active: h.slots.active, queued: h.slots.waiting, slots: h.slots.size },
       tokens_per_second: this.metrics.tokensPerSecond(),
       tokens_generated: await value(this.metrics.generatedTokens),
@@ -313,7 +313,7 @@ export class ApiServer {
       timings: out.timings,
       ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
       plan: this.o.host.plan,
-      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, threads: this.o.host.o.backend.threads } : {}),
+      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, threads: this.o.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
     };
   }
 

@@ -63,6 +63,8 @@ export interface HerdExtension {
   /** In-process only: the server's kernels. */
   backend?: string;
   threads?: number;
+  /** In-process only: the server's peak resident memory. */
+  peak_rss_mib?: number;
 }
 
 export interface StreamResult {
@@ -185,7 +187,7 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
     process.stdout.write(
       `${JSON.stringify({
         text: r.text, tokens: h.tokens, prompt_tokens: h.prompt_tokens, stop_reason: h.stop_reason, seed: h.seed, timings: h.timings, plan: h.plan,
-        ...(h.backend ? { backend: h.backend, threads: h.threads } : {}),
+        ...(h.backend ? { backend: h.backend, threads: h.threads, peak_rss_mib: h.peak_rss_mib } : {}),
         server: url,
       })}\n`,
     );

@@ -1,7 +1,7 @@
 // What a node offers: the capabilities it advertises in mDNS TXT and reports in Info, and
 // what the planner consumes. TXT values arrive from the network, so decoding validates.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const SERVICE_TYPE = 'herd';
 export const DEFAULT_PORT = 7077;
 
@@ -33,7 +33,8 @@ export function capsToTxt(c: NodeCapabilities): Record<string, string> {
   };
 }
 
-const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+/** A node id as nodes advertise it (TXT `id`, NodeInfo.node_id, StageTiming.node_id). */
+export const NODE_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Narrows a decoded TXT record; undefined when it is not a herd node's. */
 export function capsFromTxt(txt: unknown): NodeCapabilities | undefined {
@@ -52,7 +53,7 @@ export function capsFromTxt(txt: unknown): NodeCapabilities | undefined {
   };
   const pv = num('pv');
   const nodeId = str('id');
-  if (pv === undefined || nodeId === undefined || !ID_RE.test(nodeId)) return undefined;
+  if (pv === undefined || nodeId === undefined || !NODE_ID_RE.test(nodeId)) return undefined;
   return {
     protocolVersion: pv,
     nodeId,

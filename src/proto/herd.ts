@@ -50,7 +50,8 @@ export const protobufFileName = "herd.proto";
  */
 export enum ProtocolVersion {
   PROTOCOL_VERSION_UNSPECIFIED = 0,
-  PROTOCOL_VERSION_CURRENT = 1,
+  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming */
+  PROTOCOL_VERSION_CURRENT = 2,
   UNRECOGNIZED = -1,
 }
 
@@ -59,7 +60,7 @@ export function protocolVersionFromJSON(object: any): ProtocolVersion {
     case 0:
     case "PROTOCOL_VERSION_UNSPECIFIED":
       return ProtocolVersion.PROTOCOL_VERSION_UNSPECIFIED;
-    case 1:
+    case 2:
     case "PROTOCOL_VERSION_CURRENT":
       return ProtocolVersion.PROTOCOL_VERSION_CURRENT;
     case -1:
@@ -379,6 +380,23 @@ export interface Activation {
   dtype: DType;
   /** values per row (the model's embedding length) */
   dim: number;
+  /** one per stage before this one, in route order; none into stage 1 */
+  timings: StageTiming[];
+}
+
+/**
+ * How long one stage computed one Activation: each stage appends its own before passing it on,
+ * so the coordinator gets per-node stage time with the token.
+ */
+export interface StageTiming {
+  /** the stage's NodeInfo.node_id */
+  nodeId: string;
+  /** first layer it ran (its route hop's) */
+  start: number;
+  /** one past its last layer */
+  end: number;
+  /** compute on this message: embedding or hidden-state decode, layers, head and sampling; not waits or the network */
+  seconds: number;
 }
 
 export interface ForwardReply {
@@ -456,6 +474,8 @@ export interface Delivery {
   position: number;
   /** the sampled token */
   tokenId: number;
+  /** every stage's time on the step, in route order, the last stage's included */
+  timings: StageTiming[];
 }
 
 export interface DeliverReply {
@@ -2700,7 +2720,7 @@ export const Sampling: MessageFns<Sampling> = {
 };
 
 function createBaseActivation(): Activation {
-  return { sessionId: "", position: 0, tokenIds: [], hidden: Buffer.alloc(0), dtype: 0, dim: 0 };
+  return { sessionId: "", position: 0, tokenIds: [], hidden: Buffer.alloc(0), dtype: 0, dim: 0, timings: [] };
 }
 
 export const Activation: MessageFns<Activation> = {
@@ -2726,6 +2746,9 @@ export const Activation: MessageFns<Activation> = {
     }
     if (message.dim !== 0) {
       writer.uint32(48).uint32(message.dim);
+    }
+    for (const v of message.timings) {
+      StageTiming.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -2801,6 +2824,14 @@ export const Activation: MessageFns<Activation> = {
             message.dim = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.timings.push(StageTiming.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2829,6 +2860,7 @@ export const Activation: MessageFns<Activation> = {
       hidden: isSet(object.hidden) ? Buffer.from(bytesFromBase64(object.hidden)) : Buffer.alloc(0),
       dtype: isSet(object.dtype) ? dTypeFromJSON(object.dtype) : 0,
       dim: isSet(object.dim) ? globalThis.Number(object.dim) : 0,
+      timings: globalThis.Array.isArray(object?.timings) ? object.timings.map((e: any) => StageTiming.fromJSON(e)) : [],
     };
   },
 
@@ -2852,6 +2884,9 @@ export const Activation: MessageFns<Activation> = {
     if (message.dim !== 0) {
       obj.dim = Math.round(message.dim);
     }
+    if (message.timings?.length) {
+      obj.timings = message.timings.map((e) => StageTiming.toJSON(e));
+    }
     return obj;
   },
 
@@ -2866,6 +2901,128 @@ export const Activation: MessageFns<Activation> = {
     message.hidden = object.hidden ?? Buffer.alloc(0);
     message.dtype = object.dtype ?? 0;
     message.dim = object.dim ?? 0;
+    message.timings = object.timings?.map((e) => StageTiming.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseStageTiming(): StageTiming {
+  return { nodeId: "", start: 0, end: 0, seconds: 0 };
+}
+
+export const StageTiming: MessageFns<StageTiming> = {
+  encode(message: StageTiming, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== "") {
+      writer.uint32(10).string(message.nodeId);
+    }
+    if (message.start !== 0) {
+      writer.uint32(16).uint32(message.start);
+    }
+    if (message.end !== 0) {
+      writer.uint32(24).uint32(message.end);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(33).double(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StageTiming {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStageTiming();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodeId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.start = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.end = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StageTiming {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.String(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.String(object.node_id)
+        : "",
+      start: isSet(object.start) ? globalThis.Number(object.start) : 0,
+      end: isSet(object.end) ? globalThis.Number(object.end) : 0,
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+    };
+  },
+
+  toJSON(message: StageTiming): unknown {
+    const obj: any = {};
+    if (message.nodeId !== "") {
+      obj.nodeId = message.nodeId;
+    }
+    if (message.start !== 0) {
+      obj.start = Math.round(message.start);
+    }
+    if (message.end !== 0) {
+      obj.end = Math.round(message.end);
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = floatToJson(message.seconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StageTiming>, I>>(base?: I): StageTiming {
+    return StageTiming.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StageTiming>, I>>(object: I): StageTiming {
+    const message = createBaseStageTiming();
+    message.nodeId = object.nodeId ?? "";
+    message.start = object.start ?? 0;
+    message.end = object.end ?? 0;
+    message.seconds = object.seconds ?? 0;
     return message;
   },
 };
@@ -3671,7 +3828,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
 };
 
 function createBaseDelivery(): Delivery {
-  return { sessionId: "", position: 0, tokenId: 0 };
+  return { sessionId: "", position: 0, tokenId: 0, timings: [] };
 }
 
 export const Delivery: MessageFns<Delivery> = {
@@ -3684,6 +3841,9 @@ export const Delivery: MessageFns<Delivery> = {
     }
     if (message.tokenId !== 0) {
       writer.uint32(24).uint32(message.tokenId);
+    }
+    for (const v of message.timings) {
+      StageTiming.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -3725,6 +3885,14 @@ export const Delivery: MessageFns<Delivery> = {
             message.tokenId = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.timings.push(StageTiming.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3750,6 +3918,7 @@ export const Delivery: MessageFns<Delivery> = {
         : isSet(object.token_id)
         ? globalThis.Number(object.token_id)
         : 0,
+      timings: globalThis.Array.isArray(object?.timings) ? object.timings.map((e: any) => StageTiming.fromJSON(e)) : [],
     };
   },
 
@@ -3764,6 +3933,9 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.tokenId !== 0) {
       obj.tokenId = Math.round(message.tokenId);
     }
+    if (message.timings?.length) {
+      obj.timings = message.timings.map((e) => StageTiming.toJSON(e));
+    }
     return obj;
   },
 
@@ -3775,6 +3947,7 @@ export const Delivery: MessageFns<Delivery> = {
     message.sessionId = object.sessionId ?? "";
     message.position = object.position ?? 0;
     message.tokenId = object.tokenId ?? 0;
+    message.timings = object.timings?.map((e) => StageTiming.fromPartial(e)) || [];
     return message;
   },
 };

@@ -37,6 +37,12 @@ function drawLayers(state) {
   });
 }
 
+/** The node's own recent compute per token (its share of each step), as /api/state gives it. */
+function stageTime(ms) {
+  const parts = [['decode', ms?.decode], ['prefill', ms?.prefill]].filter(([, v]) => v !== undefined).map(([p, v]) => `${p} ${v.toFixed(v < 10 ? 2 : 1)}`);
+  return parts.length > 0 ? `${parts.join(' · ')} ms/token` : 'no steps yet';
+}
+
 function drawNodes(state) {
   const list = $('nodes');
   list.replaceChildren();
@@ -48,6 +54,7 @@ function drawNodes(state) {
       el('div', { className: 'meta' }, `${n.address} · layers ${n.layers[0]}–${n.layers[1] - 1}`),
       el('div', { className: 'meta' }, [n.arch, n.backend && `${n.backend} kernels`].filter(Boolean).join(' · ')),
       el('div', { className: 'meta mem-text' }, `memory ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`),
+      el('div', { className: 'meta stage-time', title: 'this node\'s own compute per token, recent average' }, stageTime(n.stageMs)),
       el('div', { className: 'mem' }, el('div', { style: { width: `${pct}%` } }))));
   });
 }

@@ -1,5 +1,6 @@
-// What `herd run` (and later the HTTP API) calls to get an InferenceSession: in-process for
-// `--nodes local` (and for `auto` when nobody answers), else a pipeline over the herd.
+// Where a model's layers run, for `herd run` and `herd serve` alike: find the herd (`--nodes`),
+// then load the model once — in-process for `--nodes local` (and for `auto` when nobody
+// answers), else as a plan over the herd — and open a session per request on it.
 
 import { hostname } from 'node:os';
 import type { GgufFile } from '../../gguf/reader.ts';
@@ -9,30 +10,24 @@ import type { KvType } from '../../model/kv-cache.ts';
 import { LocalSession, type InferenceSession } from '../../engine/session.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import type { ClusterKey } from '../auth.ts';
-import { jsonLogger, silentLogger } from '../log.ts';
-import { LOCAL_ADDRESS, resolveNodes, withHoldings } from './nodes.ts';
-import { HerdCluster, type StageLoad } from './pipeline.ts';
+import { jsonLogger, silentLogger, type Logger } from '../log.ts';
+import { LOCAL_ADDRESS, resolveNodes, withHoldings, type NodeSet } from './nodes.ts';
+import { HerdCluster, type StagedSession, type StageLoad, type StageTime } from './pipeline.ts';
 import { nodeProgress, type ProgressSink } from './progress.ts';
 
-export interface OpenOptions {
-  readonly file: GgufFile;
-  readonly ctx: number;
-  readonly kvType: KvType;
-  readonly sampling: SamplingOptions;
-  /** Kernels for an in-process run (the caller owns and closes it); default the js reference. */
-  readonly backend?: KernelBackend;
+/** Where and how the layers run: the flags `herd run` and `herd serve` share. */
+export interface HerdOptions {
   /** auto | local | host:port,… */
   readonly nodes: string;
+  readonly kvType: KvType;
+  /** Kernels for an in-process run (the caller owns and closes it); default the js reference. */
+  readonly backend?: KernelBackend;
   readonly stages?: number;
   readonly interface?: string;
   readonly key?: ClusterKey;
   readonly wire: 'f32' | 'f16';
   readonly discoveryTimeoutMs: number;
   readonly cacheDir?: string;
-  /** One line for the user (stderr). */
-  readonly note: (line: string) => void;
-  /** Structured cluster logs on stderr. */
-  readonly verbose?: boolean;
   /** Hears model loading (in-process) or each node's shard transfer and loading (cluster). */
   readonly progress?: ProgressSink;
 }
@@ -43,6 +38,71 @@ export interface PlanEntry {
   readonly layers: [number, number];
 }
 
+interface Loaded {
+  readonly plan: PlanEntry[];
+  /** A new session with its own KV caches. */
+  open(sampling: SamplingOptions): Promise<StagedSession>;
+  close(): Promise<void>;
+}
+
+/** The whole model in this process. */
+export interface LocalModel extends Loaded {
+  readonly mode: 'local';
+  readonly model: Transformer;
+}
+
+/** The model over the herd: every session is its own pipeline through the stages. */
+export interface ClusterModel extends Loaded {
+  readonly mode: 'cluster';
+  /** How each stage got its shard. */
+  readonly shards: StageLoad[];
+}
+
+/** A model loaded once, serving a session per request. */
+export type LoadedModel = LocalModel | ClusterModel;
+
+/** The nodes `--nodes` names, their notes told to `note`; undefined for `--nodes local`. */
+export async function findHerd(o: HerdOptions, note: (line: string) => void): Promise<NodeSet | undefined> {
+  if (o.nodes.trim() === 'local') return undefined;
+  const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
+  for (const n of set.notes) note(n);
+  return set;
+}
+
+/** Loads the model in-process (no set, or a local one) or has the herd's stages load it. */
+export async function loadModel(o: HerdOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger }, set: NodeSet | undefined): Promise<LoadedModel> {
+  if (!set || set.mode === 'local') {
+    const node = hostname();
+    const progress = o.progress;
+    const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${node} ${p.stage}`, bytes: p.bytes, total: p.total }));
+    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
+    const plan: PlanEntry[] = [{ node, address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }];
+    const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
+    return { mode: 'local', model, plan, open: async (sampling) => new InProcessStage(new LocalSession(model, sampling), stage), close: async () => {} };
+  }
+  const cluster = await HerdCluster.start({
+    modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
+    interface: o.interface, cacheDir: o.cacheDir, log: o.log, onProgress: o.progress && nodeProgress(o.progress),
+  });
+  return {
+    mode: 'cluster',
+    plan: cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] })),
+    shards: cluster.loads,
+    open: (sampling) => cluster.openSession(sampling),
+    close: () => cluster.close(),
+  };
+}
+
+export interface OpenOptions extends HerdOptions {
+  readonly file: GgufFile;
+  readonly ctx: number;
+  readonly sampling: SamplingOptions;
+  /** One line for the user (stderr). */
+  readonly note: (line: string) => void;
+  /** Structured cluster logs on stderr. */
+  readonly verbose?: boolean;
+}
+
 export interface OpenedInference {
   readonly session: InferenceSession;
   readonly plan: PlanEntry[];
@@ -51,45 +111,53 @@ export interface OpenedInference {
   close(): Promise<void>;
 }
 
+/** One session on a model loaded for it alone: what `herd run` generates with. */
 export async function openInference(o: OpenOptions): Promise<OpenedInference> {
-  const local = async (): Promise<OpenedInference> => {
-    const progress = o.progress;
-    const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${hostname()} ${p.stage}`, bytes: p.bytes, total: p.total }));
-    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
-    return {
-      session: new LocalSession(model, o.sampling),
-      plan: [{ node: hostname(), address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }],
-      close: async () => {},
-    };
-  };
-  if (o.nodes.trim() === 'local') return local();
-
-  const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
-  for (const n of set.notes) o.note(n);
-  if (set.mode === 'local') return local();
-
-  const cluster = await HerdCluster.start({
-    modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
-    interface: o.interface, cacheDir: o.cacheDir, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger,
-    onProgress: o.progress && nodeProgress(o.progress),
-  });
-  for (const [i, l] of cluster.loads.entries()) {
+  const set = await findHerd(o, o.note);
+  const loaded = await loadModel({ ...o, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+  const shards = loaded.mode === 'cluster' ? loaded.shards : undefined;
+  for (const [i, l] of (shards ?? []).entries()) {
     const how = l.source === 'fetched' ? `fetched ${(l.bytes_transferred / 1e6).toFixed(1)} MB` : `from ${l.source}`;
     o.note(`stage ${i + 1}: ${l.node} (${l.address}) layers [${l.layers[0]}, ${l.layers[1]}): ${how} in ${l.ms} ms`);
   }
   try {
-    const session = await cluster.openSession(o.sampling);
+    const session = await loaded.open(o.sampling);
     return {
       session,
-      plan: cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] })),
-      shards: cluster.loads,
+      plan: loaded.plan,
+      shards,
       close: async () => {
         await session.close();
-        await cluster.close();
+        await loaded.close();
       },
     };
   } catch (e) {
-    await cluster.close();
+    await loaded.close();
     throw e;
+  }
+}
+
+/** The whole model in this process as a pipeline of one stage, timing its own steps. */
+class InProcessStage implements StagedSession {
+  lastStages: readonly StageTime[] = [];
+
+  constructor(
+    private readonly inner: InferenceSession,
+    private readonly stage: Omit<StageTime, 'seconds'>,
+  ) {}
+
+  get ctx(): number {
+    return this.inner.ctx;
+  }
+
+  async step(tokens: readonly number[], start: number): Promise<number> {
+    const t0 = performance.now();
+    const token = await this.inner.step(tokens, start);
+    this.lastStages = [{ ...this.stage, seconds: (performance.now() - t0) / 1000 }];
+    return token;
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
   }
 }

@@ -1,7 +1,8 @@
 // The coordinator side of a generation over the herd. `HerdCluster.start` hashes the model,
 // plans, serves the model's tensors, and has every stage load its shard; `openSession` gives
 // a PipelineSession — an InferenceSession whose step() sends token ids to stage 1 on one
-// long-lived Forward stream and awaits the token the last stage Delivers back.
+// long-lived Forward stream and awaits the token the last stage Delivers back, with each
+// stage's compute time on the way.
 
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
@@ -9,16 +10,16 @@ import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { InferenceSession } from '../../engine/session.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import type { KvType as EngineKvType } from '../../model/kv-cache.ts';
-import { DType, KvType, type Delivery, type ForwardReply, type ForwardRequest, type HerdNodeClient, type LoadProgress } from '../../proto/herd.ts';
+import { DType, KvType, type Delivery, type ForwardReply, type ForwardRequest, type HerdNodeClient, type LoadProgress, type StageTiming } from '../../proto/herd.ts';
 import type { ClusterKey } from '../auth.ts';
-import { ClusterError } from '../errors.ts';
+import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { formatHostPort, interfaceIpv4, parseHostPort } from '../net.ts';
-import { plan as makePlan, type Plan, type PlanNode } from '../planner.ts';
+import { plan as makePlan, type Plan, type PlannedStage, type PlanNode } from '../planner.ts';
 import { authenticate, describeCallError, nodeClient } from '../rpc.ts';
 import { ModelSource } from '../shard/source.ts';
 import { modelShape } from '../shape.ts';
-import { samplingToWire } from '../node/stage.ts';
+import { checkTimings, samplingToWire } from '../node/stage.ts';
 import { CoordinatorServer } from './server.ts';
 
 const FORWARD = '/herd.v1.HerdNode/Forward';
@@ -54,6 +55,22 @@ export interface StageLoad {
   readonly source: string;
   readonly bytes_transferred: number;
   readonly ms: number;
+}
+
+/** One stage's compute time on a step, as its node reported it. */
+export interface StageTime {
+  /** The node's name, as the plan shows it. */
+  readonly node: string;
+  readonly nodeId: string;
+  readonly address: string;
+  readonly layers: readonly [number, number];
+  readonly seconds: number;
+}
+
+/** A session that tells how long each stage computed its last step. */
+export interface StagedSession extends InferenceSession {
+  /** One entry per stage, in pipeline order; empty before the first step. */
+  readonly lastStages: readonly StageTime[];
 }
 
 export class HerdCluster {
@@ -162,7 +179,18 @@ function localAddressFor(host: string, port: number): Promise<string> {
   });
 }
 
-export class PipelineSession implements InferenceSession {
+/** A delivery's timings, checked against the plan: one per stage, in order, from the planned node. */
+export function stageTimesOf(timings: readonly StageTiming[], stages: readonly Pick<PlannedStage, 'node' | 'start' | 'end'>[]): StageTime[] {
+  checkTimings(timings, stages);
+  return timings.map((t, i) => {
+    const { node } = stages[i];
+    if (t.nodeId !== node.id) throw invalid(`stage timing ${i} is from node ${t.nodeId}, the plan has ${node.name} (${node.id}) there`);
+    return { node: node.name, nodeId: node.id, address: node.address, layers: [t.start, t.end], seconds: t.seconds };
+  });
+}
+
+export class PipelineSession implements StagedSession {
+  lastStages: readonly StageTime[] = [];
   private waiting: { position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   private failure: Error | undefined;
   private closed = false;
@@ -239,14 +267,23 @@ export class PipelineSession implements InferenceSession {
     }
   }
 
+  /** Takes the last stage's token; throws (INVALID_ARGUMENT to the stage) if its timings are malformed. */
   private onDelivery(d: Delivery): void {
     const w = this.waiting;
     if (!w || d.position !== w.position) {
       this.fail(new ClusterError('pipeline', `the last stage delivered position ${d.position}, expected ${w?.position ?? 'nothing'}`));
       return;
     }
+    let stages: StageTime[];
+    try {
+      stages = stageTimesOf(d.timings, this.cluster.plan.stages);
+    } catch (e) {
+      this.fail(new ClusterError('pipeline', `the last stage's delivery: ${(e as Error).message}`));
+      throw e;
+    }
     this.waiting = undefined;
     clearTimeout(w.timer);
+    this.lastStages = stages;
     w.resolve(d.tokenId);
   }
 
@@ -261,7 +298,7 @@ export class PipelineSession implements InferenceSession {
       const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `no token from the pipeline in ${timeoutMs / 1000} s`)), timeoutMs);
       this.waiting = { position: start + tokens.length, resolve, reject, timer };
       this.stream.write({
-        activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0 },
+        activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0, timings: [] },
       });
     });
   }

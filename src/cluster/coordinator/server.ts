@@ -23,6 +23,7 @@ const DELIVER = '/herd.v1.HerdCoordinator/Deliver';
 
 /** Where a session's delivered tokens go. */
 export interface DeliverySink {
+  /** Throws a ClusterError('invalid') for a delivery it refuses (the stage gets INVALID_ARGUMENT). */
   deliver(d: Delivery): void;
   /** The last stage's Deliver stream failed or ended early. */
   fail(reason: string): void;
@@ -120,7 +121,11 @@ export class CoordinatorServer {
       }
       sessionId = d.sessionId;
       sink = s;
-      s.deliver(d);
+      try {
+        s.deliver(d);
+      } catch (e) {
+        answer(toStatus(e));
+      }
     });
     call.on('end', () => answer(null));
     call.on('error', (e) => {

@@ -2,7 +2,7 @@
 // Each peer is asked for its Info over gRPC; the ones that do not answer are reported.
 
 import type { NodeInfo } from '../../proto/herd.ts';
-import type { NodeCapabilities } from '../caps.ts';
+import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
 import { formatHostPort, type HostPort } from '../net.ts';
 import { describeCallError, nodeClient, unary } from '../rpc.ts';
 import type { DiscoveredNode, DiscoverOptions, Discovery, DiscoveryResult } from './types.ts';
@@ -51,6 +51,11 @@ export class StaticDiscovery implements Discovery {
     const seen = new Set<string>();
     for (const a of answers) {
       if ('info' in a && a.info) {
+        // As mDNS browsing does: a node of another protocol version cannot join this herd's ring.
+        if (a.info.protocolVersion !== PROTOCOL_VERSION) {
+          unreachable.push({ address: a.address, error: `it speaks herd protocol ${a.info.protocolVersion} (herd ${a.info.version}); this herd speaks ${PROTOCOL_VERSION}` });
+          continue;
+        }
         if (seen.has(a.info.nodeId)) continue;
         seen.add(a.info.nodeId);
         nodes.push({ address: a.address, caps: capsFromInfo(a.info), via: 'peers', info: a.info });

@@ -22,7 +22,7 @@ export interface DiscoverOptions {
 
 export interface DiscoveryResult {
   readonly nodes: DiscoveredNode[];
-  /** Peers that were asked and did not answer (static discovery). */
+  /** Peers that were asked and did not answer, or answered in another protocol version (static discovery). */
   readonly unreachable: { readonly address: string; readonly error: string }[];
 }
 

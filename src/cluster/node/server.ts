@@ -370,7 +370,7 @@ export class NodeServer {
       if (this.draining) throw new StatusError(status.UNAVAILABLE, 'the node is shutting down');
       if (this.sessions.size >= MAX_SESSIONS) throw new StatusError(status.RESOURCE_EXHAUSTED, `the node holds ${MAX_SESSIONS} sessions already`);
       const c = checkOpen(o, this.store, (id) => this.sessions.has(id));
-      const s = new StageSession(o.sessionId, c.shard, o.ctx, c.wire, c.isLast, c.sampling);
+      const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId);
       if (s.cache.bytes > freemem()) {
         throw new StatusError(status.RESOURCE_EXHAUSTED, `a KV cache of ${s.cache.bytes} bytes does not fit the ${freemem()} bytes available`);
       }

@@ -2,10 +2,11 @@
 // and token history. Every message is checked against the loaded shard before use; a bad one
 // is a ClusterError('invalid') — INVALID_ARGUMENT for the caller — never a crash.
 
-import { DType, KvType, type Activation, type Delivery, type SessionOpen, type Sampling } from '../../proto/herd.ts';
+import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming } from '../../proto/herd.ts';
 import type { KvCache } from '../../model/kv-cache.ts';
 import { Sampler, SamplingError, validateSampling, type SamplingOptions } from '../../engine/sampler.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
+import { NODE_ID_RE } from '../caps.ts';
 import { invalid } from '../errors.ts';
 import { parseHostPort } from '../net.ts';
 import { HASH_RE } from '../shard/shard.ts';
@@ -13,6 +14,8 @@ import type { LoadedShard, ShardStore } from '../shard/store.ts';
 
 export const SESSION_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
 const MAX_ROUTE = 64;
+/** A stage's time on one message above this is not a measurement (a step times out long before). */
+const MAX_STAGE_SECONDS = 86_400;
 
 export function dtypeBytes(d: DType): number {
   return d === DType.DTYPE_F16 ? 2 : 4;
@@ -64,6 +67,21 @@ export interface CheckedOpen {
   readonly deliverTo?: string;
   readonly sampling?: SamplingOptions;
   readonly wire: DType;
+  /** The stages before this one: each activation carries one timing per hop, in this order. */
+  readonly upstream: readonly Hop[];
+}
+
+/** Checks a message's stage timings: one per hop, each naming its hop's layer range. */
+export function checkTimings(timings: readonly StageTiming[], hops: readonly Pick<Hop, 'start' | 'end'>[]): void {
+  if (timings.length !== hops.length) throw invalid(`${timings.length} stage timings, expected ${hops.length} (one per stage so far)`);
+  for (const [i, t] of timings.entries()) {
+    const hop = hops[i];
+    if (!NODE_ID_RE.test(t.nodeId)) throw invalid(`stage timing ${i} has a bad node id "${t.nodeId.slice(0, 64)}"`);
+    if (t.start !== hop.start || t.end !== hop.end) {
+      throw invalid(`stage timing ${i} is for layers [${t.start}, ${t.end}), that stage runs [${hop.start}, ${hop.end})`);
+    }
+    if (!(t.seconds >= 0 && t.seconds <= MAX_STAGE_SECONDS)) throw invalid(`stage timing ${i} says ${t.seconds} s, not in 0..${MAX_STAGE_SECONDS}`);
+  }
 }
 
 /** Checks a SessionOpen against what this node holds. */
@@ -107,6 +125,7 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
     deliverTo: isLast ? o.deliverTo : undefined,
     sampling: isLast && o.sampling ? samplingFromWire(o.sampling) : undefined,
     wire: o.wire,
+    upstream: o.route.slice(0, o.hop),
   };
 }
 
@@ -115,19 +134,26 @@ export class StageSession {
   pos = 0;
   private readonly sampler?: Sampler;
   private readonly history: number[] = [];
+  readonly shard: LoadedShard;
+  readonly wire: DType;
+  readonly isLast: boolean;
+  private readonly upstream: readonly Hop[];
 
   constructor(
     readonly id: string,
-    readonly shard: LoadedShard,
     readonly ctx: number,
-    readonly wire: DType,
-    readonly isLast: boolean,
-    sampling: SamplingOptions | undefined,
+    c: CheckedOpen,
+    /** This node's id, in the timing it appends to each message. */
+    private readonly nodeId: string,
   ) {
-    this.cache = shard.model.newCache();
-    if (isLast) {
-      if (!sampling) throw invalid('the last stage needs sampling options');
-      this.sampler = new Sampler(sampling, shard.model.config.vocabSize);
+    this.shard = c.shard;
+    this.wire = c.wire;
+    this.isLast = c.isLast;
+    this.upstream = c.upstream;
+    this.cache = c.shard.model.newCache();
+    if (c.isLast) {
+      if (!c.sampling) throw invalid('the last stage needs sampling options');
+      this.sampler = new Sampler(c.sampling, c.shard.model.config.vocabSize);
     }
   }
 
@@ -157,13 +183,21 @@ export class StageSession {
       const want = n * dim * dtypeBytes(a.dtype);
       if (a.hidden.length !== want) throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
     }
+    checkTimings(a.timings, this.upstream);
 
     // In steps of at most the model's batch: each weight is read once per step.
     const outSize = this.isLast ? 0 : n * dim * dtypeBytes(this.wire);
     const out = Buffer.allocUnsafe(outSize);
     const inBytes = a.dtype === DType.DTYPE_F16 ? 2 : 4;
+    // Compute time only: the yields between steps serve other calls, not this message.
+    let busyMs = 0;
+    let t0 = performance.now();
     for (let off = 0; off < n; off += model.batch) {
-      if (off > 0) await new Promise((resolve) => setImmediate(resolve));
+      if (off > 0) {
+        busyMs += performance.now() - t0;
+        await new Promise((resolve) => setImmediate(resolve));
+        t0 = performance.now();
+      }
       const m = Math.min(model.batch, n - off);
       const tokens = a.tokenIds.slice(off, off + m);
       if (this.isFirst) {
@@ -186,10 +220,10 @@ export class StageSession {
       }
     }
     this.pos += n;
-    if (this.isLast && this.sampler) {
-      const token = this.sampler.sample(model.head(), this.history);
-      return { delivery: { sessionId: this.id, position: this.pos, tokenId: token } };
-    }
-    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim } };
+    const token = this.isLast && this.sampler ? this.sampler.sample(model.head(), this.history) : undefined;
+    const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: (busyMs + performance.now() - t0) / 1000 };
+    const timings = [...a.timings, mine];
+    if (token !== undefined) return { delivery: { sessionId: this.id, position: this.pos, tokenId: token, timings } };
+    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings } };
   }
 }
