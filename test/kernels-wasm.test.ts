@@ -1,6 +1,7 @@
 // The wasm backend against the js reference kernels (src/kernels/types.ts rows): every type
-// it computes, odd shapes, 1–3 threads; Q8_0 activation quants bit-identical; the committed
-// kernels.wasm equal to a fresh build; and stories260K's greedy tokens unchanged.
+// it computes, odd shapes, 1–3 threads; Q8_0 activation quants bit-identical; attention over
+// f32 and f16 caches and SwiGLU; the committed kernels.wasm equal to a fresh build; and
+// stories260K's greedy tokens unchanged.
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ggmlTypeInfo, type GgmlTypeInfo } from '../src/ggml/types.ts';
-import { f16ToF32 } from '../src/ggml/half.ts';
+import { f16ToF32, f32ToF16 } from '../src/ggml/half.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
@@ -216,6 +217,164 @@ test('wasm prepares Q8_0, Q8_1, Q8_K, f16 and bf16 activations bit-for-bit like 
   } finally {
     await wasm.close();
   }
+});
+
+/** A layer's cache of `rows` positions: f32, or the same values as f16 bits. */
+function randomCache(rows: number, kvDim: number, half: boolean, next: () => number): Float32Array | Uint16Array {
+  const f = randomVector(rows * kvDim, next);
+  return half ? Uint16Array.from(f, (v) => f32ToF16(v)) : f;
+}
+
+for (const threads of [1, 3]) {
+  test(`attention matches the js reference (f32 cache within 1e-5, f16 cache with q rounded identically), ${threads} thread(s)`, async (t) => {
+    // minParallelBytes 0: even one token's attention is split into (token, KV head) chunks.
+    const wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+    const js = new JsBackend();
+    const next = rng(200 + threads);
+    let cases = 0;
+    try {
+      for (const half of [false, true]) {
+        for (const group of [1, 4, 8]) {
+          for (const nKvHeads of [1, 3]) {
+            for (const headDim of [16, 64, 80]) {
+              for (const start of [0, 13]) {
+                for (const n of [1, 5]) {
+                  // peaked: large scores, so most probabilities are tiny (f16 subnormals, exp underflow)
+                  for (const qScale of [1, 12]) {
+                    const nHeads = group * nKvHeads;
+                    const kvDim = nKvHeads * headDim;
+                    const qDim = nHeads * headDim;
+                    const ctx = start + n + 2; // rows past the step must not be read
+                    const keys = randomCache(ctx, kvDim, half, next);
+                    const values = randomCache(ctx, kvDim, half, next);
+                    const q = randomVector(n * qDim, next).map((v) => v * qScale);
+                    // f16 rounding edges: ties to even either way, a half subnormal, below half the smallest
+                    q.set([1 + 2 ** -11, -(1 + 3 * 2 ** -11), 2 ** -20 + 2 ** -26, 2 ** -26], 0);
+                    const qJs = q.slice();
+                    const want = new Float32Array(n * qDim);
+                    const got = new Float32Array(n * qDim).fill(NaN);
+                    const shape = { keys, values, nHeads, nKvHeads, headDim, start, n };
+                    js.attend({ ...shape, q: qJs, out: want });
+                    wasm.attend({ ...shape, q, out: got });
+                    const name = `${half ? 'f16' : 'f32'} group ${group} nKv ${nKvHeads} headDim ${headDim} start ${start} n ${n} q×${qScale}`;
+                    cases++;
+                    if (!q.every((v, i) => Object.is(v, qJs[i]))) t.fail(`${name}: q after the step differs from the js reference's`);
+                    // f32: the sums differ in order and precision only; f16: see f16Bounds.
+                    const bound = keys instanceof Uint16Array && values instanceof Uint16Array ? f16Bounds({ ...shape, keys, values, q }) : undefined;
+                    for (let i = 0; i < want.length; i++) {
+                      const err = Math.abs(got[i] - want[i]);
+                      if (!(err <= (bound?.[i] ?? 1e-5))) {
+                        t.fail(`${name} output ${i}: wasm ${got[i]} js ${want[i]} |Δ| ${err} > ${bound?.[i] ?? 1e-5}`);
+                        break;
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      t.is(cases, 288);
+    } finally {
+      await wasm.close();
+    }
+  });
+}
+
+/**
+ * Allowed |wasm − js| per output of an attention step over an f16 cache. Both round the
+ * probabilities to f16, but from values that differ by f32 rounding (about 1e-5 relative at
+ * most here), so a probability that lies that close to an f16 rounding boundary may round to
+ * the neighbouring half: it then moves the output by one f16 ulp of p times |v|. Elsewhere
+ * the two must round alike, so the bound is 1e-5 plus those ulps alone. The probabilities are
+ * recomputed here in f64 from the f16-rounded q (q as the step left it).
+ */
+function f16Bounds(s: { keys: Uint16Array; values: Uint16Array; nHeads: number; nKvHeads: number; headDim: number; start: number; n: number; q: Float32Array }): Float64Array {
+  const { nHeads, nKvHeads, headDim, start, n } = s;
+  const group = nHeads / nKvHeads;
+  const kvDim = nKvHeads * headDim;
+  const bound = new Float64Array(n * nHeads * headDim).fill(1e-5);
+  const near = (p: number) => f32ToF16(p * (1 - 1e-4)) !== f32ToF16(p * (1 + 1e-4));
+  const ulp = (p: number) => (p < 2 ** -14 ? 2 ** -24 : 2 ** (Math.floor(Math.log2(p)) - 10));
+  for (let i = 0; i < n; i++) {
+    const len = start + i + 1;
+    for (let h = 0; h < nHeads; h++) {
+      const qo = (i * nHeads + h) * headDim;
+      const ko = Math.floor(h / group) * headDim;
+      const sc = new Float64Array(len);
+      for (let t = 0; t < len; t++) {
+        for (let d = 0; d < headDim; d++) sc[t] += s.q[qo + d] * f16ToF32(s.keys[t * kvDim + ko + d]);
+        sc[t] /= Math.sqrt(headDim);
+      }
+      const max = Math.max(...sc);
+      let sum = 0;
+      for (let t = 0; t < len; t++) sum += sc[t] = Math.exp(sc[t] - max);
+      for (let t = 0; t < len; t++) {
+        const p = sc[t] / sum;
+        if (!near(p)) continue;
+        for (let d = 0; d < headDim; d++) bound[qo + d] += ulp(p) * Math.abs(f16ToF32(s.values[t * kvDim + ko + d]));
+      }
+    }
+  }
+  return bound;
+}
+
+test('attention over a long context (prefill of 70 tokens after 300) matches the js reference on 2 threads', async (t) => {
+  const wasm = await WasmBackend.create({ threads: 2 });
+  const js = new JsBackend();
+  const next = rng(77);
+  try {
+    for (const half of [false, true]) {
+      const nHeads = 32, nKvHeads = 4, headDim = 64, start = 300, n = 70;
+      const keys = randomCache(start + n, nKvHeads * headDim, half, next);
+      const values = randomCache(start + n, nKvHeads * headDim, half, next);
+      const q = randomVector(n * nHeads * headDim, next).map((v) => v * 4);
+      const qJs = q.slice();
+      const want = new Float32Array(q.length);
+      const got = new Float32Array(q.length);
+      js.attend({ keys, values, nHeads, nKvHeads, headDim, start, n, q: qJs, out: want });
+      wasm.attend({ keys, values, nHeads, nKvHeads, headDim, start, n, q, out: got });
+      t.deepEqual(Array.from(q), Array.from(qJs), 'q after the step');
+      const bound = keys instanceof Uint16Array && values instanceof Uint16Array ? f16Bounds({ keys, values, nHeads, nKvHeads, headDim, start, n, q }) : undefined;
+      let over = 0;
+      for (let i = 0; i < want.length; i++) if (!(Math.abs(got[i] - want[i]) <= (bound?.[i] ?? 1e-5))) over++;
+      t.is(over, 0, `${half ? 'f16' : 'f32'}: outputs off by more than the bound`);
+    }
+  } finally {
+    await wasm.close();
+  }
+});
+
+test('swiglu matches the js reference within 1e-6 relative, odd sizes, in place, 1 and 2 threads', async (t) => {
+  const js = new JsBackend();
+  const next = rng(31);
+  for (const threads of [1, 2]) {
+    const wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+    try {
+      for (const n of [1, 3, 7, 64, 1001, 100_003]) {
+        // gates from ±0.01 to ±200: e^-g over- and underflows f32 at the ends
+        const gate = Float32Array.from({ length: n }, () => (next() * 2 - 1) * 10 ** (next() * 4 - 2) * 2);
+        const up = randomVector(n, next);
+        const want = new Float32Array(n);
+        js.swiglu(want, gate, up, n);
+        const got = gate.slice();
+        wasm.swiglu(got, got, up, n); // out may be gate
+        for (let i = 0; i < n; i++) {
+          const err = Math.abs(got[i] - want[i]);
+          if (!(err <= 1e-6 * Math.abs(want[i]) + 1e-30)) {
+            t.fail(`${threads} thread(s) n ${n} [${i}]: gate ${gate[i]} up ${up[i]}: wasm ${got[i]} js ${want[i]}`);
+            break;
+          }
+        }
+      }
+      const short = new Float32Array(2);
+      t.throws(() => wasm.swiglu(short, short, short, 3), { instanceOf: WasmBackendError, message: /3 needed/ });
+    } finally {
+      await wasm.close();
+    }
+  }
+  t.pass();
 });
 
 test('views returned by alloc() stay valid and addressable as the memory grows', async (t) => {

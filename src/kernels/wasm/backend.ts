@@ -8,18 +8,19 @@
 // alloc() returned stay valid; wasm32 addresses at most 4 GiB.
 //
 // Threads: threads-1 worker_threads instantiate the same module on the same memory. A
-// product writes its job into the control block, bumps the generation counter and
-// notifies; every thread, the calling one included, claims chunks of rows (a
-// compare-and-swap on a counter) until none is left, and the calling thread waits until
-// every chunk is counted done. A worker that is slow or descheduled (a busy core) thus
-// costs at most the chunk it holds. Atomics only, no postMessage per product.
+// job (a product, an attention step, SwiGLU, widening an f16 cache) is written into the
+// control block, then the generation counter is bumped and the workers notified; every
+// thread, the calling one included, claims chunks of work items (weight rows, (token, KV
+// head) pairs, elements) by a compare-and-swap on a counter until none is left, and the
+// calling thread waits until every chunk is counted done. A worker that is slow or
+// descheduled (a busy core) thus costs at most the chunk it holds. Atomics only, no
+// postMessage per job.
 
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import type { KernelBackend } from '../backend.ts';
-import { AttentionScratch, attend as jsAttend, type AttentionStep } from '../attention.ts';
-import { swiglu as jsSwiglu } from '../ops.ts';
+import type { AttentionStep } from '../attention.ts';
 import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
 import { Activation, Q8K_BLOCK, type ActivationKind } from '../activation.ts';
 
@@ -41,6 +42,7 @@ export interface WasmBackendOptions {
   /**
    * Products over fewer weight bytes than this run on the calling thread alone: waking the
    * workers costs more than it saves on a small matrix. Default 256 KiB; 0 always splits.
+   * Attention counts 4 bytes per multiply-add, SwiGLU 12 bytes and f16 widening 6 per element.
    */
   minParallelBytes?: number;
   /** Upper bound of the shared memory (weights + scratch). Default 4 GiB on 64-bit hosts, 1 GiB on 32-bit. */
@@ -87,8 +89,23 @@ interface Layout {
   actX: number;
   actXStride: number;
   out: number;
+  aKeys: number;
+  aValues: number;
+  aQ: number;
+  aOut: number;
+  aAtt: number;
+  aAttStride: number;
+  aNKv: number;
+  aGroup: number;
+  aHeadDim: number;
+  aStart: number;
+  aN: number;
+  aHalf: number;
   bytes: number;
   stop: number;
+  attend: number;
+  swiglu: number;
+  f16ToF32: number;
 }
 
 const PAGE = 65536;
@@ -128,8 +145,11 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
     if (!(g instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks global ${name}; rebuild it (npm run build:wasm)`);
     return (g.value as number) / 4;
   };
-  const stop = ex.OP_STOP;
-  if (!(stop instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', 'kernels.wasm lacks global OP_STOP');
+  const op = (name: string): number => {
+    const g = ex[name];
+    if (!(g instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks global ${name}; rebuild it (npm run build:wasm)`);
+    return g.value as number;
+  };
   return {
     supports: fn('supports'),
     heapBase: fn('heapBase'),
@@ -159,8 +179,23 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
       actX: word('CTL_ACT_X'),
       actXStride: word('CTL_ACT_X_STRIDE'),
       out: word('CTL_OUT'),
+      aKeys: word('CTL_A_KEYS'),
+      aValues: word('CTL_A_VALUES'),
+      aQ: word('CTL_A_Q'),
+      aOut: word('CTL_A_OUT'),
+      aAtt: word('CTL_A_ATT'),
+      aAttStride: word('CTL_A_ATT_STRIDE'),
+      aNKv: word('CTL_A_N_KV'),
+      aGroup: word('CTL_A_GROUP'),
+      aHeadDim: word('CTL_A_HEAD_DIM'),
+      aStart: word('CTL_A_START'),
+      aN: word('CTL_A_N'),
+      aHalf: word('CTL_A_HALF'),
       bytes: word('CTL_BYTES') * 4,
-      stop: stop.value as number,
+      stop: op('OP_STOP'),
+      attend: op('OP_ATTEND'),
+      swiglu: op('OP_SWIGLU'),
+      f16ToF32: op('OP_F16_TO_F32'),
     },
   };
 }
@@ -232,11 +267,11 @@ export class WasmBackend implements KernelBackend {
   /** Every buffer memory.buffer has returned: views into any of them are ours. */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
   private f32 = new Float32Array(0);
+  private u16 = new Uint16Array(0);
   private u8 = new Uint8Array(0);
   private top: number;
   private scratch = { ptr: 0, bytes: 0 };
   private jsScratch = new MatvecScratch(0);
-  private readonly attention = new AttentionScratch();
   private closed = false;
   /** Set when a worker thread died: every later product fails with it. */
   private failure: string | undefined;
@@ -357,12 +392,94 @@ export class WasmBackend implements KernelBackend {
     this.product(w, xs, n, out);
   }
 
-  attend(step: AttentionStep): void {
-    jsAttend(step, this.attention);
+  /**
+   * The step's attention in wasm: the cache rows 0..start+n of the layer are copied into the
+   * scratch space (an f16 cache as its bits, widened to f32 there by all threads in one
+   * pass, so every row is converted once per step however many tokens read it), then the
+   * threads claim (token, KV head) pairs, longest first. With an f16 cache q is rounded to
+   * f16 in place and the probabilities are rounded to f16, as the js reference does.
+   */
+  attend(s: AttentionStep): void {
+    this.checkOpen();
+    if (this.failure) throw new WasmBackendError('WASM_WORKER', this.failure);
+    const { nHeads, nKvHeads, headDim, start, n } = s;
+    const group = nHeads / nKvHeads;
+    if (![nHeads, nKvHeads, headDim, n].every((v) => Number.isInteger(v) && v >= 1) || !Number.isInteger(group) || !Number.isInteger(start) || start < 0) {
+      throw new WasmBackendError('WASM_ARGUMENT', `attention: bad shape nHeads ${nHeads}, nKvHeads ${nKvHeads}, headDim ${headDim}, start ${start}, n ${n}`);
+    }
+    const half = s.keys instanceof Uint16Array;
+    if (half !== s.values instanceof Uint16Array) throw new WasmBackendError('WASM_ARGUMENT', 'attention: keys and values differ in type');
+    const len = start + n;
+    const kvDim = nKvHeads * headDim;
+    const qDim = nHeads * headDim;
+    const cache = len * kvDim;
+    if (s.keys.length < cache || s.values.length < cache) {
+      throw new WasmBackendError('WASM_ARGUMENT', `attention: the cache holds ${Math.min(s.keys.length, s.values.length)} values, ${len}×${kvDim} needed`);
+    }
+    if (s.q.length < n * qDim || s.out.length < n * qDim) {
+      throw new WasmBackendError('WASM_ARGUMENT', `attention: q holds ${s.q.length} and out ${s.out.length} values, ${n}×${qDim} needed`);
+    }
+
+    // Multiply-adds (scores and value sums over the causal triangle), weighed as 4 bytes
+    // each against minParallelBytes.
+    const work = 2 * n * nHeads * (start + (n + 1) / 2) * headDim;
+    const pairs = n * nKvHeads;
+    const chunks = this.wantsThreads(4 * work) ? Math.min(pairs, this.threads * CHUNKS_PER_THREAD) : 1;
+    // Scratch: f32 keys then values (back to back: an f16 cache is widened in one range),
+    // q, out, the scores of each chunk, and an f16 cache's bits.
+    const attStride = alignUp(group * len * 4, ALIGN);
+    const qBytes = alignUp(n * qDim * 4, ALIGN);
+    const kPtr = this.scratchFor(alignUp(2 * cache * 4, ALIGN) + 2 * qBytes + chunks * attStride + (half ? 2 * cache * 2 : 0));
+    const vPtr = kPtr + cache * 4;
+    const qPtr = kPtr + alignUp(2 * cache * 4, ALIGN);
+    const outPtr = qPtr + qBytes;
+    const attPtr = outPtr + qBytes;
+    const stage = attPtr + chunks * attStride;
+
+    this.f32.set(s.q.subarray(0, n * qDim), qPtr / 4);
+    if (half) {
+      this.ex.roundF16(qPtr, qPtr, n * qDim);
+      s.q.set(this.f32.subarray(qPtr / 4, qPtr / 4 + n * qDim));
+      this.u16.set(s.keys.subarray(0, cache), stage / 2);
+      this.u16.set(s.values.subarray(0, cache), stage / 2 + cache);
+      this.elementJob(this.L.f16ToF32, stage, 0, kPtr, 2 * cache, 6, 'attention cache');
+    } else {
+      this.f32.set(s.keys.subarray(0, cache), kPtr / 4);
+      this.f32.set(s.values.subarray(0, cache), vPtr / 4);
+    }
+
+    const L = this.L;
+    this.runJob(L.attend, pairs, chunks, Math.ceil(pairs / chunks), 'attention', (c) => {
+      c[L.aKeys] = kPtr;
+      c[L.aValues] = vPtr;
+      c[L.aQ] = qPtr;
+      c[L.aOut] = outPtr;
+      c[L.aAtt] = attPtr;
+      c[L.aAttStride] = attStride;
+      c[L.aNKv] = nKvHeads;
+      c[L.aGroup] = group;
+      c[L.aHeadDim] = headDim;
+      c[L.aStart] = start;
+      c[L.aN] = n;
+      c[L.aHalf] = half ? 1 : 0;
+    });
+    s.out.set(this.f32.subarray(outPtr / 4, outPtr / 4 + n * qDim));
   }
 
   swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
-    jsSwiglu(out, gate, up, n);
+    this.checkOpen();
+    if (this.failure) throw new WasmBackendError('WASM_WORKER', this.failure);
+    if (!Number.isInteger(n) || n < 0) throw new WasmBackendError('WASM_ARGUMENT', `swiglu: element count must be a non-negative integer, got ${n}`);
+    if (gate.length < n || up.length < n || out.length < n) {
+      throw new WasmBackendError('WASM_ARGUMENT', `swiglu: gate ${gate.length}, up ${up.length}, out ${out.length} values, ${n} needed`);
+    }
+    if (n === 0) return;
+    const bytes = alignUp(n * 4, ALIGN);
+    const gPtr = this.scratchFor(3 * bytes);
+    this.f32.set(gate.subarray(0, n), gPtr / 4);
+    this.f32.set(up.subarray(0, n), (gPtr + bytes) / 4);
+    this.elementJob(this.L.swiglu, gPtr, gPtr + bytes, gPtr + 2 * bytes, n, 12, 'swiglu');
+    out.set(this.f32.subarray((gPtr + 2 * bytes) / 4, (gPtr + 2 * bytes) / 4 + n));
   }
 
   /**
@@ -481,8 +598,49 @@ export class WasmBackend implements KernelBackend {
     const ptrs = this.prepare(kind, xPtr, n, cols, actPtr, lay);
 
     // Small products are one chunk, which the calling thread claims itself.
-    const parallel = this.workers.length > 0 && wBytes >= this.minParallelBytes;
-    const chunks = parallel ? Math.min(rows, this.threads * CHUNKS_PER_THREAD) : 1; // < 4096 (12 bits)
+    const chunks = this.wantsThreads(wBytes) ? Math.min(rows, this.threads * CHUNKS_PER_THREAD) : 1;
+    const L = this.L;
+    this.runJob(type, rows, chunks, Math.ceil(rows / chunks), w.name, (c) => {
+      c[L.w] = wPtr;
+      c[L.rowBytes] = w.rowBytes;
+      c[L.cols] = cols;
+      c[L.n] = n;
+      c[L.act] = ptrs.q;
+      c[L.actStride] = lay.q;
+      c[L.actD] = ptrs.d;
+      c[L.actDStride] = lay.d;
+      c[L.actX] = ptrs.x;
+      c[L.actXStride] = lay.x;
+      c[L.out] = outPtr;
+    });
+    out.set(this.f32.subarray(outPtr / 4, outPtr / 4 + n * rows));
+  }
+
+  /** Whether a job touching about `bytes` is worth waking the workers for. */
+  private wantsThreads(bytes: number): boolean {
+    return this.workers.length > 0 && bytes >= this.minParallelBytes;
+  }
+
+  /**
+   * An element-wise job over `count` elements (op OP_SWIGLU or OP_F16_TO_F32) with operands
+   * at a, b (ACT, W) and out; split over the threads when count × bytesPerElement is large.
+   */
+  private elementJob(op: number, a: number, b: number, out: number, count: number, bytesPerElement: number, what: string): void {
+    const chunks = this.wantsThreads(count * bytesPerElement) ? Math.min(Math.ceil(count / 64), this.threads * CHUNKS_PER_THREAD) : 1;
+    const per = alignUp(Math.ceil(count / chunks), 8);
+    const L = this.L;
+    this.runJob(op, count, Math.ceil(count / per), per, what, (c) => {
+      c[L.act] = a;
+      c[L.w] = b;
+      c[L.out] = out;
+    });
+  }
+
+  /**
+   * Publishes a job of `rows` work items cut into `chunks` (< 4096) of chunkRows, takes part
+   * in it and returns when every chunk is done. `words` writes the op's own job words.
+   */
+  private runJob(op: number, rows: number, chunks: number, chunkRows: number, what: string, words: (c: Int32Array) => void): void {
     const c = this.c;
     const L = this.L;
     const gen = (c[L.gen] + 1) | 0;
@@ -490,36 +648,25 @@ export class WasmBackend implements KernelBackend {
     // Retag the claim counter first, with no chunk claimable: a worker still holding the
     // previous job's words can then claim nothing while they are rewritten.
     Atomics.store(c, L.next, tag | 0xfff);
-    c[L.op] = type;
+    c[L.op] = op;
     c[L.chunks] = chunks;
-    c[L.chunkRows] = Math.ceil(rows / chunks);
-    c[L.w] = wPtr;
-    c[L.rowBytes] = w.rowBytes;
+    c[L.chunkRows] = chunkRows;
     c[L.rows] = rows;
-    c[L.cols] = cols;
-    c[L.n] = n;
-    c[L.act] = ptrs.q;
-    c[L.actStride] = lay.q;
-    c[L.actD] = ptrs.d;
-    c[L.actDStride] = lay.d;
-    c[L.actX] = ptrs.x;
-    c[L.actXStride] = lay.x;
-    c[L.out] = outPtr;
+    words(c);
     Atomics.store(c, L.done, 0);
     // The seq-cst stores publish the plain job words above to whoever sees the new tag.
     Atomics.store(c, L.next, tag);
     Atomics.store(c, L.gen, gen);
-    if (parallel) Atomics.notify(c, L.gen);
+    if (chunks > 1) Atomics.notify(c, L.gen);
     try {
       this.ex.run(this.ctl, gen);
     } catch (err) {
       // A trap (a kernel bug) leaves this thread's chunk uncounted and the workers possibly
-      // still writing: report it, and refuse further products.
-      this.failure = `${w.name}: ${(err as Error).message}`;
+      // still writing: report it, and refuse further jobs.
+      this.failure = `${what}: ${(err as Error).message}`;
       throw new WasmBackendError('WASM_WORKER', this.failure);
     }
-    this.awaitChunks(chunks, w.name);
-    out.set(this.f32.subarray(outPtr / 4, outPtr / 4 + n * rows));
+    this.awaitChunks(chunks, what);
   }
 
   /** Blocks until all `chunks` of the current job are done; reports a worker's failure. */
@@ -592,6 +739,7 @@ export class WasmBackend implements KernelBackend {
     const buf = this.memory.buffer;
     this.buffers.add(buf);
     this.f32 = new Float32Array(buf);
+    this.u16 = new Uint16Array(buf);
     this.u8 = new Uint8Array(buf);
   }
 

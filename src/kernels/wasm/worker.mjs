@@ -1,7 +1,7 @@
 // A wasm backend worker thread (plain JavaScript: worker_threads cannot load .ts through
 // tsx on Node 20). It instantiates the kernels module on the backend's shared memory, then
 // loops: wait for the job generation in the control block to move, and take part in that
-// job (the wasm run() claims chunks of rows until none is left and counts them done). No
+// job (the wasm run() claims chunks of work until none is left and counts them done). No
 // postMessage per job: starting one costs an atomic load here.
 //
 // workerData: { module: WebAssembly.Module, memory: WebAssembly.Memory (shared),

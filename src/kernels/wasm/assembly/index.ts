@@ -4,7 +4,7 @@
 // The module imports one shared memory and holds no state of its own: every thread (the
 // main one and each worker) instantiates it on the same memory, and a job is described by
 // a control block in that memory (layout below) so one call, run(ctl, gen), makes a thread
-// take part in any product. The plain TypeScript kernels in src/kernels/ are the
+// take part in any job (a matrix product, attention, SwiGLU). The plain TypeScript kernels in src/kernels/ are the
 // reference: the activation quantizers and the integer block sums give identical bits; the
 // K-quant dot products too (their one float step per 256 values is done in f64, in the
 // reference's order); the other float sums differ only by summation order and precision
@@ -14,7 +14,7 @@
 // Control block: byte offsets from its base, exported as globals so the JavaScript side
 // reads them from here instead of keeping a second copy of the layout.
 
-/** Job generation, bumped by the main thread for every product (its own cache line). */
+/** Job generation, bumped by the main thread for every job (its own cache line). */
 export const CTL_GEN: i32 = 0;
 /** Chunks of the current job computed so far (its own cache line). */
 export const CTL_DONE: i32 = 64;
@@ -38,9 +38,31 @@ export const CTL_ACT_D_STRIDE: i32 = 236;
 export const CTL_ACT_X: i32 = 240; // Q8_1: d·Σq per 32 (f32); Q8_K: Σq per 16 (i16)
 export const CTL_ACT_X_STRIDE: i32 = 244;
 export const CTL_OUT: i32 = 248; // f32 outputs, vector j at out + j * rows * 4
-export const CTL_BYTES: i32 = 256;
+// Attention jobs (OP_ATTEND): ROWS counts (token, KV head) pairs, and these words say where
+// the step lives. The cache rows 0..start+n are f32 copies in this memory.
+export const CTL_A_KEYS: i32 = 256; // f32 keys, (start + n) × kvDim
+export const CTL_A_VALUES: i32 = 260; // f32 values, the same shape
+export const CTL_A_Q: i32 = 264; // n × nHeads·headDim queries (f16-rounded already for an f16 cache)
+export const CTL_A_OUT: i32 = 268; // n × nHeads·headDim outputs
+export const CTL_A_ATT: i32 = 272; // scores scratch: ATT_STRIDE bytes per chunk
+export const CTL_A_ATT_STRIDE: i32 = 276;
+export const CTL_A_N_KV: i32 = 280; // KV heads
+export const CTL_A_GROUP: i32 = 284; // query heads per KV head
+export const CTL_A_HEAD_DIM: i32 = 288;
+export const CTL_A_START: i32 = 292; // position of the step's first token
+export const CTL_A_N: i32 = 296; // tokens in the step
+export const CTL_A_HALF: i32 = 300; // non-zero: round the probabilities to f16 (f16 cache)
+export const CTL_BYTES: i32 = 320;
+// The element-wise jobs (OP_SWIGLU, OP_F16_TO_F32) use ROWS as the element count, CHUNK_ROWS
+// as elements per chunk (a multiple of 8), and ACT, W, OUT as their operands.
 
 export const OP_STOP: i32 = -1;
+/** Causal grouped-query attention of a step's tokens over a layer's cache. */
+export const OP_ATTEND: i32 = 1001;
+/** OUT[i] = silu(ACT[i]) · W[i] (f32). */
+export const OP_SWIGLU: i32 = 1002;
+/** OUT[i] = the f32 value of the f16 bits ACT[i]. */
+export const OP_F16_TO_F32: i32 = 1003;
 
 // ggml type ids (src/ggml/types.ts) this module has kernels for.
 const F32: i32 = 0;
@@ -149,9 +171,33 @@ function f32BitsToF16(w: u32): u32 {
 // ---------------------------------------------------------------------------------------
 // Activation preparation: once per matvec, by the main thread, before the workers start.
 
-/** dst[i] = x[i] rounded to f16 and back, as the reference does for F16 weights. */
+/**
+ * Four f32 rounded to f16 and back (to nearest even), the bits of f16ToF32(f32BitsToF16(x))
+ * without leaving f32: a normal half keeps the top 10 mantissa bits, rounded at bit 13 (the
+ * exponent re-bias is a multiple of 2^13, so it does not change the rounding); a half
+ * subnormal is a multiple of 2^-24, which is what adding and subtracting 0.5 (whose f32 ulp
+ * is 2^-24) rounds to, ties to even; too large is infinity, and a NaN becomes the quiet NaN.
+ */
+// @ts-ignore: decorator
+@inline function roundF16x4(x: v128): v128 {
+  const abs = v128.and(x, i32x4.splat(0x7fffffff));
+  const sign = v128.xor(x, abs);
+  const normal = v128.and(i32x4.add(abs, i32x4.add(i32x4.splat(0xfff), v128.and(i32x4.shr_u(abs, 13), i32x4.splat(1)))), i32x4.splat(~0x1fff));
+  const tiny = f32x4.sub(f32x4.add(abs, f32x4.splat(0.5)), f32x4.splat(0.5));
+  let r = v128.bitselect(tiny, normal, i32x4.lt_s(abs, i32x4.splat(0x38800000)));
+  r = v128.bitselect(i32x4.splat(0x7f800000), r, i32x4.ge_s(abs, i32x4.splat(0x477ff000)));
+  r = v128.bitselect(i32x4.splat(0x7fc00000), r, i32x4.gt_s(abs, i32x4.splat(0x7f800000)));
+  return v128.or(r, sign);
+}
+
+/** dst[i] = x[i] rounded to f16 and back, as the reference does for F16 weights (dst may be x). */
 export function roundF16(x: usize, dst: usize, n: i32): void {
-  for (let i = 0; i < n; i++) {
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    v128.store(dst + o, roundF16x4(v128.load(x + o)));
+  }
+  for (; i < n; i++) {
     const o = <usize>i << 2;
     store<f32>(dst + o, f16ToF32(f32BitsToF16(load<u32>(x + o))));
   }
@@ -685,10 +731,11 @@ export function quantizeQ8_K(x: usize, n: i32, qs: usize, d: usize, bsums: usize
 // one predictable branch per row.
 
 /**
- * Takes part in job `gen` of the control block at ctl: claims chunks of rows until none is
- * left, computes each, and counts it done (waking the main thread after the last one).
- * Chunks are claimed, not assigned, so a thread that is descheduled or slow (a busy core,
- * a little core) leaves its share to the others instead of holding the product up.
+ * Takes part in job `gen` of the control block at ctl: claims chunks of rows (or of the
+ * attention and element-wise jobs' work items) until none is left, computes each, and
+ * counts it done (waking the main thread after the last one). Chunks are claimed, not
+ * assigned, so a thread that is descheduled or slow (a busy core, a little core) leaves its
+ * share to the others instead of holding the job up.
  *
  * A claim is a compare-and-swap of NEXT that only succeeds while NEXT still carries this
  * job's tag. The main thread retags NEXT before it rewrites the job, so a thread that read
@@ -707,7 +754,11 @@ export function run(ctl: usize, gen: i32): void {
     const chunkRows = load<i32>(ctl + CTL_CHUNK_ROWS);
     const r0 = chunk * chunkRows;
     const r1 = min(load<i32>(ctl + CTL_ROWS), r0 + chunkRows);
-    rowsOf(ctl, load<i32>(ctl + CTL_OP), r0, r1);
+    const op = load<i32>(ctl + CTL_OP);
+    if (op == OP_ATTEND) attendPairs(ctl, r0, r1, chunk);
+    else if (op == OP_SWIGLU) swigluRange(ctl, r0, r1);
+    else if (op == OP_F16_TO_F32) f16Range(ctl, r0, r1);
+    else rowsOf(ctl, op, r0, r1);
     if (atomic.add<i32>(ctl + CTL_DONE, 1) + 1 == chunks) atomic.notify(ctl + CTL_DONE);
   }
 }
@@ -779,4 +830,181 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
       store<f32>(out + ((<usize>j * <usize>rows + <usize>r) << 2), v);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention and SwiGLU. The plain TypeScript reference (src/kernels/attention.ts, ops.ts)
+// sums and takes exp in f64; here dot products sum in four f32 lanes and exp is a
+// vectorised f32 polynomial (within 2 ulp), so the results agree to about 1e-6 relative.
+
+/**
+ * e^x on four lanes, Cephes' expf: x = k·ln2 + r with k = nearest(x·log2 e), |r| ≤ ln2/2
+ * (ln2 split in two so k·ln2 is nearly exact), e^r by a degree-5 polynomial (≤ 2 ulp),
+ * and 2^k built in the exponent bits. Below -87.3 (e^x < 2^-126) the result is 0; above 88
+ * it is e^88 (≈ 1.7e38), which only ever appears as 1 + e^x in a denominator here.
+ */
+// @ts-ignore: decorator
+@inline function exp4(v: v128): v128 {
+  // pmin/pmax are single instructions (min/max must order NaNs and signed zeros); k is
+  // rounded by adding 1.5·2^23, whose low mantissa bits then hold k as an integer.
+  const under = f32x4.lt(v, f32x4.splat(-87.33654));
+  const x = f32x4.pmin(f32x4.pmax(v, f32x4.splat(-87.33654)), f32x4.splat(88));
+  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(12582912));
+  const k = f32x4.sub(t, f32x4.splat(12582912));
+  let r = f32x4.sub(x, f32x4.mul(k, f32x4.splat(0.693359375)));
+  r = f32x4.sub(r, f32x4.mul(k, f32x4.splat(-2.12194440e-4)));
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(y, r), r), r), f32x4.splat(1));
+  // t's bits are 0x4b400000 + k: 127 + k in the exponent field is (t - 0x4b400000 + 127) << 23.
+  const p2 = i32x4.shl(i32x4.sub(t, i32x4.splat(0x4b400000 - 127)), 23);
+  return v128.andnot(f32x4.mul(y, p2), under);
+}
+
+/** y[0..n) += a · x[0..n). */
+// @ts-ignore: decorator
+@inline function axpy(y: usize, a: f32, x: usize, n: i32): void {
+  const av = f32x4.splat(a);
+  let i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const o = <usize>i << 2;
+    v128.store(y + o, f32x4.add(v128.load(y + o), f32x4.mul(av, v128.load(x + o))));
+    v128.store(y + o, f32x4.add(v128.load(y + o, 16), f32x4.mul(av, v128.load(x + o, 16))), 16);
+    v128.store(y + o, f32x4.add(v128.load(y + o, 32), f32x4.mul(av, v128.load(x + o, 32))), 32);
+    v128.store(y + o, f32x4.add(v128.load(y + o, 48), f32x4.mul(av, v128.load(x + o, 48))), 48);
+  }
+  for (; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    v128.store(y + o, f32x4.add(v128.load(y + o), f32x4.mul(av, v128.load(x + o))));
+  }
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    store<f32>(y + o, load<f32>(y + o) + a * load<f32>(x + o));
+  }
+}
+
+/** In place softmax of the n scores at a; with `half` the probabilities are rounded to f16. */
+function softmax(a: usize, n: i32, half: bool): void {
+  let mv = f32x4.splat(-Infinity);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) mv = f32x4.max(mv, v128.load(a + (<usize>i << 2)));
+  mv = f32x4.max(mv, v128.shuffle<f32>(mv, mv, 2, 3, 0, 1));
+  mv = f32x4.max(mv, v128.shuffle<f32>(mv, mv, 1, 0, 3, 2));
+  let top = f32x4.extract_lane(mv, 0);
+  for (; i < n; i++) top = max(top, load<f32>(a + (<usize>i << 2)));
+  mv = f32x4.splat(top);
+  let sv = f32x4.splat(0);
+  for (i = 0; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    const e = exp4(f32x4.sub(v128.load(a + o), mv));
+    v128.store(a + o, e);
+    sv = f32x4.add(sv, e);
+  }
+  let sum = hsum(sv);
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    const e = f32x4.extract_lane(exp4(f32x4.splat(load<f32>(a + o) - top)), 0);
+    store<f32>(a + o, e);
+    sum += e;
+  }
+  const s = f32x4.splat(sum);
+  for (i = 0; i + 4 <= n; i += 4) {
+    const o = <usize>i << 2;
+    const p = f32x4.div(v128.load(a + o), s);
+    v128.store(a + o, half ? roundF16x4(p) : p);
+  }
+  for (; i < n; i++) {
+    const o = <usize>i << 2;
+    const p = f32x4.div(f32x4.splat(load<f32>(a + o)), s);
+    store<f32>(a + o, f32x4.extract_lane(half ? roundF16x4(p) : p, 0));
+  }
+}
+
+/**
+ * The `group` query heads at q (headDim apart) against cache positions 0..len-1 of one KV
+ * head (k, v: its first row; rows are `stride` bytes apart): scores q·k/√d into att
+ * (group × len), softmax per head, then out[h] = Σ_t p[h, t] · v[t]. Each key and value row
+ * is read once for the whole group, as the reference does.
+ */
+function attendGroup(k: usize, v: usize, stride: usize, len: i32, q: usize, group: i32, headDim: i32, half: bool, att: usize, out: usize): void {
+  const scale = <f32>(1 / Math.sqrt(<f64>headDim));
+  const hb = <usize>headDim << 2;
+  for (let t = 0; t < len; t++) {
+    const kt = k + <usize>t * stride;
+    for (let h = 0; h < group; h++) {
+      store<f32>(att + ((<usize>h * <usize>len + <usize>t) << 2), dotF32(kt, headDim, q + <usize>h * hb) * scale);
+    }
+  }
+  for (let h = 0; h < group; h++) softmax(att + ((<usize>h * <usize>len) << 2), len, half);
+  memory.fill(out, 0, <usize>group * hb);
+  for (let t = 0; t < len; t++) {
+    const vt = v + <usize>t * stride;
+    for (let h = 0; h < group; h++) {
+      axpy(out + <usize>h * hb, load<f32>(att + ((<usize>h * <usize>len + <usize>t) << 2)), vt, headDim);
+    }
+  }
+}
+
+/**
+ * Pairs [r0, r1) of an attention job. Pair p is KV head p % nKv of token n-1 - p / nKv: the
+ * last tokens see the most positions, so the longest pairs are claimed first and the short
+ * ones fill in at the end. Each chunk has its own scores scratch.
+ */
+function attendPairs(ctl: usize, r0: i32, r1: i32, chunk: i32): void {
+  const keys = <usize>load<u32>(ctl + CTL_A_KEYS);
+  const values = <usize>load<u32>(ctl + CTL_A_VALUES);
+  const qs = <usize>load<u32>(ctl + CTL_A_Q);
+  const outs = <usize>load<u32>(ctl + CTL_A_OUT);
+  const att = <usize>load<u32>(ctl + CTL_A_ATT) + <usize>chunk * <usize>load<u32>(ctl + CTL_A_ATT_STRIDE);
+  const nKv = load<i32>(ctl + CTL_A_N_KV);
+  const group = load<i32>(ctl + CTL_A_GROUP);
+  const headDim = load<i32>(ctl + CTL_A_HEAD_DIM);
+  const start = load<i32>(ctl + CTL_A_START);
+  const n = load<i32>(ctl + CTL_A_N);
+  const half = load<i32>(ctl + CTL_A_HALF) != 0;
+  const hb = <usize>headDim << 2;
+  const stride = <usize>nKv * hb;
+  for (let p = r0; p < r1; p++) {
+    const i = n - 1 - p / nKv;
+    const g = p % nKv;
+    const o = <usize>i * stride * <usize>group + <usize>g * <usize>group * hb;
+    attendGroup(keys + <usize>g * hb, values + <usize>g * hb, stride, start + i + 1, qs + o, group, headDim, half, att, outs + o);
+  }
+}
+
+/** Elements [i0, i1) of out = silu(gate) · up, silu(g) = g / (1 + e^-g). */
+function swigluRange(ctl: usize, i0: i32, i1: i32): void {
+  const gate = <usize>load<u32>(ctl + CTL_ACT);
+  const up = <usize>load<u32>(ctl + CTL_W);
+  const out = <usize>load<u32>(ctl + CTL_OUT);
+  const one = f32x4.splat(1);
+  let i = i0;
+  for (; i + 4 <= i1; i += 4) {
+    const o = <usize>i << 2;
+    const g = v128.load(gate + o);
+    v128.store(out + o, f32x4.mul(f32x4.div(g, f32x4.add(one, exp4(f32x4.neg(g)))), v128.load(up + o)));
+  }
+  for (; i < i1; i++) {
+    const o = <usize>i << 2;
+    const g = f32x4.splat(load<f32>(gate + o));
+    store<f32>(out + o, f32x4.extract_lane(f32x4.div(g, f32x4.add(one, exp4(f32x4.neg(g)))), 0) * load<f32>(up + o));
+  }
+}
+
+/** Elements [i0, i1) of out (f32) = the f16 bits at src, eight per step. */
+function f16Range(ctl: usize, i0: i32, i1: i32): void {
+  const src = <usize>load<u32>(ctl + CTL_ACT);
+  const out = <usize>load<u32>(ctl + CTL_OUT);
+  let i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const h = v128.load(src + (<usize>i << 1));
+    const o = out + (<usize>i << 2);
+    v128.store(o, f16x4ToF32x4(i32x4.extend_low_i16x8_u(h)));
+    v128.store(o, f16x4ToF32x4(i32x4.extend_high_i16x8_u(h)), 16);
+  }
+  for (; i < i1; i++) store<f32>(out + (<usize>i << 2), f16ToF32(load<u16>(src + (<usize>i << 1))));
 }
