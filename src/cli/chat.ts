@@ -8,7 +8,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { ContextError } from '../engine/generate.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
-import { loadClusterKey } from '../cluster/auth.ts';
+import { loadClusterKey } from '../cluster/key.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
 import { chatOnServer, resolveServer, ServerError, type ServerTarget } from './client.ts';

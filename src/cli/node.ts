@@ -4,7 +4,7 @@
 import { hostname } from 'node:os';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
-import { loadClusterKey } from '../cluster/auth.ts';
+import { loadClusterKey } from '../cluster/key.ts';
 import { DEFAULT_PORT } from '../cluster/caps.ts';
 import { MdnsAdvertiser } from '../cluster/discovery/mdns.ts';
 import { jsonLogger } from '../cluster/log.ts';

@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import type { Logger } from 'pino';
 import type { ApiAdvertiser as ApiAdvertiserType } from '../api/advertise.ts';
-import { loadClusterKey } from '../cluster/auth.ts';
+import { loadClusterKey } from '../cluster/key.ts';
 import { herdVersion } from '../cluster/node/sysinfo.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';

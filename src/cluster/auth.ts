@@ -3,35 +3,15 @@
 // The key never travels; a nonce works once, for one method, for a short time.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { Metadata } from '@grpc/grpc-js';
-import { ClusterError } from './errors.ts';
+import type { ClusterKey } from './key.ts';
 
 export const NONCE_HEADER = 'herd-nonce';
 export const PROOF_HEADER = 'herd-proof';
 export const NONCE_TTL_MS = 30_000;
 const MAX_OUTSTANDING = 4096;
 
-export type ClusterKey = Buffer;
-
-/** The key from --cluster-key or --cluster-key-file (trimmed), or undefined for an open cluster. */
-export function loadClusterKey(opts: { clusterKey?: string; clusterKeyFile?: string }): ClusterKey | undefined {
-  if (opts.clusterKey !== undefined && opts.clusterKeyFile !== undefined) {
-    throw new ClusterError('usage', 'give --cluster-key or --cluster-key-file, not both');
-  }
-  let text = opts.clusterKey;
-  if (opts.clusterKeyFile !== undefined) {
-    try {
-      text = readFileSync(opts.clusterKeyFile, 'utf8');
-    } catch (e) {
-      throw new ClusterError('usage', `cannot read the cluster key file: ${(e as Error).message}`);
-    }
-  }
-  if (text === undefined) return undefined;
-  const key = text.trim();
-  if (key.length < 8) throw new ClusterError('usage', 'the cluster key must be at least 8 characters');
-  return Buffer.from(key, 'utf8');
-}
+export type { ClusterKey } from './key.ts';
 
 export function proof(key: ClusterKey, nonce: Uint8Array, method: string): Buffer {
   return createHmac('sha256', key).update(nonce).update(method, 'utf8').digest();

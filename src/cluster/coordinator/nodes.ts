@@ -8,8 +8,8 @@ import { ClusterError } from '../errors.ts';
 import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
 import type { PlanNode } from '../planner.ts';
 import type { NodeInfo } from '../../proto/herd.ts';
+import { LOCAL_ADDRESS } from './local.ts';
 
-export const LOCAL_ADDRESS = 'in-process';
 
 export interface NodeSet {
   /** 'local' when generation runs in this process. */

@@ -11,8 +11,11 @@ import { LocalSession, type InferenceSession } from '../../engine/session.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import type { ClusterKey } from '../auth.ts';
 import { jsonLogger, silentLogger, type Logger } from '../log.ts';
-import { LOCAL_ADDRESS, resolveNodes, withHoldings, type NodeSet } from './nodes.ts';
-import { HerdCluster, type StagedSession, type StageLoad, type StageTime } from './pipeline.ts';
+// nodes.ts and pipeline.ts (discovery, gRPC) are imported when a herd is asked for: an
+// in-process run never loads them, which keeps their memory off a Pi running a model alone.
+import type { NodeSet } from './nodes.ts';
+import type { StagedSession, StageLoad, StageTime } from './pipeline.ts';
+import { LOCAL_ADDRESS } from './local.ts';
 import { nodeProgress, type ProgressSink } from './progress.ts';
 
 /** Where and how the layers run: the flags `herd run` and `herd serve` share. */
@@ -64,6 +67,7 @@ export type LoadedModel = LocalModel | ClusterModel;
 /** The nodes `--nodes` names, their notes told to `note`; undefined for `--nodes local`. */
 export async function findHerd(o: HerdOptions, note: (line: string) => void): Promise<NodeSet | undefined> {
   if (o.nodes.trim() === 'local') return undefined;
+  const { resolveNodes } = await import('./nodes.ts');
   const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
   for (const n of set.notes) note(n);
   return set;
@@ -80,6 +84,7 @@ export async function loadModel(o: HerdOptions & { readonly file: GgufFile; read
     const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
     return { mode: 'local', model, plan, open: async (sampling) => new InProcessStage(new LocalSession(model, sampling), stage), close: async () => {} };
   }
+  const [{ withHoldings }, { HerdCluster }] = await Promise.all([import('./nodes.ts'), import('./pipeline.ts')]);
   const cluster = await HerdCluster.start({
     modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
     interface: o.interface, cacheDir: o.cacheDir, log: o.log, onProgress: o.progress && nodeProgress(o.progress),
