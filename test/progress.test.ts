@@ -45,6 +45,26 @@ test('Transformer.load reports each tensor, reaching the weight bytes', (t) => {
   for (let i = 1; i < seen.length; i++) t.true(seen[i].bytes >= seen[i - 1].bytes);
 });
 
+test('Transformer.loadAsync lets the event loop run between layers, with the same weights', async (t) => {
+  const file = GgufFile.open(join(repoRoot, 'models', 'stories260K.gguf'));
+  const events: string[] = [];
+  let ticking = true;
+  const tick = () => {
+    events.push('tick');
+    if (ticking) setImmediate(tick);
+  };
+  setImmediate(tick);
+  const model = await Transformer.loadAsync(file, { ctx: 16, onProgress: () => events.push('progress') });
+  ticking = false;
+  const firstProgress = events.indexOf('progress');
+  const lastProgress = events.lastIndexOf('progress');
+  // A node's progress messages leave on its gRPC stream only in such turns of the loop.
+  t.true(events.slice(firstProgress, lastProgress).filter((e) => e === 'tick').length >= model.config.nLayers - 1, events.join(' '));
+  const sync = Transformer.load(file, { ctx: 16 });
+  t.deepEqual(model.weights.layers[3].wq.data, sync.weights.layers[3].wq.data);
+  t.is(model.weights.bytes, sync.weights.bytes);
+});
+
 test('the plain renderer prints start, quarters and end, one line each', (t) => {
   let now = 0;
   const s = fakeStream(false);

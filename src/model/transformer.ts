@@ -8,7 +8,7 @@ import { getRow, type Weight } from '../kernels/matvec.ts';
 import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
 import { rmsnorm, rope, ropeAngles, addInPlace } from '../kernels/ops.ts';
 import { readConfig, ModelError, type ModelConfig } from './config.ts';
-import { loadStageWeights, type LoadProgress, type StageWeights } from './weights.ts';
+import { loadStageWeights, loadStageWeightsAsync, type LoadProgress, type StageWeights } from './weights.ts';
 import { KvCache, type KvType } from './kv-cache.ts';
 
 export interface LoadOptions {
@@ -85,15 +85,27 @@ export class Transformer {
   }
 
   static load(file: GgufFile, opts: LoadOptions = {}): Transformer {
+    const l = Transformer.checkLoad(file, opts);
+    const weights = loadStageWeights(file, l.config, l.start, l.end, l.backend, opts.onProgress);
+    return new Transformer(l.config, weights, l.ctx, l.kvType, l.backend, l.batch);
+  }
+
+  /** As load(), giving the event loop a turn after each layer (a node streams its progress meanwhile). */
+  static async loadAsync(file: GgufFile, opts: LoadOptions = {}): Promise<Transformer> {
+    const l = Transformer.checkLoad(file, opts);
+    const weights = await loadStageWeightsAsync(file, l.config, l.start, l.end, l.backend, opts.onProgress);
+    return new Transformer(l.config, weights, l.ctx, l.kvType, l.backend, l.batch);
+  }
+
+  /** The options of a load, checked and defaulted before any tensor is read. */
+  private static checkLoad(file: GgufFile, opts: LoadOptions) {
     const config = readConfig(file);
     const ctx = opts.ctx ?? config.ctxTrain;
     if (!Number.isInteger(ctx) || ctx < 1) throw new ModelError(file.path, `context size must be a positive integer, got ${ctx}`);
-    const [start, end] = opts.layers ?? [0, config.nLayers];
-    const backend = opts.backend ?? new JsBackend();
-    const weights = loadStageWeights(file, config, start, end, backend, opts.onProgress);
     const batch = opts.batch ?? 32;
     if (!Number.isInteger(batch) || batch < 1) throw new ModelError(file.path, `batch size must be a positive integer, got ${batch}`);
-    return new Transformer(config, weights, ctx, opts.kvType ?? 'f32', backend, batch);
+    const [start, end] = opts.layers ?? [0, config.nLayers];
+    return { config, ctx, batch, start, end, kvType: opts.kvType ?? 'f32', backend: opts.backend ?? new JsBackend() };
   }
 
   /** Tokens in the current step (rows of state.x in use). */

@@ -66,14 +66,41 @@ export function stageBytes(file: GgufFile, c: ModelConfig, start: number, end: n
   return total;
 }
 
+/** Reads the stage's tensors in one go. */
 export function loadStageWeights(
+  file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend, onProgress?: (p: LoadProgress) => void,
+): StageWeights {
+  const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * Reads the stage's tensors giving the event loop a turn after each layer: a node streams
+ * its loading progress to the coordinator while it loads, and herd serve answers /health.
+ */
+export async function loadStageWeightsAsync(
+  file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend, onProgress?: (p: LoadProgress) => void,
+): Promise<StageWeights> {
+  const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/** The loading itself, pausing (yield) after each layer. */
+function* stageWeightSteps(
   file: GgufFile,
   c: ModelConfig,
   start: number,
   end: number,
   backend: KernelBackend,
   onProgress?: (p: LoadProgress) => void,
-): StageWeights {
+): Generator<void, StageWeights> {
   if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= c.nLayers)) {
     throw new ModelError(file.path, `layer range [${start}, ${end}) is not within the model's ${c.nLayers} layers`);
   }
@@ -128,6 +155,7 @@ export function loadStageWeights(
       wUp: weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
       wDown: weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
     });
+    yield;
   }
 
   const first = start === 0;

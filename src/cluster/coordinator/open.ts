@@ -79,7 +79,7 @@ export async function loadModel(o: HerdOptions & { readonly file: GgufFile; read
     const node = hostname();
     const progress = o.progress;
     const onProgress = progress && ((p: { stage: string; bytes: number; total: number }) => progress({ phase: 'load', stage: `${node} ${p.stage}`, bytes: p.bytes, total: p.total }));
-    const model = Transformer.load(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
+    const model = await Transformer.loadAsync(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
     const plan: PlanEntry[] = [{ node, address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }];
     const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
     return { mode: 'local', model, plan, open: async (sampling) => new InProcessStage(new LocalSession(model, sampling), stage), close: async () => {} };

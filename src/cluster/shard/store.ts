@@ -136,7 +136,7 @@ export class ShardStore {
     }
     progress({ phase: 'loading', source, bytesTransferred: transferred, bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0 });
     const file = GgufFile.open(path);
-    // Loading is synchronous, so these queue on the stream and leave together; report every 5%.
+    // Report every 5%; loadAsync lets each report leave on the stream as its layer is read.
     let step = -1;
     const onProgress = (p: { bytes: number; total: number }) => {
       const s = p.total > 0 ? Math.floor((20 * p.bytes) / p.total) : 20;
@@ -144,7 +144,7 @@ export class ShardStore {
       step = s;
       progress({ phase: 'loading', bytesDone: p.bytes, bytesTotal: p.total });
     };
-    const model = Transformer.load(file, { ctx: req.ctx, kvType: req.kvType, layers: [req.start, req.end], backend: this.o.backend, onProgress });
+    const model = await Transformer.loadAsync(file, { ctx: req.ctx, kvType: req.kvType, layers: [req.start, req.end], backend: this.o.backend, onProgress });
     if (model.config.nLayers !== req.nLayers) {
       throw new ClusterError('shard', `${path} has ${model.config.nLayers} layers, the coordinator says ${req.nLayers}`);
     }
