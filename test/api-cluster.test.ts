@@ -1,5 +1,6 @@
 // `herd serve --nodes` over two real node daemons on loopback: the serve process is the standing
-// coordinator, every request its own pipeline session (KV caches on both nodes).
+// coordinator, every request its own pipeline session (KV caches on both nodes), kept open idle
+// after the request for the next one that shares its prompt prefix.
 
 import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -35,6 +36,20 @@ test.after.always(async () => {
   }
   rmSync(dir, { recursive: true, force: true });
 });
+
+interface State {
+  sessions: { active: number; idle: number; queued: number; slots: number };
+}
+
+async function state(): Promise<State> {
+  return (await fetch(`${serve.url}/api/state`)).json() as Promise<State>;
+}
+
+/** Every pipeline session the server holds (lent or idle) has one stage session on each node. */
+async function sessionsHeld(): Promise<number> {
+  const s = await state();
+  return 2 * (s.sessions.active + s.sessions.idle);
+}
 
 async function nodeSessions(): Promise<number> {
   const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, 2000)));
@@ -92,7 +107,26 @@ test.serial('concurrent streams run as separate pipeline sessions, each equal to
     }),
   );
   t.deepEqual(concurrent, sequential);
-  await eventually(async () => (await nodeSessions()) === 0, 5000, 'the nodes to free every session');
+  // What the nodes hold is exactly the sessions the server kept: nothing leaked.
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free every session the server let go');
+  const s = await state();
+  t.is(s.sessions.active, 0);
+  t.true(s.sessions.idle >= 1 && s.sessions.idle <= s.sessions.slots, `idle ${s.sessions.idle}`);
+});
+
+test.serial('a chat that extends the previous one reuses its pipeline session; the text is a cold session\'s', async (t) => {
+  const reused = async () => sum(parsePrometheus(await (await fetch(`${serve.url}/metrics`)).text()).samples, 'herd_prompt_tokens_reused_total');
+  const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Tell me a story about a brave mouse.' }];
+  const first = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0 });
+  messages.push({ role: 'assistant', content: first.choices[0].message.content ?? '' }, { role: 'user', content: 'And then?' });
+  const before = await reused();
+  const second = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0 });
+  const cached = second.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+  t.true(cached >= (first.usage?.prompt_tokens ?? Infinity), `reused ${cached} of ${second.usage?.prompt_tokens}`);
+  t.is((await reused()) - before, cached);
+  const cold = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0, cache_prompt: false } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  t.is(cold.usage?.prompt_tokens_details?.cached_tokens, 0);
+  t.is(second.choices[0].message.content, cold.choices[0].message.content);
 });
 
 test.serial('a cancelled stream frees its KV caches on every node', async (t) => {
@@ -105,14 +139,36 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
   try {
     for await (const _ of stream) {
       if (++chunks === 5) {
-        t.is(await nodeSessions(), 2, 'one session on each of the two stages');
+        const s = await state();
+        t.is(s.sessions.active, 1);
+        // The stream's session and the idle ones, each on both stages.
+        t.is(await nodeSessions(), await sessionsHeld(), 'one session on each of the two stages per pipeline session');
         ac.abort();
       }
     }
   } catch {
     // the client reports the abort
   }
-  await eventually(async () => (await nodeSessions()) === 0, 5000, 'the nodes to free the session');
+  // The cancel ends between steps: the session is whole and kept idle (its slot free for any
+  // request); the nodes hold exactly what the server keeps.
+  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the slot to be freed');
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free what the server let go');
   const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', 5000);
   t.true(Number(cancelled.completionTokens) < 1000);
+  // Without the prompt cache, a cancelled stream's KV caches go on every node.
+  const held = await nodeSessions();
+  const ac2 = new AbortController();
+  const stream2 = await client.completions.create(
+    { model: 'stories260K', prompt: 'A tiny red fish', max_tokens: 1000, temperature: 0, stream: true, cache_prompt: false } as OpenAI.CompletionCreateParamsStreaming,
+    { signal: ac2.signal },
+  );
+  chunks = 0;
+  try {
+    for await (const _ of stream2) if (++chunks === 5) ac2.abort();
+  } catch {
+    // the client reports the abort
+  }
+  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the slot to be freed');
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free the session');
+  t.true((await nodeSessions()) <= held, 'the uncached stream left nothing behind');
 });

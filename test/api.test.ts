@@ -1,9 +1,11 @@
 // `herd serve` driven by the official openai npm client on loopback, with the bundled
-// stories260K model: greedy text as `herd run`, streaming, concurrency, cancellation, errors.
+// stories260K model: greedy text as `herd run`, streaming, concurrency, cancellation, prompt
+// reuse, errors.
 
 import test from 'ava';
 import OpenAI from 'openai';
 import { herd } from './helpers/herd.ts';
+import { parsePrometheus, sum } from './helpers/prometheus.ts';
 import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'test-key-0123456789';
@@ -20,8 +22,14 @@ test.after.always(async () => {
   await serve?.stop();
 });
 
-async function state(): Promise<{ sessions: { active: number; queued: number; slots: number } }> {
-  return (await fetch(`${serve.url}/api/state`)).json() as Promise<{ sessions: { active: number; queued: number; slots: number } }>;
+interface State {
+  sessions: { active: number; idle: number; queued: number; slots: number };
+  prompt_tokens: number;
+  prompt_tokens_reused: number;
+}
+
+async function state(): Promise<State> {
+  return (await fetch(`${serve.url}/api/state`)).json() as Promise<State>;
 }
 
 test.serial('a greedy completion is the text `herd run --temp 0` prints', async (t) => {
@@ -33,7 +41,8 @@ test.serial('a greedy completion is the text `herd run --temp 0` prints', async 
   const local = JSON.parse(run.stdout) as { text: string; tokens: number[]; prompt_tokens: number[] };
   t.is(completion.choices[0].text, local.text);
   t.is(completion.choices[0].finish_reason, 'length');
-  t.deepEqual(completion.usage, { prompt_tokens: 5, completion_tokens: 64, total_tokens: 69 });
+  // The server's first request: nothing to reuse.
+  t.deepEqual(completion.usage, { prompt_tokens: 5, completion_tokens: 64, total_tokens: 69, prompt_tokens_details: { cached_tokens: 0 } });
   const ext = (completion as unknown as { herd: { tokens: number[]; prompt_tokens: number[] } }).herd;
   t.deepEqual(ext.tokens, local.tokens);
   t.deepEqual(ext.prompt_tokens, local.prompt_tokens);
@@ -64,7 +73,9 @@ test.serial('a streamed chat arrives in several chunks and ends like the same re
   t.is(role, 'assistant');
   t.is(pieces.join(''), whole.choices[0].message.content ?? '');
   t.is(finish, whole.choices[0].finish_reason);
-  t.deepEqual(usage, whole.usage);
+  // The same prompt again: the kept session of the first holds all of it but the last token,
+  // which is stepped again for its logits.
+  t.deepEqual(usage, { ...whole.usage, prompt_tokens_details: { cached_tokens: (whole.usage?.prompt_tokens ?? 0) - 1 } });
   t.is(whole.object, 'chat.completion');
   t.is(whole.choices[0].message.role, 'assistant');
 });
@@ -125,6 +136,8 @@ test.serial('8 concurrent streamed chats all complete, each equal to its own seq
   const s = await state();
   t.is(s.sessions.active, 0);
   t.is(s.sessions.queued, 0);
+  // Finished sessions stay open, idle, for prompt reuse: never more than the slots.
+  t.true(s.sessions.idle >= 1 && s.sessions.idle <= s.sessions.slots, `idle ${s.sessions.idle}`);
 });
 
 test.serial('a cancelled stream frees its session, and the server keeps serving', async (t) => {
@@ -153,8 +166,68 @@ test.serial('a cancelled stream frees its session, and the server keeps serving'
   const metrics = await (await fetch(`${serve.url}/metrics`)).text();
   t.regex(metrics, /^herd_generations_total\{endpoint="chat",outcome="cancelled"\} 1$/m);
   t.regex(metrics, /^herd_sessions_active 0$/m);
+  // A cancel ends between two steps: the session is whole, so it is kept idle like any other
+  // (holding its slot only until a request waits for one).
+  const s = await state();
+  t.true(s.sessions.idle >= 1 && s.sessions.idle <= s.sessions.slots, `idle ${s.sessions.idle}`);
+  t.regex(metrics, new RegExp(`^herd_sessions_idle ${s.sessions.idle}$`, 'm'));
   const after = await client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 4, temperature: 0 });
   t.is(after.usage?.completion_tokens, 4);
+});
+
+test.serial('a chat that extends the previous one reuses its session: only the new tokens are computed, the text is a cold session\'s', async (t) => {
+  const reused = async () => sum(parsePrometheus(await (await fetch(`${serve.url}/metrics`)).text()).samples, 'herd_prompt_tokens_reused_total');
+  const messages: OpenAI.ChatCompletionMessageParam[] = [
+    { role: 'system', content: 'You are a storyteller who likes owls.' },
+    { role: 'user', content: 'Tell me about an owl in the forest.' },
+  ];
+  const first = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0 });
+  messages.push({ role: 'assistant', content: first.choices[0].message.content ?? '' }, { role: 'user', content: 'What did the owl eat?' });
+
+  const before = await reused();
+  const second = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0 });
+  const after = await reused();
+  const cached = second.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+  // At least the first request's whole prompt was already in its kept session.
+  t.true(cached >= (first.usage?.prompt_tokens ?? Infinity), `reused ${cached} of ${second.usage?.prompt_tokens}, the first prompt was ${first.usage?.prompt_tokens}`);
+  t.true(cached < (second.usage?.prompt_tokens ?? 0));
+  t.is(after - before, cached, 'herd_prompt_tokens_reused_total counts them');
+  const done = await serve.waitFor((e) => e.event === 'request.done' && e.id === second.id, 5000);
+  t.is(done.promptReused, cached);
+
+  // The same conversation without the cache: a fresh session computes the whole prompt.
+  const cold = await client.chat.completions.create({ model: 'stories260K', messages, max_tokens: 32, temperature: 0, cache_prompt: false } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  t.is(cold.usage?.prompt_tokens_details?.cached_tokens, 0);
+  t.is(await reused(), after);
+  t.is(second.choices[0].message.content, cold.choices[0].message.content);
+  t.deepEqual((second as unknown as { herd: { tokens: number[] } }).herd.tokens, (cold as unknown as { herd: { tokens: number[] } }).herd.tokens);
+});
+
+test.serial('a seeded sampled request gives the same text on a kept session as on a fresh one', async (t) => {
+  const body = { model: 'stories260K', prompt: 'Once upon a time, in a big forest,', max_tokens: 32, temperature: 0.9, seed: 1234 };
+  const a = await client.completions.create(body);
+  const b = await client.completions.create(body);
+  const cold = await client.completions.create({ ...body, cache_prompt: false } as OpenAI.CompletionCreateParamsNonStreaming);
+  t.true((b.usage as { prompt_tokens_details?: { cached_tokens: number } }).prompt_tokens_details!.cached_tokens > 0);
+  t.is(a.choices[0].text, cold.choices[0].text);
+  t.is(b.choices[0].text, cold.choices[0].text);
+});
+
+test.serial('idle sessions give their slots to waiting requests', async (t) => {
+  // Fill every slot with an idle session, then ask for more sessions than slots at once: the
+  // first three take the idle ones, the others wait; each session that ends while someone
+  // waits is closed at once to pass its slot on (kept, it would hold it forever).
+  const prompts = ['The sun', 'A frog', 'The moon', 'A boat', 'The king'];
+  for (const p of prompts.slice(0, 3)) await client.completions.create({ model: 'stories260K', prompt: p, max_tokens: 4, temperature: 0 });
+  let s = await state();
+  t.is(s.sessions.idle, s.sessions.slots);
+  t.is(s.sessions.active, 0);
+  const all = await Promise.all(prompts.map((p) => client.completions.create({ model: 'stories260K', prompt: `${p} and the cat`, max_tokens: 8, temperature: 0 })));
+  t.true(all.every((c) => c.usage?.completion_tokens === 8));
+  s = await state();
+  t.is(s.sessions.active, 0);
+  t.is(s.sessions.queued, 0);
+  t.true(s.sessions.idle <= s.sessions.slots);
 });
 
 /** Posts raw JSON text; returns the status and the parsed body. */

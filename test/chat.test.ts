@@ -86,18 +86,26 @@ test('in a terminal: two turns, /reset, /exit; the replies are those of the same
 
 test('in a terminal: Ctrl-C stops a long reply and keeps the session; at the prompt it only says how to leave', async (t) => {
   // A long context and token limit: the reply is still being written when Ctrl-C arrives.
-  const r = await drive(['chat', '--temp', '0', '-n', '3000', '--ctx', '4096'], [
+  const r = await drive(['chat', '--temp', '0', '-n', '3000', '--ctx', '4096', '--timings'], [
     { prompts: 1 },
     { send: 'Tell me a long story\r', grow: 40 },
     { send: '\u0003', text: '[stopped]' },
     { prompts: 2 },
-    { send: '\u0003', text: '/exit or Ctrl-D to leave' },
+    { send: 'And then?\r', grow: 40 },
+    { send: '\u0003', text: '[stopped]' },
     { prompts: 3 },
+    { send: '\u0003', text: '/exit or Ctrl-D to leave' },
+    { prompts: 4 },
     { send: '/exit\r' },
   ]);
   t.deepEqual(r.ok, r.ok.map(() => true), plain(r.out));
   t.is(r.status, 0, plain(r.out));
-  t.regex(ttyReply(plain(r.out), 'Tell me a long story'), / \[stopped\]$/);
+  const out = plain(r.out);
+  t.regex(ttyReply(out, 'Tell me a long story'), / \[stopped\]/);
+  // The stopped turn left the session whole: the next turn goes on from it.
+  const turns = [...out.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({ prompt: Number(m[1]), reused: Number(m[2]) }));
+  t.is(turns.length, 2, out);
+  t.true(turns[1].reused > turns[0].prompt, JSON.stringify(turns));
 });
 
 test('--server: the same conversation through herd serve gives the replies the API gives', async (t) => {
@@ -120,6 +128,40 @@ test('--server: the same conversation through herd serve gives the replies the A
     // and a local chat of the same conversation agrees
     const local = await piped(['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system], 'Hello there\nTell me more\n');
     t.deepEqual(pipedReplies(local.stdout), replies);
+  } finally {
+    await serve.stop();
+  }
+});
+
+test('one session across turns: the second turn computes only what follows it, /reset starts fresh; the replies are cold sessions\'', async (t) => {
+  const system = 'You are a storyteller.';
+  const p = await piped(['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system, '--timings'], 'Hello there\nTell me more\n/reset\nHello there\n');
+  t.is(p.code, 0, p.stderr);
+  const turns = [...p.stderr.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({ prompt: Number(m[1]), reused: Number(m[2]), computed: Number(m[3]) }));
+  t.is(turns.length, 3, p.stderr);
+  const [one, two, afterReset] = turns;
+  t.is(one.reused, 0);
+  // The session holds the first prompt and the reply fed back: only the rest is computed.
+  t.true(two.reused >= one.prompt, `turn 2 reused ${two.reused}, turn 1's prompt was ${one.prompt}`);
+  t.is(two.reused + two.computed, two.prompt);
+  t.true(two.computed <= two.prompt - one.prompt, `turn 2 computed ${two.computed} of ${two.prompt}`);
+  t.deepEqual(afterReset, { ...one }, '/reset: a fresh session computes the whole first prompt again');
+
+  // Each turn as a fresh session (no prompt cache) on a server gives the same replies.
+  const replies = pipedReplies(p.stdout).filter((r) => r !== '(conversation cleared)');
+  t.is(replies.length, 3, p.stdout);
+  t.is(replies[2], replies[0]);
+  const serve = await startServe(['--ctx', '1024']);
+  try {
+    const messages: { role: string; content: string }[] = [{ role: 'system', content: system }];
+    for (const [i, said] of ['Hello there', 'Tell me more'].entries()) {
+      messages.push({ role: 'user', content: said });
+      const r = await fetch(`${serve.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, max_tokens: 40, temperature: 0, cache_prompt: false }) });
+      const body = (await r.json()) as { choices: { message: { content: string } }[]; usage: { prompt_tokens_details: { cached_tokens: number } } };
+      t.is(body.usage.prompt_tokens_details.cached_tokens, 0);
+      t.is(replies[i], body.choices[0].message.content, `turn ${i + 1}`);
+      messages.push({ role: 'assistant', content: body.choices[0].message.content });
+    }
   } finally {
     await serve.stop();
   }

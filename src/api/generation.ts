@@ -1,6 +1,8 @@
-// One request's generation on a ModelHost: check the prompt fits, wait fairly for a session,
-// run the engine's loop with the request's AbortSignal, always free the session, and count
-// what happened for the metrics. Shared by the HTTP handlers and `herd chat`.
+// One request's generation on a ModelHost: check the prompt fits, wait fairly for a session
+// (or take a kept one holding a prefix of the prompt), run the engine's loop with the request's
+// AbortSignal from where the session's tokens and the prompt part, always end the lease
+// (keeping the session for the next request when it finished cleanly), and count what happened
+// for the metrics. Shared by the HTTP handlers and `herd chat`.
 
 import { checkPromptFits, generate, type GenerateResult, type Vocabulary } from '../engine/generate.ts';
 import type { SamplingOptions } from '../engine/sampler.ts';
@@ -14,6 +16,11 @@ export interface GenerationJob {
   /** Stop strings (for chat, the caller adds the template's end-of-turn text). */
   readonly stop: readonly string[];
   readonly sampling: SamplingOptions;
+  /**
+   * Reuse a kept session's KV caches for a common prompt prefix, and keep this one's for the
+   * next request (llama.cpp's cache_prompt; default true).
+   */
+  readonly cachePrompt?: boolean;
   readonly signal?: AbortSignal;
   /** Label of the metrics: chat, completions or grpc. */
   readonly endpoint: string;
@@ -53,13 +60,23 @@ export async function runGeneration(
   });
   let result: GenerateResult;
   try {
-    const lease = await host.lease(job.sampling, job.signal);
+    const cache = job.cachePrompt !== false;
+    const lease = await host.lease(job.sampling, job.signal, cache ? job.prompt : undefined);
+    let keep = false;
     try {
       metrics?.promptTokens.inc(job.prompt.length);
       onStart?.();
-      result = await generate(lease.session, vocab, { prompt: job.prompt, maxTokens, stop: job.stop, signal: job.signal }, onText && ((text) => onText(text)));
+      result = await generate(
+        lease.session,
+        vocab,
+        { prompt: job.prompt, cached: lease.cached, maxTokens, stop: job.stop, signal: job.signal },
+        onText && ((text) => onText(text)),
+      );
+      metrics?.promptTokensReused.inc(result.timings.prompt_cached);
+      // Ended between steps (a stop, the limit, a cancel): the session holds what it says.
+      keep = cache;
     } finally {
-      await lease.close();
+      await lease.close(keep);
     }
   } catch (e) {
     const cancelled = job.signal?.aborted === true;

@@ -6,6 +6,11 @@
 // step at a time: a lock of size 1 around each step makes active requests take turns token by
 // token, in arrival order. Over the herd, each session is its own Forward stream, so stages
 // work on different requests at once (pipeline parallelism) and no lock is taken.
+//
+// Prompt cache (llama.cpp's cache_prompt): a finished request's session may stay open, idle,
+// with the tokens its KV caches hold. A request whose prompt shares a prefix with them takes it,
+// goes back to the common prefix and computes only the rest. An idle session keeps its slot
+// until a request is waiting for one: then the least recently used idle session is closed.
 
 import { freemem, totalmem } from 'node:os';
 import { basename } from 'node:path';
@@ -15,7 +20,7 @@ import { Tokenizer } from '../tokenizer/index.ts';
 import { ChatTemplate } from '../tokenizer/chat-template.ts';
 import type { KvType } from '../model/kv-cache.ts';
 import { readConfig, type ModelConfig } from '../model/config.ts';
-import type { InferenceSession } from '../engine/session.ts';
+import { commonPrefix, type InferenceSession } from '../engine/session.ts';
 import type { SamplingOptions } from '../engine/sampler.ts';
 import { ClusterError } from '../cluster/errors.ts';
 import { jsonLogger, silentLogger } from '../cluster/log.ts';
@@ -73,10 +78,28 @@ export type StepObserver = (step: StepTiming) => void;
 /** The loaded model, with how the dashboard sees its nodes. */
 type Runner = LoadedModel & { nodes(): Promise<NodeView[]> };
 
-/** A session lent to one request: close() frees its KV cache and its slot. */
+/** A session lent to one request: close() frees its slot, and its KV caches unless kept. */
 export interface Lease {
   readonly session: InferenceSession;
-  close(): Promise<void>;
+  /** Leading prompt tokens the session already holds (a kept session's common prefix). */
+  readonly cached: number;
+  /**
+   * Ends the lease. With `keep`, the session stays open, idle, for a later request to continue
+   * (when it is intact and the herd unchanged); otherwise its KV caches are freed.
+   */
+  close(keep?: boolean): Promise<void>;
+}
+
+/** A session with its slot, lent or idle. */
+interface Held {
+  readonly runner: Runner;
+  readonly inner: StagedSession;
+  /** Times the steps and tracks the tokens the KV caches hold. */
+  readonly observed: ObservedSession;
+  /** What a request steps: `observed`, in-process behind the step lock. */
+  readonly session: InferenceSession;
+  readonly release: Release;
+  lastUsed: number;
 }
 
 export class ModelHost {
@@ -102,6 +125,10 @@ export class ModelHost {
   /** Open leases per runner, so a replaced runner closes when its last session ends. */
   private readonly leases = new Map<Runner, number>();
   private readonly retiring = new Set<Runner>();
+  /** Kept sessions no request holds, for prompt reuse; each keeps its slot. */
+  private readonly idle: Held[] = [];
+  /** Idle sessions being closed to give their slot to a waiting request. */
+  private yielding = 0;
   onStep: StepObserver = () => {};
 
   private constructor(readonly o: HostOptions) {
@@ -197,7 +224,7 @@ export class ModelHost {
   private async watch(): Promise<void> {
     if (this.state !== 'ready') return; // load() schedules the next watch once ready again
     try {
-      if (this.slots.active > 0 || this.slots.waiting > 0) return;
+      if (this.slots.active > this.idle.length || this.slots.waiting > 0) return;
       const set = await this.resolve();
       const key = nodeSetKey(set);
       if (key === this.discovered || this.state !== 'ready') return;
@@ -212,6 +239,8 @@ export class ModelHost {
       this.runner = runner;
       this.discovered = key;
       this.logReady(runner, t0);
+      // Kept sessions belong to the old plan.
+      void this.dropIdle();
       if (old) this.retire(old);
     } catch (e) {
       this.o.log.warn({ error: (e as Error).message }, 'herd.replan_failed');
@@ -261,46 +290,132 @@ export class ModelHost {
     };
   }
 
+  /** Sessions kept open, idle, for prompt reuse (each holds a slot). */
+  get idleSessions(): number {
+    return this.idle.length;
+  }
+
+  /** Sessions lent to requests now. */
+  get activeSessions(): number {
+    return this.slots.active - this.idle.length;
+  }
+
   /**
-   * Waits (fairly) for a slot, then opens a session. Rejects with 503 when the herd is not
-   * ready, and with AbortedError when `signal` aborts while waiting.
+   * Waits (fairly) for a slot, then opens a session — or, given the prompt, takes a kept
+   * session that holds a prefix of it (`cached` says how much). Rejects with 503 when the herd
+   * is not ready, and with AbortedError when `signal` aborts while waiting.
    */
-  async lease(sampling: SamplingOptions, signal?: AbortSignal): Promise<Lease> {
+  async lease(sampling: SamplingOptions, signal?: AbortSignal, prompt?: readonly number[]): Promise<Lease> {
     this.requireReady();
-    const release: Release = await this.slots.acquire(signal);
-    let session: StagedSession;
-    let runner: Runner;
-    try {
-      this.requireReady();
-      runner = this.runner as Runner;
-      session = await runner.open(sampling);
-    } catch (e) {
-      release();
-      throw this.clusterFailure(e);
+    let held = prompt ? this.takeIdle(prompt) : undefined;
+    if (held) held.session.resample(sampling);
+    else {
+      const pending = this.slots.acquire(signal);
+      // Someone waits for a slot: idle sessions give theirs up.
+      this.yieldIdle();
+      const release: Release = await pending;
+      let session: StagedSession;
+      let runner: Runner;
+      try {
+        this.requireReady();
+        runner = this.runner as Runner;
+        session = await runner.open(sampling);
+      } catch (e) {
+        release();
+        throw this.clusterFailure(e);
+      }
+      this.leases.set(runner, (this.leases.get(runner) ?? 0) + 1);
+      const observed = new ObservedSession(session, (step) => this.onStep(step));
+      // In-process, the step is timed inside the lock: waiting for one's turn is not compute.
+      held = { runner, inner: session, observed, session: runner.mode === 'local' ? new LockedSession(observed, this.stepLock) : observed, release, lastUsed: 0 };
     }
-    this.leases.set(runner, (this.leases.get(runner) ?? 0) + 1);
-    const local = runner.mode === 'local';
-    const observed = new ObservedSession(session, (step) => this.onStep(step));
+    const h = held;
+    h.observed.begin();
+    const cached = prompt ? commonPrefix(h.observed.tokens, prompt) : 0;
     let closed = false;
     return {
-      // In-process, the step is timed inside the lock: waiting for one's turn is not compute.
-      session: local ? new LockedSession(observed, this.stepLock) : observed,
-      close: async () => {
+      session: h.session,
+      cached,
+      close: async (keep = false) => {
         if (closed) return;
         closed = true;
-        try {
-          await session.close();
-        } finally {
-          release();
-          const left = (this.leases.get(runner) ?? 1) - 1;
-          if (left > 0) this.leases.set(runner, left);
-          else {
-            this.leases.delete(runner);
-            if (this.retiring.delete(runner)) void runner.close();
-          }
-        }
+        if (keep && this.keep(h)) return;
+        await this.drop(h);
       },
     };
+  }
+
+  /**
+   * The idle session for this prompt, out of the idle list: the one sharing the longest prefix
+   * when that is at least half of the prompt (as llama.cpp's slot similarity), or the best one
+   * anyway when no slot is free (reusing beats closing one and opening another). Undefined:
+   * open a new session in a free slot, leaving the idle ones to the requests they match.
+   */
+  private takeIdle(prompt: readonly number[]): Held | undefined {
+    // A pipeline that broke while idle (a node went away) is closed, not lent.
+    for (const h of this.idle.filter((h) => h.inner.failed === true)) {
+      this.idle.splice(this.idle.indexOf(h), 1);
+      void this.drop(h);
+    }
+    let best: Held | undefined;
+    let bestN = -1;
+    for (const h of this.idle) {
+      const n = commonPrefix(h.observed.tokens, prompt);
+      if (n > bestN || (n === bestN && best && h.lastUsed < best.lastUsed)) {
+        best = h;
+        bestN = n;
+      }
+    }
+    if (!best) return undefined;
+    const free = this.slots.active < this.slots.size && this.slots.waiting === 0;
+    if (free && (bestN === 0 || 2 * bestN < prompt.length)) return undefined;
+    this.idle.splice(this.idle.indexOf(best), 1);
+    return best;
+  }
+
+  /** Keeps a lent session idle, if it is intact and of the current herd; false: close it. */
+  private keep(h: Held): boolean {
+    if (h.observed.broken || h.runner !== this.runner || this.state !== 'ready') return false;
+    h.lastUsed = performance.now();
+    this.idle.push(h);
+    this.yieldIdle();
+    return true;
+  }
+
+  /** Closes least recently used idle sessions while requests wait for their slots. */
+  private yieldIdle(): void {
+    while (this.slots.waiting > this.yielding && this.idle.length > 0) {
+      let lru = 0;
+      for (let i = 1; i < this.idle.length; i++) if (this.idle[i].lastUsed < this.idle[lru].lastUsed) lru = i;
+      const [h] = this.idle.splice(lru, 1);
+      this.yielding++;
+      void this.drop(h).finally(() => {
+        this.yielding--;
+        this.yieldIdle();
+      });
+    }
+  }
+
+  /** Closes idle sessions: `/reset` in herd chat, a new plan, shutdown. */
+  async dropIdle(): Promise<void> {
+    await Promise.all(this.idle.splice(0).map((h) => this.drop(h)));
+  }
+
+  /** Frees a session's KV caches, then its slot; a replaced runner closes with its last session. */
+  private async drop(h: Held): Promise<void> {
+    try {
+      await h.inner.close();
+    } catch {
+      // a failed pipeline is closed already
+    } finally {
+      h.release();
+      const left = (this.leases.get(h.runner) ?? 1) - 1;
+      if (left > 0) this.leases.set(h.runner, left);
+      else {
+        this.leases.delete(h.runner);
+        if (this.retiring.delete(h.runner)) void h.runner.close();
+      }
+    }
   }
 
   /** A cluster error during a request: the herd is re-planned in the background; 503 to the client. */
@@ -311,6 +426,7 @@ export class ModelHost {
     this.runner = undefined;
     this.state = 'unavailable';
     this.lastError = e.message;
+    void this.dropIdle();
     void old.close().finally(() => void this.start());
     return unavailable(`the herd failed: ${e.message}`);
   }
@@ -330,6 +446,7 @@ export class ModelHost {
     clearTimeout(this.retryTimer);
     clearTimeout(this.watchTimer);
     this.slots.drain(unavailable('the server is shutting down', 'shutting_down'));
+    await this.dropIdle();
     await this.loading?.catch(() => {});
     await this.runner?.close();
     for (const r of this.retiring) await r.close();
@@ -370,13 +487,27 @@ class LockedSession implements InferenceSession {
     }
   }
 
+  resample(sampling: SamplingOptions): void {
+    this.inner.resample(sampling);
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }
 }
 
-/** Times each step, and hands it with its stages' times to the metrics. */
+/**
+ * Times each step, and hands it with its stages' times to the metrics; tracks the tokens the
+ * session's KV caches hold, for prompt reuse.
+ */
 class ObservedSession implements InferenceSession {
+  /** The token at each position the session holds. */
+  readonly tokens: number[] = [];
+  /** A step failed: what the stages hold is unknown, so the session is not kept. */
+  broken = false;
+  /** The next step is a request's first: its prefill. */
+  private first = true;
+
   constructor(
     private readonly inner: StagedSession,
     private readonly observe: StepObserver,
@@ -386,12 +517,30 @@ class ObservedSession implements InferenceSession {
     return this.inner.ctx;
   }
 
+  /** A new request starts on the session. */
+  begin(): void {
+    this.first = true;
+  }
+
   async step(tokens: readonly number[], start: number): Promise<number> {
     const t0 = performance.now();
-    const token = await this.inner.step(tokens, start);
+    let token: number;
+    try {
+      token = await this.inner.step(tokens, start);
+    } catch (e) {
+      this.broken = true;
+      throw e;
+    }
     const seconds = (performance.now() - t0) / 1000;
-    this.observe({ phase: start === 0 ? 'prefill' : 'decode', tokens: tokens.length, seconds, stages: this.inner.lastStages });
+    this.tokens.length = start;
+    this.tokens.push(...tokens);
+    this.observe({ phase: this.first ? 'prefill' : 'decode', tokens: tokens.length, seconds, stages: this.inner.lastStages });
+    this.first = false;
     return token;
+  }
+
+  resample(sampling: SamplingOptions): void {
+    this.inner.resample(sampling);
   }
 
   close(): Promise<void> {

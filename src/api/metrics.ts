@@ -23,6 +23,7 @@ export class ApiMetrics {
   readonly httpRequests: Counter<'route' | 'status'>;
   readonly generations: Counter<'endpoint' | 'outcome'>;
   readonly promptTokens: Counter;
+  readonly promptTokensReused: Counter;
   readonly generatedTokens: Counter;
   readonly ttft: Histogram;
   readonly latency: Histogram<'endpoint'>;
@@ -32,7 +33,7 @@ export class ApiMetrics {
   /** By stage address. */
   private readonly recentStages = new Map<string, RecentStageTime>();
 
-  constructor(sample: { queueDepth: () => number; sessionsActive: () => number; slots: number; ready: () => boolean }) {
+  constructor(sample: { queueDepth: () => number; sessionsActive: () => number; sessionsIdle: () => number; slots: number; ready: () => boolean }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'herd_' });
     this.httpRequests = new Counter({ name: 'herd_http_requests_total', help: 'HTTP requests answered, by route and status', labelNames: ['route', 'status'], registers });
@@ -42,7 +43,12 @@ export class ApiMetrics {
       labelNames: ['endpoint', 'outcome'],
       registers,
     });
-    this.promptTokens = new Counter({ name: 'herd_prompt_tokens_total', help: 'Prompt tokens processed', registers });
+    this.promptTokens = new Counter({ name: 'herd_prompt_tokens_total', help: 'Prompt tokens of the requests (reused ones included)', registers });
+    this.promptTokensReused = new Counter({
+      name: 'herd_prompt_tokens_reused_total',
+      help: 'Prompt tokens a kept session already held (a common prefix with an earlier request): not computed again',
+      registers,
+    });
     this.generatedTokens = new Counter({ name: 'herd_generated_tokens_total', help: 'Tokens generated', registers });
     this.ttft = new Histogram({
       name: 'herd_time_to_first_token_seconds',
@@ -82,7 +88,8 @@ export class ApiMetrics {
       });
     gauge('herd_tokens_per_second', `Tokens generated per second over the last ${RATE_WINDOW_S} s, all requests together`, () => this.tokensPerSecond());
     gauge('herd_queue_depth', 'Requests waiting for a session slot', sample.queueDepth);
-    gauge('herd_sessions_active', 'Sessions (KV caches) in use', sample.sessionsActive);
+    gauge('herd_sessions_active', 'Sessions (KV caches) in use by requests', sample.sessionsActive);
+    gauge('herd_sessions_idle', 'Sessions kept open after their request for prompt reuse (each holds a slot until a request waits for one)', sample.sessionsIdle);
     gauge('herd_session_slots', 'Sessions that may run at once', () => sample.slots);
     gauge('herd_ready', '1 when the model or herd is ready to serve', () => (sample.ready() ? 1 : 0));
   }

@@ -15,6 +15,8 @@ export interface GenerationParams {
   readonly stop: string[];
   readonly stream: boolean;
   readonly includeUsage: boolean;
+  /** llama.cpp's `cache_prompt`: reuse a kept session for a common prompt prefix (default true). */
+  readonly cachePrompt: boolean;
 }
 
 export interface ChatRequest extends GenerationParams {
@@ -92,6 +94,7 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
   } else if (s !== undefined && s !== null) throw badRequest(`'stop' must be a string or an array of strings, got ${typeName(s)}`, 'stop', 'invalid_type');
 
   const stream = opt(o, 'stream', isBool, 'a boolean') ?? false;
+  const cachePrompt = opt(o, 'cache_prompt', isBool, 'a boolean') ?? true;
   const so = o.stream_options;
   if (so !== undefined && so !== null && !isObj(so)) throw badRequest(`'stream_options' must be an object, got ${typeName(so)}`, 'stream_options', 'invalid_type');
   const includeUsage = (so && isObj(so) ? opt(so, 'include_usage', isBool, 'a boolean') : undefined) ?? false;
@@ -107,7 +110,7 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
     penaltyLastN: defaultSampling.penaltyLastN,
     seed: seed ?? Math.floor(Math.random() * 0xffffffff),
   });
-  return { o, p: { model, maxTokens, sampling, stop, stream, includeUsage } };
+  return { o, p: { model, maxTokens, sampling, stop, stream, includeUsage, cachePrompt } };
 }
 
 /** Message content: a string, or OpenAI's array of parts of which herd reads the text ones. */

@@ -52,7 +52,8 @@ export class ApiServer {
     const host = o.host;
     this.metrics = new ApiMetrics({
       queueDepth: () => host.slots.waiting,
-      sessionsActive: () => host.slots.active,
+      sessionsActive: () => host.activeSessions,
+      sessionsIdle: () => host.idleSessions,
       slots: host.slots.size,
       ready: () => host.status === 'ready',
     });
@@ -177,7 +178,7 @@ export class ApiServer {
       status: h.status === 'ready' ? 'ok' : h.status,
       model: h.modelId,
       mode: h.mode ?? null,
-      sessions: { active: h.slots.active, queued: h.slots.waiting, slots: h.slots.size },
+      sessions: { active: h.activeSessions, idle: h.idleSessions, queued: h.slots.waiting, slots: h.slots.size },
       ...(h.error ? { error: h.error } : {}),
     };
     sendJson(res, h.status === 'ready' ? 200 : 503, body);
@@ -203,10 +204,11 @@ export class ApiServer {
         bytes: h.file.fileSize, chat_template: h.template.name,
       },
       nodes: (await h.nodes()).map((n) => ({ ...n, stageMs: this.metrics.recentStage(n.address) })),
-      sessions: { active: h.slots.active, queued: h.slots.waiting, slots: h.slots.size },
+      sessions: { active: h.activeSessions, idle: h.idleSessions, queued: h.slots.waiting, slots: h.slots.size },
       tokens_per_second: this.metrics.tokensPerSecond(),
       tokens_generated: await value(this.metrics.generatedTokens),
       prompt_tokens: await value(this.metrics.promptTokens),
+      prompt_tokens_reused: await value(this.metrics.promptTokensReused),
       uptime_s: Math.round((performance.now() - this.started) / 1000),
     };
   }
@@ -238,7 +240,7 @@ export class ApiServer {
     const out = await runGeneration(
       h,
       this.metrics,
-      { prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, signal: ac.signal, endpoint: 'chat' },
+      { prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'chat' },
       stream && ((text) => stream.send(chunk({ content: text }, null))),
       stream && (() => stream.send(chunk({ role: 'assistant', content: '' }, null))),
     );
@@ -280,7 +282,7 @@ export class ApiServer {
       h,
       this.metrics,
       // OpenAI's completions default to 16 tokens.
-      { prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, signal: ac.signal, endpoint: 'completions' },
+      { prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'completions' },
       stream && ((text) => stream.send(chunk(text, null))),
       stream && (() => echoText && stream.send(chunk(echoText, null))),
     );
@@ -320,7 +322,7 @@ export class ApiServer {
   private logDone(id: string, endpoint: string, promptTokens: number, out: GenerationOutcome, cancelled: boolean): void {
     this.o.log.info(
       {
-        id, endpoint, promptTokens, completionTokens: out.tokens.length, finish: cancelled ? 'cancelled' : out.finishReason,
+        id, endpoint, promptTokens, promptReused: out.timings.prompt_cached, completionTokens: out.tokens.length, finish: cancelled ? 'cancelled' : out.finishReason,
         ttftMs: out.ttftMs === undefined ? null : Math.round(out.ttftMs), ms: Math.round(out.totalMs),
       },
       cancelled ? 'request.cancelled' : 'request.done',
@@ -345,7 +347,13 @@ class EventStream {
 }
 
 function usageOf(promptTokens: number, out: GenerationOutcome): object {
-  return { prompt_tokens: promptTokens, completion_tokens: out.tokens.length, total_tokens: promptTokens + out.tokens.length };
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: out.tokens.length,
+    total_tokens: promptTokens + out.tokens.length,
+    // OpenAI's prompt caching field: prompt tokens a kept session already held.
+    prompt_tokens_details: { cached_tokens: out.timings.prompt_cached },
+  };
 }
 
 function sha256(s: string): Buffer {

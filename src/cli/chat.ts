@@ -2,11 +2,15 @@
 // the model's chat template and streams the reply; `/reset` starts over, `/exit` (or Ctrl-D)
 // leaves, Ctrl-C stops the reply being written and keeps the session. In-process (or over the
 // herd with --nodes) by default; `--server URL|auto` sends the turns to a running herd serve.
+//
+// One session lives across the turns: it holds the conversation's tokens so far (prompt and
+// reply), and each turn computes only what follows the prefix it shares with the newly
+// rendered conversation (the host's prompt cache, one slot); `/reset` closes it.
 
 import { createInterface } from 'node:readline';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
-import { ContextError } from '../engine/generate.ts';
+import { ContextError, type Timings } from '../engine/generate.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
@@ -37,6 +41,7 @@ interface ChatArgs extends KeyArgs {
   discoveryTimeout: number;
   server?: string;
   apiKey?: string;
+  timings: boolean;
 }
 
 function builder(y: Argv): Argv<ChatArgs> {
@@ -64,15 +69,24 @@ function builder(y: Argv): Argv<ChatArgs> {
     .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
     .option('server', { type: 'string', describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)' })
     .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
+    .option('timings', { type: 'boolean', default: false, describe: 'After each reply, print on stderr its prompt tokens (reused from the session and computed) and speeds' })
     .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file', 'server', 'api-key'], 'Herd:') as unknown as Argv<ChatArgs>;
 }
 
+/** One turn's reply, with its timings when the backend tells them. */
+interface Reply {
+  readonly text: string;
+  readonly timings?: Timings | Record<string, number>;
+}
+
 /** Answers one turn: streams text to onText, resolves with the whole reply. */
-type Replier = (messages: readonly ChatMessage[], onText: (text: string) => void, signal: AbortSignal) => Promise<string>;
+type Replier = (messages: readonly ChatMessage[], onText: (text: string) => void, signal: AbortSignal) => Promise<Reply>;
 
 interface Backend {
   readonly describe: string;
   readonly reply: Replier;
+  /** Forgets the conversation's session (`/reset`). */
+  reset(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -97,14 +111,16 @@ async function localBackend(args: ChatArgs, sampling: () => SamplingOptions): Pr
     describe: `${host.modelId} (${host.mode === 'local' ? `in-process, ${backend.name} kernels` : `${host.plan.length} stages over the herd`}, template ${host.template.name})`,
     reply: async (messages, onText, signal) => {
       const prompt = host.template.render(messages).ids;
+      // The host keeps the session between turns and steps only what follows the common prefix.
       const out = await runGeneration(
         host,
         undefined,
-        { prompt, maxTokens: args.maxTokens, stop: [...host.template.stops], sampling: sampling(), signal, endpoint: 'chat' },
+        { prompt, maxTokens: args.maxTokens, stop: [...host.template.stops], sampling: sampling(), cachePrompt: true, signal, endpoint: 'chat' },
         onText,
       );
-      return out.text;
+      return { text: out.text, timings: out.timings };
     },
+    reset: () => host.dropIdle(),
     close: async () => {
       await host.close();
       await backend.close();
@@ -119,7 +135,12 @@ async function serverBackend(args: ChatArgs, sampling: () => SamplingOptions): P
   const model = args.model?.replace(/^.*[\\/]/, '').replace(/\.gguf$/i, '');
   return {
     describe: `${model ?? 'the served model'} at ${url}`,
-    reply: async (messages, onText, signal) => (await chatOnServer(target, messages, { maxTokens: args.maxTokens, sampling: sampling(), model }, onText, signal)).text,
+    reply: async (messages, onText, signal) => {
+      const r = await chatOnServer(target, messages, { maxTokens: args.maxTokens, sampling: sampling(), model }, onText, signal);
+      return { text: r.text, timings: r.herd?.timings };
+    },
+    // The server keeps (or evicts) its own sessions.
+    reset: async () => {},
     close: async () => {},
   };
 }
@@ -160,6 +181,7 @@ async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
     if (line === '/exit' || line === '/quit' || line === '/bye') break;
     if (line === '/reset') {
       messages = [...opening];
+      await backend.reset();
       process.stdout.write('(conversation cleared)\n');
     } else if (line.startsWith('/')) {
       process.stdout.write('commands: /reset starts over, /exit leaves; Ctrl-C stops a reply\n');
@@ -167,9 +189,10 @@ async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
       messages.push({ role: 'user', content: raw });
       replying = new AbortController();
       try {
-        const text = await backend.reply(messages, (t) => process.stdout.write(t), replying.signal);
+        const { text, timings } = await backend.reply(messages, (t) => process.stdout.write(t), replying.signal);
         messages.push({ role: 'assistant', content: text });
         process.stdout.write(replying.signal.aborted ? ' [stopped]\n' : '\n');
+        if (args.timings && timings) process.stderr.write(`${timingsLine(timings)}\n`);
       } catch (e) {
         // The turn did not happen: leave the conversation as it was before it.
         messages.pop();
@@ -186,6 +209,15 @@ async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
   process.off('SIGINT', interrupt);
   await backend.close();
   if (tty) process.stdout.write('\n');
+}
+
+/** `herd: prompt 57 tokens (41 reused, 16 computed) 12 ms | reply 20 tokens 80 ms (250 tok/s)`. */
+function timingsLine(t: Timings | Record<string, number>): string {
+  const cached = t.prompt_cached ?? 0;
+  return (
+    `herd: prompt ${t.prompt_tokens} tokens (${cached} reused, ${t.prompt_tokens - cached} computed) ${t.prompt_ms} ms` +
+    ` | reply ${t.decode_tokens} tokens ${t.decode_ms} ms (${t.decode_tps} tok/s)`
+  );
 }
 
 export const chatCommand: CommandModule<object, ChatArgs> = {

@@ -13,6 +13,11 @@ export interface Vocabulary {
 export interface GenerateRequest {
   /** Prompt token ids, BOS included when the model wants one. */
   prompt: readonly number[];
+  /**
+   * Leading prompt tokens the session already holds at their positions (a kept session's
+   * common prefix with this prompt): only the rest is computed, at least the last token.
+   */
+  cached?: number;
   maxTokens: number;
   /** Generation ends before the first occurrence of any of these strings. */
   stop?: readonly string[];
@@ -23,6 +28,8 @@ export type StopReason = 'eos' | 'stop' | 'length' | 'context' | 'aborted';
 
 export interface Timings {
   prompt_tokens: number;
+  /** Of prompt_tokens, those the session already held (not computed; prompt_tps leaves them out). */
+  prompt_cached: number;
   prompt_ms: number;
   prompt_tps: number;
   decode_tokens: number;
@@ -68,10 +75,16 @@ export async function generate(
   let emitted = 0;
   let stopReason: StopReason = 'length';
 
-  // prefill: the whole prompt in one step gives the first token
+  const cached = req.cached ?? 0;
+  if (!(Number.isInteger(cached) && cached >= 0)) throw new RangeError(`cached prompt tokens must be an integer >= 0, got ${cached}`);
+  // The last prompt token is always stepped: its logits give the first token.
+  const from = Math.min(cached, req.prompt.length - 1);
+
+  // prefill: the prompt (past what the session holds) in one step gives the first token
   const t0 = performance.now();
   let pos = req.prompt.length;
-  let next = req.maxTokens > 0 ? await session.step(req.prompt, 0) : -1;
+  let next = req.maxTokens > 0 ? await session.step(req.prompt.slice(from), from) : -1;
+  const computed = req.maxTokens > 0 ? req.prompt.length - from : 0;
   const t1 = performance.now();
 
   // decode: each sampled token is fed back until a stop condition
@@ -120,8 +133,9 @@ export async function generate(
     stopReason,
     timings: {
       prompt_tokens: req.prompt.length,
+      prompt_cached: req.maxTokens > 0 ? from : 0,
       prompt_ms: round(promptMs),
-      prompt_tps: round(req.prompt.length / (promptMs / 1000)),
+      prompt_tps: round(computed / (promptMs / 1000)),
       decode_tokens: tokens.length,
       decode_ms: round(decodeMs),
       decode_tps: round(tokens.length / (decodeMs / 1000)),

@@ -50,8 +50,8 @@ export const protobufFileName = "herd.proto";
  */
 export enum ProtocolVersion {
   PROTOCOL_VERSION_UNSPECIFIED = 0,
-  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming */
-  PROTOCOL_VERSION_CURRENT = 2,
+  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming; 3: an Activation may rewind its session and restart the sampler */
+  PROTOCOL_VERSION_CURRENT = 3,
   UNRECOGNIZED = -1,
 }
 
@@ -60,7 +60,7 @@ export function protocolVersionFromJSON(object: any): ProtocolVersion {
     case 0:
     case "PROTOCOL_VERSION_UNSPECIFIED":
       return ProtocolVersion.PROTOCOL_VERSION_UNSPECIFIED;
-    case 2:
+    case 3:
     case "PROTOCOL_VERSION_CURRENT":
       return ProtocolVersion.PROTOCOL_VERSION_CURRENT;
     case -1:
@@ -366,11 +366,16 @@ export interface Sampling {
   seed: number;
 }
 
-/** Positions [position, position + len(tokens)) of one session. */
+/**
+ * Positions [position, position + len(tokens)) of one session. A position before the session's
+ * end rewinds it there first (prompt reuse: a kept session continues from a common prefix):
+ * every stage forgets the positions from `position` on (their KV entries are overwritten), and
+ * the last stage drops those tokens from its penalty history. A position past the end is refused.
+ */
 export interface Activation {
   /** the stream's session */
   sessionId: string;
-  /** position of the first token; continues where the last message ended */
+  /** position of the first token; at most where the last message ended */
   position: number;
   /** the tokens at these positions (the last stage keeps them for penalties) */
   tokenIds: number[];
@@ -382,6 +387,8 @@ export interface Activation {
   dim: number;
   /** one per stage before this one, in route order; none into stage 1 */
   timings: StageTiming[];
+  /** a new generation on a kept session: the last stage samples it, from this message on, with these options and a fresh random state (seed); earlier stages pass it on */
+  sampling?: Sampling | undefined;
 }
 
 /**
@@ -2720,7 +2727,16 @@ export const Sampling: MessageFns<Sampling> = {
 };
 
 function createBaseActivation(): Activation {
-  return { sessionId: "", position: 0, tokenIds: [], hidden: Buffer.alloc(0), dtype: 0, dim: 0, timings: [] };
+  return {
+    sessionId: "",
+    position: 0,
+    tokenIds: [],
+    hidden: Buffer.alloc(0),
+    dtype: 0,
+    dim: 0,
+    timings: [],
+    sampling: undefined,
+  };
 }
 
 export const Activation: MessageFns<Activation> = {
@@ -2749,6 +2765,9 @@ export const Activation: MessageFns<Activation> = {
     }
     for (const v of message.timings) {
       StageTiming.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.sampling !== undefined) {
+      Sampling.encode(message.sampling, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -2832,6 +2851,14 @@ export const Activation: MessageFns<Activation> = {
             message.timings.push(StageTiming.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.sampling = Sampling.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2861,6 +2888,7 @@ export const Activation: MessageFns<Activation> = {
       dtype: isSet(object.dtype) ? dTypeFromJSON(object.dtype) : 0,
       dim: isSet(object.dim) ? globalThis.Number(object.dim) : 0,
       timings: globalThis.Array.isArray(object?.timings) ? object.timings.map((e: any) => StageTiming.fromJSON(e)) : [],
+      sampling: isSet(object.sampling) ? Sampling.fromJSON(object.sampling) : undefined,
     };
   },
 
@@ -2887,6 +2915,9 @@ export const Activation: MessageFns<Activation> = {
     if (message.timings?.length) {
       obj.timings = message.timings.map((e) => StageTiming.toJSON(e));
     }
+    if (message.sampling !== undefined) {
+      obj.sampling = Sampling.toJSON(message.sampling);
+    }
     return obj;
   },
 
@@ -2902,6 +2933,9 @@ export const Activation: MessageFns<Activation> = {
     message.dtype = object.dtype ?? 0;
     message.dim = object.dim ?? 0;
     message.timings = object.timings?.map((e) => StageTiming.fromPartial(e)) || [];
+    message.sampling = (object.sampling !== undefined && object.sampling !== null)
+      ? Sampling.fromPartial(object.sampling)
+      : undefined;
     return message;
   },
 };

@@ -162,6 +162,10 @@ class InProcessStage implements StagedSession {
     return token;
   }
 
+  resample(sampling: SamplingOptions): void {
+    this.inner.resample(sampling);
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

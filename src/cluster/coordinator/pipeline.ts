@@ -2,7 +2,9 @@
 // plans, serves the model's tensors, and has every stage load its shard; `openSession` gives
 // a PipelineSession — an InferenceSession whose step() sends token ids to stage 1 on one
 // long-lived Forward stream and awaits the token the last stage Delivers back, with each
-// stage's compute time on the way.
+// stage's compute time on the way. A step may start before the session's end (prompt reuse):
+// the activation's position alone tells every stage to go back there; a new generation's
+// sampling options ride on its first activation to the last stage's sampler.
 
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
@@ -71,6 +73,8 @@ export interface StageTime {
 export interface StagedSession extends InferenceSession {
   /** One entry per stage, in pipeline order; empty before the first step. */
   readonly lastStages: readonly StageTime[];
+  /** True once the session can no longer step (a stage failed or the stream broke). */
+  readonly failed?: boolean;
 }
 
 export class HerdCluster {
@@ -194,6 +198,10 @@ export class PipelineSession implements StagedSession {
   private waiting: { position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   private failure: Error | undefined;
   private closed = false;
+  /** Positions the stages hold: where the last delivered step ended. */
+  private position = 0;
+  /** Sampling for the last stage to restart with, sent on the next activation. */
+  private pendingSampling: SamplingOptions | undefined;
   private readonly ended: Promise<void>;
 
   private constructor(
@@ -256,6 +264,10 @@ export class PipelineSession implements StagedSession {
     return session;
   }
 
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
@@ -284,6 +296,7 @@ export class PipelineSession implements StagedSession {
     this.waiting = undefined;
     clearTimeout(w.timer);
     this.lastStages = stages;
+    this.position = w.position;
     w.resolve(d.tokenId);
   }
 
@@ -292,15 +305,25 @@ export class PipelineSession implements StagedSession {
     if (this.closed) return Promise.reject(new ClusterError('pipeline', 'the session is closed'));
     if (this.waiting) return Promise.reject(new ClusterError('pipeline', 'a step is already in flight'));
     if (tokens.length === 0) return Promise.reject(new RangeError('step with no tokens'));
+    if (!(Number.isInteger(start) && start >= 0 && start <= this.position)) {
+      return Promise.reject(new RangeError(`step at position ${start}, but the session is at ${this.position}`));
+    }
+    if (start + tokens.length > this.ctx) return Promise.reject(new RangeError(`positions [${start}, ${start + tokens.length}) run past the context of ${this.ctx}`));
+    const sampling = this.pendingSampling && samplingToWire(this.pendingSampling);
+    this.pendingSampling = undefined;
     // Generous: a big prefill on slow nodes takes minutes; a dead process resets its connection.
     const timeoutMs = this.cluster.o.stepTimeoutMs ?? 600_000;
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `no token from the pipeline in ${timeoutMs / 1000} s`)), timeoutMs);
       this.waiting = { position: start + tokens.length, resolve, reject, timer };
       this.stream.write({
-        activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0, timings: [] },
+        activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0, timings: [], sampling },
       });
     });
+  }
+
+  resample(sampling: SamplingOptions): void {
+    this.pendingSampling = sampling;
   }
 
   /** Ends the stream: every stage frees the session's KV cache. */

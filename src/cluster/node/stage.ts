@@ -1,6 +1,8 @@
 // One session on one stage: its KV cache, its position, and (on the last stage) the sampler
 // and token history. Every message is checked against the loaded shard before use; a bad one
-// is a ClusterError('invalid') — INVALID_ARGUMENT for the caller — never a crash.
+// is a ClusterError('invalid') — INVALID_ARGUMENT for the caller — never a crash, and leaves
+// the session as it was. An activation may start before the session's end (a kept session
+// reused from a common prompt prefix): the session goes back there first.
 
 import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming } from '../../proto/herd.ts';
 import type { KvCache } from '../../model/kv-cache.ts';
@@ -132,7 +134,7 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
 export class StageSession {
   readonly cache: KvCache;
   pos = 0;
-  private readonly sampler?: Sampler;
+  private sampler?: Sampler;
   private readonly history: number[] = [];
   readonly shard: LoadedShard;
   readonly wire: DType;
@@ -170,7 +172,7 @@ export class StageSession {
     const model = this.shard.model;
     const { dim, vocabSize } = model.config;
     if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
-    if (a.position !== this.pos) throw invalid(`activation at position ${a.position}, the session is at ${this.pos}`);
+    if (a.position > this.pos) throw invalid(`activation at position ${a.position}, past the session's end at ${this.pos}`);
     const n = a.tokenIds.length;
     if (n < 1) throw invalid('activation carries no tokens');
     if (a.position + n > this.ctx) throw invalid(`positions [${a.position}, ${a.position + n}) run past the session's context of ${this.ctx}`);
@@ -184,6 +186,15 @@ export class StageSession {
       if (a.hidden.length !== want) throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
     }
     checkTimings(a.timings, this.upstream);
+    // A new generation's sampling, checked on every stage; used by the last.
+    const sampling = a.sampling ? samplingFromWire(a.sampling) : undefined;
+
+    // Going back: the positions from a.position on are recomputed (KV entries overwritten).
+    this.pos = a.position;
+    if (this.isLast) {
+      this.history.length = a.position;
+      if (sampling) this.sampler = new Sampler(sampling, vocabSize);
+    }
 
     // In steps of at most the model's batch: each weight is read once per step.
     const outSize = this.isLast ? 0 : n * dim * dtypeBytes(this.wire);
@@ -219,11 +230,11 @@ export class StageSession {
         out.set(f32ToF16Bytes(h), off * dim * 2);
       }
     }
-    this.pos += n;
+    this.pos = a.position + n;
     const token = this.isLast && this.sampler ? this.sampler.sample(model.head(), this.history) : undefined;
     const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: (busyMs + performance.now() - t0) / 1000 };
     const timings = [...a.timings, mine];
     if (token !== undefined) return { delivery: { sessionId: this.id, position: this.pos, tokenId: token, timings } };
-    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings } };
+    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings, sampling: a.sampling } };
   }
 }
