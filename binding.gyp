@@ -17,7 +17,8 @@
         "src/kernels/native/activation.c",
         "src/kernels/native/dot_float.c",
         "src/kernels/native/dot_q.c",
-        "src/kernels/native/dot_k.c"
+        "src/kernels/native/dot_k.c",
+        "src/kernels/native/ops.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       # -ffp-contract=off: the activation quantizers must round each product as the js

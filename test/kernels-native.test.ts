@@ -13,6 +13,15 @@
 // min term (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) Σ(|wᵢ + mᵢ| + |mᵢ|)·|aᵢ|, since the scaled quants
 // and the mins are summed apart. Observed errors are 10–100× below it (relative ~1e-6);
 // a single wrong block of 32 values would exceed it ~100-fold.
+//
+// Attention and SwiGLU (ops.c) against attention.ts and ops.ts: the C code sums in f32
+// where js sums in f64, and has its own exp (within 2 ulp). With an f32 cache every output
+// is within 1e-5 of js (values in [-1, 1]; observed ≤ 5e-7). With an f16 cache the queries
+// are rounded to f16 exactly as js rounds them (bit for bit), but a probability that lands
+// near the midpoint of two f16 values may round the other way, moving by one f16 step
+// (≤ 2⁻¹⁰·p): each output is within 1e-5 + 2⁻¹⁰·max|v| + ctx·2⁻²⁴ of js, and such flips
+// are rare, so at most 1% of the outputs may differ by more than 1e-5 (observed ~0.1%;
+// skipping the probability rounding would put ~60% over). SwiGLU: |Δ| ≤ 1e-6·|js| + 1e-35.
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -21,7 +30,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { GgmlTypeInfo } from '../src/ggml/types.ts';
-import { f16ToF32 } from '../src/ggml/half.ts';
+import { f16ToF32, f32ToF16 } from '../src/ggml/half.ts';
+import type { AttentionStep } from '../src/kernels/attention.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
@@ -314,6 +324,184 @@ test('without a C compiler the install step still succeeds and says herd will us
     timeout: 60_000,
   });
   t.regex(stdout.trim(), /^herd: native kernels not built \(no working C compiler \(CC=false\)\); herd will use the wasm backend$/);
+});
+
+/** [nHeads, nKvHeads, headDim]: groups of 1, 4 and 8 query heads per KV head; 18 leaves row tails. */
+const HEADS: [number, number, number][] = [[4, 4, 16], [12, 3, 80], [16, 2, 64], [8, 1, 80], [6, 3, 18]];
+
+/** A step with a random cache of start + n (+ 3 unused) positions, f32 or f16, and random queries. */
+function attentionStep(nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, half: boolean, seed: number): AttentionStep {
+  const next = rng(seed);
+  const cells = (start + n + 3) * nKvHeads * headDim;
+  const cache = (): Float32Array | Uint16Array => (half ? Uint16Array.from(randomVector(cells, next), f32ToF16) : randomVector(cells, next));
+  const keys = cache();
+  const values = cache();
+  // queries up to ±3: scores of a few units, so the softmax is neither flat nor one-hot
+  const q = randomVector(n * nHeads * headDim, next).map((v) => 3 * v);
+  return { keys, values, nHeads, nKvHeads, headDim, start, n, q, out: new Float32Array(n * nHeads * headDim) };
+}
+
+/** The same step with its own copy of q (rounded in place with an f16 cache) and its own out. */
+function copyStep(s: AttentionStep): AttentionStep {
+  return { ...s, q: s.q.slice(), out: new Float32Array(s.out.length) };
+}
+
+const bitsOf = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+
+// Steps (q as drawn) and the js reference's results (q rounded, out), shared by every path and thread count.
+const attentionCases = new Map<string, { step: AttentionStep; want: AttentionStep }>();
+
+function attentionCase(nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, half: boolean) {
+  const key = `${nHeads} ${nKvHeads} ${headDim} ${start} ${n} ${half}`;
+  let c = attentionCases.get(key);
+  if (!c) {
+    const step = attentionStep(nHeads, nKvHeads, headDim, start, n, half, nHeads * 131 + headDim * 7 + start * 3 + n);
+    const want = copyStep(step);
+    new JsBackend().attend(want);
+    c = { step, want };
+    attentionCases.set(key, c);
+  }
+  return c;
+}
+
+for (const isa of available ? isas : ['unbuilt' as NativeIsa]) {
+  for (const threads of [1, 2, 3]) {
+    test(`attention on the ${isa} path matches the js reference (f32 cache within 1e-5; f16 within one f16 step per probability, q rounded bit for bit), ${threads} thread(s)`, async (t) => {
+      const native = await NativeBackend.create({ threads, isa, minParallelBytes: 0 });
+      let worst32 = 0;
+      let worst16 = 0;
+      let total16 = 0;
+      let over16 = 0;
+      try {
+        for (const [nHeads, nKvHeads, headDim] of HEADS) {
+          for (const start of [0, 13, 100]) {
+            for (const n of [1, 3, 8]) {
+              for (const half of [false, true]) {
+                const label = `${nHeads}/${nKvHeads} heads of ${headDim}, start ${start}, n ${n}, ${half ? 'f16' : 'f32'} cache (${isa})`;
+                const { step, want } = attentionCase(nHeads, nKvHeads, headDim, start, n, half);
+                const got = copyStep(step);
+                native.attend(got);
+                t.deepEqual(bitsOf(got.q), bitsOf(want.q), `${label}: q as js leaves it`);
+                const ctx = start + n;
+                const bound = half ? 1e-5 + 2 ** -10 + ctx * 2 ** -24 : 1e-5;
+                for (let i = 0; i < want.out.length; i++) {
+                  const err = Math.abs(got.out[i] - want.out[i]);
+                  if (!(err <= bound)) t.fail(`${label}: out[${i}] native ${got.out[i]} js ${want.out[i]} |Δ| ${err} > ${bound}`);
+                  if (half) {
+                    total16++;
+                    if (err > 1e-5) over16++;
+                    worst16 = Math.max(worst16, err);
+                  } else {
+                    worst32 = Math.max(worst32, err);
+                  }
+                }
+              }
+            }
+          }
+        }
+        t.true(over16 <= total16 / 100, `f16: ${over16} of ${total16} outputs differ by more than 1e-5`);
+        t.log(`max |Δ| f32 ${worst32.toExponential(2)}, f16 ${worst16.toExponential(2)} (${over16} of ${total16} over 1e-5)`);
+      } finally {
+        await native.close();
+      }
+    });
+  }
+}
+
+test('attention over n tokens equals n one-token steps, and does not depend on the thread count, bit for bit', async (t) => {
+  const one = await NativeBackend.create({ threads: 1 });
+  const three = await NativeBackend.create({ threads: 3, minParallelBytes: 0 });
+  try {
+    for (const [nHeads, nKvHeads, headDim] of HEADS) {
+      for (const half of [false, true]) {
+        const label = `${nHeads}/${nKvHeads} heads of ${headDim}, ${half ? 'f16' : 'f32'}`;
+        const start = 21;
+        const n = 6;
+        const step = attentionStep(nHeads, nKvHeads, headDim, start, n, half, 5);
+        const a = copyStep(step);
+        const b = copyStep(step);
+        one.attend(a);
+        three.attend(b);
+        t.deepEqual(bitsOf(b.out), bitsOf(a.out), `${label}: 1 and 3 threads`);
+        const qDim = nHeads * headDim;
+        for (let i = 0; i < n; i++) {
+          const q = step.q.slice(i * qDim, (i + 1) * qDim);
+          const out = new Float32Array(qDim);
+          // one token at a time, as decode steps: several threads share its heads
+          three.attend({ ...step, start: start + i, n: 1, q, out });
+          t.deepEqual(bitsOf(out), bitsOf(a.out.subarray(i * qDim, (i + 1) * qDim)), `${label}: token ${i} alone`);
+          t.deepEqual(bitsOf(q), bitsOf(a.q.subarray(i * qDim, (i + 1) * qDim)), `${label}: token ${i} q`);
+        }
+      }
+    }
+  } finally {
+    await one.close();
+    await three.close();
+  }
+});
+
+for (const isa of available ? isas : ['unbuilt' as NativeIsa]) {
+  test(`swiglu on the ${isa} path matches the js reference within 1e-6 relative, in place too, 1–3 threads`, async (t) => {
+    const js = new JsBackend();
+    const next = rng(99);
+    const edges = [0, -0, 1e-30, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 20, -20, 88, -88, 89, -89, 100, -100, 1e30, -1e30];
+    for (const threads of [1, 2, 3]) {
+      const native = await NativeBackend.create({ threads, isa, minParallelBytes: 0 });
+      try {
+        for (const n of [0, 1, 7, 15, 17, 33, edges.length, 100_003]) {
+          const gate = n === edges.length ? Float32Array.from(edges) : randomVector(n, next).map((v) => 12 * v);
+          const up = randomVector(n, next);
+          const want = new Float32Array(n + 1);
+          const got = new Float32Array(n + 1).fill(7);
+          js.swiglu(want, gate, up, n);
+          native.swiglu(got, gate, up, n);
+          t.is(got[n], 7, `n ${n}: nothing written past n`);
+          const inPlace = gate.slice();
+          native.swiglu(inPlace, inPlace, up, n);
+          for (let i = 0; i < n; i++) {
+            const bound = 1e-6 * Math.abs(want[i]) + 1e-35;
+            if (!(Math.abs(got[i] - want[i]) <= bound)) t.fail(`n ${n} [${i}] (${isa}, ${threads} threads): silu(${gate[i]})·${up[i]} native ${got[i]} js ${want[i]}`);
+          }
+          const differs = inPlace.findIndex((v, i) => i < n && !Object.is(v, got[i]));
+          t.is(differs, -1, `n ${n}: out = gate gives the same values`);
+        }
+      } finally {
+        await native.close();
+      }
+    }
+  });
+}
+
+test('attention and swiglu refuse bad arguments with NATIVE_ARGUMENT errors naming the problem', async (t) => {
+  const native = await NativeBackend.create({ threads: 2 });
+  const ok = attentionStep(8, 2, 16, 4, 2, false, 1);
+  const half = attentionStep(8, 2, 16, 4, 2, true, 1);
+  const bad = (s: Partial<AttentionStep>, message: RegExp) =>
+    t.throws(() => native.attend({ ...copyStep(ok), ...s }), { instanceOf: NativeBackendError, message }, String(message));
+  try {
+    native.attend(copyStep(ok));
+    native.attend(copyStep(half));
+    bad({ values: half.values }, /values must be a Float32Array like the keys/);
+    bad({ keys: new Int16Array(ok.keys.length) as unknown as Uint16Array }, /keys must be a Float32Array \(f32 cache\) or a Uint16Array/);
+    bad({ nKvHeads: 3 }, /nKvHeads must divide nHeads \(8\), got 3/);
+    bad({ nHeads: 0 }, /nHeads must be a positive integer, got 0/);
+    bad({ headDim: 15 }, /headDim must be an even integer ≥ 2, got 15/);
+    bad({ start: -1 }, /start must be an integer ≥ 0, got -1/);
+    bad({ n: 0 }, /n must be an integer ≥ 1, got 0/);
+    bad({ n: 1.5 }, /n must be an integer ≥ 1, got 1.5/);
+    bad({ start: 8 }, /keys hold 288 values, 320 needed for positions 0…9/);
+    bad({ values: ok.values.subarray(0, 100) }, /values hold 100 values, 192 needed/);
+    bad({ q: ok.q.subarray(1) }, /q holds 255 values, 256 needed/);
+    bad({ out: new Float32Array(255) }, /out holds 255 values, 256 needed/);
+    const x = new Float32Array(10);
+    t.throws(() => native.swiglu(x, x, x.subarray(1), 10), { instanceOf: NativeBackendError, message: /swiglu: up holds 9 values, 10 needed/ });
+    t.throws(() => native.swiglu(x.subarray(2), x, x, 10), { instanceOf: NativeBackendError, message: /swiglu: out holds 8 values, 10 needed/ });
+    t.throws(() => native.swiglu(x, x, x, -1), { instanceOf: NativeBackendError, message: /swiglu over -1 values/ });
+  } finally {
+    await native.close();
+  }
+  t.throws(() => native.attend(copyStep(ok)), { instanceOf: NativeBackendError, message: /closed/ });
+  t.throws(() => native.swiglu(new Float32Array(1), new Float32Array(1), new Float32Array(1), 1), { instanceOf: NativeBackendError, message: /closed/ });
 });
 
 const PROMPT = [1, 403, 407, 261, 378];

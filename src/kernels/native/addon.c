@@ -23,6 +23,7 @@
 
 #include "herd.h"
 #include "pool.h"
+#include "ops.h"
 
 #define CHECK(call)                                                    \
   do {                                                                 \
@@ -155,6 +156,13 @@ static backend *get_backend(napi_env env, napi_value v) {
   return p;
 }
 
+herd_pool *herd_backend_pool(napi_env env, napi_value v, int *isa) {
+  backend *b = get_backend(env, v);
+  if (!b) return NULL;
+  *isa = b->isa;
+  return b->pool;
+}
+
 static napi_value js_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -197,9 +205,63 @@ static void *grown(void *old, size_t *cap, size_t need, size_t size) {
     b->field = p_;                                                              \
   } while (0)
 
+// One activation vector to prepare: vector t of a prepare_acts call.
+typedef struct {
+  backend *b;
+  int kind, cols;
+  const float *xs;
+  size_t qstride, dstride, bstride;
+} prepare_job;
+
+static void prepare_one(void *ctx, int t) {
+  const prepare_job *j = ctx;
+  backend *b = j->b;
+  const int cols = j->cols;
+  herd_act *a = &b->acts[t];
+  const float *x = j->xs + (size_t)t * cols;
+  memset(a, 0, sizeof(*a));
+  a->kind = j->kind;
+  a->n = cols;
+  switch (j->kind) {
+    case ACT_F32:
+      // Copied (cols floats, nothing next to the weights), so an output that aliases the
+      // input still reads the input as it was, as with the js reference.
+      a->f = b->f + (size_t)t * cols;
+      memcpy(a->f, x, (size_t)cols * sizeof(float));
+      break;
+    case ACT_F16:
+      a->f = b->f + (size_t)t * cols;
+      herd_round_f16(x, cols, a->f);
+      break;
+    case ACT_BF16:
+      a->f = b->f + (size_t)t * cols;
+      herd_round_bf16(x, cols, a->f);
+      break;
+    case ACT_Q8_0:
+      a->qs = b->qs + (size_t)t * j->qstride;
+      a->d = b->d + (size_t)t * j->dstride;
+      herd_quantize_q8_0(x, cols, a->qs, a->d);
+      break;
+    case ACT_Q8_1:
+      a->qs = b->qs + (size_t)t * j->qstride;
+      a->d = b->d + (size_t)t * j->dstride;
+      a->s = b->s + (size_t)t * j->dstride;
+      herd_quantize_q8_1(x, cols, a->qs, a->d, a->s);
+      break;
+    case ACT_Q8_K:
+      a->qs = b->qs + (size_t)t * j->qstride;
+      a->d = b->d + (size_t)t * j->dstride;
+      a->bsums = b->bsums + (size_t)t * j->bstride;
+      herd_quantize_q8_k(x, cols, a->qs, a->d, a->bsums);
+      break;
+  }
+}
+
 // Prepares n activation vectors of `cols` values (xs: n·cols floats) in the backend's
-// scratch, in the form `kind` (enum herd_act_kind). 0 when out of memory.
-static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n) {
+// scratch, in the form `kind` (enum herd_act_kind). 0 when out of memory. The vectors of
+// a matmul are prepared on the pool's threads (parallel ≠ 0): each is written by one call,
+// so the bits do not depend on which thread ran it.
+static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n, int parallel) {
   const size_t blocks32 = ((size_t)cols + QK - 1) / QK;
   const size_t blocksK = ((size_t)cols + QK_K - 1) / QK_K;
   const size_t qstride = kind == ACT_Q8_K ? blocksK * QK_K : blocks32 * QK;
@@ -223,46 +285,8 @@ static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n) 
     default:
       break;
   }
-  for (int t = 0; t < n; t++) {
-    herd_act *a = &b->acts[t];
-    const float *x = xs + (size_t)t * cols;
-    memset(a, 0, sizeof(*a));
-    a->kind = kind;
-    a->n = cols;
-    switch (kind) {
-      case ACT_F32:
-        // Copied (cols floats, nothing next to the weights), so an output that aliases the
-        // input still reads the input as it was, as with the js reference.
-        a->f = b->f + (size_t)t * cols;
-        memcpy(a->f, x, (size_t)cols * sizeof(float));
-        break;
-      case ACT_F16:
-        a->f = b->f + (size_t)t * cols;
-        herd_round_f16(x, cols, a->f);
-        break;
-      case ACT_BF16:
-        a->f = b->f + (size_t)t * cols;
-        herd_round_bf16(x, cols, a->f);
-        break;
-      case ACT_Q8_0:
-        a->qs = b->qs + (size_t)t * qstride;
-        a->d = b->d + (size_t)t * dstride;
-        herd_quantize_q8_0(x, cols, a->qs, a->d);
-        break;
-      case ACT_Q8_1:
-        a->qs = b->qs + (size_t)t * qstride;
-        a->d = b->d + (size_t)t * dstride;
-        a->s = b->s + (size_t)t * dstride;
-        herd_quantize_q8_1(x, cols, a->qs, a->d, a->s);
-        break;
-      case ACT_Q8_K:
-        a->qs = b->qs + (size_t)t * qstride;
-        a->d = b->d + (size_t)t * dstride;
-        a->bsums = b->bsums + (size_t)t * bstride;
-        herd_quantize_q8_k(x, cols, a->qs, a->d, a->bsums);
-        break;
-    }
-  }
+  prepare_job job = {b, kind, cols, xs, qstride, dstride, bstride};
+  herd_pool_run(b->pool, prepare_one, &job, n, parallel);
   return 1;
 }
 
@@ -271,6 +295,7 @@ static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n) 
 typedef struct {
   herd_dot_fn dot;
   herd_dot4_fn dot4;  // NULL: every vector goes through dot
+  herd_tile_fn tile;  // when set, runs every output instead of dot/dot4
   const uint8_t *w;
   size_t row_bytes;
   int rows, cols, n;
@@ -290,6 +315,24 @@ static void product_chunk(void *ctx, int chunk) {
   // over them; the weights are unpacked once per four vectors where the type has a
   // four-vector kernel.
   int t = 0;
+  if (p->tile) {
+    // Four vectors × four rows per tile, then the leftover vectors 16 rows at a time.
+    for (; t + 4 <= p->n; t += 4) {
+      const herd_act *xs[4] = {&p->acts[t], &p->acts[t + 1], &p->acts[t + 2], &p->acts[t + 3]};
+      for (int r = r0; r < r1; r += 4) {
+        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < 4 ? r1 - r : 4, xs, 4, p->out + (size_t)t * p->rows + r,
+                (size_t)p->rows);
+      }
+    }
+    for (; t < p->n; t++) {
+      const herd_act *xs[1] = {&p->acts[t]};
+      for (int r = r0; r < r1; r += HERD_TILE_ROWS) {
+        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS, xs, 1,
+                p->out + (size_t)t * p->rows + r, (size_t)p->rows);
+      }
+    }
+    return;
+  }
   if (p->dot4) {
     for (; t + 4 <= p->n; t += 4) {
       const herd_act *xs[4] = {&p->acts[t], &p->acts[t + 1], &p->acts[t + 2], &p->acts[t + 3]};
@@ -344,11 +387,12 @@ static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
   if (x.length < (size_t)cols * (size_t)n) THROW("input holds %zu values, %zu needed", x.length, (size_t)cols * (size_t)n);
   if (out.length < (size_t)rows * (size_t)n) THROW("output holds %zu values, %zu needed", out.length, (size_t)rows * (size_t)n);
   if (rows == 0) return NULL;
-  if (!prepare_acts(b, t->act, x.data, cols, n)) THROW("out of memory preparing activations");
+  if (!prepare_acts(b, t->act, x.data, cols, n, parallel)) THROW("out of memory preparing activations");
 
   product p;
   p.dot = herd_dot(t, b->isa);
   p.dot4 = herd_dot4(t, b->isa);
+  p.tile = herd_tile(t, b->isa);
   p.w = w.data;
   p.row_bytes = row_bytes;
   p.rows = rows;
@@ -361,6 +405,8 @@ static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
   const int nth = herd_pool_threads(b->pool);
   const int chunk = rows / (4 * nth);
   p.chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
+  // Tiles cover 16 rows of a vector: whole tiles per chunk (only the last one is short).
+  if (p.tile) p.chunk = (p.chunk + HERD_TILE_ROWS - 1) / HERD_TILE_ROWS * HERD_TILE_ROWS;
   herd_pool_run(b->pool, product_chunk, &p, (rows + p.chunk - 1) / p.chunk, parallel);
   return NULL;
 }
@@ -457,6 +503,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"prepare", NULL, js_prepare, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+  CHECK(herd_register_ops(env, exports));  // attend, swiglu (ops.c)
   return exports;
 }
 

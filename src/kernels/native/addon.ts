@@ -20,6 +20,12 @@ export interface NativeAddon {
   matvec(handle: NativeHandle, type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, out: Float32Array, parallel: number): void;
   matmul(handle: NativeHandle, type: number, w: Uint8Array, rows: number, cols: number, xs: Float32Array, n: number, out: Float32Array, parallel: number): void;
   prepare(kind: number, x: Float32Array, n: number, f: Float32Array, qs: Int8Array, d: Float32Array, s: Float32Array, bsums: Int16Array): void;
+  /** Causal grouped-query attention (ops.c); keys and values both f32 or both f16 bits. */
+  attend(
+    handle: NativeHandle, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array,
+    nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, q: Float32Array, out: Float32Array, parallel: number,
+  ): void;
+  swiglu(handle: NativeHandle, out: Float32Array, gate: Float32Array, up: Float32Array, n: number, parallel: number): void;
 }
 
 /** Instruction-set paths, in the order of the C enum herd_isa. */
@@ -34,7 +40,7 @@ export function addonPath(): string {
   return process.env.HERD_NATIVE_ADDON ?? fileURLToPath(new URL('../../../build/Release/herd_native.node', import.meta.url));
 }
 
-const FUNCTIONS = ['info', 'create', 'close', 'threads', 'alloc', 'matvec', 'matmul', 'prepare'] as const;
+const FUNCTIONS = ['info', 'create', 'close', 'threads', 'alloc', 'matvec', 'matmul', 'prepare', 'attend', 'swiglu'] as const;
 
 function isAddon(v: unknown): v is NativeAddon {
   if (typeof v !== 'object' || v === null) return false;

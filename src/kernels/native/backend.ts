@@ -9,12 +9,14 @@
 // Idle workers spin for spinMicros after a product (in decode the next one follows within
 // microseconds), then sleep. Rows go out in chunks from a shared counter; each row's dot
 // product is computed the same way whichever thread takes it, so results do not depend on
-// the thread count, and matmul over n vectors equals n matvecs bit for bit.
+// the thread count, and matmul over n vectors equals n matvecs bit for bit. Attention and
+// SwiGLU (ops.c) share the pool the same way: attention in units of (token, KV head), each
+// head computed alike on any thread, so it too is independent of the thread count and a
+// step of n tokens equals n one-token steps bit for bit.
 
 import { availableParallelism } from 'node:os';
 import type { KernelBackend } from '../backend.ts';
-import { AttentionScratch, attend as jsAttend, type AttentionStep } from '../attention.ts';
-import { swiglu as jsSwiglu } from '../ops.ts';
+import type { AttentionStep } from '../attention.ts';
 import { Activation, type ActivationKind } from '../activation.ts';
 import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
@@ -67,7 +69,6 @@ export class NativeBackend implements KernelBackend {
   private handle: NativeHandle | undefined;
   private readonly types: ReadonlySet<number>;
   private jsScratch = new MatvecScratch(0);
-  private readonly attention = new AttentionScratch();
 
   private constructor(
     private readonly addon: NativeAddon,
@@ -144,12 +145,49 @@ export class NativeBackend implements KernelBackend {
     this.addon.matmul(handle, w.kernel.info.id, w.data, w.rows, w.cols, xs, n, out, this.parallel(w));
   }
 
+  /**
+   * The step's attention in C (ops.c), reading the cache and writing out in place; with an
+   * f16 cache q is rounded to f16 in place, as the js reference does. Units of (token, KV
+   * head) go to the threads when the step streams at least minParallelBytes of cache.
+   */
   attend(step: AttentionStep): void {
-    jsAttend(step, this.attention);
+    const handle = this.live();
+    const { keys, values, nHeads, nKvHeads, headDim, start, n, q, out } = step;
+    const bad = (what: string) => new NativeBackendError('NATIVE_ARGUMENT', `attention: ${what}`);
+    const half = keys instanceof Uint16Array;
+    if (!(half || keys instanceof Float32Array)) throw bad('keys must be a Float32Array (f32 cache) or a Uint16Array (f16 cache)');
+    if (!(half ? values instanceof Uint16Array : values instanceof Float32Array)) {
+      throw bad(`values must be a ${half ? 'Uint16Array' : 'Float32Array'} like the keys`);
+    }
+    if (!(q instanceof Float32Array && out instanceof Float32Array)) throw bad('q and out must be Float32Arrays');
+    if (!(Number.isInteger(nHeads) && nHeads >= 1)) throw bad(`nHeads must be a positive integer, got ${nHeads}`);
+    if (!(Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0)) {
+      throw bad(`nKvHeads must divide nHeads (${nHeads}), got ${nKvHeads}`);
+    }
+    if (!(Number.isInteger(headDim) && headDim >= 2 && headDim % 2 === 0)) throw bad(`headDim must be an even integer ≥ 2, got ${headDim}`);
+    if (!(Number.isInteger(start) && start >= 0)) throw bad(`start must be an integer ≥ 0, got ${start}`);
+    if (!(Number.isInteger(n) && n >= 1)) throw bad(`n must be an integer ≥ 1, got ${n}`);
+    if ((start + n) * nHeads > 0x7fffffff) throw bad(`${start + n} positions × ${nHeads} heads is too many`);
+    const kvDim = nKvHeads * headDim;
+    const qDim = nHeads * headDim;
+    const cache = (start + n) * kvDim;
+    if (keys.length < cache) throw bad(`keys hold ${keys.length} values, ${cache} needed for positions 0…${start + n - 1}`);
+    if (values.length < cache) throw bad(`values hold ${values.length} values, ${cache} needed for positions 0…${start + n - 1}`);
+    if (q.length < n * qDim) throw bad(`q holds ${q.length} values, ${n * qDim} needed`);
+    if (out.length < n * qDim) throw bad(`out holds ${out.length} values, ${n * qDim} needed`);
+    const bytes = 2 * n * cache * keys.BYTES_PER_ELEMENT; // about what the step reads
+    this.addon.attend(handle, keys, values, nHeads, nKvHeads, headDim, start, n, q, out, bytes >= this.minParallelBytes ? 1 : 0);
   }
 
+  /** out[i] = silu(gate[i])·up[i] in C (out may be gate or up, element for element). */
   swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
-    jsSwiglu(out, gate, up, n);
+    const handle = this.live();
+    if (!(Number.isInteger(n) && n >= 0 && n <= 0x7fffffff)) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu over ${n} values`);
+    for (const [name, a] of [['out', out], ['gate', gate], ['up', up]] as const) {
+      if (!(a instanceof Float32Array)) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu: ${name} must be a Float32Array`);
+      if (a.length < n) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu: ${name} holds ${a.length} values, ${n} needed`);
+    }
+    this.addon.swiglu(handle, out, gate, up, n, 12 * n >= this.minParallelBytes ? 1 : 0);
   }
 
   /** x[0..n) prepared as `kind` by the C code, for tests against activation.ts. */

@@ -376,6 +376,138 @@ float herd_dot_q3_k_avx2(int n, const uint8_t *w, const herd_act *x) {
 
 #endif
 
+// ---- AVX-512 VNNI: 64 quants per vector. maddubs (unsigned quants × signed activation)
+// gives int16 pairs, and vpdpwssd multiplies them by the sub-block's scale and adds them to
+// the int32 sums in one instruction. Each 64-value step covers two sub-blocks of 32 (or four
+// groups of 16 for Q6_K), their scales spread over the int16 lanes by one vpermw per step,
+// shared by every activation vector. ----
+
+#if defined(HERD_AVX512)
+
+// int16 lane i of the result is scale (2k + i/16): lanes 0-15 cover values 0-31 of the
+// 64-value step (sub-block 2k), lanes 16-31 values 32-63 (sub-block 2k+1). sc holds the
+// eight scales as int16 in its low 128 bits.
+static inline __m512i scales_k4_step(__m512i sc, int k) {
+  const __m512i idx = _mm512_add_epi16(_mm512_set1_epi16((short)(2 * k)),
+                                       _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+                                                                          15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 4));
+  return _mm512_permutexvar_epi16(idx, sc);
+}
+
+// 32 nibble bytes → 64 bytes in value order: the low nibbles (values 0-31), then the high.
+static inline __m512i nibbles_k(const uint8_t *p) {
+  const __m256i q = _mm256_loadu_si256((const __m256i *)p);
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+  return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+}
+
+// Q4_K and Q5_K share one body: qh = NULL for Q4_K. Bit 2k of qh[l] is the fifth bit of
+// value 64k + l, bit 2k+1 that of value 64k + 32 + l.
+static HERD_INLINE void q45_k_avx512(int n, const uint8_t *w, const int bytes, const int five, const herd_act *const *x, float *out,
+                                     const int T) {
+  __m512 acc[4];
+  float mins[4];
+  for (int t = 0; t < T; t++) {
+    acc[t] = _mm512_setzero_ps();
+    mins[t] = 0.0f;
+  }
+  uint8_t sm[16];
+  const __m512i m1 = _mm512_set1_epi8(1);
+  for (int b = 0; b < n / QK_K; b++, w += bytes) {
+    scale_min_k4(w + 4, sm);
+    const float d = herd_half(w), dmin = herd_half(w + 2);
+    const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+    const uint8_t *qs = w + (five ? 48 : 16);
+    __m512i hb = _mm512_setzero_si512();
+    if (five) {
+      // qh's 32 bytes in both halves, the upper half shifted one further: after k shifts
+      // by two, bit 0 of each byte is the fifth bit of the value that byte lane holds.
+      const __m256i h = _mm256_loadu_si256((const __m256i *)(w + 16));
+      hb = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 1), 1);
+    }
+    __m512i sumi[4];
+    for (int t = 0; t < T; t++) {
+      mins[t] += dmin * x[t]->d[b] * (float)mins_dot_avx2(x[t]->bsums + b * 16, sm + 8);
+      sumi[t] = _mm512_setzero_si512();
+    }
+    for (int k = 0; k < 4; k++) {
+      __m512i q = nibbles_k(qs + 32 * k);
+      if (five) {
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2 * k), m1), 4));
+      }
+      const __m512i s = scales_k4_step(sc, k);
+      for (int t = 0; t < T; t++) {
+        const __m512i y = _mm512_loadu_si512((const void *)(x[t]->qs + b * QK_K + 64 * k));
+        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q, y), s);
+      }
+    }
+    for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t]->d[b]), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+  }
+  for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]) - mins[t];
+}
+
+static HERD_INLINE void q4_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  q45_k_avx512(n, w, 144, 0, x, out, T);
+}
+
+static HERD_INLINE void q5_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  q45_k_avx512(n, w, 176, 1, x, out, T);
+}
+
+HERD_DEFINE_DOTS(q4_k, avx512)
+HERD_DEFINE_DOTS(q5_k, avx512)
+
+// Q6_K: each half of a super-block (128 values) comes as 64 bytes of low nibbles (ql) and
+// 32 bytes of two-bit highs (qh). Values 0-63 of the half are the low nibbles of ql with
+// qh bits 0-1 (values 0-31) and 2-3 (32-63); values 64-127 the high nibbles with bits 4-5
+// and 6-7. The quants stay unsigned (0-63) for maddubs; the -32 offset is taken off once
+// per super-block as 32·Σ_g scale_g·bsums_g.
+static HERD_INLINE void q6_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  const __m512i m3 = _mm512_set1_epi8(0x03);
+  // int16 lane i of a 64-value step's scale vector is group (4c + i/8) of 16 values.
+  const __m512i lane_group = _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+                                                                15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3);
+  // qh shifts per 64-bit lane: the lower 32 bytes take bits 0-1 (or 4-5), the upper 2-3 (6-7).
+  const __m512i hshift = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
+  __m512 acc[4];
+  for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+  for (int b = 0; b < n / QK_K; b++, w += 210) {
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)(w + 192));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    const __m512i sc = _mm512_castsi256_si512(sc16);
+    __m512i sumi[4];
+    for (int t = 0; t < T; t++) {
+      // 32·Σ_g scale_g·bsums_g, in the int32 lanes sumi starts from (negated).
+      const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(x[t]->bsums + b * 16)));
+      sumi[t] = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5)));
+      sumi[t] = _mm512_inserti64x4(sumi[t], _mm256_setzero_si256(), 1);
+    }
+    for (int half = 0; half < 2; half++) {
+      const __m512i l = _mm512_loadu_si512((const void *)(w + 64 * half));
+      const __m256i h256 = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * half));
+      const __m512i h = _mm512_srlv_epi64(_mm512_inserti64x4(_mm512_castsi256_si512(h256), h256, 1), hshift);
+      const __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(h, m3), 4));
+      const __m512i qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                         _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 4), m3), 4));
+      const __m512i sa = _mm512_permutexvar_epi16(_mm512_add_epi16(lane_group, _mm512_set1_epi16((short)(8 * half))), sc);
+      const __m512i sb = _mm512_permutexvar_epi16(_mm512_add_epi16(lane_group, _mm512_set1_epi16((short)(8 * half + 4))), sc);
+      for (int t = 0; t < T; t++) {
+        const int8_t *y = x[t]->qs + b * QK_K + 128 * half;
+        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qa, _mm512_loadu_si512((const void *)y)), sa);
+        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qb, _mm512_loadu_si512((const void *)(y + 64))), sb);
+      }
+    }
+    const float d = herd_half(w + 208);
+    for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t]->d[b]), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+  }
+  for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+HERD_DEFINE_DOTS(q6_k, avx512)
+
+#endif
+
 // ---- NEON ----
 
 #if defined(HERD_NEON)

@@ -78,6 +78,13 @@ typedef float (*herd_dot_fn)(int n, const uint8_t *w, const herd_act *x);
 // bit, what the herd_dot_fn of the same type and path returns for x[t].
 typedef void (*herd_dot4_fn)(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
+// A tile of 16 outputs: nrows (≤ 16/T) rows from w, row_bytes apart, against T (1 or 4)
+// activations; out[t·out_stride + r]. Each output is computed by the same chain whatever T
+// and nrows are (see dot_q.c), so matvec (T = 1) and matmul (T = 4) agree bit for bit.
+typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
+                             size_t out_stride);
+#define HERD_TILE_ROWS 16
+
 #define HERD_INLINE inline __attribute__((always_inline))
 
 // Defines herd_dot_<type>_<isa> (one vector) and herd_dot4_<type>_<isa> (four) from one
@@ -101,6 +108,7 @@ typedef struct {
   int act;          // enum herd_act_kind
   herd_dot_fn dot[ISA_COUNT];    // NULL where a path has no kernel of its own
   herd_dot4_fn dot4[ISA_COUNT];  // NULL where matmul runs the single-vector dot
+  herd_tile_fn tile[ISA_COUNT];  // when set, matvec and matmul both run it instead of dot/dot4
 } herd_type_traits;
 
 // The type's row, or NULL when herd has no native kernels for it.
@@ -109,6 +117,8 @@ const herd_type_traits *herd_traits(int type);
 herd_dot_fn herd_dot(const herd_type_traits *t, int isa);
 // The four-vector dot of the path herd_dot picks, or NULL when that path has none.
 herd_dot4_fn herd_dot4(const herd_type_traits *t, int isa);
+// The tile kernel of the path herd_dot picks, or NULL when that path has none.
+herd_tile_fn herd_tile(const herd_type_traits *t, int isa);
 // Which paths this build compiled.
 int herd_isa_compiled(int isa);
 const char *herd_isa_name(int isa);
@@ -218,12 +228,18 @@ static inline float herd_half(const uint8_t *p) {
 #define HERD_DECLARE_DOT4(type, isa) \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
+void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
+                           size_t out_stride);
+
 HERD_DECLARE_DOT4(q8_0, avx2)
 HERD_DECLARE_DOT4(q8_0, avx512)
 HERD_DECLARE_DOT4(q4_0, avx2)
 HERD_DECLARE_DOT4(q4_0, avx512)
 HERD_DECLARE_DOT4(q4_k, avx2)
 HERD_DECLARE_DOT4(q6_k, avx2)
+HERD_DECLARE_DOT4(q4_k, avx512)
+HERD_DECLARE_DOT4(q5_k, avx512)
+HERD_DECLARE_DOT4(q6_k, avx512)
 
 HERD_DECLARE_DOT(f32)
 HERD_DECLARE_DOT(f16)
