@@ -24,22 +24,7 @@
 #include "herd.h"
 #include "pool.h"
 #include "ops.h"
-
-#define CHECK(call)                                                    \
-  do {                                                                 \
-    if ((call) != napi_ok) {                                           \
-      napi_throw_error(env, NULL, "herd native: N-API call failed: " #call); \
-      return NULL;                                                     \
-    }                                                                  \
-  } while (0)
-
-#define THROW(...)                                     \
-  do {                                                 \
-    char msg_[256];                                    \
-    snprintf(msg_, sizeof msg_, "herd native: " __VA_ARGS__); \
-    napi_throw_error(env, NULL, msg_);                 \
-    return NULL;                                       \
-  } while (0)
+#include "napi_util.h"
 
 // ---- weight memory ----
 
@@ -348,21 +333,6 @@ static void product_chunk(void *ctx, int chunk) {
   }
 }
 
-typedef struct {
-  void *data;
-  size_t length;  // elements
-} view;
-
-static int typed(napi_env env, napi_value v, napi_typedarray_type want, view *out) {
-  bool is;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, v, &type, &out->length, &out->data, &ab, &off) != napi_ok) return 0;
-  return type == want && (out->data != NULL || out->length == 0);
-}
-
 // matvec is matmul with n = 1: the same code computes both, so a prefill over n tokens
 // gives bit-for-bit the logits of n decode steps.
 static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
@@ -379,9 +349,9 @@ static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
   const herd_type_traits *t = herd_traits(type);
   if (!t) THROW("no native kernels for ggml type %d", type);
   if (rows < 0 || cols < 0 || n < 1 || cols % t->block != 0) THROW("bad shape %d×%d (n %d) for %s", rows, cols, n, t->name);
-  if (!typed(env, argv[2], napi_uint8_array, &w)) THROW("weights must be a Uint8Array");
-  if (!typed(env, argv[5], napi_float32_array, &x)) THROW("input must be a Float32Array");
-  if (!typed(env, argv[with_n ? 7 : 6], napi_float32_array, &out)) THROW("output must be a Float32Array");
+  if (!typed_as(env, argv[2], napi_uint8_array, &w)) THROW("weights must be a Uint8Array");
+  if (!typed_as(env, argv[5], napi_float32_array, &x)) THROW("input must be a Float32Array");
+  if (!typed_as(env, argv[with_n ? 7 : 6], napi_float32_array, &out)) THROW("output must be a Float32Array");
   const size_t row_bytes = (size_t)(cols / t->block) * (size_t)t->block_bytes;
   if (w.length < row_bytes * (size_t)rows) THROW("weights hold %zu bytes, %zu needed", w.length, row_bytes * (size_t)rows);
   if (x.length < (size_t)cols * (size_t)n) THROW("input holds %zu values, %zu needed", x.length, (size_t)cols * (size_t)n);
@@ -438,9 +408,9 @@ static napi_value js_prepare(napi_env env, napi_callback_info info) {
   view x, f, qs, d, s, bs;
   CHECK(napi_get_value_int32(env, argv[0], &kind));
   CHECK(napi_get_value_int32(env, argv[2], &n));
-  if (!typed(env, argv[1], napi_float32_array, &x) || !typed(env, argv[3], napi_float32_array, &f) ||
-      !typed(env, argv[4], napi_int8_array, &qs) || !typed(env, argv[5], napi_float32_array, &d) ||
-      !typed(env, argv[6], napi_float32_array, &s) || !typed(env, argv[7], napi_int16_array, &bs)) {
+  if (!typed_as(env, argv[1], napi_float32_array, &x) || !typed_as(env, argv[3], napi_float32_array, &f) ||
+      !typed_as(env, argv[4], napi_int8_array, &qs) || !typed_as(env, argv[5], napi_float32_array, &d) ||
+      !typed_as(env, argv[6], napi_float32_array, &s) || !typed_as(env, argv[7], napi_int16_array, &bs)) {
     THROW("prepare: wrong array types");
   }
   const size_t un = n < 0 ? 0 : (size_t)n;

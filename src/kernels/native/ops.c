@@ -36,6 +36,7 @@
 #include <stdlib.h>
 
 #include "herd.h"
+#include "napi_util.h"
 
 // ---- exp: x = n·ln2 + r, |r| ≤ ln2/2; e^r by a degree-7 polynomial; times 2^n ----
 
@@ -628,37 +629,6 @@ static void attention_unit(void *ctx, int unit) {
     a->softmax(p, len, a->half);
     a->vsum(out + (size_t)h * d, p, values, a->kv_dim, len, d);
   }
-}
-
-#define CHECK(call)                                                         \
-  do {                                                                      \
-    if ((call) != napi_ok) {                                                \
-      napi_throw_error(env, NULL, "herd native: N-API call failed: " #call); \
-      return NULL;                                                          \
-    }                                                                       \
-  } while (0)
-
-#define THROW(...)                                            \
-  do {                                                        \
-    char msg_[256];                                           \
-    snprintf(msg_, sizeof msg_, "herd native: " __VA_ARGS__); \
-    napi_throw_error(env, NULL, msg_);                        \
-    return NULL;                                              \
-  } while (0)
-
-typedef struct {
-  void *data;
-  size_t length;  // elements
-  napi_typedarray_type type;
-} view;
-
-static int typed(napi_env env, napi_value v, view *out) {
-  bool is;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, v, &out->type, &out->length, &out->data, &ab, &off) != napi_ok) return 0;
-  return out->data != NULL || out->length == 0;
 }
 
 // The checks keep memory safe; backend.ts checks the same first and words the errors.
