@@ -155,15 +155,17 @@ class Cursor {
   }
 
   string(what: string): string {
+    // A vocabulary is tens of thousands of strings: the length is read as two u32 halves and
+    // messages are built only on error, so reading one allocates nothing but the string.
     const at = this.pos;
-    const n = this.u64(`length of ${what}`);
-    if (n > BigInt(this.remaining)) {
-      throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, only ${this.remaining} left in the file`, at);
+    const lo = this.need(8, what);
+    const len = this.buf.readUInt32LE(lo) + this.buf.readUInt32LE(lo + 4) * 2 ** 32;
+    if (len > this.remaining - 8 || len > MAX_STRING_BYTES) {
+      const n = this.buf.readBigUInt64LE(lo);
+      const why = len > this.remaining - 8 ? `only ${this.remaining - 8} left in the file` : `more than the ${MAX_STRING_BYTES} a GGUF string may take`;
+      throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, ${why}`, at);
     }
-    if (n > BigInt(MAX_STRING_BYTES)) {
-      throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, more than the ${MAX_STRING_BYTES} a GGUF string may take`, at);
-    }
-    const len = Number(n);
+    this.pos += 8;
     const o = this.need(len, what);
     this.pos += len;
     return this.buf.toString('utf8', o, o + len);
@@ -386,8 +388,9 @@ export class GgufFile {
 }
 
 /** Reads one value; for arrays, records the item type (of the first item, for nested ones) in desc. */
-function readValue(c: Cursor, type: number, key: string, depth: number, path: string, desc?: { item?: MetaTypeDesc }): MetadataValue {
-  const what = `value of "${key}"`;
+function readValue(
+  c: Cursor, type: number, key: string, depth: number, path: string, desc?: { item?: MetaTypeDesc }, what = `value of "${key}"`,
+): MetadataValue {
   switch (type) {
     case MetaType.UINT8: return c.u8(what);
     case MetaType.INT8: return c.i8(what);
@@ -420,7 +423,7 @@ function readValue(c: Cursor, type: number, key: string, depth: number, path: st
       const out: MetadataValue[] = new Array(n);
       const item: { type: MetaType; item?: MetaTypeDesc } = { type: itemType as MetaType };
       if (desc) desc.item = item;
-      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined);
+      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined, what);
       return out;
     }
     default:
