@@ -290,7 +290,9 @@ test('threads inside the addon do not keep the process alive', async (t) => {
   const script = `import { NativeBackend } from ${JSON.stringify(join(repoRoot, 'src/kernels/native/index.ts'))};
     const b = await NativeBackend.create({ threads: 3 });
     console.log('threads', b.threads);`;
-  const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: repoRoot, timeout: 20_000 });
+  // A process kept alive would never exit: the timeout bounds that, generous for tsx's cold
+  // compile in the child on a loaded CI machine.
+  const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: repoRoot, timeout: 90_000 });
   t.is(stdout.trim(), 'threads 3');
 });
 
@@ -307,7 +309,7 @@ test('an addon built on another CPU is refused before it is loaded', async (t) =
     const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], {
       cwd: repoRoot,
       env: { ...process.env, HERD_NATIVE_ADDON: copy },
-      timeout: 20_000,
+      timeout: 90_000,
     });
     const [availability, error] = stdout.trim().split('\n');
     t.is(availability, 'false');

@@ -23,6 +23,7 @@ import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
 import { Activation, Q8K_BLOCK, type ActivationKind } from '../activation.ts';
+import { GgmlType } from '../../ggml/types.ts';
 
 export type WasmBackendErrorCode = 'WASM_UNAVAILABLE' | 'WASM_MEMORY_LIMIT' | 'WASM_WORKER' | 'WASM_CLOSED' | 'WASM_ARGUMENT';
 
@@ -53,6 +54,11 @@ export interface WasmBackendOptions {
    * awake when the next product starts; 0 sleeps at once (saves CPU, costs latency).
    */
   spinMicros?: number;
+  /**
+   * Prefill tiles multiply activation quants widened to i16 (i32x4.dot_i16x8_s) instead of
+   * int8 (extmul): faster on x86, slower on arm64. Default: true on x64/ia32 only.
+   */
+  wideTiles?: boolean;
 }
 
 /** The module's exports, narrowed from WebAssembly's untyped ones by kernelExports(). */
@@ -64,6 +70,7 @@ interface KernelExports {
   quantizeQ8_0(x: number, n: number, qs: number, d: number): void;
   quantizeQ8_1(x: number, n: number, qs: number, d: number, s: number): void;
   quantizeQ8_K(x: number, n: number, qs: number, d: number, bsums: number): void;
+  widenI8(src: number, dst: number, n: number): void;
   run(ctl: number, gen: number): void;
   layout: Layout;
 }
@@ -89,6 +96,7 @@ interface Layout {
   actX: number;
   actXStride: number;
   out: number;
+  act16: number;
   aKeys: number;
   aValues: number;
   aQ: number;
@@ -158,6 +166,7 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
     quantizeQ8_0: fn('quantizeQ8_0'),
     quantizeQ8_1: fn('quantizeQ8_1'),
     quantizeQ8_K: fn('quantizeQ8_K'),
+    widenI8: fn('widenI8'),
     run: fn('run'),
     layout: {
       gen: word('CTL_GEN'),
@@ -179,6 +188,7 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
       actX: word('CTL_ACT_X'),
       actXStride: word('CTL_ACT_X_STRIDE'),
       out: word('CTL_OUT'),
+      act16: word('CTL_ACT16'),
       aKeys: word('CTL_A_KEYS'),
       aValues: word('CTL_A_VALUES'),
       aQ: word('CTL_A_Q'),
@@ -252,6 +262,9 @@ interface WorkerHandle {
   errors: MessagePort;
 }
 
+/** Weight types with four-vector tiles in the kernels (index.ts tiled()). */
+const TILED_TYPES: ReadonlySet<number> = new Set([GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q6_K]);
+
 export class WasmBackend implements KernelBackend {
   readonly name = 'wasm';
   readonly threads: number;
@@ -264,6 +277,7 @@ export class WasmBackend implements KernelBackend {
   private readonly c: Int32Array;
   private readonly workers: WorkerHandle[];
   private readonly minParallelBytes: number;
+  private readonly wideTiles: boolean;
   /** Every buffer memory.buffer has returned: views into any of them are ours. */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
   private f32 = new Float32Array(0);
@@ -282,9 +296,11 @@ export class WasmBackend implements KernelBackend {
     ex: KernelExports,
     threads: number,
     minParallelBytes: number,
+    wideTiles: boolean,
     workers: WorkerHandle[],
     ctl: number,
   ) {
+    this.wideTiles = wideTiles;
     this.memory = memory;
     this.maxBytes = maxBytes;
     this.ex = ex;
@@ -358,7 +374,8 @@ export class WasmBackend implements KernelBackend {
       h.worker.unref();
       h.errors.unref();
     }
-    return new WasmBackend(memory, maxBytes, ex, threads, minParallelBytes, workers, ctl);
+    const wideTiles = opts.wideTiles ?? (process.arch === 'x64' || process.arch === 'ia32');
+    return new WasmBackend(memory, maxBytes, ex, threads, minParallelBytes, wideTiles, workers, ctl);
   }
 
   /** Bytes of the shared memory in use (weights, scratch and the control block). */
@@ -581,7 +598,10 @@ export class WasmBackend implements KernelBackend {
     const kind = w.kernel.activation;
     const xBytes = alignUp(n * cols * 4, ALIGN);
     const lay = activationLayout(kind, cols);
-    const actBytes = kind === 'f32' ? 0 : lay.bytes(n);
+    // With four or more vectors the tiles of Q4_0, Q8_0 and Q6_K (index.ts tiled()) read the
+    // quants widened to i16 (wideTiles): a copy after the activations, made once for all rows.
+    const wide = this.wideTiles && n >= 4 && TILED_TYPES.has(type);
+    const actBytes = kind === 'f32' ? 0 : lay.bytes(n) + (wide ? alignUp(2 * n * lay.q, ALIGN) : 0);
     const wBytes = rows * w.rowBytes;
     const own = this.owns(w.data);
     const xPtr = this.scratchFor(xBytes + actBytes + alignUp(n * rows * 4, ALIGN) + (own ? 0 : wBytes));
@@ -596,6 +616,8 @@ export class WasmBackend implements KernelBackend {
     }
     this.f32.set(x.subarray(0, n * cols), xPtr / 4);
     const ptrs = this.prepare(kind, xPtr, n, cols, actPtr, lay);
+    const act16 = wide ? actPtr + lay.bytes(n) : 0;
+    if (wide) this.ex.widenI8(ptrs.q, act16, n * lay.q);
 
     // Small products are one chunk, which the calling thread claims itself.
     const chunks = this.wantsThreads(wBytes) ? Math.min(rows, this.threads * CHUNKS_PER_THREAD) : 1;
@@ -612,6 +634,7 @@ export class WasmBackend implements KernelBackend {
       c[L.actX] = ptrs.x;
       c[L.actXStride] = lay.x;
       c[L.out] = outPtr;
+      c[L.act16] = act16;
     });
     out.set(this.f32.subarray(outPtr / 4, outPtr / 4 + n * rows));
   }

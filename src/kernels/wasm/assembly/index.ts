@@ -52,6 +52,8 @@ export const CTL_A_HEAD_DIM: i32 = 288;
 export const CTL_A_START: i32 = 292; // position of the step's first token
 export const CTL_A_N: i32 = 296; // tokens in the step
 export const CTL_A_HALF: i32 = 300; // non-zero: round the probabilities to f16 (f16 cache)
+/** 0, or the Q8 activation quants again widened to i16 (same stride in values): see tiles. */
+export const CTL_ACT16: i32 = 304;
 export const CTL_BYTES: i32 = 320;
 // The element-wise jobs (OP_SWIGLU, OP_F16_TO_F32) use ROWS as the element count, CHUNK_ROWS
 // as elements per chunk (a multiple of 8), and ACT, W, OUT as their operands.
@@ -316,6 +318,15 @@ export function quantizeQ8_K(x: usize, n: i32, qs: usize, d: usize, bsums: usize
   }
 }
 
+/** dst[i] = the int8 src[i] widened to i16 (n a multiple of 16): activations for wide tiles. */
+export function widenI8(src: usize, dst: usize, n: i32): void {
+  for (let i = 0; i < n; i += 16) {
+    const v = v128.load(src + <usize>i);
+    v128.store(dst + (<usize>i << 1), i16x8.extend_low_i8x16_s(v));
+    v128.store(dst + (<usize>i << 1), i16x8.extend_high_i8x16_s(v), 16);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Dot products of one weight row with one prepared activation vector.
 
@@ -387,35 +398,48 @@ export function quantizeQ8_K(x: usize, n: i32, qs: usize, d: usize, bsums: usize
 // many; on x86 the two forms measured the same. Two int8·int8 products fit an int16 lane
 // (|q| ≤ 127 for activations, ≥ -128 for weights: 2·128·127 < 2^15).
 
-/** The Q8_0 block at w (f16 d, 32 int8) against 32 activation quants at a: int32 lane sums. */
-// @ts-ignore: decorator
-@inline function q8Block(w: usize, a: usize): v128 {
-  const wl = v128.load(w, 2), wh = v128.load(w, 18);
-  const al = v128.load(a), ah = v128.load(a, 16);
-  const lo = i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.extmul_low_i8x16_s(wl, al), i16x8.extmul_high_i8x16_s(wl, al)));
-  const hi = i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.extmul_low_i8x16_s(wh, ah), i16x8.extmul_high_i8x16_s(wh, ah)));
-  return i32x4.add(lo, hi);
-}
-
-/** The Q4_0 block at w (f16 d, 16 bytes of nibbles) against 32 activation quants at a.
- *  Nibble weights are in [-8, 7], so all four products of a lane fit int16 (4·8·127). */
-// @ts-ignore: decorator
-@inline function q4Block(w: usize, a: usize): v128 {
-  const x = v128.load(w, 2);
-  const wl = i8x16.sub(v128.and(x, i8x16.splat(0x0f)), i8x16.splat(8)); // values 0..15
-  const wh = i8x16.sub(i8x16.shr_u(x, 4), i8x16.splat(8)); // values 16..31
-  const al = v128.load(a), ah = v128.load(a, 16);
-  const s = i16x8.add(
-    i16x8.add(i16x8.extmul_low_i8x16_s(wl, al), i16x8.extmul_high_i8x16_s(wl, al)),
-    i16x8.add(i16x8.extmul_low_i8x16_s(wh, ah), i16x8.extmul_high_i8x16_s(wh, ah)),
-  );
-  return i32x4.extadd_pairwise_i16x8_s(s);
-}
-
-/** Σ over 16 lanes of w·a (int8 × int8, at most two products per int16 lane) as 4 int32 lanes. */
+/** Σ over 16 lanes of w·a (int8 × int8, at most two products per int16 lane) as 8 int16 lanes. */
 // @ts-ignore: decorator
 @inline function mul16(w: v128, a: v128): v128 {
   return i16x8.add(i16x8.extmul_low_i8x16_s(w, a), i16x8.extmul_high_i8x16_s(w, a));
+}
+
+/** Q8_0 weights wl (values 0-15), wh (16-31) against 32 activation quants at a: int32 lane
+ *  sums, lane k holding values 2k, 2k+1 (mod 8). Full-range int8 weights: two products per
+ *  int16 lane at most, so each half widens on its own. */
+// @ts-ignore: decorator
+@inline function q8Lanes(wl: v128, wh: v128, a: usize): v128 {
+  return i32x4.add(i32x4.extadd_pairwise_i16x8_s(mul16(wl, v128.load(a))), i32x4.extadd_pairwise_i16x8_s(mul16(wh, v128.load(a, 16))));
+}
+
+/** Q4_0 weights (values in [-8, 7], so all four products of a lane fit int16: 4·8·127)
+ *  against 32 activation quants at a: int32 lane sums, the lanes of q8Lanes. */
+// @ts-ignore: decorator
+@inline function q4Lanes(wl: v128, wh: v128, a: usize): v128 {
+  return i32x4.extadd_pairwise_i16x8_s(i16x8.add(mul16(wl, v128.load(a)), mul16(wh, v128.load(a, 16))));
+}
+
+/** The Q8_0 block at w (f16 d, 32 int8) against 32 activation quants at a: int32 lane sums. */
+// @ts-ignore: decorator
+@inline function q8Block(w: usize, a: usize): v128 {
+  return q8Lanes(v128.load(w, 2), v128.load(w, 18), a);
+}
+
+/** The Q4_0 nibbles x as int8 weights: values 0..15 (low nibbles), 16..31 (high nibbles). */
+// @ts-ignore: decorator
+@inline function q4Low(x: v128): v128 {
+  return i8x16.sub(v128.and(x, i8x16.splat(0x0f)), i8x16.splat(8));
+}
+// @ts-ignore: decorator
+@inline function q4High(x: v128): v128 {
+  return i8x16.sub(i8x16.shr_u(x, 4), i8x16.splat(8));
+}
+
+/** The Q4_0 block at w (f16 d, 16 bytes of nibbles) against 32 activation quants at a. */
+// @ts-ignore: decorator
+@inline function q4Block(w: usize, a: usize): v128 {
+  const x = v128.load(w, 2);
+  return q4Lanes(q4Low(x), q4High(x), a);
 }
 
 /** 0x10 in byte i where bit i of the 16-bit qh is set: the fifth bit of Q5_0/Q5_1 values. */
@@ -725,6 +749,186 @@ export function quantizeQ8_K(x: usize, n: i32, qs: usize, d: usize, bsums: usize
 }
 
 // ---------------------------------------------------------------------------------------
+// Tiles for prefill: one weight row against four activation vectors at once, so each weight
+// block is loaded and unpacked once for the four (in the dot products above, once per
+// vector). Per vector the arithmetic is exactly the single-vector kernel's (the same integer
+// lane sums, the same float steps in the same order), so a matmul equals n matvecs bit for
+// bit.
+//
+// `wide` tiles read the activation quants widened to i16 once per product (CTL_ACT16) and
+// multiply with i32x4.dot_i16x8_s against weights widened once per block: on x86 that is
+// pmaddwd on ready operands, where every int8 extmul widens both operands again (about
+// three times the instructions per vector). On arm64 the int8 extmul (smull/smull2) is
+// cheaper than widening, so the backend uses the narrow tiles there. K-quant weights are
+// multiplied by their sub-block scale while still i16 (|q·sc| ≤ 32·128), once for all four
+// vectors.
+
+/** Σ over 32 values of e·a, the weights as four i16x8 (values 0-7, 8-15, 16-23, 24-31),
+ *  a 32 i16: lane k holds values 2k, 2k+1 (mod 8), as in q8Lanes/q4Lanes. */
+// @ts-ignore: decorator
+@inline function dot32w(e0: v128, e1: v128, e2: v128, e3: v128, a: usize): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(e0, v128.load(a)), i32x4.dot_i16x8_s(e1, v128.load(a, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(e2, v128.load(a, 32)), i32x4.dot_i16x8_s(e3, v128.load(a, 48))),
+  );
+}
+
+/** The Q4_0 (q8 false) or Q8_0 row at p of nb blocks against the four vectors at x (int8,
+ *  xStride apart; i16 at x16 for wide), scales at xd (dStride apart); outputs oStride apart. */
+// @ts-ignore: decorator
+@inline function tile32(q8: bool, wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
+  const bb: usize = q8 ? 34 : 18;
+  for (let b = 0; b < nb; b++) {
+    const pb = p + <usize>b * bb;
+    let wl: v128, wh: v128;
+    if (q8) {
+      wl = v128.load(pb, 2);
+      wh = v128.load(pb, 18);
+    } else {
+      const q = v128.load(pb, 2);
+      wl = q4Low(q);
+      wh = q4High(q);
+    }
+    let l0: v128, l1: v128, l2: v128, l3: v128;
+    if (wide) {
+      const e0 = i16x8.extend_low_i8x16_s(wl), e1 = i16x8.extend_high_i8x16_s(wl);
+      const e2 = i16x8.extend_low_i8x16_s(wh), e3 = i16x8.extend_high_i8x16_s(wh);
+      const a = x16 + (<usize>b << 6);
+      const s2 = xStride << 1;
+      l0 = dot32w(e0, e1, e2, e3, a);
+      l1 = dot32w(e0, e1, e2, e3, a + s2);
+      l2 = dot32w(e0, e1, e2, e3, a + 2 * s2);
+      l3 = dot32w(e0, e1, e2, e3, a + 3 * s2);
+    } else {
+      const a = x + (<usize>b << 5);
+      l0 = q8 ? q8Lanes(wl, wh, a) : q4Lanes(wl, wh, a);
+      l1 = q8 ? q8Lanes(wl, wh, a + xStride) : q4Lanes(wl, wh, a + xStride);
+      l2 = q8 ? q8Lanes(wl, wh, a + 2 * xStride) : q4Lanes(wl, wh, a + 2 * xStride);
+      l3 = q8 ? q8Lanes(wl, wh, a + 3 * xStride) : q4Lanes(wl, wh, a + 3 * xStride);
+    }
+    const dw = f16ToF32(load<u16>(pb));
+    const d = xd + (<usize>b << 2);
+    c0 = f32x4.add(c0, f32x4.mul(f32x4.convert_i32x4_s(l0), f32x4.splat(dw * load<f32>(d))));
+    c1 = f32x4.add(c1, f32x4.mul(f32x4.convert_i32x4_s(l1), f32x4.splat(dw * load<f32>(d + dStride))));
+    c2 = f32x4.add(c2, f32x4.mul(f32x4.convert_i32x4_s(l2), f32x4.splat(dw * load<f32>(d + 2 * dStride))));
+    c3 = f32x4.add(c3, f32x4.mul(f32x4.convert_i32x4_s(l3), f32x4.splat(dw * load<f32>(d + 3 * dStride))));
+  }
+  store<f32>(out, hsum(c0));
+  store<f32>(out + oStride, hsum(c1));
+  store<f32>(out + 2 * oStride, hsum(c2));
+  store<f32>(out + 3 * oStride, hsum(c3));
+}
+
+/** 16 values of four Q6_K groups (q1..q4, scales s1..s4) against a (narrow, dotQ6_K's steps). */
+// @ts-ignore: decorator
+@inline function k6Lanes(q1: v128, q2: v128, q3: v128, q4: v128, a: usize, s1: i32, s2: i32, s3: i32, s4: i32): v128 {
+  return i32x4.add(
+    i32x4.add(scaled16(q1, v128.load(a), s1), scaled16(q2, v128.load(a, 32), s2)),
+    i32x4.add(scaled16(q3, v128.load(a, 64), s3), scaled16(q4, v128.load(a, 96), s4)),
+  );
+}
+
+/** Two Q6_K groups, scaled and widened (e0, e1: values 0-15 against i16 a; e2, e3: values
+ *  32-47 against a + 64 bytes), for the wide tile. */
+// @ts-ignore: decorator
+@inline function k6PairW(e0: v128, e1: v128, e2: v128, e3: v128, a: usize): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(e0, v128.load(a)), i32x4.dot_i16x8_s(e1, v128.load(a, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(e2, v128.load(a, 64)), i32x4.dot_i16x8_s(e3, v128.load(a, 80))),
+  );
+}
+
+/** The Q6_K row at p of nb super-blocks against four vectors (as tile32). */
+// @ts-ignore: decorator
+@inline function tileQ6_K(wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+  let s0: f64 = 0, s1: f64 = 0, s2: f64 = 0, s3: f64 = 0;
+  const m4 = i8x16.splat(0x0f), m3 = i8x16.splat(3), k32 = i8x16.splat(32);
+  for (let b = 0; b < nb; b++) {
+    const pb = p + <usize>b * 210;
+    let i0 = i32x4.splat(0), i1 = i32x4.splat(0), i2 = i32x4.splat(0), i3 = i32x4.splat(0);
+    for (let half = 0; half < 2; half++) {
+      const ql = pb + (<usize>half << 6);
+      const qh = pb + 128 + (<usize>half << 5);
+      const sc = pb + 192 + (<usize>half << 3);
+      for (let g = 0; g < 2; g++) {
+        const go = <usize>g << 4;
+        const a0 = v128.load(ql + go), a1 = v128.load(ql + go, 32), h = v128.load(qh + go);
+        const q1 = i8x16.sub(v128.or(v128.and(a0, m4), i8x16.shl(v128.and(h, m3), 4)), k32);
+        const q2 = i8x16.sub(v128.or(v128.and(a1, m4), i8x16.shl(v128.and(i8x16.shr_u(h, 2), m3), 4)), k32);
+        const q3 = i8x16.sub(v128.or(i8x16.shr_u(a0, 4), i8x16.shl(v128.and(i8x16.shr_u(h, 4), m3), 4)), k32);
+        const q4 = i8x16.sub(v128.or(i8x16.shr_u(a1, 4), i8x16.shl(i8x16.shr_u(h, 6), 4)), k32);
+        const c1 = <i32>load<i8>(sc + g), c2 = <i32>load<i8>(sc + g, 2), c3 = <i32>load<i8>(sc + g, 4), c4 = <i32>load<i8>(sc + g, 6);
+        // Value index of q1's first lane in the super-block; q2..q4 follow 32 apart.
+        const v = (<usize>half << 7) + go;
+        if (wide) {
+          // |q·sc| ≤ 32·128 fits int16; a pair of those times |a| ≤ 127 fits int32.
+          const t1 = i16x8.splat(<i16>c1), t2 = i16x8.splat(<i16>c2), t3 = i16x8.splat(<i16>c3), t4 = i16x8.splat(<i16>c4);
+          // Two groups at a time, so the weights and four sums fit x86's 16 registers.
+          const a = x16 + (<usize>b << 9) + (v << 1);
+          const t = xStride << 1;
+          const e0 = i16x8.mul(i16x8.extend_low_i8x16_s(q1), t1), e1 = i16x8.mul(i16x8.extend_high_i8x16_s(q1), t1);
+          const e2 = i16x8.mul(i16x8.extend_low_i8x16_s(q2), t2), e3 = i16x8.mul(i16x8.extend_high_i8x16_s(q2), t2);
+          i0 = i32x4.add(i0, k6PairW(e0, e1, e2, e3, a));
+          i1 = i32x4.add(i1, k6PairW(e0, e1, e2, e3, a + t));
+          i2 = i32x4.add(i2, k6PairW(e0, e1, e2, e3, a + 2 * t));
+          i3 = i32x4.add(i3, k6PairW(e0, e1, e2, e3, a + 3 * t));
+          const e4 = i16x8.mul(i16x8.extend_low_i8x16_s(q3), t3), e5 = i16x8.mul(i16x8.extend_high_i8x16_s(q3), t3);
+          const e6 = i16x8.mul(i16x8.extend_low_i8x16_s(q4), t4), e7 = i16x8.mul(i16x8.extend_high_i8x16_s(q4), t4);
+          i0 = i32x4.add(i0, k6PairW(e4, e5, e6, e7, a + 128));
+          i1 = i32x4.add(i1, k6PairW(e4, e5, e6, e7, a + t + 128));
+          i2 = i32x4.add(i2, k6PairW(e4, e5, e6, e7, a + 2 * t + 128));
+          i3 = i32x4.add(i3, k6PairW(e4, e5, e6, e7, a + 3 * t + 128));
+        } else {
+          const a = x + (<usize>b << 8) + v;
+          i0 = i32x4.add(i0, k6Lanes(q1, q2, q3, q4, a, c1, c2, c3, c4));
+          i1 = i32x4.add(i1, k6Lanes(q1, q2, q3, q4, a + xStride, c1, c2, c3, c4));
+          i2 = i32x4.add(i2, k6Lanes(q1, q2, q3, q4, a + 2 * xStride, c1, c2, c3, c4));
+          i3 = i32x4.add(i3, k6Lanes(q1, q2, q3, q4, a + 3 * xStride, c1, c2, c3, c4));
+        }
+      }
+    }
+    const dw = f16ToF32(load<u16>(pb, 208));
+    const d = xd + (<usize>b << 2);
+    s0 += <f64>(dw * load<f32>(d)) * <f64>hsumI32(i0);
+    s1 += <f64>(dw * load<f32>(d + dStride)) * <f64>hsumI32(i1);
+    s2 += <f64>(dw * load<f32>(d + 2 * dStride)) * <f64>hsumI32(i2);
+    s3 += <f64>(dw * load<f32>(d + 3 * dStride)) * <f64>hsumI32(i3);
+  }
+  store<f32>(out, <f32>s0);
+  store<f32>(out + oStride, <f32>s1);
+  store<f32>(out + 2 * oStride, <f32>s2);
+  store<f32>(out + 3 * oStride, <f32>s3);
+}
+
+/** Whether op has a four-vector tile. */
+// @ts-ignore: decorator
+@inline function tiled(op: i32): bool {
+  return op == Q4_0 || op == Q8_0 || op == Q6_K;
+}
+
+/**
+ * Four vectors of a tiled op (see tile32 for the arguments). Not inlined into the row loop:
+ * V8 optimizes (tiers up) a wasm function as a whole, and one holding every type's tiles
+ * takes long enough to compile that early products ran unoptimized.
+ */
+function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+  switch (op) {
+    case Q4_0:
+      if (wide) tile32(false, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      else tile32(false, false, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      break;
+    case Q8_0:
+      if (wide) tile32(true, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      else tile32(true, false, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      break;
+    default:
+      if (wide) tileQ6_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, out, oStride);
+      else tileQ6_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, out, oStride);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // The row loop. Rows [r0, r1) of out = W · x_j for the n activation vectors; with n > 1
 // (a matmul for prefill) a weight row is read from memory once and reused from L1 for every
 // vector, which is the whole gain of batching on a memory-bound machine. The switch costs
@@ -777,9 +981,21 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
   const actX = <usize>load<u32>(ctl + CTL_ACT_X);
   const actXStride = <usize>load<u32>(ctl + CTL_ACT_X_STRIDE);
   const out = <usize>load<u32>(ctl + CTL_OUT);
+  const act16 = <usize>load<u32>(ctl + CTL_ACT16);
+  const oStride = <usize>rows << 2;
   for (let r = r0; r < r1; r++) {
     const p = w + <usize>r * rb;
-    for (let j = 0; j < n; j++) {
+    let j = 0;
+    if (tiled(op)) {
+      for (; j + 4 <= n; j += 4) {
+        const x = act + <usize>j * actStride;
+        const x16 = act16 + ((<usize>j * actStride) << 1);
+        const xd = actD + <usize>j * actDStride;
+        const o = out + ((<usize>j * <usize>rows + <usize>r) << 2);
+        tile4(op, act16 != 0, p, cols, x, x16, actStride, xd, actDStride, o, oStride);
+      }
+    }
+    for (; j < n; j++) {
       const x = act + <usize>j * actStride;
       const xd = actD + <usize>j * actDStride;
       const xx = actX + <usize>j * actXStride;
