@@ -11,6 +11,11 @@
 // with the tokens its KV caches hold. A request whose prompt shares a prefix with them takes it,
 // goes back to the common prefix and computes only the rest. An idle session keeps its slot
 // until a request is waiting for one: then the least recently used idle session is closed.
+//
+// A node lost mid-generation (over the herd): the cluster re-plans over the nodes that still
+// answer and the request's session replays its tokens on the new plan (cluster/coordinator/
+// resume.ts); the client sees a pause. Idle sessions of the broken plan are closed. Only when
+// the model no longer fits does the request fail, and the host re-plans in the background.
 
 import { freemem, totalmem } from 'node:os';
 import { basename } from 'node:path';
@@ -27,7 +32,7 @@ import { jsonLogger, silentLogger } from '../cluster/log.ts';
 import type { NodeSet } from '../cluster/coordinator/nodes.ts';
 import type { StagedSession, StageTime } from '../cluster/coordinator/pipeline.ts';
 import { fetchInfo } from '../cluster/discovery/static.ts';
-import { findHerd, loadModel, type HerdOptions, type LoadedModel, type PlanEntry } from '../cluster/coordinator/open.ts';
+import { findHerd, loadModel, type HerdOptions, type LoadedModel, type PlanEntry, type RecoveryEvent } from '../cluster/coordinator/open.ts';
 import { FairQueue, type Release } from './queue.ts';
 import { unavailable } from './errors.ts';
 
@@ -74,6 +79,9 @@ export interface StepTiming {
 }
 
 export type StepObserver = (step: StepTiming) => void;
+
+/** Hears a lost node, each re-plan and each resumed request (for the metrics). */
+export type RecoveryObserver = (e: RecoveryEvent) => void;
 
 /** The loaded model, with how the dashboard sees its nodes. */
 type Runner = LoadedModel & { nodes(): Promise<NodeView[]> };
@@ -130,6 +138,7 @@ export class ModelHost {
   /** Idle sessions being closed to give their slot to a waiting request. */
   private yielding = 0;
   onStep: StepObserver = () => {};
+  onRecovery: RecoveryObserver = () => {};
 
   private constructor(readonly o: HostOptions) {
     this.file = GgufFile.open(o.modelPath);
@@ -257,7 +266,9 @@ export class ModelHost {
 
   private async makeRunner(set: NodeSet | undefined): Promise<Runner> {
     const o = this.o;
-    const loaded = await loadModel({ ...o, file: this.file, ctx: this.ctx, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+    let runner: Runner | undefined;
+    const onRecovery = (e: RecoveryEvent) => this.recovered(runner, e);
+    const loaded = await loadModel({ ...o, file: this.file, ctx: this.ctx, onRecovery, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
     if (loaded.mode === 'local') {
       const { model } = loaded;
       const view = { ...loaded.plan[0], backend: model.backend.name, arch: process.arch };
@@ -266,8 +277,8 @@ export class ModelHost {
     for (const l of loaded.shards) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
     const infos = new Map(set?.infos);
     let fetched = 0;
-    return {
-      ...loaded,
+    // Onto `loaded` itself: its plan is a getter (a re-plan changes it).
+    runner = Object.assign(loaded, {
       nodes: async () => {
         // Memory changes as nodes load and serve: ask again at most every 5 s.
         if (performance.now() - fetched > 5000) {
@@ -287,7 +298,27 @@ export class ModelHost {
           return { ...p, backend: i?.backend, arch: i?.arch, memTotal: i?.memTotal, memAvailable: i?.memAvailable };
         });
       },
-    };
+    });
+    return runner;
+  }
+
+  /** A recovery event of a runner's herd: one log line; a new plan drops the idle sessions of the old. */
+  private recovered(runner: Runner | undefined, e: RecoveryEvent): void {
+    const { event, ...fields } = e;
+    if (event === 'node.lost' || (event === 'replan.done' && !e.ok)) this.o.log.warn(fields, event);
+    else this.o.log.info(fields, event);
+    this.onRecovery(e);
+    if (event === 'replan.done' && e.ok && runner && runner === this.runner) {
+      this.discovered = [...e.nodeIds].sort().join(',');
+      void this.dropFailedIdle();
+    }
+  }
+
+  /** Closes the idle sessions whose pipeline broke or runs on a replaced plan. */
+  private async dropFailedIdle(): Promise<void> {
+    const failed = this.idle.filter((h) => h.inner.failed === true);
+    for (const h of failed) this.idle.splice(this.idle.indexOf(h), 1);
+    await Promise.all(failed.map((h) => this.drop(h)));
   }
 
   /** Sessions kept open, idle, for prompt reuse (each holds a slot). */
@@ -353,10 +384,7 @@ export class ModelHost {
    */
   private takeIdle(prompt: readonly number[]): Held | undefined {
     // A pipeline that broke while idle (a node went away) is closed, not lent.
-    for (const h of this.idle.filter((h) => h.inner.failed === true)) {
-      this.idle.splice(this.idle.indexOf(h), 1);
-      void this.drop(h);
-    }
+    void this.dropFailedIdle();
     let best: Held | undefined;
     let bestN = -1;
     for (const h of this.idle) {

@@ -2,6 +2,7 @@
 // so tests and several servers in one process do not share counters).
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { RecoveryEvent } from '../cluster/coordinator/open.ts';
 import type { StepTiming } from './host.ts';
 
 /** Seconds of recent tokens the tokens-per-second gauge averages over. */
@@ -29,6 +30,9 @@ export class ApiMetrics {
   readonly latency: Histogram<'endpoint'>;
   readonly step: Histogram<'phase'>;
   readonly stageStep: Histogram<'node' | 'node_id' | 'phase'>;
+  readonly nodesLost: Counter;
+  readonly replans: Counter<'outcome'>;
+  readonly resumed: Counter;
   private readonly recent: { t: number; n: number }[] = [];
   /** By stage address. */
   private readonly recentStages = new Map<string, RecentStageTime>();
@@ -77,6 +81,14 @@ export class ApiMetrics {
       buckets: STEP_BUCKETS,
       registers,
     });
+    this.nodesLost = new Counter({ name: 'herd_nodes_lost_total', help: 'Nodes found gone after a pipeline broke mid-generation', registers });
+    this.replans = new Counter({
+      name: 'herd_replans_total',
+      help: 'Re-plans over the nodes left after a node was lost, by outcome (done; failed: the model no longer fits or the new plan did not load)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.resumed = new Counter({ name: 'herd_requests_resumed_total', help: 'Requests whose session replayed its tokens on a new plan and carried on after a node was lost', registers });
     const gauge = (name: string, help: string, value: () => number) =>
       new Gauge({
         name,
@@ -105,6 +117,13 @@ export class ApiMetrics {
       r[s.phase] = before === undefined ? ms : before + RECENT_WEIGHT * (ms - before);
       this.recentStages.set(st.address, r);
     }
+  }
+
+  /** A lost node, a re-plan or a resumed request. */
+  observeRecovery(e: RecoveryEvent): void {
+    if (e.event === 'node.lost') this.nodesLost.inc();
+    else if (e.event === 'replan.done') this.replans.inc({ outcome: e.ok ? 'done' : 'failed' });
+    else if (e.event === 'request.resumed') this.resumed.inc();
   }
 
   /** The stage at this address: its recent compute per token, ms (empty before its first step). */

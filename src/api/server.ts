@@ -58,6 +58,7 @@ export class ApiServer {
       ready: () => host.status === 'ready',
     });
     host.onStep = (step) => this.metrics.observeStep(step);
+    host.onRecovery = (e) => this.metrics.observeRecovery(e);
     this.keyHash = o.apiKey === undefined ? undefined : sha256(o.apiKey);
     this.fingerprint = `herd-${o.version}`;
     for (const { file } of Object.values(STATIC)) this.files.set(file, readFileSync(new URL(file, dashboardDir)));

@@ -25,6 +25,7 @@ interface NodeArgs extends KeyArgs {
   backend: BackendChoice;
   mdns: boolean;
   grace: number;
+  maxMemory?: number;
 }
 
 function builder(y: Argv): Argv<NodeArgs> {
@@ -39,13 +40,15 @@ function builder(y: Argv): Argv<NodeArgs> {
       .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
       .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
       .option('mdns', { type: 'boolean', default: true, describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)' })
-      .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' }),
+      .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' })
+      .option('max-memory', { type: 'number', describe: 'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)' }),
   ) as unknown as Argv<NodeArgs>;
 }
 
 async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535)) throw new UsageError(`--port must be in 0..65535, got ${args.port}`);
   if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 1)) throw new UsageError('--threads must be an integer >= 1');
+  if (args.maxMemory !== undefined && !(Number.isFinite(args.maxMemory) && args.maxMemory > 0)) throw new UsageError('--max-memory must be a positive number of MiB');
   const key = asUsage(() => loadClusterKey(args));
   const host = args.host ?? (args.interface ? asUsage(() => interfaceIpv4(args.interface as string)) : '0.0.0.0');
   const name = args.name ?? hostname();
@@ -58,7 +61,7 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   const id = nodeId(cacheDir);
   const server = new NodeServer({
     nodeId: id, name, host, port: args.port, cacheDir, modelDir: args.modelDir, key, backend, hostInfo, throughput,
-    version: herdVersion(), log,
+    version: herdVersion(), log, maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
   });
   const port = await server.start();
   if (!key) log.log('warn', 'auth.open', { detail: 'no cluster key: any coordinator on the network may use this node' });
@@ -77,7 +80,7 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   );
   log.log('info', 'node.ready', {
     id, host, port, cacheDir, backend: backend.name, cores: hostInfo.cores, memTotal: hostInfo.memTotal,
-    memAvailable: hostInfo.memAvailable, throughput: Math.round(throughput), auth: key !== undefined, mdns: args.mdns,
+    memAvailable: server.capabilities.memAvailable, throughput: Math.round(throughput), auth: key !== undefined, mdns: args.mdns,
   });
 
   let stopping = false;

@@ -1,6 +1,7 @@
 // Starts a real `herd serve` on loopback (port 0: a free one) and collects its JSON log lines.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Spawner } from './herd-proc.ts';
 import { herdBin, repoRoot } from './paths.ts';
 
 export interface LogLine {
@@ -21,12 +22,11 @@ export interface RunningServe {
   stop(): Promise<number | null>;
 }
 
-export async function startServe(args: readonly string[], opts: { waitReady?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<RunningServe> {
-  const child = spawn(process.execPath, [herdBin, 'serve', '--host', '127.0.0.1', '--port', '0', ...args], {
-    cwd: repoRoot,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: opts.env ?? process.env,
-  });
+/** `spawn` runs it elsewhere (a network namespace: its loopback is the namespace's own). */
+export async function startServe(args: readonly string[], opts: { waitReady?: boolean; env?: NodeJS.ProcessEnv; spawn?: Spawner } = {}): Promise<RunningServe> {
+  const argv = [herdBin, 'serve', '--host', '127.0.0.1', '--port', '0', ...args];
+  const spawnOpts = { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] as ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env };
+  const child = opts.spawn ? opts.spawn(process.execPath, argv, spawnOpts) : spawn(process.execPath, argv, spawnOpts);
   const events: LogLine[] = [];
   const waiters: { pred: (e: LogLine) => boolean; resolve: (e: LogLine) => void }[] = [];
   let raw = '';

@@ -14,7 +14,7 @@ import { jsonLogger, silentLogger, type Logger } from '../log.ts';
 // nodes.ts and pipeline.ts (discovery, gRPC) are imported when a herd is asked for: an
 // in-process run never loads them, which keeps their memory off a Pi running a model alone.
 import type { NodeSet } from './nodes.ts';
-import type { StagedSession, StageLoad, StageTime } from './pipeline.ts';
+import type { RecoveryEvent, StagedSession, StageLoad, StageTime } from './pipeline.ts';
 import { LOCAL_ADDRESS } from './local.ts';
 import { nodeProgress, type ProgressSink } from './progress.ts';
 
@@ -33,7 +33,17 @@ export interface HerdOptions {
   readonly cacheDir?: string;
   /** Hears model loading (in-process) or each node's shard transfer and loading (cluster). */
   readonly progress?: ProgressSink;
+  /** Hears a lost node, each re-plan and each session resumed on the new plan (cluster). */
+  readonly onRecovery?: (e: RecoveryEvent) => void;
+  /** Re-plans one request may go through after lost nodes before it fails (default 2). */
+  readonly maxReplans?: number;
+  /** Bound on one re-plan: probing the nodes, planning, loading the new ranges (default 5 min). */
+  readonly recoverTimeoutMs?: number;
+  /** Wait for one step's token before the pipeline counts as stalled (default 10 min). */
+  readonly stepTimeoutMs?: number;
 }
+
+export type { RecoveryEvent };
 
 export interface PlanEntry {
   readonly node: string;
@@ -54,7 +64,11 @@ export interface LocalModel extends Loaded {
   readonly model: Transformer;
 }
 
-/** The model over the herd: every session is its own pipeline through the stages. */
+/**
+ * The model over the herd: every session is its own pipeline through the stages. A node lost
+ * mid-generation makes the herd re-plan over the survivors: `plan` and `shards` are the
+ * current plan's, and sessions resume on it.
+ */
 export interface ClusterModel extends Loaded {
   readonly mode: 'cluster';
   /** How each stage got its shard. */
@@ -84,16 +98,21 @@ export async function loadModel(o: HerdOptions & { readonly file: GgufFile; read
     const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
     return { mode: 'local', model, plan, open: async (sampling) => new InProcessStage(new LocalSession(model, sampling), stage), close: async () => {} };
   }
-  const [{ withHoldings }, { HerdCluster }] = await Promise.all([import('./nodes.ts'), import('./pipeline.ts')]);
+  const [{ withHoldings }, { HerdCluster }, { ResumableSession }] = await Promise.all([import('./nodes.ts'), import('./pipeline.ts'), import('./resume.ts')]);
   const cluster = await HerdCluster.start({
     modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
     interface: o.interface, cacheDir: o.cacheDir, log: o.log, onProgress: o.progress && nodeProgress(o.progress),
+    onRecovery: o.onRecovery, recoverTimeoutMs: o.recoverTimeoutMs, stepTimeoutMs: o.stepTimeoutMs,
   });
   return {
     mode: 'cluster',
-    plan: cluster.plan.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] })),
-    shards: cluster.loads,
-    open: (sampling) => cluster.openSession(sampling),
+    get plan() {
+      return cluster.plan.stages.map((s): PlanEntry => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
+    },
+    get shards() {
+      return cluster.loads;
+    },
+    open: (sampling) => ResumableSession.open(cluster, sampling, o.maxReplans),
     close: () => cluster.close(),
   };
 }
@@ -110,6 +129,7 @@ export interface OpenOptions extends HerdOptions {
 
 export interface OpenedInference {
   readonly session: InferenceSession;
+  /** Where the layers run now (after a lost node, the plan over the survivors). */
   readonly plan: PlanEntry[];
   /** How each stage got its shard (cluster runs only). */
   readonly shards?: StageLoad[];
@@ -119,7 +139,8 @@ export interface OpenedInference {
 /** One session on a model loaded for it alone: what `herd run` generates with. */
 export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   const set = await findHerd(o, o.note);
-  const loaded = await loadModel({ ...o, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+  const onRecovery = o.onRecovery ?? ((e: RecoveryEvent) => o.note(describeRecovery(e)));
+  const loaded = await loadModel({ ...o, onRecovery, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
   const shards = loaded.mode === 'cluster' ? loaded.shards : undefined;
   for (const [i, l] of (shards ?? []).entries()) {
     const how = l.source === 'fetched' ? `fetched ${(l.bytes_transferred / 1e6).toFixed(1)} MB` : `from ${l.source}`;
@@ -129,7 +150,9 @@ export async function openInference(o: OpenOptions): Promise<OpenedInference> {
     const session = await loaded.open(o.sampling);
     return {
       session,
-      plan: loaded.plan,
+      get plan() {
+        return loaded.plan;
+      },
       shards,
       close: async () => {
         await session.close();
@@ -139,6 +162,20 @@ export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   } catch (e) {
     await loaded.close();
     throw e;
+  }
+}
+
+/** A recovery event as one line for the user. */
+export function describeRecovery(e: RecoveryEvent): string {
+  switch (e.event) {
+    case 'node.lost':
+      return `lost node ${e.node} (${e.address})${e.layers ? ` with layers [${e.layers[0]}, ${e.layers[1]})` : ''}: ${e.error}`;
+    case 'replan.start':
+      return `re-planning over the ${e.survivors} node(s) left`;
+    case 'replan.done':
+      return e.ok ? `re-planned in ${e.ms} ms: ${e.plan.join(' → ')}` : `re-planning failed: ${e.error}`;
+    case 'request.resumed':
+      return `resumed at position ${e.position} on the new plan (${e.steps} replay step(s), ${e.ms} ms)`;
   }
 }
 

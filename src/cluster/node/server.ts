@@ -105,6 +105,8 @@ export interface NodeServerOptions {
   readonly throughput: number;
   readonly version: string;
   readonly log: Logger;
+  /** Offer coordinators at most this many bytes of memory (`herd node --max-memory`). */
+  readonly maxMemory?: number;
 }
 
 interface OpenSession {
@@ -159,7 +161,7 @@ export class NodeServer {
       arch: h.arch,
       backend: this.o.backend.name,
       memTotal: h.memTotal,
-      memAvailable: freemem(),
+      memAvailable: Math.min(freemem(), this.o.maxMemory ?? Infinity),
       cores: h.cores,
       throughput: this.throughput,
     };
