@@ -551,18 +551,15 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   return i32x4.dot_i16x8_s(mul16(w, a), i16x8.splat(<i16>sc));
 }
 
-/** Σ_j bsums[j] · min[j/2] over the 16 per-16 sums of a Q8_K block (mins: 8 bytes at m). */
+/** Σ_j bsums[j] · min[j/2] over the 16 per-16 sums of a Q8_K block (mins 0-3 in m0, 4-7 in m1, a byte each). */
 // @ts-ignore: decorator
 @inline function minSum(bs: usize, m0: u32, m1: u32): i32 {
-  // m0, m1 hold mins 0-3 and 4-7, one per byte: pair each with two consecutive bsums.
-  let sum = 0;
-  for (let j = 0; j < 4; j++) {
-    const ma = <i32>((m0 >>> (8 * j)) & 0xff);
-    const mb = <i32>((m1 >>> (8 * j)) & 0xff);
-    sum += ma * (<i32>load<i16>(bs + (<usize>j << 2)) + <i32>load<i16>(bs + (<usize>j << 2), 2));
-    sum += mb * (<i32>load<i16>(bs + (<usize>j << 2), 16) + <i32>load<i16>(bs + (<usize>j << 2), 18));
-  }
-  return sum;
+  // i16 lanes 0-7: mins 0-7; i32 lane k of lo (hi) holds min k (4+k) in both i16 halves,
+  // so dot_i16x8_s pairs it with bsums 2k and 2k+1 (8+2k, 9+2k). All exact in int32.
+  const m = i16x8.extend_low_i8x16_u(i32x4.replace_lane(i32x4.splat(m0), 1, m1));
+  const lo = i32x4.extend_low_i16x8_u(m), hi = i32x4.extend_high_i16x8_u(m);
+  const s = i32x4.add(i32x4.dot_i16x8_s(v128.load(bs), v128.or(lo, i32x4.shl(lo, 16))), i32x4.dot_i16x8_s(v128.load(bs, 16), v128.or(hi, i32x4.shl(hi, 16))));
+  return hsumI32(s);
 }
 
 /** Q4_K/Q5_K's 6-bit scales and mins (ggml's get_scale_min_k4): four per u32, one per byte. */
