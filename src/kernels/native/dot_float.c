@@ -36,13 +36,6 @@ float herd_dot_bf16_scalar(int n, const uint8_t *w, const herd_act *x) {
 
 #if defined(HERD_AVX2)
 
-static inline float hsum_f32x8(__m256 v) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
-
 // bf16 → f32 is a 16-bit left shift: widen 8 halves to 32-bit lanes, then shift.
 static inline __m256 load_bf16x8(const uint8_t *p) {
   const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
@@ -61,7 +54,7 @@ static inline __m256 load_bf16x8(const uint8_t *p) {
       a3 = _mm256_fmadd_ps(LOAD8(w + (i + 24) * BYTES), _mm256_loadu_ps(xf + i + 24), a3); \
     }                                                                             \
     for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LOAD8(w + i * BYTES), _mm256_loadu_ps(xf + i), a0); \
-    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
+    float sum = herd_hsum_f32x8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
     for (; i < n; i++) sum += TAIL(w + i * BYTES) * xf[i];                        \
     return sum;                                                                   \
   }

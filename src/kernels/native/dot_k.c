@@ -164,13 +164,6 @@ float herd_dot_q6_k_scalar(int n, const uint8_t *w, const herd_act *x) {
 
 #if defined(HERD_AVX2)
 
-static inline float hsum_f32x8(__m256 v) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
-
 static inline int hsum_i32x4(__m128i v) {
   v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
   v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -218,7 +211,7 @@ static HERD_INLINE void q4_k_avx2(int n, const uint8_t *w, const herd_act *const
     }
     for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t]->d[b]), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
   }
-  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(acc[t]) - mins[t];
+  for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(acc[t]) - mins[t];
 }
 
 HERD_DEFINE_DOTS(q4_k, avx2)
@@ -249,7 +242,7 @@ float herd_dot_q5_k_avx2(int n, const uint8_t *w, const herd_act *x) {
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(herd_half(w) * x->d[b]), _mm256_cvtepi32_ps(sumi), acc);
   }
-  return hsum_f32x8(acc) - mins;
+  return herd_hsum_f32x8(acc) - mins;
 }
 
 // For Q6_K: bytes {2m ×8, 2m+1 ×8}, so that after widening, int16 lanes 0-7 (values
@@ -307,7 +300,7 @@ static HERD_INLINE void q6_k_avx2(int n, const uint8_t *w, const herd_act *const
     const float d = herd_half(w + 208);
     for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t]->d[b]), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
   }
-  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(acc[t]);
+  for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(acc[t]);
 }
 
 HERD_DEFINE_DOTS(q6_k, avx2)
@@ -340,7 +333,7 @@ float herd_dot_q2_k_avx2(int n, const uint8_t *w, const herd_act *x) {
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(herd_half(w + 80) * x->d[b]), _mm256_cvtepi32_ps(sumi), acc);
   }
-  return hsum_f32x8(acc) - mins;
+  return herd_hsum_f32x8(acc) - mins;
 }
 
 // Q3_K: Q2_K's 2-bit layout (at byte 32) plus a high bit per value, bit 4c+j of hmask[l]
@@ -371,7 +364,7 @@ float herd_dot_q3_k_avx2(int n, const uint8_t *w, const herd_act *x) {
     }
     acc = _mm256_fmadd_ps(_mm256_set1_ps(herd_half(w + 108) * x->d[b]), _mm256_cvtepi32_ps(sumi), acc);
   }
-  return hsum_f32x8(acc);
+  return herd_hsum_f32x8(acc);
 }
 
 #endif

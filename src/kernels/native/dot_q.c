@@ -91,13 +91,6 @@ float herd_dot_q5_1_scalar(int n, const uint8_t *w, const herd_act *x) {
 
 #if defined(HERD_AVX2)
 
-static inline float hsum_f32x8(__m256 v) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
-
 // 16 nibble bytes → 32 bytes: values 0-15 (low nibbles) then 16-31 (high nibbles).
 static inline __m256i nibbles_32(const uint8_t *p) {
   const __m128i t = _mm_loadu_si128((const __m128i *)p);
@@ -157,7 +150,7 @@ static HERD_INLINE void q8_0_avx2(int n, const uint8_t *w, const herd_act *const
       acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
     }
   }
-  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
+  for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
 static HERD_INLINE void q4_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
@@ -187,7 +180,7 @@ static HERD_INLINE void q4_0_avx2(int n, const uint8_t *w, const herd_act *const
       acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
     }
   }
-  for (int t = 0; t < T; t++) out[t] = hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
+  for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
 HERD_DEFINE_DOTS(q8_0, avx2)
@@ -202,7 +195,7 @@ float herd_dot_q4_1_avx2(int n, const uint8_t *w, const herd_act *x) {
     const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
     acc = _mm256_fmadd_ps(d, dot_us8(nibbles_32(w + 4), y), acc);
   }
-  return hsum_f32x8(acc) + mins;
+  return herd_hsum_f32x8(acc) + mins;
 }
 
 float herd_dot_q5_0_avx2(int n, const uint8_t *w, const herd_act *x) {
@@ -216,7 +209,7 @@ float herd_dot_q5_0_avx2(int n, const uint8_t *w, const herd_act *x) {
     const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
     acc = _mm256_fmadd_ps(d, dot_ss8(q, y), acc);
   }
-  return hsum_f32x8(acc);
+  return herd_hsum_f32x8(acc);
 }
 
 float herd_dot_q5_1_avx2(int n, const uint8_t *w, const herd_act *x) {
@@ -230,7 +223,7 @@ float herd_dot_q5_1_avx2(int n, const uint8_t *w, const herd_act *x) {
     const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
     acc = _mm256_fmadd_ps(d, dot_us8(q, y), acc);
   }
-  return hsum_f32x8(acc) + mins;
+  return herd_hsum_f32x8(acc) + mins;
 }
 
 #endif

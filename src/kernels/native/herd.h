@@ -189,6 +189,16 @@ static inline float herd_f16_to_f32(uint16_t h) {
 #endif
 }
 
+#if defined(HERD_AVX2)
+// The sum of a vector's eight floats (the reduction every AVX2 kernel ends a row with).
+static inline float herd_hsum_f32x8(__m256 v) {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+#endif
+
 // Round to nearest even; NaN keeps its top payload bits and is forced quiet.
 static inline uint16_t herd_f32_to_bf16(float f) {
   const uint32_t w = herd_f32_bits(f);

@@ -142,13 +142,6 @@ static const ops_kernels kernels_scalar = {
 
 #if defined(HERD_AVX2)
 
-static inline float hsum8(__m256 v) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
-
 static inline float hmax8(__m256 v) {
   __m128 r = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   r = _mm_max_ps(r, _mm_movehl_ps(r, r));
@@ -195,7 +188,7 @@ static inline __m256 exp_avx2(__m256 x) {
       a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LD(k, (size_t)i), a0);                  \
       i += 8;                                                                              \
     }                                                                                      \
-    float s = hsum8(_mm256_add_ps(a0, a1));                                                \
+    float s = herd_hsum_f32x8(_mm256_add_ps(a0, a1));                                                \
     for (; i < d; i++) s += q[i] * AT(k, (size_t)i);                                       \
     return s;                                                                              \
   }
@@ -265,7 +258,7 @@ static void softmax_avx2(float *x, int n, int half) {
     _mm256_storeu_ps(x + i, e);
     vs = _mm256_add_ps(vs, e);
   }
-  float sum = hsum8(vs);
+  float sum = herd_hsum_f32x8(vs);
   for (; i < n; i++) sum += x[i] = exp_scalar(x[i] - max);
   vs = _mm256_set1_ps(sum);
   for (i = 0; i + 8 <= n; i += 8) {
