@@ -5,8 +5,9 @@
 
 import { f16Float32Table, f16ToF32, f32ToF16 } from '../ggml/half.ts';
 
-// Reading an f16 cache is one load per element through ggml's kind of lookup table.
-const F16 = f16Float32Table();
+// Reading an f16 cache is one load per element through ggml's kind of lookup table, built
+// when the js attention first runs (native and wasm kernels never need it).
+let F16: Float32Array | undefined;
 
 /**
  * For each of the `group` query heads starting at q[qOff] (headDim apart): scores =
@@ -22,13 +23,14 @@ export function attendGroup(
 ): void {
   const scale = 1 / Math.sqrt(headDim);
   const half = keys instanceof Uint16Array;
+  const table = (F16 ??= f16Float32Table());
   const n = pos + 1;
   if (half) for (let i = 0; i < group * headDim; i++) q[qOff + i] = f16ToF32(f32ToF16(q[qOff + i]));
 
   // scores of every head of the group against each cached key
   for (let t = 0; t < n; t++) {
     const ko = t * kvDim + kvOff;
-    if (half) for (let i = 0; i < headDim; i++) row[i] = F16[keys[ko + i]];
+    if (half) for (let i = 0; i < headDim; i++) row[i] = table[keys[ko + i]];
     else for (let i = 0; i < headDim; i++) row[i] = keys[ko + i];
     for (let h = 0; h < group; h++) {
       const qo = qOff + h * headDim;
@@ -52,7 +54,7 @@ export function attendGroup(
   out.fill(0, outOff, outOff + group * headDim);
   for (let t = 0; t < n; t++) {
     const vo = t * kvDim + kvOff;
-    if (half) for (let i = 0; i < headDim; i++) row[i] = F16[values[vo + i]];
+    if (half) for (let i = 0; i < headDim; i++) row[i] = table[values[vo + i]];
     else for (let i = 0; i < headDim; i++) row[i] = values[vo + i];
     for (let h = 0; h < group; h++) {
       const p = att[h * n + t];
