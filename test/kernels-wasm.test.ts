@@ -19,7 +19,7 @@ import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { repoRoot, sharedModels } from './helpers/paths.ts';
-import { quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
+import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
 import { greedy } from './helpers/greedy.ts';
 
 const run = promisify(execFile);
@@ -180,20 +180,6 @@ for (const wideTiles of [true, false]) {
       await wasm.close();
     }
   });
-}
-
-/** Inputs that exercise the quantizer's edges: ties at .5, zero blocks, f16 over- and underflow. */
-function edgeVector(next: () => number): Float32Array {
-  const x = new Float32Array(512);
-  // amax = 127 makes the inverse scale exactly 1, so these hit ties: half to even decides.
-  x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
-  // block 1: all zero (scale 0, quants 0)
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6), 64); // scale an f16 subnormal
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9), 96); // scale rounds to f16 zero
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7), 128); // scale overflows f16 to inf
-  x.set([-3, 3], 160); // equal magnitudes of both signs
-  for (let i = 192; i < x.length; i++) x[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
-  return x;
 }
 
 test('wasm prepares Q8_0, Q8_1, Q8_K, f16 and bf16 activations bit-for-bit like the js reference', async (t) => {

@@ -21,6 +21,20 @@ export function randomVector(n: number, next: () => number): Float32Array {
   return Float32Array.from({ length: n }, () => next() * 2 - 1);
 }
 
+/** Inputs that exercise the quantizers' edges: ties at .5, zero blocks, f16 over- and underflow. */
+export function edgeVector(next: () => number): Float32Array {
+  const x = new Float32Array(512);
+  // amax = 127 makes the inverse scale exactly 1, so these hit ties: half to even decides.
+  x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
+  // block 1: all zero (scale 0, quants 0)
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6), 64); // scale an f16 subnormal
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9), 96); // scale rounds to f16 zero
+  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7), 128); // scale overflows f16 to inf
+  x.set([-3, 3], 160); // equal magnitudes of both signs
+  for (let i = 192; i < x.length; i++) x[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
+  return x;
+}
+
 const quantized = new Map<string, Uint8Array>();
 
 /** rows×cols random values quantized by the type's reference quantizer (cached: the K-quant searches are slow). */
