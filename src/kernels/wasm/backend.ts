@@ -263,7 +263,7 @@ interface WorkerHandle {
 }
 
 /** Weight types with four-vector tiles in the kernels (index.ts tiled()). */
-const TILED_TYPES: ReadonlySet<number> = new Set([GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q6_K]);
+const TILED_TYPES: ReadonlySet<number> = new Set([GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K]);
 
 export class WasmBackend implements KernelBackend {
   readonly name = 'wasm';
@@ -598,7 +598,7 @@ export class WasmBackend implements KernelBackend {
     const kind = w.kernel.activation;
     const xBytes = alignUp(n * cols * 4, ALIGN);
     const lay = activationLayout(kind, cols);
-    // With four or more vectors the tiles of Q4_0, Q8_0 and Q6_K (index.ts tiled()) read the
+    // With four or more vectors the tiles of Q4_0, Q8_0, Q4_K and Q6_K (index.ts tiled()) read the
     // quants widened to i16 (wideTiles): a copy after the activations, made once for all rows.
     const wide = this.wideTiles && n >= 4 && TILED_TYPES.has(type);
     const actBytes = kind === 'f32' ? 0 : lay.bytes(n) + (wide ? alignUp(2 * n * lay.q, ALIGN) : 0);

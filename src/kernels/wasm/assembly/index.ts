@@ -758,7 +758,7 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
 // three times the instructions per vector). On arm64 the int8 extmul (smull/smull2) is
 // cheaper than widening, so the backend uses the narrow tiles there. K-quant weights are
 // multiplied by their sub-block scale while still i16 (|q·sc| ≤ 32·128), once for all four
-// vectors.
+// vectors; Q4_K's min term stays per vector (one minSum of its bsums per super-block).
 
 /** Σ over 32 values of e·a, the weights as four i16x8 (values 0-7, 8-15, 16-23, 24-31),
  *  a 32 i16: lane k holds values 2k, 2k+1 (mod 8), as in q8Lanes/q4Lanes. */
@@ -898,10 +898,78 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   store<f32>(out + 3 * oStride, <f32>s3);
 }
 
+/** 64 values of Q4_K sub-blocks 2k, 2k+1 (nibbles l0, l1 low; h0, h1 high; scales sLo,
+ *  sHi) against a (narrow: dotQ4_K's steps). */
+// @ts-ignore: decorator
+@inline function k4Lanes(l0: v128, l1: v128, h0: v128, h1: v128, a: usize, sLo: v128, sHi: v128): v128 {
+  return i32x4.add(
+    i32x4.dot_i16x8_s(i16x8.add(mul16(l0, v128.load(a)), mul16(l1, v128.load(a, 16))), sLo),
+    i32x4.dot_i16x8_s(i16x8.add(mul16(h0, v128.load(a, 32)), mul16(h1, v128.load(a, 48))), sHi),
+  );
+}
+
+/** The Q4_K row at p of nb super-blocks against four vectors (as tile32; bsums at xx,
+ *  xxStride apart). Per vector the integer sums and the f64 step are dotQ4_K's. */
+// @ts-ignore: decorator
+@inline function tileQ4_K(wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  let s0: f64 = 0, s1: f64 = 0, s2: f64 = 0, s3: f64 = 0;
+  const m4 = i8x16.splat(0x0f);
+  for (let b = 0; b < nb; b++) {
+    const pb = p + <usize>b * 144;
+    const sc0 = scalesK4(pb + 4, 0), sc1 = scalesK4(pb + 4, 2);
+    let i0 = i32x4.splat(0), i1 = i32x4.splat(0), i2 = i32x4.splat(0), i3 = i32x4.splat(0);
+    for (let k = 0; k < 4; k++) {
+      const x0 = v128.load(pb + 16 + (<usize>k << 5));
+      const x1 = v128.load(pb + 16 + (<usize>k << 5), 16);
+      const sLo = <i16>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
+      const sHi = <i16>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
+      const l0 = v128.and(x0, m4), l1 = v128.and(x1, m4), h0 = i8x16.shr_u(x0, 4), h1 = i8x16.shr_u(x1, 4);
+      if (wide) {
+        // |q·sc| ≤ 15·63 fits int16; a pair of those times |a| ≤ 128 fits int32.
+        const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
+        const a = x16 + (<usize>b << 9) + (<usize>k << 7);
+        const t = xStride << 1;
+        const e0 = i16x8.mul(i16x8.extend_low_i8x16_u(l0), tl), e1 = i16x8.mul(i16x8.extend_high_i8x16_u(l0), tl);
+        const e2 = i16x8.mul(i16x8.extend_low_i8x16_u(l1), tl), e3 = i16x8.mul(i16x8.extend_high_i8x16_u(l1), tl);
+        i0 = i32x4.add(i0, dot32w(e0, e1, e2, e3, a));
+        i1 = i32x4.add(i1, dot32w(e0, e1, e2, e3, a + t));
+        i2 = i32x4.add(i2, dot32w(e0, e1, e2, e3, a + 2 * t));
+        i3 = i32x4.add(i3, dot32w(e0, e1, e2, e3, a + 3 * t));
+        const f0 = i16x8.mul(i16x8.extend_low_i8x16_u(h0), th), f1 = i16x8.mul(i16x8.extend_high_i8x16_u(h0), th);
+        const f2 = i16x8.mul(i16x8.extend_low_i8x16_u(h1), th), f3 = i16x8.mul(i16x8.extend_high_i8x16_u(h1), th);
+        i0 = i32x4.add(i0, dot32w(f0, f1, f2, f3, a + 64));
+        i1 = i32x4.add(i1, dot32w(f0, f1, f2, f3, a + t + 64));
+        i2 = i32x4.add(i2, dot32w(f0, f1, f2, f3, a + 2 * t + 64));
+        i3 = i32x4.add(i3, dot32w(f0, f1, f2, f3, a + 3 * t + 64));
+      } else {
+        const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
+        const a = x + (<usize>b << 8) + (<usize>k << 6);
+        i0 = i32x4.add(i0, k4Lanes(l0, l1, h0, h1, a, tl, th));
+        i1 = i32x4.add(i1, k4Lanes(l0, l1, h0, h1, a + xStride, tl, th));
+        i2 = i32x4.add(i2, k4Lanes(l0, l1, h0, h1, a + 2 * xStride, tl, th));
+        i3 = i32x4.add(i3, k4Lanes(l0, l1, h0, h1, a + 3 * xStride, tl, th));
+      }
+    }
+    const m0 = scalesK4(pb + 4, 1), m1 = scalesK4(pb + 4, 3);
+    const bs = xx + (<usize>b << 5);
+    const dw = f16ToF32(load<u16>(pb)), dmw = f16ToF32(load<u16>(pb, 2));
+    const d = xd + (<usize>b << 2);
+    const x0 = load<f32>(d), x1 = load<f32>(d + dStride), x2 = load<f32>(d + 2 * dStride), x3 = load<f32>(d + 3 * dStride);
+    s0 += <f64>(dw * x0) * <f64>hsumI32(i0) - <f64>(dmw * x0) * <f64>minSum(bs, m0, m1);
+    s1 += <f64>(dw * x1) * <f64>hsumI32(i1) - <f64>(dmw * x1) * <f64>minSum(bs + xxStride, m0, m1);
+    s2 += <f64>(dw * x2) * <f64>hsumI32(i2) - <f64>(dmw * x2) * <f64>minSum(bs + 2 * xxStride, m0, m1);
+    s3 += <f64>(dw * x3) * <f64>hsumI32(i3) - <f64>(dmw * x3) * <f64>minSum(bs + 3 * xxStride, m0, m1);
+  }
+  store<f32>(out, <f32>s0);
+  store<f32>(out + oStride, <f32>s1);
+  store<f32>(out + 2 * oStride, <f32>s2);
+  store<f32>(out + 3 * oStride, <f32>s3);
+}
+
 /** Whether op has a four-vector tile. */
 // @ts-ignore: decorator
 @inline function tiled(op: i32): bool {
-  return op == Q4_0 || op == Q8_0 || op == Q6_K;
+  return op == Q4_0 || op == Q8_0 || op == Q4_K || op == Q6_K;
 }
 
 /**
@@ -909,7 +977,7 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
  * V8 optimizes (tiers up) a wasm function as a whole, and one holding every type's tiles
  * takes long enough to compile that early products ran unoptimized.
  */
-function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   switch (op) {
     case Q4_0:
       if (wide) tile32(false, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
@@ -918,6 +986,10 @@ function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, x
     case Q8_0:
       if (wide) tile32(true, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
       else tile32(true, false, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      break;
+    case Q4_K:
+      if (wide) tileQ4_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ4_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     default:
       if (wide) tileQ6_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, out, oStride);
@@ -988,8 +1060,9 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
         const x = act + <usize>j * actStride;
         const x16 = act16 + ((<usize>j * actStride) << 1);
         const xd = actD + <usize>j * actDStride;
+        const xx = actX + <usize>j * actXStride;
         const o = out + ((<usize>j * <usize>rows + <usize>r) << 2);
-        tile4(op, act16 != 0, p, cols, x, x16, actStride, xd, actDStride, o, oStride);
+        tile4(op, act16 != 0, p, cols, x, x16, actStride, xd, actDStride, xx, actXStride, o, oStride);
       }
     }
     for (; j < n; j++) {
