@@ -17,13 +17,15 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { rowBytes, ggmlTypeInfo, type GgmlTypeInfo } from '../src/ggml/types.ts';
-import { f16ToF32 } from '../src/ggml/half.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
-import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
+import { makeWeight } from '../src/kernels/matvec.ts';
 import { kernelType, supportedTypes } from '../src/kernels/types.ts';
 import { NativeBackend } from '../src/kernels/native/index.ts';
 import { WasmBackend } from '../src/kernels/wasm/backend.ts';
+import { randomVector, rng } from '../test/helpers/kernel-inputs.ts';
+import { summationBounds } from '../test/helpers/kernel-bounds.ts';
+import { greedy, GREEDY_PROMPT } from '../test/helpers/greedy.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
@@ -43,89 +45,6 @@ interface Fixtures {
   greedy: { model: string; tokens: number[] }[];
 }
 
-const PROMPT = [1, 403, 407, 261, 378];
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomVector(n: number, next: () => number): Float32Array {
-  return Float32Array.from({ length: n }, () => next() * 2 - 1);
-}
-
-/** The min subtracted from value i (value = scaled quant − min), 0 for types without mins. */
-function minOf(w: Weight, off: number, i: number): number {
-  const d = w.data;
-  switch (w.kernel.info.name) {
-    case 'Q4_1':
-    case 'Q5_1': {
-      const o = off + (i >> 5) * w.kernel.info.typeSize;
-      return -f16ToF32(d[o + 2] | (d[o + 3] << 8));
-    }
-    case 'Q2_K': {
-      const o = off + (i >> 8) * 84;
-      return f16ToF32(d[o + 82] | (d[o + 83] << 8)) * (d[o + ((i & 255) >> 4)] >> 4);
-    }
-    case 'Q4_K':
-    case 'Q5_K': {
-      const o = off + (i >> 8) * w.kernel.info.typeSize;
-      const j = (i & 255) >> 5;
-      const s = o + 4;
-      const m = j < 4 ? d[s + j + 4] & 63 : (d[s + j + 4] >> 4) | ((d[s + j] >> 6) << 4);
-      return f16ToF32(d[o + 2] | (d[o + 3] << 8)) * m;
-    }
-    default:
-      return 0;
-  }
-}
-
-function bounds(w: Weight, x: Float32Array): number[] {
-  const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
-  const a = new Float64Array(w.cols);
-  for (let i = 0; i < w.cols; i++) {
-    if (act.kind === 'q8_0' || act.kind === 'q8_1') a[i] = act.d[i >> 5] * act.qs[i];
-    else if (act.kind === 'q8_k') a[i] = act.d[i >> 8] * act.qs[i];
-    else a[i] = act.f[i];
-  }
-  const row = new Float32Array(w.cols);
-  const out: number[] = [];
-  for (let r = 0; r < w.rows; r++) {
-    const off = r * w.rowBytes;
-    w.kernel.dequantizeRow(w.data, off, w.cols, row, 0);
-    let m = 0;
-    for (let i = 0; i < w.cols; i++) {
-      const mi = minOf(w, off, i);
-      m += (Math.abs(row[i] + mi) + Math.abs(mi)) * Math.abs(a[i]);
-    }
-    out.push((w.cols + 4) * 2 ** -24 * m * 1.001 + 1e-30);
-  }
-  return out;
-}
-
-function greedy(m: Transformer, count: number): number[] {
-  const out: number[] = [];
-  let token = PROMPT[0];
-  for (let pos = 0; out.length < count; pos++) {
-    const logits = m.forward(token, pos);
-    if (pos + 1 < PROMPT.length) {
-      token = PROMPT[pos + 1];
-      continue;
-    }
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-    out.push(best);
-    token = best;
-  }
-  return out;
-}
-
 function fixtures(file: string, models: string[]): void {
   const js = new JsBackend();
   const cases: Case[] = [];
@@ -143,7 +62,7 @@ function fixtures(file: string, models: string[]): void {
         const x = randomVector(cols, rng(seed + 1));
         const want = new Float32Array(rows);
         js.matvec(w, x, want);
-        cases.push({ type: info.id, rows, cols, w: Buffer.from(bytes).toString('base64'), x: Array.from(x), want: Array.from(want), bound: bounds(w, x) });
+        cases.push({ type: info.id, rows, cols, w: Buffer.from(bytes).toString('base64'), x: Array.from(x), want: Array.from(want), bound: Array.from(summationBounds(w, x)) });
       }
     }
   }
@@ -157,7 +76,7 @@ function fixtures(file: string, models: string[]): void {
   edge.set(randomVector(32, next).map((v) => v * 4e7), 128);
   for (let i = 192; i < edge.length; i++) edge[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
   const activations = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)].map((a) => Array.from(a));
-  const greedyRefs = models.map((model) => ({ model, tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), 64) }));
+  const greedyRefs = models.map((model) => ({ model, tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), GREEDY_PROMPT, 64) }));
   writeFileSync(file, JSON.stringify({ cases, activations, greedy: greedyRefs } satisfies Fixtures));
   console.log(`wrote ${cases.length} cases and ${greedyRefs.length} greedy references to ${file}`);
 }
@@ -220,7 +139,7 @@ function checkGreedy(report: Report, label: string, backend: Backend, fx: Fixtur
   for (const g of fx.greedy) {
     const what = `${label}, ${backend.threads} thread(s): ${g.model.slice(g.model.lastIndexOf('/') + 1)}: 64 greedy tokens equal to the js backend's`;
     try {
-      const got = greedy(Transformer.load(GgufFile.open(g.model), { backend, kvType: 'f32' }), 64);
+      const got = greedy(Transformer.load(GgufFile.open(g.model), { backend, kvType: 'f32' }), GREEDY_PROMPT, 64);
       const same = got.join() === g.tokens.join();
       report(same, same ? what : `${what}\n  got  ${got.join(', ')}\n  want ${g.tokens.join(', ')}`);
     } catch (err) {

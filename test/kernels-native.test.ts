@@ -25,23 +25,22 @@
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { GgmlTypeInfo } from '../src/ggml/types.ts';
-import { f16ToF32, f32ToF16 } from '../src/ggml/half.ts';
+import { f32ToF16 } from '../src/ggml/half.ts';
 import type { AttentionStep } from '../src/kernels/attention.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
 import { supportedTypes } from '../src/kernels/types.ts';
 import { NativeBackend, NativeBackendError, isNativeAvailable, type NativeIsa } from '../src/kernels/native/index.ts';
-import { GgufFile } from '../src/gguf/reader.ts';
-import { Transformer } from '../src/model/transformer.ts';
-import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { repoRoot } from './helpers/paths.ts';
 import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
-import { greedy } from './helpers/greedy.ts';
+import { greedyMatchesJs } from './helpers/greedy.ts';
+import { summationBounds } from './helpers/kernel-bounds.ts';
 
 const run = promisify(execFile);
 const NOT_BUILT = 'the native addon is not built or does not load here: run `npm run build:native` (needs a C compiler); CI builds it';
@@ -53,56 +52,6 @@ function makePair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols
   data.set(bytes);
   const name = `${info.name}[${rows}×${cols}]`;
   return { native: makeWeight(name, info, [cols, rows], data), js: makeWeight(name, info, [cols, rows], bytes.slice()) };
-}
-
-/** The min mᵢ subtracted from value i (value = scaled quant − mᵢ), 0 for types without mins. */
-function minOf(w: Weight, off: number, i: number): number {
-  const d = w.data;
-  switch (w.kernel.info.name) {
-    case 'Q4_1':
-    case 'Q5_1': {
-      const o = off + (i >> 5) * w.kernel.info.typeSize;
-      return -f16ToF32(d[o + 2] | (d[o + 3] << 8));
-    }
-    case 'Q2_K': {
-      const o = off + (i >> 8) * 84;
-      return f16ToF32(d[o + 82] | (d[o + 83] << 8)) * (d[o + ((i & 255) >> 4)] >> 4);
-    }
-    case 'Q4_K':
-    case 'Q5_K': {
-      const o = off + (i >> 8) * w.kernel.info.typeSize;
-      const j = (i & 255) >> 5;
-      const s = o + 4;
-      const m = j < 4 ? d[s + j + 4] & 63 : (d[s + j + 4] >> 4) | ((d[s + j] >> 6) << 4);
-      return f16ToF32(d[o + 2] | (d[o + 3] << 8)) * m;
-    }
-    default:
-      return 0;
-  }
-}
-
-/** Allowed |native − js| per output row (see the header). */
-function bounds(w: Weight, x: Float32Array): Float64Array {
-  const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
-  const a = new Float64Array(w.cols);
-  for (let i = 0; i < w.cols; i++) {
-    if (act.kind === 'q8_0' || act.kind === 'q8_1') a[i] = act.d[i >> 5] * act.qs[i];
-    else if (act.kind === 'q8_k') a[i] = act.d[i >> 8] * act.qs[i];
-    else a[i] = act.f[i];
-  }
-  const row = new Float32Array(w.cols);
-  const out = new Float64Array(w.rows);
-  for (let r = 0; r < w.rows; r++) {
-    const off = r * w.rowBytes;
-    w.kernel.dequantizeRow(w.data, off, w.cols, row, 0);
-    let m = 0;
-    for (let i = 0; i < w.cols; i++) {
-      const mi = minOf(w, off, i);
-      m += (Math.abs(row[i] + mi) + Math.abs(mi)) * Math.abs(a[i]);
-    }
-    out[r] = (w.cols + 4) * 2 ** -24 * m * 1.001 + 1e-30;
-  }
-  return out;
 }
 
 const ROWS = [1, 7, 33, 67];
@@ -146,7 +95,7 @@ for (const isa of available ? isas : ['unbuilt' as NativeIsa]) {
                 const x = randomVector(cols, rng(seed + 1));
                 const want = new Float32Array(rows);
                 js.matvec(w.js, x, want);
-                ref = { want, bound: bounds(w.js, x), x };
+                ref = { want, bound: summationBounds(w.js, x), x };
                 reference.set(key, ref);
               }
               const got = new Float32Array(rows);
@@ -251,7 +200,7 @@ test('alloc() gives zeroed memory the kernels read in place; any Uint8Array work
     const b = new Float32Array(7);
     js.matvec(pair.js, x, a);
     native.matvec(pair.native, x, b);
-    const bound = bounds(pair.js, x);
+    const bound = summationBounds(pair.js, x);
     t.true(a.every((v, i) => Math.abs(v - b[i]) <= bound[i]));
     // Writes through the view are what the kernels see.
     pair.native.data.fill(0);
@@ -492,24 +441,4 @@ test('attention and swiglu refuse bad arguments with NATIVE_ARGUMENT errors nami
   t.throws(() => native.swiglu(new Float32Array(1), new Float32Array(1), new Float32Array(1), 1), { instanceOf: NativeBackendError, message: /closed/ });
 });
 
-const PROMPT = [1, 403, 407, 261, 378];
-const models = [
-  join(repoRoot, 'models/stories260K.gguf'), // F32 weights
-  join(sharedModels, 'stories260K-q8_0.gguf'),
-  join(sharedModels, 'stories260K-q4_0.gguf'),
-].filter((p) => existsSync(p));
-
-for (const path of models) {
-  const name = path.slice(path.lastIndexOf('/') + 1);
-  test(`${name}: the native backend on 2 threads gives the js backend's 64 greedy tokens`, async (t) => {
-    const file = GgufFile.open(path);
-    const want = greedy(Transformer.load(file, { kvType: 'f32' }), PROMPT, 64);
-    const backend = await NativeBackend.create({ threads: 2, minParallelBytes: 0 });
-    try {
-      const got = greedy(Transformer.load(file, { backend, kvType: 'f32' }), PROMPT, 64);
-      t.deepEqual(got, want);
-    } finally {
-      await backend.close();
-    }
-  });
-}
+greedyMatchesJs(test, 'native', () => NativeBackend.create({ threads: 2, minParallelBytes: 0 }));

@@ -5,7 +5,7 @@
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,11 +16,9 @@ import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
 import { supportedTypes } from '../src/kernels/types.ts';
 import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
-import { GgufFile } from '../src/gguf/reader.ts';
-import { Transformer } from '../src/model/transformer.ts';
-import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { repoRoot } from './helpers/paths.ts';
 import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
-import { greedy } from './helpers/greedy.ts';
+import { greedyMatchesJs } from './helpers/greedy.ts';
 
 const run = promisify(execFile);
 
@@ -462,24 +460,4 @@ test('the committed kernels.wasm is byte-identical to a fresh asc build', async 
   }
 });
 
-const PROMPT = [1, 403, 407, 261, 378];
-const models = [
-  join(repoRoot, 'models/stories260K.gguf'), // F32 weights
-  join(sharedModels, 'stories260K-q8_0.gguf'),
-  join(sharedModels, 'stories260K-q4_0.gguf'),
-].filter((p) => existsSync(p));
-
-for (const path of models) {
-  const name = path.slice(path.lastIndexOf('/') + 1);
-  test(`${name}: the wasm backend on 2 threads gives the js backend's 64 greedy tokens`, async (t) => {
-    const file = GgufFile.open(path);
-    const want = greedy(Transformer.load(file, { kvType: 'f32' }), PROMPT, 64);
-    const backend = await WasmBackend.create({ threads: 2, minParallelBytes: 0 });
-    try {
-      const got = greedy(Transformer.load(file, { backend, kvType: 'f32' }), PROMPT, 64);
-      t.deepEqual(got, want);
-    } finally {
-      await backend.close();
-    }
-  });
-}
+greedyMatchesJs(test, 'wasm', () => WasmBackend.create({ threads: 2, minParallelBytes: 0 }));

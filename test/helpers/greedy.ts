@@ -1,6 +1,38 @@
 // Greedy decoding through a Transformer, for comparing backends token for token.
 
-import type { Transformer } from '../../src/model/transformer.ts';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { TestFn } from 'ava';
+import { GgufFile } from '../../src/gguf/reader.ts';
+import type { KernelBackend } from '../../src/kernels/backend.ts';
+import { Transformer } from '../../src/model/transformer.ts';
+import { repoRoot, sharedModels } from './paths.ts';
+
+export const GREEDY_PROMPT = [1, 403, 407, 261, 378];
+
+/** stories260K in f32 (bundled), and Q8_0 and Q4_0 where ../shared has them. */
+export const STORIES_MODELS = [
+  join(repoRoot, 'models/stories260K.gguf'),
+  join(sharedModels, 'stories260K-q8_0.gguf'),
+  join(sharedModels, 'stories260K-q4_0.gguf'),
+].filter((p) => existsSync(p));
+
+/** One test per stories260K file: the backend gives the js backend's 64 greedy tokens. */
+export function greedyMatchesJs(test: TestFn, label: string, create: () => Promise<KernelBackend>): void {
+  for (const path of STORIES_MODELS) {
+    const name = path.slice(path.lastIndexOf('/') + 1);
+    test(`${name}: the ${label} backend on 2 threads gives the js backend's 64 greedy tokens`, async (t) => {
+      const file = GgufFile.open(path);
+      const want = greedy(Transformer.load(file, { kvType: 'f32' }), GREEDY_PROMPT, 64);
+      const backend = await create();
+      try {
+        t.deepEqual(greedy(Transformer.load(file, { backend, kvType: 'f32' }), GREEDY_PROMPT, 64), want);
+      } finally {
+        await backend.close();
+      }
+    });
+  }
+}
 
 /** Feeds the prompt, then each argmax back, and returns `count` generated ids. */
 export function greedy(m: Transformer, prompt: readonly number[], count: number): number[] {
