@@ -7,8 +7,8 @@
 //   npx tsx scripts/arm-check.ts fixtures FILE [MODEL…]   host: write cases and js results
 //   node arm-check.mjs check FILE [native] [wasm]           target (bundled): run the backends
 //
-// The bundle finds kernels.wasm and worker.mjs next to itself (backend.ts resolves them
-// against import.meta.url), so copy src/kernels/wasm/{kernels.wasm,worker.mjs} beside it.
+// The bundle finds the .wasm files and worker.mjs next to itself (backend.ts resolves them
+// against import.meta.url), so copy src/kernels/wasm/{*.wasm,worker.mjs} beside it.
 // check prints one "ok …" / "not ok …" line per check and a closing "# ARCH BACKENDS: N ok,
 // M not ok" comment (test-arm.sh counts the lines of every run), and exits 1 on any
 // failure. The tolerance, for both backends, is the native test's: (k + 4)·2⁻²⁴·Σ|terms| per
@@ -22,7 +22,7 @@ import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight } from '../src/kernels/matvec.ts';
 import { kernelType, supportedTypes } from '../src/kernels/types.ts';
 import { NativeBackend } from '../src/kernels/native/index.ts';
-import { WasmBackend } from '../src/kernels/wasm/backend.ts';
+import { WasmBackend, relaxedSimdAvailable, type WasmSimd } from '../src/kernels/wasm/backend.ts';
 import { randomVector, rng } from '../test/helpers/kernel-inputs.ts';
 import { summationBounds } from '../test/helpers/kernel-bounds.ts';
 import { greedy, GREEDY_PROMPT } from '../test/helpers/greedy.ts';
@@ -170,20 +170,25 @@ async function checkNative(report: Report, fx: Fixtures): Promise<void> {
   }
 }
 
-/** What kernels.wasm must compute itself: a type it dropped would pass through the js fallback unnoticed. */
+/** What the wasm kernels must compute themselves: a type it dropped would pass through the js fallback unnoticed. */
 const WASM_TYPES = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
 
 async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
-  // kernels.wasm and worker.mjs are found next to this script (new URL(…, import.meta.url)
+  // The .wasm files and worker.mjs are found next to this script (new URL(…, import.meta.url)
   // in the bundled backend.ts): test-arm.sh copies them there.
-  console.log(`# ${process.arch}, wasm backend`);
-  for (const threads of [1, 3]) {
+  const relaxed = relaxedSimdAvailable();
+  console.log(`# ${process.arch}, wasm backend; relaxed SIMD ${relaxed ? 'available' : 'unavailable'}`);
+  // Node 20's V8 has relaxed SIMD on arm64 as on x64; a 32-bit Pi may run without it.
+  if (process.arch === 'arm64') report(relaxed, 'wasm: relaxed SIMD available and checked correct');
+  const runs: [WasmSimd, number][] = relaxed ? [['relaxed', 1], ['relaxed', 3], ['simd128', 3]] : [['simd128', 1], ['simd128', 3]];
+  for (const [simd, threads] of runs) {
+    const label = `wasm ${simd}`;
     let wasm: WasmBackend;
     try {
       // minParallelBytes 0: even the smallest product is split over the threads.
-      wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+      wasm = await WasmBackend.create({ threads, minParallelBytes: 0, simd });
     } catch (err) {
-      report(false, `wasm, ${threads} thread(s): WasmBackend.create failed\n  ${(err as Error).message}`);
+      report(false, `${label}, ${threads} thread(s): WasmBackend.create failed\n  ${(err as Error).message}`);
       continue;
     }
     try {
@@ -193,13 +198,13 @@ async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
         const fallback = supportedTypes.filter((t) => !own.includes(t.name)).map((t) => t.name);
         report(
           missing.length === 0,
-          `wasm computes ${WASM_TYPES.join(', ')} itself${fallback.length ? ` (js fallback: ${fallback.join(', ')})` : ''}${missing.length ? `\n  missing: ${missing.join(', ')}` : ''}`,
+          `${label} computes ${WASM_TYPES.join(', ')} itself${fallback.length ? ` (js fallback: ${fallback.join(', ')})` : ''}${missing.length ? `\n  missing: ${missing.join(', ')}` : ''}`,
         );
       }
-      checkProducts(report, 'wasm', wasm, fx);
+      checkProducts(report, label, wasm, fx);
       if (threads === 3) {
-        checkActivations(report, 'wasm', wasm, fx);
-        checkGreedy(report, 'wasm', wasm, fx);
+        checkActivations(report, label, wasm, fx);
+        checkGreedy(report, label, wasm, fx);
       }
     } finally {
       await wasm.close();

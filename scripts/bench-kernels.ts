@@ -3,6 +3,7 @@
 //
 //   npx tsx scripts/bench-kernels.ts [--types Q4_0,Q8_0] [--seconds 1.5] [--dram-mib 1100]
 //   npx tsx scripts/bench-kernels.ts --model FILE.gguf [--tokens 8]   decode tokens/s instead
+//   --simd relaxed|simd128   which wasm build (default: relaxed where the runtime has it)
 //
 // Say which regime a figure is in: this VM's L3 is 300 MiB, so "in cache" is a 2048×5632
 // matrix (6–12 MB) and "DRAM" one over 1 GiB by default. On a Pi 4/5 (1–2 MiB L2, no L3)
@@ -13,7 +14,7 @@ import { ggmlTypeByName, rowBytes, type GgmlTypeInfo } from '../src/ggml/types.t
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
 import { kernelType } from '../src/kernels/types.ts';
-import { WasmBackend } from '../src/kernels/wasm/backend.ts';
+import { WasmBackend, type WasmSimd } from '../src/kernels/wasm/backend.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
@@ -25,8 +26,11 @@ const { values } = parseArgs({
     'no-js-dram': { type: 'boolean', default: false },
     model: { type: 'string' },
     tokens: { type: 'string', default: '8' },
+    simd: { type: 'string' },
   },
 });
+if (values.simd !== undefined && values.simd !== 'relaxed' && values.simd !== 'simd128') throw new Error(`--simd must be relaxed or simd128, got ${values.simd}`);
+const simd = values.simd as WasmSimd | undefined;
 const seconds = Number(values.seconds);
 
 /** A rows×cols weight filled with one quantized random block of rows, repeated (speed only). */
@@ -87,8 +91,8 @@ if (values.model) {
   const tokens = Number(values.tokens);
   const backends: [string, () => Promise<KernelBackend>][] = [
     ['js', async () => new JsBackend()],
-    ['wasm 1T', () => WasmBackend.create({ threads: 1 })],
-    ['wasm 2T', () => WasmBackend.create({ threads: 2 })],
+    ['wasm 1T', () => WasmBackend.create({ threads: 1, simd })],
+    ['wasm 2T', () => WasmBackend.create({ threads: 2, simd })],
   ];
   for (const [label, make] of backends) {
     const backend = await make();
@@ -107,13 +111,13 @@ for (const name of values.types.split(',')) {
     const mib = (s.rows * rowBytes(info, s.cols)) / 2 ** 20;
     const result: string[] = [info.name, s.label, `${s.rows}×${s.cols}`, mib.toFixed(0)];
     // One wasm backend per thread count; js reads the same weight bytes through alloc()'s view.
-    const one = await WasmBackend.create({ threads: 1 });
+    const one = await WasmBackend.create({ threads: 1, simd });
     const w1 = fillWeight(one, info, s.rows, s.cols);
     const skipJs = s.label === 'DRAM' && values['no-js-dram'];
     result.push(skipJs ? '-' : measure(new JsBackend(), w1).toFixed(2));
     result.push(measure(one, w1).toFixed(2));
     await one.close();
-    const two = await WasmBackend.create({ threads: 2 });
+    const two = await WasmBackend.create({ threads: 2, simd });
     result.push(measure(two, fillWeight(two, info, s.rows, s.cols)).toFixed(2));
     await two.close();
     rows.push(result);

@@ -23,7 +23,7 @@ const srcDir = join(root, 'src');
 const outDir = join(root, 'dist');
 const strict = process.argv.includes('--strict');
 
-/** Files under dir, recursively, skipping the AssemblyScript sources (compiled to kernels.wasm). */
+/** Files under dir, recursively, skipping the AssemblyScript sources (compiled to the .wasm files). */
 function walk(dir) {
   const out = [];
   for (const e of readdirSync(dir, { withFileTypes: true })) {

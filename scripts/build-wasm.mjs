@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// Rebuilds src/kernels/wasm/kernels.wasm from the AssemblyScript sources in
-// src/kernels/wasm/assembly/ (`npm run build:wasm`). The .wasm is committed so a Pi needs
-// only Node at run time; test/kernels-wasm.test.ts checks that it equals a fresh build.
+// Rebuilds the wasm kernels from the AssemblyScript sources in src/kernels/wasm/assembly/
+// (`npm run build:wasm`): kernels.wasm (SIMD128) and kernels-relaxed.wasm (SIMD128 and
+// relaxed SIMD, the same source with ASC_FEATURE_RELAXED_SIMD set). Both are committed so a
+// Pi needs only Node at run time; test/kernels-wasm.test.ts checks they equal a fresh build.
 //
-//   node scripts/build-wasm.mjs              write src/kernels/wasm/kernels.wasm
-//   node scripts/build-wasm.mjs --out FILE   write FILE instead (used by the test)
+//   node scripts/build-wasm.mjs              write both into src/kernels/wasm/
+//   node scripts/build-wasm.mjs --out DIR    write them into DIR instead (used by the test)
 //
 // The flags are the module's contract with src/kernels/wasm/backend.ts: memory is imported
 // ("env"."memory"), shared (so worker threads instantiate the module on the same bytes),
@@ -13,12 +14,12 @@
 
 import asc from 'assemblyscript/asc';
 import { fileURLToPath } from 'node:url';
-import { relative, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const entry = 'src/kernels/wasm/assembly/index.ts';
 const outIndex = process.argv.indexOf('--out');
-const out = outIndex > 0 ? relative(root, process.argv[outIndex + 1]) : 'src/kernels/wasm/kernels.wasm';
+const outDir = outIndex > 0 ? relative(root, process.argv[outIndex + 1]) : 'src/kernels/wasm';
 
 export const ascFlags = [
   '--enable', 'simd',
@@ -35,10 +36,18 @@ export const ascFlags = [
   '--maximumMemory', '65536',
 ];
 
-const { error, stderr } = await asc.main([entry, '--baseDir', root, '--outFile', out, ...ascFlags]);
-if (error) {
-  process.stderr.write(stderr.toString());
-  process.stderr.write(`build-wasm: ${error.message}\n`);
-  process.exit(1);
+const builds = [
+  { file: 'kernels.wasm', flags: [] },
+  { file: 'kernels-relaxed.wasm', flags: ['--enable', 'relaxed-simd'] },
+];
+
+for (const { file, flags } of builds) {
+  const out = join(outDir, file);
+  const { error, stderr } = await asc.main([entry, '--baseDir', root, '--outFile', out, ...ascFlags, ...flags]);
+  if (error) {
+    process.stderr.write(stderr.toString());
+    process.stderr.write(`build-wasm: ${file}: ${error.message}\n`);
+    process.exit(1);
+  }
+  console.log(`build-wasm: wrote ${resolve(root, out)}`);
 }
-console.log(`build-wasm: wrote ${resolve(root, out)}`);

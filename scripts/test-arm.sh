@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The native and wasm kernels on a Raspberry Pi's architectures without a Pi: the addon
-# cross-compiled from binding.gyp by Debian's cross gcc and the committed kernels.wasm, run
+# cross-compiled from binding.gyp by Debian's cross gcc and the committed .wasm kernels, run
 # by the official Node 20 of that architecture under qemu-user, and checked against the js
 # reference (scripts/arm-check.ts): every type on every compiled native path and on wasm,
 # at 1 and 3 threads, the activations bit for bit, and stories260K's 64 greedy tokens.
@@ -35,14 +35,14 @@ fi
 
 # The slow reference work once, on the host; the runner bundled to plain JS for the
 # emulated Node (tsx's esbuild binary is the host's). The bundled wasm backend looks for
-# kernels.wasm and worker.mjs next to itself (new URL(…, import.meta.url)): copied there.
+# the .wasm files and worker.mjs next to itself (new URL(…, import.meta.url)): copied there.
 t0=$SECONDS
 models=("$root/models/stories260K.gguf")
 [ -f "$root/../shared/models/stories260K-q4_0.gguf" ] && models+=("$root/../shared/models/stories260K-q4_0.gguf")
 if ! { npx tsx scripts/arm-check.ts fixtures "$work/fixtures.json" "${models[@]}" &&
   npx esbuild scripts/arm-check.ts --bundle --platform=node --format=esm --target=node20 \
     --outfile="$work/arm-check.mjs" --log-level=warning &&
-  cp src/kernels/wasm/kernels.wasm src/kernels/wasm/worker.mjs "$work/"; }; then
+  cp src/kernels/wasm/kernels.wasm src/kernels/wasm/kernels-relaxed.wasm src/kernels/wasm/worker.mjs "$work/"; }; then
   echo "not ok the host fixtures and the bundle"
   echo "0 passed, 1 failed"
   exit 1
@@ -107,7 +107,7 @@ check() {
     tail -40 "$work/build-$name.log"
     fail "$name: cross-compiling the native addon (log: $work/build-$name.log)"
   fi
-  # The wasm backend needs no build: the committed kernels.wasm, on the target's V8.
+  # The wasm backend needs no build: the committed .wasm kernels (both builds), on the target's V8.
   echo "test-arm: $name: wasm kernels under $qemu"
   run "$name-wasm" "$qemu" -L "$sysroot" "$node_dir/bin/node" "$work/arm-check.mjs" check "$work/fixtures.json" wasm
 }

@@ -1,7 +1,7 @@
 // The wasm backend against the js reference kernels (src/kernels/types.ts rows): every type
-// it computes, odd shapes, 1–3 threads; Q8_0 activation quants bit-identical; attention over
-// f32 and f16 caches and SwiGLU; the committed kernels.wasm equal to a fresh build; and
-// stories260K's greedy tokens unchanged.
+// it computes, odd shapes, 1–3 threads, in both builds (relaxed SIMD and plain SIMD128); Q8_0
+// activation quants bit-identical; attention over f32 and f16 caches and SwiGLU; the committed
+// .wasm files equal to a fresh build; and stories260K's greedy tokens unchanged.
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -15,7 +15,7 @@ import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight, type Weight } from '../src/kernels/matvec.ts';
 import { supportedTypes } from '../src/kernels/types.ts';
-import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
+import { WasmBackend, WasmBackendError, relaxedSimdAvailable, type WasmSimd } from '../src/kernels/wasm/backend.ts';
 import { repoRoot } from './helpers/paths.ts';
 import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
 import { greedyMatchesJs } from './helpers/greedy.ts';
@@ -77,13 +77,20 @@ async function wasmTypes(): Promise<GgmlTypeInfo[]> {
 
 const ROWS = [1, 7, 33, 67];
 
-for (const threads of [1, 2, 3]) {
-  test(`every wasm type matches the js reference (K-quants bit for bit, others within the f32 summation bound), ${threads} thread(s)`, async (t) => {
+/** Both builds of the kernels: relaxed SIMD (the default where it works) and plain SIMD128. */
+const BUILDS: WasmSimd[] = ['relaxed', 'simd128'];
+
+test('relaxed SIMD is available and checked correct on this runtime (x64 and arm64 Node 20+)', (t) => {
+  t.true(relaxedSimdAvailable());
+});
+
+for (const [simd, threads] of [['relaxed', 1], ['relaxed', 2], ['relaxed', 3], ['simd128', 1], ['simd128', 3]] as const) {
+  test(`every wasm type matches the js reference (K-quants bit for bit, others within the f32 summation bound), ${simd}, ${threads} thread(s)`, async (t) => {
     const types = await wasmTypes();
     const names = types.map((ty) => ty.name);
     for (const n of ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K']) t.true(names.includes(n), n);
     // minParallelBytes 0: split even tiny products, so row ranges of 0–1 rows per thread run.
-    const wasm = await WasmBackend.create({ threads, minParallelBytes: 0 });
+    const wasm = await WasmBackend.create({ threads, minParallelBytes: 0, simd });
     const js = new JsBackend();
     const next = rng(100 + threads);
     try {
@@ -151,33 +158,35 @@ test('thousands of back-to-back products on 3 threads give the 1-thread bits', a
   }
 });
 
-for (const wideTiles of [true, false]) {
-  // Four-vector tiles (wide: i16 activations, the x86 default; narrow: int8, arm's) and
-  // the single-vector remainder must all give the matvec's bits.
-  test(`matmul over n vectors equals n matvecs, rows split over 3 threads, ${wideTiles ? 'wide' : 'narrow'} tiles`, async (t) => {
-    const wasm = await WasmBackend.create({ threads: 3, minParallelBytes: 0, wideTiles });
-    const next = rng(42);
-    try {
-      for (const name of ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q5_1', 'Q4_K', 'Q6_K']) {
-        const info = supportedTypes.find((ty) => ty.name === name)!;
-        const rows = 67;
-        const cols = info.blockSize === 256 ? 2304 : 2080;
-        const n = 9;
-        const w = makePair(wasm, info, rows, cols, 11).wasm;
-        const xs = randomVector(n * cols, next);
-        const out = new Float32Array(n * rows);
-        wasm.matmul(w, xs, n, out);
-        const one = new Float32Array(rows);
-        for (let j = 0; j < n; j++) {
-          wasm.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
-          // The same kernel over the same prepared activation: identical bits.
-          t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${name} vector ${j}`);
+for (const simd of BUILDS) {
+  for (const wideTiles of [true, false]) {
+    // Four-vector tiles (wide: i16 activations, the x86 default; narrow: int8, arm's and the
+    // relaxed build's) and the single-vector remainder must all give the matvec's bits.
+    test(`matmul over n vectors equals n matvecs, rows split over 3 threads, ${simd}, ${wideTiles ? 'wide' : 'narrow'} tiles`, async (t) => {
+      const wasm = await WasmBackend.create({ threads: 3, minParallelBytes: 0, wideTiles, simd });
+      const next = rng(42);
+      try {
+        for (const name of ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q5_1', 'Q4_K', 'Q6_K']) {
+          const info = supportedTypes.find((ty) => ty.name === name)!;
+          const rows = 67;
+          const cols = info.blockSize === 256 ? 2304 : 2080;
+          const n = 9;
+          const w = makePair(wasm, info, rows, cols, 11).wasm;
+          const xs = randomVector(n * cols, next);
+          const out = new Float32Array(n * rows);
+          wasm.matmul(w, xs, n, out);
+          const one = new Float32Array(rows);
+          for (let j = 0; j < n; j++) {
+            wasm.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
+            // The same kernel over the same prepared activation: identical bits.
+            t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${name} vector ${j}`);
+          }
         }
+      } finally {
+        await wasm.close();
       }
-    } finally {
-      await wasm.close();
-    }
-  });
+    });
+  }
 }
 
 test('wasm prepares Q8_0, Q8_1, Q8_K, f16 and bf16 activations bit-for-bit like the js reference', async (t) => {
@@ -448,13 +457,14 @@ test('worker threads do not keep the process alive', async (t) => {
   t.is(stdout.trim(), 'threads 3');
 });
 
-test('the committed kernels.wasm is byte-identical to a fresh asc build', async (t) => {
+test('the committed kernels.wasm and kernels-relaxed.wasm are byte-identical to a fresh asc build', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'herd-wasm-'));
   try {
-    const fresh = join(dir, 'kernels.wasm');
-    await run(process.execPath, [join(repoRoot, 'scripts/build-wasm.mjs'), '--out', fresh], { cwd: repoRoot, timeout: 120_000 });
-    const committed = readFileSync(join(repoRoot, 'src/kernels/wasm/kernels.wasm'));
-    t.true(committed.equals(readFileSync(fresh)), 'kernels.wasm is stale: run npm run build:wasm and commit it');
+    await run(process.execPath, [join(repoRoot, 'scripts/build-wasm.mjs'), '--out', dir], { cwd: repoRoot, timeout: 120_000 });
+    for (const file of ['kernels.wasm', 'kernels-relaxed.wasm']) {
+      const committed = readFileSync(join(repoRoot, 'src/kernels/wasm', file));
+      t.true(committed.equals(readFileSync(join(dir, file))), `${file} is stale: run npm run build:wasm and commit it`);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,5 +1,6 @@
-// The wasm backend: SIMD128 kernels compiled from AssemblyScript (./assembly/, built into
-// the committed ./kernels.wasm), run on threads that share one WebAssembly memory.
+// The wasm backend: SIMD128 kernels compiled from AssemblyScript (./assembly/, built into the
+// committed ./kernels.wasm, and ./kernels-relaxed.wasm with relaxed SIMD's int8 dot product,
+// used where the runtime has it), run on threads that share one WebAssembly memory.
 //
 // Memory: one shared WebAssembly.Memory holds the control block, every weight (alloc() is
 // a bump allocator in it, so the model reads each tensor from the GGUF file straight into
@@ -18,6 +19,7 @@
 
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
@@ -59,7 +61,15 @@ export interface WasmBackendOptions {
    * int8 (extmul): faster on x86, slower on arm64. Default: true on x64/ia32 only.
    */
   wideTiles?: boolean;
+  /**
+   * Which build of the kernels runs: 'relaxed' (kernels-relaxed.wasm, relaxed SIMD's int8
+   * dot product for Q4_0, Q4_K, Q5_K and Q6_K) or 'simd128' (kernels.wasm). Default: relaxed
+   * where the runtime has it (see relaxedSimdAvailable), else simd128.
+   */
+  simd?: WasmSimd;
 }
+
+export type WasmSimd = 'relaxed' | 'simd128';
 
 /** The module's exports, narrowed from WebAssembly's untyped ones by kernelExports(). */
 interface KernelExports {
@@ -71,6 +81,9 @@ interface KernelExports {
   quantizeQ8_1(x: number, n: number, qs: number, d: number, s: number): void;
   quantizeQ8_K(x: number, n: number, qs: number, d: number, bsums: number): void;
   widenI8(src: number, dst: number, n: number): void;
+  offsetSumsQ8_0(qs: number, n: number, dst: number): void;
+  wideTile(type: number): number;
+  q4Offsets(): number;
   run(ctl: number, gen: number): void;
   layout: Layout;
 }
@@ -127,18 +140,57 @@ const CHUNKS_PER_THREAD = 8;
 // (func (result v128) i32.const 0 i8x16.splat i8x16.popcnt): compiles only with SIMD128.
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
 
-let compiled: WebAssembly.Module | undefined;
+// (memory (export "m") 1) (func (export "f") (v128.store (i32.const 0)
+//   (i16x8.relaxed_dot_i8x16_i7x16_s (v128.const i8x16 PROBE_A) (v128.const i8x16 PROBE_B)))):
+// compiles only with relaxed SIMD; its result is checked against PROBE_DOT.
+const RELAXED_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 4, 1, 96, 0, 0, 3, 2, 1, 0, 5, 3, 1, 0, 1, 7, 9, 2, 1, 109, 2, 0, 1, 102, 0, 0, 10, 49, 1, 47, 0, 65, 0, 253, 12, 129, 127,
+  255, 100, 5, 250, 7, 248, 9, 246, 11, 244, 13, 128, 15, 240, 253, 12, 127, 127, 63, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 253, 146, 2, 253, 11, 4, 0, 11,
+]);
+const PROBE_A = [-127, 127, -1, 100, 5, -6, 7, -8, 9, -10, 11, -12, 13, -128, 15, -16];
+const PROBE_B = [127, 127, 63, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
-/** The kernels module, compiled once per process (workers receive it compiled). */
-function kernelsModule(): WebAssembly.Module {
+let relaxedChecked: boolean | undefined;
+
+/**
+ * Whether this runtime runs relaxed SIMD's int8 dot product correctly. Node 22+ has relaxed
+ * SIMD on; Node 20's V8 has it behind --experimental-wasm-relaxed-simd, which is switched on
+ * here (a wasm feature flag, read when a module is compiled, so setting it now is enough and
+ * reaches worker threads). The probe's answer is checked lane by lane, since Node 20's
+ * implementation was not final: its i32x4 form (the dot product fused with an add) gives
+ * wrong sums on x86, so the kernels use only the i16x8 form checked here.
+ */
+export function relaxedSimdAvailable(): boolean {
+  if (relaxedChecked !== undefined) return relaxedChecked;
+  if (!WebAssembly.validate(RELAXED_PROBE)) setFlagsFromString('--experimental-wasm-relaxed-simd');
+  relaxedChecked = false;
+  if (!WebAssembly.validate(RELAXED_PROBE)) return relaxedChecked;
+  const probe = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_PROBE)).exports;
+  (probe.f as () => void)();
+  const got = new Int16Array((probe.m as WebAssembly.Memory).buffer, 0, 8);
+  relaxedChecked = Array.from(got).every((v, k) => v === PROBE_A[2 * k] * PROBE_B[2 * k] + PROBE_A[2 * k + 1] * PROBE_B[2 * k + 1]);
+  return relaxedChecked;
+}
+
+const compiled = new Map<WasmSimd, WebAssembly.Module>();
+
+/** A build of the kernels, compiled once per process (workers receive it compiled). */
+function kernelsModule(simd: WasmSimd): WebAssembly.Module {
   if (!WebAssembly.validate(SIMD_PROBE)) {
     throw new WasmBackendError('WASM_UNAVAILABLE', 'this runtime has no WebAssembly SIMD128; use the js backend');
   }
   if (typeof SharedArrayBuffer !== 'function') {
     throw new WasmBackendError('WASM_UNAVAILABLE', 'this runtime has no SharedArrayBuffer (shared wasm memory); use the js backend');
   }
-  compiled ??= new WebAssembly.Module(readFileSync(new URL('./kernels.wasm', import.meta.url)));
-  return compiled;
+  if (simd === 'relaxed' && !relaxedSimdAvailable()) {
+    throw new WasmBackendError('WASM_UNAVAILABLE', 'this runtime has no working relaxed SIMD; use simd: simd128');
+  }
+  let module = compiled.get(simd);
+  if (!module) {
+    module = new WebAssembly.Module(readFileSync(new URL(simd === 'relaxed' ? './kernels-relaxed.wasm' : './kernels.wasm', import.meta.url)));
+    compiled.set(simd, module);
+  }
+  return module;
 }
 
 function kernelExports(instance: WebAssembly.Instance): KernelExports {
@@ -167,6 +219,9 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
     quantizeQ8_1: fn('quantizeQ8_1'),
     quantizeQ8_K: fn('quantizeQ8_K'),
     widenI8: fn('widenI8'),
+    offsetSumsQ8_0: fn('offsetSumsQ8_0'),
+    wideTile: fn('wideTile'),
+    q4Offsets: fn('q4Offsets'),
     run: fn('run'),
     layout: {
       gen: word('CTL_GEN'),
@@ -237,14 +292,16 @@ interface ActivationLayout {
   bytes(n: number): number;
 }
 
-function activationLayout(kind: ActivationKind, cols: number): ActivationLayout {
+/** offsets: a Q8_0 activation for the relaxed Q4_0 kernels, which read 8·Σq per block. */
+function activationLayout(kind: ActivationKind, cols: number, offsets = false): ActivationLayout {
   let q = cols * 4; // f32/f16/bf16: f32 values
   let d = 0;
   let x = 0;
   if (kind === 'q8_0' || kind === 'q8_1') {
     q = alignUp(cols, 16);
     d = (cols / Q8_BLOCK) * 4;
-    x = kind === 'q8_1' ? d : 0; // s = d·Σq per block
+    // Q8_1: s = d·Σq per block (f32); Q8_0 with offsets: (8·Σq, 0, 0, 0) per block (i32x4).
+    x = kind === 'q8_1' ? d : offsets ? (cols / Q8_BLOCK) * 16 : 0;
   } else if (kind === 'q8_k') {
     q = alignUp(cols, 16);
     d = (cols / Q8K_BLOCK) * 4;
@@ -262,12 +319,11 @@ interface WorkerHandle {
   errors: MessagePort;
 }
 
-/** Weight types with four-vector tiles in the kernels (index.ts tiled()). */
-const TILED_TYPES: ReadonlySet<number> = new Set([GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K]);
-
 export class WasmBackend implements KernelBackend {
   readonly name = 'wasm';
   readonly threads: number;
+  /** The build of the kernels that runs. */
+  readonly simd: WasmSimd;
   /** Bytes the memory may grow to (its maximum). */
   readonly maxBytes: number;
   private readonly memory: WebAssembly.Memory;
@@ -299,7 +355,9 @@ export class WasmBackend implements KernelBackend {
     wideTiles: boolean,
     workers: WorkerHandle[],
     ctl: number,
+    simd: WasmSimd,
   ) {
+    this.simd = simd;
     this.wideTiles = wideTiles;
     this.memory = memory;
     this.maxBytes = maxBytes;
@@ -336,7 +394,8 @@ export class WasmBackend implements KernelBackend {
     const minParallelBytes = opts.minParallelBytes ?? 256 * 1024;
     const spinMicros = opts.spinMicros ?? 300;
     if (!(spinMicros >= 0)) throw new WasmBackendError('WASM_ARGUMENT', `spinMicros must be >= 0, got ${spinMicros}`);
-    const module = kernelsModule();
+    const simd = opts.simd ?? (relaxedSimdAvailable() ? 'relaxed' : 'simd128');
+    const module = kernelsModule(simd);
     const { memory, maxBytes } = sharedMemory(opts.maxMemoryBytes);
     const ex = kernelExports(new WebAssembly.Instance(module, { env: { memory } }));
     const ctl = alignUp(ex.heapBase(), ALIGN);
@@ -375,7 +434,7 @@ export class WasmBackend implements KernelBackend {
       h.errors.unref();
     }
     const wideTiles = opts.wideTiles ?? (process.arch === 'x64' || process.arch === 'ia32');
-    return new WasmBackend(memory, maxBytes, ex, threads, minParallelBytes, wideTiles, workers, ctl);
+    return new WasmBackend(memory, maxBytes, ex, threads, minParallelBytes, wideTiles, workers, ctl, simd);
   }
 
   /** Bytes of the shared memory in use (weights, scratch and the control block). */
@@ -552,6 +611,7 @@ export class WasmBackend implements KernelBackend {
           break;
         case 'q8_0':
           this.ex.quantizeQ8_0(xj, cols, qj, dj);
+          if (lay.x > 0) this.ex.offsetSumsQ8_0(qj, cols, ej);
           break;
         case 'q8_1':
           this.ex.quantizeQ8_1(xj, cols, qj, dj, ej);
@@ -597,10 +657,10 @@ export class WasmBackend implements KernelBackend {
     // then the outputs, and a copy of the weight when it lives outside this memory.
     const kind = w.kernel.activation;
     const xBytes = alignUp(n * cols * 4, ALIGN);
-    const lay = activationLayout(kind, cols);
-    // With four or more vectors the tiles of Q4_0, Q8_0, Q4_K and Q6_K (index.ts tiled()) read the
-    // quants widened to i16 (wideTiles): a copy after the activations, made once for all rows.
-    const wide = this.wideTiles && n >= 4 && TILED_TYPES.has(type);
+    const lay = activationLayout(kind, cols, type === GgmlType.Q4_0 && this.ex.q4Offsets() !== 0);
+    // With four or more vectors some tiles (index.ts wideTile()) read the quants widened to
+    // i16 (wideTiles): a copy after the activations, made once for all rows.
+    const wide = this.wideTiles && n >= 4 && this.ex.wideTile(type) !== 0;
     const actBytes = kind === 'f32' ? 0 : lay.bytes(n) + (wide ? alignUp(2 * n * lay.q, ALIGN) : 0);
     const wBytes = rows * w.rowBytes;
     const own = this.owns(w.data);

@@ -102,6 +102,33 @@ export function supports(type: i32): bool {
   return false;
 }
 
+// Built twice (scripts/build-wasm.mjs): kernels.wasm with SIMD128 alone, and
+// kernels-relaxed.wasm also with relaxed SIMD, whose int8 dot product
+// (i16x8.relaxed_dot_i8x16_i7x16_s: pmaddubsw on x86) multiplies 16 int8 activations by 16
+// weights in [0, 127] into int16 pairs in one instruction, where SIMD128 needs two widening
+// multiplies and an add. Weights that are unsigned as stored (Q4_K, Q5_K nibbles; Q4_0 and
+// Q6_K before their offset) take it directly; the offset (8 for Q4_0, 32 for Q6_K) comes off
+// afterwards through the activation's sums. Every sum stays an exact integer, so the
+// K-quants still equal the js reference bit for bit.
+const RELAXED: bool = ASC_FEATURE_RELAXED_SIMD;
+
+/** Whether this build uses relaxed SIMD (kernels-relaxed.wasm). */
+export function relaxedSimd(): bool {
+  return RELAXED;
+}
+
+/** Whether the four-vector tile of `type` reads CTL_ACT16 (activations widened to i16) when
+ *  wide tiles are wanted; the relaxed build multiplies int8 directly except for Q8_0, whose
+ *  signed weights the relaxed dot product cannot take. */
+export function wideTile(type: i32): bool {
+  return RELAXED ? type == Q8_0 : tiled(type);
+}
+
+/** Whether Q4_0 products read the activations' offset sums (offsetSumsQ8_0) at CTL_ACT_X. */
+export function q4Offsets(): bool {
+  return RELAXED;
+}
+
 /** First byte after the module's static data: the JavaScript allocator starts above it. */
 export function heapBase(): usize {
   return __heap_base;
@@ -327,6 +354,18 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   }
 }
 
+/** Per 32 Q8_0 quants at qs, the Q4_0 offset term as int32 lanes (8·Σq, 0, 0, 0) at dst
+ *  (16 bytes a block): the relaxed Q4_0 kernels multiply the unsigned nibbles q + 8 and
+ *  subtract this. n must be a multiple of 32. */
+export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
+  for (let b = 0; b < n >> 5; b++) {
+    const q = qs + (<usize>b << 5);
+    const lo = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(q)));
+    const hi = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v128.load(q, 16)));
+    v128.store(dst + (<usize>b << 4), i32x4.replace_lane(i32x4.splat(0), 0, hsumI32(i32x4.add(lo, hi)) << 3));
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Dot products of one weight row with one prepared activation vector.
 
@@ -450,6 +489,28 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   return v128.and(i8x16.eq(v128.and(spread, bit), bit), i8x16.splat(0x10));
 }
 
+/** Relaxed build: 16 int8 activations a against 16 weights q in [0, 127], as 8 int16 lanes
+ *  of two products each (|a| ≤ 127, so at most 2·127·127). */
+// @ts-ignore: decorator
+@inline function rdot16(a: v128, q: v128): v128 {
+  return i16x8.relaxed_dot_i8x16_i7x16_s(a, q);
+}
+
+/** Relaxed build: 32 weights (lo: values 0-15, hi: 16-31, each in [0, 63]) against the 32
+ *  activation quants at a, times the int16 lanes of sc (a scale, or ones): int32 lanes. Four
+ *  products per int16 lane: at most 4·127·63 < 2^15. */
+// @ts-ignore: decorator
+@inline function rdot32(lo: v128, hi: v128, a: usize, sc: v128): v128 {
+  return i32x4.dot_i16x8_s(i16x8.add(rdot16(v128.load(a), lo), rdot16(v128.load(a, 16), hi)), sc);
+}
+
+/** Relaxed build: the Q4_0 block with nibbles x against the 32 quants at a, less the offset
+ *  sum at o (offsetSumsQ8_0): Σ (q - 8)·a as int32 lanes. */
+// @ts-ignore: decorator
+@inline function q4BlockR(x: v128, a: usize, o: usize): v128 {
+  return i32x4.sub(rdot32(v128.and(x, i8x16.splat(0x0f)), i8x16.shr_u(x, 4), a, i16x8.splat(1)), v128.load(o));
+}
+
 // Per 32-value block: the exact integer lane sums, converted to f32 (each lane < 2^24, so
 // exactly), times d_w·d_x in f32 like the reference's Math.fround(d_w·d_x), accumulated in
 // four f32 lanes (ggml's x86 path does the same with FMA). Min terms (Q4_1, Q5_1) use the
@@ -468,13 +529,35 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
 }
 
 // @ts-ignore: decorator
-@inline function dotQ4_0(w: usize, n: i32, qs: usize, d: usize): f32 {
+@inline function dotQ4_0(w: usize, n: i32, qs: usize, d: usize, offsets: usize): f32 {
   let acc = f32x4.splat(0);
   const nb = n >> 5;
-  for (let b = 0; b < nb; b++) {
+  let b = 0;
+  // Four blocks a step, their f16 scales widened together (the same f32 values as one by one).
+  for (; b + 4 <= nb; b += 4) {
+    const p = w + <usize>b * 18;
+    let h = i32x4.splat(0);
+    h = v128.load16_lane(p, h, 0);
+    h = v128.load16_lane(p + 18, h, 2);
+    h = v128.load16_lane(p + 36, h, 4);
+    h = v128.load16_lane(p + 54, h, 6);
+    const s = f32x4.mul(f16x4ToF32x4(h), v128.load(d + (<usize>b << 2)));
+    const a = qs + (<usize>b << 5);
+    const o = offsets + (<usize>b << 4);
+    const l0 = RELAXED ? q4BlockR(v128.load(p, 2), a, o) : q4Block(p, a);
+    const l1 = RELAXED ? q4BlockR(v128.load(p, 20), a + 32, o + 16) : q4Block(p + 18, a + 32);
+    const l2 = RELAXED ? q4BlockR(v128.load(p, 38), a + 64, o + 32) : q4Block(p + 36, a + 64);
+    const l3 = RELAXED ? q4BlockR(v128.load(p, 56), a + 96, o + 48) : q4Block(p + 54, a + 96);
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l0), v128.shuffle<f32>(s, s, 0, 0, 0, 0)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l1), v128.shuffle<f32>(s, s, 1, 1, 1, 1)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l2), v128.shuffle<f32>(s, s, 2, 2, 2, 2)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l3), v128.shuffle<f32>(s, s, 3, 3, 3, 3)));
+  }
+  for (; b < nb; b++) {
     const p = w + <usize>b * 18;
     const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(q4Block(p, qs + (<usize>b << 5))), f32x4.splat(s)));
+    const lanes = RELAXED ? q4BlockR(v128.load(p, 2), qs + (<usize>b << 5), offsets + (<usize>b << 4)) : q4Block(p, qs + (<usize>b << 5));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(lanes), f32x4.splat(s)));
   }
   return hsum(acc);
 }
@@ -597,9 +680,15 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
       const sLo = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
       const sHi = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
       // Sub-block 2k: low nibbles against a[0..32); 2k+1: high nibbles against a[32..64).
-      const lo = i16x8.add(mul16(v128.and(x0, i8x16.splat(0x0f)), v128.load(ak)), mul16(v128.and(x1, i8x16.splat(0x0f)), v128.load(ak, 16)));
-      const hi = i16x8.add(mul16(i8x16.shr_u(x0, 4), v128.load(ak, 32)), mul16(i8x16.shr_u(x1, 4), v128.load(ak, 48)));
-      acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+      const l0 = v128.and(x0, i8x16.splat(0x0f)), l1 = v128.and(x1, i8x16.splat(0x0f));
+      const h0 = i8x16.shr_u(x0, 4), h1 = i8x16.shr_u(x1, 4);
+      if (RELAXED) {
+        acc = i32x4.add(acc, i32x4.add(rdot32(l0, l1, ak, i16x8.splat(<i16>sLo)), rdot32(h0, h1, ak + 32, i16x8.splat(<i16>sHi))));
+      } else {
+        const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
+        const hi = i16x8.add(mul16(h0, v128.load(ak, 32)), mul16(h1, v128.load(ak, 48)));
+        acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+      }
     }
     const isum = hsumI32(acc);
     const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
@@ -634,10 +723,14 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
       const l1 = v128.or(v128.and(x1, m4), i8x16.shl(v128.and(h1, one), 4));
       const u0 = v128.or(i8x16.shr_u(x0, 4), i8x16.shl(v128.and(h0, two), 3));
       const u1 = v128.or(i8x16.shr_u(x1, 4), i8x16.shl(v128.and(h1, two), 3));
-      // q ≤ 31: 4·31·127 fits int16.
-      const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
-      const hi = i16x8.add(mul16(u0, v128.load(ak, 32)), mul16(u1, v128.load(ak, 48)));
-      acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+      if (RELAXED) {
+        acc = i32x4.add(acc, i32x4.add(rdot32(l0, l1, ak, i16x8.splat(<i16>sLo)), rdot32(u0, u1, ak + 32, i16x8.splat(<i16>sHi))));
+      } else {
+        // q ≤ 31: 4·31·127 fits int16.
+        const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
+        const hi = i16x8.add(mul16(u0, v128.load(ak, 32)), mul16(u1, v128.load(ak, 48)));
+        acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
+      }
       h0 = i8x16.shr_u(h0, 2);
       h1 = i8x16.shr_u(h1, 2);
     }
@@ -651,12 +744,37 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   return <f32>sum;
 }
 
+/** Q6_K's 6-bit values of one group of 16 (quarter 0-3 of a 128-value half): low nibbles
+ *  of lq (quarters 0, 1) or their high nibbles (2, 3), with two bits of h on top; [0, 63]. */
+// @ts-ignore: decorator
+@inline function q6Values(lq: v128, h: v128, quarter: i32): v128 {
+  const m4 = i8x16.splat(0x0f), m3 = i8x16.splat(3);
+  const low = quarter < 2 ? v128.and(lq, m4) : i8x16.shr_u(lq, 4);
+  const high = quarter == 3 ? i8x16.shr_u(h, 6) : v128.and(quarter == 0 ? h : i8x16.shr_u(h, 2 * quarter), m3);
+  return v128.or(low, i8x16.shl(high, 4));
+}
+
+/** Relaxed build: 16 Q6_K values u in [0, 63] against the 16 quants at a, times the scale
+ *  sc (|u·a| pairs ≤ 2·63·127, times |sc| ≤ 128, fit int32): int32 lanes. */
+// @ts-ignore: decorator
+@inline function k6R(u: v128, a: usize, sc: v128): v128 {
+  return i32x4.dot_i16x8_s(rdot16(v128.load(a), u), sc);
+}
+
+/** Relaxed build: Σ scale·(Q8_K sum) over a super-block's 16 groups (int8 scales at sc,
+ *  i16 sums at bs): what the offset 32 of every Q6_K value contributes, over 32. */
+// @ts-ignore: decorator
+@inline function scaleSums6(sc: usize, bs: usize): v128 {
+  const s = v128.load(sc);
+  return i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(s), v128.load(bs)), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s), v128.load(bs, 16)));
+}
+
 /** Q6_K (128 bytes ql, 64 bytes qh, 16 int8 scales, f16 d): value = d·sc·(q - 32), q 6-bit. */
 // @ts-ignore: decorator
-@inline function dotQ6_K(w: usize, n: i32, qs: usize, d: usize): f32 {
+@inline function dotQ6_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
   let sum: f64 = 0;
   const nb = n >> 8;
-  const m4 = i8x16.splat(0x0f), m3 = i8x16.splat(3), k32 = i8x16.splat(32);
+  const k32 = i8x16.splat(32);
   for (let b = 0; b < nb; b++) {
     const p = w + <usize>b * 210;
     const a = qs + (<usize>b << 8);
@@ -667,20 +785,25 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
       const sc = p + 192 + (<usize>half << 3);
       const ah = a + (<usize>half << 7);
       for (let g = 0; g < 2; g++) {
-        // Values 16g..16g+15 of each quarter of 32; |q - 32| ≤ 32, so two products per
-        // int16 lane (2·32·127) are safe and the scale multiply widens to int32.
+        // Values 16g..16g+15 of each quarter of 32.
         const go = <usize>g << 4;
         const a0 = v128.load(ql + go), a1 = v128.load(ql + go, 32), h = v128.load(qh + go);
-        const q1 = i8x16.sub(v128.or(v128.and(a0, m4), i8x16.shl(v128.and(h, m3), 4)), k32);
-        const q2 = i8x16.sub(v128.or(v128.and(a1, m4), i8x16.shl(v128.and(i8x16.shr_u(h, 2), m3), 4)), k32);
-        const q3 = i8x16.sub(v128.or(i8x16.shr_u(a0, 4), i8x16.shl(v128.and(i8x16.shr_u(h, 4), m3), 4)), k32);
-        const q4 = i8x16.sub(v128.or(i8x16.shr_u(a1, 4), i8x16.shl(i8x16.shr_u(h, 6), 4)), k32);
-        acc = i32x4.add(acc, scaled16(q1, v128.load(ah + go), <i32>load<i8>(sc + g)));
-        acc = i32x4.add(acc, scaled16(q2, v128.load(ah + go, 32), <i32>load<i8>(sc + g, 2)));
-        acc = i32x4.add(acc, scaled16(q3, v128.load(ah + go, 64), <i32>load<i8>(sc + g, 4)));
-        acc = i32x4.add(acc, scaled16(q4, v128.load(ah + go, 96), <i32>load<i8>(sc + g, 6)));
+        const u1 = q6Values(a0, h, 0), u2 = q6Values(a1, h, 1), u3 = q6Values(a0, h, 2), u4 = q6Values(a1, h, 3);
+        const c1 = <i32>load<i8>(sc + g), c2 = <i32>load<i8>(sc + g, 2), c3 = <i32>load<i8>(sc + g, 4), c4 = <i32>load<i8>(sc + g, 6);
+        if (RELAXED) {
+          acc = i32x4.add(acc, i32x4.add(k6R(u1, ah + go, i16x8.splat(<i16>c1)), k6R(u2, ah + go + 32, i16x8.splat(<i16>c2))));
+          acc = i32x4.add(acc, i32x4.add(k6R(u3, ah + go + 64, i16x8.splat(<i16>c3)), k6R(u4, ah + go + 96, i16x8.splat(<i16>c4))));
+        } else {
+          // |q - 32| ≤ 32, so two products per int16 lane (2·32·127) are safe and the scale
+          // multiply widens to int32.
+          acc = i32x4.add(acc, scaled16(i8x16.sub(u1, k32), v128.load(ah + go), c1));
+          acc = i32x4.add(acc, scaled16(i8x16.sub(u2, k32), v128.load(ah + go, 32), c2));
+          acc = i32x4.add(acc, scaled16(i8x16.sub(u3, k32), v128.load(ah + go, 64), c3));
+          acc = i32x4.add(acc, scaled16(i8x16.sub(u4, k32), v128.load(ah + go, 96), c4));
+        }
       }
     }
+    if (RELAXED) acc = i32x4.sub(acc, i32x4.shl(scaleSums6(p + 192, bsums + (<usize>b << 5)), 5));
     const isum = hsumI32(acc);
     sum += <f64>(f16ToF32(load<u16>(p, 208)) * load<f32>(d + (<usize>b << 2))) * <f64>isum;
   }
@@ -773,13 +896,18 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
 /** The Q4_0 (q8 false) or Q8_0 row at p of nb blocks against the four vectors at x (int8,
  *  xStride apart; i16 at x16 for wide), scales at xd (dStride apart); outputs oStride apart. */
 // @ts-ignore: decorator
-@inline function tile32(q8: bool, wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+@inline function tile32(q8: bool, wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
   const bb: usize = q8 ? 34 : 18;
   for (let b = 0; b < nb; b++) {
     const pb = p + <usize>b * bb;
     let wl: v128, wh: v128;
-    if (q8) {
+    if (RELAXED && !q8 && !wide) {
+      // Unsigned nibbles; the offset sums (offsetSumsQ8_0, xxStride apart) take the 8 off.
+      const q = v128.load(pb, 2);
+      wl = v128.and(q, i8x16.splat(0x0f));
+      wh = i8x16.shr_u(q, 4);
+    } else if (q8) {
       wl = v128.load(pb, 2);
       wh = v128.load(pb, 18);
     } else {
@@ -797,6 +925,14 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
       l1 = dot32w(e0, e1, e2, e3, a + s2);
       l2 = dot32w(e0, e1, e2, e3, a + 2 * s2);
       l3 = dot32w(e0, e1, e2, e3, a + 3 * s2);
+    } else if (RELAXED && !q8) {
+      const a = x + (<usize>b << 5);
+      const o = xx + (<usize>b << 4);
+      const ones = i16x8.splat(1);
+      l0 = i32x4.sub(rdot32(wl, wh, a, ones), v128.load(o));
+      l1 = i32x4.sub(rdot32(wl, wh, a + xStride, ones), v128.load(o + xxStride));
+      l2 = i32x4.sub(rdot32(wl, wh, a + 2 * xStride, ones), v128.load(o + 2 * xxStride));
+      l3 = i32x4.sub(rdot32(wl, wh, a + 3 * xStride, ones), v128.load(o + 3 * xxStride));
     } else {
       const a = x + (<usize>b << 5);
       l0 = q8 ? q8Lanes(wl, wh, a) : q4Lanes(wl, wh, a);
@@ -836,11 +972,18 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
   );
 }
 
-/** The Q6_K row at p of nb super-blocks against four vectors (as tile32). */
+/** Relaxed build: four Q6_K groups (u1..u4 in [0, 63], scales t1..t4) against a (as k6Lanes). */
 // @ts-ignore: decorator
-@inline function tileQ6_K(wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize): void {
+@inline function k6LanesR(u1: v128, u2: v128, u3: v128, u4: v128, a: usize, t1: v128, t2: v128, t3: v128, t4: v128): v128 {
+  return i32x4.add(i32x4.add(k6R(u1, a, t1), k6R(u2, a + 32, t2)), i32x4.add(k6R(u3, a + 64, t3), k6R(u4, a + 96, t4)));
+}
+
+/** The Q6_K row at p of nb super-blocks against four vectors (as tile32; Q8_K sums at xx,
+ *  xxStride apart, for the relaxed build's offset). */
+// @ts-ignore: decorator
+@inline function tileQ6_K(wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   let s0: f64 = 0, s1: f64 = 0, s2: f64 = 0, s3: f64 = 0;
-  const m4 = i8x16.splat(0x0f), m3 = i8x16.splat(3), k32 = i8x16.splat(32);
+  const k32 = i8x16.splat(32);
   for (let b = 0; b < nb; b++) {
     const pb = p + <usize>b * 210;
     let i0 = i32x4.splat(0), i1 = i32x4.splat(0), i2 = i32x4.splat(0), i3 = i32x4.splat(0);
@@ -851,15 +994,13 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
       for (let g = 0; g < 2; g++) {
         const go = <usize>g << 4;
         const a0 = v128.load(ql + go), a1 = v128.load(ql + go, 32), h = v128.load(qh + go);
-        const q1 = i8x16.sub(v128.or(v128.and(a0, m4), i8x16.shl(v128.and(h, m3), 4)), k32);
-        const q2 = i8x16.sub(v128.or(v128.and(a1, m4), i8x16.shl(v128.and(i8x16.shr_u(h, 2), m3), 4)), k32);
-        const q3 = i8x16.sub(v128.or(i8x16.shr_u(a0, 4), i8x16.shl(v128.and(i8x16.shr_u(h, 4), m3), 4)), k32);
-        const q4 = i8x16.sub(v128.or(i8x16.shr_u(a1, 4), i8x16.shl(i8x16.shr_u(h, 6), 4)), k32);
+        const u1 = q6Values(a0, h, 0), u2 = q6Values(a1, h, 1), u3 = q6Values(a0, h, 2), u4 = q6Values(a1, h, 3);
         const c1 = <i32>load<i8>(sc + g), c2 = <i32>load<i8>(sc + g, 2), c3 = <i32>load<i8>(sc + g, 4), c4 = <i32>load<i8>(sc + g, 6);
-        // Value index of q1's first lane in the super-block; q2..q4 follow 32 apart.
+        // Value index of the first group's first lane in the super-block; the others follow 32 apart.
         const v = (<usize>half << 7) + go;
         if (wide) {
           // |q·sc| ≤ 32·128 fits int16; a pair of those times |a| ≤ 127 fits int32.
+          const q1 = i8x16.sub(u1, k32), q2 = i8x16.sub(u2, k32), q3 = i8x16.sub(u3, k32), q4 = i8x16.sub(u4, k32);
           const t1 = i16x8.splat(<i16>c1), t2 = i16x8.splat(<i16>c2), t3 = i16x8.splat(<i16>c3), t4 = i16x8.splat(<i16>c4);
           // Two groups at a time, so the weights and four sums fit x86's 16 registers.
           const a = x16 + (<usize>b << 9) + (v << 1);
@@ -876,7 +1017,15 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
           i1 = i32x4.add(i1, k6PairW(e4, e5, e6, e7, a + t + 128));
           i2 = i32x4.add(i2, k6PairW(e4, e5, e6, e7, a + 2 * t + 128));
           i3 = i32x4.add(i3, k6PairW(e4, e5, e6, e7, a + 3 * t + 128));
+        } else if (RELAXED) {
+          const t1 = i16x8.splat(<i16>c1), t2 = i16x8.splat(<i16>c2), t3 = i16x8.splat(<i16>c3), t4 = i16x8.splat(<i16>c4);
+          const a = x + (<usize>b << 8) + v;
+          i0 = i32x4.add(i0, k6LanesR(u1, u2, u3, u4, a, t1, t2, t3, t4));
+          i1 = i32x4.add(i1, k6LanesR(u1, u2, u3, u4, a + xStride, t1, t2, t3, t4));
+          i2 = i32x4.add(i2, k6LanesR(u1, u2, u3, u4, a + 2 * xStride, t1, t2, t3, t4));
+          i3 = i32x4.add(i3, k6LanesR(u1, u2, u3, u4, a + 3 * xStride, t1, t2, t3, t4));
         } else {
+          const q1 = i8x16.sub(u1, k32), q2 = i8x16.sub(u2, k32), q3 = i8x16.sub(u3, k32), q4 = i8x16.sub(u4, k32);
           const a = x + (<usize>b << 8) + v;
           i0 = i32x4.add(i0, k6Lanes(q1, q2, q3, q4, a, c1, c2, c3, c4));
           i1 = i32x4.add(i1, k6Lanes(q1, q2, q3, q4, a + xStride, c1, c2, c3, c4));
@@ -884,6 +1033,13 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
           i3 = i32x4.add(i3, k6Lanes(q1, q2, q3, q4, a + 3 * xStride, c1, c2, c3, c4));
         }
       }
+    }
+    if (RELAXED && !wide) {
+      const bs = xx + (<usize>b << 5);
+      i0 = i32x4.sub(i0, i32x4.shl(scaleSums6(pb + 192, bs), 5));
+      i1 = i32x4.sub(i1, i32x4.shl(scaleSums6(pb + 192, bs + xxStride), 5));
+      i2 = i32x4.sub(i2, i32x4.shl(scaleSums6(pb + 192, bs + 2 * xxStride), 5));
+      i3 = i32x4.sub(i3, i32x4.shl(scaleSums6(pb + 192, bs + 3 * xxStride), 5));
     }
     const dw = f16ToF32(load<u16>(pb, 208));
     const d = xd + (<usize>b << 2);
@@ -941,6 +1097,13 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
         i1 = i32x4.add(i1, dot32w(f0, f1, f2, f3, a + t + 64));
         i2 = i32x4.add(i2, dot32w(f0, f1, f2, f3, a + 2 * t + 64));
         i3 = i32x4.add(i3, dot32w(f0, f1, f2, f3, a + 3 * t + 64));
+      } else if (RELAXED) {
+        const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
+        const a = x + (<usize>b << 8) + (<usize>k << 6);
+        i0 = i32x4.add(i0, i32x4.add(rdot32(l0, l1, a, tl), rdot32(h0, h1, a + 32, th)));
+        i1 = i32x4.add(i1, i32x4.add(rdot32(l0, l1, a + xStride, tl), rdot32(h0, h1, a + xStride + 32, th)));
+        i2 = i32x4.add(i2, i32x4.add(rdot32(l0, l1, a + 2 * xStride, tl), rdot32(h0, h1, a + 2 * xStride + 32, th)));
+        i3 = i32x4.add(i3, i32x4.add(rdot32(l0, l1, a + 3 * xStride, tl), rdot32(h0, h1, a + 3 * xStride + 32, th)));
       } else {
         const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
         const a = x + (<usize>b << 8) + (<usize>k << 6);
@@ -980,20 +1143,20 @@ export function widenI8(src: usize, dst: usize, n: i32): void {
 function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   switch (op) {
     case Q4_0:
-      if (wide) tile32(false, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
-      else tile32(false, false, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      if (wide) tile32(false, true, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tile32(false, false, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     case Q8_0:
-      if (wide) tile32(true, true, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
-      else tile32(true, false, p, cols >> 5, x, x16, xStride, xd, dStride, out, oStride);
+      if (wide) tile32(true, true, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tile32(true, false, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     case Q4_K:
       if (wide) tileQ4_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       else tileQ4_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     default:
-      if (wide) tileQ6_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, out, oStride);
-      else tileQ6_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, out, oStride);
+      if (wide) tileQ6_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ6_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
   }
 }
 
@@ -1084,7 +1247,7 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
           v = dotQ8_0(p, cols, x, xd);
           break;
         case Q4_0:
-          v = dotQ4_0(p, cols, x, xd);
+          v = dotQ4_0(p, cols, x, xd, xx);
           break;
         case Q4_1:
           v = dotQ4_1(p, cols, x, xd, xx);
@@ -1108,7 +1271,7 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
           v = dotQ5_K(p, cols, x, xd, xx);
           break;
         case Q6_K:
-          v = dotQ6_K(p, cols, x, xd);
+          v = dotQ6_K(p, cols, x, xd, xx);
           break;
         default:
           unreachable();
