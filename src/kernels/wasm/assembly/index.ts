@@ -1135,28 +1135,53 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   return op == Q4_0 || op == Q8_0 || op == Q4_K || op == Q6_K;
 }
 
-/**
- * Four vectors of a tiled op (see tile32 for the arguments). Not inlined into the row loop:
- * V8 optimizes (tiers up) a wasm function as a whole, and one holding every type's tiles
- * takes long enough to compile that early products ran unoptimized.
- */
+// One function per tile and form, each called from tile4 and never inlined (exported, so the
+// optimizer keeps them apart): V8 allocates registers per function, and one loop body holding
+// several forms behind runtime branches (binaryen merges the similar inlined copies) kept the
+// four accumulators in memory.
+export function tileQ4_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tile32(false, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ4_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tile32(false, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ8_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tile32(true, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ8_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tile32(true, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ4_KWide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tileQ4_K(true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ4_KNarrow(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tileQ4_K(false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ6_KWide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tileQ6_K(true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+export function tileQ6_KNarrow(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  tileQ6_K(false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+}
+
+/** Four vectors of a tiled op (see tile32 for the arguments). */
 function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   switch (op) {
     case Q4_0:
-      if (wide) tile32(false, true, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tile32(false, false, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ4_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ4_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     case Q8_0:
-      if (wide) tile32(true, true, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tile32(true, false, p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ8_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ8_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     case Q4_K:
-      if (wide) tileQ4_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tileQ4_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ4_KWide(p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ4_KNarrow(p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
       break;
     default:
-      if (wide) tileQ6_K(true, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tileQ6_K(false, p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ6_KWide(p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      else tileQ6_KNarrow(p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
   }
 }
 
