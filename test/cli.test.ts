@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { herd } from './helpers/herd.ts';
 import { sharedModels } from './helpers/paths.ts';
+import { mayShowHelp } from '../src/cli/yargs.ts';
 
 interface RunJson {
   text: string;
@@ -116,4 +117,21 @@ test('errors print one clear line and exit non-zero', async (t) => {
     t.regex(r.stderr, message, args.join(' '));
     t.is(r.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
   }
+});
+
+// Every way yargs takes for help, as src/cli/yargs.ts must foresee them to load the renderer.
+const helpForms = [['--help'], ['-h'], ['--h'], ['-th'], ['help'], ['--help=true'], ['-n', '5', '-h', 'x']];
+
+test('every form of help yargs takes prints the command\'s help', async (t) => {
+  const [first, ...rest] = await Promise.all(helpForms.map((f) => herd(['run', ...f])));
+  t.is(first.code, 0, first.stderr);
+  t.regex(first.stdout, /^herd run \[prompt\]\n\nGenerate a continuation/);
+  t.regex(first.stdout, /--max-tokens +Most tokens to generate/);
+  rest.forEach((r, i) => t.is(r.stdout, first.stdout, helpForms[i + 1].join(' ')));
+});
+
+test('only a line that can ask for help loads yargs\' help renderer', (t) => {
+  for (const f of helpForms) t.true(mayShowHelp(['run', ...f]), f.join(' '));
+  t.false(mayShowHelp(['run', '--model', 'm.gguf', '-t', '2', '-n', '64', '--threads', '2', '--json', 'Once upon a time']));
+  t.false(mayShowHelp(['chat', '--no-help', '--hostname-like', 'x']));
 });

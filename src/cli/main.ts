@@ -1,9 +1,8 @@
 // The `herd` command line: one yargs program, one module per command.
 
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
 import type { Argv } from 'yargs';
 import { reportAndExit, UsageError } from './errors.ts';
+import { createYargs } from './yargs.ts';
 
 // Each command's module is imported only when it runs: `herd run` on a Pi then never loads
 // gRPC, mDNS, prom-client or the API server, whose modules cost tens of MiB of memory the
@@ -19,9 +18,10 @@ const commands: Record<string, (program: Argv) => Promise<unknown>> = {
   serve: async (p) => p.command((await import('./serve.ts')).serveCommand),
   chat: async (p) => p.command((await import('./chat.ts')).chatCommand),
 };
-const argv = hideBin(process.argv);
+// What follows `node bin/herd.js` (yargs' hideBin, which would load its help renderer).
+const argv = process.argv.slice(2);
 const named = Object.hasOwn(commands, argv[0] ?? '') ? [commands[argv[0]]] : Object.values(commands);
-const program = yargs(argv);
+const program = await createYargs(argv);
 for (const register of named) await register(program);
 
 await program
