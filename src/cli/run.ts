@@ -151,7 +151,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         seed: sampling.seed,
         timings: result.timings,
         plan: inference.plan,
-        ...(inProcess ? { backend: backend.name, threads: backend.threads, peak_rss_mib: peakRssMib() } : {}),
+        ...(inProcess ? { backend: backend.name, isa: backend.isa, threads: backend.threads, peak_rss_mib: peakRssMib() } : {}),
         ...(inference.shards ? { shards: inference.shards } : {}),
       })}\n`,
     );
@@ -161,7 +161,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     process.stderr.write(
       `herd: load ${loadMs.toFixed(0)} ms | prompt ${t.prompt_tokens} tokens, ${t.prompt_ms} ms (${t.prompt_tps} tok/s)` +
         ` | decode ${t.decode_tokens} tokens, ${t.decode_ms} ms (${t.decode_tps} tok/s) | stop: ${result.stopReason} | seed ${sampling.seed}` +
-        `${inProcess ? ` | ${backend.name} kernels, ${backend.threads} threads` : ''}\n`,
+        `${inProcess ? ` | ${backend.name} kernels (${backend.isa}), ${backend.threads} threads` : ''}\n`,
     );
   }
 }

@@ -11,6 +11,9 @@ export type BackendName = 'js' | 'wasm' | 'native';
 
 export interface KernelBackend {
   readonly name: BackendName;
+  /** The instruction set the kernels run on: native's path (avx512, avx2, neon-dotprod, …),
+   *  the wasm build (relaxed-simd, simd128), or js. */
+  readonly isa: string;
   readonly threads: number;
   /** Zeroed memory for `bytes` of weight data that this backend's kernels can read. */
   alloc(bytes: number): Uint8Array;
@@ -32,6 +35,7 @@ export interface KernelBackend {
 /** The plain TypeScript reference: one thread, the oracle other backends are tested against. */
 export class JsBackend implements KernelBackend {
   readonly name = 'js';
+  readonly isa = 'js';
   readonly threads = 1;
   private scratch = new MatvecScratch(0);
   private readonly attention = new AttentionScratch();

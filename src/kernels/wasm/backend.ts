@@ -324,6 +324,8 @@ export class WasmBackend implements KernelBackend {
   readonly threads: number;
   /** The build of the kernels that runs. */
   readonly simd: WasmSimd;
+  /** relaxed-simd or simd128. */
+  readonly isa: string;
   /** Bytes the memory may grow to (its maximum). */
   readonly maxBytes: number;
   private readonly memory: WebAssembly.Memory;
@@ -358,6 +360,7 @@ export class WasmBackend implements KernelBackend {
     simd: WasmSimd,
   ) {
     this.simd = simd;
+    this.isa = simd === 'relaxed' ? 'relaxed-simd' : 'simd128';
     this.wideTiles = wideTiles;
     this.memory = memory;
     this.maxBytes = maxBytes;
