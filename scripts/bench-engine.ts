@@ -2,6 +2,7 @@
 // prefill tok/s for a prompt of P tokens, decode tok/s for D greedy tokens after one.
 // Prints one JSON line. Run by scripts/bench.ts; usable alone:
 //   node --import tsx scripts/bench-engine.ts --engine herd --backend wasm --model F.gguf
+//   --simd relaxed|simd128 picks the wasm build (default: relaxed where the runtime has it).
 
 import { parseArgs } from 'node:util';
 import { GgufFile } from '../src/gguf/reader.ts';
@@ -9,6 +10,7 @@ import { Transformer } from '../src/model/transformer.ts';
 import { LocalSession } from '../src/engine/session.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
 import { createBackend, type BackendChoice } from '../src/kernels/select.ts';
+import { WasmBackend, type WasmSimd } from '../src/kernels/wasm/backend.ts';
 
 const { values } = parseArgs({
   options: {
@@ -18,6 +20,7 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '2' },
     decode: { type: 'string', default: '64' },
     prefill: { type: 'string', default: '128' },
+    simd: { type: 'string' },
   },
 });
 if (!values.model) throw new Error('--model is required');
@@ -36,6 +39,8 @@ function promptTokens(vocab: number, n: number, bos: number): number[] {
 interface Figures {
   engine: string;
   backend: string;
+  /** The instruction set herd's kernels ran on (KernelBackend.isa); llama.cpp: cpu. */
+  isa: string;
   threads: number;
   prefill_tokens: number;
   prefill_tps: number;
@@ -46,7 +51,7 @@ interface Figures {
 
 async function herd(model: string): Promise<Figures> {
   const file = GgufFile.open(model);
-  const backend = await createBackend(values.backend as BackendChoice, { threads });
+  const backend = values.simd ? await WasmBackend.create({ threads, simd: values.simd as WasmSimd }) : await createBackend(values.backend as BackendChoice, { threads });
   const m = Transformer.load(file, { ctx, kvType: 'f16', backend, batch: prefillN });
   const bos = file.number('tokenizer.ggml.bos_token_id', 1);
   const greedy = { ...defaultSampling, temperature: 0 };
@@ -66,7 +71,7 @@ async function herd(model: string): Promise<Figures> {
   for (let pos = 1; pos <= decodeN; pos++) next = await decode.step([next], pos);
   const decodeMs = performance.now() - t;
   await backend.close();
-  return figures('herd', backend.name, prefillMs, decodeMs);
+  return figures('herd', backend.name, backend.isa, prefillMs, decodeMs);
 }
 
 async function llamaCpp(model: string): Promise<Figures> {
@@ -98,7 +103,7 @@ async function llamaCpp(model: string): Promise<Figures> {
   decode.dispose();
   await context.dispose();
   await loaded.dispose();
-  return figures('llama.cpp', 'cpu', prefillMs, decodeMs);
+  return figures('llama.cpp', 'cpu', 'cpu', prefillMs, decodeMs);
 }
 
 interface LlamaSequenceForBench {
@@ -116,10 +121,11 @@ interface LlamaModelForBench {
   dispose(): Promise<void>;
 }
 
-function figures(engine: string, backend: string, prefillMs: number, decodeMs: number): Figures {
+function figures(engine: string, backend: string, isa: string, prefillMs: number, decodeMs: number): Figures {
   return {
     engine,
     backend,
+    isa,
     threads,
     prefill_tokens: prefillN,
     prefill_tps: prefillN / (prefillMs / 1000),

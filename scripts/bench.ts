@@ -8,6 +8,9 @@
 //
 //   npm run bench -- [--models q4_0,q8_0,q4_k_m] [--backends native,wasm] [--reps 2]
 //                    [--threads 2] [--decode 64] [--prefill 128] [--json]
+//
+// --backends also takes wasm-simd128: the wasm kernels without relaxed SIMD, as a runtime
+// that lacks it runs them (its RSS is the wasm one's, so no `herd run` is measured for it).
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -36,6 +39,7 @@ const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 interface Figures {
   engine: string;
   backend: string;
+  isa: string;
   prefill_tps: number;
   decode_tps: number;
   peak_rss_mib: number;
@@ -127,6 +131,8 @@ interface Row extends Figures {
 }
 const rows: Row[] = [];
 const engines = [['llama.cpp', 'cpu'], ...values.backends.split(',').map((b) => ['herd', b])];
+/** bench-engine's arguments for an engine and backend ("wasm-simd128": the SIMD128 build). */
+const engineArgs = (engine: string, backend: string) => ['--engine', engine, ...(backend === 'wasm-simd128' ? ['--backend', 'wasm', '--simd', 'simd128'] : ['--backend', backend])];
 for (const type of values.models.split(',')) {
   const model = ensureModel(type);
   const file = GgufFile.open(model);
@@ -134,7 +140,7 @@ for (const type of values.models.split(',')) {
   const best = new Map<string, Figures>();
   for (let rep = 0; rep < Number(values.reps); rep++) {
     for (const [engine, backend] of engines) {
-      const f = runEngine(['--engine', engine, '--backend', backend, '--model', model, '--threads', String(threads), '--decode', values.decode, '--prefill', values.prefill]);
+      const f = runEngine([...engineArgs(engine, backend), '--model', model, '--threads', String(threads), '--decode', values.decode, '--prefill', values.prefill]);
       if (!f) continue;
       const key = `${engine}/${backend}`;
       const prev = best.get(key);
@@ -144,6 +150,10 @@ for (const type of values.models.split(',')) {
   }
   for (const [key, f] of best) {
     if (f.engine !== 'herd') continue;
+    if (key === 'herd/wasm-simd128') {
+      best.set(key, { ...f, peak_rss_mib: NaN });
+      continue;
+    }
     const rss = herdRunRss(model, f.backend);
     log(`${type} ${key}: herd run peak RSS ${rss?.toFixed(0) ?? '?'} MiB`);
     best.set(key, { ...f, peak_rss_mib: rss ?? NaN });
@@ -172,7 +182,7 @@ if (values.json) {
     '| model | engine | decode tok/s | ×llama.cpp | of bandwidth limit | prefill tok/s | ×llama.cpp | peak RSS MiB | budget MiB |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows.map((r) =>
-      `| ${r.model} | ${r.engine === 'herd' ? `herd ${r.backend}` : r.engine} | ${fmt(r.decode_tps)} | ${fmt(r.decode_ratio, 2)} | ` +
+      `| ${r.model} | ${r.engine === 'herd' ? `herd ${r.backend} (${r.isa})` : r.engine} | ${fmt(r.decode_tps)} | ${fmt(r.decode_ratio, 2)} | ` +
       `${fmt(100 * r.bandwidth_share, 0)}% | ${fmt(r.prefill_tps)} | ${fmt(r.prefill_ratio, 2)} | ${fmt(r.peak_rss_mib, 0)} | ${fmt(r.rss_budget_mib, 0)} |`),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
