@@ -902,12 +902,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   for (let b = 0; b < nb; b++) {
     const pb = p + <usize>b * bb;
     let wl: v128, wh: v128;
-    if (RELAXED && !q8 && !wide) {
-      // Unsigned nibbles; the offset sums (offsetSumsQ8_0, xxStride apart) take the 8 off.
-      const q = v128.load(pb, 2);
-      wl = v128.and(q, i8x16.splat(0x0f));
-      wh = i8x16.shr_u(q, 4);
-    } else if (q8) {
+    if (q8) {
       wl = v128.load(pb, 2);
       wh = v128.load(pb, 18);
     } else {
@@ -925,14 +920,6 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       l1 = dot32w(e0, e1, e2, e3, a + s2);
       l2 = dot32w(e0, e1, e2, e3, a + 2 * s2);
       l3 = dot32w(e0, e1, e2, e3, a + 3 * s2);
-    } else if (RELAXED && !q8) {
-      const a = x + (<usize>b << 5);
-      const o = xx + (<usize>b << 4);
-      const ones = i16x8.splat(1);
-      l0 = i32x4.sub(rdot32(wl, wh, a, ones), v128.load(o));
-      l1 = i32x4.sub(rdot32(wl, wh, a + xStride, ones), v128.load(o + xxStride));
-      l2 = i32x4.sub(rdot32(wl, wh, a + 2 * xStride, ones), v128.load(o + 2 * xxStride));
-      l3 = i32x4.sub(rdot32(wl, wh, a + 3 * xStride, ones), v128.load(o + 3 * xxStride));
     } else {
       const a = x + (<usize>b << 5);
       l0 = q8 ? q8Lanes(wl, wh, a) : q4Lanes(wl, wh, a);
@@ -946,6 +933,44 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
     c1 = f32x4.add(c1, f32x4.mul(f32x4.convert_i32x4_s(l1), f32x4.splat(dw * load<f32>(d + dStride))));
     c2 = f32x4.add(c2, f32x4.mul(f32x4.convert_i32x4_s(l2), f32x4.splat(dw * load<f32>(d + 2 * dStride))));
     c3 = f32x4.add(c3, f32x4.mul(f32x4.convert_i32x4_s(l3), f32x4.splat(dw * load<f32>(d + 3 * dStride))));
+  }
+  store<f32>(out, hsum(c0));
+  store<f32>(out + oStride, hsum(c1));
+  store<f32>(out + 2 * oStride, hsum(c2));
+  store<f32>(out + 3 * oStride, hsum(c3));
+}
+
+/** Relaxed build: one vector's step of tileQ4_0R: c + s·(Σ (q - 8)·a over the block at a). */
+// @ts-ignore: decorator
+@inline function q4StepR(c: v128, wl: v128, wh: v128, a: usize, o: usize, s: f32): v128 {
+  const lanes = i32x4.sub(rdot32(wl, wh, a, i16x8.splat(1)), v128.load(o));
+  return f32x4.add(c, f32x4.mul(f32x4.convert_i32x4_s(lanes), f32x4.splat(s)));
+}
+
+/**
+ * Relaxed build: the Q4_0 tile (tile32's arguments; offset sums at xx, xxStride apart), the
+ * unsigned nibbles against int8 activations. Each vector's running sum is also stored to
+ * its output as it goes (overwritten at the end): V8 places a loop's loads in program order
+ * ahead of the arithmetic they feed unless a store comes between, and with all sixteen
+ * loads of a block first the values outnumbered the registers and went through the stack.
+ */
+// @ts-ignore: decorator
+@inline function tileQ4_0R(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const pb = p + <usize>b * 18;
+    const q = v128.load(pb, 2);
+    const wl = v128.and(q, i8x16.splat(0x0f)), wh = i8x16.shr_u(q, 4);
+    const dw = f16ToF32(load<u16>(pb));
+    const a = x + (<usize>b << 5), o = xx + (<usize>b << 4), d = xd + (<usize>b << 2);
+    c0 = q4StepR(c0, wl, wh, a, o, dw * load<f32>(d));
+    store<f32>(out, f32x4.extract_lane(c0, 0));
+    c1 = q4StepR(c1, wl, wh, a + xStride, o + xxStride, dw * load<f32>(d + dStride));
+    store<f32>(out + oStride, f32x4.extract_lane(c1, 0));
+    c2 = q4StepR(c2, wl, wh, a + 2 * xStride, o + 2 * xxStride, dw * load<f32>(d + 2 * dStride));
+    store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
+    c3 = q4StepR(c3, wl, wh, a + 3 * xStride, o + 3 * xxStride, dw * load<f32>(d + 3 * dStride));
+    store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
   }
   store<f32>(out, hsum(c0));
   store<f32>(out + oStride, hsum(c1));
@@ -1143,7 +1168,8 @@ export function tileQ4_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: u
   tile32(false, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
 }
 export function tileQ4_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
-  tile32(false, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+  if (RELAXED) tileQ4_0R(p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride);
+  else tile32(false, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
 }
 export function tileQ8_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   tile32(true, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
