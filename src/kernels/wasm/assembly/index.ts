@@ -511,6 +511,15 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   return i32x4.sub(rdot32(v128.and(x, i8x16.splat(0x0f)), i8x16.shr_u(x, 4), a, i16x8.splat(1)), v128.load(o));
 }
 
+/** acc + lanes·s (lanes int32, converted exactly). The Q4_0 kernels (matvec and tile alike,
+ *  so a matmul still equals its matvecs) use it; the relaxed build fuses the multiply-add
+ *  where the machine has FMA (relaxed_madd: the probe in backend.ts accepts either). */
+// @ts-ignore: decorator
+@inline function scaleAdd(acc: v128, lanes: v128, s: v128): v128 {
+  const f = f32x4.convert_i32x4_s(lanes);
+  return RELAXED ? f32x4.relaxed_madd(f, s, acc) : f32x4.add(acc, f32x4.mul(f, s));
+}
+
 // Per 32-value block: the exact integer lane sums, converted to f32 (each lane < 2^24, so
 // exactly), times d_w·d_x in f32 like the reference's Math.fround(d_w·d_x), accumulated in
 // four f32 lanes (ggml's x86 path does the same with FMA). Min terms (Q4_1, Q5_1) use the
@@ -548,16 +557,16 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
     const l1 = RELAXED ? q4BlockR(v128.load(p, 20), a + 32, o + 16) : q4Block(p + 18, a + 32);
     const l2 = RELAXED ? q4BlockR(v128.load(p, 38), a + 64, o + 32) : q4Block(p + 36, a + 64);
     const l3 = RELAXED ? q4BlockR(v128.load(p, 56), a + 96, o + 48) : q4Block(p + 54, a + 96);
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l0), v128.shuffle<f32>(s, s, 0, 0, 0, 0)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l1), v128.shuffle<f32>(s, s, 1, 1, 1, 1)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l2), v128.shuffle<f32>(s, s, 2, 2, 2, 2)));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(l3), v128.shuffle<f32>(s, s, 3, 3, 3, 3)));
+    acc = scaleAdd(acc, l0, v128.shuffle<f32>(s, s, 0, 0, 0, 0));
+    acc = scaleAdd(acc, l1, v128.shuffle<f32>(s, s, 1, 1, 1, 1));
+    acc = scaleAdd(acc, l2, v128.shuffle<f32>(s, s, 2, 2, 2, 2));
+    acc = scaleAdd(acc, l3, v128.shuffle<f32>(s, s, 3, 3, 3, 3));
   }
   for (; b < nb; b++) {
     const p = w + <usize>b * 18;
     const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
     const lanes = RELAXED ? q4BlockR(v128.load(p, 2), qs + (<usize>b << 5), offsets + (<usize>b << 4)) : q4Block(p, qs + (<usize>b << 5));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(lanes), f32x4.splat(s)));
+    acc = scaleAdd(acc, lanes, f32x4.splat(s));
   }
   return hsum(acc);
 }
@@ -943,8 +952,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
 /** Relaxed build: one vector's step of tileQ4_0R: c + s·(Σ (q - 8)·a over the block at a). */
 // @ts-ignore: decorator
 @inline function q4StepR(c: v128, wl: v128, wh: v128, a: usize, o: usize, s: f32): v128 {
-  const lanes = i32x4.sub(rdot32(wl, wh, a, i16x8.splat(1)), v128.load(o));
-  return f32x4.add(c, f32x4.mul(f32x4.convert_i32x4_s(lanes), f32x4.splat(s)));
+  return scaleAdd(c, i32x4.sub(rdot32(wl, wh, a, i16x8.splat(1)), v128.load(o)), f32x4.splat(s));
 }
 
 /**
