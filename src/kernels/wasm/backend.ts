@@ -82,6 +82,7 @@ interface KernelExports {
   quantizeQ8_K(x: number, n: number, qs: number, d: number, bsums: number): void;
   widenI8(src: number, dst: number, n: number): void;
   offsetSumsQ8_0(qs: number, n: number, dst: number): void;
+  fillF16Table(dst: number): void;
   wideTile(type: number): number;
   q4Offsets(): number;
   run(ctl: number, gen: number): void;
@@ -110,6 +111,7 @@ interface Layout {
   actXStride: number;
   out: number;
   act16: number;
+  f16Table: number;
   aKeys: number;
   aValues: number;
   aQ: number;
@@ -134,6 +136,7 @@ const WASM32_PAGES = 65536; // 4 GiB: all a 32-bit address reaches
 const ALIGN = 64; // a cache line: weights and scratch never share one across threads
 const Q8_BLOCK = 32; // Q8_0/Q8_1 values per block (Q8_K: 256, from activation.ts)
 const JOB_TIMEOUT_MS = 60_000;
+const F16_TABLE_BYTES = 65536 * 4;
 /** Chunks per thread: more balance the end of a product better, each costs a contended CAS. */
 const CHUNKS_PER_THREAD = 8;
 
@@ -232,6 +235,7 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
     quantizeQ8_K: fn('quantizeQ8_K'),
     widenI8: fn('widenI8'),
     offsetSumsQ8_0: fn('offsetSumsQ8_0'),
+    fillF16Table: fn('fillF16Table'),
     wideTile: fn('wideTile'),
     q4Offsets: fn('q4Offsets'),
     run: fn('run'),
@@ -256,6 +260,7 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
       actXStride: word('CTL_ACT_X_STRIDE'),
       out: word('CTL_OUT'),
       act16: word('CTL_ACT16'),
+      f16Table: word('CTL_F16_TABLE'),
       aKeys: word('CTL_A_KEYS'),
       aValues: word('CTL_A_VALUES'),
       aQ: word('CTL_A_Q'),
@@ -406,6 +411,10 @@ export class WasmBackend implements KernelBackend {
     this.c = new Int32Array(memory.buffer, ctl, this.L.bytes / 4);
     this.top = ctl + this.L.bytes;
     this.refreshViews();
+    // The f16 → f32 table the prefill tiles read (CTL_F16_TABLE), 256 KiB, filled once.
+    const table = this.reserve(F16_TABLE_BYTES);
+    ex.fillF16Table(table);
+    this.c[this.L.f16Table] = table;
     for (const [i, h] of workers.entries()) {
       // Events arrive only between products (a product blocks this thread), so a dead worker
       // is reported by the next product rather than by the one it left unfinished (that one

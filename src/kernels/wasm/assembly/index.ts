@@ -54,6 +54,9 @@ export const CTL_A_N: i32 = 296; // tokens in the step
 export const CTL_A_HALF: i32 = 300; // non-zero: round the probabilities to f16 (f16 cache)
 /** 0, or the Q8 activation quants again widened to i16 (same stride in values): see tiles. */
 export const CTL_ACT16: i32 = 304;
+/** The f32 value of every f16 bit pattern (65536 × 4 bytes), filled once by fillF16Table:
+ *  the prefill tiles read a block's f16 scale with one load instead of a dozen instructions. */
+export const CTL_F16_TABLE: i32 = 308;
 export const CTL_BYTES: i32 = 320;
 // The element-wise jobs (OP_SWIGLU, OP_F16_TO_F32) use ROWS as the element count, CHUNK_ROWS
 // as elements per chunk (a multiple of 8), and ACT, W, OUT as their operands.
@@ -167,6 +170,17 @@ export function heapBase(): usize {
   // Lanes that are not subnormal subtract +0, which leaves them unchanged.
   const f = f32x4.sub(o, v128.and(sub, i32x4.splat(113 << 23)));
   return v128.or(f, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+/** Writes f16ToF32 of every f16 bit pattern, as 65536 f32, to dst (see CTL_F16_TABLE). */
+export function fillF16Table(dst: usize): void {
+  for (let h: u32 = 0; h < 65536; h++) store<f32>(dst + (<usize>h << 2), f16ToF32(h));
+}
+
+/** The f16 at p as f32, read from the table at t (fillF16Table): exactly f16ToF32's value. */
+// @ts-ignore: decorator
+@inline function f16At(t: usize, p: usize): f32 {
+  return load<f32>(t + (<usize>load<u16>(p) << 2));
 }
 
 /** f32 bits → f16 bits, round to nearest even (ggml_compute_fp32_to_fp16). */
@@ -905,7 +919,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
 /** The Q4_0 (q8 false) or Q8_0 row at p of nb blocks against the four vectors at x (int8,
  *  xStride apart; i16 at x16 for wide), scales at xd (dStride apart); outputs oStride apart. */
 // @ts-ignore: decorator
-@inline function tile32(q8: bool, wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+@inline function tile32(q8: bool, wide: bool, p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, out: usize, oStride: usize, f16t: usize): void {
   let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
   const bb: usize = q8 ? 34 : 18;
   for (let b = 0; b < nb; b++) {
@@ -936,7 +950,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       l2 = q8 ? q8Lanes(wl, wh, a + 2 * xStride) : q4Lanes(wl, wh, a + 2 * xStride);
       l3 = q8 ? q8Lanes(wl, wh, a + 3 * xStride) : q4Lanes(wl, wh, a + 3 * xStride);
     }
-    const dw = f16ToF32(load<u16>(pb));
+    const dw = f16At(f16t, pb);
     const d = xd + (<usize>b << 2);
     c0 = f32x4.add(c0, f32x4.mul(f32x4.convert_i32x4_s(l0), f32x4.splat(dw * load<f32>(d))));
     c1 = f32x4.add(c1, f32x4.mul(f32x4.convert_i32x4_s(l1), f32x4.splat(dw * load<f32>(d + dStride))));
@@ -963,13 +977,13 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
  * loads of a block first the values outnumbered the registers and went through the stack.
  */
 // @ts-ignore: decorator
-@inline function tileQ4_0R(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+@inline function tileQ4_0R(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
   let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const pb = p + <usize>b * 18;
     const q = v128.load(pb, 2);
     const wl = v128.and(q, i8x16.splat(0x0f)), wh = i8x16.shr_u(q, 4);
-    const dw = f16ToF32(load<u16>(pb));
+    const dw = f16At(f16t, pb);
     const a = x + (<usize>b << 5), o = xx + (<usize>b << 4), d = xd + (<usize>b << 2);
     c0 = q4StepR(c0, wl, wh, a, o, dw * load<f32>(d));
     store<f32>(out, f32x4.extract_lane(c0, 0));
@@ -1172,18 +1186,18 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
 // optimizer keeps them apart): V8 allocates registers per function, and one loop body holding
 // several forms behind runtime branches (binaryen merges the similar inlined copies) kept the
 // four accumulators in memory.
-export function tileQ4_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
-  tile32(false, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+export function tileQ4_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+  tile32(false, true, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
-export function tileQ4_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
-  if (RELAXED) tileQ4_0R(p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride);
-  else tile32(false, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+export function tileQ4_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+  if (RELAXED) tileQ4_0R(p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
+  else tile32(false, false, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
-export function tileQ8_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
-  tile32(true, true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+export function tileQ8_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+  tile32(true, true, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
-export function tileQ8_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
-  tile32(true, false, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+export function tileQ8_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+  tile32(true, false, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
 export function tileQ4_KWide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
   tileQ4_K(true, p, nb, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
@@ -1199,15 +1213,15 @@ export function tileQ6_KNarrow(p: usize, nb: i32, x: usize, x16: usize, xStride:
 }
 
 /** Four vectors of a tiled op (see tile32 for the arguments). */
-function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize): void {
+function tile4(op: i32, wide: bool, p: usize, cols: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
   switch (op) {
     case Q4_0:
-      if (wide) tileQ4_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tileQ4_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ4_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
+      else tileQ4_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
       break;
     case Q8_0:
-      if (wide) tileQ8_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
-      else tileQ8_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
+      if (wide) tileQ8_0Wide(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
+      else tileQ8_0(p, cols >> 5, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
       break;
     case Q4_K:
       if (wide) tileQ4_KWide(p, cols >> 8, x, x16, xStride, xd, dStride, xx, xxStride, out, oStride);
@@ -1273,6 +1287,7 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
   const actXStride = <usize>load<u32>(ctl + CTL_ACT_X_STRIDE);
   const out = <usize>load<u32>(ctl + CTL_OUT);
   const act16 = <usize>load<u32>(ctl + CTL_ACT16);
+  const f16t = <usize>load<u32>(ctl + CTL_F16_TABLE);
   const oStride = <usize>rows << 2;
   for (let r = r0; r < r1; r++) {
     const p = w + <usize>r * rb;
@@ -1284,7 +1299,7 @@ function rowsOf(ctl: usize, op: i32, r0: i32, r1: i32): void {
         const xd = actD + <usize>j * actDStride;
         const xx = actX + <usize>j * actXStride;
         const o = out + ((<usize>j * <usize>rows + <usize>r) << 2);
-        tile4(op, act16 != 0, p, cols, x, x16, actStride, xd, actDStride, xx, actXStride, o, oStride);
+        tile4(op, act16 != 0, p, cols, x, x16, actStride, xd, actDStride, xx, actXStride, o, oStride, f16t);
       }
     }
     for (; j < n; j++) {
