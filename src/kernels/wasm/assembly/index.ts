@@ -965,8 +965,8 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
 
 /** Relaxed build: one vector's step of tileQ4_0R: c + s·(Σ (q - 8)·a over the block at a). */
 // @ts-ignore: decorator
-@inline function q4StepR(c: v128, wl: v128, wh: v128, a: usize, o: usize, s: f32): v128 {
-  return scaleAdd(c, i32x4.sub(rdot32(wl, wh, a, i16x8.splat(1)), v128.load(o)), f32x4.splat(s));
+@inline function q4StepR(c: v128, wl: v128, wh: v128, a: usize, o: usize, dw: v128, d: usize): v128 {
+  return scaleAdd(c, i32x4.sub(rdot32(wl, wh, a, i16x8.splat(1)), v128.load(o)), f32x4.mul(dw, v128.load32_splat(d)));
 }
 
 /**
@@ -983,15 +983,15 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
     const pb = p + <usize>b * 18;
     const q = v128.load(pb, 2);
     const wl = v128.and(q, i8x16.splat(0x0f)), wh = i8x16.shr_u(q, 4);
-    const dw = f16At(f16t, pb);
+    const dw = v128.load32_splat(f16t + (<usize>load<u16>(pb) << 2));
     const a = x + (<usize>b << 5), o = xx + (<usize>b << 4), d = xd + (<usize>b << 2);
-    c0 = q4StepR(c0, wl, wh, a, o, dw * load<f32>(d));
+    c0 = q4StepR(c0, wl, wh, a, o, dw, d);
     store<f32>(out, f32x4.extract_lane(c0, 0));
-    c1 = q4StepR(c1, wl, wh, a + xStride, o + xxStride, dw * load<f32>(d + dStride));
+    c1 = q4StepR(c1, wl, wh, a + xStride, o + xxStride, dw, d + dStride);
     store<f32>(out + oStride, f32x4.extract_lane(c1, 0));
-    c2 = q4StepR(c2, wl, wh, a + 2 * xStride, o + 2 * xxStride, dw * load<f32>(d + 2 * dStride));
+    c2 = q4StepR(c2, wl, wh, a + 2 * xStride, o + 2 * xxStride, dw, d + 2 * dStride);
     store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
-    c3 = q4StepR(c3, wl, wh, a + 3 * xStride, o + 3 * xxStride, dw * load<f32>(d + 3 * dStride));
+    c3 = q4StepR(c3, wl, wh, a + 3 * xStride, o + 3 * xxStride, dw, d + 3 * dStride);
     store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
   }
   store<f32>(out, hsum(c0));
