@@ -525,9 +525,10 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   return i32x4.sub(rdot32(v128.and(x, i8x16.splat(0x0f)), i8x16.shr_u(x, 4), a, i16x8.splat(1)), v128.load(o));
 }
 
-/** acc + lanes·s (lanes int32, converted exactly). The Q4_0 kernels (matvec and tile alike,
- *  so a matmul still equals its matvecs) use it; the relaxed build fuses the multiply-add
- *  where the machine has FMA (relaxed_madd: the probe in backend.ts accepts either). */
+/** acc + lanes·s (lanes int32, converted exactly). The Q4_0 and Q8_0 kernels (matvec and
+ *  tile alike, so a matmul still equals its matvecs) use it; the relaxed build fuses the
+ *  multiply-add where the machine has FMA (relaxed_madd: the probe in backend.ts accepts
+ *  either). */
 // @ts-ignore: decorator
 @inline function scaleAdd(acc: v128, lanes: v128, s: v128): v128 {
   const f = f32x4.convert_i32x4_s(lanes);
@@ -546,7 +547,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   for (let b = 0; b < nb; b++) {
     const p = w + <usize>b * 34;
     const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(q8Block(p, qs + (<usize>b << 5))), f32x4.splat(s)));
+    acc = scaleAdd(acc, q8Block(p, qs + (<usize>b << 5)), f32x4.splat(s));
   }
   return hsum(acc);
 }
@@ -933,29 +934,33 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       wl = q4Low(q);
       wh = q4High(q);
     }
-    let l0: v128, l1: v128, l2: v128, l3: v128;
+    const dw = v128.load32_splat(f16t + (<usize>load<u16>(pb) << 2));
+    const d = xd + (<usize>b << 2);
+    // Each vector's running sum is also stored to its output as it goes (see tileQ4_0R).
     if (wide) {
       const e0 = i16x8.extend_low_i8x16_s(wl), e1 = i16x8.extend_high_i8x16_s(wl);
       const e2 = i16x8.extend_low_i8x16_s(wh), e3 = i16x8.extend_high_i8x16_s(wh);
       const a = x16 + (<usize>b << 6);
       const s2 = xStride << 1;
-      l0 = dot32w(e0, e1, e2, e3, a);
-      l1 = dot32w(e0, e1, e2, e3, a + s2);
-      l2 = dot32w(e0, e1, e2, e3, a + 2 * s2);
-      l3 = dot32w(e0, e1, e2, e3, a + 3 * s2);
+      c0 = scaleAdd(c0, dot32w(e0, e1, e2, e3, a), f32x4.mul(dw, v128.load32_splat(d)));
+      store<f32>(out, f32x4.extract_lane(c0, 0));
+      c1 = scaleAdd(c1, dot32w(e0, e1, e2, e3, a + s2), f32x4.mul(dw, v128.load32_splat(d + dStride)));
+      store<f32>(out + oStride, f32x4.extract_lane(c1, 0));
+      c2 = scaleAdd(c2, dot32w(e0, e1, e2, e3, a + 2 * s2), f32x4.mul(dw, v128.load32_splat(d + 2 * dStride)));
+      store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
+      c3 = scaleAdd(c3, dot32w(e0, e1, e2, e3, a + 3 * s2), f32x4.mul(dw, v128.load32_splat(d + 3 * dStride)));
+      store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
     } else {
       const a = x + (<usize>b << 5);
-      l0 = q8 ? q8Lanes(wl, wh, a) : q4Lanes(wl, wh, a);
-      l1 = q8 ? q8Lanes(wl, wh, a + xStride) : q4Lanes(wl, wh, a + xStride);
-      l2 = q8 ? q8Lanes(wl, wh, a + 2 * xStride) : q4Lanes(wl, wh, a + 2 * xStride);
-      l3 = q8 ? q8Lanes(wl, wh, a + 3 * xStride) : q4Lanes(wl, wh, a + 3 * xStride);
+      c0 = scaleAdd(c0, q8 ? q8Lanes(wl, wh, a) : q4Lanes(wl, wh, a), f32x4.mul(dw, v128.load32_splat(d)));
+      store<f32>(out, f32x4.extract_lane(c0, 0));
+      c1 = scaleAdd(c1, q8 ? q8Lanes(wl, wh, a + xStride) : q4Lanes(wl, wh, a + xStride), f32x4.mul(dw, v128.load32_splat(d + dStride)));
+      store<f32>(out + oStride, f32x4.extract_lane(c1, 0));
+      c2 = scaleAdd(c2, q8 ? q8Lanes(wl, wh, a + 2 * xStride) : q4Lanes(wl, wh, a + 2 * xStride), f32x4.mul(dw, v128.load32_splat(d + 2 * dStride)));
+      store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
+      c3 = scaleAdd(c3, q8 ? q8Lanes(wl, wh, a + 3 * xStride) : q4Lanes(wl, wh, a + 3 * xStride), f32x4.mul(dw, v128.load32_splat(d + 3 * dStride)));
+      store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
     }
-    const dw = f16At(f16t, pb);
-    const d = xd + (<usize>b << 2);
-    c0 = f32x4.add(c0, f32x4.mul(f32x4.convert_i32x4_s(l0), f32x4.splat(dw * load<f32>(d))));
-    c1 = f32x4.add(c1, f32x4.mul(f32x4.convert_i32x4_s(l1), f32x4.splat(dw * load<f32>(d + dStride))));
-    c2 = f32x4.add(c2, f32x4.mul(f32x4.convert_i32x4_s(l2), f32x4.splat(dw * load<f32>(d + 2 * dStride))));
-    c3 = f32x4.add(c3, f32x4.mul(f32x4.convert_i32x4_s(l3), f32x4.splat(dw * load<f32>(d + 3 * dStride))));
   }
   store<f32>(out, hsum(c0));
   store<f32>(out + oStride, hsum(c1));
