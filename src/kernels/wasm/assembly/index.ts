@@ -1072,10 +1072,15 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
         } else if (RELAXED) {
           const t1 = i16x8.splat(<i16>c1), t2 = i16x8.splat(<i16>c2), t3 = i16x8.splat(<i16>c3), t4 = i16x8.splat(<i16>c4);
           const a = x + (<usize>b << 8) + v;
+          // Each vector's running sum is also stored to its output as it goes (see tileQ4_0R).
           i0 = i32x4.add(i0, k6LanesR(u1, u2, u3, u4, a, t1, t2, t3, t4));
+          store<i32>(out, i32x4.extract_lane(i0, 0));
           i1 = i32x4.add(i1, k6LanesR(u1, u2, u3, u4, a + xStride, t1, t2, t3, t4));
+          store<i32>(out + oStride, i32x4.extract_lane(i1, 0));
           i2 = i32x4.add(i2, k6LanesR(u1, u2, u3, u4, a + 2 * xStride, t1, t2, t3, t4));
+          store<i32>(out + 2 * oStride, i32x4.extract_lane(i2, 0));
           i3 = i32x4.add(i3, k6LanesR(u1, u2, u3, u4, a + 3 * xStride, t1, t2, t3, t4));
+          store<i32>(out + 3 * oStride, i32x4.extract_lane(i3, 0));
         } else {
           const q1 = i8x16.sub(u1, k32), q2 = i8x16.sub(u2, k32), q3 = i8x16.sub(u3, k32), q4 = i8x16.sub(u4, k32);
           const a = x + (<usize>b << 8) + v;
@@ -1152,10 +1157,15 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       } else if (RELAXED) {
         const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
         const a = x + (<usize>b << 8) + (<usize>k << 6);
+        // Each vector's running sum is also stored to its output as it goes (see tileQ4_0R).
         i0 = i32x4.add(i0, i32x4.add(rdot32(l0, l1, a, tl), rdot32(h0, h1, a + 32, th)));
+        store<i32>(out, i32x4.extract_lane(i0, 0));
         i1 = i32x4.add(i1, i32x4.add(rdot32(l0, l1, a + xStride, tl), rdot32(h0, h1, a + xStride + 32, th)));
+        store<i32>(out + oStride, i32x4.extract_lane(i1, 0));
         i2 = i32x4.add(i2, i32x4.add(rdot32(l0, l1, a + 2 * xStride, tl), rdot32(h0, h1, a + 2 * xStride + 32, th)));
+        store<i32>(out + 2 * oStride, i32x4.extract_lane(i2, 0));
         i3 = i32x4.add(i3, i32x4.add(rdot32(l0, l1, a + 3 * xStride, tl), rdot32(h0, h1, a + 3 * xStride + 32, th)));
+        store<i32>(out + 3 * oStride, i32x4.extract_lane(i3, 0));
       } else {
         const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
         const a = x + (<usize>b << 8) + (<usize>k << 6);
