@@ -687,6 +687,18 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   }
 }
 
+/** 64 values of Q4_K/Q5_K sub-blocks 2k (values l0, l1) and 2k+1 (h0, h1), unsigned and at
+ *  most 31, against the quants at a, times the sub-blocks' scales (the i16 lanes of sLo,
+ *  sHi): int32 lanes. Four products per int16 lane: 4·31·127 fits. */
+// @ts-ignore: decorator
+@inline function k4Lanes(l0: v128, l1: v128, h0: v128, h1: v128, a: usize, sLo: v128, sHi: v128): v128 {
+  if (RELAXED) return i32x4.add(rdot32(l0, l1, a, sLo), rdot32(h0, h1, a + 32, sHi));
+  return i32x4.add(
+    i32x4.dot_i16x8_s(i16x8.add(mul16(l0, v128.load(a)), mul16(l1, v128.load(a, 16))), sLo),
+    i32x4.dot_i16x8_s(i16x8.add(mul16(h0, v128.load(a, 32)), mul16(h1, v128.load(a, 48))), sHi),
+  );
+}
+
 /** Q4_K (f16 d, f16 dmin, 12 bytes scales/mins, 128 bytes nibbles): value = d·sc·q - dmin·m. */
 // @ts-ignore: decorator
 @inline function dotQ4_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
@@ -706,13 +718,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       // Sub-block 2k: low nibbles against a[0..32); 2k+1: high nibbles against a[32..64).
       const l0 = v128.and(x0, i8x16.splat(0x0f)), l1 = v128.and(x1, i8x16.splat(0x0f));
       const h0 = i8x16.shr_u(x0, 4), h1 = i8x16.shr_u(x1, 4);
-      if (RELAXED) {
-        acc = i32x4.add(acc, i32x4.add(rdot32(l0, l1, ak, i16x8.splat(<i16>sLo)), rdot32(h0, h1, ak + 32, i16x8.splat(<i16>sHi))));
-      } else {
-        const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
-        const hi = i16x8.add(mul16(h0, v128.load(ak, 32)), mul16(h1, v128.load(ak, 48)));
-        acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
-      }
+      acc = i32x4.add(acc, k4Lanes(l0, l1, h0, h1, ak, i16x8.splat(<i16>sLo), i16x8.splat(<i16>sHi)));
     }
     const isum = hsumI32(acc);
     const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
@@ -747,14 +753,7 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
       const l1 = v128.or(v128.and(x1, m4), i8x16.shl(v128.and(h1, one), 4));
       const u0 = v128.or(i8x16.shr_u(x0, 4), i8x16.shl(v128.and(h0, two), 3));
       const u1 = v128.or(i8x16.shr_u(x1, 4), i8x16.shl(v128.and(h1, two), 3));
-      if (RELAXED) {
-        acc = i32x4.add(acc, i32x4.add(rdot32(l0, l1, ak, i16x8.splat(<i16>sLo)), rdot32(u0, u1, ak + 32, i16x8.splat(<i16>sHi))));
-      } else {
-        // q ≤ 31: 4·31·127 fits int16.
-        const lo = i16x8.add(mul16(l0, v128.load(ak)), mul16(l1, v128.load(ak, 16)));
-        const hi = i16x8.add(mul16(u0, v128.load(ak, 32)), mul16(u1, v128.load(ak, 48)));
-        acc = i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, i16x8.splat(<i16>sLo)), i32x4.dot_i16x8_s(hi, i16x8.splat(<i16>sHi))));
-      }
+      acc = i32x4.add(acc, k4Lanes(l0, l1, u0, u1, ak, i16x8.splat(<i16>sLo), i16x8.splat(<i16>sHi)));
       h0 = i8x16.shr_u(h0, 2);
       h1 = i8x16.shr_u(h1, 2);
     }
@@ -1111,16 +1110,6 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   store<f32>(out + 3 * oStride, <f32>s3);
 }
 
-/** 64 values of Q4_K sub-blocks 2k, 2k+1 (nibbles l0, l1 low; h0, h1 high; scales sLo,
- *  sHi) against a (narrow: dotQ4_K's steps). */
-// @ts-ignore: decorator
-@inline function k4Lanes(l0: v128, l1: v128, h0: v128, h1: v128, a: usize, sLo: v128, sHi: v128): v128 {
-  return i32x4.add(
-    i32x4.dot_i16x8_s(i16x8.add(mul16(l0, v128.load(a)), mul16(l1, v128.load(a, 16))), sLo),
-    i32x4.dot_i16x8_s(i16x8.add(mul16(h0, v128.load(a, 32)), mul16(h1, v128.load(a, 48))), sHi),
-  );
-}
-
 /** The Q4_K row at p of nb super-blocks against four vectors (as tile32; bsums at xx,
  *  xxStride apart). Per vector the integer sums and the f64 step are dotQ4_K's. */
 // @ts-ignore: decorator
@@ -1154,25 +1143,18 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
         i1 = i32x4.add(i1, dot32w(f0, f1, f2, f3, a + t + 64));
         i2 = i32x4.add(i2, dot32w(f0, f1, f2, f3, a + 2 * t + 64));
         i3 = i32x4.add(i3, dot32w(f0, f1, f2, f3, a + 3 * t + 64));
-      } else if (RELAXED) {
-        const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
-        const a = x + (<usize>b << 8) + (<usize>k << 6);
-        // Each vector's running sum is also stored to its output as it goes (see tileQ4_0R).
-        i0 = i32x4.add(i0, i32x4.add(rdot32(l0, l1, a, tl), rdot32(h0, h1, a + 32, th)));
-        store<i32>(out, i32x4.extract_lane(i0, 0));
-        i1 = i32x4.add(i1, i32x4.add(rdot32(l0, l1, a + xStride, tl), rdot32(h0, h1, a + xStride + 32, th)));
-        store<i32>(out + oStride, i32x4.extract_lane(i1, 0));
-        i2 = i32x4.add(i2, i32x4.add(rdot32(l0, l1, a + 2 * xStride, tl), rdot32(h0, h1, a + 2 * xStride + 32, th)));
-        store<i32>(out + 2 * oStride, i32x4.extract_lane(i2, 0));
-        i3 = i32x4.add(i3, i32x4.add(rdot32(l0, l1, a + 3 * xStride, tl), rdot32(h0, h1, a + 3 * xStride + 32, th)));
-        store<i32>(out + 3 * oStride, i32x4.extract_lane(i3, 0));
       } else {
         const tl = i16x8.splat(sLo), th = i16x8.splat(sHi);
         const a = x + (<usize>b << 8) + (<usize>k << 6);
+        // Each vector's running sum is also stored to its output as it goes (see tileQ4_0R).
         i0 = i32x4.add(i0, k4Lanes(l0, l1, h0, h1, a, tl, th));
+        store<i32>(out, i32x4.extract_lane(i0, 0));
         i1 = i32x4.add(i1, k4Lanes(l0, l1, h0, h1, a + xStride, tl, th));
+        store<i32>(out + oStride, i32x4.extract_lane(i1, 0));
         i2 = i32x4.add(i2, k4Lanes(l0, l1, h0, h1, a + 2 * xStride, tl, th));
+        store<i32>(out + 2 * oStride, i32x4.extract_lane(i2, 0));
         i3 = i32x4.add(i3, k4Lanes(l0, l1, h0, h1, a + 3 * xStride, tl, th));
+        store<i32>(out + 3 * oStride, i32x4.extract_lane(i3, 0));
       }
     }
     const m0 = scalesK4(pb + 4, 1), m1 = scalesK4(pb + 4, 3);
