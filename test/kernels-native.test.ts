@@ -40,6 +40,7 @@ import { NativeBackend, NativeBackendError, isNativeAvailable, type NativeIsa } 
 import { repoRoot } from './helpers/paths.ts';
 import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
 import { greedyMatchesJs } from './helpers/greedy.ts';
+import { matmulEqualsMatvecs } from './helpers/matmul.ts';
 import { summationBounds } from './helpers/kernel-bounds.ts';
 
 const run = promisify(execFile);
@@ -116,22 +117,8 @@ for (const isa of available ? isas : ['unbuilt' as NativeIsa]) {
 
 test('matmul over n vectors equals n matvecs bit for bit, rows split over 3 threads', async (t) => {
   const native = await NativeBackend.create({ threads: 3, minParallelBytes: 0 });
-  const next = rng(42);
   try {
-    for (const info of supportedTypes) {
-      const rows = 67;
-      const cols = info.blockSize === 256 ? 2304 : 2080;
-      const n = 5;
-      const w = makePair(native, info, rows, cols, 11).native;
-      const xs = randomVector(n * cols, next);
-      const out = new Float32Array(n * rows);
-      native.matmul(w, xs, n, out);
-      const one = new Float32Array(rows);
-      for (let j = 0; j < n; j++) {
-        native.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
-        t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${info.name} vector ${j}`);
-      }
-    }
+    matmulEqualsMatvecs(t, native, supportedTypes, 5);
   } finally {
     await native.close();
   }

@@ -19,6 +19,7 @@ import { WasmBackend, WasmBackendError, relaxedSimdAvailable, type WasmSimd } fr
 import { repoRoot } from './helpers/paths.ts';
 import { edgeVector, quantizedBytes, randomVector, rng } from './helpers/kernel-inputs.ts';
 import { greedyMatchesJs } from './helpers/greedy.ts';
+import { matmulEqualsMatvecs } from './helpers/matmul.ts';
 
 const run = promisify(execFile);
 
@@ -164,24 +165,9 @@ for (const simd of BUILDS) {
     // relaxed build's) and the single-vector remainder must all give the matvec's bits.
     test(`matmul over n vectors equals n matvecs, rows split over 3 threads, ${simd}, ${wideTiles ? 'wide' : 'narrow'} tiles`, async (t) => {
       const wasm = await WasmBackend.create({ threads: 3, minParallelBytes: 0, wideTiles, simd });
-      const next = rng(42);
       try {
-        for (const name of ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q5_1', 'Q4_K', 'Q6_K']) {
-          const info = supportedTypes.find((ty) => ty.name === name)!;
-          const rows = 67;
-          const cols = info.blockSize === 256 ? 2304 : 2080;
-          const n = 9;
-          const w = makePair(wasm, info, rows, cols, 11).wasm;
-          const xs = randomVector(n * cols, next);
-          const out = new Float32Array(n * rows);
-          wasm.matmul(w, xs, n, out);
-          const one = new Float32Array(rows);
-          for (let j = 0; j < n; j++) {
-            wasm.matvec(w, xs.subarray(j * cols, (j + 1) * cols), one);
-            // The same kernel over the same prepared activation: identical bits.
-            t.deepEqual(Array.from(out.subarray(j * rows, (j + 1) * rows)), Array.from(one), `${name} vector ${j}`);
-          }
-        }
+        const names = ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q5_1', 'Q4_K', 'Q6_K'];
+        matmulEqualsMatvecs(t, wasm, supportedTypes.filter((ty) => names.includes(ty.name)), 9);
       } finally {
         await wasm.close();
       }
