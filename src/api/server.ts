@@ -316,7 +316,7 @@ export class ApiServer {
       timings: out.timings,
       ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
       plan: this.o.host.plan,
-      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, threads: this.o.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
+      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, isa: this.o.host.o.backend.isa, threads: this.o.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
     };
   }
 

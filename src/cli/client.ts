@@ -62,6 +62,7 @@ export interface HerdExtension {
   plan: unknown[];
   /** In-process only: the server's kernels. */
   backend?: string;
+  isa?: string;
   threads?: number;
   /** In-process only: the server's peak resident memory. */
   peak_rss_mib?: number;
@@ -187,7 +188,7 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
     process.stdout.write(
       `${JSON.stringify({
         text: r.text, tokens: h.tokens, prompt_tokens: h.prompt_tokens, stop_reason: h.stop_reason, seed: h.seed, timings: h.timings, plan: h.plan,
-        ...(h.backend ? { backend: h.backend, threads: h.threads, peak_rss_mib: h.peak_rss_mib } : {}),
+        ...(h.backend ? { backend: h.backend, isa: h.isa, threads: h.threads, peak_rss_mib: h.peak_rss_mib } : {}),
         server: url,
       })}\n`,
     );

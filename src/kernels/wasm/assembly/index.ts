@@ -525,14 +525,14 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
   return i32x4.sub(rdot32(v128.and(x, i8x16.splat(0x0f)), i8x16.shr_u(x, 4), a, i16x8.splat(1)), v128.load(o));
 }
 
-/** acc + lanes·s (lanes int32, converted exactly). The Q4_0 and Q8_0 kernels (matvec and
- *  tile alike, so a matmul still equals its matvecs) use it; the relaxed build fuses the
- *  multiply-add where the machine has FMA (relaxed_madd: the probe in backend.ts accepts
- *  either). */
+/** acc + lanes·s (lanes int32, converted exactly): the Q4_0 and Q8_0 kernels' float step,
+ *  matvec and tile alike, so a matmul still equals its matvecs. Not relaxed_madd: Node 20's
+ *  armv7 V8 computes it wrongly in these loops (measured: Q4_0 products off by whole units),
+ *  though a probe of constants passes. */
 // @ts-ignore: decorator
 @inline function scaleAdd(acc: v128, lanes: v128, s: v128): v128 {
   const f = f32x4.convert_i32x4_s(lanes);
-  return RELAXED ? f32x4.relaxed_madd(f, s, acc) : f32x4.add(acc, f32x4.mul(f, s));
+  return f32x4.add(acc, f32x4.mul(f, s));
 }
 
 // Per 32-value block: the exact integer lane sums, converted to f32 (each lane < 2^24, so
