@@ -26,6 +26,7 @@ import { WasmBackend, relaxedSimdAvailable, type WasmSimd } from '../src/kernels
 import { randomVector, rng } from '../test/helpers/kernel-inputs.ts';
 import { summationBounds } from '../test/helpers/kernel-bounds.ts';
 import { greedy, GREEDY_PROMPT } from '../test/helpers/greedy.ts';
+import { matmulMismatches } from '../test/helpers/matmul.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
@@ -203,6 +204,10 @@ async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
       }
       checkProducts(report, label, wasm, fx);
       if (threads === 3) {
+        // The prefill tiles (8 and 4 vectors, then single ones: 13 takes all three).
+        const tiled = supportedTypes.filter((ty) => ['Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'].includes(ty.name));
+        const bad = matmulMismatches(wasm, tiled, 13);
+        report(bad.length === 0, `${label}, 3 threads: a matmul of 13 vectors equals the 13 matvecs bit for bit (Q8_0, Q4_0, Q4_K, Q6_K)${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`);
         checkActivations(report, label, wasm, fx);
         checkGreedy(report, label, wasm, fx);
       }
