@@ -11,7 +11,8 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
   const samples: Sample[] = [];
   const types = new Map<string, string>();
   const name = '[a-zA-Z_:][a-zA-Z0-9_:]*';
-  const sampleRe = new RegExp(`^(${name})(?:\\{(.*)\\})? (-?[0-9.]+(?:[eE][-+]?[0-9]+)?|NaN|\\+Inf|-Inf)(?: -?\\d+)?$`);
+  // Values are what Go's strconv.ParseFloat takes (the format says so): NaN and Inf in any case.
+  const sampleRe = new RegExp(`^(${name})(?:\\{(.*)\\})? ([-+]?(?:[0-9]*\\.?[0-9]+(?:[eE][-+]?[0-9]+)?|inf(?:inity)?)|nan)(?: -?\\d+)?$`, 'i');
   const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/y;
   for (const line of text.split('\n')) {
     if (line === '') continue;
@@ -30,7 +31,8 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
       while (labelRe.lastIndex < m[2].length && (l = labelRe.exec(m[2]))) labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
       if (labelRe.lastIndex !== m[2].length) throw new Error(`bad labels: ${line}`);
     }
-    const v = m[3] === '+Inf' ? Infinity : m[3] === '-Inf' ? -Infinity : Number(m[3]);
+    const word = m[3].toLowerCase().replace(/^\+/, '');
+    const v = word === 'nan' ? NaN : word.startsWith('inf') ? Infinity : word.startsWith('-inf') ? -Infinity : Number(m[3]);
     samples.push({ name: m[1], labels, value: v });
   }
   return { samples, types };
