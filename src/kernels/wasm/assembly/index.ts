@@ -974,44 +974,14 @@ export function offsetSumsQ8_0(qs: usize, n: i32, dst: usize): void {
 }
 
 /**
- * Relaxed build: the Q4_0 tile (tile32's arguments; offset sums at xx, xxStride apart), the
- * unsigned nibbles against int8 activations. Each vector's running sum is also stored to
+ * Relaxed build: the Q4_0 tile over four vectors, or eight (tile32's arguments; offset sums
+ * at xx, xxStride apart), the unsigned nibbles against int8 activations. Each vector's running sum is also stored to
  * its output as it goes (overwritten at the end): V8 places a loop's loads in program order
  * ahead of the arithmetic they feed unless a store comes between, and with all sixteen
  * loads of a block first the values outnumbered the registers and went through the stack.
  */
 // @ts-ignore: decorator
-@inline function tileQ4_0R(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
-  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
-  for (let b = 0; b < nb; b++) {
-    const pb = p + <usize>b * 18;
-    const q = v128.load(pb, 2);
-    const wl = v128.and(q, i8x16.splat(0x0f)), wh = i8x16.shr_u(q, 4);
-    const dw = v128.load32_splat(f16t + (<usize>load<u16>(pb) << 2));
-    const a = x + (<usize>b << 5), o = xx + (<usize>b << 4), d = xd + (<usize>b << 2);
-    c0 = q4StepR(c0, wl, wh, a, o, dw, d);
-    store<f32>(out, f32x4.extract_lane(c0, 0));
-    c1 = q4StepR(c1, wl, wh, a + xStride, o + xxStride, dw, d + dStride);
-    store<f32>(out + oStride, f32x4.extract_lane(c1, 0));
-    c2 = q4StepR(c2, wl, wh, a + 2 * xStride, o + 2 * xxStride, dw, d + 2 * dStride);
-    store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
-    c3 = q4StepR(c3, wl, wh, a + 3 * xStride, o + 3 * xxStride, dw, d + 3 * dStride);
-    store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
-  }
-  store<f32>(out, hsum(c0));
-  store<f32>(out + oStride, hsum(c1));
-  store<f32>(out + 2 * oStride, hsum(c2));
-  store<f32>(out + 3 * oStride, hsum(c3));
-}
-
-/** Relaxed build: tileQ4_0R over eight vectors (their quants xStride apart, and so on): the
- *  block's unpacking and scale shared by twice as many vectors, each vector's steps the same. */
-export function tileQ4_0x8(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
-  if (RELAXED) tileQ4_0R8(p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
-}
-
-// @ts-ignore: decorator
-@inline function tileQ4_0R8(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+@inline function tileQ4_0R(eight: bool, p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
   let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
   let c4 = f32x4.splat(0), c5 = f32x4.splat(0), c6 = f32x4.splat(0), c7 = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
@@ -1028,23 +998,33 @@ export function tileQ4_0x8(p: usize, nb: i32, x: usize, xStride: usize, xd: usiz
     store<f32>(out + 2 * oStride, f32x4.extract_lane(c2, 0));
     c3 = q4StepR(c3, wl, wh, a + 3 * xStride, o + 3 * xxStride, dw, d + 3 * dStride);
     store<f32>(out + 3 * oStride, f32x4.extract_lane(c3, 0));
-    c4 = q4StepR(c4, wl, wh, a + 4 * xStride, o + 4 * xxStride, dw, d + 4 * dStride);
-    store<f32>(out + 4 * oStride, f32x4.extract_lane(c4, 0));
-    c5 = q4StepR(c5, wl, wh, a + 5 * xStride, o + 5 * xxStride, dw, d + 5 * dStride);
-    store<f32>(out + 5 * oStride, f32x4.extract_lane(c5, 0));
-    c6 = q4StepR(c6, wl, wh, a + 6 * xStride, o + 6 * xxStride, dw, d + 6 * dStride);
-    store<f32>(out + 6 * oStride, f32x4.extract_lane(c6, 0));
-    c7 = q4StepR(c7, wl, wh, a + 7 * xStride, o + 7 * xxStride, dw, d + 7 * dStride);
-    store<f32>(out + 7 * oStride, f32x4.extract_lane(c7, 0));
+    if (eight) {
+      c4 = q4StepR(c4, wl, wh, a + 4 * xStride, o + 4 * xxStride, dw, d + 4 * dStride);
+      store<f32>(out + 4 * oStride, f32x4.extract_lane(c4, 0));
+      c5 = q4StepR(c5, wl, wh, a + 5 * xStride, o + 5 * xxStride, dw, d + 5 * dStride);
+      store<f32>(out + 5 * oStride, f32x4.extract_lane(c5, 0));
+      c6 = q4StepR(c6, wl, wh, a + 6 * xStride, o + 6 * xxStride, dw, d + 6 * dStride);
+      store<f32>(out + 6 * oStride, f32x4.extract_lane(c6, 0));
+      c7 = q4StepR(c7, wl, wh, a + 7 * xStride, o + 7 * xxStride, dw, d + 7 * dStride);
+      store<f32>(out + 7 * oStride, f32x4.extract_lane(c7, 0));
+    }
   }
   store<f32>(out, hsum(c0));
   store<f32>(out + oStride, hsum(c1));
   store<f32>(out + 2 * oStride, hsum(c2));
   store<f32>(out + 3 * oStride, hsum(c3));
-  store<f32>(out + 4 * oStride, hsum(c4));
-  store<f32>(out + 5 * oStride, hsum(c5));
-  store<f32>(out + 6 * oStride, hsum(c6));
-  store<f32>(out + 7 * oStride, hsum(c7));
+  if (eight) {
+    store<f32>(out + 4 * oStride, hsum(c4));
+    store<f32>(out + 5 * oStride, hsum(c5));
+    store<f32>(out + 6 * oStride, hsum(c6));
+    store<f32>(out + 7 * oStride, hsum(c7));
+  }
+}
+
+/** Relaxed build: tileQ4_0R over eight vectors (their quants xStride apart, and so on): the
+ *  block's unpacking and scale shared by twice as many vectors, each vector's steps the same. */
+export function tileQ4_0x8(p: usize, nb: i32, x: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
+  if (RELAXED) tileQ4_0R(true, p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
 }
 
 /** 16 values of four Q6_K groups (q1..q4, scales s1..s4) against a (narrow, dotQ6_K's steps). */
@@ -1230,7 +1210,7 @@ export function tileQ4_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: u
   tile32(false, true, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
 export function tileQ4_0(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
-  if (RELAXED) tileQ4_0R(p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
+  if (RELAXED) tileQ4_0R(false, p, nb, x, xStride, xd, dStride, xx, xxStride, out, oStride, f16t);
   else tile32(false, false, p, nb, x, x16, xStride, xd, dStride, out, oStride, f16t);
 }
 export function tileQ8_0Wide(p: usize, nb: i32, x: usize, x16: usize, xStride: usize, xd: usize, dStride: usize, xx: usize, xxStride: usize, out: usize, oStride: usize, f16t: usize): void {
