@@ -10,7 +10,8 @@
 // Prompt cache (llama.cpp's cache_prompt): a finished request's session may stay open, idle,
 // with the tokens its KV caches hold. A request whose prompt shares a prefix with them takes it,
 // goes back to the common prefix and computes only the rest. An idle session keeps its slot
-// until a request is waiting for one: then the least recently used idle session is closed.
+// until a request is waiting for one: then the least recently used idle session is closed;
+// and, with idleSeconds, once it has been idle that long.
 //
 // A node lost mid-generation (over the herd): the cluster re-plans over the nodes that still
 // answer and the request's session replays its tokens on the new plan (cluster/coordinator/
@@ -51,6 +52,11 @@ export interface HostOptions extends HerdOptions {
    * changed (a Pi that booted late joins; default 30; 0: never).
    */
   readonly rediscoverSeconds?: number;
+  /**
+   * Seconds a kept session may stay idle before it is closed and its KV caches (on every node)
+   * freed (default 0: kept until a request needs its slot).
+   */
+  readonly idleSeconds?: number;
 }
 
 export type HostStatus = 'loading' | 'ready' | 'unavailable' | 'closed';
@@ -407,7 +413,19 @@ export class ModelHost {
     h.lastUsed = performance.now();
     this.idle.push(h);
     this.yieldIdle();
+    const idleMs = (this.o.idleSeconds ?? 0) * 1000;
+    if (idleMs > 0) setTimeout(() => this.expire(h, idleMs), idleMs).unref();
     return true;
+  }
+
+  /** Closes h if it is still idle and has been for idleMs (a later keep() sets a timer of its own). */
+  private expire(h: Held, idleMs: number): void {
+    const i = this.idle.indexOf(h);
+    // 50 ms of slack: a timer may fire a hair before performance.now() says the time is up.
+    if (i < 0 || performance.now() - h.lastUsed < idleMs - 50) return;
+    this.idle.splice(i, 1);
+    this.o.log.debug({ idleSeconds: idleMs / 1000, tokens: h.observed.tokens.length }, 'session.expired');
+    void this.drop(h);
   }
 
   /** Closes least recently used idle sessions while requests wait for their slots. */

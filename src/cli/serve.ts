@@ -30,6 +30,7 @@ interface ServeArgs extends KeyArgs {
   wire: 'f32' | 'f16';
   discoveryTimeout: number;
   rediscover: number;
+  idleTimeout: number;
   ctx?: number;
   kvType: 'f32' | 'f16';
   backend: BackendChoice;
@@ -54,6 +55,7 @@ function builder(y: Argv): Argv<ServeArgs> {
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels for in-process layers: auto picks native, else wasm, else js' })
     .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
     .option('parallel', { type: 'number', describe: 'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)' })
+    .option('idle-timeout', { type: 'number', default: 300, describe: "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed (0: until a request needs its slot)" })
     .option('chat-template', { type: 'string', describe: "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)" })
     .option('api-key', { type: 'string', describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)' })
     .option('api-key-file', { type: 'string', describe: 'File holding the API key' })
@@ -115,6 +117,7 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   integerIn('stages', args.stages, 1);
   integerIn('threads', args.threads, 1);
   if (!(Number.isFinite(args.rediscover) && args.rediscover >= 0)) throw new UsageError(`--rediscover must be a number of seconds >= 0, got ${args.rediscover}`);
+  if (!(Number.isFinite(args.idleTimeout) && args.idleTimeout >= 0)) throw new UsageError(`--idle-timeout must be a number of seconds >= 0, got ${args.idleTimeout}`);
   const key = apiKey(args);
   const clusterKey = asUsage(() => loadClusterKey(args));
   const log = await apiLogger(args.logLevel);
@@ -130,7 +133,7 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   const host = ModelHost.open({
     modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
     interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
-    cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover,
+    cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover, idleSeconds: args.idleTimeout,
     // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
     progress: new ProgressRenderer({ write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') }, { tty: false }).sink,
   });
