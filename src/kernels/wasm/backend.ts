@@ -363,7 +363,10 @@ export class WasmBackend implements KernelBackend {
   private readonly c: Int32Array;
   private readonly workers: WorkerHandle[];
   private readonly minParallelBytes: number;
-  private readonly wideTiles: boolean;
+  /** Types whose tiles read the quants widened to i16 (wideTiles and index.ts wideTile()). */
+  private readonly wideTypes: ReadonlySet<number>;
+  /** Whether Q4_0 products read the activations' offset sums (index.ts q4Offsets()). */
+  private readonly q4Offsets: boolean;
   /** Every buffer memory.buffer has returned: views into any of them are ours. */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
   private f32 = new Float32Array(0);
@@ -389,7 +392,9 @@ export class WasmBackend implements KernelBackend {
   ) {
     this.simd = simd;
     this.isa = simd === 'relaxed' ? 'relaxed-simd' : 'simd128';
-    this.wideTiles = wideTiles;
+    // Constant for the module: asked once here, not on every product.
+    this.wideTypes = new Set(wideTiles ? Object.values(GgmlType).filter((t) => ex.wideTile(t) !== 0) : []);
+    this.q4Offsets = ex.q4Offsets() !== 0;
     this.memory = memory;
     this.maxBytes = maxBytes;
     this.ex = ex;
@@ -692,10 +697,10 @@ export class WasmBackend implements KernelBackend {
     // then the outputs, and a copy of the weight when it lives outside this memory.
     const kind = w.kernel.activation;
     const xBytes = alignUp(n * cols * 4, ALIGN);
-    const lay = activationLayout(kind, cols, type === GgmlType.Q4_0 && this.ex.q4Offsets() !== 0);
+    const lay = activationLayout(kind, cols, type === GgmlType.Q4_0 && this.q4Offsets);
     // With four or more vectors some tiles (index.ts wideTile()) read the quants widened to
     // i16 (wideTiles): a copy after the activations, made once for all rows.
-    const wide = this.wideTiles && n >= 4 && this.ex.wideTile(type) !== 0;
+    const wide = n >= 4 && this.wideTypes.has(type);
     const actBytes = kind === 'f32' ? 0 : lay.bytes(n) + (wide ? alignUp(2 * n * lay.q, ALIGN) : 0);
     const wBytes = rows * w.rowBytes;
     const own = this.owns(w.data);
