@@ -37,8 +37,7 @@ fi
 # emulated Node (tsx's esbuild binary is the host's). The bundled wasm backend looks for
 # the .wasm files and worker.mjs next to itself (new URL(…, import.meta.url)): copied there.
 t0=$SECONDS
-models=("$root/models/stories260K.gguf")
-[ -f "$root/../shared/models/stories260K-q4_0.gguf" ] && models+=("$root/../shared/models/stories260K-q4_0.gguf")
+models=("$root/models/stories260K.gguf" "$root/test/fixtures/models/stories260K-q4_0.gguf")
 if ! { npx tsx scripts/arm-check.ts fixtures "$work/fixtures.json" "${models[@]}" &&
   npx esbuild scripts/arm-check.ts --bundle --platform=node --format=esm --target=node20 \
     --outfile="$work/arm-check.mjs" --log-level=warning &&

@@ -9,10 +9,10 @@ import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import type { ChallengeReply, HerdCoordinatorClient, GenerateEvent, GenerateRequest, GenerateDone } from '../src/proto/herd.ts';
 import { coordinatorClient, unary } from '../src/cluster/rpc.ts';
 import { authMetadata } from '../src/cluster/auth.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { fixtureModels } from './helpers/paths.ts';
 import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
 
-const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as { content: string; generated_tokens: number[] };
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { content: string; generated_tokens: number[] };
 const GREEDY = { temperature: 0, topK: 0, topP: 1, minP: 0, repeatPenalty: 1, frequencyPenalty: 0, presencePenalty: 0, penaltyLastN: 64, seed: 0 };
 
 let serve: RunningServe;

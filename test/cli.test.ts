@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { herd } from './helpers/herd.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { fixtureModels } from './helpers/paths.ts';
 import { mayShowHelp } from '../src/cli/yargs.ts';
 
 interface RunJson {
@@ -13,8 +13,8 @@ interface RunJson {
   timings: Record<string, number>;
 }
 
-const referenceText = readFileSync(join(sharedModels, 'stories260K.reference.txt'), 'utf8');
-const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as {
+const referenceText = readFileSync(join(fixtureModels, 'stories260K.reference.txt'), 'utf8');
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
   generated_tokens: number[];
   content: string;
 };
@@ -48,13 +48,13 @@ test('greedy run on the bundled model gives llama.cpp\'s 64 tokens and text', as
 });
 
 test('greedy run on the q8_0 file gives the same tokens as f32, as llama.cpp does', async (t) => {
-  const r = await herd([...greedy, '--model', join(sharedModels, 'stories260K-q8_0.gguf')]);
+  const r = await herd([...greedy, '--model', join(fixtureModels, 'stories260K-q8_0.gguf')]);
   t.is(r.code, 0, r.stderr);
   t.deepEqual((JSON.parse(r.stdout) as RunJson).tokens, reference.generated_tokens);
 });
 
 test('greedy run on the q4_0 file gives llama.cpp\'s q4_0 tokens and text', async (t) => {
-  const r = await herd([...greedy, '--model', join(sharedModels, 'stories260K-q4_0.gguf')]);
+  const r = await herd([...greedy, '--model', join(fixtureModels, 'stories260K-q4_0.gguf')]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
   t.deepEqual(out.tokens, q4Ids());

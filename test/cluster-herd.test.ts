@@ -8,13 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
 import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel, fixtureModels } from './helpers/paths.ts';
 
 interface Reference {
   prompt: string;
   generated_tokens: number[];
 }
-const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as Reference;
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as Reference;
 
 interface RunJson {
   tokens: number[];
@@ -96,7 +96,7 @@ test.serial('herd plan over mDNS splits the model across the three nodes', async
 });
 
 test.serial('a coordinator found the nodes over mDNS and generated the 64 reference tokens through 3 stages', async (t) => {
-  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate('auto')]);
+  const r = await herd(['--model', bundledModel, ...generate('auto')]);
   t.is(r.code, 0, r.stderr);
   t.log(`3-stage run over mDNS: ${r.ms} ms (process start to exit)`);
   const out = JSON.parse(r.stdout) as RunJson;
@@ -111,7 +111,7 @@ test.serial('a coordinator found the nodes over mDNS and generated the 64 refere
 
 test.serial('a second request reuses the loaded slices: no transfer, no reload', async (t) => {
   const before = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
-  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate('auto')]);
+  const r = await herd(['--model', bundledModel, ...generate('auto')]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
   t.deepEqual(out.tokens, reference.generated_tokens);
@@ -127,7 +127,7 @@ test.serial('a second request reuses the loaded slices: no transfer, no reload',
 });
 
 test.serial('a coordinator with the wrong key is refused and the nodes keep serving', async (t) => {
-  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate(peers, 'not-the-cluster-key')]);
+  const r = await herd(['--model', bundledModel, ...generate(peers, 'not-the-cluster-key')]);
   t.not(r.code, 0);
   t.regex(r.stderr, /UNAUTHENTICATED/);
   t.regex(r.stderr, /wrong cluster key/);
@@ -145,7 +145,7 @@ test.serial('restarted with mDNS off, the nodes serve --peers from their shard c
 
   const listed = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
   t.log(`after restart: ${JSON.stringify(listed.nodes.map((n) => [n.name, (n as { throughput?: number }).throughput, (n as { cached?: unknown }).cached]))}`);
-  const r = await herd(['--model', join(sharedModels, 'stories260K.gguf'), ...generate(peers)]);
+  const r = await herd(['--model', bundledModel, ...generate(peers)]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
   t.deepEqual(out.tokens, reference.generated_tokens);

@@ -15,7 +15,7 @@ import { ModelSource } from '../src/cluster/shard/source.ts';
 import { silentLogger } from '../src/cluster/log.ts';
 import { samplingToWire } from '../src/cluster/node/stage.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel } from './helpers/paths.ts';
 
 const KEY = 'correct horse battery staple';
 const LOAD = '/herd.v1.HerdNode/LoadShard';
@@ -134,7 +134,7 @@ test.serial('malformed forward messages get INVALID_ARGUMENT and the node keeps 
 
 test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT, then a good one is served', async (t) => {
   const key = Buffer.from(KEY);
-  const source = await ModelSource.open(join(sharedModels, 'stories260K.gguf'));
+  const source = await ModelSource.open(bundledModel);
   const coord = new CoordinatorServer(source, key, silentLogger);
   const port = await coord.start('127.0.0.1');
   t.teardown(() => coord.stop());
@@ -218,7 +218,7 @@ test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT,
 
 test.serial('the coordinator refuses a delivery whose stage timings do not match the plan: INVALID_ARGUMENT', async (t) => {
   const key = Buffer.from(KEY);
-  const source = await ModelSource.open(join(sharedModels, 'stories260K.gguf'));
+  const source = await ModelSource.open(bundledModel);
   const coord = new CoordinatorServer(source, key, silentLogger);
   const port = await coord.start('127.0.0.1');
   const deliverClient = coordinatorClient(`127.0.0.1:${port}`);

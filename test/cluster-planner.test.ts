@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { plan, PlanError, type ModelShape, type PlanNode } from '../src/cluster/planner.ts';
 import { modelShape } from '../src/cluster/shape.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel } from './helpers/paths.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -79,7 +79,7 @@ test('--stages beyond the nodes or the layers is refused clearly', (t) => {
 });
 
 test('stories260K over three equal nodes uses all three with --stages 3', (t) => {
-  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const file = GgufFile.open(bundledModel);
   const s = modelShape(file, 512, 'f16');
   t.is(s.nLayers, 5);
   t.true(s.tiedHead || s.headBytes > 0);

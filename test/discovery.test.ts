@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLan, stopProcess } from './helpers/netns.ts';
-import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { repoRoot, fixtureModels } from './helpers/paths.ts';
 import { runHerd } from './helpers/herd-proc.ts';
 import type { DiscoveryResult } from '../src/cluster/discovery/types.ts';
 import { capsFromTxt, capsToTxt, PROTOCOL_VERSION } from '../src/cluster/caps.ts';
@@ -95,7 +95,7 @@ test('herd run --nodes auto with no daemon answering runs in-process and says so
   const lan = await createLan(1, 'alone');
   t.teardown(() => lan.close());
   const [host] = lan.hosts;
-  const ref = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as { prompt: string; generated_tokens: number[] };
+  const ref = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { prompt: string; generated_tokens: number[] };
   const r = await runHerd(
     ['run', '--nodes', 'auto', '--interface', 'eth0', '--discovery-timeout', '1', '--temp', '0', '-n', '16', '--json', ref.prompt],
     (cmd, args, opts) => lan.spawn(host, cmd, args, opts),

@@ -3,16 +3,15 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   bf16BytesToF32, bf16ToF32, f16BytesToF32, f16ToF32, f32Bits, f32FromBits, f32ToBf16, f32ToBf16Bytes, f32ToF16, f32ToF16Bytes,
 } from '../src/ggml/half.ts';
 import { GgmlType, ggmlTypeInfo } from '../src/ggml/types.ts';
 import { GgufError, GgufFile, MetaType, type GgufErrorCode, type MetadataValue } from '../src/gguf/reader.ts';
 import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../src/gguf/writer.ts';
+import { bundledModel, fixtureModels, fixtureVocab } from './helpers/paths.ts';
 
-const modelsDir = fileURLToPath(new URL('../../shared/models/', import.meta.url));
-const vocabDir = fileURLToPath(new URL('../../shared/vocab/', import.meta.url));
+const vocabDir = fixtureVocab;
 
 /** A fresh directory that the test removes when it ends, pass or fail. */
 function tempDir(t: ExecutionContext): string {
@@ -281,7 +280,7 @@ test('nested arrays up to the reader\'s depth limit of 8 parse', (t) => {
 // Real files made by llama.cpp
 
 test('stories260K.gguf (llama.cpp, all f32) parses with the shapes of the 260K model', (t) => {
-  const g = GgufFile.open(join(modelsDir, 'stories260K.gguf'));
+  const g = GgufFile.open(bundledModel);
   t.is(g.version, 3);
   t.is(g.alignment, 32);
   t.is(g.fileSize, 1185376);
@@ -314,7 +313,7 @@ test('stories260K.gguf (llama.cpp, all f32) parses with the shapes of the 260K m
 });
 
 test('rewriting stories260K.gguf with copied metadata reproduces it byte for byte', (t) => {
-  const src = join(modelsDir, 'stories260K.gguf');
+  const src = bundledModel;
   const g = GgufFile.open(src);
   const metadata = copyMetadata(g);
   t.is(g.metadataTypes.get('tokenizer.ggml.scores')?.item?.type, MetaType.FLOAT32);
@@ -328,7 +327,7 @@ test('rewriting stories260K.gguf with copied metadata reproduces it byte for byt
 
 for (const variant of ['stories260K-q8_0.gguf', 'stories260K-q4_0.gguf']) {
   test(`${variant} parses, quantized where rows allow`, (t) => {
-    const g = GgufFile.open(join(modelsDir, variant));
+    const g = GgufFile.open(join(fixtureModels, variant));
     t.is(g.tensors.length, 48);
     const want = variant.includes('q8_0') ? GgmlType.Q8_0 : GgmlType.Q4_0;
     t.is(g.requireTensor('blk.0.attn_q.weight').type.id, want);

@@ -4,15 +4,15 @@ import { join } from 'node:path';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import type { KvType } from '../src/model/kv-cache.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel, fixtureModels, fixtureVocab } from './helpers/paths.ts';
 
 interface Reference {
   prompt_tokens: number[];
   generated_tokens: number[];
 }
 
-const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as Reference;
-const referenceText = readFileSync(join(sharedModels, 'stories260K.reference.txt'), 'utf8');
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as Reference;
+const referenceText = readFileSync(join(fixtureModels, 'stories260K.reference.txt'), 'utf8');
 
 /** The q4_0 variant's greedy ids, as listed in section 4 of the reference text. */
 function q4Generated(): number[] {
@@ -22,13 +22,13 @@ function q4Generated(): number[] {
 }
 
 function readLogits(name: string): Float32Array {
-  const buf = readFileSync(join(sharedModels, name));
+  const buf = readFileSync(join(fixtureModels, name));
   return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
 }
 
 /** Runs the 69-token reference sequence and returns the largest logit difference and argmax hits. */
 function compare(model: string, logitsFile: string, kvType: KvType, generated: number[]) {
-  const m = Transformer.load(GgufFile.open(join(sharedModels, model)), { kvType });
+  const m = Transformer.load(GgufFile.open(join(fixtureModels, model)), { kvType });
   const expected = readLogits(logitsFile);
   const seq = [...reference.prompt_tokens, ...generated];
   const vocab = m.config.vocabSize;
@@ -75,7 +75,7 @@ test('stories260K q4_0 logits within 0.5 of llama.cpp', (t) => {
 });
 
 test('a stage split in two gives the same logits as the whole model', (t) => {
-  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const file = GgufFile.open(bundledModel);
   const whole = Transformer.load(file, { kvType: 'f32' });
   const first = Transformer.load(file, { kvType: 'f32', layers: [0, 2] });
   const second = Transformer.load(file, { kvType: 'f32', layers: [2, 5] });
@@ -91,7 +91,7 @@ test('a stage split in two gives the same logits as the whole model', (t) => {
 });
 
 test('a prompt run in batched steps gives the logits of token-by-token steps', (t) => {
-  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const file = GgufFile.open(bundledModel);
   const seq = [...reference.prompt_tokens, ...reference.generated_tokens];
   const single = Transformer.load(file, { kvType: 'f32', batch: 1 });
   const batched = Transformer.load(file, { kvType: 'f32', batch: 16 });
@@ -110,9 +110,9 @@ test('a prompt run in batched steps gives the logits of token-by-token steps', (
 });
 
 test('model errors name the file and the problem', (t) => {
-  const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+  const file = GgufFile.open(bundledModel);
   t.throws(() => Transformer.load(file, { layers: [3, 9] }), { message: /stories260K\.gguf: layer range \[3, 9\) is not within the model's 5 layers/ });
-  const vocabOnly = GgufFile.open(join(sharedModels, '../vocab/ggml-vocab-gpt-2.gguf'));
+  const vocabOnly = GgufFile.open(join(fixtureVocab, 'ggml-vocab-gpt-2.gguf'));
   t.throws(() => Transformer.load(vocabOnly), { message: /architecture "gpt2" is not supported/ });
   const m = Transformer.load(file, { ctx: 8 });
   t.throws(() => m.forward(1, 8), { message: /position 8 is outside the context of 8/ });

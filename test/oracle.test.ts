@@ -13,7 +13,7 @@ import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { synthModel, SynthRng, type SynthArch, type SynthWeightType } from '../src/model/synth.ts';
 import { maxAbsDiff, nextTokenDistributions, nextTokenDistributionsDetailed, softmax } from './oracle/llama.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel, fixtureModels } from './helpers/paths.ts';
 
 /** The tolerance the brief sets for herd vs llama.cpp next-token probabilities. */
 const MAX_DP_BF16 = 1e-2;
@@ -72,14 +72,14 @@ function herdDistributions(path: string, tokens: readonly number[], positions: n
 }
 
 test.serial('oracle harness: node-llama-cpp reproduces llama.cpp\'s stories260K reference logits', async (t) => {
-  const model = join(sharedModels, 'stories260K.gguf');
-  const ref = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as {
+  const model = bundledModel;
+  const ref = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
     prompt_tokens: number[];
     generated_tokens: number[];
   };
   const tokens = [...ref.prompt_tokens, ...ref.generated_tokens];
-  const logits32 = readF32(join(sharedModels, 'stories260K.logits-kvf32.f32'));
-  const logits16 = readF32(join(sharedModels, 'stories260K.logits-kvf16.f32'));
+  const logits32 = readF32(join(fixtureModels, 'stories260K.logits-kvf32.f32'));
+  const logits16 = readF32(join(fixtureModels, 'stories260K.logits-kvf16.f32'));
   t.is(logits32.length, tokens.length * VOCAB);
 
   const got = await nextTokenDistributionsDetailed(model, tokens, tokens.length, { kvType: 'F32' });

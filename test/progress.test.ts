@@ -2,13 +2,13 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { herd } from './helpers/herd.ts';
-import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { repoRoot, fixtureModels } from './helpers/paths.ts';
 import { ProgressRenderer } from '../src/cli/progress.ts';
 import { nodeProgress, type ProgressEvent } from '../src/cluster/coordinator/progress.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
-const reference = JSON.parse(readFileSync(join(sharedModels, 'stories260K.reference.json'), 'utf8')) as { content: string };
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { content: string };
 const PLAIN = /^herd: load \S+ layers \[0,5\): (\d+\.\d)\/(\d+\.\d) MiB \((\d+)%\), \d+(\.\d)? MB\/s$/;
 
 function fakeStream(isTTY: boolean) {

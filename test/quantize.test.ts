@@ -8,7 +8,7 @@ import { GgmlType } from '../src/ggml/types.ts';
 import { chooseType, quantTarget, quantizeFile } from '../src/model/quantize.ts';
 import { synthModel, LLAMA_VOCAB } from '../src/model/synth.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { repoRoot, sharedModels } from './helpers/paths.ts';
+import { repoRoot, fixtureModels } from './helpers/paths.ts';
 
 function tempDir(t: { teardown(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'herd-quant-'));
@@ -21,7 +21,7 @@ for (const type of ['q8_0', 'q4_0'] as const) {
     const out = join(tempDir(t), `s-${type}.gguf`);
     const report = quantizeFile(join(repoRoot, 'models/stories260K.gguf'), out, type);
     const ours = GgufFile.open(out);
-    const theirs = GgufFile.open(join(sharedModels, `stories260K-${type}.gguf`));
+    const theirs = GgufFile.open(join(fixtureModels, `stories260K-${type}.gguf`));
     t.is(ours.tensors.length, theirs.tensors.length);
     for (const a of ours.tensors) {
       const b = theirs.requireTensor(a.name);

@@ -15,9 +15,9 @@ import { silentLogger } from '../src/cluster/log.ts';
 import { findHerd, loadModel, type LoadedModel } from '../src/cluster/coordinator/open.ts';
 import { stopProcess } from './helpers/netns.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
-import { sharedModels } from './helpers/paths.ts';
+import { bundledModel } from './helpers/paths.ts';
 
-const file = GgufFile.open(join(sharedModels, 'stories260K.gguf'));
+const file = GgufFile.open(bundledModel);
 const tokenizer = Tokenizer.fromGguf(file);
 const CTX = 256;
 const herdOptions = { kvType: 'f32' as const, wire: 'f32' as const, discoveryTimeoutMs: 2000 };

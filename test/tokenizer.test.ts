@@ -1,12 +1,13 @@
 import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { GgufFile, type MetadataValue } from '../src/gguf/reader.ts';
 import { TokenAttr, Tokenizer, TokenizerError, type TokenizerErrorCode } from '../src/tokenizer/index.ts';
+import { bundledModel, fixtureModels, fixtureVocab } from './helpers/paths.ts';
 
-const vocabDir = fileURLToPath(new URL('../../shared/vocab/', import.meta.url));
-const referencePath = fileURLToPath(new URL('../../shared/models/stories260K.reference.txt', import.meta.url));
-const storiesPath = fileURLToPath(new URL('../models/stories260K.gguf', import.meta.url));
+const vocabDir = fixtureVocab;
+const referencePath = join(fixtureModels, 'stories260K.reference.txt');
+const storiesPath = bundledModel;
 
 const tokenizers = new Map<string, Tokenizer>();
 function tokenizerOf(path: string): Tokenizer {

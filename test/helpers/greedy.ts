@@ -1,21 +1,20 @@
 // Greedy decoding through a Transformer, for comparing backends token for token.
 
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestFn } from 'ava';
 import { GgufFile } from '../../src/gguf/reader.ts';
 import type { KernelBackend } from '../../src/kernels/backend.ts';
 import { Transformer } from '../../src/model/transformer.ts';
-import { repoRoot, sharedModels } from './paths.ts';
+import { bundledModel, fixtureModels } from './paths.ts';
 
 export const GREEDY_PROMPT = [1, 403, 407, 261, 378];
 
-/** stories260K in f32 (bundled), and Q8_0 and Q4_0 where ../shared has them. */
+/** stories260K in f32 (bundled), Q8_0 and Q4_0 (test fixtures). */
 export const STORIES_MODELS = [
-  join(repoRoot, 'models/stories260K.gguf'),
-  join(sharedModels, 'stories260K-q8_0.gguf'),
-  join(sharedModels, 'stories260K-q4_0.gguf'),
-].filter((p) => existsSync(p));
+  bundledModel,
+  join(fixtureModels, 'stories260K-q8_0.gguf'),
+  join(fixtureModels, 'stories260K-q4_0.gguf'),
+];
 
 /** One test per stories260K file: the backend gives the js backend's 64 greedy tokens. */
 export function greedyMatchesJs(test: TestFn, label: string, create: () => Promise<KernelBackend>): void {
