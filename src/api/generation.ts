@@ -4,8 +4,8 @@
 // (keeping the session for the next request when it finished cleanly), and count what happened
 // for the metrics. Shared by the HTTP handlers and `herd chat`.
 
-import { checkPromptFits, generate, type GenerateResult, type Vocabulary } from '../engine/generate.ts';
-import type { SamplingOptions } from '../engine/sampler.ts';
+import { checkPromptFits, generate, type GenerateResult } from '../engine/generate.ts';
+import type { SamplingOptions, TokenLogprobs } from '../engine/sampler.ts';
 import type { ModelHost } from './host.ts';
 import type { ApiMetrics } from './metrics.ts';
 
@@ -24,8 +24,11 @@ export interface GenerationJob {
   readonly signal?: AbortSignal;
   /** Label of the metrics: chat, completions or grpc. */
   readonly endpoint: string;
-  /** Hears each generated token id as it is sampled (before its text may be held back). */
-  readonly onToken?: (id: number) => void;
+  /**
+   * Hears each generated token id as it is sampled (before its text may be held back), with its
+   * log-probabilities when `sampling.logprobs` asks for them.
+   */
+  readonly onToken?: (id: number, logprobs: TokenLogprobs | undefined) => void;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -50,14 +53,14 @@ export async function runGeneration(
   checkPromptFits(job.prompt.length, host.ctx);
   const maxTokens = job.maxTokens ?? host.ctx - job.prompt.length;
   let first: number | undefined;
-  const vocab = countingVocabulary(host.tokenizer, (id) => {
-    job.onToken?.(id);
+  const onToken = (id: number, logprobs: TokenLogprobs | undefined) => {
+    job.onToken?.(id, logprobs);
     if (first === undefined) {
       first = performance.now();
       metrics?.ttft.observe((first - t0) / 1000);
     }
     metrics?.addTokens(1);
-  });
+  };
   let result: GenerateResult;
   try {
     const cache = job.cachePrompt !== false;
@@ -68,8 +71,8 @@ export async function runGeneration(
       onStart?.();
       result = await generate(
         lease.session,
-        vocab,
-        { prompt: job.prompt, cached: lease.cached, maxTokens, stop: job.stop, signal: job.signal },
+        host.tokenizer,
+        { prompt: job.prompt, cached: lease.cached, maxTokens, stop: job.stop, signal: job.signal, onToken },
         onText && ((text) => onText(text)),
       );
       metrics?.promptTokensReused.inc(result.timings.prompt_cached);
@@ -89,21 +92,4 @@ export async function runGeneration(
   metrics?.generations.inc({ endpoint: job.endpoint, outcome: aborted ? 'cancelled' : finishReason });
   if (!aborted) metrics?.latency.observe({ endpoint: job.endpoint }, totalMs / 1000);
   return { ...result, finishReason, ttftMs: first === undefined ? undefined : first - t0, totalMs };
-}
-
-/** The tokenizer as the loop sees it, telling `onToken` of each generated token. */
-function countingVocabulary(v: Vocabulary, onToken: (id: number) => void): Vocabulary {
-  return {
-    isEog: (id) => v.isEog(id),
-    stream: () => {
-      const s = v.stream();
-      return {
-        push: (id) => {
-          onToken(id);
-          return s.push(id);
-        },
-        flush: () => s.flush(),
-      };
-    },
-  };
 }

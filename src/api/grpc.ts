@@ -1,6 +1,7 @@
 // Generation for gRPC clients: `herd serve --grpc-port P` serves HerdCoordinator's Challenge and
 // Generate on the same ModelHost as the HTTP API — the same fair slots, sessions and metrics.
-// A Generate call streams each decoded piece of text with its token ids, then one `done` event;
+// A Generate call streams each decoded piece of text with its token ids (and their
+// log-probabilities when the request's sampling sets `logprobs`), then one `done` event;
 // cancelling the call aborts the generation and frees its session. With a cluster key, Generate
 // needs the challenge-response proof of src/cluster/auth.ts (UNAUTHENTICATED otherwise).
 
@@ -10,7 +11,8 @@ import { HerdCoordinatorService, type GenerateEvent, type GenerateRequest, type 
 import { Authenticator, NONCE_TTL_MS, type ClusterKey } from '../cluster/auth.ts';
 import { channelOptions } from '../cluster/rpc.ts';
 import { ContextError } from '../engine/generate.ts';
-import { defaultSampling, SamplingError, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { defaultSampling, SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../engine/sampler.ts';
+import { logprobsToWire } from '../cluster/node/stage.ts';
 import { ApiError } from './errors.ts';
 import { runGeneration } from './generation.ts';
 import type { ModelHost } from './host.ts';
@@ -46,6 +48,7 @@ export function samplingFrom(s: Sampling | undefined): SamplingOptions {
     presencePenalty: s.presencePenalty,
     penaltyLastN: s.penaltyLastN,
     seed: s.seed,
+    logprobs: s.logprobs,
   });
 }
 
@@ -122,17 +125,25 @@ export class GrpcApi {
     this.calls.add(ac);
     call.on('cancelled', () => ac.abort());
     let pending: number[] = [];
+    let pendingLogprobs: TokenLogprobs[] = [];
     try {
       const job = this.parse(call.request);
       this.log.debug({ id, peer, promptTokens: job.prompt.length, maxTokens: job.maxTokens }, 'grpc.generate');
       const out = await runGeneration(
         this.host,
         this.metrics,
-        { ...job, signal: ac.signal, endpoint: 'grpc', onToken: (t) => pending.push(t) },
+        {
+          ...job, signal: ac.signal, endpoint: 'grpc',
+          onToken: (t, lp) => {
+            pending.push(t);
+            if (lp) pendingLogprobs.push(lp);
+          },
+        },
         (text) => {
           if (ac.signal.aborted) return;
-          call.write({ text: { text, tokenIds: pending } });
+          call.write({ text: { text, tokenIds: pending, logprobs: pendingLogprobs.map(logprobsToWire) } });
           pending = [];
+          pendingLogprobs = [];
         },
       );
       if (ac.signal.aborted) {
@@ -140,7 +151,7 @@ export class GrpcApi {
         return;
       }
       // Tokens whose text never came out (cut by a stop string, or held back at the end).
-      if (pending.length > 0) call.write({ text: { text: '', tokenIds: pending } });
+      if (pending.length > 0) call.write({ text: { text: '', tokenIds: pending, logprobs: pendingLogprobs.map(logprobsToWire) } });
       const t = out.timings;
       call.write({
         done: { stopReason: out.stopReason, promptTokens: t.prompt_tokens, promptMs: t.prompt_ms, decodeTokens: t.decode_tokens, decodeMs: t.decode_ms },

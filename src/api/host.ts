@@ -27,7 +27,7 @@ import { ChatTemplate } from '../tokenizer/chat-template.ts';
 import type { KvType } from '../model/kv-cache.ts';
 import { readConfig, type ModelConfig } from '../model/config.ts';
 import { commonPrefix, type InferenceSession } from '../engine/session.ts';
-import type { SamplingOptions } from '../engine/sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from '../engine/sampler.ts';
 import { ClusterError } from '../cluster/errors.ts';
 import { jsonLogger, silentLogger } from '../cluster/log.ts';
 import type { NodeSet } from '../cluster/coordinator/nodes.ts';
@@ -524,6 +524,10 @@ class LockedSession implements InferenceSession {
     return this.inner.ctx;
   }
 
+  get logprobs(): TokenLogprobs | undefined {
+    return this.inner.logprobs;
+  }
+
   async step(tokens: readonly number[], start: number): Promise<number> {
     const release = await this.lock.acquire();
     try {
@@ -561,6 +565,10 @@ class ObservedSession implements InferenceSession {
 
   get ctx(): number {
     return this.inner.ctx;
+  }
+
+  get logprobs(): TokenLogprobs | undefined {
+    return this.inner.logprobs;
   }
 
   /** A new request starts on the session. */

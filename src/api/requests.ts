@@ -1,9 +1,9 @@
 // Request bodies arrive as `unknown` JSON; these functions narrow them into typed requests or
-// throw a 400 naming the field (OpenAI's `param`). Fields herd cannot honour (n > 1, logprobs,
-// tools) are refused rather than silently ignored; unknown fields are ignored, as llama.cpp's
+// throw a 400 naming the field (OpenAI's `param`). Fields herd cannot honour (n > 1, tools, the
+// prompt's logprobs with echo) are refused rather than silently ignored; unknown fields are ignored, as llama.cpp's
 // server does, so clients that send extra options keep working.
 
-import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { defaultSampling, MAX_LOGPROBS, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
 import { badRequest } from './errors.ts';
 
@@ -11,6 +11,7 @@ export interface GenerationParams {
   readonly model?: string;
   /** Undefined: until the end of the context (chat) or 16 tokens (completions, as OpenAI). */
   readonly maxTokens?: number;
+  /** `logprobs` set: the answer carries each token's log-probability and this many top ones'. */
   readonly sampling: SamplingOptions;
   readonly stop: string[];
   readonly stream: boolean;
@@ -66,8 +67,6 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
   const model = opt(o, 'model', isString, 'a string');
   const n = opt(o, 'n', isInt, 'an integer');
   if (n !== undefined && n !== 1) throw badRequest(`herd generates one choice per request: 'n' must be 1, got ${n}`, 'n', 'unsupported_value');
-  const logprobs = o.logprobs;
-  if (logprobs !== undefined && logprobs !== null && logprobs !== false) throw badRequest("herd does not return logprobs: leave 'logprobs' unset", 'logprobs', 'unsupported_value');
 
   const maxTokens = opt(o, 'max_completion_tokens', isInt, 'an integer') ?? opt(o, 'max_tokens', isInt, 'an integer');
   if (maxTokens !== undefined && maxTokens < 0) throw badRequest(`'max_tokens' must be >= 0, got ${maxTokens}`, 'max_tokens');
@@ -113,6 +112,26 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
   return { o, p: { model, maxTokens, sampling, stop, stream, includeUsage, cachePrompt } };
 }
 
+/** How many top log-probabilities: 0..MAX_LOGPROBS, or undefined when the field is absent. */
+function topCount(o: Obj, name: string): number | undefined {
+  const n = opt(o, name, isInt, `an integer in [0, ${MAX_LOGPROBS}]`);
+  return range(name, n, 0, MAX_LOGPROBS);
+}
+
+/** Chat: `logprobs` (a boolean) turns them on, `top_logprobs` (0..20) asks for the top ones. */
+function chatLogprobs(o: Obj): number | undefined {
+  const on = opt(o, 'logprobs', isBool, 'a boolean') ?? false;
+  const top = topCount(o, 'top_logprobs');
+  if (top !== undefined && !on) throw badRequest("'top_logprobs' needs 'logprobs' set to true", 'top_logprobs');
+  return on ? (top ?? 0) : undefined;
+}
+
+/** Completions: `logprobs` is the number of top ones (0..20); false means none, as null does. */
+function completionLogprobs(o: Obj): number | undefined {
+  if (o.logprobs === false) return undefined;
+  return topCount(o, 'logprobs');
+}
+
 /** Message content: a string, or OpenAI's array of parts of which herd reads the text ones. */
 function content(v: unknown, at: string): string {
   if (typeof v === 'string') return v;
@@ -130,7 +149,8 @@ function content(v: unknown, at: string): string {
 }
 
 export function parseChatRequest(body: unknown): ChatRequest {
-  const { o, p } = common(body);
+  const { o, p: base } = common(body);
+  const p = { ...base, sampling: { ...base.sampling, logprobs: chatLogprobs(o) } };
   const tools = o.tools;
   if (Array.isArray(tools) && tools.length > 0) throw badRequest('herd does not support tools yet', 'tools', 'unsupported_value');
   const raw = o.messages;
@@ -153,8 +173,12 @@ export function parseChatRequest(body: unknown): ChatRequest {
 }
 
 export function parseCompletionRequest(body: unknown, vocabSize: number): CompletionRequest {
-  const { o, p } = common(body);
+  const { o, p: base } = common(body);
+  const p = { ...base, sampling: { ...base.sampling, logprobs: completionLogprobs(o) } };
   const echo = opt(o, 'echo', isBool, 'a boolean') ?? false;
+  if (echo && p.sampling.logprobs !== undefined) {
+    throw badRequest("herd returns the generated tokens' logprobs, not the prompt's: 'echo' with 'logprobs' is not supported", 'echo', 'unsupported_value');
+  }
   const suffix = opt(o, 'suffix', isString, 'a string');
   if (suffix) throw badRequest("herd does not support 'suffix' (fill-in-the-middle)", 'suffix', 'unsupported_value');
   let prompt = o.prompt;

@@ -9,10 +9,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { ContextError } from '../engine/generate.ts';
-import { SamplingError } from '../engine/sampler.ts';
+import { SamplingError, type TokenLogprobs } from '../engine/sampler.ts';
 import { ChatTemplateError } from '../tokenizer/chat-template.ts';
 import { ApiError, badRequest, internal, modelNotFound, notFound, unauthorized, unavailable } from './errors.ts';
 import { runGeneration, type GenerationOutcome } from './generation.ts';
+import { chatLogprobs, CompletionLogprobsWriter } from './logprobs.ts';
 import type { ModelHost } from './host.ts';
 import { ApiMetrics } from './metrics.ts';
 import { AbortedError } from './queue.ts';
@@ -235,13 +236,24 @@ export class ApiServer {
     const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
     const ac = this.track(res);
     const stream = r.stream ? new EventStream(res) : undefined;
-    const chunk = (delta: object, finish: string | null, extra: object = {}) => ({
-      ...head, object: 'chat.completion.chunk', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...extra,
-    });
+    const wantLogprobs = r.sampling.logprobs !== undefined;
+    // Streamed: each chunk carries the log-probabilities of the tokens since the previous one.
+    const pending = new PendingLogprobs();
+    const chunk = (delta: object, finish: string | null, extra: object = {}) => {
+      const lp = pending.take();
+      return {
+        ...head, object: 'chat.completion.chunk',
+        choices: [{ index: 0, delta, logprobs: lp.length > 0 ? chatLogprobs(h.tokenizer, lp) : null, finish_reason: finish }],
+        ...extra,
+      };
+    };
     const out = await runGeneration(
       h,
       this.metrics,
-      { prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'chat' },
+      {
+        prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'chat',
+        onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
+      },
       stream && ((text) => stream.send(chunk({ content: text }, null))),
       stream && (() => stream.send(chunk({ role: 'assistant', content: '' }, null))),
     );
@@ -258,7 +270,7 @@ export class ApiServer {
     sendJson(res, 200, {
       ...head,
       object: 'chat.completion',
-      choices: [{ index: 0, message: { role: 'assistant', content: out.text }, logprobs: null, finish_reason: out.finishReason }],
+      choices: [{ index: 0, message: { role: 'assistant', content: out.text }, logprobs: wantLogprobs ? chatLogprobs(h.tokenizer, out.logprobs) : null, finish_reason: out.finishReason }],
       usage,
       herd,
     });
@@ -276,14 +288,26 @@ export class ApiServer {
     const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
     const ac = this.track(res);
     const stream = r.stream ? new EventStream(res) : undefined;
-    const chunk = (text: string, finish: string | null, extra: object = {}) => ({
-      ...head, object: 'text_completion', choices: [{ index: 0, text, logprobs: null, finish_reason: finish }], ...extra,
-    });
+    const wantLogprobs = r.sampling.logprobs !== undefined;
+    // Streamed: each chunk carries the log-probabilities of the tokens since the previous one.
+    const pending = new PendingLogprobs();
+    const writer = new CompletionLogprobsWriter(h.tokenizer);
+    const chunk = (text: string, finish: string | null, extra: object = {}) => {
+      const lp = pending.take();
+      return {
+        ...head, object: 'text_completion',
+        choices: [{ index: 0, text, logprobs: lp.length > 0 ? writer.next(lp) : null, finish_reason: finish }],
+        ...extra,
+      };
+    };
     const out = await runGeneration(
       h,
       this.metrics,
       // OpenAI's completions default to 16 tokens.
-      { prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'completions' },
+      {
+        prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'completions',
+        onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
+      },
       stream && ((text) => stream.send(chunk(text, null))),
       stream && (() => echoText && stream.send(chunk(echoText, null))),
     );
@@ -297,7 +321,8 @@ export class ApiServer {
       stream.done();
       return;
     }
-    sendJson(res, 200, { ...head, object: 'text_completion', choices: [{ index: 0, text: echoText + out.text, logprobs: null, finish_reason: out.finishReason }], usage, herd });
+    const logprobs = wantLogprobs ? writer.next(out.logprobs) : null;
+    sendJson(res, 200, { ...head, object: 'text_completion', choices: [{ index: 0, text: echoText + out.text, logprobs, finish_reason: out.finishReason }], usage, herd });
   }
 
   /** A generation cut short: by the client (nothing to say) or by the server closing. */
@@ -313,6 +338,8 @@ export class ApiServer {
       prompt_tokens: prompt,
       stop_reason: out.stopReason,
       seed: r.sampling.seed,
+      // Token ids, as `herd run --json --logprobs` prints them.
+      ...(r.sampling.logprobs !== undefined ? { logprobs: out.logprobs } : {}),
       timings: out.timings,
       ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
       plan: this.o.host.plan,
@@ -328,6 +355,21 @@ export class ApiServer {
       },
       cancelled ? 'request.cancelled' : 'request.done',
     );
+  }
+}
+
+/** A stream's log-probabilities not yet sent: the tokens since the last chunk. */
+class PendingLogprobs {
+  private entries: TokenLogprobs[] = [];
+
+  add(lp: TokenLogprobs | undefined): void {
+    if (lp) this.entries.push(lp);
+  }
+
+  take(): TokenLogprobs[] {
+    const out = this.entries;
+    this.entries = [];
+    return out;
   }
 }
 

@@ -1,7 +1,7 @@
 // The CLI as a LAN client of `herd serve`: `herd run --server` and `herd chat --server` post to
 // its OpenAI-compatible API and read the SSE stream; `--server auto` finds it over mDNS.
 
-import type { SamplingOptions } from '../engine/sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from '../engine/sampler.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
 import { UsageError } from './errors.ts';
 
@@ -57,6 +57,8 @@ export interface HerdExtension {
   prompt_tokens: number[];
   stop_reason: string;
   seed: number;
+  /** When the request asked for logprobs: one per token, with token ids. */
+  logprobs?: TokenLogprobs[];
   timings: Record<string, number>;
   ttft_ms: number | null;
   plan: unknown[];
@@ -172,6 +174,7 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
   const t0 = performance.now();
   const body: Record<string, unknown> = {
     prompt: o.prompt, max_tokens: o.maxTokens, stop: o.stop, ...samplingFields(o.sampling),
+    ...(o.sampling.logprobs !== undefined ? { logprobs: o.sampling.logprobs } : {}),
     ...(o.model ? { model: o.model.replace(/^.*[\\/]/, '').replace(/\.gguf$/i, '') } : {}),
   };
   // Ctrl-C closes the connection: the server cancels the generation and frees its session.
@@ -187,7 +190,9 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
   if (o.json) {
     process.stdout.write(
       `${JSON.stringify({
-        text: r.text, tokens: h.tokens, prompt_tokens: h.prompt_tokens, stop_reason: h.stop_reason, seed: h.seed, timings: h.timings, plan: h.plan,
+        text: r.text, tokens: h.tokens, prompt_tokens: h.prompt_tokens, stop_reason: h.stop_reason, seed: h.seed,
+        ...(o.sampling.logprobs !== undefined ? { logprobs: h.logprobs ?? [] } : {}),
+        timings: h.timings, plan: h.plan,
         ...(h.backend ? { backend: h.backend, isa: h.isa, threads: h.threads, peak_rss_mib: h.peak_rss_mib } : {}),
         server: url,
       })}\n`,

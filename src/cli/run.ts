@@ -8,7 +8,7 @@ import { generate } from '../engine/generate.ts';
 import { openInference } from '../cluster/coordinator/open.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
-import { defaultSampling, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
+import { defaultSampling, MAX_LOGPROBS, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { resolveModelPath } from './model-path.ts';
 import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
 import { LOCAL_ADDRESS } from '../cluster/coordinator/local.ts';
@@ -34,6 +34,7 @@ interface RunArgs extends KeyArgs {
   kvType: 'f32' | 'f16';
   stop?: string | string[];
   json: boolean;
+  logprobs?: number;
   nodes: string;
   stages?: number;
   interface?: string;
@@ -69,6 +70,10 @@ function builder(y: Argv): Argv<RunArgs> {
     // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
     .option('stop', { type: 'string', describe: 'Stop before this text (repeatable)' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' })
+    .option('logprobs', {
+      type: 'number',
+      describe: `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), from the raw logits before penalties and temperature`,
+    })
     // The herd: where the layers run.
     .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
     .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
@@ -87,6 +92,9 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   integer('seed', args.seed, 0);
   integer('threads', args.threads, 1);
   integer('ctx', args.ctx, 1);
+  integer('logprobs', args.logprobs, 0);
+  if (args.logprobs !== undefined && args.logprobs > MAX_LOGPROBS) throw new UsageError(`--logprobs must be at most ${MAX_LOGPROBS}, got ${args.logprobs}`);
+  if (args.logprobs !== undefined && !args.json) throw new UsageError('--logprobs prints in the JSON object: add --json');
   const sampling: SamplingOptions = validateSampling({
     temperature: args.temp,
     topK: args.topK,
@@ -97,6 +105,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     presencePenalty: args.presencePenalty,
     penaltyLastN: defaultSampling.penaltyLastN,
     seed: args.seed ?? Math.floor(Math.random() * 0xffffffff),
+    logprobs: args.logprobs,
   });
   if (args.server !== undefined) {
     return runOnServer({
@@ -149,6 +158,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         prompt_tokens: prompt,
         stop_reason: result.stopReason,
         seed: sampling.seed,
+        ...(args.logprobs !== undefined ? { logprobs: result.logprobs } : {}),
         timings: result.timings,
         plan: inference.plan,
         ...(inProcess ? { backend: backend.name, isa: backend.isa, threads: backend.threads, peak_rss_mib: peakRssMib() } : {}),

@@ -1,6 +1,7 @@
 // The generation loop: prefill the prompt, then decode one token at a time until EOS, a
 // stop string, the token limit or the end of the context.
 
+import type { TokenLogprobs } from './sampler.ts';
 import type { InferenceSession } from './session.ts';
 
 /** What the loop needs of a tokenizer: end-of-generation ids and a streaming decoder. */
@@ -22,6 +23,11 @@ export interface GenerateRequest {
   /** Generation ends before the first occurrence of any of these strings. */
   stop?: readonly string[];
   signal?: AbortSignal;
+  /**
+   * Hears each generated token as it is kept (before its text may be held back), with its
+   * log-probabilities when the session's sampling asks for them.
+   */
+  onToken?: (token: number, logprobs: TokenLogprobs | undefined) => void;
 }
 
 export type StopReason = 'eos' | 'stop' | 'length' | 'context' | 'aborted';
@@ -40,6 +46,8 @@ export interface Timings {
 export interface GenerateResult {
   text: string;
   tokens: number[];
+  /** One per token of `tokens` when the session's sampling asks for them; otherwise empty. */
+  logprobs: TokenLogprobs[];
   stopReason: StopReason;
   timings: Timings;
 }
@@ -70,6 +78,7 @@ export async function generate(
   if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw new RangeError(`max tokens must be an integer >= 0, got ${req.maxTokens}`);
   const stops = (req.stop ?? []).filter((s) => s.length > 0);
   const tokens: number[] = [];
+  const logprobs: TokenLogprobs[] = [];
   const decoder = vocab.stream();
   let text = '';
   let emitted = 0;
@@ -84,6 +93,7 @@ export async function generate(
   const t0 = performance.now();
   let pos = req.prompt.length;
   let next = req.maxTokens > 0 ? await session.step(req.prompt.slice(from), from) : -1;
+  let nextLogprobs = session.logprobs;
   const computed = req.maxTokens > 0 ? req.prompt.length - from : 0;
   const t1 = performance.now();
 
@@ -98,6 +108,8 @@ export async function generate(
       break;
     }
     tokens.push(next);
+    if (nextLogprobs) logprobs.push(nextLogprobs);
+    req.onToken?.(next, nextLogprobs);
     text += decoder.push(next);
 
     const hit = firstStop(text, stops, emitted);
@@ -118,6 +130,7 @@ export async function generate(
       break;
     }
     next = await session.step([next], pos++);
+    nextLogprobs = session.logprobs;
     // A session in this process resolves at once: let timers, sockets and aborts run.
     await new Promise((resolve) => setImmediate(resolve));
   }
@@ -130,6 +143,7 @@ export async function generate(
   return {
     text,
     tokens,
+    logprobs,
     stopReason,
     timings: {
       prompt_tokens: req.prompt.length,

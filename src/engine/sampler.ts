@@ -1,5 +1,7 @@
 // Picks the next token from the logits. The chain follows llama.cpp's default order:
 // penalties → top-k → top-p → min-p → temperature → draw; temperature 0 is greedy.
+// Asked for log-probabilities, it reports them from the logits as they arrive, before any of
+// the chain (as llama-server's n_probs without post_sampling_probs).
 
 import { Rng } from './rng.ts';
 
@@ -21,6 +23,29 @@ export interface SamplingOptions {
   /** How many recent tokens the penalties look at. */
   penaltyLastN: number;
   seed: number;
+  /**
+   * Report the sampled token's log-probability and the `logprobs` most likely tokens' (0..20,
+   * MAX_LOGPROBS) with each token; undefined reports none.
+   */
+  logprobs?: number;
+}
+
+/** Most tokens a request may ask the log-probabilities of (OpenAI's top_logprobs bound). */
+export const MAX_LOGPROBS = 20;
+
+/** One token and the natural log of its probability. */
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+/**
+ * The log-probabilities of one sampled token: log_softmax of the raw logits (in float64),
+ * before penalties, temperature and truncation.
+ */
+export interface TokenLogprobs extends TokenLogprob {
+  /** The most likely tokens, most likely first (ties: lower id first); the sampled one among them or not. */
+  top: TokenLogprob[];
 }
 
 export const defaultSampling: SamplingOptions = {
@@ -56,6 +81,10 @@ export function validateSampling(o: SamplingOptions): SamplingOptions {
   check(Number.isFinite(o.presencePenalty), `presence penalty must be a number, got ${o.presencePenalty}`);
   check(Number.isInteger(o.penaltyLastN) && o.penaltyLastN >= 0, `penalty window must be an integer >= 0, got ${o.penaltyLastN}`);
   check(Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff, `seed must be an integer in 0..4294967295, got ${o.seed}`);
+  check(
+    o.logprobs === undefined || (Number.isInteger(o.logprobs) && o.logprobs >= 0 && o.logprobs <= MAX_LOGPROBS),
+    `logprobs must be an integer in 0..${MAX_LOGPROBS}, got ${o.logprobs}`,
+  );
   return o;
 }
 
@@ -64,6 +93,8 @@ export class Sampler {
   private readonly ids: Int32Array;
   private readonly probs: Float64Array;
   private readonly counts = new Map<number, number>();
+  /** The log-probabilities of the last sampled token, when the options ask for them. */
+  logprobs: TokenLogprobs | undefined;
 
   constructor(readonly options: SamplingOptions, vocabSize: number) {
     validateSampling(options);
@@ -74,6 +105,17 @@ export class Sampler {
 
   /** Chooses a token; `history` is every token so far (prompt and generated). Modifies logits. */
   sample(logits: Float32Array, history: readonly number[]): number {
+    const o = this.options;
+    if (o.logprobs === undefined) return this.draw(logits, history);
+    // From the logits as the model gave them: keep them for the sampled token's.
+    const raw = Float32Array.from(logits);
+    const top = this.topLogprobs(raw, o.logprobs);
+    const token = this.draw(logits, history);
+    this.logprobs = { token, logprob: raw[token] - top.shift, top: top.top };
+    return token;
+  }
+
+  private draw(logits: Float32Array, history: readonly number[]): number {
     const o = this.options;
     this.applyPenalties(logits, history);
     if (o.temperature === 0) return argmax(logits);
@@ -119,6 +161,22 @@ export class Sampler {
       if (r < 0) return ids[i];
     }
     return ids[keep - 1];
+  }
+
+  /**
+   * The n most likely tokens' log-probabilities, and `shift` = max + log Σ exp(x − max): a
+   * token's log-probability is its logit − shift (float64, stable for any logit range).
+   */
+  private topLogprobs(logits: Float32Array, n: number): { top: TokenLogprob[]; shift: number } {
+    let max = -Infinity;
+    for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+    let sum = 0;
+    for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+    const shift = max + Math.log(sum);
+    const k = n > 0 ? this.topK(logits, Math.min(n, logits.length)) : 0;
+    const top: TokenLogprob[] = [];
+    for (let i = 0; i < k; i++) top.push({ token: this.ids[i], logprob: logits[this.ids[i]] - shift });
+    return { top, shift };
   }
 
   private applyPenalties(logits: Float32Array, history: readonly number[]): void {

@@ -8,7 +8,7 @@
 
 import type { Transformer } from '../model/transformer.ts';
 import type { KvCache } from '../model/kv-cache.ts';
-import { Sampler, type SamplingOptions } from './sampler.ts';
+import { Sampler, type SamplingOptions, type TokenLogprobs } from './sampler.ts';
 
 export interface InferenceSession {
   /** Positions the session's KV caches hold. */
@@ -19,6 +19,11 @@ export interface InferenceSession {
    * is first truncated to `start` positions (and the penalties' token history with it).
    */
   step(tokens: readonly number[], start: number): Promise<number>;
+  /**
+   * The log-probabilities of the token the last step returned, when the sampling options ask
+   * for them (SamplingOptions.logprobs); undefined otherwise.
+   */
+  readonly logprobs?: TokenLogprobs;
   /**
    * From the next step on, samples with these options from a fresh random state (the seed's),
    * as a new session would: a kept session then answers a new request exactly as a fresh one.
@@ -53,6 +58,10 @@ export class LocalSession implements InferenceSession {
 
   get ctx(): number {
     return this.model.ctx;
+  }
+
+  get logprobs(): TokenLogprobs | undefined {
+    return this.sampler.logprobs;
   }
 
   async step(tokens: readonly number[], start: number): Promise<number> {

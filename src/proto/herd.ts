@@ -364,6 +364,12 @@ export interface Sampling {
   penaltyLastN: number;
   /** random seed of the draw */
   seed: number;
+  /**
+   * Set: the last stage delivers each token's log-probability and those of the `logprobs` most
+   * likely tokens (0..20) with it. Unset: none. (Added without a version bump: a node that
+   * predates it delivers none, and the coordinator refuses such a delivery.)
+   */
+  logprobs?: number | undefined;
 }
 
 /**
@@ -483,6 +489,26 @@ export interface Delivery {
   tokenId: number;
   /** every stage's time on the step, in route order, the last stage's included */
   timings: StageTiming[];
+  /** when the session's Sampling.logprobs is set: the sampled token's and the top ones */
+  logprobs?: TokenLogprobs | undefined;
+}
+
+/**
+ * Natural-log probabilities of one sampled token, from the raw logits of its step: log_softmax
+ * in float64, before penalties, temperature and truncation (llama-server's n_probs).
+ */
+export interface TokenLogprobs {
+  /** the sampled token's */
+  logprob: number;
+  /** the Sampling.logprobs most likely tokens, most likely first (ties: lower id first) */
+  top: TokenLogprob[];
+}
+
+export interface TokenLogprob {
+  /** a token of the vocabulary */
+  tokenId: number;
+  /** its log-probability */
+  logprob: number;
 }
 
 export interface DeliverReply {
@@ -526,6 +552,8 @@ export interface GeneratedText {
   text: string;
   /** the tokens that produced it */
   tokenIds: number[];
+  /** one per token of token_ids, when the request's Sampling.logprobs is set */
+  logprobs: TokenLogprobs[];
 }
 
 export interface GenerateDone {
@@ -2502,6 +2530,7 @@ function createBaseSampling(): Sampling {
     presencePenalty: 0,
     penaltyLastN: 0,
     seed: 0,
+    logprobs: undefined,
   };
 }
 
@@ -2533,6 +2562,9 @@ export const Sampling: MessageFns<Sampling> = {
     }
     if (message.seed !== 0) {
       writer.uint32(72).uint32(message.seed);
+    }
+    if (message.logprobs !== undefined) {
+      writer.uint32(80).uint32(message.logprobs);
     }
     return writer;
   },
@@ -2622,6 +2654,14 @@ export const Sampling: MessageFns<Sampling> = {
             message.seed = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.logprobs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2673,6 +2713,7 @@ export const Sampling: MessageFns<Sampling> = {
         ? globalThis.Number(object.penalty_last_n)
         : 0,
       seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
+      logprobs: isSet(object.logprobs) ? globalThis.Number(object.logprobs) : undefined,
     };
   },
 
@@ -2705,6 +2746,9 @@ export const Sampling: MessageFns<Sampling> = {
     if (message.seed !== 0) {
       obj.seed = Math.round(message.seed);
     }
+    if (message.logprobs !== undefined) {
+      obj.logprobs = Math.round(message.logprobs);
+    }
     return obj;
   },
 
@@ -2722,6 +2766,7 @@ export const Sampling: MessageFns<Sampling> = {
     message.presencePenalty = object.presencePenalty ?? 0;
     message.penaltyLastN = object.penaltyLastN ?? 0;
     message.seed = object.seed ?? 0;
+    message.logprobs = object.logprobs ?? undefined;
     return message;
   },
 };
@@ -3862,7 +3907,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
 };
 
 function createBaseDelivery(): Delivery {
-  return { sessionId: "", position: 0, tokenId: 0, timings: [] };
+  return { sessionId: "", position: 0, tokenId: 0, timings: [], logprobs: undefined };
 }
 
 export const Delivery: MessageFns<Delivery> = {
@@ -3878,6 +3923,9 @@ export const Delivery: MessageFns<Delivery> = {
     }
     for (const v of message.timings) {
       StageTiming.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.logprobs !== undefined) {
+      TokenLogprobs.encode(message.logprobs, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -3927,6 +3975,14 @@ export const Delivery: MessageFns<Delivery> = {
             message.timings.push(StageTiming.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.logprobs = TokenLogprobs.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3953,6 +4009,7 @@ export const Delivery: MessageFns<Delivery> = {
         ? globalThis.Number(object.token_id)
         : 0,
       timings: globalThis.Array.isArray(object?.timings) ? object.timings.map((e: any) => StageTiming.fromJSON(e)) : [],
+      logprobs: isSet(object.logprobs) ? TokenLogprobs.fromJSON(object.logprobs) : undefined,
     };
   },
 
@@ -3970,6 +4027,9 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.timings?.length) {
       obj.timings = message.timings.map((e) => StageTiming.toJSON(e));
     }
+    if (message.logprobs !== undefined) {
+      obj.logprobs = TokenLogprobs.toJSON(message.logprobs);
+    }
     return obj;
   },
 
@@ -3982,6 +4042,183 @@ export const Delivery: MessageFns<Delivery> = {
     message.position = object.position ?? 0;
     message.tokenId = object.tokenId ?? 0;
     message.timings = object.timings?.map((e) => StageTiming.fromPartial(e)) || [];
+    message.logprobs = (object.logprobs !== undefined && object.logprobs !== null)
+      ? TokenLogprobs.fromPartial(object.logprobs)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTokenLogprobs(): TokenLogprobs {
+  return { logprob: 0, top: [] };
+}
+
+export const TokenLogprobs: MessageFns<TokenLogprobs> = {
+  encode(message: TokenLogprobs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.logprob !== 0) {
+      writer.uint32(9).double(message.logprob);
+    }
+    for (const v of message.top) {
+      TokenLogprob.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TokenLogprobs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTokenLogprobs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.logprob = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.top.push(TokenLogprob.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TokenLogprobs {
+    return {
+      logprob: isSet(object.logprob) ? globalThis.Number(object.logprob) : 0,
+      top: globalThis.Array.isArray(object?.top) ? object.top.map((e: any) => TokenLogprob.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: TokenLogprobs): unknown {
+    const obj: any = {};
+    if (message.logprob !== 0) {
+      obj.logprob = floatToJson(message.logprob);
+    }
+    if (message.top?.length) {
+      obj.top = message.top.map((e) => TokenLogprob.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TokenLogprobs>, I>>(base?: I): TokenLogprobs {
+    return TokenLogprobs.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TokenLogprobs>, I>>(object: I): TokenLogprobs {
+    const message = createBaseTokenLogprobs();
+    message.logprob = object.logprob ?? 0;
+    message.top = object.top?.map((e) => TokenLogprob.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTokenLogprob(): TokenLogprob {
+  return { tokenId: 0, logprob: 0 };
+}
+
+export const TokenLogprob: MessageFns<TokenLogprob> = {
+  encode(message: TokenLogprob, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokenId !== 0) {
+      writer.uint32(8).uint32(message.tokenId);
+    }
+    if (message.logprob !== 0) {
+      writer.uint32(17).double(message.logprob);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TokenLogprob {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTokenLogprob();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.tokenId = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.logprob = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TokenLogprob {
+    return {
+      tokenId: isSet(object.tokenId)
+        ? globalThis.Number(object.tokenId)
+        : isSet(object.token_id)
+        ? globalThis.Number(object.token_id)
+        : 0,
+      logprob: isSet(object.logprob) ? globalThis.Number(object.logprob) : 0,
+    };
+  },
+
+  toJSON(message: TokenLogprob): unknown {
+    const obj: any = {};
+    if (message.tokenId !== 0) {
+      obj.tokenId = Math.round(message.tokenId);
+    }
+    if (message.logprob !== 0) {
+      obj.logprob = floatToJson(message.logprob);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TokenLogprob>, I>>(base?: I): TokenLogprob {
+    return TokenLogprob.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TokenLogprob>, I>>(object: I): TokenLogprob {
+    const message = createBaseTokenLogprob();
+    message.tokenId = object.tokenId ?? 0;
+    message.logprob = object.logprob ?? 0;
     return message;
   },
 };
@@ -4372,7 +4609,7 @@ export const GenerateEvent: MessageFns<GenerateEvent> = {
 };
 
 function createBaseGeneratedText(): GeneratedText {
-  return { text: "", tokenIds: [] };
+  return { text: "", tokenIds: [], logprobs: [] };
 }
 
 export const GeneratedText: MessageFns<GeneratedText> = {
@@ -4386,6 +4623,9 @@ export const GeneratedText: MessageFns<GeneratedText> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    for (const v of message.logprobs) {
+      TokenLogprobs.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -4429,6 +4669,14 @@ export const GeneratedText: MessageFns<GeneratedText> = {
 
             break;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.logprobs.push(TokenLogprobs.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4449,6 +4697,9 @@ export const GeneratedText: MessageFns<GeneratedText> = {
         : globalThis.Array.isArray(object?.token_ids)
         ? object.token_ids.map((e: any) => globalThis.Number(e))
         : [],
+      logprobs: globalThis.Array.isArray(object?.logprobs)
+        ? object.logprobs.map((e: any) => TokenLogprobs.fromJSON(e))
+        : [],
     };
   },
 
@@ -4460,6 +4711,9 @@ export const GeneratedText: MessageFns<GeneratedText> = {
     if (message.tokenIds?.length) {
       obj.tokenIds = message.tokenIds.map((e) => Math.round(e));
     }
+    if (message.logprobs?.length) {
+      obj.logprobs = message.logprobs.map((e) => TokenLogprobs.toJSON(e));
+    }
     return obj;
   },
 
@@ -4470,6 +4724,7 @@ export const GeneratedText: MessageFns<GeneratedText> = {
     const message = createBaseGeneratedText();
     message.text = object.text ?? "";
     message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    message.logprobs = object.logprobs?.map((e) => TokenLogprobs.fromPartial(e)) || [];
     return message;
   },
 };

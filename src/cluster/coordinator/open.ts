@@ -8,7 +8,7 @@ import type { KernelBackend } from '../../kernels/backend.ts';
 import { Transformer } from '../../model/transformer.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import { LocalSession, type InferenceSession } from '../../engine/session.ts';
-import type { SamplingOptions } from '../../engine/sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
 import type { ClusterKey } from '../auth.ts';
 import { jsonLogger, silentLogger, type Logger } from '../log.ts';
 // nodes.ts and pipeline.ts (discovery, gRPC) are imported when a herd is asked for: an
@@ -190,6 +190,10 @@ class InProcessStage implements StagedSession {
 
   get ctx(): number {
     return this.inner.ctx;
+  }
+
+  get logprobs(): TokenLogprobs | undefined {
+    return this.inner.logprobs;
   }
 
   async step(tokens: readonly number[], start: number): Promise<number> {

@@ -16,7 +16,8 @@ import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { status, type ClientDuplexStream } from '@grpc/grpc-js';
 import type { InferenceSession } from '../../engine/session.ts';
-import type { SamplingOptions } from '../../engine/sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
+import { readConfig } from '../../model/config.ts';
 import type { KvType as EngineKvType } from '../../model/kv-cache.ts';
 import { DType, KvType, type Delivery, type ForwardReply, type ForwardRequest, type HerdNodeClient, type LoadProgress, type NodeInfo, type StageTiming } from '../../proto/herd.ts';
 import type { ClusterKey } from '../auth.ts';
@@ -27,7 +28,7 @@ import { plan as makePlan, PlanError, type ModelShape, type Plan, type PlannedSt
 import { authenticate, describeCallError, isServiceError, nodeClient } from '../rpc.ts';
 import { ModelSource } from '../shard/source.ts';
 import { modelShape } from '../shape.ts';
-import { checkTimings, samplingToWire } from '../node/stage.ts';
+import { checkTimings, logprobsFromWire, samplingToWire } from '../node/stage.ts';
 import { fetchInfo } from '../discovery/static.ts';
 import { CoordinatorServer } from './server.ts';
 
@@ -120,6 +121,8 @@ export class HerdCluster {
   private candidates: PlanNode[];
   private recovering: Promise<void> | undefined;
   private closed = false;
+  /** Tokens of the model's vocabulary (a delivered token's log-probabilities are checked against it). */
+  readonly vocabSize: number;
 
   private constructor(
     readonly o: ClusterOptions,
@@ -132,6 +135,7 @@ export class HerdCluster {
   ) {
     this.current = { plan, loads: [], generation: 0 };
     this.candidates = [...nodes];
+    this.vocabSize = readConfig(source.file).vocabSize;
   }
 
   static async start(o: ClusterOptions): Promise<HerdCluster> {
@@ -350,6 +354,7 @@ export function stageTimesOf(timings: readonly StageTiming[], stages: readonly P
 
 export class PipelineSession implements StagedSession {
   lastStages: readonly StageTime[] = [];
+  logprobs: TokenLogprobs | undefined;
   private waiting: { position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   private failure: Error | undefined;
   private closed = false;
@@ -357,6 +362,8 @@ export class PipelineSession implements StagedSession {
   private position = 0;
   /** Sampling for the last stage to restart with, sent on the next activation. */
   private pendingSampling: SamplingOptions | undefined;
+  /** How many top log-probabilities the last stage delivers with each token (undefined: none). */
+  private topLogprobs: number | undefined;
   private readonly ended: Promise<void>;
 
   private constructor(
@@ -384,6 +391,7 @@ export class PipelineSession implements StagedSession {
     });
     const stream = client.forward(md);
     const session = new PipelineSession(cluster, id, stream, o.ctx, plan, generation);
+    session.topLogprobs = sampling.logprobs;
     cluster.server.sinks.set(id, { deliver: (d) => session.onDelivery(d), fail: (r) => session.fail(new ClusterError('pipeline', r)) });
 
     const ready = new Promise<void>((resolve, reject) => {
@@ -445,8 +453,14 @@ export class PipelineSession implements StagedSession {
       return;
     }
     let stages: StageTime[];
+    let logprobs: TokenLogprobs | undefined;
     try {
       stages = stageTimesOf(d.timings, this.plan.stages);
+      if (this.topLogprobs !== undefined) {
+        // A node older than log-probabilities ignores the request for them.
+        if (!d.logprobs) throw invalid('no log-probabilities with the token (is the last stage an older herd node?)');
+        logprobs = logprobsFromWire(d.logprobs, d.tokenId, this.topLogprobs, this.cluster.vocabSize);
+      }
     } catch (e) {
       this.fail(new ClusterError('pipeline', `the last stage's delivery: ${(e as Error).message}`));
       throw e;
@@ -454,6 +468,7 @@ export class PipelineSession implements StagedSession {
     this.waiting = undefined;
     clearTimeout(w.timer);
     this.lastStages = stages;
+    this.logprobs = logprobs;
     this.position = w.position;
     w.resolve(d.tokenId);
   }
@@ -468,6 +483,7 @@ export class PipelineSession implements StagedSession {
     }
     if (start + tokens.length > this.ctx) return Promise.reject(new RangeError(`positions [${start}, ${start + tokens.length}) run past the context of ${this.ctx}`));
     const sampling = this.pendingSampling && samplingToWire(this.pendingSampling);
+    if (this.pendingSampling) this.topLogprobs = this.pendingSampling.logprobs;
     this.pendingSampling = undefined;
     // Generous: a big prefill on slow nodes takes minutes; a dead process resets its connection.
     const timeoutMs = this.cluster.o.stepTimeoutMs ?? 600_000;

@@ -9,7 +9,7 @@
 // from its seeded random state drew once per step since its sampling started, so those steps
 // are replayed with their own boundaries, after the history before them.
 
-import type { SamplingOptions } from '../../engine/sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
 import { ClusterError } from '../errors.ts';
 import type { HerdCluster, PipelineSession, StagedSession, StageTime } from './pipeline.ts';
 
@@ -46,6 +46,10 @@ export class ResumableSession implements StagedSession {
 
   get ctx(): number {
     return this.inner.ctx;
+  }
+
+  get logprobs(): TokenLogprobs | undefined {
+    return this.inner.logprobs;
   }
 
   get lastStages(): readonly StageTime[] {

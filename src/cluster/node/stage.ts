@@ -4,9 +4,9 @@
 // the session as it was. An activation may start before the session's end (a kept session
 // reused from a common prompt prefix): the session goes back there first.
 
-import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming } from '../../proto/herd.ts';
+import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming, type TokenLogprobs as WireLogprobs } from '../../proto/herd.ts';
 import type { KvCache } from '../../model/kv-cache.ts';
-import { Sampler, SamplingError, validateSampling, type SamplingOptions } from '../../engine/sampler.ts';
+import { Sampler, SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../../engine/sampler.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
 import { NODE_ID_RE } from '../caps.ts';
 import { invalid } from '../errors.ts';
@@ -39,6 +39,7 @@ export function samplingFromWire(s: Sampling): SamplingOptions {
       presencePenalty: s.presencePenalty,
       penaltyLastN: s.penaltyLastN,
       seed: s.seed,
+      logprobs: s.logprobs,
     });
   } catch (e) {
     if (e instanceof SamplingError) throw invalid(`sampling: ${e.message}`);
@@ -57,7 +58,29 @@ export function samplingToWire(s: SamplingOptions): Sampling {
     presencePenalty: s.presencePenalty,
     penaltyLastN: s.penaltyLastN,
     seed: s.seed,
+    logprobs: s.logprobs,
   };
+}
+
+export function logprobsToWire(l: TokenLogprobs): WireLogprobs {
+  return { logprob: l.logprob, top: l.top.map((t) => ({ tokenId: t.token, logprob: t.logprob })) };
+}
+
+/**
+ * A delivery's log-probabilities of `token`, checked: `n` top entries (fewer only for a smaller
+ * vocabulary), ids in the vocabulary, log-probabilities <= 0, most likely first.
+ */
+export function logprobsFromWire(l: WireLogprobs, token: number, n: number, vocabSize?: number): TokenLogprobs {
+  const want = vocabSize === undefined ? n : Math.min(n, vocabSize);
+  if (l.top.length !== want) throw invalid(`${l.top.length} top log-probabilities, expected ${want}`);
+  if (!(l.logprob <= 0)) throw invalid(`log-probability ${l.logprob} is not <= 0`);
+  let prev = 0;
+  for (const t of l.top) {
+    if (!(t.logprob <= prev)) throw invalid('top log-probabilities must be <= 0 and in descending order');
+    if (vocabSize !== undefined && !(t.tokenId < vocabSize)) throw invalid(`top token id ${t.tokenId} is outside the vocabulary of ${vocabSize}`);
+    prev = t.logprob;
+  }
+  return { token, logprob: l.logprob, top: l.top.map((t) => ({ token: t.tokenId, logprob: t.logprob })) };
 }
 
 export interface CheckedOpen {
@@ -232,9 +255,12 @@ export class StageSession {
     }
     this.pos = a.position + n;
     const token = this.isLast && this.sampler ? this.sampler.sample(model.head(), this.history) : undefined;
+    const logprobs = token !== undefined ? this.sampler?.logprobs : undefined;
     const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: (busyMs + performance.now() - t0) / 1000 };
     const timings = [...a.timings, mine];
-    if (token !== undefined) return { delivery: { sessionId: this.id, position: this.pos, tokenId: token, timings } };
+    if (token !== undefined) {
+      return { delivery: { sessionId: this.id, position: this.pos, tokenId: token, timings, logprobs: logprobs && logprobsToWire(logprobs) } };
+    }
     return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings, sampling: a.sampling } };
   }
 }
