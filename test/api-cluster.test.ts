@@ -11,7 +11,7 @@ import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { herd } from './helpers/herd.ts';
 import { parsePrometheus, sum } from './helpers/prometheus.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
-import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
+import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'cluster-key-for-api-tests';
 const dir = mkdtempSync(join(tmpdir(), 'herd-api-cluster-'));
@@ -52,7 +52,7 @@ async function sessionsHeld(): Promise<number> {
 }
 
 async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, 2000)));
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)));
   return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
 }
 
@@ -75,7 +75,7 @@ test.serial('/metrics shows each node\'s own stage time, by phase, for every ste
   await client.completions.create({ model: 'stories260K', prompt: 'The little dog', max_tokens: 8, temperature: 0 });
   const { samples, types } = parsePrometheus(await (await fetch(`${serve.url}/metrics`)).text());
   t.is(types.get('herd_stage_step_seconds'), 'histogram');
-  const ids = new Map(await Promise.all(nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, 2000)).name, n.ready.id as string] as const)));
+  const ids = new Map(await Promise.all(nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)).name, n.ready.id as string] as const)));
   for (const phase of ['prefill', 'decode']) {
     const steps = sum(samples, 'herd_step_seconds_count', { phase });
     t.true(steps > 0, phase);
@@ -108,7 +108,7 @@ test.serial('concurrent streams run as separate pipeline sessions, each equal to
   );
   t.deepEqual(concurrent, sequential);
   // What the nodes hold is exactly the sessions the server kept: nothing leaked.
-  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free every session the server let go');
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), HUNG_MS, 'the nodes to free every session the server let go');
   const s = await state();
   t.is(s.sessions.active, 0);
   t.true(s.sessions.idle >= 1 && s.sessions.idle <= s.sessions.slots, `idle ${s.sessions.idle}`);
@@ -151,9 +151,9 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
   }
   // The cancel ends between steps: the session is whole and kept idle (its slot free for any
   // request); the nodes hold exactly what the server keeps.
-  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the slot to be freed');
-  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free what the server let go');
-  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', 5000);
+  await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the slot to be freed');
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), HUNG_MS, 'the nodes to free what the server let go');
+  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', HUNG_MS);
   t.true(Number(cancelled.completionTokens) < 1000);
   // Without the prompt cache, a cancelled stream's KV caches go on every node.
   const held = await nodeSessions();
@@ -168,7 +168,7 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
   } catch {
     // the client reports the abort
   }
-  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the slot to be freed');
-  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), 5000, 'the nodes to free the session');
+  await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the slot to be freed');
+  await eventually(async () => (await nodeSessions()) === (await sessionsHeld()), HUNG_MS, 'the nodes to free the session');
   t.true((await nodeSessions()) <= held, 'the uncached stream left nothing behind');
 });

@@ -10,7 +10,7 @@ import type { ChallengeReply, HerdCoordinatorClient, GenerateEvent, GenerateRequ
 import { coordinatorClient, unary } from '../src/cluster/rpc.ts';
 import { authMetadata } from '../src/cluster/auth.ts';
 import { fixtureModels } from './helpers/paths.ts';
-import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
+import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { content: string; generated_tokens: number[] };
 const GREEDY = { temperature: 0, topK: 0, topP: 1, minP: 0, repeatPenalty: 1, frequencyPenalty: 0, presencePenalty: 0, penaltyLastN: 64, seed: 0 };
@@ -78,8 +78,8 @@ test.serial('a cancelled Generate frees its session, and the server keeps servin
   call.cancel();
   const err = await ended;
   t.is(err?.code, status.CANCELLED);
-  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the session to be freed');
-  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', 5000);
+  await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the session to be freed');
+  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', HUNG_MS);
   t.true(Number(cancelled.completionTokens ?? 0) < 1000);
   const metrics = await (await fetch(`${serve.url}/metrics`)).text();
   t.regex(metrics, /^herd_generations_total\{endpoint="grpc",outcome="cancelled"\} 1$/m);
@@ -108,10 +108,10 @@ test.serial('with a cluster key, Generate needs the proof', async (t) => {
   try {
     const e = await t.throwsAsync(collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }));
     t.is((e as ServiceError).code, status.UNAUTHENTICATED);
-    const wrong = await unary<object, ChallengeReply>(c, c.challenge as never, {}, 5000);
+    const wrong = await unary<object, ChallengeReply>(c, c.challenge as never, {}, HUNG_MS);
     const e2 = await t.throwsAsync(collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }, authMetadata(Buffer.from('not-the-key'), wrong.nonce, '/herd.v1.HerdCoordinator/Generate')));
     t.is((e2 as ServiceError).code, status.UNAUTHENTICATED);
-    const { nonce } = await unary<object, ChallengeReply>(c, c.challenge as never, {}, 5000);
+    const { nonce } = await unary<object, ChallengeReply>(c, c.challenge as never, {}, HUNG_MS);
     const events = await collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }, authMetadata(Buffer.from(key), nonce, '/herd.v1.HerdCoordinator/Generate'));
     t.is(events[events.length - 1].done?.decodeTokens, 4);
   } finally {

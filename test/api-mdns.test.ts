@@ -7,6 +7,7 @@ import type { ChildProcess } from 'node:child_process';
 import { herd } from './helpers/herd.ts';
 import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
 import { herdBin, repoRoot } from './helpers/paths.ts';
+import { HUNG_MS } from './helpers/serve.ts';
 
 /** Starts herd serve inside a namespace; resolves once it listens, with its JSON log lines. */
 function serveIn(lan: TestLan, host: LanHost, args: readonly string[]): Promise<{ child: ChildProcess; events: Record<string, unknown>[] }> {
@@ -14,7 +15,7 @@ function serveIn(lan: TestLan, host: LanHost, args: readonly string[]): Promise<
   const events: Record<string, unknown>[] = [];
   let err = '';
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`herd serve did not start in 30 s:\n${err}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`herd serve did not start in ${HUNG_MS / 1000} s:\n${err}`)), HUNG_MS);
     child.stderr?.setEncoding('utf8').on('data', (d: string) => {
       err += d;
       for (const line of d.split('\n')) {
@@ -52,7 +53,8 @@ test('--server auto finds herd serve over mDNS on the LAN; a loopback server sta
   const lanServe = await serveIn(lan, server, ['--host', server.ip, '--port', '8080', '--name', 'herd-api-test']);
   const adv = lanServe.events.find((e) => e.event === 'mdns.advertise');
   t.truthy(adv, 'advertised');
-  const found = await runIn(lan, client, [...args, '--server', 'auto', '--interface', 'eth0', '--discovery-timeout', '5']);
+  // The browse ends at the first server that answers: the timeout only bounds a hung one.
+  const found = await runIn(lan, client, [...args, '--server', 'auto', '--interface', 'eth0', '--discovery-timeout', '60']);
   t.is(found.code, 0, found.stderr);
   t.regex(found.stderr, new RegExp(`using herd-api-test.* at http://${server.ip.replace(/\./g, '\\.')}:8080`));
   const a = JSON.parse((await local).stdout) as { tokens: number[]; text: string };
@@ -60,7 +62,7 @@ test('--server auto finds herd serve over mDNS on the LAN; a loopback server sta
   t.deepEqual(b.tokens, a.tokens);
   t.is(b.text, a.text);
   t.is(b.server, `http://${server.ip}:8080`);
-  await stopProcess(lanServe.child, 5000);
+  await stopProcess(lanServe.child, HUNG_MS);
 
   const loopServe = await serveIn(lan, server, ['--host', '127.0.0.1', '--port', '8081']);
   t.truthy(loopServe.events.find((e) => e.event === 'mdns.skipped'));
@@ -80,7 +82,8 @@ test('a node that boots after herd serve --nodes auto joins the plan at the next
   t.is(serve.events.find((e) => e.event === 'model.ready')?.mode, 'local', 'nobody answered yet: in-process');
   const cache = lan.exec(late, 'mktemp', ['-d']).trim();
   lan.spawn(late, process.execPath, [herdBin, 'node', '--interface', 'eth0', '--cache-dir', cache], { cwd: repoRoot });
-  const deadline = Date.now() + 30_000;
+  // The server looks again every 2 s; the node's start-up takes what the machine makes of it.
+  const deadline = Date.now() + 2 * HUNG_MS;
   while (!serve.events.some((e) => e.event === 'model.ready' && e.mode === 'cluster') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   const changed = serve.events.find((e) => e.event === 'herd.changed');
   t.truthy(changed, 'the server saw the new node');

@@ -6,7 +6,7 @@ import test from 'ava';
 import OpenAI from 'openai';
 import { herd } from './helpers/herd.ts';
 import { parsePrometheus, sum } from './helpers/prometheus.ts';
-import { eventually, startServe, type RunningServe } from './helpers/serve.ts';
+import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'test-key-0123456789';
 let serve: RunningServe;
@@ -102,22 +102,35 @@ test.serial('8 concurrent streamed chats all complete, each equal to its own seq
   const ask = (topic: string) => [{ role: 'user' as const, content: `Tell me a story about ${topic}.` }];
   const sequential: string[] = [];
   for (const topic of topics) {
-    const r = await client.chat.completions.create({ model: 'stories260K', messages: ask(topic), max_tokens: 48, temperature: 0 });
+    const r = await client.chat.completions.create({ model: 'stories260K', messages: ask(topic), max_tokens: 128, temperature: 0 });
     sequential.push(r.choices[0].message.content ?? '');
   }
   t.is(new Set(sequential).size, topics.length, 'the prompts lead to different texts');
 
   let maxQueued = 0;
   let polling = true;
-  const poller = (async () => {
-    while (polling) {
-      maxQueued = Math.max(maxQueued, (await state()).sessions.queued);
-      await new Promise((r) => setTimeout(r, 5));
+  // However fast the server generates, the eight must arrive together: hold the server
+  // (SIGSTOP) while they are sent, so that it finds them all waiting when it resumes and the
+  // queue lasts at least one whole generation (three interleaved: 3 × 128 steps), not a race
+  // against the requests' arrival.
+  serve.child.kill('SIGSTOP');
+  let poller: Promise<void> = Promise.resolve();
+  const pending = (async () => {
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      serve.child.kill('SIGCONT');
     }
+    poller = (async () => {
+      while (polling) {
+        maxQueued = Math.max(maxQueued, (await state()).sessions.queued);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
   })();
   const concurrent = await Promise.all(
     topics.map(async (topic) => {
-      const stream = await client.chat.completions.create({ model: 'stories260K', messages: ask(topic), max_tokens: 48, temperature: 0, stream: true });
+      const stream = await client.chat.completions.create({ model: 'stories260K', messages: ask(topic), max_tokens: 128, temperature: 0, stream: true });
       let text = '';
       let chunks = 0;
       for await (const chunk of stream) {
@@ -127,6 +140,7 @@ test.serial('8 concurrent streamed chats all complete, each equal to its own seq
       return { text, chunks };
     }),
   );
+  await pending;
   polling = false;
   await poller;
   t.deepEqual(concurrent.map((c) => c.text), sequential);
@@ -160,8 +174,8 @@ test.serial('a cancelled stream frees its session, and the server keeps serving'
     t.true(e instanceof Error);
   }
   t.is(chunks, 3);
-  await eventually(async () => (await state()).sessions.active === 0, 5000, 'the session to be freed');
-  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', 5000);
+  await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the session to be freed');
+  const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', HUNG_MS);
   t.true(Number(cancelled.completionTokens) < 900, `generated ${String(cancelled.completionTokens)} of 900`);
   const metrics = await (await fetch(`${serve.url}/metrics`)).text();
   t.regex(metrics, /^herd_generations_total\{endpoint="chat",outcome="cancelled"\} 1$/m);
@@ -192,7 +206,7 @@ test.serial('a chat that extends the previous one reuses its session: only the n
   t.true(cached >= (first.usage?.prompt_tokens ?? Infinity), `reused ${cached} of ${second.usage?.prompt_tokens}, the first prompt was ${first.usage?.prompt_tokens}`);
   t.true(cached < (second.usage?.prompt_tokens ?? 0));
   t.is(after - before, cached, 'herd_prompt_tokens_reused_total counts them');
-  const done = await serve.waitFor((e) => e.event === 'request.done' && e.id === second.id, 5000);
+  const done = await serve.waitFor((e) => e.event === 'request.done' && e.id === second.id, HUNG_MS);
   t.is(done.promptReused, cached);
 
   // The same conversation without the cache: a fresh session computes the whole prompt.

@@ -17,9 +17,11 @@ interface Step {
 }
 
 function drive(args: readonly string[], steps: Step[]): Promise<{ ok: boolean[]; status: number | null; out: string }> {
-  const spec = JSON.stringify({ cmd: [process.execPath, herdBin, ...args], cwd: repoRoot, steps });
+  // Each step waits for its output, so its timeout only bounds a hung chat (the driver's default
+  // of 30 s is a start-up and model load away from a slow, loaded machine).
+  const spec = JSON.stringify({ cmd: [process.execPath, herdBin, ...args], cwd: repoRoot, steps: steps.map((s) => ({ timeout: 60, ...s })) });
   return new Promise((resolve, reject) => {
-    execFile('python3', [ptyDrive, spec], { maxBuffer: 16 << 20, timeout: 120_000 }, (err, stdout, stderr) => {
+    execFile('python3', [ptyDrive, spec], { maxBuffer: 16 << 20, timeout: 300_000 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`pty driver: ${err.message}\n${stderr}`));
       else resolve(JSON.parse(stdout) as { ok: boolean[]; status: number | null; out: string });
     });

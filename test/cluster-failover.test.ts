@@ -13,7 +13,7 @@ import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/ne
 import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
 import { herdBin, repoRoot } from './helpers/paths.ts';
 import { parsePrometheus, sum } from './helpers/prometheus.ts';
-import { startServe, type RunningServe } from './helpers/serve.ts';
+import { HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'herd-failover-test-key';
 const PROMPT = 'Once upon a time';
@@ -46,7 +46,7 @@ function startCoordinator(tag: string): Promise<RunningServe> {
 }
 
 /** Runs the namespace client to completion; `onLine` hears each output line as it comes. */
-function client(args: string[], onLine: (line: string) => void = () => {}, timeoutMs = 60_000): Promise<string[]> {
+function client(args: string[], onLine: (line: string) => void = () => {}, timeoutMs = 180_000): Promise<string[]> {
   const child = lan.spawn(coordinator, process.execPath, ['--import', 'tsx', nsHttp, ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   let buf = '';
@@ -126,7 +126,7 @@ test.before(async () => {
   lan = await createLan(4, 'fail');
   coordinator = lan.hosts[3];
   // The uninterrupted greedy text, in-process.
-  const r = await runHerd(['run', '--ctx', String(CTX), '--temp', '0', '-n', String(MAX_TOKENS), '--json', PROMPT], undefined, 60_000);
+  const r = await runHerd(['run', '--ctx', String(CTX), '--temp', '0', '-n', String(MAX_TOKENS), '--json', PROMPT], undefined, 180_000);
   if (r.code !== 0) throw new Error(`reference run failed: ${r.stderr}`);
   reference = (JSON.parse(r.stdout) as { text: string }).text;
 });
@@ -162,12 +162,12 @@ test.serial('a node killed mid-stream: the herd re-plans over the survivors and 
     t.is(seededOut[seededOut.length - 1], '[END]', seededOut.slice(-3).join('\n'));
     t.is(textOf(seededOut), seededRef);
 
-    const lost = await serve.waitFor((e) => e.event === 'node.lost', 5000);
+    const lost = await serve.waitFor((e) => e.event === 'node.lost', HUNG_MS);
     t.is(lost.node, name);
-    const done = await serve.waitFor((e) => e.event === 'replan.done', 5000);
+    const done = await serve.waitFor((e) => e.event === 'replan.done', HUNG_MS);
     t.true(done.ok);
     t.false((done.plan as string[]).some((p) => p.startsWith(`${name}@`)), `the new plan leaves ${name} out`);
-    await serve.waitFor((e) => e.event === 'request.resumed', 5000);
+    await serve.waitFor((e) => e.event === 'request.resumed', HUNG_MS);
     t.true(serve.events.some((e) => e.event === 'replan.start'));
     for (const e of serve.events.filter((e) => ['node.lost', 'replan.start', 'replan.done', 'request.resumed'].includes(e.event))) t.log(JSON.stringify(e));
 
@@ -205,7 +205,9 @@ test.serial('a node killed mid-stream when the survivors cannot hold the model: 
     const { node: victim, name } = await middleNode(serve, nodes);
     const out = await streamKilling(serve, victim, 10);
     t.log(`killed ${name}; the stream ended ${out.endedAt - out.killedAt} ms after the kill`);
-    t.true(out.endedAt - out.killedAt < 20_000, 'the request ends within a bounded time');
+    // It takes well under a second; a request left to hang would end only at a step or open
+    // deadline (60 s, OPEN_TIMEOUT_MS), which the bound stays below whatever the machine's speed.
+    t.true(out.endedAt - out.killedAt < 40_000, 'the request ends within a bounded time');
     const errors = out.events.filter((e) => e.error);
     t.is(errors.length, 1, out.lines.slice(-3).join('\n'));
     const message = errors[0].error?.message ?? '';
@@ -215,7 +217,7 @@ test.serial('a node killed mid-stream when the survivors cannot hold the model: 
     t.false(out.lines.includes('[DONE]'));
     t.true(out.text.length > 0 && reference.startsWith(out.text), 'the text before the error is the greedy text');
 
-    const failed = await serve.waitFor((e) => e.event === 'replan.done' && e.ok === false, 5000);
+    const failed = await serve.waitFor((e) => e.event === 'replan.done' && e.ok === false, HUNG_MS);
     t.regex(String(failed.error), /no longer fits/);
     const { samples } = parsePrometheus(await get(serve, '/metrics'));
     t.true(sum(samples, 'herd_replans_total', { outcome: 'failed' }) >= 1);
@@ -245,7 +247,7 @@ test.serial('herd run --nodes: a node killed mid-run, the run carries on over th
     });
     child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const code = await new Promise<number | null>((resolve) => {
-      const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
       child.once('exit', (c) => {
         clearTimeout(timer);
         resolve(c);

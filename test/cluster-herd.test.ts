@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
 import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
 import { bundledModel, fixtureModels } from './helpers/paths.ts';
+import { HUNG_MS } from './helpers/serve.ts';
 
 interface Reference {
   prompt: string;
@@ -51,12 +52,12 @@ async function stopNodes(): Promise<void> {
 }
 
 /** `herd …` in the coordinator's namespace. */
-function herd(args: string[], timeoutMs = 90_000) {
+function herd(args: string[], timeoutMs = 180_000) {
   return runHerd(args, on(coordinator, { HERD_CACHE_DIR: join(dir, 'coordinator') }), timeoutMs);
 }
 
 const generate = (nodesFlag: string, key = KEY) => [
-  'run', '--nodes', nodesFlag, '--stages', '3', '--interface', 'eth0', '--cluster-key', key, '--discovery-timeout', '10',
+  'run', '--nodes', nodesFlag, '--stages', '3', '--interface', 'eth0', '--cluster-key', key, '--discovery-timeout', '60',
   '--temp', '0', '-n', '64', '--json', reference.prompt,
 ];
 
@@ -69,7 +70,7 @@ test.before(async () => {
   peers = lan.hosts.slice(0, 3).map((h) => `${h.ip}:7077`).join(',');
   await startNodes([]);
   // ciao probes before it announces: wait until every node says it is advertised.
-  await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'mdns.advertise', 20_000)));
+  await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'mdns.advertise', HUNG_MS)));
 });
 
 test.after.always(async () => {
@@ -79,7 +80,9 @@ test.after.always(async () => {
 });
 
 test.serial('herd nodes finds the three daemons over mDNS', async (t) => {
-  const r = await herd(['nodes', '--interface', 'eth0', '--timeout', '3', '--json']);
+  // No count to stop at: it listens the whole time. Three queries (one a second) to three idle
+  // responders that answer in milliseconds.
+  const r = await herd(['nodes', '--interface', 'eth0', '--timeout', '5', '--json']);
   t.is(r.code, 0, r.stderr);
   const found = JSON.parse(r.stdout) as NodesJson;
   t.deepEqual(found.nodes.map((n) => n.name).sort(), ['node-0', 'node-1', 'node-2']);
@@ -87,7 +90,8 @@ test.serial('herd nodes finds the three daemons over mDNS', async (t) => {
 });
 
 test.serial('herd plan over mDNS splits the model across the three nodes', async (t) => {
-  const r = await herd(['plan', '--nodes', 'auto', '--interface', 'eth0', '--stages', '3', '--json']);
+  // --timeout bounds a hung browse only: it ends as soon as the three (--stages) answered.
+  const r = await herd(['plan', '--nodes', 'auto', '--interface', 'eth0', '--stages', '3', '--timeout', '60', '--json']);
   t.is(r.code, 0, r.stderr);
   const p = JSON.parse(r.stdout) as { plan: { address: string; layers: [number, number] }[] };
   t.deepEqual(p.plan.map((s) => s.address).sort(), peers.split(',').sort());
@@ -131,7 +135,7 @@ test.serial('a coordinator with the wrong key is refused and the nodes keep serv
   t.not(r.code, 0);
   t.regex(r.stderr, /UNAUTHENTICATED/);
   t.regex(r.stderr, /wrong cluster key/);
-  const refused = await Promise.any(nodes.map((n) => n.waitFor((e) => e.event === 'auth.refused', 5000)));
+  const refused = await Promise.any(nodes.map((n) => n.waitFor((e) => e.event === 'auth.refused', HUNG_MS)));
   t.is(refused.reason, 'wrong cluster key');
   const list = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
   t.is(list.nodes.length, 3);

@@ -8,6 +8,7 @@ import { PROTOCOL_VERSION } from '../src/cluster/caps.ts';
 import { authenticate, coordinatorClient, nodeClient, unary } from '../src/cluster/rpc.ts';
 import { stopProcess } from './helpers/netns.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { HUNG_MS } from './helpers/serve.ts';
 import { DType, KvType, type Delivery, type ForwardRequest, type HerdNodeClient, type LoadProgress, type SessionOpen, type StageTiming } from '../src/proto/herd.ts';
 import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
 import { stageTimesOf } from '../src/cluster/coordinator/pipeline.ts';
@@ -68,7 +69,7 @@ function forward(md: Metadata, msgs: (ForwardRequest | Buffer)[]): Promise<Servi
 }
 
 test.serial('Info answers without a key and reports capabilities', async (t) => {
-  const info = await unary(client, client.info, {}, 5000);
+  const info = await unary(client, client.info, {}, HUNG_MS);
   t.is(info.name, 'loop');
   t.is(info.protocolVersion, PROTOCOL_VERSION);
   t.true(info.authRequired);
@@ -76,7 +77,7 @@ test.serial('Info answers without a key and reports capabilities', async (t) => 
   t.true(info.memTotal > 0);
   t.true(info.throughput > 0, 'a measured kernel throughput');
   t.is(info.nodeId, node.ready.id as string);
-  const h = await unary(client, client.health, {}, 5000);
+  const h = await unary(client, client.health, {}, HUNG_MS);
   t.true(h.ok);
 });
 
@@ -84,22 +85,22 @@ test.serial('a wrong or missing cluster key is refused with UNAUTHENTICATED, log
   const missing = await loadShard(new Metadata()).catch((e: ServiceError) => e);
   t.is((missing as ServiceError).code, status.UNAUTHENTICATED);
 
-  const nonce = (await unary(client, client.challenge, {}, 5000)).nonce;
+  const nonce = (await unary(client, client.challenge, {}, HUNG_MS)).nonce;
   const wrong = await loadShard(authMetadata(Buffer.from('not the key at all'), nonce, LOAD)).catch((e: ServiceError) => e);
   t.is((wrong as ServiceError).code, status.UNAUTHENTICATED);
   t.regex((wrong as ServiceError).details, /wrong cluster key/);
 
   // A proof for another method does not pass either.
-  const nonce2 = (await unary(client, client.challenge, {}, 5000)).nonce;
+  const nonce2 = (await unary(client, client.challenge, {}, HUNG_MS)).nonce;
   const other = await loadShard(authMetadata(Buffer.from(KEY), nonce2, FORWARD)).catch((e: ServiceError) => e);
   t.is((other as ServiceError).code, status.UNAUTHENTICATED);
   // …and a nonce is single use, even for the right method.
   const replay = await loadShard(authMetadata(Buffer.from(KEY), nonce2, LOAD)).catch((e: ServiceError) => e);
   t.is((replay as ServiceError).code, status.UNAUTHENTICATED);
 
-  const refused = await node.waitFor((e) => e.event === 'auth.refused', 5000);
+  const refused = await node.waitFor((e) => e.event === 'auth.refused', HUNG_MS);
   t.is(refused.method, LOAD);
-  const info = await unary(client, client.info, {}, 5000);
+  const info = await unary(client, client.info, {}, HUNG_MS);
   t.is(info.counters?.authFailures, 4);
 
   // The right key gets past auth (and this request then fails on its own merits).
@@ -126,9 +127,9 @@ test.serial('malformed forward messages get INVALID_ARGUMENT and the node keeps 
     t.is(r.code, status.INVALID_ARGUMENT, `${name}: ${r.details}`);
     t.regex(r.details, re, name);
   }
-  const h = await unary(client, client.health, {}, 5000);
+  const h = await unary(client, client.health, {}, HUNG_MS);
   t.true(h.ok);
-  const info = await unary(client, client.info, {}, 5000);
+  const info = await unary(client, client.info, {}, HUNG_MS);
   t.true((info.counters?.invalidRequests ?? 0) >= cases.length);
 });
 
@@ -213,7 +214,7 @@ test.serial('activations are checked against the loaded shard: INVALID_ARGUMENT,
   t.deepEqual(d.timings[0], upstream);
   t.like(d.timings[1], { nodeId: node.ready.id as string, start: 1, end: 5 });
   t.true(d.timings[1].seconds > 0 && d.timings[1].seconds < 60);
-  t.true((await unary(client, client.health, {}, 5000)).ok);
+  t.true((await unary(client, client.health, {}, HUNG_MS)).ok);
 });
 
 test.serial('the coordinator refuses a delivery whose stage timings do not match the plan: INVALID_ARGUMENT', async (t) => {

@@ -1,5 +1,4 @@
 import test from 'ava';
-import { join } from 'node:path';
 import { plan, PlanError, type ModelShape, type PlanNode } from '../src/cluster/planner.ts';
 import { modelShape } from '../src/cluster/shape.ts';
 import { GgufFile } from '../src/gguf/reader.ts';

@@ -100,8 +100,8 @@ test('the TTY renderer redraws one line per node in place, throttled, always dra
   t.true(s.chunks[1].startsWith('\x1b[1A\r'));
   t.is(s.chunks[2].split('\n').length, 3, 'two lines, each redrawn');
   t.true(s.chunks[2].startsWith('\x1b[2A\r'));
-  t.regex(s.chunks[2], /load a layers \[0,2\) \[#{12}\.{12}\] 50\.0\/100\.0 MiB \(50%\), 105 MB\/s\x1b\[K\n/);
-  t.regex(s.chunks[3], /fetch b layers \[2,4\) \[#{24}\] 100\.0\/100\.0 MiB \(100%\), 105 MB\/s\x1b\[K\n$/);
+  t.true(s.chunks[2].includes('load a layers [0,2) [############............] 50.0/100.0 MiB (50%), 105 MB/s\x1b[K\n'));
+  t.true(s.chunks[3].endsWith('fetch b layers [2,4) [########################] 100.0/100.0 MiB (100%), 105 MB/s\x1b[K\n'));
 });
 
 test('node LoadProgress maps to fetch and load events; done alone is a finished load', (t) => {

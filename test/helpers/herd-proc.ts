@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { herdBin, repoRoot } from './paths.ts';
+import { HUNG_MS } from './serve.ts';
 
 export type Spawner = (command: string, args: readonly string[], opts: SpawnOptions) => ChildProcess;
 
@@ -25,7 +26,7 @@ export interface RunningNode {
   exited(): Promise<number | null>;
 }
 
-export async function startNode(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = 30_000): Promise<RunningNode> {
+export async function startNode(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = HUNG_MS): Promise<RunningNode> {
   const child = spawner(process.execPath, [herdBin, 'node', ...args], { cwd: repoRoot });
   const events: LogEvent[] = [];
   const waiters: { pred: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void }[] = [];
@@ -86,7 +87,7 @@ export interface CliResult {
 }
 
 /** Runs `herd ARGS` to completion (killed after timeoutMs). */
-export function runHerd(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = 120_000): Promise<CliResult> {
+export function runHerd(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = 180_000): Promise<CliResult> {
   const t0 = Date.now();
   const child = spawner(process.execPath, [herdBin, ...args], { cwd: repoRoot });
   let stdout = '';

@@ -19,7 +19,7 @@ export function herd(args: readonly string[], opts: { timeoutMs?: number; env?: 
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`herd ${args.join(' ')} timed out; stderr: ${stderr}`));
-    }, opts.timeoutMs ?? 60_000);
+    }, opts.timeoutMs ?? 180_000);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);

@@ -17,7 +17,7 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
   for (const line of text.split('\n')) {
     if (line === '') continue;
     let m: RegExpExecArray | null;
-    if ((m = new RegExp(`^# HELP (${name}) .*$`).exec(line))) continue;
+    if (new RegExp(`^# HELP (${name}) .*$`).test(line)) continue;
     if ((m = new RegExp(`^# TYPE (${name}) (counter|gauge|histogram|summary|untyped)$`).exec(line))) {
       types.set(m[1], m[2]);
       continue;

@@ -18,7 +18,7 @@ export interface RunningServe {
   /** Everything the process wrote to stderr so far. */
   stderr(): string;
   waitFor(pred: (e: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  /** SIGTERM, then the exit code (SIGKILL after 5 s). */
+  /** SIGTERM, then the exit code (SIGKILL after 30 s: only a hung process takes that long). */
   stop(): Promise<number | null>;
 }
 
@@ -63,7 +63,7 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
     }
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const waitFor = (pred: (e: LogLine) => boolean, timeoutMs = 30_000): Promise<LogLine> => {
+  const waitFor = (pred: (e: LogLine) => boolean, timeoutMs = HUNG_MS): Promise<LogLine> => {
     const seen = events.find(pred);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
@@ -84,7 +84,7 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
     child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), HUNG_MS);
     const code = await exited;
     clearTimeout(timer);
     return code;
@@ -94,7 +94,7 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
     const listening = await Promise.race([
       url,
       exited.then((code) => Promise.reject(new Error(`herd serve exited (${code}); stderr:\n${raw.slice(-3000)}`))),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`herd serve did not listen in 30 s; stderr:\n${raw.slice(-3000)}`)), 30_000))),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`herd serve did not listen in ${HUNG_MS / 1000} s; stderr:\n${raw.slice(-3000)}`)), HUNG_MS))),
     ]).finally(() => clearTimeout(timer));
     if (opts.waitReady ?? true) await waitFor((e) => e.event === 'model.ready');
     return { child, url: listening, events, stderr: () => raw, waitFor, stop };
@@ -104,12 +104,19 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
   }
 }
 
-/** Polls until `check` returns true (or throws after timeoutMs). */
-export async function eventually(check: () => Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+/**
+ * How long a wait for something that takes milliseconds (a log line, a freed session, a process
+ * start or exit) may last before the test calls it hung. Waits return as soon as the thing
+ * happens, so this only bounds a failing test: it is far beyond any slow or loaded machine.
+ */
+export const HUNG_MS = 60_000;
+
+/** Polls until `check` returns true (or throws after timeoutMs: only a hung server takes that long). */
+export async function eventually(check: () => Promise<boolean>, timeoutMs = HUNG_MS, what = 'condition'): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
