@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { kernelType, type KernelType } from '../src/kernels/types.ts';
 import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { makeWeight, matvec, MatvecScratch, KernelError } from '../src/kernels/matvec.ts';
+import { JsBackend } from '../src/kernels/backend.ts';
 import { ggmlTypeByName } from '../src/ggml/types.ts';
 import { f16ToF32, f32ToF16 } from '../src/ggml/half.ts';
 
@@ -446,4 +447,33 @@ test('q8_1 activation s is d·Σq from the unrounded scale, rounded to f16', (t)
     t.is(a.s[b], f16ToF32(f32ToF16(Math.fround(Math.fround(amax / 127) * sum))));
     t.is(a.d[b], f16ToF32(f32ToF16(amax / 127)));
   }
+});
+
+test('F16 weights take f16-rounded activations, or plain f32 ones when the js backend is asked to', (t) => {
+  const cols = 40;
+  const rows = 3;
+  const info = ggmlTypeByName('f16')!;
+  const data = new Uint8Array(rows * cols * 2);
+  const wf = new Float32Array(rows * cols);
+  const x = new Float32Array(cols);
+  for (let i = 0; i < rows * cols; i++) {
+    const h = f32ToF16(Math.sin(i * 1.7) * 2);
+    data[2 * i] = h & 0xff;
+    data[2 * i + 1] = h >> 8;
+    wf[i] = f16ToF32(h);
+  }
+  // Values between two f16 neighbours, so rounding them changes every product.
+  for (let i = 0; i < cols; i++) x[i] = 1 + (2 * i + 1) / 4096 + 1 / 65536;
+  const w = makeWeight('w', info, [cols, rows], data);
+  const dots = (round: boolean) => Array.from({ length: rows }, (_, r) => {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += wf[r * cols + c] * (round ? f16ToF32(f32ToF16(x[c])) : x[c]);
+    return Math.fround(s);
+  });
+  const out = new Float32Array(rows);
+  new JsBackend().matvec(w, x, out);
+  t.deepEqual(Array.from(out), dots(true));
+  new JsBackend({ f16Activation: 'f32' }).matvec(w, x, out);
+  t.deepEqual(Array.from(out), dots(false));
+  t.notDeepEqual(dots(true), dots(false));
 });

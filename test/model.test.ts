@@ -26,13 +26,27 @@ function readLogits(name: string): Float32Array {
   return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
 }
 
-/** Runs the 69-token reference sequence and returns the largest logit difference and argmax hits. */
+/** Softmax in float64 of one logit row. */
+function probs(logits: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]);
+  const p = Float64Array.from(logits, (l) => Math.exp(l - max));
+  const sum = p.reduce((a, b) => a + b, 0);
+  return p.map((v) => v / sum);
+}
+
+/**
+ * Runs the 69-token reference sequence and returns the largest logit and next-token
+ * probability differences and the argmax hits.
+ */
 function compare(model: string, logitsFile: string, kvType: KvType, generated: number[]) {
-  const m = Transformer.load(GgufFile.open(join(fixtureModels, model)), { kvType });
+  const path = model === 'stories260K.gguf' ? bundledModel : join(fixtureModels, model);
+  const m = Transformer.load(GgufFile.open(path), { kvType });
   const expected = readLogits(logitsFile);
   const seq = [...reference.prompt_tokens, ...generated];
   const vocab = m.config.vocabSize;
   let maxDiff = 0;
+  let maxDp = 0;
   let argmaxHits = 0;
   for (let pos = 0; pos < seq.length; pos++) {
     const logits = m.forward(seq[pos], pos);
@@ -41,9 +55,12 @@ function compare(model: string, logitsFile: string, kvType: KvType, generated: n
       maxDiff = Math.max(maxDiff, Math.abs(logits[i] - expected[pos * vocab + i]));
       if (logits[i] > logits[best]) best = i;
     }
+    const p = probs(logits);
+    const pe = probs(expected.subarray(pos * vocab, (pos + 1) * vocab));
+    for (let i = 0; i < vocab; i++) maxDp = Math.max(maxDp, Math.abs(p[i] - pe[i]));
     if (pos >= 4 && pos + 1 < seq.length && best === seq[pos + 1]) argmaxHits++;
   }
-  return { maxDiff, argmaxHits, positions: seq.length };
+  return { maxDiff, maxDp, argmaxHits, positions: seq.length };
 }
 
 test('stories260K f32 logits match llama.cpp within 1e-4 with an f32 KV cache', (t) => {
@@ -53,10 +70,17 @@ test('stories260K f32 logits match llama.cpp within 1e-4 with an f32 KV cache', 
   t.is(r.argmaxHits, 64);
 });
 
-test('stories260K with an f16 KV cache stays within 0.03 of llama.cpp f16-cache logits', (t) => {
+// herd rounds what llama.cpp rounds with an f16 cache (keys and values as they are stored, q
+// and the attention weights before their products), but a last-bit f32 difference upstream
+// now and then flips one of those roundings, and a flipped cached key or value moves every
+// later position: here the gap steps up at positions 5 and 13 (to ~1e-3 in the logits) and
+// stays, 1.2e-2 in the logits and 7e-4 in p at most. llama.cpp itself moves as much between
+// a batched and a token-by-token run (test/oracle.test.ts). The bounds are ten times that.
+test('stories260K with an f16 KV cache stays within 0.12 of llama.cpp f16-cache logits', (t) => {
   const r = compare('stories260K.gguf', 'stories260K.logits-kvf16.f32', 'f16', reference.generated_tokens);
-  t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}`);
-  t.true(r.maxDiff <= 0.03);
+  t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}, max |Δp| ${r.maxDp.toExponential(2)}`);
+  t.true(r.maxDiff <= 0.12);
+  t.true(r.maxDp <= 7e-3);
   t.is(r.argmaxHits, 64);
 });
 
@@ -67,6 +91,11 @@ test('stories260K q8_0 logits within 0.5 of llama.cpp', (t) => {
   t.is(r.argmaxHits, 64);
 });
 
+// Not q8_0's 2e-6: both sides quantize activations to 8 bits, so a last-bit difference in a
+// sum can flip one rounding, and the flip moves every later position through the KV cache by
+// the activation-quantization noise. herd's js and native backends part from this file (the
+// AVX2 build, 8 tokens per decode) at position 36, by up to 0.18; llama.cpp token by token
+// through the oracle parts from it at 48, by up to 0.40. The greedy tokens agree throughout.
 test('stories260K q4_0 logits within 0.5 of llama.cpp', (t) => {
   const r = compare('stories260K-q4_0.gguf', 'stories260K-q4_0.logits-kvf32.f32', 'f32', q4Generated());
   t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}`);

@@ -3,7 +3,7 @@
 // the matrix products, for attention over the KV cache and for the SwiGLU activation;
 // RMSNorm, RoPE and the residual adds are O(dim) per token and stay in TypeScript.
 
-import { MatvecScratch, matvec, type Weight } from './matvec.ts';
+import { MatvecScratch, matvec, type F16Activation, type Weight } from './matvec.ts';
 import { AttentionScratch, attend, type AttentionStep } from './attention.ts';
 import { swiglu } from './ops.ts';
 
@@ -32,20 +32,35 @@ export interface KernelBackend {
   close(): Promise<void>;
 }
 
+export interface JsBackendOptions {
+  /**
+   * How F16 weights take their activations (see F16Activation): 'f16' by default, as ggml's
+   * type table says and as the wasm and native backends do. 'f32' reproduces llama.cpp on a
+   * CPU where it runs F16 products in its AMX buffer, for the parity tests on such a host.
+   */
+  f16Activation?: F16Activation;
+}
+
 /** The plain TypeScript reference: one thread, the oracle other backends are tested against. */
 export class JsBackend implements KernelBackend {
   readonly name = 'js';
   readonly isa = 'js';
   readonly threads = 1;
-  private scratch = new MatvecScratch(0);
+  private readonly f16Activation: F16Activation;
+  private scratch: MatvecScratch;
   private readonly attention = new AttentionScratch();
+
+  constructor(opts: JsBackendOptions = {}) {
+    this.f16Activation = opts.f16Activation ?? 'f16';
+    this.scratch = new MatvecScratch(0, this.f16Activation);
+  }
 
   alloc(bytes: number): Uint8Array {
     return new Uint8Array(bytes);
   }
 
   matvec(w: Weight, x: Float32Array, out: Float32Array): void {
-    if (this.scratch.capacity < w.cols) this.scratch = new MatvecScratch(w.cols);
+    if (this.scratch.capacity < w.cols) this.scratch = new MatvecScratch(w.cols, this.f16Activation);
     matvec(w, x, out, this.scratch);
   }
 

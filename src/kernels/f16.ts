@@ -1,4 +1,6 @@
-// F16 weights: IEEE half precision; llama.cpp rounds the activations to f16 as well.
+// F16 weights: IEEE half precision. ggml's CPU backend rounds the activations to f16 as well
+// (F16's vec_dot_type), so that every product is exact in f32 and only the sums round; the
+// prepared activation holds those values (or plain f32 ones, see F16Activation in matvec.ts).
 
 import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import type { Activation } from './activation.ts';

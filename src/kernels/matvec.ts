@@ -40,14 +40,28 @@ export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly numb
   return { name, kernel, rows, cols, rowBytes: bytes, data };
 }
 
+/**
+ * The activations F16 weights take: 'f16', ggml's vec_dot_type (llama.cpp's CPU backend rounds
+ * them to f16, then sums exact f16 × f16 products in f32), or 'f32', what llama.cpp does
+ * instead where its F16 products run in the AMX weight buffer (the CPU build for Sapphire
+ * Rapids and later Xeons: an AVX-512 kernel of f32 activations × widened f16 weights).
+ * 'f16' is the exact arithmetic of every other llama.cpp CPU build (tinyBLAS for batches,
+ * ggml_vec_dot_f16 for single tokens: products of f16 values, exact in f32). It still only agrees
+ * to about 1e-3 in p on the synthetic models, not 1e-6: an activation within an f32 ulp or two
+ * of an f16 rounding tie rounds either way depending on summation order upstream, and one such
+ * flip moves p by up to ~6e-4 there. Only bit-identical f32 arithmetic upstream would avoid that.
+ */
+export type F16Activation = 'f16' | 'f32';
+
 /** Reusable activation buffer so the token loop allocates nothing. */
 export class MatvecScratch {
   private act: Activation;
-  constructor(readonly capacity: number) {
+  constructor(readonly capacity: number, readonly f16Activation: F16Activation = 'f16') {
     this.act = new Activation(capacity);
   }
   prepare(w: Weight, x: Float32Array): Activation {
-    return this.act.fill(w.kernel.activation, x, w.cols);
+    const kind = w.kernel.activation === 'f16' ? this.f16Activation : w.kernel.activation;
+    return this.act.fill(kind, x, w.cols);
   }
 }
 

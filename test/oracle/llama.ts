@@ -49,6 +49,8 @@ interface LlamaModel {
 }
 interface Llama {
   readonly gpu: string | false;
+  /** ggml's compiled CPU features of the build that loaded, e.g. "… AVX512 = 1 | AMX_INT8 = 1 | …". */
+  readonly systemInfo: string;
   readonly buildType: string;
   loadModel(options: { modelPath: string; gpuLayers?: number; useMmap?: boolean }): Promise<LlamaModel>;
 }
@@ -82,13 +84,13 @@ export function getOracleLlama(): Promise<Llama> {
     try {
       mod = (await import(spec)) as NodeLlamaCpp;
     } catch (e) {
-      throw new Error(`cannot load node-llama-cpp from ${ORACLE_DIR} (${(e as Error).message}): ${ENSURE_HINT}`);
+      throw new Error(`cannot load node-llama-cpp from ${ORACLE_DIR} (${(e as Error).message}): ${ENSURE_HINT}`, { cause: e });
     }
     try {
       // llama.cpp's loader warnings (e.g. stories260K's "bad special token") would flood the test log.
       return await mod.getLlama({ gpu: false, build: 'never', logLevel: 'error' });
     } catch (e) {
-      throw new Error(`node-llama-cpp found no prebuilt CPU binary (${(e as Error).message}): ${ENSURE_HINT}`);
+      throw new Error(`node-llama-cpp found no prebuilt CPU binary (${(e as Error).message}): ${ENSURE_HINT}`, { cause: e });
     }
   })();
   return llamaPromise;
@@ -102,7 +104,10 @@ export interface DistributionOptions {
   /**
    * Tokens per evaluation call (default: all positions in one batch). 1 feeds them one by one,
    * so llama.cpp multiplies single vectors instead of a 32-column batch (other kernels, other
-   * summation order): a measure of llama.cpp's own noise floor.
+   * summation order): a measure of llama.cpp's own noise floor. Measured with this binary on an
+   * AVX-512/AMX machine: batch 1 is repeatable bit for bit; from 2 tokens per call q5_k and
+   * bf16 weights move by up to 8e-2 and 4e-2 in log p, q2_k by 2e-2 from 4, other K-quants
+   * and f16 by ~2e-6, and Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 not at all. Compare token by token.
    */
   batch?: number;
 }
@@ -233,3 +238,13 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): { max: n
   }
   return { max, at };
 }
+
+/**
+ * Whether the llama.cpp build that loaded here has AMX (the Sapphire Rapids CPU variant, chosen
+ * by the CPU's features). Its AMX weight buffer multiplies F16 weights by f32 activations,
+ * where every other build rounds the activations to f16 first (ggml's F16 vec_dot_type).
+ */
+export async function oracleHasAmx(): Promise<boolean> {
+  return /\bAMX_INT8 = 1\b/.test((await getOracleLlama()).systemInfo);
+}
+
