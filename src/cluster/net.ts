@@ -11,7 +11,7 @@ export interface HostPort {
 /** Parses "host:port" or "[v6]:port"; a missing port takes `defaultPort`. */
 export function parseHostPort(s: string, defaultPort?: number): HostPort {
   const text = s.trim();
-  const m = /^\[([0-9a-fA-F:.]+)\](?::(\d+))?$/.exec(text) ?? /^([^:\s\[\]]+)(?::(\d+))?$/.exec(text);
+  const m = /^\[([0-9a-fA-F:.]+)\](?::(\d+))?$/.exec(text) ?? /^([^:\s[\]]+)(?::(\d+))?$/.exec(text);
   if (!m) throw new ClusterError('usage', `not a host:port address: "${s}"`);
   const port = m[2] === undefined ? defaultPort : Number(m[2]);
   if (port === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {

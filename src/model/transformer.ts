@@ -44,7 +44,7 @@ class RunState {
   readonly ropeCos: Float32Array;
   readonly ropeSin: Float32Array;
 
-  constructor(c: ModelConfig, ctx: number, readonly batch: number) {
+  constructor(c: ModelConfig, readonly batch: number) {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     this.x = new Float32Array(batch * c.dim);
@@ -80,7 +80,7 @@ export class Transformer {
     readonly backend: KernelBackend,
     batch: number,
   ) {
-    this.state = new RunState(config, ctx, batch);
+    this.state = new RunState(config, batch);
     this.cache = this.newCache();
   }
 

@@ -212,7 +212,7 @@ function asciiSpaces(src: string): string {
 function compile(src: string): CompiledRegex {
   const collapsed = /\\p\{/.test(src);
   if (collapsed) {
-    if (/[^\x00-\x7f]/.test(src)) throw new Error('a regex with \\p{..} must be ASCII (llama.cpp refuses it too)');
+    if (/[\u0080-\uffff]/.test(src)) throw new Error('a regex with \\p{..} must be ASCII (llama.cpp refuses it too)');
     // The collapsed text is all single UTF-16 units, so the non-Unicode mode is exact here.
     return { collapsed, re: new RegExp(asciiSpaces(collapseSource(src)), 'g') };
   }

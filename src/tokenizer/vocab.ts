@@ -181,9 +181,9 @@ export function loadVocab(file: VocabSource): Vocab {
 
   let pre = str(KEY.pre) ?? '';
   let addSpacePrefix = false;
-  let cleanSpaces = false;
+  let cleanSpaces: boolean;
   let ignoreMerges = false;
-  let addBos = false;
+  let addBos: boolean;
   let addEos = false;
   if (type === 'bpe') {
     if (pre === '') {

@@ -355,8 +355,10 @@ export class NodeServer {
         this.o.log.log('debug', 'session.close', { session: stage.id, positions: stage.pos });
         stage = undefined;
       }
-      if (down) graceful ? down.end() : down.cancel();
-      if (deliver) graceful ? deliver.end() : deliver.cancel();
+      for (const call of [down, deliver]) {
+        if (call && graceful) call.end();
+        else if (call) call.cancel();
+      }
       down = undefined;
       deliver = undefined;
     };
