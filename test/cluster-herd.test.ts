@@ -1,14 +1,20 @@
 // The herd end to end, with real processes on a LAN of network namespaces (root, as in CI):
 // three `herd node` daemons, each in its own namespace, and a coordinator in a fourth that
-// finds them over mDNS and runs stories260K as a 3-stage pipeline.
+// finds them over mDNS and runs stories260K as a 3-stage pipeline. Each node's kernel
+// throughput is pinned (--throughput): measured, it moves with the machine's load, and so would
+// the plans this file checks.
 
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { DiscoveryResult } from '../src/cluster/discovery/types.ts';
+import { plan } from '../src/cluster/planner.ts';
+import { modelShape } from '../src/cluster/shape.ts';
+import { GgufFile } from '../src/gguf/reader.ts';
 import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
 import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
-import { bundledModel, fixtureModels } from './helpers/paths.ts';
+import { bundledModel, fixtureModels, repoRoot } from './helpers/paths.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 
 interface Reference {
@@ -24,8 +30,17 @@ interface RunJson {
 }
 
 interface NodesJson {
-  nodes: { address: string; name: string; counters?: Record<string, number>; shards?: unknown[] }[];
+  nodes: { address: string; name: string; throughput: number; memAvailable: number; counters?: Record<string, number>; shards?: unknown[]; cached?: unknown[] }[];
 }
+
+/** GB/s each node advertises (--throughput) at first: equal, so the plan is the name order's. */
+const SPEEDS = [10, 10, 10];
+/**
+ * GB/s after the restart: by speed alone the planner would now cut elsewhere, while the slices
+ * the nodes cached are within its tolerance (20%) of that: a plan that keeps them shows the
+ * planner prefers cached ranges.
+ */
+const RESTART_SPEEDS = [5, 10, 15];
 
 const KEY = 'herd-test-cluster-key';
 let lan: TestLan;
@@ -34,15 +49,17 @@ let keyFile: string;
 let nodes: RunningNode[] = [];
 let coordinator: LanHost;
 let peers: string;
+/** The plan of the first run, which left its slices in the nodes' caches. */
+let firstPlan: RunJson['plan'] | undefined;
 
 const on = (host: LanHost, env: NodeJS.ProcessEnv = {}): Spawner => (cmd, args, opts) =>
   lan.spawn(host, cmd, args, { ...opts, env: { ...process.env, ...env } });
 
-async function startNodes(extra: string[]): Promise<void> {
-  // One after another: each measures its kernel at start-up, best not all at once on 2 cores.
+async function startNodes(speeds: readonly number[], extra: string[] = []): Promise<void> {
   nodes = [];
   for (const [i, h] of lan.hosts.slice(0, 3).entries()) {
-    nodes.push(await startNode(['--interface', 'eth0', '--port', '7077', '--cache-dir', join(dir, `node${i}`), '--cluster-key-file', keyFile, '--name', `node-${i}`, ...extra], on(h)));
+    const args = ['--interface', 'eth0', '--port', '7077', '--cache-dir', join(dir, `node${i}`), '--cluster-key-file', keyFile, '--name', `node-${i}`];
+    nodes.push(await startNode([...args, '--throughput', String(speeds[i]), ...extra], on(h)));
   }
 }
 
@@ -68,7 +85,7 @@ test.before(async () => {
   lan = await createLan(4, 'herd');
   coordinator = lan.hosts[3];
   peers = lan.hosts.slice(0, 3).map((h) => `${h.ip}:7077`).join(',');
-  await startNodes([]);
+  await startNodes(SPEEDS);
   // ciao probes before it announces: wait until every node says it is advertised.
   await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'mdns.advertise', HUNG_MS)));
 });
@@ -89,6 +106,20 @@ test.serial('herd nodes finds the three daemons over mDNS', async (t) => {
   t.deepEqual(found.nodes.map((n) => n.address).sort(), peers.split(',').sort());
 });
 
+test.serial('each node advertises its --throughput, in mDNS TXT and in Info, instead of a measurement', async (t) => {
+  // What a browser reads from TXT alone (herd nodes asks each node's Info too).
+  const probe = lan.spawn(coordinator, process.execPath, ['--import=tsx', 'test/helpers/mdns-probe.ts', 'browse', 'eth0', String(HUNG_MS), '3'], { cwd: repoRoot });
+  let out = '';
+  probe.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+  await new Promise((resolve) => probe.once('exit', resolve));
+  const txt = JSON.parse(out) as DiscoveryResult;
+  const expected = SPEEDS.map((s, i) => [`node-${i}`, s * 1e9]);
+  t.deepEqual(txt.nodes.map((n) => [n.caps.name, n.caps.throughput]).sort(), expected);
+  const info = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  t.deepEqual(info.nodes.map((n) => [n.name, n.throughput]).sort(), expected);
+  for (const [i, n] of nodes.entries()) t.like(n.ready, { throughput: SPEEDS[i] * 1e9, throughputPinned: true });
+});
+
 test.serial('herd plan over mDNS splits the model across the three nodes', async (t) => {
   // --timeout bounds a hung browse only: it ends as soon as the three (--stages) answered.
   const r = await herd(['plan', '--nodes', 'auto', '--interface', 'eth0', '--stages', '3', '--timeout', '60', '--json']);
@@ -105,6 +136,7 @@ test.serial('a coordinator found the nodes over mDNS and generated the 64 refere
   t.log(`3-stage run over mDNS: ${r.ms} ms (process start to exit)`);
   const out = JSON.parse(r.stdout) as RunJson;
   t.log(`plan ${JSON.stringify(out.plan)}`);
+  firstPlan = out.plan;
   t.deepEqual(out.tokens, reference.generated_tokens);
   t.is(out.plan.length, 3);
   t.deepEqual(out.plan.map((p) => p.address).sort(), peers.split(',').sort());
@@ -143,17 +175,37 @@ test.serial('a coordinator with the wrong key is refused and the nodes keep serv
 
 test.serial('restarted with mDNS off, the nodes serve --peers from their shard cache: nothing transferred', async (t) => {
   await stopNodes();
-  await startNodes(['--no-mdns']);
+  await startNodes(RESTART_SPEEDS, ['--no-mdns']);
   const silent = await herd(['nodes', '--interface', 'eth0', '--timeout', '2', '--json']);
   t.deepEqual((JSON.parse(silent.stdout) as NodesJson).nodes, [], 'no node answers over mDNS');
 
   const listed = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
-  t.log(`after restart: ${JSON.stringify(listed.nodes.map((n) => [n.name, (n as { throughput?: number }).throughput, (n as { cached?: unknown }).cached]))}`);
+  t.log(`after restart: ${JSON.stringify(listed.nodes.map((n) => [n.name, n.throughput, n.cached]))}`);
+  t.deepEqual(listed.nodes.map((n) => [n.name, n.throughput]).sort(), RESTART_SPEEDS.map((s, i) => [`node-${i}`, s * 1e9]));
+  // Planned by the new speeds alone (no cached ranges), the slices would move.
+  const bySpeed = plan(
+    listed.nodes.map((n) => ({ id: n.name, name: n.name, address: n.address, memAvailable: n.memAvailable, throughput: n.throughput })),
+    modelShape(GgufFile.open(bundledModel), 512, 'f16'),
+    { stages: 3 },
+  );
+  const layout = (p: readonly { node: string; layers: [number, number] }[]) => p.map((s) => `${s.node} [${s.layers.join(', ')})`);
+  t.notDeepEqual(layout(bySpeed.stages.map((s) => ({ node: s.node.name, layers: [s.start, s.end] }))), layout(firstPlan ?? []));
   const r = await herd(['--model', bundledModel, ...generate(peers)]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
   t.deepEqual(out.tokens, reference.generated_tokens);
   t.true(out.shards?.every((s) => s.source === 'cache' && s.bytes_transferred === 0), JSON.stringify(out.shards));
+  t.deepEqual(out.plan, firstPlan, 'the slices stay where they are cached though the speeds changed');
   const info = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
   for (const n of info.nodes) t.is(n.counters?.bytesFetched, 0, `${n.name} fetched nothing after the restart`);
+});
+
+test('herd node refuses a --throughput that is not a positive number of GB/s', async (t) => {
+  const values = ['0', '-3', 'fast', 'Infinity', '1e7'];
+  // Refused before it binds anything; a node that started instead is killed by the timeout.
+  const runs = await Promise.all(values.map((v) => runHerd(['node', '--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', dir, '--throughput', v], undefined, 30_000)));
+  for (const [i, r] of runs.entries()) {
+    t.is(r.code, 2, `${values[i]}: ${r.stderr}`);
+    t.regex(r.stderr, /herd: error: --throughput must be a positive number of GB\/s/, values[i]);
+  }
 });

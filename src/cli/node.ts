@@ -26,7 +26,13 @@ interface NodeArgs extends KeyArgs {
   mdns: boolean;
   grace: number;
   maxMemory?: number;
+  throughput?: number;
 }
+
+/** Bytes per second in a GB/s (the unit of `--throughput` and of `herd nodes`' MATVEC column). */
+const GB = 1e9;
+/** Keeps the advertised bytes per second a safe integer (TXT `tput`, Info `throughput`). */
+const MAX_THROUGHPUT_GBPS = 1e6;
 
 function builder(y: Argv): Argv<NodeArgs> {
   return keyOptions(
@@ -41,7 +47,12 @@ function builder(y: Argv): Argv<NodeArgs> {
       .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
       .option('mdns', { type: 'boolean', default: true, describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)' })
       .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' })
-      .option('max-memory', { type: 'number', describe: 'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)' }),
+      .option('max-memory', { type: 'number', describe: 'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)' })
+      .option('throughput', {
+        type: 'number',
+        requiresArg: true,
+        describe: 'Advertise this kernel throughput (GB/s of weights) instead of measuring it at start-up: pins the node\'s weight in the plan',
+      }),
   ) as unknown as Argv<NodeArgs>;
 }
 
@@ -49,6 +60,9 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535)) throw new UsageError(`--port must be in 0..65535, got ${args.port}`);
   if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 1)) throw new UsageError('--threads must be an integer >= 1');
   if (args.maxMemory !== undefined && !(Number.isFinite(args.maxMemory) && args.maxMemory > 0)) throw new UsageError('--max-memory must be a positive number of MiB');
+  if (args.throughput !== undefined && !(Number.isFinite(args.throughput) && args.throughput > 0 && args.throughput <= MAX_THROUGHPUT_GBPS)) {
+    throw new UsageError(`--throughput must be a positive number of GB/s (at most ${MAX_THROUGHPUT_GBPS}), got ${args.throughput}`);
+  }
   const key = asUsage(() => loadClusterKey(args));
   const host = args.host ?? (args.interface ? asUsage(() => interfaceIpv4(args.interface as string)) : '0.0.0.0');
   const name = args.name ?? hostname();
@@ -57,7 +71,9 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
 
   const hostInfo = await readHostInfo();
   const backend = await createBackend(args.backend, { threads: args.threads, note: (line) => log.log('warn', 'kernels.fallback', { detail: line }) });
-  const throughput = benchmarkMatvec(backend);
+  // Pinned (--throughput) or the kernel's measured speed, weight bytes per second.
+  const pinned = args.throughput !== undefined;
+  const throughput = pinned ? Math.max(1, Math.round((args.throughput as number) * GB)) : benchmarkMatvec(backend);
   const id = nodeId(cacheDir);
   const server = new NodeServer({
     nodeId: id, name, host, port: args.port, cacheDir, modelDir: args.modelDir, key, backend, hostInfo, throughput,
@@ -71,16 +87,18 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     advertiser = await MdnsAdvertiser.start({ name, port, caps: server.capabilities, interface: args.interface });
     log.log('info', 'mdns.advertise', { service: advertiser.instanceName, interface: args.interface ?? 'all' });
   }
-  server.remeasure(
-    () => benchmarkMatvec(backend),
-    (t) => {
-      log.log('info', 'node.throughput', { throughput: Math.round(t) });
-      void advertiser?.updateTxt(server.capabilities);
-    },
-  );
+  if (!pinned) {
+    server.remeasure(
+      () => benchmarkMatvec(backend),
+      (t) => {
+        log.log('info', 'node.throughput', { throughput: Math.round(t) });
+        void advertiser?.updateTxt(server.capabilities);
+      },
+    );
+  }
   log.log('info', 'node.ready', {
     id, host, port, cacheDir, backend: backend.name, cores: hostInfo.cores, memTotal: hostInfo.memTotal,
-    memAvailable: server.capabilities.memAvailable, throughput: Math.round(throughput), auth: key !== undefined, mdns: args.mdns,
+    memAvailable: server.capabilities.memAvailable, throughput: Math.round(throughput), throughputPinned: pinned, auth: key !== undefined, mdns: args.mdns,
   });
 
   let stopping = false;

@@ -14,7 +14,7 @@ export interface NodeCapabilities {
   readonly memTotal: number;
   readonly memAvailable: number;
   readonly cores: number;
-  /** Measured matvec throughput: weight bytes per second. */
+  /** Matvec throughput: weight bytes per second, measured (or pinned by `herd node --throughput`). */
   readonly throughput: number;
 }
 
