@@ -7,7 +7,7 @@
 import { parseArgs } from 'node:util';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { LocalSession } from '../src/engine/session.ts';
+import { LocalSession } from '../src/engine/local.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
 import { createBackend, type BackendChoice } from '../src/kernels/select.ts';
 import { WasmBackend, type WasmSimd } from '../src/kernels/wasm/backend.ts';

@@ -1,4 +1,4 @@
-// The fair queue behind the API's session slots and the in-process step lock.
+// The fair queue behind the API's session slots.
 
 import test from 'ava';
 import { AbortedError, FairQueue } from '../src/api/queue.ts';

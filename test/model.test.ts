@@ -110,12 +110,15 @@ test('a stage split in two gives the same logits as the whole model', (t) => {
   const second = Transformer.load(file, { kvType: 'f32', layers: [2, 5] });
   t.true(first.isFirst && !first.isLast && !second.isFirst && second.isLast);
   const seq = reference.prompt_tokens;
+  const [cache1, cache2] = [first.newCache(), second.newCache()];
+  // The hidden state first leaves for second, as over the wire.
+  const x = new Float32Array(first.config.dim);
   for (let pos = 0; pos < seq.length; pos++) {
     const a = whole.forward(seq[pos], pos);
-    first.embed(seq[pos]);
-    second.state.x.set(first.forwardLayers(pos));
-    second.forwardLayers(pos);
-    t.deepEqual(Array.from(second.head()), Array.from(a));
+    first.embed([seq[pos]], x);
+    first.forwardLayers(x, [{ start: pos, n: 1, cache: cache1 }]);
+    second.forwardLayers(x, [{ start: pos, n: 1, cache: cache2 }]);
+    t.deepEqual(Array.from(second.head(x)), Array.from(a));
   }
 });
 
@@ -126,16 +129,20 @@ test('a prompt run in batched steps gives the logits of token-by-token steps', (
   const batched = Transformer.load(file, { kvType: 'f32', batch: 16 });
   let expected = new Float32Array(0);
   for (let pos = 0; pos < seq.length; pos++) expected = Float32Array.from(single.forward(seq[pos], pos));
+  const x = new Float32Array(16 * batched.config.dim);
+  let last = 0;
   for (let start = 0; start < seq.length; start += 16) {
-    batched.embed(seq.slice(start, start + 16));
-    batched.forwardLayers(start);
+    const step = seq.slice(start, start + 16);
+    batched.embed(step, x);
+    batched.forwardLayers(x, [{ start, n: step.length, cache: batched.cache }]);
+    last = step.length - 1;
   }
-  const got = batched.head();
+  const got = batched.head(x.subarray(last * batched.config.dim));
   let maxDiff = 0;
   for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i] - expected[i]));
   t.log(`max |Δlogit| ${maxDiff.toExponential(2)} after 69 tokens in steps of 16`);
   t.true(maxDiff <= 1e-5);
-  t.throws(() => batched.embed(seq.slice(0, 17)), { message: /a step takes 1\.\.16 tokens, got 17/ });
+  t.throws(() => batched.embed(seq.slice(0, 17), new Float32Array(17 * batched.config.dim)), { message: /a step takes 1\.\.16 tokens, got 17/ });
 });
 
 test('model errors name the file and the problem', (t) => {

@@ -12,7 +12,8 @@ import { Tokenizer } from '../src/tokenizer/index.ts';
 import { commonPrefix, type InferenceSession } from '../src/engine/session.ts';
 import { defaultSampling, type SamplingOptions } from '../src/engine/sampler.ts';
 import { silentLogger } from '../src/cluster/log.ts';
-import { findHerd, loadModel, type LoadedModel } from '../src/cluster/coordinator/open.ts';
+import { findHerd } from '../src/cluster/coordinator/herd-model.ts';
+import { loadModel, type LoadedModel } from '../src/api/open.ts';
 import { stopProcess } from './helpers/netns.ts';
 import { startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { bundledModel } from './helpers/paths.ts';
@@ -81,7 +82,7 @@ async function checkReuse(t: ExecutionContext, loaded: LoadedModel): Promise<voi
     t.deepEqual(got.out, expected, 'seeded sampling after resample');
 
     // Past the end is refused; the session stays usable.
-    await t.throwsAsync(() => kept.step([1], got.held.length + 1), { message: /step at position \d+, but the session is at \d+/ });
+    await t.throwsAsync(() => kept.step([1], got.held.length + 1), { message: /step at position \d+, past the session's end at \d+/ });
     const again = await kept.step([got.out[23]], got.held.length);
     t.true(again >= 0 && again < tokenizer.vocabSize);
   } finally {

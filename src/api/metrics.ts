@@ -2,8 +2,8 @@
 // so tests and several servers in one process do not share counters).
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { RecoveryEvent } from '../cluster/coordinator/open.ts';
-import type { StepTiming } from './host.ts';
+import type { RecoveryEvent } from '../cluster/coordinator/herd-model.ts';
+import type { StepTiming } from './session-pool.ts';
 
 /** Seconds of recent tokens the tokens-per-second gauge averages over. */
 const RATE_WINDOW_S = 10;

@@ -1,7 +1,6 @@
 // Fair admission: at most `size` holders at once, the rest wait in arrival order. A waiter
-// whose signal aborts leaves the line at once. Used twice by the API: session slots per
-// request (how many KV caches exist) and, for an in-process model, a lock of size 1 around each
-// forward step, so active requests take turns token by token.
+// whose signal aborts leaves the line at once. The API's session slots per request (how many
+// KV caches exist).
 
 export type Release = () => void;
 

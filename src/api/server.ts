@@ -14,7 +14,7 @@ import { ChatTemplateError } from '../tokenizer/chat-template.ts';
 import { ApiError, badRequest, internal, modelNotFound, notFound, unauthorized, unavailable } from './errors.ts';
 import { runGeneration, type GenerationOutcome } from './generation.ts';
 import { chatLogprobs, CompletionLogprobsWriter } from './logprobs.ts';
-import type { ModelHost } from './host.ts';
+import { ModelHost, type HostOptions } from './host.ts';
 import { ApiMetrics } from './metrics.ts';
 import { AbortedError } from './queue.ts';
 import { parseChatRequest, parseCompletionRequest, type GenerationParams } from './requests.ts';
@@ -22,7 +22,8 @@ import { parseChatRequest, parseCompletionRequest, type GenerationParams } from 
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
 
 export interface ServerOptions {
-  readonly host: ModelHost;
+  /** The model to serve: the server opens the host with its metrics as the observers. */
+  readonly host: HostOptions;
   /** Bearer key every /v1 request must carry; undefined leaves the API open. */
   readonly apiKey?: string;
   readonly log: Logger;
@@ -41,6 +42,7 @@ const STATIC: Record<string, { file: string; type: string }> = {
 const ROUTES = new Set(['/', '/health', '/metrics', '/api/state', '/v1/models', '/v1/chat/completions', '/v1/completions', '/dashboard.js', '/dashboard.css']);
 
 export class ApiServer {
+  readonly host: ModelHost;
   readonly metrics: ApiMetrics;
   private readonly http: Server;
   private readonly inflight = new Set<AbortController>();
@@ -50,7 +52,8 @@ export class ApiServer {
   private readonly files = new Map<string, Buffer>();
 
   constructor(private readonly o: ServerOptions) {
-    const host = o.host;
+    const host = ModelHost.open({ ...o.host, onStep: (step) => this.metrics.observeStep(step), onRecovery: (e) => this.metrics.observeRecovery(e) });
+    this.host = host;
     this.metrics = new ApiMetrics({
       queueDepth: () => host.slots.waiting,
       sessionsActive: () => host.activeSessions,
@@ -58,8 +61,6 @@ export class ApiServer {
       slots: host.slots.size,
       ready: () => host.status === 'ready',
     });
-    host.onStep = (step) => this.metrics.observeStep(step);
-    host.onRecovery = (e) => this.metrics.observeRecovery(e);
     this.keyHash = o.apiKey === undefined ? undefined : sha256(o.apiKey);
     this.fingerprint = `herd-${o.version}`;
     for (const { file } of Object.values(STATIC)) this.files.set(file, readFileSync(new URL(file, dashboardDir)));
@@ -114,7 +115,7 @@ export class ApiServer {
       if (get && path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [this.modelObject()] });
       if (get && path.startsWith('/v1/models/')) {
         const id = decodeURIComponent(path.slice('/v1/models/'.length));
-        if (!this.servesModel(id)) throw modelNotFound(id, this.o.host.modelId);
+        if (!this.servesModel(id)) throw modelNotFound(id, this.host.modelId);
         return sendJson(res, 200, this.modelObject());
       }
       if (req.method === 'POST' && path === '/v1/chat/completions') return await this.chat(req, res);
@@ -149,16 +150,16 @@ export class ApiServer {
   }
 
   private servesModel(id: string): boolean {
-    const own = this.o.host.modelId;
+    const own = this.host.modelId;
     return id === own || id === `${own}.gguf`;
   }
 
   private checkModel(p: GenerationParams): void {
-    if (p.model !== undefined && p.model !== '' && !this.servesModel(p.model)) throw modelNotFound(p.model, this.o.host.modelId);
+    if (p.model !== undefined && p.model !== '' && !this.servesModel(p.model)) throw modelNotFound(p.model, this.host.modelId);
   }
 
   private modelObject(): object {
-    const h = this.o.host;
+    const h = this.host;
     return {
       id: h.modelId,
       object: 'model',
@@ -175,7 +176,7 @@ export class ApiServer {
   }
 
   private health(res: ServerResponse): void {
-    const h = this.o.host;
+    const h = this.host;
     const body = {
       status: h.status === 'ready' ? 'ok' : h.status,
       model: h.modelId,
@@ -194,7 +195,7 @@ export class ApiServer {
 
   /** What the dashboard draws. */
   async state(): Promise<object> {
-    const h = this.o.host;
+    const h = this.host;
     const value = async (c: { get(): Promise<{ values: { value: number }[] }> }) => (await c.get()).values.reduce((s, v) => s + v.value, 0);
     return {
       version: this.o.version,
@@ -227,7 +228,7 @@ export class ApiServer {
   }
 
   private async chat(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const h = this.o.host;
+    const h = this.host;
     const r = parseChatRequest(await readJson(req));
     this.checkModel(r);
     const prompt = h.template.render(r.messages).ids;
@@ -277,7 +278,7 @@ export class ApiServer {
   }
 
   private async completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const h = this.o.host;
+    const h = this.host;
     const r = parseCompletionRequest(await readJson(req), h.tokenizer.vocabSize);
     this.checkModel(r);
     // As `herd run`: the text with the vocabulary's BOS, control-token text left as text.
@@ -342,8 +343,8 @@ export class ApiServer {
       ...(r.sampling.logprobs !== undefined ? { logprobs: out.logprobs } : {}),
       timings: out.timings,
       ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
-      plan: this.o.host.plan,
-      ...(this.o.host.mode === 'local' && this.o.host.o.backend ? { backend: this.o.host.o.backend.name, isa: this.o.host.o.backend.isa, threads: this.o.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
+      plan: this.host.plan,
+      ...(this.host.mode === 'local' && this.host.o.backend ? { backend: this.host.o.backend.name, isa: this.host.o.backend.isa, threads: this.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
     };
   }
 

@@ -123,21 +123,23 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   const log = await apiLogger(args.logLevel);
   const version = herdVersion();
   // Loaded here, not at the top: every other herd command starts without the API's packages.
-  const { ModelHost } = await import('../api/host.ts');
   const { ApiServer } = await import('../api/server.ts');
   const { ApiAdvertiser } = await import('../api/advertise.ts');
   const { GrpcApi } = args.grpcPort !== undefined ? await import('../api/grpc.ts') : { GrpcApi: undefined };
 
   const modelPath = resolveModelPath(args.model);
   const backend = await createBackend(args.backend, { threads: args.threads, note: (detail) => log.warn({ detail }, 'backend.note') });
-  const host = ModelHost.open({
-    modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
-    interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
-    cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover, idleSeconds: args.idleTimeout,
-    // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
-    progress: new ProgressRenderer({ write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') }, { tty: false }).sink,
+  const server = new ApiServer({
+    host: {
+      modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
+      interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
+      cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover, idleSeconds: args.idleTimeout,
+      // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
+      progress: new ProgressRenderer({ write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') }, { tty: false }).sink,
+    },
+    apiKey: key, log, version,
   });
-  const server = new ApiServer({ host, apiKey: key, log, version });
+  const host = server.host;
   const addr = await server.listen(args.host, args.port).catch((e: NodeJS.ErrnoException) => {
     throw new UsageError(`cannot listen on ${args.host}:${args.port}: ${e.code ?? e.message}`);
   });

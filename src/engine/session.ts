@@ -5,10 +5,12 @@
 // A session can go back: a step that starts before the session's end first forgets the
 // positions from there on (their KV entries are overwritten by the step), so a session kept
 // after one request continues the next from the prompt prefix they share (prompt reuse).
+//
+// A served model opens a session per request: the whole model in this process (local.ts), or
+// a pipeline over the herd (cluster/coordinator/herd-model.ts). Either tells what its session
+// holds and how long each stage computed, for whoever keeps sessions and times them (api/).
 
-import type { Transformer } from '../model/transformer.ts';
-import type { KvCache } from '../model/kv-cache.ts';
-import { Sampler, type SamplingOptions, type TokenLogprobs } from './sampler.ts';
+import type { SamplingOptions, TokenLogprobs } from './sampler.ts';
 
 export interface InferenceSession {
   /** Positions the session's KV caches hold. */
@@ -41,50 +43,40 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
   return i;
 }
 
-/** A whole model in this process. */
-export class LocalSession implements InferenceSession {
-  private readonly cache: KvCache;
-  private sampler: Sampler;
-  private readonly history: number[] = [];
+/** One stage's compute time on a step (in this process: the whole model's). */
+export interface StageTime {
+  /** The node's name, as the plan shows it. */
+  readonly node: string;
+  readonly nodeId: string;
+  readonly address: string;
+  readonly layers: readonly [number, number];
+  readonly seconds: number;
+}
 
-  constructor(
-    private readonly model: Transformer,
-    sampling: SamplingOptions,
-  ) {
-    if (!model.isFirst || !model.isLast) throw new Error('a local session needs every layer of the model');
-    this.cache = model.newCache();
-    this.sampler = new Sampler(sampling, model.config.vocabSize);
-  }
+/** A session a server can keep and time: the tokens it holds, each stage's time on its last step. */
+export interface StagedSession extends InferenceSession {
+  /** The token at each position the session's KV caches hold (what a kept session offers for reuse). */
+  readonly tokens: readonly number[];
+  /** One entry per stage, in pipeline order; empty before the first step. */
+  readonly lastStages: readonly StageTime[];
+  /** True once the session can no longer step (a stage failed or the stream broke). */
+  readonly failed?: boolean;
+}
 
-  get ctx(): number {
-    return this.model.ctx;
-  }
+/** Where a stage of a served model runs. */
+export interface PlanEntry {
+  readonly node: string;
+  readonly address: string;
+  readonly layers: [number, number];
+}
 
-  get logprobs(): TokenLogprobs | undefined {
-    return this.sampler.logprobs;
-  }
-
-  async step(tokens: readonly number[], start: number): Promise<number> {
-    if (!(Number.isInteger(start) && start >= 0 && start <= this.history.length)) {
-      throw new RangeError(`step at position ${start}, but the session is at ${this.history.length}`);
-    }
-    if (tokens.length === 0) throw new RangeError('step with no tokens');
-    if (start + tokens.length > this.ctx) throw new RangeError(`positions [${start}, ${start + tokens.length}) run past the context of ${this.ctx}`);
-    // Going back: the positions from start on are recomputed below.
-    this.history.length = start;
-    // The prompt goes through in steps of up to the model's batch size.
-    for (let i = 0; i < tokens.length; i += this.model.batch) {
-      const step = tokens.slice(i, i + this.model.batch);
-      this.model.embed(step);
-      this.model.forwardLayers(start + i, this.cache);
-      this.history.push(...step);
-    }
-    return this.sampler.sample(this.model.head(), this.history);
-  }
-
-  resample(sampling: SamplingOptions): void {
-    this.sampler = new Sampler(sampling, this.model.config.vocabSize);
-  }
-
-  async close(): Promise<void> {}
+/** A model loaded once, serving a session per request. */
+export interface ServedModel {
+  /** local: the whole model in this process; cluster: a pipeline over the herd. */
+  readonly mode: 'local' | 'cluster';
+  /** Where the layers run now (over the herd, after a lost node, the plan over the survivors). */
+  readonly plan: PlanEntry[];
+  /** A new session with its own KV caches. */
+  open(sampling: SamplingOptions): Promise<StagedSession>;
+  close(): Promise<void>;
 }

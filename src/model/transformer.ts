@@ -1,7 +1,10 @@
 // The llama-family transformer over a range of layers, written to be read top to bottom
-// like llama2.c's run.c. A stage holding layers [start, end) takes the hidden state in
-// `state.x` (or embeds a token, on the first stage) and leaves it there for the next
-// stage; the last stage turns it into logits. Every buffer is allocated once, up front.
+// like llama2.c's run.c. A slice holding layers [start, end) runs them over hidden states the
+// caller owns (embedded from tokens on the first slice, received from the slice before on the
+// others) and leaves them there for the next; the last slice turns a row into logits. Nothing
+// carries over from one call to the next but what the caller passes in (the hidden states and
+// the KV caches): the buffers below are workspace, allocated once, up front.
+// engine/slice.ts is the one caller that takes a step through here, whoever runs it.
 
 import type { GgufFile } from '../gguf/reader.ts';
 import { getRow, type Weight } from '../kernels/matvec.ts';
@@ -26,12 +29,22 @@ export interface LoadOptions {
 }
 
 /**
- * Every activation buffer of one forward step, for up to `batch` tokens at once: row i of
- * x, xb, q, … belongs to the i-th token of the step. Decode is a step of one token; prefill
- * runs the prompt in steps of up to `batch` tokens, so each weight is read once per step.
+ * One sequence's rows of a step: `n` consecutive rows of the hidden states, at positions
+ * start, start+1, …, attending over (and written into) `cache`.
+ */
+export interface Segment {
+  readonly start: number;
+  readonly n: number;
+  readonly cache: KvCache;
+}
+
+/**
+ * The workspace of one forward step, for up to `batch` rows at once: row i of xb, q, … belongs
+ * to row i of the step's hidden states. Decode is a row per sequence; prefill runs a prompt in
+ * steps of up to `batch` rows, so each weight is read once per step. Every call fills what it
+ * reads here before reading it.
  */
 class RunState {
-  readonly x: Float32Array; // the residual stream (hidden states)
   readonly xb: Float32Array; // normed input of a sub-block
   readonly xb2: Float32Array; // sub-block output before the residual add
   readonly q: Float32Array;
@@ -47,7 +60,6 @@ class RunState {
   constructor(c: ModelConfig, readonly batch: number) {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
-    this.x = new Float32Array(batch * c.dim);
     this.xb = new Float32Array(batch * c.dim);
     this.xb2 = new Float32Array(batch * c.dim);
     this.q = new Float32Array(batch * qDim);
@@ -69,8 +81,10 @@ function row(buf: Float32Array, i: number, n: number): Float32Array {
 
 export class Transformer {
   readonly state: RunState;
-  /** The default sequence's cache; other sequences bring their own from newCache(). */
+  /** forward()'s cache, for a caller that runs one sequence token by token (tests, benchmarks). */
   readonly cache: KvCache;
+  /** forward()'s hidden state: one row. */
+  private readonly one: Float32Array;
 
   private constructor(
     readonly config: ModelConfig,
@@ -82,6 +96,7 @@ export class Transformer {
   ) {
     this.state = new RunState(config, batch);
     this.cache = this.newCache();
+    this.one = new Float32Array(config.dim);
   }
 
   static load(file: GgufFile, opts: LoadOptions = {}): Transformer {
@@ -108,20 +123,17 @@ export class Transformer {
     return { config, ctx, batch, start, end, kvType: opts.kvType ?? 'f32', backend: opts.backend ?? new JsBackend() };
   }
 
-  /** Tokens in the current step (rows of state.x in use). */
-  private n = 1;
-
+  /** Most rows one step takes. */
   get batch(): number {
     return this.state.batch;
   }
 
   /** out (n × rows) = xs (n × cols) · wᵀ: one pass over the weight for the whole step. */
-  private readonly matmul = (w: Weight, xs: Float32Array, out: Float32Array): void => {
-    const n = this.n;
+  private matmul(w: Weight, xs: Float32Array, n: number, out: Float32Array): void {
     if (n === 1) this.backend.matvec(w, xs, out);
     else if (this.backend.matmul) this.backend.matmul(w, xs, n, out);
     else for (let i = 0; i < n; i++) this.backend.matvec(w, row(xs, i, w.cols), row(out, i, w.rows));
-  };
+  }
 
   get isFirst(): boolean {
     return this.weights.tokenEmbd !== undefined;
@@ -136,61 +148,62 @@ export class Transformer {
     return new KvCache(this.kvType, this.weights.layers.length, this.ctx, c.nKvHeads * c.headDim);
   }
 
-  /** The whole model for one token at one position: the logits of the next token. */
+  /** The whole model for one token at one position of `cache`: the logits of the next token. */
   forward(token: number, pos: number, cache: KvCache = this.cache): Float32Array {
-    this.embed([token]);
-    this.forwardLayers(pos, cache);
-    return this.head();
+    this.embed([token], this.one);
+    this.forwardLayers(this.one, [{ start: pos, n: 1, cache }]);
+    return this.head(this.one);
   }
 
-  /** First stage: the tokens' embedding rows become the hidden states of the step. */
-  embed(tokens: number | readonly number[]): Float32Array {
-    if (typeof tokens === 'number') tokens = [tokens];
+  /** First slice: the tokens' embedding rows, written into x (tokens.length × dim). */
+  embed(tokens: readonly number[], x: Float32Array): void {
     const w = this.weights;
     if (!w.tokenEmbd) throw new Error(`stage [${w.start}, ${w.end}) holds no token embedding`);
-    this.setStep(tokens.length);
-    for (let i = 0; i < tokens.length; i++) getRow(w.tokenEmbd, tokens[i], row(this.state.x, i, this.config.dim));
-    return this.hidden;
+    this.checkRows(tokens.length);
+    for (let i = 0; i < tokens.length; i++) getRow(w.tokenEmbd, tokens[i], row(x, i, this.config.dim));
   }
 
-  /** Sets how many tokens the next step carries (a later stage sets it before filling state.x). */
-  setStep(n: number): void {
+  private checkRows(n: number): void {
     if (!(Number.isInteger(n) && n >= 1 && n <= this.batch)) throw new RangeError(`a step takes 1..${this.batch} tokens, got ${n}`);
-    this.n = n;
   }
 
-  /** The step's hidden states: n × dim, what one stage hands the next. */
-  get hidden(): Float32Array {
-    return this.state.x.subarray(0, this.n * this.config.dim);
-  }
-
-  /** Runs this stage's layers on the step's hidden states at positions start.., in place. */
-  forwardLayers(start: number, cache: KvCache = this.cache): Float32Array {
-    const n = this.n;
-    if (!(Number.isInteger(start) && start >= 0 && start + n <= this.ctx)) {
-      const what = n === 1 ? `position ${start} is` : `positions ${start}..${start + n - 1} are`;
-      throw new RangeError(`${what} outside the context of ${this.ctx}`);
-    }
+  /**
+   * Runs this slice's layers, in place, over the hidden states x: the segments' rows one after
+   * the other (n × dim in all). Each layer is one matrix product per weight over every row;
+   * attention runs per segment over its own KV cache.
+   */
+  forwardLayers(x: Float32Array, segments: readonly Segment[]): void {
     const c = this.config;
     const s = this.state;
-    const matmul = this.matmul;
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     const half = c.ropeDims / 2;
-    for (let i = 0; i < n; i++) {
-      ropeAngles(start + i, c.ropeDims, c.ropeBase, c.ropeFreqScale, row(s.ropeCos, i, half), row(s.ropeSin, i, half), this.weights.ropeFreqs);
+    const n = segments.reduce((sum, seg) => sum + seg.n, 0);
+    this.checkRows(n);
+    if (x.length < n * c.dim) throw new RangeError(`hidden states of ${x.length} values, ${n} × ${c.dim} needed`);
+    let r = 0;
+    for (const seg of segments) {
+      if (!(Number.isInteger(seg.start) && seg.start >= 0 && seg.start + seg.n <= this.ctx)) {
+        const what = seg.n === 1 ? `position ${seg.start} is` : `positions ${seg.start}..${seg.start + seg.n - 1} are`;
+        throw new RangeError(`${what} outside the context of ${this.ctx}`);
+      }
+      // each row's RoPE angles, from its own position
+      for (let i = 0; i < seg.n; i++) {
+        ropeAngles(seg.start + i, c.ropeDims, c.ropeBase, c.ropeFreqScale, row(s.ropeCos, r + i, half), row(s.ropeSin, r + i, half), this.weights.ropeFreqs);
+      }
+      r += seg.n;
     }
 
     for (let l = 0; l < this.weights.layers.length; l++) {
       const lw = this.weights.layers[l];
 
       // attention rmsnorm
-      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(s.x, i, c.dim), lw.attnNorm, c.dim, c.rmsEps);
+      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(x, i, c.dim), lw.attnNorm, c.dim, c.rmsEps);
 
       // q, k, v projections (+ bias for qwen2)
-      matmul(lw.wq, s.xb, s.q);
-      matmul(lw.wk, s.xb, s.k);
-      matmul(lw.wv, s.xb, s.v);
+      this.matmul(lw.wq, s.xb, n, s.q);
+      this.matmul(lw.wk, s.xb, n, s.k);
+      this.matmul(lw.wv, s.xb, n, s.v);
       for (let i = 0; i < n; i++) {
         if (lw.bq) addInPlace(row(s.q, i, qDim), lw.bq, qDim);
         if (lw.bk) addInPlace(row(s.k, i, kvDim), lw.bk, kvDim);
@@ -212,45 +225,47 @@ export class Transformer {
         const sin = row(s.ropeSin, i, half);
         rope(q, c.nHeads, c.headDim, c.ropeDims, c.ropeNeox, cos, sin);
         rope(k, c.nKvHeads, c.headDim, c.ropeDims, c.ropeNeox, cos, sin);
-
-        // write k, v of this position into the cache
-        cache.write(l, start + i, k, row(s.v, i, kvDim));
       }
 
-      // attention over the cache, each token seeing positions up to its own
-      // (grouped-query: each group of nHeads/nKvHeads query heads shares one KV head)
-      this.backend.attend({
-        keys: cache.keys[l], values: cache.values[l], nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim,
-        start, n, q: s.q, out: s.attOut,
-      });
+      // per segment: write k, v of its positions into its cache, then attend over that cache,
+      // each row seeing positions up to its own (grouped-query: each group of nHeads/nKvHeads
+      // query heads shares one KV head)
+      r = 0;
+      for (const seg of segments) {
+        for (let i = 0; i < seg.n; i++) seg.cache.write(l, seg.start + i, row(s.k, r + i, kvDim), row(s.v, r + i, kvDim));
+        this.backend.attend({
+          keys: seg.cache.keys[l], values: seg.cache.values[l], nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim,
+          start: seg.start, n: seg.n, q: s.q.subarray(r * qDim, (r + seg.n) * qDim), out: s.attOut.subarray(r * qDim, (r + seg.n) * qDim),
+        });
+        r += seg.n;
+      }
 
       // output projection and residual
-      matmul(lw.wo, s.attOut, s.xb2);
-      addInPlace(s.x, s.xb2, n * c.dim);
+      this.matmul(lw.wo, s.attOut, n, s.xb2);
+      addInPlace(x, s.xb2, n * c.dim);
 
       // ffn rmsnorm
-      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(s.x, i, c.dim), lw.ffnNorm, c.dim, c.rmsEps);
+      for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, c.dim), row(x, i, c.dim), lw.ffnNorm, c.dim, c.rmsEps);
 
       // SwiGLU: down(silu(gate(x)) * up(x))
-      matmul(lw.wGate, s.xb, s.hb);
-      matmul(lw.wUp, s.xb, s.hb2);
+      this.matmul(lw.wGate, s.xb, n, s.hb);
+      this.matmul(lw.wUp, s.xb, n, s.hb2);
       this.backend.swiglu(s.hb, s.hb, s.hb2, n * c.ffnDim);
-      matmul(lw.wDown, s.hb, s.xb2);
+      this.matmul(lw.wDown, s.hb, n, s.xb2);
 
       // residual
-      addInPlace(s.x, s.xb2, n * c.dim);
+      addInPlace(x, s.xb2, n * c.dim);
     }
-    return this.hidden;
   }
 
-  /** Last stage: final rmsnorm and the classifier give the logits after the step's last token. */
-  head(): Float32Array {
+  /** Last slice: final rmsnorm and the classifier turn one row of hidden state into logits (workspace: read before the next call). */
+  head(x: Float32Array): Float32Array {
     const w = this.weights;
     const s = this.state;
     const dim = this.config.dim;
     if (!w.output || !w.outputNorm) throw new Error(`stage [${w.start}, ${w.end}) holds no output head`);
     const xb = row(s.xb, 0, dim);
-    rmsnorm(xb, row(s.x, this.n - 1, dim), w.outputNorm, dim, this.config.rmsEps);
+    rmsnorm(xb, x.subarray(0, dim), w.outputNorm, dim, this.config.rmsEps);
     this.backend.matvec(w.output, xb, s.logits);
     return s.logits;
   }

@@ -8,7 +8,7 @@ import { ClusterError } from '../errors.ts';
 import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
 import type { PlanNode } from '../planner.ts';
 import type { NodeInfo } from '../../proto/herd.ts';
-import { LOCAL_ADDRESS } from './local.ts';
+import { LOCAL_ADDRESS } from '../../engine/local.ts';
 
 
 export interface NodeSet {

@@ -15,7 +15,8 @@
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { status, type ClientDuplexStream } from '@grpc/grpc-js';
-import type { InferenceSession } from '../../engine/session.ts';
+import type { StagedSession, StageTime } from '../../engine/session.ts';
+import { TokenHistory } from '../../engine/history.ts';
 import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
 import { readConfig } from '../../model/config.ts';
 import type { KvType as EngineKvType } from '../../model/kv-cache.ts';
@@ -94,24 +95,6 @@ export interface StageLoad {
   readonly source: string;
   readonly bytes_transferred: number;
   readonly ms: number;
-}
-
-/** One stage's compute time on a step, as its node reported it. */
-export interface StageTime {
-  /** The node's name, as the plan shows it. */
-  readonly node: string;
-  readonly nodeId: string;
-  readonly address: string;
-  readonly layers: readonly [number, number];
-  readonly seconds: number;
-}
-
-/** A session that tells how long each stage computed its last step. */
-export interface StagedSession extends InferenceSession {
-  /** One entry per stage, in pipeline order; empty before the first step. */
-  readonly lastStages: readonly StageTime[];
-  /** True once the session can no longer step (a stage failed or the stream broke). */
-  readonly failed?: boolean;
 }
 
 export class HerdCluster {
@@ -355,11 +338,11 @@ export function stageTimesOf(timings: readonly StageTiming[], stages: readonly P
 export class PipelineSession implements StagedSession {
   lastStages: readonly StageTime[] = [];
   logprobs: TokenLogprobs | undefined;
-  private waiting: { position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
+  private waiting: { tokens: readonly number[]; start: number; position: number; resolve: (t: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   private failure: Error | undefined;
   private closed = false;
-  /** Positions the stages hold: where the last delivered step ended. */
-  private position = 0;
+  /** The tokens the stages hold: up to where the last delivered step ended. */
+  readonly history = new TokenHistory();
   /** Sampling for the last stage to restart with, sent on the next activation. */
   private pendingSampling: SamplingOptions | undefined;
   /** How many top log-probabilities the last stage delivers with each token (undefined: none). */
@@ -434,6 +417,10 @@ export class PipelineSession implements StagedSession {
     return this.failure !== undefined;
   }
 
+  get tokens(): readonly number[] {
+    return this.history.tokens;
+  }
+
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
@@ -469,7 +456,7 @@ export class PipelineSession implements StagedSession {
     clearTimeout(w.timer);
     this.lastStages = stages;
     this.logprobs = logprobs;
-    this.position = w.position;
+    this.history.commit(w.tokens, w.start);
     w.resolve(d.tokenId);
   }
 
@@ -477,11 +464,11 @@ export class PipelineSession implements StagedSession {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new ClusterError('pipeline', 'the session is closed'));
     if (this.waiting) return Promise.reject(new ClusterError('pipeline', 'a step is already in flight'));
-    if (tokens.length === 0) return Promise.reject(new RangeError('step with no tokens'));
-    if (!(Number.isInteger(start) && start >= 0 && start <= this.position)) {
-      return Promise.reject(new RangeError(`step at position ${start}, but the session is at ${this.position}`));
+    try {
+      this.history.check(start, tokens.length, this.ctx);
+    } catch (e) {
+      return Promise.reject(e as Error);
     }
-    if (start + tokens.length > this.ctx) return Promise.reject(new RangeError(`positions [${start}, ${start + tokens.length}) run past the context of ${this.ctx}`));
     const sampling = this.pendingSampling && samplingToWire(this.pendingSampling);
     if (this.pendingSampling) this.topLogprobs = this.pendingSampling.logprobs;
     this.pendingSampling = undefined;
@@ -489,7 +476,7 @@ export class PipelineSession implements StagedSession {
     const timeoutMs = this.cluster.o.stepTimeoutMs ?? 600_000;
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `no token from the pipeline in ${timeoutMs / 1000} s`)), timeoutMs);
-      this.waiting = { position: start + tokens.length, resolve, reject, timer };
+      this.waiting = { tokens: [...tokens], start, position: start + tokens.length, resolve, reject, timer };
       this.stream.write({
         activation: { sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED, dim: 0, timings: [], sampling },
       });

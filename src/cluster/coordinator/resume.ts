@@ -1,7 +1,7 @@
-// A session over the herd that survives a lost node: it keeps the tokens its KV caches hold
-// (the session's history) and, when its pipeline breaks, has the cluster re-plan over the nodes
-// that still answer (HerdCluster.recover), opens a new pipeline on the new plan and replays the
-// history there — the failed step included, so the caller gets the token it asked for, late.
+// A session over the herd that survives a lost node: when its pipeline breaks, it has the
+// cluster re-plan over the nodes that still answer (HerdCluster.recover), opens a new pipeline
+// on the new plan and replays there the tokens the broken one held (its history) — the failed
+// step included, so the caller gets the token it asked for, late.
 // Bounded: at most `maxReplans` re-plans per request (a resample() starts a new request).
 //
 // The replay leaves the last stage's sampler where the lost one was: greedy sampling and the
@@ -10,15 +10,14 @@
 // are replayed with their own boundaries, after the history before them.
 
 import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
+import type { StagedSession, StageTime } from '../../engine/session.ts';
 import { ClusterError } from '../errors.ts';
-import type { HerdCluster, PipelineSession, StagedSession, StageTime } from './pipeline.ts';
+import type { HerdCluster, PipelineSession } from './pipeline.ts';
 
 /** Default re-plans one request may go through before it fails. */
 export const MAX_REPLANS = 2;
 
 export class ResumableSession implements StagedSession {
-  /** The token at each position the session's KV caches hold. */
-  private readonly history: number[] = [];
   /** Start positions of the steps since `sampling` took effect, in order (one draw each). */
   private draws: number[] = [];
   private replans = 0;
@@ -52,6 +51,11 @@ export class ResumableSession implements StagedSession {
     return this.inner.logprobs;
   }
 
+  /** What the pipeline holds (after a resume, the new one holds what the broken one did). */
+  get tokens(): readonly number[] {
+    return this.inner.tokens;
+  }
+
   get lastStages(): readonly StageTime[] {
     return this.inner.lastStages;
   }
@@ -62,9 +66,8 @@ export class ResumableSession implements StagedSession {
   }
 
   async step(tokens: readonly number[], start: number): Promise<number> {
-    if (!(Number.isInteger(start) && start >= 0 && start <= this.history.length)) {
-      throw new RangeError(`step at position ${start}, but the session is at ${this.history.length}`);
-    }
+    // Checked here, not by a broken pipeline's step: a bad step is the caller's, never replayed.
+    this.inner.history.check(start, tokens.length, this.ctx);
     let token: number;
     try {
       token = await this.inner.step(tokens, start);
@@ -72,13 +75,11 @@ export class ResumableSession implements StagedSession {
       if (this.closed || !this.inner.failed) throw e;
       token = await this.resume(tokens, start, e as Error);
     }
-    this.commit(tokens, start);
+    this.countDraw(start);
     return token;
   }
 
-  private commit(tokens: readonly number[], start: number): void {
-    this.history.length = start;
-    this.history.push(...tokens);
+  private countDraw(start: number): void {
     // A step that goes back undoes the steps it overwrites (their draws stay drawn: a replay
     // after such a step is exact for greedy sampling only).
     while (this.draws.length > 0 && this.draws[this.draws.length - 1] >= start) this.draws.pop();
@@ -87,6 +88,8 @@ export class ResumableSession implements StagedSession {
 
   /** Re-plans and replays until the failed step has its token, or the bound is reached. */
   private async resume(tokens: readonly number[], start: number, cause: Error): Promise<number> {
+    // What the broken pipeline held before this step, then the step: what the new one replays.
+    const all = [...this.inner.tokens.slice(0, start), ...tokens];
     let error = cause;
     for (;;) {
       if (this.replans >= this.maxReplans) {
@@ -101,7 +104,7 @@ export class ResumableSession implements StagedSession {
       const t0 = performance.now();
       try {
         this.inner = await this.cluster.openSession(this.sampling);
-        const { token, steps } = await this.replay(tokens, start);
+        const { token, steps } = await this.replay(all, start);
         this.cluster.report({
           event: 'request.resumed', session: this.inner.id, position: start + tokens.length, steps, attempt: this.replans, ms: Math.round(performance.now() - t0),
         });
@@ -113,9 +116,8 @@ export class ResumableSession implements StagedSession {
     }
   }
 
-  /** Rebuilds the KV caches and the sampler on the new pipeline: the history, then the failed step. */
-  private async replay(tokens: readonly number[], start: number): Promise<{ token: number; steps: number }> {
-    const all = [...this.history.slice(0, start), ...tokens];
+  /** Rebuilds the KV caches and the sampler on the new pipeline: the history, then the failed step (from `start`). */
+  private async replay(all: readonly number[], start: number): Promise<{ token: number; steps: number }> {
     if (this.sampling.temperature === 0) return { token: await this.inner.step(all, 0), steps: 1 };
     const bounds = [...this.draws.filter((d) => d < start), start];
     let steps = 0;

@@ -1,12 +1,16 @@
-// One session on one stage: its KV cache, its position, and (on the last stage) the sampler
-// and token history. Every message is checked against the loaded shard before use; a bad one
-// is a ClusterError('invalid') — INVALID_ARGUMENT for the caller — never a crash, and leaves
-// the session as it was. An activation may start before the session's end (a kept session
-// reused from a common prompt prefix): the session goes back there first.
+// One session on one stage: a Sequence on the shard's SliceRunner (engine/slice.ts: its KV
+// cache, the tokens it holds, on the last stage its sampler), fed from the wire. Every message
+// is checked against the loaded shard before use; a bad one is a ClusterError('invalid') —
+// INVALID_ARGUMENT for the caller — never a crash, and leaves the session as it was. An
+// activation may start before the session's end (a kept session reused from a common prompt
+// prefix): the session goes back there first.
 
 import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming, type TokenLogprobs as WireLogprobs } from '../../proto/herd.ts';
 import type { KvCache } from '../../model/kv-cache.ts';
-import { Sampler, SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../../engine/sampler.ts';
+import type { Transformer } from '../../model/transformer.ts';
+import { SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../../engine/sampler.ts';
+import { StepError } from '../../engine/history.ts';
+import { SliceRunner, type Sequence } from '../../engine/slice.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
 import { NODE_ID_RE } from '../caps.ts';
 import { invalid } from '../errors.ts';
@@ -154,11 +158,21 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   };
 }
 
+/** Each loaded model's runner: the sessions on one shard share its workspace. */
+const runners = new WeakMap<Transformer, SliceRunner>();
+
+function runnerOf(model: Transformer): SliceRunner {
+  let r = runners.get(model);
+  if (!r) runners.set(model, (r = new SliceRunner(model)));
+  return r;
+}
+
+/** Lets other calls in between the chunks of a long step. */
+const yieldToCalls = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 export class StageSession {
-  readonly cache: KvCache;
-  pos = 0;
-  private sampler?: Sampler;
-  private readonly history: number[] = [];
+  private readonly runner: SliceRunner;
+  private readonly seq: Sequence;
   readonly shard: LoadedShard;
   readonly wire: DType;
   readonly isLast: boolean;
@@ -175,11 +189,18 @@ export class StageSession {
     this.wire = c.wire;
     this.isLast = c.isLast;
     this.upstream = c.upstream;
-    this.cache = c.shard.model.newCache();
-    if (c.isLast) {
-      if (!c.sampling) throw invalid('the last stage needs sampling options');
-      this.sampler = new Sampler(c.sampling, c.shard.model.config.vocabSize);
-    }
+    if (c.isLast && !c.sampling) throw invalid('the last stage needs sampling options');
+    this.runner = runnerOf(c.shard.model);
+    this.seq = this.runner.open(ctx, c.sampling);
+  }
+
+  get cache(): KvCache {
+    return this.seq.cache;
+  }
+
+  /** Where the session ends: the positions its KV cache holds. */
+  get pos(): number {
+    return this.seq.position;
   }
 
   get isFirst(): boolean {
@@ -187,79 +208,56 @@ export class StageSession {
   }
 
   /**
-   * Validates and runs one message: the activation for the next stage, or (last) the sampled
-   * token. Between steps of `batch` tokens it yields, so the node answers other calls during a
-   * long prefill; each step fills, runs and reads the shared state.x without yielding.
+   * Validates and runs one message through the shard's runner: the activation for the next
+   * stage, or (last) the sampled token. Between chunks of the model's batch it yields, so the
+   * node answers other calls during a long prefill.
    */
   async run(a: Activation): Promise<{ out?: Activation; delivery?: Delivery }> {
-    const model = this.shard.model;
-    const { dim, vocabSize } = model.config;
+    const { dim } = this.shard.model.config;
     if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
-    if (a.position > this.pos) throw invalid(`activation at position ${a.position}, past the session's end at ${this.pos}`);
     const n = a.tokenIds.length;
-    if (n < 1) throw invalid('activation carries no tokens');
-    if (a.position + n > this.ctx) throw invalid(`positions [${a.position}, ${a.position + n}) run past the session's context of ${this.ctx}`);
-    for (const t of a.tokenIds) if (!(t < vocabSize)) throw invalid(`token id ${t} is outside the vocabulary of ${vocabSize}`);
+    const inBytes = dtypeBytes(a.dtype);
     if (this.isFirst) {
       if (a.hidden.length !== 0) throw invalid('the first stage embeds token ids: hidden state must be empty');
     } else {
       if (a.dtype !== DType.DTYPE_F32 && a.dtype !== DType.DTYPE_F16) throw invalid(`hidden dtype ${a.dtype} is not f32 or f16`);
       if (a.dim !== dim) throw invalid(`hidden dim ${a.dim}, the model's is ${dim}`);
-      const want = n * dim * dtypeBytes(a.dtype);
+      const want = n * dim * inBytes;
       if (a.hidden.length !== want) throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
     }
     checkTimings(a.timings, this.upstream);
     // A new generation's sampling, checked on every stage; used by the last.
     const sampling = a.sampling ? samplingFromWire(a.sampling) : undefined;
 
-    // Going back: the positions from a.position on are recomputed (KV entries overwritten).
-    this.pos = a.position;
-    if (this.isLast) {
-      this.history.length = a.position;
-      if (sampling) this.sampler = new Sampler(sampling, vocabSize);
+    const out = Buffer.allocUnsafe(this.isLast ? 0 : n * dim * dtypeBytes(this.wire));
+    let step;
+    try {
+      step = await this.runner.step(
+        [{
+          seq: this.seq, tokens: a.tokenIds, start: a.position, sampling,
+          // Copied: a decoded bytes field is an unaligned view into a larger buffer.
+          hiddenIn: (rows, from) => {
+            const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
+            if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
+            else f16BytesToF32(bytes, rows);
+          },
+          hiddenOut: (rows, from) => {
+            if (this.wire === DType.DTYPE_F32) out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
+            else out.set(f32ToF16Bytes(rows), from * dim * 2);
+          },
+        }],
+        yieldToCalls,
+      );
+    } catch (e) {
+      // Refused before anything ran: the session is as it was.
+      if (e instanceof StepError) throw invalid(e.message);
+      throw e;
     }
-
-    // In steps of at most the model's batch: each weight is read once per step.
-    const outSize = this.isLast ? 0 : n * dim * dtypeBytes(this.wire);
-    const out = Buffer.allocUnsafe(outSize);
-    const inBytes = a.dtype === DType.DTYPE_F16 ? 2 : 4;
-    // Compute time only: the yields between steps serve other calls, not this message.
-    let busyMs = 0;
-    let t0 = performance.now();
-    for (let off = 0; off < n; off += model.batch) {
-      if (off > 0) {
-        busyMs += performance.now() - t0;
-        await new Promise((resolve) => setImmediate(resolve));
-        t0 = performance.now();
-      }
-      const m = Math.min(model.batch, n - off);
-      const tokens = a.tokenIds.slice(off, off + m);
-      if (this.isFirst) {
-        model.embed(tokens);
-      } else {
-        model.setStep(m);
-        const rows = a.hidden.subarray(off * dim * inBytes, (off + m) * dim * inBytes);
-        const h = model.hidden;
-        // Copy: a decoded bytes field is an unaligned view into a larger buffer.
-        if (a.dtype === DType.DTYPE_F32) new Uint8Array(h.buffer, h.byteOffset, m * dim * 4).set(rows);
-        else f16BytesToF32(rows, h);
-      }
-      const h = model.forwardLayers(a.position + off, this.cache);
-      if (this.isLast) {
-        this.history.push(...tokens);
-      } else if (this.wire === DType.DTYPE_F32) {
-        out.set(new Uint8Array(h.buffer, h.byteOffset, m * dim * 4), off * dim * 4);
-      } else {
-        out.set(f32ToF16Bytes(h), off * dim * 2);
-      }
-    }
-    this.pos = a.position + n;
-    const token = this.isLast && this.sampler ? this.sampler.sample(model.head(), this.history) : undefined;
-    const logprobs = token !== undefined ? this.sampler?.logprobs : undefined;
-    const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: (busyMs + performance.now() - t0) / 1000 };
+    const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: step.seconds };
     const timings = [...a.timings, mine];
-    if (token !== undefined) {
-      return { delivery: { sessionId: this.id, position: this.pos, tokenId: token, timings, logprobs: logprobs && logprobsToWire(logprobs) } };
+    if (this.isLast) {
+      const logprobs = this.seq.logprobs;
+      return { delivery: { sessionId: this.id, position: this.pos, tokenId: step.sampled[0], timings, logprobs: logprobs && logprobsToWire(logprobs) } };
     }
     return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings, sampling: a.sampling } };
   }
