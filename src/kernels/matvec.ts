@@ -53,13 +53,20 @@ export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly numb
  */
 export type F16Activation = 'f16' | 'f32';
 
-/** Reusable activation buffer so the token loop allocates nothing. */
+/** Reusable activation buffer so the token loop allocates nothing (it grows to the widest weight). */
 export class MatvecScratch {
   private act: Activation;
-  constructor(readonly capacity: number, readonly f16Activation: F16Activation = 'f16') {
+  constructor(
+    private capacity: number,
+    readonly f16Activation: F16Activation = 'f16',
+  ) {
     this.act = new Activation(capacity);
   }
   prepare(w: Weight, x: Float32Array): Activation {
+    if (this.capacity < w.cols) {
+      this.capacity = w.cols;
+      this.act = new Activation(w.cols);
+    }
     const kind = w.kernel.activation === 'f16' ? this.f16Activation : w.kernel.activation;
     return this.act.fill(kind, x, w.cols);
   }
@@ -70,6 +77,14 @@ export function matvec(w: Weight, x: Float32Array, out: Float32Array, scratch: M
   const act = scratch.prepare(w, x);
   const { kernel, rows, cols, rowBytes: rb, data } = w;
   for (let r = 0; r < rows; r++) out[r] = kernel.dot(data, r * rb, cols, act);
+}
+
+/**
+ * n matvecs: xs holds n vectors of w.cols values back to back, out receives n vectors of
+ * w.rows. What the wasm and native backends run for a type they have no kernels for.
+ */
+export function matvecs(w: Weight, xs: Float32Array, n: number, out: Float32Array, scratch: MatvecScratch): void {
+  for (let j = 0; j < n; j++) matvec(w, xs.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows), scratch);
 }
 
 /** Writes row r of w, dequantized, into out (an embedding lookup). */

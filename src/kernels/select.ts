@@ -2,12 +2,13 @@
 // the addon built at install time loads, else wasm, else the js reference).
 
 import { JsBackend, type BackendName, type KernelBackend } from './backend.ts';
+import { MAX_THREADS } from './checks.ts';
 
 export type BackendChoice = 'auto' | BackendName;
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'native', 'wasm', 'js'];
 
 export interface SelectOptions {
-  /** Threads for the products; default: the machine's physical cores. */
+  /** Threads for the products; default: the machine's physical cores (at most MAX_THREADS). */
   threads?: number;
   /** Told once why `auto` did not take a faster backend. */
   note?: (message: string) => void;
@@ -22,7 +23,7 @@ export async function physicalCores(): Promise<number> {
 }
 
 export async function createBackend(choice: BackendChoice, opts: SelectOptions = {}): Promise<KernelBackend> {
-  const threads = opts.threads ?? (choice === 'js' ? 1 : await physicalCores());
+  const threads = opts.threads ?? (choice === 'js' ? 1 : Math.min(await physicalCores(), MAX_THREADS));
   if (choice === 'js') return new JsBackend();
   if (choice === 'native' || choice === 'auto') {
     const { NativeBackend, isNativeAvailable } = await import('./native/index.ts');

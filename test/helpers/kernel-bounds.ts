@@ -1,8 +1,9 @@
 // The tolerance of a kernel's dot products against the js reference: only the float
 // summation may differ (f32 lanes against f64), so the bound is that of summing in f32.
-// Shared by the native kernel tests and the arm checks (scripts/arm-check.ts).
+// Shared by the backend tests (test/kernels-backends.test.ts) and the arm checks
+// (scripts/arm-check.ts). Also the bound of an attention step over an f16 cache.
 
-import { f16ToF32 } from '../../src/ggml/half.ts';
+import { f16ToF32, f32ToF16 } from '../../src/ggml/half.ts';
 import { Activation } from '../../src/kernels/activation.ts';
 import type { Weight } from '../../src/kernels/matvec.ts';
 
@@ -35,7 +36,7 @@ function minOf(w: Weight, off: number, i: number): number {
 /**
  * Allowed |kernel − js| per output row: the textbook bound for summing cols terms in f32,
  * (cols + 4)·2⁻²⁴·M, M = Σ(|wᵢ + mᵢ| + |mᵢ|)·|aᵢ| with aᵢ the activation as the kernel sees it
- * (see test/kernels-native.test.ts's header).
+ * (see test/kernels-backends.test.ts's header).
  */
 export function summationBounds(w: Weight, x: Float32Array): Float64Array {
   const act = new Activation(w.cols).fill(w.kernel.activation, x, w.cols);
@@ -58,4 +59,54 @@ export function summationBounds(w: Weight, x: Float32Array): Float64Array {
     out[r] = (w.cols + 4) * 2 ** -24 * m * 1.001 + 1e-30;
   }
   return out;
+}
+
+/** An attention step over an f16 cache, with q as the step left it (rounded to f16). */
+export interface F16Step {
+  keys: Uint16Array;
+  values: Uint16Array;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  start: number;
+  n: number;
+  q: Float32Array;
+}
+
+/**
+ * Allowed |kernel − js| per output of an attention step over an f16 cache. Both round the
+ * probabilities to f16, but from values that differ by f32 rounding (about 1e-5 relative at
+ * most here), so a probability that lies that close to an f16 rounding boundary may round to
+ * the neighbouring half: it then moves the output by one f16 ulp of p times |v|. Elsewhere
+ * the two must round alike, so the bound is 1e-5 plus those ulps alone. The probabilities are
+ * recomputed here in f64 from the f16-rounded q.
+ */
+export function f16AttentionBounds(s: F16Step): Float64Array {
+  const { nHeads, nKvHeads, headDim, start, n } = s;
+  const group = nHeads / nKvHeads;
+  const kvDim = nKvHeads * headDim;
+  const bound = new Float64Array(n * nHeads * headDim).fill(1e-5);
+  const near = (p: number) => f32ToF16(p * (1 - 1e-4)) !== f32ToF16(p * (1 + 1e-4));
+  const ulp = (p: number) => (p < 2 ** -14 ? 2 ** -24 : 2 ** (Math.floor(Math.log2(p)) - 10));
+  for (let i = 0; i < n; i++) {
+    const len = start + i + 1;
+    for (let h = 0; h < nHeads; h++) {
+      const qo = (i * nHeads + h) * headDim;
+      const ko = Math.floor(h / group) * headDim;
+      const sc = new Float64Array(len);
+      for (let t = 0; t < len; t++) {
+        for (let d = 0; d < headDim; d++) sc[t] += s.q[qo + d] * f16ToF32(s.keys[t * kvDim + ko + d]);
+        sc[t] /= Math.sqrt(headDim);
+      }
+      const max = Math.max(...sc);
+      let sum = 0;
+      for (let t = 0; t < len; t++) sum += sc[t] = Math.exp(sc[t] - max);
+      for (let t = 0; t < len; t++) {
+        const p = sc[t] / sum;
+        if (!near(p)) continue;
+        for (let d = 0; d < headDim; d++) bound[qo + d] += ulp(p) * Math.abs(f16ToF32(s.values[t * kvDim + ko + d]));
+      }
+    }
+  }
+  return bound;
 }

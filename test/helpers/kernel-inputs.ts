@@ -1,7 +1,11 @@
 // Deterministic kernel test inputs shared by the backend tests: random vectors and weights
 // quantized by the js reference quantizer, so every backend sees the same bytes.
 
+import { f32ToF16 } from '../../src/ggml/half.ts';
 import { rowBytes, type GgmlTypeInfo } from '../../src/ggml/types.ts';
+import type { AttentionStep } from '../../src/kernels/attention.ts';
+import type { KernelBackend } from '../../src/kernels/backend.ts';
+import { makeWeight, type Weight } from '../../src/kernels/matvec.ts';
 import { kernelType } from '../../src/kernels/types.ts';
 
 /** Uniform numbers in [0, 1) from a seed (mulberry32), so a failure reproduces. */
@@ -51,4 +55,34 @@ export function quantizedBytes(info: GgmlTypeInfo, rows: number, cols: number, s
     quantized.set(key, bytes);
   }
   return bytes;
+}
+
+/** The same quantized weight in `backend`'s memory (alloc()) and as a plain copy for js. */
+export function weightPair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols: number, seed: number): { own: Weight; js: Weight } {
+  const bytes = quantizedBytes(info, rows, cols, seed);
+  const data = backend.alloc(bytes.length);
+  data.set(bytes);
+  const name = `${info.name}[${rows}×${cols}]`;
+  return { own: makeWeight(name, info, [cols, rows], data), js: makeWeight(name, info, [cols, rows], bytes.slice()) };
+}
+
+/** `rows` cache positions of kvDim values: f32, or the same values as f16 bits. */
+export function randomCache(rows: number, kvDim: number, half: boolean, next: () => number): Float32Array | Uint16Array {
+  const f = randomVector(rows * kvDim, next);
+  return half ? Uint16Array.from(f, (v) => f32ToF16(v)) : f;
+}
+
+/** A step with a random cache of start + n (+ 3 unused) positions, f32 or f16, and queries up to ±qScale. */
+export function attentionStep(nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, half: boolean, seed: number, qScale = 3): AttentionStep {
+  const next = rng(seed);
+  const ctx = start + n + 3; // rows past the step must not be read
+  const keys = randomCache(ctx, nKvHeads * headDim, half, next);
+  const values = randomCache(ctx, nKvHeads * headDim, half, next);
+  const q = randomVector(n * nHeads * headDim, next).map((v) => qScale * v);
+  return { keys, values, nHeads, nKvHeads, headDim, start, n, q, out: new Float32Array(n * nHeads * headDim) };
+}
+
+/** The same step with its own copy of q (rounded in place with an f16 cache) and its own out. */
+export function copyStep(s: AttentionStep): AttentionStep {
+  return { ...s, q: s.q.slice(), out: new Float32Array(s.out.length) };
 }

@@ -118,7 +118,8 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &threads));
   CHECK(napi_get_value_int32(env, argv[1], &spin_us));
   CHECK(napi_get_value_int32(env, argv[2], &isa));
-  if (threads < 1 || threads > 1024) THROW("threads must be 1 … 1024, got %d", threads);
+  // MAX_THREADS of src/kernels/checks.ts, which the TypeScript side checks first.
+  if (threads < 1 || threads > 256) THROW("threads must be 1 … 256, got %d", threads);
   if (isa < 0 || isa >= ISA_COUNT || !herd_isa_compiled(isa)) THROW("instruction-set path %d is not compiled in", isa);
   backend *b = calloc(1, sizeof(*b));
   if (!b) THROW("out of memory");

@@ -14,29 +14,28 @@
 // head computed alike on any thread, so it too is independent of the thread count and a
 // step of n tokens equals n one-token steps bit for bit.
 
-import { availableParallelism } from 'node:os';
 import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { Activation, type ActivationKind } from '../activation.ts';
-import { MatvecScratch, matvec as jsMatvec, type Weight } from '../matvec.ts';
+import { MatvecScratch, matvecs, type Weight } from '../matvec.ts';
+import { KernelBackendError, checkActivation, checkAlloc, checkAttention, checkProduct, checkSwiglu, checkThreadOptions, defaultThreads } from '../checks.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
 
 export type { NativeIsa } from './addon.ts';
 
 export type NativeBackendErrorCode = 'NATIVE_UNAVAILABLE' | 'NATIVE_CLOSED' | 'NATIVE_ARGUMENT';
 
-export class NativeBackendError extends Error {
-  constructor(
-    readonly code: NativeBackendErrorCode,
-    message: string,
-  ) {
-    super(`native backend: ${message}`);
+export class NativeBackendError extends KernelBackendError<NativeBackendErrorCode> {
+  constructor(code: NativeBackendErrorCode, message: string) {
+    super(code, 'native', message);
     this.name = 'NativeBackendError';
   }
 }
 
+const argument = (message: string) => new NativeBackendError('NATIVE_ARGUMENT', message);
+
 export interface NativeBackendOptions {
-  /** Threads computing each product, the calling one included; defaults to the core count. */
+  /** Threads computing each product, the calling one included (1 … MAX_THREADS of ../checks.ts); defaults to the core count. */
   threads?: number;
   /**
    * Products over fewer weight bytes than this run on the calling thread alone: waking
@@ -68,7 +67,7 @@ export class NativeBackend implements KernelBackend {
   readonly name = 'native';
   private handle: NativeHandle | undefined;
   private readonly types: ReadonlySet<number>;
-  private jsScratch = new MatvecScratch(0);
+  private readonly jsScratch = new MatvecScratch(0);
 
   private constructor(
     private readonly addon: NativeAddon,
@@ -84,21 +83,14 @@ export class NativeBackend implements KernelBackend {
   /** Starts the addon's threads; fails with NATIVE_UNAVAILABLE when the addon is not built. */
   static async create(opts: NativeBackendOptions = {}): Promise<NativeBackend> {
     const addon = requireAddon();
-    const threads = opts.threads ?? availableParallelism();
-    if (!Number.isInteger(threads) || threads < 1 || threads > 1024) {
-      throw new NativeBackendError('NATIVE_ARGUMENT', `threads must be an integer 1 … 1024, got ${threads}`);
-    }
+    const threads = opts.threads ?? defaultThreads();
+    const spinMicros = opts.spinMicros ?? 200;
+    const minParallelBytes = opts.minParallelBytes ?? 64 * 1024;
+    checkThreadOptions({ threads, spinMicros, minParallelBytes }, argument);
     const compiled = NativeBackend.isas();
     const isa = opts.isa ?? compiled[compiled.length - 1];
-    if (!compiled.includes(isa)) {
-      throw new NativeBackendError('NATIVE_ARGUMENT', `instruction-set path ${isa} is not in this build (it has ${compiled.join(', ')})`);
-    }
-    const spin = opts.spinMicros ?? 200;
-    if (!(Number.isInteger(spin) && spin >= 0 && spin <= 1_000_000)) {
-      throw new NativeBackendError('NATIVE_ARGUMENT', `spinMicros must be an integer 0 … 1000000, got ${spin}`);
-    }
-    const minParallelBytes = opts.minParallelBytes ?? 64 * 1024;
-    const handle = addon.create(threads, spin, NATIVE_ISAS.indexOf(isa));
+    if (!compiled.includes(isa)) throw argument(`instruction-set path ${isa} is not in this build (it has ${compiled.join(', ')})`);
+    const handle = addon.create(threads, spinMicros, NATIVE_ISAS.indexOf(isa));
     return new NativeBackend(addon, handle, addon.threads(handle), isa, minParallelBytes);
   }
 
@@ -114,16 +106,15 @@ export class NativeBackend implements KernelBackend {
 
   alloc(bytes: number): Uint8Array {
     this.live();
-    if (!(Number.isSafeInteger(bytes) && bytes >= 0)) throw new NativeBackendError('NATIVE_ARGUMENT', `cannot allocate ${bytes} bytes`);
+    checkAlloc(bytes, argument);
     return new Uint8Array(this.addon.alloc(bytes));
   }
 
   matvec(w: Weight, x: Float32Array, out: Float32Array): void {
     const handle = this.live();
-    this.check(w, x, 1, out);
+    checkProduct(w, x, 1, out, argument);
     if (!this.types.has(w.kernel.info.id)) {
-      if (this.jsScratch.capacity < w.cols) this.jsScratch = new MatvecScratch(w.cols);
-      jsMatvec(w, x, out, this.jsScratch);
+      matvecs(w, x, 1, out, this.jsScratch);
       return;
     }
     this.addon.matvec(handle, w.kernel.info.id, w.data, w.rows, w.cols, x, out, this.parallel(w));
@@ -136,10 +127,9 @@ export class NativeBackend implements KernelBackend {
    */
   matmul(w: Weight, xs: Float32Array, n: number, out: Float32Array): void {
     const handle = this.live();
-    if (!(Number.isInteger(n) && n >= 1)) throw new NativeBackendError('NATIVE_ARGUMENT', `matmul over ${n} vectors`);
-    this.check(w, xs, n, out);
+    checkProduct(w, xs, n, out, argument);
     if (!this.types.has(w.kernel.info.id)) {
-      for (let j = 0; j < n; j++) this.matvec(w, xs.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows));
+      matvecs(w, xs, n, out, this.jsScratch);
       return;
     }
     this.addon.matmul(handle, w.kernel.info.id, w.data, w.rows, w.cols, xs, n, out, this.parallel(w));
@@ -152,29 +142,9 @@ export class NativeBackend implements KernelBackend {
    */
   attend(step: AttentionStep): void {
     const handle = this.live();
+    checkAttention(step, argument);
     const { keys, values, nHeads, nKvHeads, headDim, start, n, q, out } = step;
-    const bad = (what: string) => new NativeBackendError('NATIVE_ARGUMENT', `attention: ${what}`);
-    const half = keys instanceof Uint16Array;
-    if (!(half || keys instanceof Float32Array)) throw bad('keys must be a Float32Array (f32 cache) or a Uint16Array (f16 cache)');
-    if (!(half ? values instanceof Uint16Array : values instanceof Float32Array)) {
-      throw bad(`values must be a ${half ? 'Uint16Array' : 'Float32Array'} like the keys`);
-    }
-    if (!(q instanceof Float32Array && out instanceof Float32Array)) throw bad('q and out must be Float32Arrays');
-    if (!(Number.isInteger(nHeads) && nHeads >= 1)) throw bad(`nHeads must be a positive integer, got ${nHeads}`);
-    if (!(Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0)) {
-      throw bad(`nKvHeads must divide nHeads (${nHeads}), got ${nKvHeads}`);
-    }
-    if (!(Number.isInteger(headDim) && headDim >= 2 && headDim % 2 === 0)) throw bad(`headDim must be an even integer ≥ 2, got ${headDim}`);
-    if (!(Number.isInteger(start) && start >= 0)) throw bad(`start must be an integer ≥ 0, got ${start}`);
-    if (!(Number.isInteger(n) && n >= 1)) throw bad(`n must be an integer ≥ 1, got ${n}`);
-    if ((start + n) * nHeads > 0x7fffffff) throw bad(`${start + n} positions × ${nHeads} heads is too many`);
-    const kvDim = nKvHeads * headDim;
-    const qDim = nHeads * headDim;
-    const cache = (start + n) * kvDim;
-    if (keys.length < cache) throw bad(`keys hold ${keys.length} values, ${cache} needed for positions 0…${start + n - 1}`);
-    if (values.length < cache) throw bad(`values hold ${values.length} values, ${cache} needed for positions 0…${start + n - 1}`);
-    if (q.length < n * qDim) throw bad(`q holds ${q.length} values, ${n * qDim} needed`);
-    if (out.length < n * qDim) throw bad(`out holds ${out.length} values, ${n * qDim} needed`);
+    const cache = (start + n) * nKvHeads * headDim;
     const bytes = 2 * n * cache * keys.BYTES_PER_ELEMENT; // about what the step reads
     this.addon.attend(handle, keys, values, nHeads, nKvHeads, headDim, start, n, q, out, bytes >= this.minParallelBytes ? 1 : 0);
   }
@@ -182,17 +152,14 @@ export class NativeBackend implements KernelBackend {
   /** out[i] = silu(gate[i])·up[i] in C (out may be gate or up, element for element). */
   swiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void {
     const handle = this.live();
-    if (!(Number.isInteger(n) && n >= 0 && n <= 0x7fffffff)) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu over ${n} values`);
-    for (const [name, a] of [['out', out], ['gate', gate], ['up', up]] as const) {
-      if (!(a instanceof Float32Array)) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu: ${name} must be a Float32Array`);
-      if (a.length < n) throw new NativeBackendError('NATIVE_ARGUMENT', `swiglu: ${name} holds ${a.length} values, ${n} needed`);
-    }
+    checkSwiglu(out, gate, up, n, argument);
     this.addon.swiglu(handle, out, gate, up, n, 12 * n >= this.minParallelBytes ? 1 : 0);
   }
 
   /** x[0..n) prepared as `kind` by the C code, for tests against activation.ts. */
   activation(kind: ActivationKind, x: Float32Array, n: number): Activation {
     this.live();
+    checkActivation(kind, x, n, argument);
     const act = new Activation(n);
     act.kind = kind;
     act.n = n;
@@ -214,8 +181,4 @@ export class NativeBackend implements KernelBackend {
     return w.rows * w.rowBytes >= this.minParallelBytes ? 1 : 0;
   }
 
-  private check(w: Weight, x: Float32Array, n: number, out: Float32Array): void {
-    if (x.length < n * w.cols) throw new NativeBackendError('NATIVE_ARGUMENT', `${w.name}: input holds ${x.length} values, ${n * w.cols} needed`);
-    if (out.length < n * w.rows) throw new NativeBackendError('NATIVE_ARGUMENT', `${w.name}: output holds ${out.length} values, ${n * w.rows} needed`);
-  }
 }
