@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const UNIT = [
   'api-queue', 'cluster-planner', 'gguf-malformed', 'gguf-reader', 'model', 'proto', 'quantize', 'sampler',
-  'self-contained', 'tokenizer',
+  'self-contained', 'slice', 'tokenizer',
 ];
 const UNIT_PREFIXES = ['kernels-'];
 
