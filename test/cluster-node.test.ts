@@ -14,7 +14,7 @@ import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
 import { stageTimesOf } from '../src/cluster/coordinator/pipeline.ts';
 import { ModelSource } from '../src/cluster/shard/source.ts';
 import { silentLogger } from '../src/cluster/log.ts';
-import { samplingToWire } from '../src/cluster/node/stage.ts';
+import { samplingToWire } from '../src/cluster/wire.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
 import { bundledModel } from './helpers/paths.ts';
 

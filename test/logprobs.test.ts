@@ -14,7 +14,7 @@ import { Sampler, defaultSampling, type TokenLogprobs } from '../src/engine/samp
 import type { GenerateEvent, HerdCoordinatorClient, TokenLogprobs as WireLogprobs } from '../src/proto/herd.ts';
 import { coordinatorClient } from '../src/cluster/rpc.ts';
 import { ClusterError } from '../src/cluster/errors.ts';
-import { logprobsFromWire, samplingFromWire, samplingToWire } from '../src/cluster/node/stage.ts';
+import { logprobsFromWire, samplingFromWire, samplingToWire } from '../src/cluster/wire.ts';
 import { nextTokenDistributions } from './oracle/llama.ts';
 import { herd } from './helpers/herd.ts';
 import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';

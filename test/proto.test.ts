@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Activation, DType, FetchTensorsReply, ForwardRequest, NodeInfo } from '../src/proto/herd.ts';
-import { encodeFetchReply } from '../src/cluster/shard/wire.ts';
+import { encodeFetchReply } from '../src/cluster/shard/fetch-reply.ts';
 import { repoRoot } from './helpers/paths.ts';
 
 test('the committed src/proto is exactly what `npm run gen:proto` generates', (t) => {

@@ -1,6 +1,9 @@
 // The API's errors: each carries its HTTP status and OpenAI's error object, so the one place
 // that writes responses (server.ts) turns any of them into
-// `{"error": {"message", "type", "param", "code"}}` with the right status.
+// `{"error": {"message", "type", "param", "code"}}` with the right status. Other errors get
+// their status from the table in cluster/errors.ts (toApiError).
+
+import { surfacesOf, type ErrorKind, type KindedError } from '../cluster/errors.ts';
 
 export type ApiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error';
 
@@ -8,7 +11,7 @@ export interface OpenAiErrorBody {
   error: { message: string; type: ApiErrorType; param: string | null; code: string | null };
 }
 
-export class ApiError extends Error {
+export class ApiError extends Error implements KindedError {
   constructor(
     readonly status: number,
     readonly type: ApiErrorType,
@@ -18,6 +21,12 @@ export class ApiError extends Error {
   ) {
     super(message);
     this.name = 'ApiError';
+  }
+
+  /** For the gRPC surface: a client's error, a busy herd, or ours. */
+  get kind(): ErrorKind {
+    if (this.status === 503) return 'unavailable';
+    return this.status >= 400 && this.status < 500 ? 'invalid' : 'internal';
   }
 
   body(): OpenAiErrorBody {
@@ -35,7 +44,8 @@ export function unauthorized(message: string): ApiError {
 }
 
 export function modelNotFound(model: string, served: string): ApiError {
-  return new ApiError(404, 'invalid_request_error', 'model_not_found', `The model '${model}' does not exist: this herd serves '${served}'`, 'model');
+  const message = `The model '${model}' does not exist: this herd serves '${served}'`;
+  return new ApiError(404, 'invalid_request_error', 'model_not_found', message, 'model');
 }
 
 export function notFound(message: string): ApiError {
@@ -49,4 +59,21 @@ export function unavailable(message: string, code = 'cluster_unavailable'): ApiE
 
 export function internal(message: string): ApiError {
   return new ApiError(500, 'server_error', 'internal_error', message);
+}
+
+/**
+ * Every error a request can meet, as the status and OpenAI error object the client gets. A
+ * context overflow and a template that refuses the conversation are about `messages`.
+ */
+export function toApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  const name = e instanceof Error ? e.name : '';
+  const { http } = surfacesOf(e);
+  if (http === 400) {
+    const param = name === 'ContextError' || name === 'ChatTemplateError' ? 'messages' : null;
+    return badRequest(message, param, name === 'ContextError' ? 'context_length_exceeded' : 'invalid_value');
+  }
+  if (http === 503) return unavailable(message);
+  return internal(message);
 }

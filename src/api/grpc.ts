@@ -5,51 +5,31 @@
 // cancelling the call aborts the generation and frees its session. With a cluster key, Generate
 // needs the challenge-response proof of src/cluster/auth.ts (UNAUTHENTICATED otherwise).
 
-import { Server, ServerCredentials, status, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import { Server, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { HerdCoordinatorService, type GenerateEvent, type GenerateRequest, type ListNodesReply, type Sampling } from '../proto/herd.ts';
-import { Authenticator, NONCE_TTL_MS, type ClusterKey } from '../cluster/auth.ts';
-import { channelOptions } from '../cluster/rpc.ts';
-import { ContextError } from '../engine/generate.ts';
-import { defaultSampling, SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../engine/sampler.ts';
-import { logprobsToWire } from '../cluster/node/stage.ts';
-import { ApiError } from './errors.ts';
+import { Authenticator, type ClusterKey } from '../cluster/auth.ts';
+import { errorKind, type KindedError } from '../cluster/errors.ts';
+import { bind, channelOptions, shutdown, toStatus } from '../cluster/rpc.ts';
+import {
+  HerdCoordinatorService,
+  logprobsToWire,
+  METHOD,
+  samplingFromRequest,
+  type GenerateEvent,
+  type GenerateRequest,
+  type ListNodesReply,
+} from '../cluster/wire.ts';
+import { defaultSampling, type SamplingOptions, type TokenLogprobs } from '../engine/sampler.ts';
 import { runGeneration } from './generation.ts';
 import type { ModelHost } from './host.ts';
 import type { ApiMetrics } from './metrics.ts';
 
-export const GENERATE = '/herd.v1.HerdCoordinator/Generate';
 const MAX_STOPS = 4;
 const MAX_PROMPT_CHARS = 1 << 20;
 
-interface GrpcError {
-  name: string;
-  message: string;
-  code: status;
-  details: string;
-}
-
-function grpcError(code: status, message: string): GrpcError {
-  return { name: status[code] ?? 'Error', message, code, details: message };
-}
-
-class BadRequest extends Error {}
-
-/** The request's sampling: herd's defaults when absent; top_p 0 and repeat_penalty 0 mean off. */
-export function samplingFrom(s: Sampling | undefined): SamplingOptions {
-  if (!s) return { ...defaultSampling };
-  return validateSampling({
-    temperature: s.temperature,
-    topK: s.topK,
-    topP: s.topP === 0 ? 1 : s.topP,
-    minP: s.minP,
-    repeatPenalty: s.repeatPenalty === 0 ? 1 : s.repeatPenalty,
-    frequencyPenalty: s.frequencyPenalty,
-    presencePenalty: s.presencePenalty,
-    penaltyLastN: s.penaltyLastN,
-    seed: s.seed,
-    logprobs: s.logprobs,
-  });
+/** A request the caller must fix: INVALID_ARGUMENT. */
+class BadRequest extends Error implements KindedError {
+  readonly kind = 'invalid';
 }
 
 export class GrpcApi {
@@ -64,12 +44,10 @@ export class GrpcApi {
     key: ClusterKey | undefined,
     private readonly log: Logger,
   ) {
-    this.auth = new Authenticator(key);
+    this.auth = new Authenticator(key, (r) => this.log.warn(r, 'auth.refused'));
     // FetchTensors and Deliver belong to `herd run`'s coordinator: grpc-js answers UNIMPLEMENTED.
     this.server.addService(HerdCoordinatorService, {
-      challenge: (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>) => {
-        cb(null, { nonce: this.auth.issue(), ttlMs: NONCE_TTL_MS });
-      },
+      challenge: this.auth.challenge,
       listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => cb(null, { nodes: [] }),
       generate: (call: ServerWritableStream<GenerateRequest, GenerateEvent>) => void this.generate(call),
     });
@@ -77,34 +55,24 @@ export class GrpcApi {
 
   /** Binds host:port (0: any free port) and returns the port. */
   listen(host: string, port: number): Promise<number> {
-    const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-    return new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(addr, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
-    });
+    return bind(this.server, host, port);
   }
 
   /** Cancels what is in flight and stops. */
   async close(): Promise<void> {
     for (const ac of this.calls) ac.abort();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, 2000);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await shutdown(this.server, 2000);
   }
 
-  private parse(r: GenerateRequest): { prompt: number[]; maxTokens: number | undefined; sampling: SamplingOptions; stop: string[] } {
+  private parse(r: GenerateRequest): {
+    prompt: number[]; maxTokens: number | undefined; sampling: SamplingOptions; stop: string[];
+  } {
     if (r.prompt.length === 0) throw new BadRequest('prompt: must not be empty');
     if (r.prompt.length > MAX_PROMPT_CHARS) throw new BadRequest(`prompt: at most ${MAX_PROMPT_CHARS} characters`);
     if (r.stop.length > MAX_STOPS) throw new BadRequest(`stop: at most ${MAX_STOPS} strings, got ${r.stop.length}`);
     let sampling: SamplingOptions;
     try {
-      sampling = samplingFrom(r.sampling);
+      sampling = r.sampling ? samplingFromRequest(r.sampling) : { ...defaultSampling };
     } catch (e) {
       throw new BadRequest(`sampling: ${(e as Error).message}`);
     }
@@ -114,10 +82,9 @@ export class GrpcApi {
 
   private async generate(call: ServerWritableStream<GenerateRequest, GenerateEvent>): Promise<void> {
     const peer = call.getPeer();
-    const reason = this.auth.check(call.metadata, GENERATE);
-    if (reason !== undefined) {
-      this.log.warn({ method: GENERATE, peer, reason }, 'auth.refused');
-      call.emit('error', grpcError(status.UNAUTHENTICATED, `cluster key: ${reason}`));
+    const refused = this.auth.refuse(call, METHOD.generate);
+    if (refused) {
+      call.emit('error', refused);
       return;
     }
     const id = `grpc-${++this.ids}`;
@@ -163,21 +130,11 @@ export class GrpcApi {
         this.log.info({ id }, 'request.cancelled');
         return;
       }
-      const err = this.toGrpc(e);
-      if (err.code === status.INTERNAL) this.log.error({ id, error: err.message }, 'request.failed');
+      const err = toStatus(e);
+      if (errorKind(e) === 'internal') this.log.error({ id, error: err.message }, 'request.failed');
       call.emit('error', err);
     } finally {
       this.calls.delete(ac);
     }
-  }
-
-  private toGrpc(e: unknown): GrpcError {
-    const msg = e instanceof Error ? e.message : String(e);
-    if (e instanceof BadRequest || e instanceof ContextError || e instanceof SamplingError || e instanceof RangeError) return grpcError(status.INVALID_ARGUMENT, msg);
-    if (e instanceof ApiError) {
-      const code = e.status === 503 ? status.UNAVAILABLE : e.status >= 400 && e.status < 500 ? status.INVALID_ARGUMENT : status.INTERNAL;
-      return grpcError(code, msg);
-    }
-    return grpcError(status.INTERNAL, msg);
   }
 }

@@ -10,7 +10,7 @@ import type { InferenceSession, PlanEntry } from '../engine/session.ts';
 import type { SamplingOptions } from '../engine/sampler.ts';
 import { jsonLogger, silentLogger, type Logger } from '../cluster/log.ts';
 import type { NodeSet } from '../cluster/coordinator/nodes.ts';
-import type { StageLoad } from '../cluster/coordinator/pipeline.ts';
+import type { StageLoad } from '../cluster/coordinator/cluster.ts';
 import { describeRecovery, findHerd, loadHerdModel, type ClusterModel, type HerdOptions, type RecoveryEvent } from '../cluster/coordinator/herd-model.ts';
 
 /** Where and how the layers run: the flags `herd run`, `herd serve` and `herd chat` share. */

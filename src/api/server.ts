@@ -8,10 +8,8 @@ import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { ContextError } from '../engine/generate.ts';
-import { SamplingError, type TokenLogprobs } from '../engine/sampler.ts';
-import { ChatTemplateError } from '../tokenizer/chat-template.ts';
-import { ApiError, badRequest, internal, modelNotFound, notFound, unauthorized, unavailable } from './errors.ts';
+import type { TokenLogprobs } from '../engine/sampler.ts';
+import { ApiError, badRequest, modelNotFound, notFound, toApiError, unauthorized, unavailable } from './errors.ts';
 import { runGeneration, type GenerationOutcome } from './generation.ts';
 import { chatLogprobs, CompletionLogprobsWriter } from './logprobs.ts';
 import { ModelHost, type HostOptions } from './host.ts';
@@ -425,14 +423,4 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   } catch (e) {
     throw badRequest(`the request body is not valid JSON: ${(e as Error).message}`, null, 'invalid_json');
   }
-}
-
-/** Every error a request can meet, as the status and OpenAI error object the client gets. */
-export function toApiError(e: unknown): ApiError {
-  if (e instanceof ApiError) return e;
-  if (e instanceof ContextError) return badRequest(e.message, 'messages', 'context_length_exceeded');
-  if (e instanceof SamplingError) return badRequest(e.message);
-  // Templates raise on conversations they do not accept (roles out of order): the client's to fix.
-  if (e instanceof ChatTemplateError) return badRequest(e.message, 'messages');
-  return internal(e instanceof Error ? e.message : String(e));
 }

@@ -13,65 +13,40 @@ import { defaultSampling, validateSampling, type SamplingOptions } from '../engi
 import { ContextError, type Timings } from '../engine/generate.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
 import { loadClusterKey } from '../cluster/key.ts';
-import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
-import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
+import { createBackend } from '../kernels/select.ts';
+import { asUsage, CHAT_TEMPLATE_HELP, defaultCacheDir, engineOptions, herdOptions, samplingOptions } from './cluster-options.ts';
 import { chatOnServer, resolveServer, ServerError, type ServerTarget } from './client.ts';
 import { resolveModelPath } from './model-path.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface ChatArgs extends KeyArgs {
-  model?: string;
-  system?: string;
-  maxTokens?: number;
-  temp: number;
-  topK: number;
-  topP: number;
-  minP: number;
-  repeatPenalty: number;
-  seed?: number;
-  ctx?: number;
-  kvType: 'f32' | 'f16';
-  chatTemplate?: string;
-  backend: BackendChoice;
-  threads?: number;
-  nodes: string;
-  stages?: number;
-  interface?: string;
-  wire: 'f32' | 'f16';
-  discoveryTimeout: number;
-  server?: string;
-  apiKey?: string;
-  timings: boolean;
-}
 
-function builder(y: Argv): Argv<ChatArgs> {
-  return y
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+function builder(y: Argv) {
+  const engine = engineOptions(y, {
+    ctx: "Context size in tokens (default: the model's, at most 4096)",
+    backend: 'Kernels: auto picks native, else wasm, else js',
+  })
     .option('system', { alias: 's', type: 'string', describe: 'System prompt that opens the conversation' })
-    .option('max-tokens', { alias: 'n', type: 'number', describe: 'Most tokens per reply (default: until the end of the turn or the context)' })
-    .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
-    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
-    .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
-    .option('min-p', { type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)' })
-    .option('repeat-penalty', { type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)' })
+    .option('max-tokens', {
+      alias: 'n', type: 'number', describe: 'Most tokens per reply (default: until the end of the turn or the context)',
+    });
+  const sampling = samplingOptions(engine)
     .option('seed', { type: 'number', describe: 'Random seed (default: random)' })
-    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens (default: the model's, at most 4096)" })
-    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
-    .option('chat-template', { type: 'string', describe: "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)" })
-    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
-    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
-    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
-    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
-    .option('interface', { alias: 'i', type: 'string', describe: 'Discover nodes (or the server) on this network interface only' })
-    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
-    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes or a server to answer over mDNS' })
-    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
-    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
+    .option('chat-template', { type: 'string', describe: CHAT_TEMPLATE_HELP });
+  return herdOptions(sampling, {
+    interface: 'Discover nodes (or the server) on this network interface only',
+    discoveryTimeout: 'Seconds to wait for nodes or a server to answer over mDNS',
+  })
     .option('server', { type: 'string', describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)' })
     .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
-    .option('timings', { type: 'boolean', default: false, describe: 'After each reply, print on stderr its prompt tokens (reused from the session and computed) and speeds' })
-    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file', 'server', 'api-key'], 'Herd:') as unknown as Argv<ChatArgs>;
+    .option('timings', {
+      type: 'boolean', default: false,
+      describe: 'After each reply, print on stderr its prompt tokens (reused from the session and computed) and speeds',
+    })
+    .group(['server', 'api-key'], 'Herd:');
 }
+
+type ChatArgs = ArgsOf<typeof builder>;
 
 /** One turn's reply, with its timings when the backend tells them. */
 interface Reply {
@@ -90,7 +65,7 @@ interface Backend {
   close(): Promise<void>;
 }
 
-async function localBackend(args: ChatArgs, sampling: () => SamplingOptions): Promise<Backend> {
+async function localBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => SamplingOptions): Promise<Backend> {
   const { ModelHost } = await import('../api/host.ts');
   const { runGeneration } = await import('../api/generation.ts');
   const { apiLogger } = await import('./serve.ts');
@@ -128,7 +103,7 @@ async function localBackend(args: ChatArgs, sampling: () => SamplingOptions): Pr
   };
 }
 
-async function serverBackend(args: ChatArgs, sampling: () => SamplingOptions): Promise<Backend> {
+async function serverBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => SamplingOptions): Promise<Backend> {
   const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
   const url = await resolveServer(args.server as string, { timeoutMs: args.discoveryTimeout * 1000, interface: args.interface, note });
   const target: ServerTarget = { url, apiKey: args.apiKey ?? process.env.HERD_API_KEY };

@@ -1,9 +1,12 @@
-// Flags and helpers shared by the cluster commands (node, nodes, plan, run).
+// Flags and helpers shared by the commands: each option group is declared once here (the
+// cluster key, the herd a model runs on, sampling).
 
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Argv } from 'yargs';
 import { ClusterError } from '../cluster/errors.ts';
+import { defaultSampling } from '../engine/sampler.ts';
+import { BACKEND_CHOICES, type BackendChoice } from '../kernels/select.ts';
 import { UsageError } from './errors.ts';
 
 export interface KeyArgs {
@@ -11,10 +14,57 @@ export interface KeyArgs {
   clusterKeyFile?: string;
 }
 
-export function keyOptions<T>(y: Argv<T>): Argv<T & KeyArgs> {
+export function keyOptions<T>(y: Argv<T>) {
   return y
-    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file: argv is visible to other users)' })
-    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' }) as Argv<T & KeyArgs>;
+    .option('cluster-key', {
+      type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file: argv is visible to other users)',
+    })
+    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' });
+}
+
+/** Where a served model's layers run (run, chat, serve), under "Herd:" in the help. */
+export function herdOptions<T>(y: Argv<T>, describe: { interface: string; discoveryTimeout?: string }) {
+  return keyOptions(
+    y
+      .option('nodes', {
+        type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…',
+      })
+      .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
+      .option('interface', { alias: 'i', type: 'string', describe: describe.interface })
+      .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
+      .option('discovery-timeout', {
+        type: 'number', default: 2, describe: describe.discoveryTimeout ?? 'Seconds to wait for nodes to answer (--nodes auto)',
+      }),
+  ).group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file'], 'Herd:');
+}
+
+/** The sampler's flags that run and chat share. */
+export function samplingOptions<T>(y: Argv<T>) {
+  return y
+    .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
+    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
+    .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
+    .option('min-p', {
+      type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)',
+    })
+    .option('repeat-penalty', {
+      type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)',
+    });
+}
+
+export const CHAT_TEMPLATE_HELP =
+  "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)";
+
+/** The model and how this process runs its layers (run, chat, serve). */
+export function engineOptions<T>(y: Argv<T>, describe: { ctx: string; backend: string }) {
+  return y
+    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+    .option('ctx', { alias: 'c', type: 'number', describe: describe.ctx })
+    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: describe.backend })
+    .option('threads', {
+      alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)',
+    });
 }
 
 export function defaultCacheDir(): string {

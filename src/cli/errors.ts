@@ -1,16 +1,11 @@
-// The one place where errors become what a CLI user sees: one line on stderr, a non-zero exit.
+// The one place where errors become what a CLI user sees: one line on stderr, the exit status
+// of the error's kind (cluster/errors.ts), the stack under HERD_DEBUG for a bug.
 
-import { GgufError } from '../gguf/reader.ts';
-import { ModelError } from '../model/config.ts';
-import { KernelError } from '../kernels/matvec.ts';
-import { ContextError } from '../engine/generate.ts';
-import { SamplingError } from '../engine/sampler.ts';
-import { ClusterError } from '../cluster/errors.ts';
+import { errorKind, surfacesOf, type KindedError } from '../cluster/errors.ts';
 
-/** Errors whose message is already a complete sentence for the user. */
-const userFacing = [GgufError, ModelError, KernelError, ContextError, SamplingError, ClusterError];
+export class UsageError extends Error implements KindedError {
+  readonly kind = 'usage';
 
-export class UsageError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'UsageError';
@@ -19,8 +14,7 @@ export class UsageError extends Error {
 
 export function reportAndExit(err: unknown): never {
   const e = err instanceof Error ? err : new Error(String(err));
-  const known = e instanceof UsageError || userFacing.some((cls) => e instanceof cls) || e.name === 'TokenizerError';
   process.stderr.write(`herd: error: ${e.message}\n`);
-  if (!known && process.env.HERD_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
-  process.exit(e instanceof UsageError ? 2 : 1);
+  if (errorKind(e) === 'internal' && process.env.HERD_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
+  process.exit(surfacesOf(e).exit);
 }

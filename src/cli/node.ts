@@ -11,30 +11,16 @@ import { jsonLogger } from '../cluster/log.ts';
 import { interfaceIpv4 } from '../cluster/net.ts';
 import { NodeServer } from '../cluster/node/server.ts';
 import { benchmarkMatvec, herdVersion, nodeId, readHostInfo } from '../cluster/node/sysinfo.ts';
-import { asUsage, defaultCacheDir, keyOptions, type KeyArgs } from './cluster-options.ts';
+import { asUsage, defaultCacheDir, keyOptions } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
-
-interface NodeArgs extends KeyArgs {
-  port: number;
-  host?: string;
-  name?: string;
-  interface?: string;
-  cacheDir?: string;
-  modelDir?: string;
-  threads?: number;
-  backend: BackendChoice;
-  mdns: boolean;
-  grace: number;
-  maxMemory?: number;
-  throughput?: number;
-}
+import type { ArgsOf } from './yargs.ts';
 
 /** Bytes per second in a GB/s (the unit of `--throughput` and of `herd nodes`' MATVEC column). */
 const GB = 1e9;
 /** Keeps the advertised bytes per second a safe integer (TXT `tput`, Info `throughput`). */
 const MAX_THROUGHPUT_GBPS = 1e6;
 
-function builder(y: Argv): Argv<NodeArgs> {
+function builder(y: Argv) {
   return keyOptions(
     y
       .option('port', { alias: 'p', type: 'number', default: DEFAULT_PORT, describe: 'gRPC port (0: any free port)' })
@@ -53,8 +39,10 @@ function builder(y: Argv): Argv<NodeArgs> {
         requiresArg: true,
         describe: 'Advertise this kernel throughput (GB/s of weights) instead of measuring it at start-up: pins the node\'s weight in the plan',
       }),
-  ) as unknown as Argv<NodeArgs>;
+  );
 }
+
+type NodeArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535)) throw new UsageError(`--port must be in 0..65535, got ${args.port}`);

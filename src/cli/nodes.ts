@@ -5,21 +5,17 @@ import { findNodes } from '../cluster/discovery/find.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { asUsage } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface NodesArgs {
-  json: boolean;
-  timeout: number;
-  interface?: string;
-  peers?: string;
-}
-
-function builder(y: Argv): Argv<NodesArgs> {
+function builder(y: Argv) {
   return y
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' })
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to listen for answers' })
     .option('interface', { alias: 'i', type: 'string', describe: 'Browse mDNS on this network interface only' })
-    .option('peers', { type: 'string', describe: 'host:port,… to ask directly instead of mDNS (where multicast is blocked)' }) as unknown as Argv<NodesArgs>;
+    .option('peers', { type: 'string', describe: 'host:port,… to ask directly instead of mDNS (where multicast is blocked)' });
 }
+
+type NodesArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<NodesArgs>): Promise<void> {
   if (!(args.timeout > 0 && args.timeout <= 600)) throw new UsageError('--timeout must be in (0, 600] seconds');

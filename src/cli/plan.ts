@@ -5,25 +5,15 @@ import { GgufFile } from '../gguf/reader.ts';
 import { readConfig } from '../model/config.ts';
 import { resolveNodes, withHoldings } from '../cluster/coordinator/nodes.ts';
 import { modelHash } from '../cluster/shard/model-hash.ts';
-import { plan, type Plan } from '../cluster/planner.ts';
+import { plan } from '../cluster/planner.ts';
 import { modelShape } from '../cluster/shape.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { resolveModelPath } from './model-path.ts';
 import { asUsage, defaultCacheDir } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface PlanArgs {
-  model?: string;
-  nodes: string;
-  stages?: number;
-  interface?: string;
-  timeout: number;
-  ctx?: number;
-  kvType: 'f32' | 'f16';
-  json: boolean;
-}
-
-function builder(y: Argv): Argv<PlanArgs> {
+function builder(y: Argv) {
   return y
     .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
     .option('nodes', { type: 'string', default: 'auto', describe: 'auto (mDNS), local, or host:port,…' })
@@ -32,12 +22,10 @@ function builder(y: Argv): Argv<PlanArgs> {
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer' })
     .option('ctx', { alias: 'c', type: 'number', describe: "Context size the KV caches must hold (default: the model's, at most 4096)" })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
-    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' }) as unknown as Argv<PlanArgs>;
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' });
 }
 
-export function planJson(p: Plan): { node: string; address: string; layers: [number, number] }[] {
-  return p.stages.map((s) => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
-}
+type PlanArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
   if (args.stages !== undefined && !(Number.isInteger(args.stages) && args.stages >= 1)) throw new UsageError('--stages must be an integer >= 1');

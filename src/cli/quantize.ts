@@ -4,19 +4,16 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { QUANT_TARGETS, quantizeFile } from '../model/quantize.ts';
 import { resolveModelPath } from './model-path.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface QuantizeArgs {
-  input: string;
-  output: string;
-  type: string;
-}
-
-function builder(y: Argv): Argv<QuantizeArgs> {
+function builder(y: Argv) {
   return y
-    .positional('input', { type: 'string', describe: 'GGUF model to read' })
-    .positional('output', { type: 'string', describe: 'GGUF file to write' })
-    .option('type', { choices: QUANT_TARGETS, demandOption: true, describe: 'Target type or K-quant mix' }) as unknown as Argv<QuantizeArgs>;
+    .positional('input', { type: 'string', demandOption: true, describe: 'GGUF model to read' })
+    .positional('output', { type: 'string', demandOption: true, describe: 'GGUF file to write' })
+    .option('type', { choices: QUANT_TARGETS, demandOption: true, describe: 'Target type or K-quant mix' });
 }
+
+type QuantizeArgs = ArgsOf<typeof builder>;
 
 function handler(args: ArgumentsCamelCase<QuantizeArgs>): void {
   const input = resolveModelPath(args.input);

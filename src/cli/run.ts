@@ -7,42 +7,16 @@ import { Tokenizer } from '../tokenizer/index.ts';
 import { generate } from '../engine/generate.ts';
 import { openInference } from '../api/open.ts';
 import { loadClusterKey } from '../cluster/key.ts';
-import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
+import { asUsage, defaultCacheDir, engineOptions, herdOptions, samplingOptions } from './cluster-options.ts';
 import { defaultSampling, MAX_LOGPROBS, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { resolveModelPath } from './model-path.ts';
-import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
+import { createBackend } from '../kernels/select.ts';
 import { LOCAL_ADDRESS } from '../engine/local.ts';
 import { UsageError } from './errors.ts';
 import { runOnServer } from './client.ts';
 import { ProgressRenderer } from './progress.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface RunArgs extends KeyArgs {
-  prompt: string;
-  model?: string;
-  maxTokens: number;
-  temp: number;
-  topK: number;
-  topP: number;
-  minP: number;
-  repeatPenalty: number;
-  frequencyPenalty: number;
-  presencePenalty: number;
-  seed?: number;
-  threads?: number;
-  backend: BackendChoice;
-  ctx?: number;
-  kvType: 'f32' | 'f16';
-  stop?: string | string[];
-  json: boolean;
-  logprobs?: number;
-  nodes: string;
-  stages?: number;
-  interface?: string;
-  wire: 'f32' | 'f16';
-  discoveryTimeout: number;
-  server?: string;
-  apiKey?: string;
-}
 
 function integer(name: string, v: number | undefined, min: number): void {
   if (v !== undefined && !(Number.isInteger(v) && v >= min)) {
@@ -50,42 +24,33 @@ function integer(name: string, v: number | undefined, min: number): void {
   }
 }
 
-function builder(y: Argv): Argv<RunArgs> {
-  return y
-    .positional('prompt', { type: 'string', default: '', describe: 'Text to continue' })
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
-    .option('max-tokens', { alias: 'n', type: 'number', default: 256, describe: 'Most tokens to generate' })
-    .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
-    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
-    .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
-    .option('min-p', { type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)' })
-    .option('repeat-penalty', { type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)' })
+function builder(y: Argv) {
+  const engine = engineOptions(y.positional('prompt', { type: 'string', default: '', describe: 'Text to continue' }), {
+    ctx: "Context size in tokens (default: the model's, at most 4096)",
+    backend: 'Kernels: auto picks native, else wasm, else js',
+  });
+  const sampling = samplingOptions(engine.option('max-tokens', { alias: 'n', type: 'number', default: 256, describe: 'Most tokens to generate' }))
     .option('frequency-penalty', { type: 'number', default: 0, describe: 'Subtract per occurrence of a recent token' })
     .option('presence-penalty', { type: 'number', default: 0, describe: 'Subtract once for a recent token' })
     .option('seed', { type: 'number', describe: 'Random seed (default: random); same seed, same text' })
-    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
-    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
-    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens (default: the model's, at most 4096)" })
-    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
     .option('stop', { type: 'string', describe: 'Stop before this text (repeatable)' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' })
     .option('logprobs', {
       type: 'number',
-      describe: `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), from the raw logits before penalties and temperature`,
+      describe: `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), `
+        + 'from the raw logits before penalties and temperature',
+    });
+  return herdOptions(sampling, { interface: 'Discover and serve the coordinator on this network interface only' })
+    .option('server', {
+      type: 'string',
+      describe: 'Send the prompt to a running herd serve (URL, or auto: find it over mDNS) instead of coordinating here',
     })
-    // The herd: where the layers run.
-    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
-    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
-    .option('interface', { alias: 'i', type: 'string', describe: 'Discover and serve the coordinator on this network interface only' })
-    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
-    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer (--nodes auto)' })
-    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
-    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
-    .option('server', { type: 'string', describe: 'Send the prompt to a running herd serve (URL, or auto: find it over mDNS) instead of coordinating here' })
     .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
-    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file', 'server', 'api-key'], 'Herd:') as unknown as Argv<RunArgs>;
+    .group(['server', 'api-key'], 'Herd:');
 }
+
+type RunArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   integer('max-tokens', args.maxTokens, 0);

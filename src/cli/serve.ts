@@ -10,75 +10,61 @@ import type { Logger } from 'pino';
 import type { ApiAdvertiser as ApiAdvertiserType } from '../api/advertise.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { herdVersion } from '../cluster/node/sysinfo.ts';
-import { BACKEND_CHOICES, createBackend, type BackendChoice } from '../kernels/select.ts';
-import { asUsage, defaultCacheDir, type KeyArgs } from './cluster-options.ts';
+import { createBackend } from '../kernels/select.ts';
+import { asUsage, CHAT_TEMPLATE_HELP, defaultCacheDir, engineOptions, herdOptions } from './cluster-options.ts';
 import { resolveModelPath } from './model-path.ts';
 import { ProgressRenderer } from './progress.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 
-interface ServeArgs extends KeyArgs {
-  host: string;
-  port: number;
-  grpcPort?: number;
-  model?: string;
-  nodes: string;
-  stages?: number;
-  interface?: string;
-  wire: 'f32' | 'f16';
-  discoveryTimeout: number;
-  rediscover: number;
-  idleTimeout: number;
-  ctx?: number;
-  kvType: 'f32' | 'f16';
-  backend: BackendChoice;
-  threads?: number;
-  parallel?: number;
-  chatTemplate?: string;
-  apiKey?: string;
-  apiKeyFile?: string;
-  logLevel: LogLevelName;
-  mdns: boolean;
-  name?: string;
-}
 
-function builder(y: Argv): Argv<ServeArgs> {
-  return y
+function builder(y: Argv) {
+  const listen = y
     .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0: the whole LAN)' })
     .option('port', { alias: 'p', type: 'number', default: 8080, describe: 'HTTP port (0: any free port)' })
-    .option('grpc-port', { type: 'number', describe: 'Also serve gRPC HerdCoordinator.Generate on this port (0: any free port; default: off); needs the cluster key proof when one is set' })
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
-    .option('ctx', { alias: 'c', type: 'number', describe: "Context size in tokens per session (default: the model's, at most 4096)" })
-    .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
-    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels for in-process layers: auto picks native, else wasm, else js' })
-    .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
-    .option('parallel', { type: 'number', describe: 'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)' })
-    .option('idle-timeout', { type: 'number', default: 300, describe: "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed (0: until a request needs its slot)" })
-    .option('chat-template', { type: 'string', describe: "Chat template: chatml, llama2, llama3, zephyr, model, or a Jinja file (default: the model's, else a fallback)" })
+    .option('grpc-port', {
+      type: 'number',
+      describe: 'Also serve gRPC HerdCoordinator.Generate on this port (0: any free port; default: off); '
+        + 'needs the cluster key proof when one is set',
+    });
+  const engine = engineOptions(listen, {
+    ctx: "Context size in tokens per session (default: the model's, at most 4096)",
+    backend: 'Kernels for in-process layers: auto picks native, else wasm, else js',
+  })
+    .option('parallel', {
+      type: 'number',
+      describe: 'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)',
+    })
+    .option('idle-timeout', {
+      type: 'number', default: 300,
+      describe: "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed "
+        + '(0: until a request needs its slot)',
+    })
+    .option('chat-template', { type: 'string', describe: CHAT_TEMPLATE_HELP })
     .option('api-key', { type: 'string', describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)' })
     .option('api-key-file', { type: 'string', describe: 'File holding the API key' })
     .option('log-level', { choices: LOG_LEVELS, default: 'info' as const, describe: 'JSON log lines on stderr from this level up' })
     .option('mdns', { type: 'boolean', default: true, describe: 'Advertise _herd-api._tcp over mDNS (never for a loopback --host)' })
-    .option('name', { type: 'string', describe: 'mDNS instance name (default: herd on HOSTNAME)' })
-    .option('nodes', { type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…' })
-    .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
-    .option('interface', { alias: 'i', type: 'string', describe: 'Discover nodes, serve the coordinator and advertise on this network interface only' })
-    .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
-    .option('discovery-timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer (--nodes auto)' })
-    .option('rediscover', { type: 'number', default: 30, describe: 'With --nodes auto: seconds between looks for nodes that came or went, re-planning while idle (0: never)' })
-    .option('cluster-key', { type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file)' })
-    .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' })
-    .group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'rediscover', 'cluster-key', 'cluster-key-file'], 'Herd:') as unknown as Argv<ServeArgs>;
+    .option('name', { type: 'string', describe: 'mDNS instance name (default: herd on HOSTNAME)' });
+  return herdOptions(engine, { interface: 'Discover nodes, serve the coordinator and advertise on this network interface only' })
+    .option('rediscover', {
+      type: 'number', default: 30,
+      describe: 'With --nodes auto: seconds between looks for nodes that came or went, re-planning while idle (0: never)',
+    })
+    .group(['rediscover'], 'Herd:');
 }
+
+type ServeArgs = ArgsOf<typeof builder>;
 
 function integerIn(name: string, v: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): void {
   if (v !== undefined && !(Number.isInteger(v) && v >= min && v <= max)) throw new UsageError(`--${name} must be an integer in ${min}..${max}, got ${String(v)}`);
 }
 
 /** The API key from --api-key, --api-key-file or $HERD_API_KEY (in that order). */
-function apiKey(args: ServeArgs): string | undefined {
+function apiKey(args: ArgumentsCamelCase<ServeArgs>): string | undefined {
   if (args.apiKey !== undefined && args.apiKeyFile !== undefined) throw new UsageError('give --api-key or --api-key-file, not both');
   let key = args.apiKey;
   if (args.apiKeyFile !== undefined) {

@@ -4,21 +4,17 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { SYNTH_SHAPES, synthShape, type SynthShape } from '../model/synth.ts';
 import { QUANT_TARGETS } from '../model/quantize.ts';
 import { UsageError } from './errors.ts';
+import type { ArgsOf } from './yargs.ts';
 
-interface SynthArgs {
-  shape: SynthShape;
-  type: string;
-  seed: number;
-  out: string;
-}
-
-function builder(y: Argv): Argv<SynthArgs> {
+function builder(y: Argv) {
   return y
-    .option('shape', { choices: Object.keys(SYNTH_SHAPES), demandOption: true, describe: 'Model shape (TinyLlama-1.1B or Llama-2-7B)' })
+    .option('shape', { choices: Object.keys(SYNTH_SHAPES) as SynthShape[], demandOption: true, describe: 'Model shape (TinyLlama-1.1B or Llama-2-7B)' })
     .option('type', { choices: QUANT_TARGETS, default: 'q4_0', describe: 'Weight type, chosen per tensor as llama-quantize does' })
     .option('seed', { type: 'number', default: 1, describe: 'Random seed; the same seed writes the same file' })
-    .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'GGUF file to write' }) as unknown as Argv<SynthArgs>;
+    .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'GGUF file to write' });
 }
+
+type SynthArgs = ArgsOf<typeof builder>;
 
 function handler(args: ArgumentsCamelCase<SynthArgs>): void {
   if (!Number.isInteger(args.seed) || args.seed < 0) throw new UsageError(`--seed must be an integer >= 0, got ${args.seed}`);

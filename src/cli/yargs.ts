@@ -87,3 +87,6 @@ export async function createYargs(args: string[]): Promise<Argv> {
   };
   return (factory.YargsFactory(shim) as unknown as (args: string[]) => Argv)(args);
 }
+
+/** The arguments a command's builder declares, as yargs infers them from its options. */
+export type ArgsOf<B extends (y: Argv) => Argv<object>> = ReturnType<B> extends Argv<infer T> ? T : never;

@@ -3,7 +3,7 @@
 // The key never travels; a nonce works once, for one method, for a short time.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { Metadata } from '@grpc/grpc-js';
+import { Metadata, status, type sendUnaryData, type ServerErrorResponse, type ServerUnaryCall } from '@grpc/grpc-js';
 import type { ClusterKey } from './key.ts';
 
 export const NONCE_HEADER = 'herd-nonce';
@@ -27,11 +27,37 @@ export function authMetadata(key: ClusterKey | undefined, nonce: Uint8Array, met
   return md;
 }
 
-/** The server side: issues nonces and checks proofs. Without a key every call is accepted. */
+/** A call a server refused, for its log. */
+export interface Refusal {
+  readonly method: string;
+  readonly peer: string;
+  readonly reason: string;
+}
+
+/**
+ * The server side: issues nonces (the Challenge handler) and checks proofs. Without a key every
+ * call is accepted.
+ */
 export class Authenticator {
   private readonly nonces = new Map<string, number>();
 
-  constructor(readonly key: ClusterKey | undefined) {}
+  constructor(
+    readonly key: ClusterKey | undefined,
+    private readonly onRefused: (r: Refusal) => void = () => {},
+  ) {}
+
+  /** The Challenge method of every herd service. */
+  readonly challenge = (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>): void => {
+    cb(null, { nonce: this.issue(), ttlMs: NONCE_TTL_MS });
+  };
+
+  /** UNAUTHENTICATED for a call of `method` without a valid proof, else undefined. */
+  refuse(call: { readonly metadata: Metadata; getPeer(): string }, method: string): ServerErrorResponse | undefined {
+    const reason = this.check(call.metadata, method);
+    if (reason === undefined) return undefined;
+    this.onRefused({ method, peer: call.getPeer(), reason });
+    return { name: 'Unauthenticated', message: reason, code: status.UNAUTHENTICATED, details: `cluster key: ${reason}` };
+  }
 
   get required(): boolean {
     return this.key !== undefined;

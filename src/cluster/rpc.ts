@@ -1,10 +1,21 @@
-// gRPC plumbing shared by node and coordinator: channel options, clients, promisified calls,
-// authenticated call metadata, and the one place errors become statuses.
+// gRPC plumbing shared by the node, the coordinator and the API's gRPC server: channel
+// options, clients, promisified calls, authenticated call metadata, binding and stopping a
+// server, and the one place errors become statuses.
 
-import { credentials, Metadata, status, type ChannelOptions, type ServiceError, type ServerErrorResponse, type Client } from '@grpc/grpc-js';
-import { HerdCoordinatorClient, HerdNodeClient, type ChallengeReply } from '../proto/herd.ts';
+import {
+  credentials,
+  Metadata,
+  ServerCredentials,
+  status,
+  type ChannelOptions,
+  type Client,
+  type Server,
+  type ServerErrorResponse,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { HerdCoordinatorClient, HerdNodeClient, type ChallengeReply } from './wire.ts';
 import { authMetadata, type ClusterKey } from './auth.ts';
-import { ClusterError } from './errors.ts';
+import { surfacesOf } from './errors.ts';
 
 /** Large enough for a prefill's hidden states and a shard chunk; grpc-js defaults to 4 MiB. */
 export const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
@@ -42,7 +53,9 @@ type UnaryFn<Req, Res> = (
 ) => unknown;
 
 /** Calls a unary method of a generated client as a promise. */
-export function unary<Req, Res>(client: Client, fn: UnaryFn<Req, Res>, req: Req, timeoutMs: number, md = new Metadata()): Promise<Res> {
+export function unary<Req, Res>(
+  client: Client, fn: UnaryFn<Req, Res>, req: Req, timeoutMs: number, md = new Metadata(),
+): Promise<Res> {
   return new Promise((resolve, reject) => {
     fn.call(client, req, md, { deadline: deadline(timeoutMs) }, (err, res) => (err ? reject(err) : resolve(res)));
   });
@@ -56,7 +69,8 @@ export async function authenticate(
   timeoutMs = 10_000,
 ): Promise<Metadata> {
   if (!key) return new Metadata();
-  const reply = await unary<object, ChallengeReply>(client, client.challenge as UnaryFn<object, ChallengeReply>, {}, timeoutMs);
+  const challenge = client.challenge as UnaryFn<object, ChallengeReply>;
+  const reply = await unary(client, challenge, {}, timeoutMs);
   return authMetadata(key, reply.nonce, method);
 }
 
@@ -70,17 +84,32 @@ export function describeCallError(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** An error of ours becomes the gRPC status the caller sees. */
+/** Any error becomes the gRPC status the caller sees; a failed call's status passes through. */
 export function toStatus(e: unknown): ServerErrorResponse {
-  if (e instanceof ClusterError) {
-    const code =
-      e.code === 'invalid' ? status.INVALID_ARGUMENT
-      : e.code === 'auth' ? status.UNAUTHENTICATED
-      : e.code === 'plan' || e.code === 'shard' ? status.FAILED_PRECONDITION
-      : status.UNAVAILABLE;
-    return { name: 'ClusterError', message: e.message, code, details: e.message };
-  }
   if (isServiceError(e)) return { name: e.name, message: e.message, code: e.code, details: e.details };
   const msg = e instanceof Error ? e.message : String(e);
-  return { name: 'Error', message: msg, code: status.INTERNAL, details: msg };
+  return { name: e instanceof Error ? e.name : 'Error', message: msg, code: surfacesOf(e).grpc, details: msg };
+}
+
+/** Binds host:port (0: any free port; an IPv6 host in brackets) and returns the port. */
+export function bind(server: Server, host: string, port: number): Promise<number> {
+  const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  return new Promise<number>((resolve, reject) => {
+    server.bindAsync(addr, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+  });
+}
+
+/** Lets in-flight calls finish for up to graceMs, then cuts them (after `onForce`). */
+export function shutdown(server: Server, graceMs: number, onForce?: () => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      onForce?.();
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }

@@ -8,10 +8,11 @@ import type { KvType } from '../../model/kv-cache.ts';
 import type { PlanEntry, ServedModel } from '../../engine/session.ts';
 import type { ClusterKey } from '../auth.ts';
 import type { Logger } from '../log.ts';
-// nodes.ts and pipeline.ts (discovery, gRPC) are imported when a herd is asked for: an
+// nodes.ts and cluster.ts (discovery, gRPC) are imported when a herd is asked for: an
 // in-process run never loads them, which keeps their memory off a Pi running a model alone.
 import type { NodeSet } from './nodes.ts';
-import type { RecoveryEvent, StageLoad } from './pipeline.ts';
+import type { StageLoad } from './cluster.ts';
+import type { RecoveryEvent } from './recovery.ts';
 import { nodeProgress, type ProgressSink } from './progress.ts';
 
 /** Where and how the layers run over the herd: the flags `herd run`, `herd serve` and `herd chat` share. */
@@ -61,7 +62,7 @@ export async function findHerd(o: HerdOptions, note: (line: string) => void): Pr
 
 /** Has the herd's stages load the model (the nodes of `set`, with what each already holds). */
 export async function loadHerdModel(o: HerdOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger }, set: NodeSet): Promise<ClusterModel> {
-  const [{ withHoldings }, { HerdCluster }, { ResumableSession }] = await Promise.all([import('./nodes.ts'), import('./pipeline.ts'), import('./resume.ts')]);
+  const [{ withHoldings }, { HerdCluster }, { ResumableSession }] = await Promise.all([import('./nodes.ts'), import('./cluster.ts'), import('./resume.ts')]);
   const cluster = await HerdCluster.start({
     modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
     interface: o.interface, cacheDir: o.cacheDir, log: o.log, onProgress: o.progress && nodeProgress(o.progress),

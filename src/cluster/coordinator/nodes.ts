@@ -7,9 +7,8 @@ import type { DiscoveredNode } from '../discovery/types.ts';
 import { ClusterError } from '../errors.ts';
 import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
 import type { PlanNode } from '../planner.ts';
-import type { NodeInfo } from '../../proto/herd.ts';
+import { heldRanges, type NodeInfo } from '../wire.ts';
 import { LOCAL_ADDRESS } from '../../engine/local.ts';
-
 
 export interface NodeSet {
   /** 'local' when generation runs in this process. */
@@ -26,8 +25,7 @@ export function withHoldings(set: NodeSet, modelHash: string): PlanNode[] {
   return set.nodes.map((n) => {
     const info = set.infos.get(n.address);
     if (!info) return n;
-    const held = [...info.shards, ...info.cached].filter((s) => s.modelHash === modelHash).map((s) => [s.start, s.end] as const);
-    return { ...n, holds: held };
+    return { ...n, holds: heldRanges(info, modelHash) };
   });
 }
 

@@ -12,7 +12,8 @@
 import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
 import type { StagedSession, StageTime } from '../../engine/session.ts';
 import { ClusterError } from '../errors.ts';
-import type { HerdCluster, PipelineSession } from './pipeline.ts';
+import type { HerdCluster } from './cluster.ts';
+import type { PipelineSession } from './pipeline.ts';
 
 /** Default re-plans one request may go through before it fails. */
 export const MAX_REPLANS = 2;

@@ -1,25 +1,23 @@
 // The coordinator's gRPC server (HerdCoordinator): serves its model's tensors to nodes that
 // lack them (FetchTensors), receives the last stage's tokens (Deliver), lists its nodes.
 
-import { Server, ServerCredentials, status, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import { Server, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import { Authenticator, type ClusterKey } from '../auth.ts';
+import { invalid } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { bind, channelOptions, shutdown, toStatus } from '../rpc.ts';
+import type { ModelSource } from '../shard/source.ts';
+import { encodeFetchReply } from '../shard/fetch-reply.ts';
 import {
   HerdCoordinatorService,
+  METHOD,
   type DeliverReply,
   type Delivery,
   type FetchTensorsReply,
   type FetchTensorsRequest,
   type ListedNode,
   type ListNodesReply,
-} from '../../proto/herd.ts';
-import { Authenticator, type ClusterKey } from '../auth.ts';
-import { invalid } from '../errors.ts';
-import type { Logger } from '../log.ts';
-import { channelOptions, toStatus } from '../rpc.ts';
-import type { ModelSource } from '../shard/source.ts';
-import { encodeFetchReply } from '../shard/wire.ts';
-
-const FETCH = '/herd.v1.HerdCoordinator/FetchTensors';
-const DELIVER = '/herd.v1.HerdCoordinator/Deliver';
+} from '../wire.ts';
 
 /** Where a session's delivered tokens go. */
 export interface DeliverySink {
@@ -42,48 +40,30 @@ export class CoordinatorServer {
     key: ClusterKey | undefined,
     private readonly log: Logger,
   ) {
-    this.auth = new Authenticator(key);
+    this.auth = new Authenticator(key, (r) => this.log.log('warn', 'auth.refused', { ...r }));
     // Shard chunks take the one-copy encoder; the bytes are what ts-proto would write.
-    const service = { ...HerdCoordinatorService, fetchTensors: { ...HerdCoordinatorService.fetchTensors, responseSerialize: encodeFetchReply } };
-    this.server.addService(service, {
-      challenge: (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>) => {
-        cb(null, { nonce: this.auth.issue(), ttlMs: 30_000 });
-      },
+    const fetchTensors = { ...HerdCoordinatorService.fetchTensors, responseSerialize: encodeFetchReply };
+    this.server.addService({ ...HerdCoordinatorService, fetchTensors }, {
+      challenge: this.auth.challenge,
       fetchTensors: this.fetchTensors,
       deliver: this.deliver,
-      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => cb(null, { nodes: this.nodes }),
+      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => {
+        cb(null, { nodes: this.nodes });
+      },
     });
   }
 
   async start(host: string): Promise<number> {
-    this.port = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(`${host}:0`, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
-    });
+    this.port = await bind(this.server, host, 0);
     return this.port;
   }
 
-  async stop(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, 2000);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-  }
-
-  private refuse(md: ServerUnaryCall<unknown, unknown>['metadata'], method: string, peer: string) {
-    const reason = this.auth.check(md, method);
-    if (reason === undefined) return undefined;
-    this.log.log('warn', 'auth.refused', { method, peer, reason });
-    return { name: 'Unauthenticated', message: reason, code: status.UNAUTHENTICATED, details: `cluster key: ${reason}` };
+  stop(): Promise<void> {
+    return shutdown(this.server, 2000);
   }
 
   private readonly fetchTensors = (call: ServerWritableStream<FetchTensorsRequest, FetchTensorsReply>): void => {
-    const refused = this.refuse(call.metadata, FETCH, call.getPeer());
+    const refused = this.auth.refuse(call, METHOD.fetchTensors);
     if (refused) {
       call.emit('error', refused);
       return;
@@ -96,13 +76,14 @@ export class CoordinatorServer {
         this.bytesServed += n;
       })
       .then(() => {
-        this.log.log('debug', 'tensors.served', { peer: call.getPeer(), start: call.request.start, end: call.request.end, bytes, ms: Math.round(performance.now() - t0) });
+        const { start, end } = call.request;
+        this.log.log('debug', 'tensors.served', { peer: call.getPeer(), start, end, bytes, ms: Math.round(performance.now() - t0) });
       })
       .catch((e: unknown) => call.emit('error', toStatus(e)));
   };
 
   private readonly deliver = (call: ServerReadableStream<Delivery, DeliverReply>, cb: sendUnaryData<DeliverReply>): void => {
-    const refused = this.refuse(call.metadata, DELIVER, call.getPeer());
+    const refused = this.auth.refuse(call, METHOD.deliver);
     if (refused) return cb(refused);
     let sink: DeliverySink | undefined;
     let sessionId: string | undefined;

@@ -5,7 +5,8 @@ import { DEFAULT_PORT } from '../caps.ts';
 import { parsePeers } from '../net.ts';
 import { describeCallError } from '../rpc.ts';
 import { MdnsDiscovery } from './mdns.ts';
-import { capsFromInfo, fetchInfo, StaticDiscovery } from './static.ts';
+import { fetchInfo, StaticDiscovery } from './static.ts';
+import { capsFromInfo } from '../wire.ts';
 import type { DiscoveredNode, DiscoveryResult } from './types.ts';
 
 export interface FindOptions {

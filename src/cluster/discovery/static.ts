@@ -1,25 +1,11 @@
 // Static discovery: a --peers list of host:port, for networks where multicast is blocked.
 // Each peer is asked for its Info over gRPC; the ones that do not answer are reported.
 
-import type { NodeInfo } from '../../proto/herd.ts';
-import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
+import { PROTOCOL_VERSION } from '../caps.ts';
 import { formatHostPort, type HostPort } from '../net.ts';
 import { describeCallError, nodeClient, unary } from '../rpc.ts';
+import { capsFromInfo, type NodeInfo } from '../wire.ts';
 import type { DiscoveredNode, DiscoverOptions, Discovery, DiscoveryResult } from './types.ts';
-
-export function capsFromInfo(info: NodeInfo): NodeCapabilities {
-  return {
-    protocolVersion: info.protocolVersion,
-    nodeId: info.nodeId,
-    name: info.name,
-    arch: info.arch,
-    backend: info.backend,
-    memTotal: info.memTotal,
-    memAvailable: info.memAvailable,
-    cores: info.cores,
-    throughput: info.throughput,
-  };
-}
 
 /** Asks one node for its Info; rejects with the call's error. */
 export async function fetchInfo(address: string, timeoutMs: number): Promise<NodeInfo> {

@@ -2,7 +2,7 @@
 // (static.ts) both answer "which herd nodes are there, and what do they offer".
 
 import type { NodeCapabilities } from '../caps.ts';
-import type { NodeInfo } from '../../proto/herd.ts';
+import type { NodeInfo } from '../wire.ts';
 
 export interface DiscoveredNode {
   /** host:port of the node's HerdNode service. */

@@ -4,11 +4,9 @@
 
 import {
   Server,
-  ServerCredentials,
   status,
   type ClientDuplexStream,
   type ClientWritableStream,
-  type Metadata,
   type ServerDuplexStream,
   type ServerErrorResponse,
   type ServerUnaryCall,
@@ -16,9 +14,22 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import { freemem } from 'node:os';
+import type { KernelBackend } from '../../kernels/backend.ts';
+import { Authenticator, type ClusterKey } from '../auth.ts';
+import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
+import { ClusterError, invalid } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { parseHostPort } from '../net.ts';
+import {
+  authenticate, bind, channelOptions, coordinatorClient, describeCallError, isServiceError, nodeClient, shutdown, toStatus,
+} from '../rpc.ts';
+import { HASH_RE } from '../shard/shard.ts';
+import { ShardStore, type StoreCounters } from '../shard/store.ts';
 import {
   HerdNodeService,
-  KvType,
+  kvTypeFromWire,
+  METHOD,
+  shardStatus,
   type DeliverReply,
   type Delivery,
   type DropSessionReply,
@@ -27,29 +38,13 @@ import {
   type ForwardRequest,
   type HerdCoordinatorClient,
   type HerdNodeClient,
-  type LoadProgress,
   type LoadShardRequest,
   type NodeInfo,
   type SessionOpen,
-} from '../../proto/herd.ts';
-import type { KernelBackend } from '../../kernels/backend.ts';
-import { Authenticator, type ClusterKey } from '../auth.ts';
-import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
-import { ClusterError, invalid } from '../errors.ts';
-import type { Logger } from '../log.ts';
-import { parseHostPort } from '../net.ts';
-import { authenticate, channelOptions, coordinatorClient, describeCallError, isServiceError, nodeClient, toStatus } from '../rpc.ts';
-import { HASH_RE } from '../shard/shard.ts';
-import { ShardStore, type StoreCounters } from '../shard/store.ts';
-import { checkOpen, kvTypeOf, StageSession } from './stage.ts';
+  type WireLoadProgress,
+} from '../wire.ts';
+import { checkOpen, StageSession } from './stage.ts';
 import type { HostInfo } from './sysinfo.ts';
-
-export const METHOD = {
-  loadShard: '/herd.v1.HerdNode/LoadShard',
-  forward: '/herd.v1.HerdNode/Forward',
-  dropSession: '/herd.v1.HerdNode/DropSession',
-  deliver: '/herd.v1.HerdCoordinator/Deliver',
-} as const;
 
 const OPEN_TIMEOUT_MS = 60_000;
 const MAX_SESSIONS = 256;
@@ -137,7 +132,10 @@ export class NodeServer {
   };
 
   constructor(private readonly o: NodeServerOptions) {
-    this.auth = new Authenticator(o.key);
+    this.auth = new Authenticator(o.key, (r) => {
+      this.counters.authFailures++;
+      this.o.log.log('warn', 'auth.refused', { ...r });
+    });
     this.throughput = o.throughput;
     this.store = new ShardStore({
       cacheDir: o.cacheDir, modelDir: o.modelDir, backend: o.backend, key: o.key, log: o.log, counters: this.counters,
@@ -145,7 +143,7 @@ export class NodeServer {
     this.server.addService(tolerant(HerdNodeService), {
       info: this.handleInfo,
       health: this.handleHealth,
-      challenge: this.handleChallenge,
+      challenge: this.auth.challenge,
       loadShard: this.handleLoadShard,
       forward: this.handleForward,
       dropSession: this.handleDropSession,
@@ -168,10 +166,7 @@ export class NodeServer {
   }
 
   async start(): Promise<number> {
-    const addr = this.o.host.includes(':') ? `[${this.o.host}]:${this.o.port}` : `${this.o.host}:${this.o.port}`;
-    this.boundPort = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(addr, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
-    });
+    this.boundPort = await bind(this.server, this.o.host, this.o.port);
     return this.boundPort;
   }
 
@@ -179,7 +174,9 @@ export class NodeServer {
    * Measures the kernel again a few times while idle and keeps the best: a measurement can only
    * be pulled down by other work (start-up, a neighbour process), never pushed up.
    */
-  remeasure(measure: () => number, onChange: (throughput: number) => void, delaysMs = [1000, 3000, 10_000, 300_000]): void {
+  remeasure(
+    measure: () => number, onChange: (throughput: number) => void, delaysMs = [1000, 3000, 10_000, 300_000],
+  ): void {
     const [delay, ...rest] = delaysMs;
     if (delay === undefined || this.draining) return;
     this.remeasureTimer = setTimeout(() => {
@@ -200,16 +197,8 @@ export class NodeServer {
   async stop(graceMs = 5000): Promise<void> {
     this.draining = true;
     clearTimeout(this.remeasureTimer);
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        for (const s of this.sessions.values()) s.close(false);
-        this.server.forceShutdown();
-        resolve();
-      }, graceMs);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
+    await shutdown(this.server, graceMs, () => {
+      for (const s of this.sessions.values()) s.close(false);
     });
     for (const c of this.nodeClients.values()) c.close();
     for (const c of this.coordClients.values()) c.close();
@@ -231,27 +220,16 @@ export class NodeServer {
       throughput: Math.round(c.throughput),
       version: this.o.version,
       authRequired: this.auth.required,
-      shards: [...this.store.loaded.values()].map((s) => ({
-        modelHash: s.modelHash, start: s.start, end: s.end, nLayers: s.nLayers, bytes: s.bytes, ctx: s.ctx,
-        kvType: s.kvType === 'f16' ? KvType.KV_TYPE_F16 : KvType.KV_TYPE_F32, sessions: s.sessions, source: s.source,
+      shards: [...this.store.loaded.values()].map((s) => shardStatus({
+        modelHash: s.modelHash, start: s.start, end: s.end, bytes: s.bytes,
+        loaded: { nLayers: s.nLayers, ctx: s.ctx, kvType: s.kvType, sessions: s.sessions, source: s.source },
       })),
       counters: { ...this.counters },
-      cached: this.store.cachedSlices().map((c) => ({
-        modelHash: c.modelHash, start: c.start, end: c.end, nLayers: 0, bytes: c.bytes, ctx: 0,
-        kvType: KvType.KV_TYPE_UNSPECIFIED, sessions: 0, source: 'cache',
-      })),
+      cached: this.store.cachedSlices().map((c) => shardStatus(c)),
     };
   }
 
-  // --- auth and errors, in one place ---------------------------------------------------------
-
-  private authorize(md: Metadata, method: string, peer: string): ServerErrorResponse | undefined {
-    const reason = this.auth.check(md, method);
-    if (reason === undefined) return undefined;
-    this.counters.authFailures++;
-    this.o.log.log('warn', 'auth.refused', { method, peer, reason });
-    return { name: 'Unauthenticated', message: reason, code: status.UNAUTHENTICATED, details: `cluster key: ${reason}` };
-  }
+  // --- errors, in one place ------------------------------------------------------------------
 
   private failure(e: unknown, method: string, peer: string): ServerErrorResponse {
     const s = toStatus(e);
@@ -268,22 +246,22 @@ export class NodeServer {
     cb(null, this.info());
   };
 
-  private readonly handleHealth = (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ ok: boolean; uptimeS: number; sessions: number }>): void => {
+  private readonly handleHealth = (
+    _call: ServerUnaryCall<unknown, unknown>,
+    cb: sendUnaryData<{ ok: boolean; uptimeS: number; sessions: number }>,
+  ): void => {
     cb(null, { ok: !this.draining, uptimeS: (performance.now() - this.started) / 1000, sessions: this.sessions.size });
-  };
-
-  private readonly handleChallenge = (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>): void => {
-    cb(null, { nonce: this.auth.issue(), ttlMs: 30_000 });
   };
 
   private readonly handleDropSession = (
     call: ServerUnaryCall<DropSessionRequest | Malformed, DropSessionReply>,
     cb: sendUnaryData<DropSessionReply>,
   ): void => {
-    const peer = call.getPeer();
-    const refused = this.authorize(call.metadata, METHOD.dropSession, peer);
+    const refused = this.auth.refuse(call, METHOD.dropSession);
     if (refused) return cb(refused);
-    if (call.request instanceof Malformed) return cb(this.failure(invalid(`undecodable request: ${call.request.reason}`), METHOD.dropSession, peer));
+    if (call.request instanceof Malformed) {
+      return cb(this.failure(invalid(`undecodable request: ${call.request.reason}`), METHOD.dropSession, call.getPeer()));
+    }
     const s = this.sessions.get(call.request.sessionId);
     if (s) s.close(false);
     cb(null, { dropped: s !== undefined });
@@ -291,9 +269,9 @@ export class NodeServer {
 
   // --- LoadShard -----------------------------------------------------------------------------
 
-  private readonly handleLoadShard = (call: ServerWritableStream<LoadShardRequest | Malformed, LoadProgress>): void => {
+  private readonly handleLoadShard = (call: ServerWritableStream<LoadShardRequest | Malformed, WireLoadProgress>): void => {
     const peer = call.getPeer();
-    const refused = this.authorize(call.metadata, METHOD.loadShard, peer);
+    const refused = this.auth.refuse(call, METHOD.loadShard);
     if (refused) {
       call.emit('error', refused);
       return;
@@ -305,18 +283,23 @@ export class NodeServer {
         if (this.draining) throw new StatusError(status.UNAVAILABLE, 'the node is shutting down');
         if (!HASH_RE.test(r.modelHash)) throw invalid('model hash must be 64 lowercase hex digits');
         if (!(r.nLayers >= 1 && r.nLayers <= MAX_LAYERS)) throw invalid(`n_layers ${r.nLayers} must be in 1..${MAX_LAYERS}`);
-        if (!(r.start < r.end && r.end <= r.nLayers)) throw invalid(`layer range [${r.start}, ${r.end}) is not within the model's ${r.nLayers} layers`);
+        if (!(r.start < r.end && r.end <= r.nLayers)) {
+          throw invalid(`layer range [${r.start}, ${r.end}) is not within the model's ${r.nLayers} layers`);
+        }
         if (!(r.ctx >= 1 && r.ctx <= MAX_CTX)) throw invalid(`ctx ${r.ctx} must be in 1..${MAX_CTX}`);
-        const kvType = kvTypeOf(r.kvType);
+        const kvType = kvTypeFromWire(r.kvType);
         if (!kvType) throw invalid('kv_type must be f32 or f16');
         try {
           parseHostPort(r.coordinator);
         } catch {
           throw invalid(`coordinator "${r.coordinator}" is not a host:port`);
         }
-        const progress: LoadProgress = { phase: '', bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0, source: '', bytesTransferred: 0 };
+        const progress: WireLoadProgress = {
+          phase: '', bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0, source: '', bytesTransferred: 0,
+        };
+        const { modelHash, modelSize, modelName, start, end, nLayers, ctx, coordinator } = r;
         const { shard, reused } = await this.store.load(
-          { modelHash: r.modelHash, modelSize: r.modelSize, modelName: r.modelName, start: r.start, end: r.end, nLayers: r.nLayers, ctx: r.ctx, kvType, coordinator: r.coordinator },
+          { modelHash, modelSize, modelName, start, end, nLayers, ctx, kvType, coordinator },
           (p) => {
             Object.assign(progress, p);
             call.write({ ...progress });
@@ -324,7 +307,7 @@ export class NodeServer {
         );
         if (reused) {
           this.o.log.log('info', 'shard.reuse', { model: r.modelHash.slice(0, 12), start: r.start, end: r.end });
-          call.write({ phase: 'done', source: 'memory', bytesDone: shard.bytes, bytesTotal: shard.bytes, tensorsDone: 0, tensorsTotal: 0, bytesTransferred: 0 });
+          call.write({ ...progress, phase: 'done', source: 'memory', bytesDone: shard.bytes, bytesTotal: shard.bytes });
         }
         call.end();
       } catch (e) {
@@ -337,7 +320,7 @@ export class NodeServer {
 
   private readonly handleForward = (call: ServerDuplexStream<ForwardRequest | Malformed, ForwardReply>): void => {
     const peer = call.getPeer();
-    const refused = this.authorize(call.metadata, METHOD.forward, peer);
+    const refused = this.auth.refuse(call, METHOD.forward);
     if (refused) {
       call.emit('error', refused);
       return;
@@ -372,20 +355,26 @@ export class NodeServer {
     const open = async (o: SessionOpen) => {
       if (stage) throw invalid('a second open on one stream');
       if (this.draining) throw new StatusError(status.UNAVAILABLE, 'the node is shutting down');
-      if (this.sessions.size >= MAX_SESSIONS) throw new StatusError(status.RESOURCE_EXHAUSTED, `the node holds ${MAX_SESSIONS} sessions already`);
+      if (this.sessions.size >= MAX_SESSIONS) {
+        throw new StatusError(status.RESOURCE_EXHAUSTED, `the node holds ${MAX_SESSIONS} sessions already`);
+      }
       const c = checkOpen(o, this.store, (id) => this.sessions.has(id));
       const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId);
       if (s.cache.bytes > freemem()) {
-        throw new StatusError(status.RESOURCE_EXHAUSTED, `a KV cache of ${s.cache.bytes} bytes does not fit the ${freemem()} bytes available`);
+        const why = `a KV cache of ${s.cache.bytes} bytes does not fit the ${freemem()} bytes available`;
+        throw new StatusError(status.RESOURCE_EXHAUSTED, why);
       }
       stage = s;
       c.shard.sessions++;
-      this.sessions.set(s.id, { stage: s, close: (graceful) => (graceful ? release(true) : fail(new StatusError(status.ABORTED, 'session dropped'))) });
+      const close = (graceful: boolean) => (graceful ? release(true) : fail(new StatusError(status.ABORTED, 'session dropped')));
+      this.sessions.set(s.id, { stage: s, close });
       this.counters.sessionsOpened++;
       if (c.next) down = await this.openDownstream(c.next, { ...o, hop: o.hop + 1 }, fail);
       if (c.deliverTo) deliver = await this.openDeliver(c.deliverTo, fail);
       if (finished) return;
-      this.o.log.log('debug', 'session.open', { session: s.id, hop: o.hop, start: c.shard.start, end: c.shard.end, next: c.next ?? c.deliverTo });
+      this.o.log.log('debug', 'session.open', {
+        session: s.id, hop: o.hop, start: c.shard.start, end: c.shard.end, next: c.next ?? c.deliverTo,
+      });
       call.write({ ready: true, nodeId: this.o.nodeId });
     };
 
@@ -427,18 +416,17 @@ export class NodeServer {
     open: SessionOpen,
     fail: (e: unknown) => void,
   ): Promise<ClientDuplexStream<ForwardRequest, ForwardReply>> {
-    let client = this.nodeClients.get(address);
-    if (!client) {
-      client = nodeClient(address);
-      this.nodeClients.set(address, client);
-    }
+    const client = cached(this.nodeClients, address, nodeClient);
     const md = await authenticate(client, this.o.key, METHOD.forward).catch((e: unknown) => {
       throw remote(address, e);
     });
     const stream = client.forward(md);
     let pending: { resolve: () => void; reject: (e: unknown) => void } | undefined;
     const ready = new Promise<void>((resolve, reject) => (pending = { resolve, reject }));
-    const timer = setTimeout(() => pending?.reject(new StatusError(status.DEADLINE_EXCEEDED, `next stage ${address} did not open the session in ${OPEN_TIMEOUT_MS / 1000} s`)), OPEN_TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      const why = `next stage ${address} did not open the session in ${OPEN_TIMEOUT_MS / 1000} s`;
+      pending?.reject(new StatusError(status.DEADLINE_EXCEEDED, why));
+    }, OPEN_TIMEOUT_MS);
     stream.on('data', (r: ForwardReply) => {
       if (r.ready && pending) {
         clearTimeout(timer);
@@ -461,11 +449,7 @@ export class NodeServer {
 
   /** The last stage's stream of sampled tokens to the coordinator. */
   private async openDeliver(address: string, fail: (e: unknown) => void): Promise<ClientWritableStream<Delivery>> {
-    let client = this.coordClients.get(address);
-    if (!client) {
-      client = coordinatorClient(address);
-      this.coordClients.set(address, client);
-    }
+    const client = cached(this.coordClients, address, coordinatorClient);
     const md = await authenticate(client, this.o.key, METHOD.deliver).catch((e: unknown) => {
       throw remote(address, e);
     });
@@ -473,6 +457,13 @@ export class NodeServer {
       if (err && !(isServiceError(err) && err.code === status.CANCELLED)) fail(remote(address, err));
     });
   }
+}
+
+/** One client per address, made on first use. */
+function cached<C>(clients: Map<string, C>, address: string, make: (address: string) => C): C {
+  let c = clients.get(address);
+  if (!c) clients.set(address, (c = make(address)));
+  return c;
 }
 
 function remote(address: string, e: unknown): StatusError {

@@ -5,10 +5,9 @@
 // activation may start before the session's end (a kept session reused from a common prompt
 // prefix): the session goes back there first.
 
-import { DType, KvType, type Activation, type Delivery, type Hop, type SessionOpen, type Sampling, type StageTiming, type TokenLogprobs as WireLogprobs } from '../../proto/herd.ts';
 import type { KvCache } from '../../model/kv-cache.ts';
 import type { Transformer } from '../../model/transformer.ts';
-import { SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../../engine/sampler.ts';
+import type { SamplingOptions } from '../../engine/sampler.ts';
 import { StepError } from '../../engine/history.ts';
 import { SliceRunner, type Sequence } from '../../engine/slice.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
@@ -17,75 +16,22 @@ import { invalid } from '../errors.ts';
 import { parseHostPort } from '../net.ts';
 import { HASH_RE } from '../shard/shard.ts';
 import type { LoadedShard, ShardStore } from '../shard/store.ts';
+import {
+  DType,
+  dtypeBytes,
+  logprobsToWire,
+  samplingFromWire,
+  type Delivery,
+  type Hop,
+  type SessionOpen,
+  type StageTiming,
+  type WireActivation,
+} from '../wire.ts';
 
 export const SESSION_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
 const MAX_ROUTE = 64;
 /** A stage's time on one message above this is not a measurement (a step times out long before). */
 const MAX_STAGE_SECONDS = 86_400;
-
-export function dtypeBytes(d: DType): number {
-  return d === DType.DTYPE_F16 ? 2 : 4;
-}
-
-export function kvTypeOf(k: KvType): 'f32' | 'f16' | undefined {
-  return k === KvType.KV_TYPE_F32 ? 'f32' : k === KvType.KV_TYPE_F16 ? 'f16' : undefined;
-}
-
-export function samplingFromWire(s: Sampling): SamplingOptions {
-  try {
-    return validateSampling({
-      temperature: s.temperature,
-      topK: s.topK,
-      topP: s.topP,
-      minP: s.minP,
-      repeatPenalty: s.repeatPenalty,
-      frequencyPenalty: s.frequencyPenalty,
-      presencePenalty: s.presencePenalty,
-      penaltyLastN: s.penaltyLastN,
-      seed: s.seed,
-      logprobs: s.logprobs,
-    });
-  } catch (e) {
-    if (e instanceof SamplingError) throw invalid(`sampling: ${e.message}`);
-    throw e;
-  }
-}
-
-export function samplingToWire(s: SamplingOptions): Sampling {
-  return {
-    temperature: s.temperature,
-    topK: s.topK,
-    topP: s.topP,
-    minP: s.minP,
-    repeatPenalty: s.repeatPenalty,
-    frequencyPenalty: s.frequencyPenalty,
-    presencePenalty: s.presencePenalty,
-    penaltyLastN: s.penaltyLastN,
-    seed: s.seed,
-    logprobs: s.logprobs,
-  };
-}
-
-export function logprobsToWire(l: TokenLogprobs): WireLogprobs {
-  return { logprob: l.logprob, top: l.top.map((t) => ({ tokenId: t.token, logprob: t.logprob })) };
-}
-
-/**
- * A delivery's log-probabilities of `token`, checked: `n` top entries (fewer only for a smaller
- * vocabulary), ids in the vocabulary, log-probabilities <= 0, most likely first.
- */
-export function logprobsFromWire(l: WireLogprobs, token: number, n: number, vocabSize?: number): TokenLogprobs {
-  const want = vocabSize === undefined ? n : Math.min(n, vocabSize);
-  if (l.top.length !== want) throw invalid(`${l.top.length} top log-probabilities, expected ${want}`);
-  if (!(l.logprob <= 0)) throw invalid(`log-probability ${l.logprob} is not <= 0`);
-  let prev = 0;
-  for (const t of l.top) {
-    if (!(t.logprob <= prev)) throw invalid('top log-probabilities must be <= 0 and in descending order');
-    if (vocabSize !== undefined && !(t.tokenId < vocabSize)) throw invalid(`top token id ${t.tokenId} is outside the vocabulary of ${vocabSize}`);
-    prev = t.logprob;
-  }
-  return { token, logprob: l.logprob, top: l.top.map((t) => ({ token: t.tokenId, logprob: t.logprob })) };
-}
 
 export interface CheckedOpen {
   readonly shard: LoadedShard;
@@ -212,7 +158,7 @@ export class StageSession {
    * stage, or (last) the sampled token. Between chunks of the model's batch it yields, so the
    * node answers other calls during a long prefill.
    */
-  async run(a: Activation): Promise<{ out?: Activation; delivery?: Delivery }> {
+  async run(a: WireActivation): Promise<{ out?: WireActivation; delivery?: Delivery }> {
     const { dim } = this.shard.model.config;
     if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
     const n = a.tokenIds.length;

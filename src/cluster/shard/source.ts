@@ -8,7 +8,7 @@ import { basename } from 'node:path';
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import { GgufFile } from '../../gguf/reader.ts';
 import { readConfig } from '../../model/config.ts';
-import type { FetchTensorsReply, FetchTensorsRequest } from '../../proto/herd.ts';
+import type { FetchTensorsReply, FetchTensorsRequest } from '../wire.ts';
 import { invalid } from '../errors.ts';
 import { modelHash } from './model-hash.ts';
 import { shardTensorNames } from './shard.ts';

@@ -11,7 +11,7 @@ import { GgufFile } from '../../gguf/reader.ts';
 import { Transformer } from '../../model/transformer.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import type { KernelBackend } from '../../kernels/backend.ts';
-import type { LoadProgress, SliceHeader } from '../../proto/herd.ts';
+import { METHOD, type SliceHeader, type WireLoadProgress } from '../wire.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { authenticate, coordinatorClient, describeCallError } from '../rpc.ts';
@@ -69,9 +69,8 @@ export interface ShardStoreOptions {
 
 const MAX_TENSORS = 100_000;
 const MAX_METADATA_BYTES = 256 * 1024 * 1024;
-const FETCH_METHOD = '/herd.v1.HerdCoordinator/FetchTensors';
 
-type Progress = (p: Partial<LoadProgress>) => void;
+type Progress = (p: Partial<WireLoadProgress>) => void;
 
 export class ShardStore {
   readonly loaded = new Map<string, LoadedShard>();
@@ -229,7 +228,7 @@ export class ShardStore {
     const client = coordinatorClient(req.coordinator);
     let writer: SliceWriter | undefined;
     try {
-      const md = await authenticate(client, this.o.key, FETCH_METHOD);
+      const md = await authenticate(client, this.o.key, METHOD.fetchTensors);
       const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end }, md);
       let tensors: SliceTensor[] = [];
       let index = 0;

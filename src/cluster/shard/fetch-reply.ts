@@ -2,7 +2,7 @@
 // writes, with the tensor data copied once instead of three times (BinaryWriter, finish(),
 // Buffer.from). Shard transfer is the one bulk path; everything else uses the generated code.
 
-import { FetchTensorsReply } from '../../proto/herd.ts';
+import { FetchTensorsReply } from '../wire.ts';
 
 function varint(n: number, out: number[]): void {
   while (n >= 0x80) {
