@@ -27,18 +27,54 @@ interface RunOut {
 }
 
 function run(model: string, nodes: string, stages: number | undefined, env: NodeJS.ProcessEnv): RunOut {
-  const args = [herdBin, 'run', '--model', model, '--nodes', nodes, '--ctx', '256', '--temp', '0', '-n', String(tokens), '--json', 'Once upon a time'];
+  const args = [
+    herdBin,
+    'run',
+    '--model',
+    model,
+    '--nodes',
+    nodes,
+    '--ctx',
+    '256',
+    '--temp',
+    '0',
+    '-n',
+    String(tokens),
+    '--json',
+    'Once upon a time',
+  ];
   if (stages !== undefined) args.push('--stages', String(stages));
-  const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, ...env }, cwd: root, timeout: 30 * 60_000 });
+  const r = spawnSync(process.execPath, args, {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    cwd: root,
+    timeout: 30 * 60_000,
+  });
   if (r.status !== 0) throw new Error(`herd run ${nodes} --stages ${stages}: ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as RunOut;
 }
 
 async function startNode(i: number, dir: string): Promise<{ port: number; stop: () => void }> {
-  const child = spawn(process.execPath, [herdBin, 'node', '--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', join(dir, `node${i}`), '--name', `bench-${i}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    cwd: root,
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      herdBin,
+      'node',
+      '--no-mdns',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--cache-dir',
+      join(dir, `node${i}`),
+      '--name',
+      `bench-${i}`,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      cwd: root,
+    },
+  );
   const port = await new Promise<number>((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error('node did not start in 60 s')), 60_000);
@@ -88,8 +124,12 @@ try {
       const bytes = fetched.reduce((s, x) => s + x.bytes_transferred, 0);
       const ms = Math.max(0, ...fetched.map((x) => x.ms));
       rows.push([
-        'TinyLlama Q4_0', `${stages} stage(s) ${JSON.stringify(again.plan.map((p) => p.layers))}`, fmt(again.timings.decode_tps),
-        fmt(again.timings.decode_tps / local.timings.decode_tps), bytes > 0 ? `${fmt(bytes / 1e6, 0)} MB in ${fmt(ms / 1000, 1)} s = ${fmt(bytes / 1e3 / ms, 0)} MB/s` : 'cached', same,
+        'TinyLlama Q4_0',
+        `${stages} stage(s) ${JSON.stringify(again.plan.map((p) => p.layers))}`,
+        fmt(again.timings.decode_tps),
+        fmt(again.timings.decode_tps / local.timings.decode_tps),
+        bytes > 0 ? `${fmt(bytes / 1e6, 0)} MB in ${fmt(ms / 1000, 1)} s = ${fmt(bytes / 1e3 / ms, 0)} MB/s` : 'cached',
+        same,
       ]);
     }
   }
@@ -103,17 +143,35 @@ try {
     const r = run(stories, peers, stages, env);
     // A token crosses stages + 1 hops: coordinator → stage 1 → … → stage N → coordinator.
     const perHop = (msPerToken(r) - msPerToken(sLocal)) / (stages + 1);
-    rows.push(['stories260K', `${stages} stage(s)`, fmt(r.timings.decode_tps), fmt(r.timings.decode_tps / sLocal.timings.decode_tps), `per hop ${fmt(perHop, 3)} ms`, JSON.stringify(r.tokens) === JSON.stringify(sLocal.tokens) ? 'same tokens' : 'TOKENS DIFFER']);
+    rows.push([
+      'stories260K',
+      `${stages} stage(s)`,
+      fmt(r.timings.decode_tps),
+      fmt(r.timings.decode_tps / sLocal.timings.decode_tps),
+      `per hop ${fmt(perHop, 3)} ms`,
+      JSON.stringify(r.tokens) === JSON.stringify(sLocal.tokens) ? 'same tokens' : 'TOKENS DIFFER',
+    ]);
   }
 
   const head = ['model', 'run', 'decode tok/s', '× one process', 'transfer / hop', 'check'];
   const all = [head, ...rows];
   const widths = head.map((_, i) => Math.max(...all.map((r) => r[i].length)));
   const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
-  process.stdout.write(`${line(head)}\n| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |\n${rows.map(line).join('\n')}\n`);
-  const listed = spawnSync(process.execPath, [herdBin, 'nodes', '--peers', peers, '--json'], { encoding: 'utf8', cwd: root });
-  const backends = [...new Set((JSON.parse(listed.stdout || '{"nodes":[]}') as { nodes: { backend: string }[] }).nodes.map((n) => n.backend))].join(', ');
-  process.stdout.write(`(loopback, ${tokens} decoded tokens per run, nodes on the ${backends || '?'} kernel backend, ${spawnSync('nproc', { encoding: 'utf8' }).stdout.trim()} cores)\n`);
+  process.stdout.write(
+    `${line(head)}\n| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |\n${rows.map(line).join('\n')}\n`,
+  );
+  const listed = spawnSync(process.execPath, [herdBin, 'nodes', '--peers', peers, '--json'], {
+    encoding: 'utf8',
+    cwd: root,
+  });
+  const backends = [
+    ...new Set(
+      (JSON.parse(listed.stdout || '{"nodes":[]}') as { nodes: { backend: string }[] }).nodes.map((n) => n.backend),
+    ),
+  ].join(', ');
+  process.stdout.write(
+    `(loopback, ${tokens} decoded tokens per run, nodes on the ${backends || '?'} kernel backend, ${spawnSync('nproc', { encoding: 'utf8' }).stdout.trim()} cores)\n`,
+  );
 } finally {
   for (const n of nodes) n.stop();
   rmSync(dir, { recursive: true, force: true });

@@ -51,7 +51,9 @@ interface Figures {
 
 async function herd(model: string): Promise<Figures> {
   const file = GgufFile.open(model);
-  const backend = values.simd ? await WasmBackend.create({ threads, simd: values.simd as WasmSimd }) : await createBackend(values.backend as BackendChoice, { threads });
+  const backend = values.simd
+    ? await WasmBackend.create({ threads, simd: values.simd as WasmSimd })
+    : await createBackend(values.backend as BackendChoice, { threads });
   const m = Transformer.load(file, { ctx, kvType: 'f16', backend, batch: prefillN });
   const bos = file.number('tokenizer.ggml.bos_token_id', 1);
   const greedy = { ...defaultSampling, temperature: 0 };

@@ -97,4 +97,6 @@ for (const name of values.types.split(',')) {
 }
 const widths = table[0].map((_, i) => Math.max(...table.map((r) => (r[i] ?? '').length)));
 console.log(table.map((r) => r.map((c, i) => c.padStart(widths[i])).join('  ')).join('\n'));
-console.log('GB/s of weight bytes per second, best run; mmN: an N-vector matmul (prefill), eff = N × weight bytes / time.');
+console.log(
+  'GB/s of weight bytes per second, best run; mmN: an N-vector matmul (prefill), eff = N × weight bytes / time.',
+);

@@ -56,8 +56,20 @@ async function readBandwidth(): Promise<number> {
     const buf = Buffer.from(sab, from, to - from);
     parentPort.on('message', () => { buf.indexOf(1); parentPort.postMessage(0); });`;
   const share = bytes / threads;
-  const workers = Array.from({ length: threads }, (_, i) => new Worker(code, { eval: true, workerData: { sab, from: i * share, to: (i + 1) * share } }));
-  const round = () => Promise.all(workers.map((w) => new Promise((r) => { w.once('message', r); w.postMessage(0); })));
+  const workers = Array.from(
+    { length: threads },
+    (_, i) => new Worker(code, { eval: true, workerData: { sab, from: i * share, to: (i + 1) * share } }),
+  );
+  const round = () =>
+    Promise.all(
+      workers.map(
+        (w) =>
+          new Promise((r) => {
+            w.once('message', r);
+            w.postMessage(0);
+          }),
+      ),
+    );
   await round();
   let best = 0;
   for (let i = 0; i < 5; i++) {
@@ -98,7 +110,10 @@ function ensureModel(type: string): string {
 }
 
 function runEngine(args: string[]): Figures | undefined {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', `${root}scripts/bench-engine.ts`, ...args], { encoding: 'utf8', cwd: root });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', `${root}scripts/bench-engine.ts`, ...args], {
+    encoding: 'utf8',
+    cwd: root,
+  });
   if (r.status !== 0) {
     log(`engine ${args.join(' ')} failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     return undefined;
@@ -108,8 +123,25 @@ function runEngine(args: string[]): Figures | undefined {
 
 /** Peak RSS (MiB) of `herd run` generating `decode` tokens on the model with this backend. */
 function herdRunRss(model: string, backend: string): number | undefined {
-  const args = ['run', '--model', model, '--backend', backend, '--threads', String(threads), '--ctx', '512', '--kv-type', 'f16',
-    '--max-tokens', values.decode, '--temp', '0', '--json', 'Once upon a time, in a village between two rivers, there lived'];
+  const args = [
+    'run',
+    '--model',
+    model,
+    '--backend',
+    backend,
+    '--threads',
+    String(threads),
+    '--ctx',
+    '512',
+    '--kv-type',
+    'f16',
+    '--max-tokens',
+    values.decode,
+    '--temp',
+    '0',
+    '--json',
+    'Once upon a time, in a village between two rivers, there lived',
+  ];
   const r = spawnSync(process.execPath, [`${root}bin/herd.js`, ...args], { encoding: 'utf8', cwd: root });
   if (r.status !== 0) {
     log(`herd run --backend ${backend} failed: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
@@ -132,7 +164,11 @@ interface Row extends Figures {
 const rows: Row[] = [];
 const engines = [['llama.cpp', 'cpu'], ...values.backends.split(',').map((b) => ['herd', b])];
 /** bench-engine's arguments for an engine and backend ("wasm-simd128": the SIMD128 build). */
-const engineArgs = (engine: string, backend: string) => ['--engine', engine, ...(backend === 'wasm-simd128' ? ['--backend', 'wasm', '--simd', 'simd128'] : ['--backend', backend])];
+const engineArgs = (engine: string, backend: string) => [
+  '--engine',
+  engine,
+  ...(backend === 'wasm-simd128' ? ['--backend', 'wasm', '--simd', 'simd128'] : ['--backend', backend]),
+];
 for (const type of values.models.split(',')) {
   const model = ensureModel(type);
   const file = GgufFile.open(model);
@@ -140,12 +176,34 @@ for (const type of values.models.split(',')) {
   const best = new Map<string, Figures>();
   for (let rep = 0; rep < Number(values.reps); rep++) {
     for (const [engine, backend] of engines) {
-      const f = runEngine([...engineArgs(engine, backend), '--model', model, '--threads', String(threads), '--decode', values.decode, '--prefill', values.prefill]);
+      const f = runEngine([
+        ...engineArgs(engine, backend),
+        '--model',
+        model,
+        '--threads',
+        String(threads),
+        '--decode',
+        values.decode,
+        '--prefill',
+        values.prefill,
+      ]);
       if (!f) continue;
       const key = `${engine}/${backend}`;
       const prev = best.get(key);
-      best.set(key, prev ? { ...f, decode_tps: Math.max(prev.decode_tps, f.decode_tps), prefill_tps: Math.max(prev.prefill_tps, f.prefill_tps), peak_rss_mib: Math.max(prev.peak_rss_mib, f.peak_rss_mib) } : f);
-      log(`${type} ${key}: decode ${f.decode_tps.toFixed(1)} tok/s, prefill ${f.prefill_tps.toFixed(1)} tok/s, peak RSS ${f.peak_rss_mib.toFixed(0)} MiB`);
+      best.set(
+        key,
+        prev
+          ? {
+              ...f,
+              decode_tps: Math.max(prev.decode_tps, f.decode_tps),
+              prefill_tps: Math.max(prev.prefill_tps, f.prefill_tps),
+              peak_rss_mib: Math.max(prev.peak_rss_mib, f.peak_rss_mib),
+            }
+          : f,
+      );
+      log(
+        `${type} ${key}: decode ${f.decode_tps.toFixed(1)} tok/s, prefill ${f.prefill_tps.toFixed(1)} tok/s, peak RSS ${f.peak_rss_mib.toFixed(0)} MiB`,
+      );
     }
   }
   for (const [key, f] of best) {
@@ -173,7 +231,9 @@ for (const type of values.models.split(',')) {
 }
 
 if (values.json) {
-  process.stdout.write(`${JSON.stringify({ machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gib: totalmem() / 2 ** 30 }, threads, bandwidth_gbs: bandwidth / 1e9, rows })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gib: totalmem() / 2 ** 30 }, threads, bandwidth_gbs: bandwidth / 1e9, rows })}\n`,
+  );
 } else {
   const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
   const lines = [
@@ -181,9 +241,11 @@ if (values.json) {
     '',
     '| model | engine | decode tok/s | ×llama.cpp | of bandwidth limit | prefill tok/s | ×llama.cpp | peak RSS MiB | budget MiB |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...rows.map((r) =>
-      `| ${r.model} | ${r.engine === 'herd' ? `herd ${r.backend} (${r.isa})` : r.engine} | ${fmt(r.decode_tps)} | ${fmt(r.decode_ratio, 2)} | ` +
-      `${fmt(100 * r.bandwidth_share, 0)}% | ${fmt(r.prefill_tps)} | ${fmt(r.prefill_ratio, 2)} | ${fmt(r.peak_rss_mib, 0)} | ${fmt(r.rss_budget_mib, 0)} |`),
+    ...rows.map(
+      (r) =>
+        `| ${r.model} | ${r.engine === 'herd' ? `herd ${r.backend} (${r.isa})` : r.engine} | ${fmt(r.decode_tps)} | ${fmt(r.decode_ratio, 2)} | ` +
+        `${fmt(100 * r.bandwidth_share, 0)}% | ${fmt(r.prefill_tps)} | ${fmt(r.prefill_ratio, 2)} | ${fmt(r.peak_rss_mib, 0)} | ${fmt(r.rss_budget_mib, 0)} |`,
+    ),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 }

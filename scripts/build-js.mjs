@@ -76,6 +76,8 @@ try {
 } catch (err) {
   rmSync(outDir, { recursive: true, force: true });
   if (strict) throw err;
-  console.log(`herd: could not compile the sources to dist/ (${err instanceof Error ? err.message.split('\n')[0] : err}); herd will run them through tsx`);
+  console.log(
+    `herd: could not compile the sources to dist/ (${err instanceof Error ? err.message.split('\n')[0] : err}); herd will run them through tsx`,
+  );
 }
 if (!existsSync(join(outDir, 'BUILT')) && strict) process.exit(1);

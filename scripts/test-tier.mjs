@@ -11,19 +11,31 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const UNIT = [
-  'api-queue', 'cluster-planner', 'gguf-malformed', 'gguf-reader', 'model', 'proto', 'quantize', 'sampler',
-  'self-contained', 'slice', 'tokenizer',
+  'api-queue',
+  'cluster-planner',
+  'gguf-malformed',
+  'gguf-reader',
+  'model',
+  'proto',
+  'quantize',
+  'sampler',
+  'self-contained',
+  'slice',
+  'tokenizer',
 ];
 const UNIT_PREFIXES = ['kernels-'];
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const [tier, ...avaArgs] = process.argv.slice(2);
-const files = readdirSync(new URL('../test/', import.meta.url)).filter((f) => f.endsWith('.test.ts')).sort();
+const files = readdirSync(new URL('../test/', import.meta.url))
+  .filter((f) => f.endsWith('.test.ts'))
+  .sort();
 
 function tierOf(file) {
   const name = file.slice(0, -'.test.ts'.length);
   if (UNIT.includes(name) || UNIT_PREFIXES.some((p) => name.startsWith(p))) return 'unit';
-  if (readFileSync(new URL(`../test/${file}`, import.meta.url), 'utf8').includes("from './helpers/netns.ts'")) return 'cluster';
+  if (readFileSync(new URL(`../test/${file}`, import.meta.url), 'utf8').includes("from './helpers/netns.ts'"))
+    return 'cluster';
   return 'e2e';
 }
 
@@ -32,5 +44,8 @@ if (!['unit', 'e2e', 'cluster'].includes(tier)) {
   process.exit(2);
 }
 const chosen = files.filter((f) => tierOf(f) === tier).map((f) => `test/${f}`);
-const r = spawnSync(process.execPath, ['node_modules/ava/entrypoints/cli.mjs', ...chosen, ...avaArgs], { cwd: root, stdio: 'inherit' });
+const r = spawnSync(process.execPath, ['node_modules/ava/entrypoints/cli.mjs', ...chosen, ...avaArgs], {
+  cwd: root,
+  stdio: 'inherit',
+});
 process.exit(r.status ?? 1);

@@ -6,14 +6,33 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import type { ChallengeReply, HerdCoordinatorClient, GenerateEvent, GenerateRequest, GenerateDone } from '../src/proto/herd.ts';
+import type {
+  ChallengeReply,
+  HerdCoordinatorClient,
+  GenerateEvent,
+  GenerateRequest,
+  GenerateDone,
+} from '../src/proto/herd.ts';
 import { coordinatorClient, unary } from '../src/cluster/rpc.ts';
 import { authMetadata } from '../src/cluster/auth.ts';
 import { fixtureModels } from './helpers/paths.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
-const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { content: string; generated_tokens: number[] };
-const GREEDY = { temperature: 0, topK: 0, topP: 1, minP: 0, repeatPenalty: 1, frequencyPenalty: 0, presencePenalty: 0, penaltyLastN: 64, seed: 0 };
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
+  content: string;
+  generated_tokens: number[];
+};
+const GREEDY = {
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  repeatPenalty: 1,
+  frequencyPenalty: 0,
+  presencePenalty: 0,
+  penaltyLastN: 64,
+  seed: 0,
+};
 
 let serve: RunningServe;
 let client: HerdCoordinatorClient;
@@ -37,7 +56,11 @@ async function state(): Promise<{ sessions: { active: number } }> {
   return (await fetch(`${serve.url}/api/state`)).json() as Promise<{ sessions: { active: number } }>;
 }
 
-function collect(c: HerdCoordinatorClient, req: Partial<GenerateRequest>, md = new Metadata()): Promise<GenerateEvent[]> {
+function collect(
+  c: HerdCoordinatorClient,
+  req: Partial<GenerateRequest>,
+  md = new Metadata(),
+): Promise<GenerateEvent[]> {
   return new Promise((resolve, reject) => {
     const events: GenerateEvent[] = [];
     const call = c.generate({ prompt: '', maxTokens: 0, stop: [], ...req }, md);
@@ -52,7 +75,10 @@ test.serial('a greedy Generate streams the reference text, then done with timing
   const texts = events.flatMap((e) => (e.text ? [e.text] : []));
   t.true(texts.length > 5, `${texts.length} text events`);
   t.is(texts.map((x) => x.text).join(''), reference.content);
-  t.deepEqual(texts.flatMap((x) => x.tokenIds), reference.generated_tokens);
+  t.deepEqual(
+    texts.flatMap((x) => x.tokenIds),
+    reference.generated_tokens,
+  );
   const last = events[events.length - 1].done as GenerateDone;
   t.truthy(last, 'the last event is done');
   t.is(last.stopReason, 'length');
@@ -63,7 +89,12 @@ test.serial('a greedy Generate streams the reference text, then done with timing
 });
 
 test.serial('a cancelled Generate frees its session, and the server keeps serving', async (t) => {
-  const call = client.generate({ prompt: 'Once upon a time', maxTokens: 0, sampling: { ...GREEDY, temperature: 1, seed: 7 }, stop: [] });
+  const call = client.generate({
+    prompt: 'Once upon a time',
+    maxTokens: 0,
+    sampling: { ...GREEDY, temperature: 1, seed: 7 },
+    stop: [],
+  });
   const ended = new Promise<ServiceError | undefined>((resolve) => {
     call.on('error', (e: ServiceError) => resolve(e));
     call.on('end', () => resolve(undefined));
@@ -109,10 +140,20 @@ test.serial('with a cluster key, Generate needs the proof', async (t) => {
     const e = await t.throwsAsync(collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }));
     t.is((e as ServiceError).code, status.UNAUTHENTICATED);
     const wrong = await unary<object, ChallengeReply>(c, c.challenge as never, {}, HUNG_MS);
-    const e2 = await t.throwsAsync(collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }, authMetadata(Buffer.from('not-the-key'), wrong.nonce, '/herd.v1.HerdCoordinator/Generate')));
+    const e2 = await t.throwsAsync(
+      collect(
+        c,
+        { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY },
+        authMetadata(Buffer.from('not-the-key'), wrong.nonce, '/herd.v1.HerdCoordinator/Generate'),
+      ),
+    );
     t.is((e2 as ServiceError).code, status.UNAUTHENTICATED);
     const { nonce } = await unary<object, ChallengeReply>(c, c.challenge as never, {}, HUNG_MS);
-    const events = await collect(c, { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY }, authMetadata(Buffer.from(key), nonce, '/herd.v1.HerdCoordinator/Generate'));
+    const events = await collect(
+      c,
+      { prompt: 'Once upon a time', maxTokens: 4, sampling: GREEDY },
+      authMetadata(Buffer.from(key), nonce, '/herd.v1.HerdCoordinator/Generate'),
+    );
     t.is(events[events.length - 1].done?.decodeTokens, 4);
   } finally {
     c.close();

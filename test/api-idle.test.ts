@@ -15,7 +15,11 @@ test('a kept session is closed after --idle-timeout seconds idle; the next reque
   try {
     const state = async () => (await (await fetch(`${serve.url}/api/state`)).json()) as State;
     const complete = async (prompt: string) => {
-      const r = await fetch(`${serve.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: 4, temperature: 0 }) });
+      const r = await fetch(`${serve.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt, max_tokens: 4, temperature: 0 }),
+      });
       t.is(r.status, 200);
       return (await r.json()) as { usage: { prompt_tokens_details?: { cached_tokens?: number } } };
     };
@@ -26,11 +30,12 @@ test('a kept session is closed after --idle-timeout seconds idle; the next reque
     // idle. On a machine so loaded that the answer came later, it may be gone already; the
     // session.expired line below still shows it was kept (only an idle session expires).
     if (Date.now() - t0 < IDLE_S * 1000 - 100) t.is(kept.sessions.idle, 1, 'kept for prompt reuse');
-    else t.log(`/api/state answered ${Date.now() - t0} ms after the request was sent: too late to see the session idle`);
+    else
+      t.log(`/api/state answered ${Date.now() - t0} ms after the request was sent: too late to see the session idle`);
     const expired = await serve.waitFor((e) => e.event === 'session.expired', HUNG_MS);
     t.true(Date.now() - t0 >= IDLE_S * 1000, `not before ${IDLE_S} s`);
     t.is(expired.idleSeconds, IDLE_S);
-    t.true(Number(expired.tokens) > 0, 'the expired session held the request\'s tokens');
+    t.true(Number(expired.tokens) > 0, "the expired session held the request's tokens");
     t.is((await state()).sessions.idle, 0);
     // The same prompt again: nothing is cached any more, and generation works as before.
     const again = await complete('Once upon a time');

@@ -10,12 +10,19 @@ import { herdBin, repoRoot } from './helpers/paths.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 
 /** Starts herd serve inside a namespace; resolves once it listens, with its JSON log lines. */
-function serveIn(lan: TestLan, host: LanHost, args: readonly string[]): Promise<{ child: ChildProcess; events: Record<string, unknown>[] }> {
+function serveIn(
+  lan: TestLan,
+  host: LanHost,
+  args: readonly string[],
+): Promise<{ child: ChildProcess; events: Record<string, unknown>[] }> {
   const child = lan.spawn(host, process.execPath, [herdBin, 'serve', ...args], { cwd: repoRoot });
   const events: Record<string, unknown>[] = [];
   let err = '';
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`herd serve did not start in ${HUNG_MS / 1000} s:\n${err}`)), HUNG_MS);
+    const timer = setTimeout(
+      () => reject(new Error(`herd serve did not start in ${HUNG_MS / 1000} s:\n${err}`)),
+      HUNG_MS,
+    );
     child.stderr?.setEncoding('utf8').on('data', (d: string) => {
       err += d;
       for (const line of d.split('\n')) {
@@ -34,7 +41,11 @@ function serveIn(lan: TestLan, host: LanHost, args: readonly string[]): Promise<
   });
 }
 
-function runIn(lan: TestLan, host: LanHost, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runIn(
+  lan: TestLan,
+  host: LanHost,
+  args: readonly string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = lan.spawn(host, process.execPath, [herdBin, ...args], { cwd: repoRoot });
   let stdout = '';
   let stderr = '';
@@ -54,7 +65,15 @@ test('--server auto finds herd serve over mDNS on the LAN; a loopback server sta
   const adv = lanServe.events.find((e) => e.event === 'mdns.advertise');
   t.truthy(adv, 'advertised');
   // The browse ends at the first server that answers: the timeout only bounds a hung one.
-  const found = await runIn(lan, client, [...args, '--server', 'auto', '--interface', 'eth0', '--discovery-timeout', '60']);
+  const found = await runIn(lan, client, [
+    ...args,
+    '--server',
+    'auto',
+    '--interface',
+    'eth0',
+    '--discovery-timeout',
+    '60',
+  ]);
   t.is(found.code, 0, found.stderr);
   t.regex(found.stderr, new RegExp(`using herd-api-test.* at http://${server.ip.replace(/\./g, '\\.')}:8080`));
   const a = JSON.parse((await local).stdout) as { tokens: number[]; text: string };
@@ -67,7 +86,18 @@ test('--server auto finds herd serve over mDNS on the LAN; a loopback server sta
   const loopServe = await serveIn(lan, server, ['--host', '127.0.0.1', '--port', '8081']);
   t.truthy(loopServe.events.find((e) => e.event === 'mdns.skipped'));
   t.falsy(loopServe.events.find((e) => e.event === 'mdns.advertise'));
-  const none = await runIn(lan, client, ['run', '-n', '4', '--server', 'auto', '--interface', 'eth0', '--discovery-timeout', '1.5', 'x']);
+  const none = await runIn(lan, client, [
+    'run',
+    '-n',
+    '4',
+    '--server',
+    'auto',
+    '--interface',
+    'eth0',
+    '--discovery-timeout',
+    '1.5',
+    'x',
+  ]);
   t.is(none.code, 2);
   t.regex(none.stderr, /no herd serve answered over mDNS/);
 });
@@ -77,14 +107,27 @@ test('a node that boots after herd serve --nodes auto joins the plan at the next
   t.teardown(() => lan.close());
   const [server, late, client] = lan.hosts;
   const serve = await serveIn(lan, server, [
-    '--host', server.ip, '--port', '8080', '--nodes', 'auto', '--interface', 'eth0', '--discovery-timeout', '1', '--rediscover', '2', '--no-mdns',
+    '--host',
+    server.ip,
+    '--port',
+    '8080',
+    '--nodes',
+    'auto',
+    '--interface',
+    'eth0',
+    '--discovery-timeout',
+    '1',
+    '--rediscover',
+    '2',
+    '--no-mdns',
   ]);
   t.is(serve.events.find((e) => e.event === 'model.ready')?.mode, 'local', 'nobody answered yet: in-process');
   const cache = lan.exec(late, 'mktemp', ['-d']).trim();
   lan.spawn(late, process.execPath, [herdBin, 'node', '--interface', 'eth0', '--cache-dir', cache], { cwd: repoRoot });
   // The server looks again every 2 s; the node's start-up takes what the machine makes of it.
   const deadline = Date.now() + 2 * HUNG_MS;
-  while (!serve.events.some((e) => e.event === 'model.ready' && e.mode === 'cluster') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  while (!serve.events.some((e) => e.event === 'model.ready' && e.mode === 'cluster') && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 200));
   const changed = serve.events.find((e) => e.event === 'herd.changed');
   t.truthy(changed, 'the server saw the new node');
   const ready = serve.events.find((e) => e.event === 'model.ready' && e.mode === 'cluster');
@@ -92,9 +135,15 @@ test('a node that boots after herd serve --nodes auto joins the plan at the next
   t.regex(String(ready?.plan), /herd-h1@10\.77\.0\.11:7077/);
 
   const args = ['run', '--temp', '0', '-n', '24', '--json', 'Once upon a time'];
-  const [local, remote] = await Promise.all([herd(args), runIn(lan, client, [...args, '--server', `http://${server.ip}:8080`])]);
+  const [local, remote] = await Promise.all([
+    herd(args),
+    runIn(lan, client, [...args, '--server', `http://${server.ip}:8080`]),
+  ]);
   t.is(remote.code, 0, remote.stderr);
   const b = JSON.parse(remote.stdout) as { tokens: number[]; plan: { node: string }[] };
   t.deepEqual(b.tokens, (JSON.parse(local.stdout) as { tokens: number[] }).tokens);
-  t.deepEqual(b.plan.map((p) => p.node), ['herd-h1']);
+  t.deepEqual(
+    b.plan.map((p) => p.node),
+    ['herd-h1'],
+  );
 });

@@ -10,10 +10,26 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
   const serve = await startServe([]);
   try {
     const client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: 'none', maxRetries: 0 });
-    const a = await client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 20, temperature: 0 });
-    const b = await client.completions.create({ model: 'stories260K', prompt: 'The little dog', max_tokens: 30, temperature: 0.8, seed: 7 });
+    const a = await client.completions.create({
+      model: 'stories260K',
+      prompt: 'Once upon a time',
+      max_tokens: 20,
+      temperature: 0,
+    });
+    const b = await client.completions.create({
+      model: 'stories260K',
+      prompt: 'The little dog',
+      max_tokens: 30,
+      temperature: 0.8,
+      seed: 7,
+    });
     const stream = await client.chat.completions.create({
-      model: 'stories260K', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 25, temperature: 0, stream: true, stream_options: { include_usage: true },
+      model: 'stories260K',
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 25,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
     });
     let chatUsage: OpenAI.CompletionUsage | undefined;
     let chatFinish = '';
@@ -22,8 +38,16 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
       if (c.choices[0]?.finish_reason) chatFinish = c.choices[0].finish_reason;
     }
     const runs = [
-      { usage: a.usage as OpenAI.CompletionUsage, finish: a.choices[0].finish_reason as string, endpoint: 'completions' },
-      { usage: b.usage as OpenAI.CompletionUsage, finish: b.choices[0].finish_reason as string, endpoint: 'completions' },
+      {
+        usage: a.usage as OpenAI.CompletionUsage,
+        finish: a.choices[0].finish_reason as string,
+        endpoint: 'completions',
+      },
+      {
+        usage: b.usage as OpenAI.CompletionUsage,
+        finish: b.choices[0].finish_reason as string,
+        endpoint: 'completions',
+      },
       { usage: chatUsage as OpenAI.CompletionUsage, finish: chatFinish, endpoint: 'chat' },
     ];
     const generated = runs.reduce((s, r) => s + r.usage.completion_tokens, 0);
@@ -42,7 +66,8 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
     t.is(sum(samples, 'herd_time_to_first_token_seconds_count'), 3);
     t.is(sum(samples, 'herd_request_duration_seconds_count', { endpoint: 'completions' }), 2);
     t.is(sum(samples, 'herd_request_duration_seconds_count', { endpoint: 'chat' }), 1);
-    for (const r of runs) t.true(sum(samples, 'herd_generations_total', { endpoint: r.endpoint, outcome: r.finish }) >= 1);
+    for (const r of runs)
+      t.true(sum(samples, 'herd_generations_total', { endpoint: r.endpoint, outcome: r.finish }) >= 1);
     t.is(sum(samples, 'herd_generations_total'), 3);
     // One prefill step per request; a decode step per token after the first (and one more to see an EOS).
     // In-process, the one stage is this host, and its time is the step's.
@@ -51,7 +76,10 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
     t.is(sum(samples, 'herd_step_seconds_count', { phase: 'prefill' }), 3);
     t.is(sum(samples, 'herd_step_seconds_count', { phase: 'decode' }), decodeSteps);
     t.is(sum(samples, 'herd_stage_step_seconds_count', { node: hostname(), node_id: 'local', phase: 'prefill' }), 3);
-    t.is(sum(samples, 'herd_stage_step_seconds_count', { node: hostname(), node_id: 'local', phase: 'decode' }), decodeSteps);
+    t.is(
+      sum(samples, 'herd_stage_step_seconds_count', { node: hostname(), node_id: 'local', phase: 'decode' }),
+      decodeSteps,
+    );
     t.is(sum(samples, 'herd_stage_step_seconds_count'), 3 + decodeSteps);
     t.true(sum(samples, 'herd_tokens_per_second') > 0);
     t.is(sum(samples, 'herd_queue_depth'), 0);
@@ -61,7 +89,10 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
     t.true(sum(samples, 'herd_process_resident_memory_bytes') > 0);
 
     // Every stderr line is a JSON log event; each request left one request.done.
-    const lines = serve.stderr().split('\n').filter((l) => l.length > 0);
+    const lines = serve
+      .stderr()
+      .split('\n')
+      .filter((l) => l.length > 0);
     for (const l of lines) {
       const e = JSON.parse(l) as Record<string, unknown>;
       t.is(typeof e.event, 'string', l);
@@ -69,14 +100,20 @@ test('/metrics parses as Prometheus text and counts the tokens the requests gene
       t.true(['debug', 'info', 'warn', 'error'].includes(e.level as string), l);
     }
     const done = serve.events.filter((e) => e.event === 'request.done');
-    t.deepEqual(done.map((e) => e.completionTokens), runs.map((r) => r.usage.completion_tokens));
+    t.deepEqual(
+      done.map((e) => e.completionTokens),
+      runs.map((r) => r.usage.completion_tokens),
+    );
   } finally {
     await serve.stop();
   }
 });
 
 test('--log-level warn keeps info lines out; debug adds refused requests', async (t) => {
-  const [quiet, loud] = await Promise.all([startServe(['--log-level', 'warn'], { waitReady: false }), startServe(['--log-level', 'debug'])]);
+  const [quiet, loud] = await Promise.all([
+    startServe(['--log-level', 'warn'], { waitReady: false }),
+    startServe(['--log-level', 'debug']),
+  ]);
   try {
     for (const s of [quiet, loud]) await fetch(`${s.url}/v1/completions`, { method: 'POST', body: '{"prompt": 1}' });
     // Wait for the line itself, however long the pipe takes on a loaded machine.
@@ -86,7 +123,10 @@ test('--log-level warn keeps info lines out; debug adds refused requests', async
     // Lines the quiet server should not have written would have been written by now, before
     // its answer; a short grace for the pipe (a slow machine can only hide one, not invent one).
     await new Promise((r) => setTimeout(r, 100));
-    t.deepEqual(quiet.events.filter((e) => e.level === 'info' || e.level === 'debug'), []);
+    t.deepEqual(
+      quiet.events.filter((e) => e.level === 'info' || e.level === 'debug'),
+      [],
+    );
   } finally {
     await Promise.all([quiet.stop(), loud.stop()]);
   }

@@ -41,13 +41,23 @@ test('greedy: --server prints the same tokens and text as a local run, in the sa
   t.is(b.stop_reason, a.stop_reason);
   for (const k of ['text', 'tokens', 'prompt_tokens', 'stop_reason', 'seed', 'timings', 'plan']) t.true(k in b, k);
   t.deepEqual(Object.keys(b.timings).sort(), Object.keys(a.timings).sort());
-  t.deepEqual(Object.keys(b).filter((k) => k !== 'server'), Object.keys(a), 'the same keys in the same order');
-  t.deepEqual(b.plan.map((p) => p.layers), [[0, 5]]);
+  t.deepEqual(
+    Object.keys(b).filter((k) => k !== 'server'),
+    Object.keys(a),
+    'the same keys in the same order',
+  );
+  t.deepEqual(
+    b.plan.map((p) => p.layers),
+    [[0, 5]],
+  );
 });
 
 test('plain output: stdout is the continuation, as a local run prints it', async (t) => {
   const args = ['run', '--temp', '0', '-n', '40', 'The little dog'];
-  const [local, remote] = await Promise.all([herd(args), herd([...args, '--server', serve.url.replace('http://', '')], { env })]);
+  const [local, remote] = await Promise.all([
+    herd(args),
+    herd([...args, '--server', serve.url.replace('http://', '')], { env }),
+  ]);
   t.is(remote.code, 0, remote.stderr);
   t.is(remote.stdout, local.stdout);
   t.regex(remote.stderr, /server http:\/\/127\.0\.0\.1:\d+.*decode 40 tokens/);
@@ -65,10 +75,14 @@ test('a seed samples the same tokens on the server as locally; stop strings appl
 });
 
 test('server errors become one line on stderr and a non-zero exit', async (t) => {
-  const noKey = await herd(['run', '-n', '4', '--server', serve.url, 'x'], { env: { ...process.env, HERD_API_KEY: '' } });
+  const noKey = await herd(['run', '-n', '4', '--server', serve.url, 'x'], {
+    env: { ...process.env, HERD_API_KEY: '' },
+  });
   t.is(noKey.code, 1);
   t.regex(noKey.stderr, /^herd: error: server: .*API key.*\(401\)\n$/);
-  const wrongModel = await herd(['run', '-n', '4', '--server', serve.url, '--model', '/models/llama-7b.gguf', 'x'], { env });
+  const wrongModel = await herd(['run', '-n', '4', '--server', serve.url, '--model', '/models/llama-7b.gguf', 'x'], {
+    env,
+  });
   t.is(wrongModel.code, 1);
   t.regex(wrongModel.stderr, /llama-7b.*does not exist.*\(404\)/);
   const closed = await freePort();

@@ -19,7 +19,11 @@ interface Step {
 function drive(args: readonly string[], steps: Step[]): Promise<{ ok: boolean[]; status: number | null; out: string }> {
   // Each step waits for its output, so its timeout only bounds a hung chat (the driver's default
   // of 30 s is a start-up and model load away from a slow, loaded machine).
-  const spec = JSON.stringify({ cmd: [process.execPath, herdBin, ...args], cwd: repoRoot, steps: steps.map((s) => ({ timeout: 60, ...s })) });
+  const spec = JSON.stringify({
+    cmd: [process.execPath, herdBin, ...args],
+    cwd: repoRoot,
+    steps: steps.map((s) => ({ timeout: 60, ...s })),
+  });
   return new Promise((resolve, reject) => {
     execFile('python3', [ptyDrive, spec], { maxBuffer: 16 << 20, timeout: 300_000 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`pty driver: ${err.message}\n${stderr}`));
@@ -29,9 +33,15 @@ function drive(args: readonly string[], steps: Step[]): Promise<{ ok: boolean[];
 }
 
 /** Runs `herd chat ARGS` with `input` on a pipe; resolves with stdout and the exit code. */
-function piped(args: readonly string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function piped(
+  args: readonly string[],
+  input: string,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [herdBin, 'chat', ...args], { cwd: repoRoot, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [herdBin, 'chat', ...args], {
+      cwd: repoRoot,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -43,13 +53,19 @@ function piped(args: readonly string[], input: string): Promise<{ code: number |
 
 /** The replies in piped output: "> reply1\n> reply2\n> ". */
 function pipedReplies(stdout: string): string[] {
-  return stdout.replace(/^> /, '').split('\n> ').map((r) => r.replace(/\n$/, '')).filter((r) => r !== '');
+  return stdout
+    .replace(/^> /, '')
+    .split('\n> ')
+    .map((r) => r.replace(/\n$/, ''))
+    .filter((r) => r !== '');
 }
 
 /** Terminal output without escape sequences and with \n line ends. */
 function plain(out: string): string {
-  // eslint-disable-next-line no-control-regex
-  return out.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r\n/g, '\n').replace(/\r/g, '');
+  return out
+    .replace(new RegExp(String.raw`\u001b\[[0-9;?]*[A-Za-z]`, 'g'), '')
+    .replace(/\r\n/g, '\n')
+    .replace(/\r/g, '');
 }
 
 /** The reply after the echoed line `said` in terminal output. */
@@ -72,7 +88,11 @@ test('in a terminal: two turns, /reset, /exit; the replies are those of the same
     { prompts: 4 },
     { send: '/exit\r' },
   ]);
-  t.deepEqual(r.ok, r.ok.map(() => true), plain(r.out));
+  t.deepEqual(
+    r.ok,
+    r.ok.map(() => true),
+    plain(r.out),
+  );
   t.is(r.status, 0, plain(r.out));
   const out = plain(r.out);
   const first = ttyReply(out, 'Hello there');
@@ -88,24 +108,34 @@ test('in a terminal: two turns, /reset, /exit; the replies are those of the same
 
 test('in a terminal: Ctrl-C stops a long reply and keeps the session; at the prompt it only says how to leave', async (t) => {
   // A long context and token limit: the reply is still being written when Ctrl-C arrives.
-  const r = await drive(['chat', '--temp', '0', '-n', '3000', '--ctx', '4096', '--timings'], [
-    { prompts: 1 },
-    { send: 'Tell me a long story\r', grow: 40 },
-    { send: '\u0003', text: '[stopped]' },
-    { prompts: 2 },
-    { send: 'And then?\r', grow: 40 },
-    { send: '\u0003', text: '[stopped]' },
-    { prompts: 3 },
-    { send: '\u0003', text: '/exit or Ctrl-D to leave' },
-    { prompts: 4 },
-    { send: '/exit\r' },
-  ]);
-  t.deepEqual(r.ok, r.ok.map(() => true), plain(r.out));
+  const r = await drive(
+    ['chat', '--temp', '0', '-n', '3000', '--ctx', '4096', '--timings'],
+    [
+      { prompts: 1 },
+      { send: 'Tell me a long story\r', grow: 40 },
+      { send: '\u0003', text: '[stopped]' },
+      { prompts: 2 },
+      { send: 'And then?\r', grow: 40 },
+      { send: '\u0003', text: '[stopped]' },
+      { prompts: 3 },
+      { send: '\u0003', text: '/exit or Ctrl-D to leave' },
+      { prompts: 4 },
+      { send: '/exit\r' },
+    ],
+  );
+  t.deepEqual(
+    r.ok,
+    r.ok.map(() => true),
+    plain(r.out),
+  );
   t.is(r.status, 0, plain(r.out));
   const out = plain(r.out);
   t.regex(ttyReply(out, 'Tell me a long story'), / \[stopped\]/);
   // The stopped turn left the session whole: the next turn goes on from it.
-  const turns = [...out.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({ prompt: Number(m[1]), reused: Number(m[2]) }));
+  const turns = [...out.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({
+    prompt: Number(m[1]),
+    reused: Number(m[2]),
+  }));
   t.is(turns.length, 2, out);
   t.true(turns[1].reused > turns[0].prompt, JSON.stringify(turns));
 });
@@ -114,7 +144,10 @@ test('--server: the same conversation through herd serve gives the replies the A
   const serve = await startServe(['--ctx', '1024']);
   try {
     const system = 'You are a storyteller.';
-    const p = await piped(['--server', serve.url, '--temp', '0', '-n', '40', '--system', system], 'Hello there\nTell me more\n/exit\n');
+    const p = await piped(
+      ['--server', serve.url, '--temp', '0', '-n', '40', '--system', system],
+      'Hello there\nTell me more\n/exit\n',
+    );
     t.is(p.code, 0, p.stderr);
     const replies = pipedReplies(p.stdout);
     t.is(replies.length, 2, p.stdout);
@@ -122,24 +155,37 @@ test('--server: the same conversation through herd serve gives the replies the A
     const messages: { role: string; content: string }[] = [{ role: 'system', content: system }];
     for (const [i, said] of ['Hello there', 'Tell me more'].entries()) {
       messages.push({ role: 'user', content: said });
-      const r = await fetch(`${serve.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, max_tokens: 40, temperature: 0 }) });
+      const r = await fetch(`${serve.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ messages, max_tokens: 40, temperature: 0 }),
+      });
       const reply = ((await r.json()) as { choices: { message: { content: string } }[] }).choices[0].message.content;
       t.is(replies[i], reply, `turn ${i + 1}`);
       messages.push({ role: 'assistant', content: reply });
     }
     // and a local chat of the same conversation agrees
-    const local = await piped(['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system], 'Hello there\nTell me more\n');
+    const local = await piped(
+      ['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system],
+      'Hello there\nTell me more\n',
+    );
     t.deepEqual(pipedReplies(local.stdout), replies);
   } finally {
     await serve.stop();
   }
 });
 
-test('one session across turns: the second turn computes only what follows it, /reset starts fresh; the replies are cold sessions\'', async (t) => {
+test("one session across turns: the second turn computes only what follows it, /reset starts fresh; the replies are cold sessions'", async (t) => {
   const system = 'You are a storyteller.';
-  const p = await piped(['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system, '--timings'], 'Hello there\nTell me more\n/reset\nHello there\n');
+  const p = await piped(
+    ['--temp', '0', '-n', '40', '--ctx', '1024', '--system', system, '--timings'],
+    'Hello there\nTell me more\n/reset\nHello there\n',
+  );
   t.is(p.code, 0, p.stderr);
-  const turns = [...p.stderr.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({ prompt: Number(m[1]), reused: Number(m[2]), computed: Number(m[3]) }));
+  const turns = [...p.stderr.matchAll(/^herd: prompt (\d+) tokens \((\d+) reused, (\d+) computed\)/gm)].map((m) => ({
+    prompt: Number(m[1]),
+    reused: Number(m[2]),
+    computed: Number(m[3]),
+  }));
   t.is(turns.length, 3, p.stderr);
   const [one, two, afterReset] = turns;
   t.is(one.reused, 0);
@@ -158,8 +204,14 @@ test('one session across turns: the second turn computes only what follows it, /
     const messages: { role: string; content: string }[] = [{ role: 'system', content: system }];
     for (const [i, said] of ['Hello there', 'Tell me more'].entries()) {
       messages.push({ role: 'user', content: said });
-      const r = await fetch(`${serve.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, max_tokens: 40, temperature: 0, cache_prompt: false }) });
-      const body = (await r.json()) as { choices: { message: { content: string } }[]; usage: { prompt_tokens_details: { cached_tokens: number } } };
+      const r = await fetch(`${serve.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ messages, max_tokens: 40, temperature: 0, cache_prompt: false }),
+      });
+      const body = (await r.json()) as {
+        choices: { message: { content: string } }[];
+        usage: { prompt_tokens_details: { cached_tokens: number } };
+      };
       t.is(body.usage.prompt_tokens_details.cached_tokens, 0);
       t.is(replies[i], body.choices[0].message.content, `turn ${i + 1}`);
       messages.push({ role: 'assistant', content: body.choices[0].message.content });

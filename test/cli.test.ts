@@ -24,7 +24,10 @@ function referenceStdout(marker: string): string {
   const from = referenceText.indexOf(marker);
   const start = referenceText.indexOf('<<<\n', from) + 4;
   const end = referenceText.indexOf('\n>>>', start);
-  return referenceText.slice(start, end).replace(/^ Once upon a time/, '').replace(/\n+$/, '');
+  return referenceText
+    .slice(start, end)
+    .replace(/^ Once upon a time/, '')
+    .replace(/\n+$/, '');
 }
 
 function q4Ids(): number[] {
@@ -35,7 +38,7 @@ function q4Ids(): number[] {
 
 const greedy = ['run', '--temp', '0', '-n', '64', '--json', 'Once upon a time'];
 
-test('greedy run on the bundled model gives llama.cpp\'s 64 tokens and text', async (t) => {
+test("greedy run on the bundled model gives llama.cpp's 64 tokens and text", async (t) => {
   const r = await herd(greedy);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
@@ -43,7 +46,8 @@ test('greedy run on the bundled model gives llama.cpp\'s 64 tokens and text', as
   t.deepEqual(out.tokens, reference.generated_tokens);
   t.is(out.text, reference.content);
   t.is(out.text, referenceStdout('1. Greedy generation'));
-  for (const k of ['prompt_tokens', 'prompt_ms', 'prompt_tps', 'decode_tokens', 'decode_ms', 'decode_tps']) t.is(typeof out.timings[k], 'number', k);
+  for (const k of ['prompt_tokens', 'prompt_ms', 'prompt_tps', 'decode_tokens', 'decode_ms', 'decode_tps'])
+    t.is(typeof out.timings[k], 'number', k);
   t.is(out.timings.decode_tokens, 64);
 });
 
@@ -53,7 +57,7 @@ test('greedy run on the q8_0 file gives the same tokens as f32, as llama.cpp doe
   t.deepEqual((JSON.parse(r.stdout) as RunJson).tokens, reference.generated_tokens);
 });
 
-test('greedy run on the q4_0 file gives llama.cpp\'s q4_0 tokens and text', async (t) => {
+test("greedy run on the q4_0 file gives llama.cpp's q4_0 tokens and text", async (t) => {
   const r = await herd([...greedy, '--model', join(fixtureModels, 'stories260K-q4_0.gguf')]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
@@ -122,7 +126,7 @@ test('errors print one clear line and exit non-zero', async (t) => {
 // Every way yargs takes for help, as src/cli/yargs.ts must foresee them to load the renderer.
 const helpForms = [['--help'], ['-h'], ['--h'], ['-th'], ['help'], ['--help=true'], ['-n', '5', '-h', 'x']];
 
-test('every form of help yargs takes prints the command\'s help', async (t) => {
+test("every form of help yargs takes prints the command's help", async (t) => {
   const [first, ...rest] = await Promise.all(helpForms.map((f) => herd(['run', ...f])));
   t.is(first.code, 0, first.stderr);
   t.regex(first.stdout, /^herd run \[prompt\]\n\nGenerate a continuation/);
@@ -130,8 +134,10 @@ test('every form of help yargs takes prints the command\'s help', async (t) => {
   rest.forEach((r, i) => t.is(r.stdout, first.stdout, helpForms[i + 1].join(' ')));
 });
 
-test('only a line that can ask for help loads yargs\' help renderer', (t) => {
+test("only a line that can ask for help loads yargs' help renderer", (t) => {
   for (const f of helpForms) t.true(mayShowHelp(['run', ...f]), f.join(' '));
-  t.false(mayShowHelp(['run', '--model', 'm.gguf', '-t', '2', '-n', '64', '--threads', '2', '--json', 'Once upon a time']));
+  t.false(
+    mayShowHelp(['run', '--model', 'm.gguf', '-t', '2', '-n', '64', '--threads', '2', '--json', 'Once upon a time']),
+  );
   t.false(mayShowHelp(['chat', '--no-help', '--hostname-like', 'x']));
 });

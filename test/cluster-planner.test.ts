@@ -20,7 +20,11 @@ const shape: ModelShape = {
 };
 
 const node = (name: string, gbps: number, memGiB: number): PlanNode => ({
-  id: name, name, address: `${name}:7077`, throughput: gbps * 1e9, memAvailable: memGiB * GiB,
+  id: name,
+  name,
+  address: `${name}:7077`,
+  throughput: gbps * 1e9,
+  memAvailable: memGiB * GiB,
 });
 
 const ranges = (p: ReturnType<typeof plan>) => p.stages.map((s) => [s.node.name, s.start, s.end]);
@@ -34,7 +38,10 @@ test('equal nodes split the layers evenly, contiguous and covering the model', (
   // Balanced in time, not in layer count: the last stage also streams the head.
   const secs = p.stages.map((s) => s.seconds);
   t.true(Math.max(...secs) - Math.min(...secs) <= (40 * MiB) / 1e9 + 1e-9, JSON.stringify(ranges(p)));
-  t.deepEqual(p.stages.map((s) => s.end - s.start), [8, 8, 6]);
+  t.deepEqual(
+    p.stages.map((s) => s.end - s.start),
+    [8, 8, 6],
+  );
 });
 
 test('a twice-as-fast node gets about twice the layers', (t) => {
@@ -55,7 +62,10 @@ test('a node that would slow the pipeline is left out, unless --stages asks for 
   const forced = plan(nodes, shape, { stages: 3 });
   t.is(forced.stages.length, 3);
   t.true(forced.stages.some((s) => s.node.name === 'snail'));
-  t.is(forced.stages.find((s) => s.node.name === 'snail')!.end - forced.stages.find((s) => s.node.name === 'snail')!.start, 1);
+  t.is(
+    forced.stages.find((s) => s.node.name === 'snail')!.end - forced.stages.find((s) => s.node.name === 'snail')!.start,
+    1,
+  );
   t.true(forced.bottleneckSeconds > auto.bottleneckSeconds);
 });
 
@@ -69,12 +79,17 @@ test('memory decides the split when a node is small', (t) => {
 
 test('a model that does not fit names the short node and by how much', (t) => {
   const e = t.throws(() => plan([node('pi-a', 1, 0.4), node('pi-b', 1, 0.3)], shape), { instanceOf: PlanError });
-  t.regex(e!.message, /does not fit: node pi-\w \(pi-\w:7077\) would need [\d.]+ MiB for layers \[\d+, \d+\) .* short by [\d.]+ MiB/);
+  t.regex(
+    e!.message,
+    /does not fit: node pi-\w \(pi-\w:7077\) would need [\d.]+ MiB for layers \[\d+, \d+\) .* short by [\d.]+ MiB/,
+  );
 });
 
 test('--stages beyond the nodes or the layers is refused clearly', (t) => {
   t.throws(() => plan([node('a', 1, 8)], shape, { stages: 2 }), { message: /more stages than the 1 node/ });
-  t.throws(() => plan([node('a', 1, 8)], { ...shape, nLayers: 1, layerBytes: [1] }, { stages: 2 }), { message: /more stages than the model's 1 layers/ });
+  t.throws(() => plan([node('a', 1, 8)], { ...shape, nLayers: 1, layerBytes: [1] }, { stages: 2 }), {
+    message: /more stages than the model's 1 layers/,
+  });
 });
 
 test('stories260K over three equal nodes uses all three with --stages 3', (t) => {
@@ -83,7 +98,10 @@ test('stories260K over three equal nodes uses all three with --stages 3', (t) =>
   t.is(s.nLayers, 5);
   t.true(s.tiedHead || s.headBytes > 0);
   const p = plan([node('n1', 0.2, 4), node('n2', 0.2, 4), node('n3', 0.2, 4)], s, { stages: 3 });
-  t.deepEqual(p.stages.map((x) => x.end - x.start).reduce((a, b) => a + b, 0), 5);
+  t.deepEqual(
+    p.stages.map((x) => x.end - x.start).reduce((a, b) => a + b, 0),
+    5,
+  );
   t.is(p.stages.length, 3);
 });
 
@@ -101,5 +119,8 @@ test('ranges the nodes already hold win among equally fast plans (noise does not
 test('a held range that is much slower than the best plan is not kept', (t) => {
   const nodes = [node('a', 1, 8), { ...node('b', 1, 8), holds: [[0, 21] as const] }];
   const p = plan(nodes, shape);
-  t.true(p.stages.every((s) => s.end - s.start < 21), JSON.stringify(ranges(p)));
+  t.true(
+    p.stages.every((s) => s.end - s.start < 21),
+    JSON.stringify(ranges(p)),
+  );
 });

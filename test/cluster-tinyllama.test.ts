@@ -23,7 +23,21 @@ test.before(async () => {
   if (!existsSync(model)) synthShape('tinyllama', 'q4_0', 1, model);
   dir = mkdtempSync(join(tmpdir(), 'herd-tinyllama-'));
   for (const i of [0, 1]) {
-    nodes.push(await startNode(['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', join(dir, `node${i}`), '--cluster-key', KEY, '--name', `tl-${i}`]));
+    nodes.push(
+      await startNode([
+        '--no-mdns',
+        '--host',
+        '127.0.0.1',
+        '--port',
+        '0',
+        '--cache-dir',
+        join(dir, `node${i}`),
+        '--cluster-key',
+        KEY,
+        '--name',
+        `tl-${i}`,
+      ]),
+    );
   }
 });
 
@@ -51,10 +65,15 @@ test('a 2-stage run of the synthetic TinyLlama gives the same greedy tokens as o
   t.is(herd.code, 0, herd.stderr);
   const a = JSON.parse(local.stdout) as RunJson;
   const b = JSON.parse(herd.stdout) as RunJson;
-  t.log(`one process: ${local.ms} ms, ${a.timings.decode_tps} tok/s; two stages: ${herd.ms} ms, ${b.timings.decode_tps} tok/s; plan ${JSON.stringify(b.plan.map((p) => p.layers))}`);
+  t.log(
+    `one process: ${local.ms} ms, ${a.timings.decode_tps} tok/s; two stages: ${herd.ms} ms, ${b.timings.decode_tps} tok/s; plan ${JSON.stringify(b.plan.map((p) => p.layers))}`,
+  );
   t.is(a.tokens.length, 4);
   t.deepEqual(b.tokens, a.tokens);
   t.is(b.plan.length, 2);
   t.deepEqual([b.plan[0].layers[0], b.plan[1].layers[1]], [0, 22]);
-  t.true(b.shards?.every((s) => s.source === 'fetched' && s.bytes_transferred > 100e6), JSON.stringify(b.shards));
+  t.true(
+    b.shards?.every((s) => s.source === 'fetched' && s.bytes_transferred > 100e6),
+    JSON.stringify(b.shards),
+  );
 });

@@ -17,7 +17,9 @@ const CHROMIUM = process.env.HERD_CHROMIUM ?? '/usr/bin/chromium';
 function ensureChromium(): string {
   if (existsSync(CHROMIUM)) return CHROMIUM;
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
-    throw new Error(`the dashboard test needs Chromium at ${CHROMIUM}: run "apt-get install -y chromium" as root (or set HERD_CHROMIUM)`);
+    throw new Error(
+      `the dashboard test needs Chromium at ${CHROMIUM}: run "apt-get install -y chromium" as root (or set HERD_CHROMIUM)`,
+    );
   }
   execFileSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'], {
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -35,16 +37,39 @@ let browser: Browser;
 test.before(async () => {
   const executablePath = ensureChromium();
   for (const name of ['pi-one', 'pi-two']) {
-    nodes.push(await startNode(['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', join(dir, name), '--name', name]));
+    nodes.push(
+      await startNode([
+        '--no-mdns',
+        '--host',
+        '127.0.0.1',
+        '--port',
+        '0',
+        '--cache-dir',
+        join(dir, name),
+        '--name',
+        name,
+      ]),
+    );
   }
-  serve = await startServe(['--nodes', nodes.map((n) => `127.0.0.1:${n.port}`).join(','), '--stages', '2', '--ctx', '1024'], {
-    env: { ...process.env, HERD_CACHE_DIR: join(dir, 'serve') },
-  });
+  serve = await startServe(
+    ['--nodes', nodes.map((n) => `127.0.0.1:${n.port}`).join(','), '--stages', '2', '--ctx', '1024'],
+    {
+      env: { ...process.env, HERD_CACHE_DIR: join(dir, 'serve') },
+    },
+  );
   browser = await chromium.launch({
     executablePath,
     headless: true,
     // As the environment notes say: no sandbox as root, and no background traffic off the machine.
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 });
 
@@ -65,9 +90,17 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   await page.goto(serve.url);
   await page.waitForSelector('body[data-loaded="true"]', { timeout: HUNG_MS });
 
-  const state = (await (await fetch(`${serve.url}/api/state`)).json()) as { nodes: { node: string; address: string; layers: [number, number] }[]; model: { layers: number } };
-  const listed = await page.$$eval('#nodes li.node', (lis) => lis.map((li) => ({ name: li.getAttribute('data-node'), text: li.textContent ?? '' })));
-  t.deepEqual(listed.map((n) => n.name), state.nodes.map((n) => n.node));
+  const state = (await (await fetch(`${serve.url}/api/state`)).json()) as {
+    nodes: { node: string; address: string; layers: [number, number] }[];
+    model: { layers: number };
+  };
+  const listed = await page.$$eval('#nodes li.node', (lis) =>
+    lis.map((li) => ({ name: li.getAttribute('data-node'), text: li.textContent ?? '' })),
+  );
+  t.deepEqual(
+    listed.map((n) => n.name),
+    state.nodes.map((n) => n.node),
+  );
   t.deepEqual([...listed.map((n) => n.name)].sort(), ['pi-one', 'pi-two']);
   for (const [i, n] of state.nodes.entries()) {
     t.true(listed[i].text.includes(n.address), listed[i].text);
@@ -76,7 +109,13 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   }
 
   // The ranges tile the model's layers: widths add up to the whole bar.
-  const ranges = await page.$$eval('#layers .range', (els) => els.map((e) => ({ node: e.getAttribute('data-node'), left: parseFloat((e as HTMLElement).style.left), width: parseFloat((e as HTMLElement).style.width) })));
+  const ranges = await page.$$eval('#layers .range', (els) =>
+    els.map((e) => ({
+      node: e.getAttribute('data-node'),
+      left: parseFloat((e as HTMLElement).style.left),
+      width: parseFloat((e as HTMLElement).style.width),
+    })),
+  );
   t.is(ranges.length, 2);
   t.is(Math.round(ranges.reduce((s, r) => s + r.width, 0)), 100);
   t.is(ranges[0].left, 0);
@@ -87,9 +126,17 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   // generate again until the page shows it, rather than bet on how soon it polls.
   const deadline = Date.now() + HUNG_MS;
   for (;;) {
-    const r = await fetch(`${serve.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 200, temperature: 0 }) });
+    const r = await fetch(`${serve.url}/v1/completions`, {
+      method: 'POST',
+      body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 200, temperature: 0 }),
+    });
     t.is(r.status, 200);
-    const shown = await page.waitForFunction(() => Number(document.getElementById('tps')?.textContent) > 0, undefined, { timeout: 5000 }).then(() => true, () => false);
+    const shown = await page
+      .waitForFunction(() => Number(document.getElementById('tps')?.textContent) > 0, undefined, { timeout: 5000 })
+      .then(
+        () => true,
+        () => false,
+      );
     if (shown) break;
     if (Date.now() > deadline) {
       t.fail('the page never showed tokens/s above zero');
@@ -98,7 +145,14 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   }
   t.true(Number(await page.textContent('#generated')) > 0);
   // Each node shows its own compute per token.
-  await page.waitForFunction(() => [...document.querySelectorAll('#nodes .stage-time')].every((e) => /^decode [\d.]+ · prefill [\d.]+ ms\/token$/.test(e.textContent ?? '')), undefined, { timeout: HUNG_MS });
+  await page.waitForFunction(
+    () =>
+      [...document.querySelectorAll('#nodes .stage-time')].every((e) =>
+        /^decode [\d.]+ · prefill [\d.]+ ms\/token$/.test(e.textContent ?? ''),
+      ),
+    undefined,
+    { timeout: HUNG_MS },
+  );
   t.is((await page.$$('#nodes .stage-time')).length, 2);
   await page.screenshot({ path: join(tmpdir(), 'herd-dashboard.png'), fullPage: true });
   t.deepEqual(errors, []);

@@ -5,7 +5,17 @@
 
 import test from 'ava';
 import { execFile, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
@@ -40,53 +50,72 @@ test('install.sh passes bash -n', (t) => {
   t.is(statSync(install).mode & 0o111, 0o111, 'executable');
 });
 
-test.serial('a dry run installs into a temporary root, changes nothing else, and keeps keys on a second run', async (t) => {
-  const keyFile = join(work, 'cluster.key');
-  writeFileSync(keyFile, 'the-herd-shared-secret\n');
-  const r = await sh([install, '--dry-run', '--root', root, '--role', 'both', '--key-file', keyFile, '--model', join(repoRoot, 'models/stories260K.gguf')]);
-  t.is(r.code, 0, r.stderr + r.stdout);
-  const at = (p: string) => join(root, p);
+test.serial(
+  'a dry run installs into a temporary root, changes nothing else, and keeps keys on a second run',
+  async (t) => {
+    const keyFile = join(work, 'cluster.key');
+    writeFileSync(keyFile, 'the-herd-shared-secret\n');
+    const r = await sh([
+      install,
+      '--dry-run',
+      '--root',
+      root,
+      '--role',
+      'both',
+      '--key-file',
+      keyFile,
+      '--model',
+      join(repoRoot, 'models/stories260K.gguf'),
+    ]);
+    t.is(r.code, 0, r.stderr + r.stdout);
+    const at = (p: string) => join(root, p);
 
-  // files, with the modes a real install gives them
-  t.is(readFileSync(at('etc/herd/cluster.key'), 'utf8'), 'the-herd-shared-secret');
-  t.is(mode(at('etc/herd/cluster.key')), '0400', 'the cluster key is readable by its owner only');
-  t.is(mode(at('etc/herd/api.key')), '0400');
-  t.true(readFileSync(at('etc/herd/api.key'), 'utf8').trim().length >= 32);
-  t.regex(readFileSync(at('etc/herd/herd.env'), 'utf8'), /^HERD_SERVE_ARGS=--host 0\.0\.0\.0 /m);
-  for (const u of ['herd-node', 'herd-serve']) {
-    t.is(readFileSync(at(`etc/systemd/system/${u}.service`), 'utf8'), readFileSync(join(deploy, 'systemd', `${u}.service`), 'utf8'));
-  }
-  const wrapper = readFileSync(at('usr/local/bin/herd'), 'utf8');
-  t.regex(wrapper, /^exec \/\S*node \/opt\/herd\/bin\/herd\.js "\$@"$/m);
-  t.is(mode(at('usr/local/bin/herd')), '0755');
-  t.true(existsSync(at('opt/herd/bin/herd.js')));
-  t.true(existsSync(at('opt/herd/src/cli/main.ts')));
-  t.false(existsSync(at('opt/herd/node_modules')), 'packages are installed by npm ci, not copied');
-  t.false(existsSync(at('opt/herd/test')));
-  t.is(statSync(at('var/lib/herd/models/model.gguf')).size, statSync(join(repoRoot, 'models/stories260K.gguf')).size);
-  t.is(mode(at('var/lib/herd')), '0750');
+    // files, with the modes a real install gives them
+    t.is(readFileSync(at('etc/herd/cluster.key'), 'utf8'), 'the-herd-shared-secret');
+    t.is(mode(at('etc/herd/cluster.key')), '0400', 'the cluster key is readable by its owner only');
+    t.is(mode(at('etc/herd/api.key')), '0400');
+    t.true(readFileSync(at('etc/herd/api.key'), 'utf8').trim().length >= 32);
+    t.regex(readFileSync(at('etc/herd/herd.env'), 'utf8'), /^HERD_SERVE_ARGS=--host 0\.0\.0\.0 /m);
+    for (const u of ['herd-node', 'herd-serve']) {
+      t.is(
+        readFileSync(at(`etc/systemd/system/${u}.service`), 'utf8'),
+        readFileSync(join(deploy, 'systemd', `${u}.service`), 'utf8'),
+      );
+    }
+    const wrapper = readFileSync(at('usr/local/bin/herd'), 'utf8');
+    t.regex(wrapper, /^exec \/\S*node \/opt\/herd\/bin\/herd\.js "\$@"$/m);
+    t.is(mode(at('usr/local/bin/herd')), '0755');
+    t.true(existsSync(at('opt/herd/bin/herd.js')));
+    t.true(existsSync(at('opt/herd/src/cli/main.ts')));
+    t.false(existsSync(at('opt/herd/node_modules')), 'packages are installed by npm ci, not copied');
+    t.false(existsSync(at('opt/herd/test')));
+    t.is(statSync(at('var/lib/herd/models/model.gguf')).size, statSync(join(repoRoot, 'models/stories260K.gguf')).size);
+    t.is(mode(at('var/lib/herd')), '0750');
 
-  // what it would do to the system, said, not done
-  t.regex(r.stdout, /^would run: chown herd:herd \/etc\/herd\/cluster\.key$/m);
-  t.regex(r.stdout, /^would run: \(cd \/opt\/herd && npm ci --omit=dev\)$/m);
-  t.regex(r.stdout, /^would run: systemctl enable --now herd-node\.service$/m);
-  t.regex(r.stdout, /^would run: systemctl enable --now herd-serve\.service$/m);
-  if (spawnSync('id', ['herd']).status !== 0) {
-    t.regex(r.stdout, /^would run: useradd --system .* herd$/m);
-    t.is(spawnSync('id', ['herd']).status, 1, 'no herd user was made');
-  }
-  t.false(existsSync('/etc/herd/cluster.key') && readFileSync('/etc/herd/cluster.key', 'utf8') === 'the-herd-shared-secret');
+    // what it would do to the system, said, not done
+    t.regex(r.stdout, /^would run: chown herd:herd \/etc\/herd\/cluster\.key$/m);
+    t.regex(r.stdout, /^would run: \(cd \/opt\/herd && npm ci --omit=dev\)$/m);
+    t.regex(r.stdout, /^would run: systemctl enable --now herd-node\.service$/m);
+    t.regex(r.stdout, /^would run: systemctl enable --now herd-serve\.service$/m);
+    if (spawnSync('id', ['herd']).status !== 0) {
+      t.regex(r.stdout, /^would run: useradd --system .* herd$/m);
+      t.is(spawnSync('id', ['herd']).status, 1, 'no herd user was made');
+    }
+    t.false(
+      existsSync('/etc/herd/cluster.key') && readFileSync('/etc/herd/cluster.key', 'utf8') === 'the-herd-shared-secret',
+    );
 
-  // a second run keeps the keys and the settings
-  writeFileSync(at('etc/herd/herd.env'), 'HERD_NODE_ARGS=--name pi-one\n');
-  const apiKey = readFileSync(at('etc/herd/api.key'), 'utf8');
-  const again = await sh([install, '--dry-run', '--root', root, '--role', 'serve', '--no-start']);
-  t.is(again.code, 0, again.stderr);
-  t.is(readFileSync(at('etc/herd/cluster.key'), 'utf8'), 'the-herd-shared-secret');
-  t.is(readFileSync(at('etc/herd/api.key'), 'utf8'), apiKey);
-  t.is(readFileSync(at('etc/herd/herd.env'), 'utf8'), 'HERD_NODE_ARGS=--name pi-one\n');
-  t.regex(again.stdout, /^would run: systemctl enable herd-serve\.service$/m);
-});
+    // a second run keeps the keys and the settings
+    writeFileSync(at('etc/herd/herd.env'), 'HERD_NODE_ARGS=--name pi-one\n');
+    const apiKey = readFileSync(at('etc/herd/api.key'), 'utf8');
+    const again = await sh([install, '--dry-run', '--root', root, '--role', 'serve', '--no-start']);
+    t.is(again.code, 0, again.stderr);
+    t.is(readFileSync(at('etc/herd/cluster.key'), 'utf8'), 'the-herd-shared-secret');
+    t.is(readFileSync(at('etc/herd/api.key'), 'utf8'), apiKey);
+    t.is(readFileSync(at('etc/herd/herd.env'), 'utf8'), 'HERD_NODE_ARGS=--name pi-one\n');
+    t.regex(again.stdout, /^would run: systemctl enable herd-serve\.service$/m);
+  },
+);
 
 test('install.sh refuses what it cannot do', async (t) => {
   const noDry = await sh([install, '--root', work]);
@@ -116,10 +145,15 @@ test.serial('the units pass systemd-analyze verify against the installed root', 
   }
   const dst = join(root, 'usr/lib/systemd/system');
   mkdirSync(dst, { recursive: true });
-  for (const f of readdirSync(stock)) if (/\.(target|slice)$/.test(f)) cpSync(join(stock, f), join(dst, f), { dereference: true });
-  const r = spawnSync('systemd-analyze', ['verify', `--root=${root}`, '/etc/systemd/system/herd-node.service', '/etc/systemd/system/herd-serve.service'], {
-    encoding: 'utf8',
-  });
+  for (const f of readdirSync(stock))
+    if (/\.(target|slice)$/.test(f)) cpSync(join(stock, f), join(dst, f), { dereference: true });
+  const r = spawnSync(
+    'systemd-analyze',
+    ['verify', `--root=${root}`, '/etc/systemd/system/herd-node.service', '/etc/systemd/system/herd-serve.service'],
+    {
+      encoding: 'utf8',
+    },
+  );
   t.is(r.status, 0, r.stderr);
   // verify only warns (exit 0) about a directive it cannot parse: there must be no warning at all.
   t.is(r.stderr.trim(), '');
@@ -139,7 +173,10 @@ test('every herd flag in the units, herd.env and compose.yaml exists', async (t)
     t.is(words[0], cmd, where);
     for (const w of words) if (w.startsWith('--')) t.true(flags[cmd].has(w), `${where}: herd ${cmd} has no ${w}`);
   };
-  for (const [u, cmd] of [['herd-node', 'node'], ['herd-serve', 'serve']] as const) {
+  for (const [u, cmd] of [
+    ['herd-node', 'node'],
+    ['herd-serve', 'serve'],
+  ] as const) {
     const unit = readFileSync(join(deploy, 'systemd', `${u}.service`), 'utf8');
     const exec = /^ExecStart=\/usr\/local\/bin\/herd (.*)$/m.exec(unit);
     t.truthy(exec, `${u}: ExecStart runs /usr/local/bin/herd`);
@@ -151,7 +188,10 @@ test('every herd flag in the units, herd.env and compose.yaml exists', async (t)
   check('serve', ['serve', ...(env as RegExpExecArray)[1].split(/\s+/)], 'herd.env');
 
   const compose = parse(readFileSync(join(deploy, 'compose.yaml'), 'utf8')) as {
-    services: Record<string, { command: string[]; network_mode?: string; build?: { dockerfile: string; context: string } }>;
+    services: Record<
+      string,
+      { command: string[]; network_mode?: string; build?: { dockerfile: string; context: string } }
+    >;
   };
   t.deepEqual(Object.keys(compose.services).sort(), ['node', 'serve']);
   for (const [name, s] of Object.entries(compose.services)) {

@@ -18,14 +18,18 @@ export function waitForLine(child: ChildProcess, re: RegExp, timeoutMs: number):
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';
-    const timer = setTimeout(() => done(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; stderr: ${err.slice(-2000)}`)), timeoutMs);
+    const timer = setTimeout(
+      () => done(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; stderr: ${err.slice(-2000)}`)),
+      timeoutMs,
+    );
     const onOut = (b: Buffer) => {
       out += b.toString();
       const m = out.split('\n').find((l) => re.test(l));
       if (m !== undefined) done(undefined, m);
     };
     const onErr = (b: Buffer) => (err += b.toString());
-    const onExit = (code: number | null) => done(new Error(`exited (${code}) before ${re}; stderr: ${err.slice(-2000)}`));
+    const onExit = (code: number | null) =>
+      done(new Error(`exited (${code}) before ${re}; stderr: ${err.slice(-2000)}`));
     const done = (e?: Error, line?: string) => {
       clearTimeout(timer);
       child.stdout?.off('data', onOut);
@@ -42,8 +46,15 @@ export function waitForLine(child: ChildProcess, re: RegExp, timeoutMs: number):
 
 test('TXT capabilities round-trip and junk is refused', (t) => {
   const caps = {
-    protocolVersion: PROTOCOL_VERSION, nodeId: 'abc123', name: 'pi-4', arch: 'arm64', backend: 'wasm',
-    memTotal: 4 * 2 ** 30, memAvailable: 3 * 2 ** 30, cores: 4, throughput: 123456789,
+    protocolVersion: PROTOCOL_VERSION,
+    nodeId: 'abc123',
+    name: 'pi-4',
+    arch: 'arm64',
+    backend: 'wasm',
+    memTotal: 4 * 2 ** 30,
+    memAvailable: 3 * 2 ** 30,
+    cores: 4,
+    throughput: 123456789,
   };
   t.deepEqual(capsFromTxt(capsToTxt(caps)), caps);
   t.is(capsFromTxt({ pv: '1' }), undefined);
@@ -74,7 +85,9 @@ test('a browser in one namespace finds two advertisers in two others over mDNS',
 
   const started = Date.now();
   // It ends once both answered: the timeout only bounds a hung browse.
-  const br = lan.spawn(browser, process.execPath, [...probe, 'browse', 'eth0', String(HUNG_MS), '2'], { cwd: repoRoot });
+  const br = lan.spawn(browser, process.execPath, [...probe, 'browse', 'eth0', String(HUNG_MS), '2'], {
+    cwd: repoRoot,
+  });
   const line = await waitForLine(br, /^\{/, 2 * HUNG_MS);
   const result = JSON.parse(line) as DiscoveryResult;
   t.log(`found ${result.nodes.length} nodes in ${Date.now() - started} ms (incl. process start-up)`);
@@ -91,7 +104,10 @@ test('a browser in one namespace finds two advertisers in two others over mDNS',
   // an idle responder that answers in milliseconds.
   const br2 = lan.spawn(browser, process.execPath, [...probe, 'browse', 'eth0', '5000'], { cwd: repoRoot });
   const again = JSON.parse(await waitForLine(br2, /^\{/, HUNG_MS)) as DiscoveryResult;
-  t.deepEqual(again.nodes.map((n) => n.caps.nodeId), ['node-beta']);
+  t.deepEqual(
+    again.nodes.map((n) => n.caps.nodeId),
+    ['node-beta'],
+  );
   await once(br2, 'exit');
 });
 
@@ -99,9 +115,26 @@ test('herd run --nodes auto with no daemon answering runs in-process and says so
   const lan = await createLan(1, 'alone');
   t.teardown(() => lan.close());
   const [host] = lan.hosts;
-  const ref = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { prompt: string; generated_tokens: number[] };
+  const ref = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
+    prompt: string;
+    generated_tokens: number[];
+  };
   const r = await runHerd(
-    ['run', '--nodes', 'auto', '--interface', 'eth0', '--discovery-timeout', '1', '--temp', '0', '-n', '16', '--json', ref.prompt],
+    [
+      'run',
+      '--nodes',
+      'auto',
+      '--interface',
+      'eth0',
+      '--discovery-timeout',
+      '1',
+      '--temp',
+      '0',
+      '-n',
+      '16',
+      '--json',
+      ref.prompt,
+    ],
     (cmd, args, opts) => lan.spawn(host, cmd, args, opts),
     180_000,
   );
@@ -109,5 +142,8 @@ test('herd run --nodes auto with no daemon answering runs in-process and says so
   t.regex(r.stderr, /no herd nodes answered over mDNS in 1 s: running in-process/);
   const out = JSON.parse(r.stdout) as { tokens: number[]; plan: { address: string; layers: number[] }[] };
   t.deepEqual(out.tokens, ref.generated_tokens.slice(0, 16));
-  t.deepEqual(out.plan.map((p) => [p.address, p.layers]), [['in-process', [0, 5]]]);
+  t.deepEqual(
+    out.plan.map((p) => [p.address, p.layers]),
+    [['in-process', [0, 5]]],
+  );
 });

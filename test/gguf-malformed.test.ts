@@ -3,7 +3,16 @@
 // and without a RangeError, a crash, a hang or a large allocation.
 
 import test from 'ava';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -31,7 +40,10 @@ writeGguf(basePath, {
     meta.u32('test.dup_b', 2),
     meta.array('test.words', MetaType.STRING, ['a', 'bc', 'def']),
     meta.array('test.nums', MetaType.INT32, [1, 2, 3]),
-    meta.array('test.nested', MetaType.ARRAY, [meta.nested(MetaType.UINT8, [1, 2]), meta.nested(MetaType.STRING, ['x'])]),
+    meta.array('test.nested', MetaType.ARRAY, [
+      meta.nested(MetaType.UINT8, [1, 2]),
+      meta.nested(MetaType.STRING, ['x']),
+    ]),
   ],
   tensors: [
     { name: 'a.weight', type: GgmlType.F32, dims: [8, 2], data: new Uint8Array(64).fill(1) },
@@ -47,7 +59,21 @@ const base: Uint8Array = new Uint8Array(readFileSync(basePath));
 // the truncation test derives from it the error each cut must produce.
 
 /** Least bytes an item of each metadata type takes, as the reader bounds counts with. */
-const itemMinBytes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 9: 12, 10: 8, 11: 8, 12: 8 };
+const itemMinBytes: Record<number, number> = {
+  0: 1,
+  1: 1,
+  2: 2,
+  3: 2,
+  4: 4,
+  5: 4,
+  6: 4,
+  7: 1,
+  8: 8,
+  9: 12,
+  10: 8,
+  11: 8,
+  12: 8,
+};
 const scalarBytes: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
 
 interface Field {
@@ -165,7 +191,7 @@ function splice(start: number, end: number, insert: Uint8Array): Uint8Array {
   return out;
 }
 
-function le(...parts: [('u32' | 'u64' | 'f32'), number | bigint][]): Uint8Array {
+function le(...parts: ['u32' | 'u64' | 'f32', number | bigint][]): Uint8Array {
   const size = parts.reduce((s, [k]) => s + (k === 'u64' ? 8 : 4), 0);
   const out = new Uint8Array(size);
   const v = new DataView(out.buffer);
@@ -184,7 +210,10 @@ function le(...parts: [('u32' | 'u64' | 'f32'), number | bigint][]): Uint8Array 
 
 let fileSeq = 0;
 
-interface Outcome { readonly error: unknown; readonly ms: number }
+interface Outcome {
+  readonly error: unknown;
+  readonly ms: number;
+}
 
 function parseOnce(path: string): Outcome {
   const t0 = performance.now();
@@ -245,7 +274,12 @@ const cases: Case[] = [
   { name: 'version 1', bytes: () => patch('version', 1), code: 'bad-version', names: /version 1\b/ },
   { name: 'version 4', bytes: () => patch('version', 4), code: 'bad-version', names: /version 4\b/ },
   { name: 'version 0', bytes: () => patch('version', 0), code: 'bad-version', names: /version 0\b/ },
-  { name: 'byte-swapped version 3 (big-endian file)', bytes: () => patch('version', 0x03000000), code: 'bad-version', names: /version .*big-endian/ },
+  {
+    name: 'byte-swapped version 3 (big-endian file)',
+    bytes: () => patch('version', 0x03000000),
+    code: 'bad-version',
+    names: /version .*big-endian/,
+  },
   { name: 'tensor count 2^63', bytes: () => patch('n_tensors', 1n << 63n), code: 'bad-count', names: /tensor count/ },
   { name: 'tensor count 2^40', bytes: () => patch('n_tensors', 1n << 40n), code: 'bad-count', names: /tensor count/ },
   { name: 'tensor count 2^64-1', bytes: () => patch('n_tensors', U64_MAX), code: 'bad-count', names: /tensor count/ },
@@ -253,67 +287,280 @@ const cases: Case[] = [
   { name: 'metadata count 2^40', bytes: () => patch('n_kv', 1n << 40n), code: 'bad-count', names: /metadata count/ },
 
   // Metadata
-  { name: 'key length 2^40', bytes: () => patch('kv#0.key.len', 1n << 40n), code: 'bad-string', names: /metadata key #0/ },
-  { name: 'key length 2^64-1', bytes: () => patch('kv#0.key.len', U64_MAX), code: 'bad-string', names: /metadata key #0/ },
-  { name: 'string value length 2^63', bytes: () => patch('kv[general.architecture].len', 1n << 63n), code: 'bad-string', names: /general\.architecture/ },
-  { name: 'string length one past the end of the file', bytes: () => patch('kv[general.architecture].len', base.length - at('kv[general.architecture].len').end + 1), code: 'bad-string', names: /general\.architecture/ },
-  { name: 'string array item length 2^40', bytes: () => patch('kv[test.words][1].len', 1n << 40n), code: 'bad-string', names: /test\.words/ },
-  { name: 'array count 2^40', bytes: () => patch('kv[test.nums].count', 1n << 40n), code: 'bad-count', names: /array "test\.nums"/ },
-  { name: 'array count 2^64-1', bytes: () => patch('kv[test.nums].count', U64_MAX), code: 'bad-count', names: /array "test\.nums"/ },
-  { name: 'string array count 2^40', bytes: () => patch('kv[test.words].count', 1n << 40n), code: 'bad-count', names: /array "test\.words"/ },
-  { name: 'unknown metadata value type 13', bytes: () => patch('kv[test.u32].type', 13), code: 'bad-value-type', names: /"test\.u32".*type 13/ },
-  { name: 'unknown metadata value type 2^32-1', bytes: () => patch('kv[test.u32].type', 0xffffffff), code: 'bad-value-type', names: /"test\.u32"/ },
-  { name: 'unknown array item type', bytes: () => patch('kv[test.nums].itemType', 13), code: 'bad-value-type', names: /array "test\.nums".*item type 13/ },
-  { name: 'unknown item type in a nested array', bytes: () => patch('kv[test.nested][1].itemType', 99), code: 'bad-value-type', names: /test\.nested.*item type 99/ },
-  { name: 'bool stored as 2', bytes: () => patch('kv[test.flag]', 2), code: 'bad-value-type', names: /"test\.flag".*bool/ },
-  { name: 'bool stored as 255', bytes: () => patch('kv[test.flag]', 255), code: 'bad-value-type', names: /"test\.flag".*bool/ },
-  { name: 'duplicate key', bytes: () => patchByteAt(at('kv#5.key').end - 1, 'a'), code: 'duplicate-key', names: /"test\.dup_a"/ },
-  { name: 'alignment 48 (not a power of two)', bytes: () => patch('kv[general.alignment]', 48), code: 'bad-alignment', names: /general\.alignment/ },
-  { name: 'alignment 0', bytes: () => patch('kv[general.alignment]', 0), code: 'bad-alignment', names: /general\.alignment/ },
+  {
+    name: 'key length 2^40',
+    bytes: () => patch('kv#0.key.len', 1n << 40n),
+    code: 'bad-string',
+    names: /metadata key #0/,
+  },
+  {
+    name: 'key length 2^64-1',
+    bytes: () => patch('kv#0.key.len', U64_MAX),
+    code: 'bad-string',
+    names: /metadata key #0/,
+  },
+  {
+    name: 'string value length 2^63',
+    bytes: () => patch('kv[general.architecture].len', 1n << 63n),
+    code: 'bad-string',
+    names: /general\.architecture/,
+  },
+  {
+    name: 'string length one past the end of the file',
+    bytes: () => patch('kv[general.architecture].len', base.length - at('kv[general.architecture].len').end + 1),
+    code: 'bad-string',
+    names: /general\.architecture/,
+  },
+  {
+    name: 'string array item length 2^40',
+    bytes: () => patch('kv[test.words][1].len', 1n << 40n),
+    code: 'bad-string',
+    names: /test\.words/,
+  },
+  {
+    name: 'array count 2^40',
+    bytes: () => patch('kv[test.nums].count', 1n << 40n),
+    code: 'bad-count',
+    names: /array "test\.nums"/,
+  },
+  {
+    name: 'array count 2^64-1',
+    bytes: () => patch('kv[test.nums].count', U64_MAX),
+    code: 'bad-count',
+    names: /array "test\.nums"/,
+  },
+  {
+    name: 'string array count 2^40',
+    bytes: () => patch('kv[test.words].count', 1n << 40n),
+    code: 'bad-count',
+    names: /array "test\.words"/,
+  },
+  {
+    name: 'unknown metadata value type 13',
+    bytes: () => patch('kv[test.u32].type', 13),
+    code: 'bad-value-type',
+    names: /"test\.u32".*type 13/,
+  },
+  {
+    name: 'unknown metadata value type 2^32-1',
+    bytes: () => patch('kv[test.u32].type', 0xffffffff),
+    code: 'bad-value-type',
+    names: /"test\.u32"/,
+  },
+  {
+    name: 'unknown array item type',
+    bytes: () => patch('kv[test.nums].itemType', 13),
+    code: 'bad-value-type',
+    names: /array "test\.nums".*item type 13/,
+  },
+  {
+    name: 'unknown item type in a nested array',
+    bytes: () => patch('kv[test.nested][1].itemType', 99),
+    code: 'bad-value-type',
+    names: /test\.nested.*item type 99/,
+  },
+  {
+    name: 'bool stored as 2',
+    bytes: () => patch('kv[test.flag]', 2),
+    code: 'bad-value-type',
+    names: /"test\.flag".*bool/,
+  },
+  {
+    name: 'bool stored as 255',
+    bytes: () => patch('kv[test.flag]', 255),
+    code: 'bad-value-type',
+    names: /"test\.flag".*bool/,
+  },
+  {
+    name: 'duplicate key',
+    bytes: () => patchByteAt(at('kv#5.key').end - 1, 'a'),
+    code: 'duplicate-key',
+    names: /"test\.dup_a"/,
+  },
+  {
+    name: 'alignment 48 (not a power of two)',
+    bytes: () => patch('kv[general.alignment]', 48),
+    code: 'bad-alignment',
+    names: /general\.alignment/,
+  },
+  {
+    name: 'alignment 0',
+    bytes: () => patch('kv[general.alignment]', 0),
+    code: 'bad-alignment',
+    names: /general\.alignment/,
+  },
   {
     name: 'alignment stored as f32 1.5',
-    bytes: () => splice(at('kv[general.alignment].type').start, at('kv[general.alignment]').end, le(['u32', MetaType.FLOAT32], ['f32', 1.5])),
-    code: 'bad-alignment', names: /general\.alignment/,
+    bytes: () =>
+      splice(
+        at('kv[general.alignment].type').start,
+        at('kv[general.alignment]').end,
+        le(['u32', MetaType.FLOAT32], ['f32', 1.5]),
+      ),
+    code: 'bad-alignment',
+    names: /general\.alignment/,
   },
   {
     // 3 * 2^32: its low 32 bits are zero, which a 32-bit power-of-two test would wave through.
     name: 'alignment stored as u64 3*2^32',
-    bytes: () => splice(at('kv[general.alignment].type').start, at('kv[general.alignment]').end, le(['u32', MetaType.UINT64], ['u64', 3n << 32n])),
-    code: 'bad-alignment', names: /general\.alignment/,
+    bytes: () =>
+      splice(
+        at('kv[general.alignment].type').start,
+        at('kv[general.alignment]').end,
+        le(['u32', MetaType.UINT64], ['u64', 3n << 32n]),
+      ),
+    code: 'bad-alignment',
+    names: /general\.alignment/,
   },
   {
     name: 'alignment stored as u64 2^53+2 (a bigint)',
-    bytes: () => splice(at('kv[general.alignment].type').start, at('kv[general.alignment]').end, le(['u32', MetaType.UINT64], ['u64', (1n << 53n) + 2n])),
-    code: 'bad-alignment', names: /general\.alignment/,
+    bytes: () =>
+      splice(
+        at('kv[general.alignment].type').start,
+        at('kv[general.alignment]').end,
+        le(['u32', MetaType.UINT64], ['u64', (1n << 53n) + 2n]),
+      ),
+    code: 'bad-alignment',
+    names: /general\.alignment/,
   },
 
   // Array nesting bombs
-  { name: 'arrays nested 9 deep', bytes: () => nestingBomb(9, 0n), code: 'bad-array', names: /"test\.nested" nests arrays deeper than 8/ },
-  { name: 'arrays nested 100000 deep', bytes: () => nestingBomb(100_000, 0n), code: 'bad-array', names: /"test\.nested" nests arrays deeper/ },
-  { name: 'nested array claiming 2^40 arrays', bytes: () => patch('kv[test.nested].count', 1n << 40n), code: 'bad-count', names: /array "test\.nested"/ },
-  { name: 'inner array claiming 2^40 items', bytes: () => patch('kv[test.nested][0].count', 1n << 40n), code: 'bad-count', names: /array "test\.nested"/ },
-  { name: 'every level claiming 2^32 arrays', bytes: () => nestingBomb(6, 1n << 32n), code: 'bad-count', names: /array "test\.nested"/ },
+  {
+    name: 'arrays nested 9 deep',
+    bytes: () => nestingBomb(9, 0n),
+    code: 'bad-array',
+    names: /"test\.nested" nests arrays deeper than 8/,
+  },
+  {
+    name: 'arrays nested 100000 deep',
+    bytes: () => nestingBomb(100_000, 0n),
+    code: 'bad-array',
+    names: /"test\.nested" nests arrays deeper/,
+  },
+  {
+    name: 'nested array claiming 2^40 arrays',
+    bytes: () => patch('kv[test.nested].count', 1n << 40n),
+    code: 'bad-count',
+    names: /array "test\.nested"/,
+  },
+  {
+    name: 'inner array claiming 2^40 items',
+    bytes: () => patch('kv[test.nested][0].count', 1n << 40n),
+    code: 'bad-count',
+    names: /array "test\.nested"/,
+  },
+  {
+    name: 'every level claiming 2^32 arrays',
+    bytes: () => nestingBomb(6, 1n << 32n),
+    code: 'bad-count',
+    names: /array "test\.nested"/,
+  },
 
   // Tensor index
-  { name: 'tensor name length 2^40', bytes: () => patch('tensor#0.name.len', 1n << 40n), code: 'bad-string', names: /name of tensor #0/ },
-  { name: 'tensor name of 64 bytes', bytes: () => splice(at('tensor#0.name.len').start, at('tensor#0.name').end, stringBytes('t'.repeat(64))), code: 'bad-tensor', names: /tensor #0 name/ },
-  { name: 'unknown ggml type 4 (removed Q4_2)', bytes: () => patch('t[a.weight].type', 4), code: 'unknown-type', names: /"a\.weight".*type 4\b/ },
-  { name: 'unknown ggml type 2^32-1', bytes: () => patch('t[a.weight].type', 0xffffffff), code: 'unknown-type', names: /"a\.weight"/ },
-  { name: 'n_dims 0', bytes: () => patch('t[a.weight].n_dims', 0), code: 'bad-shape', names: /"a\.weight" has 0 dimensions/ },
-  { name: 'n_dims 5', bytes: () => patch('t[a.weight].n_dims', 5), code: 'bad-shape', names: /"a\.weight" has 5 dimensions/ },
-  { name: 'n_dims 2^32-1', bytes: () => patch('t[a.weight].n_dims', 0xffffffff), code: 'bad-shape', names: /"a\.weight" has 4294967295 dimensions/ },
-  { name: 'a zero dimension', bytes: () => patch('t[a.weight].dim1', 0), code: 'bad-shape', names: /"a\.weight".*zero-sized dimension 1/ },
-  { name: 'dims whose product overflows', bytes: () => patch('t[a.weight].dim1', 1n << 62n), code: 'bad-shape', names: /"a\.weight".*overflows/ },
-  { name: 'one dim of 2^64-1', bytes: () => patch('t[a.weight].dim0', U64_MAX), code: 'bad-shape', names: /"a\.weight".*overflows/ },
-  { name: 'row length not a multiple of the Q8_0 block', bytes: () => patch('t[b.weight].dim0', 33), code: 'bad-shape', names: /"b\.weight" row length 33 .*Q8_0 block size 32/ },
-  { name: 'duplicate tensor name', bytes: () => patchByteAt(at('tensor#1.name').start, 'a'), code: 'duplicate-tensor', names: /"a\.weight"/ },
+  {
+    name: 'tensor name length 2^40',
+    bytes: () => patch('tensor#0.name.len', 1n << 40n),
+    code: 'bad-string',
+    names: /name of tensor #0/,
+  },
+  {
+    name: 'tensor name of 64 bytes',
+    bytes: () => splice(at('tensor#0.name.len').start, at('tensor#0.name').end, stringBytes('t'.repeat(64))),
+    code: 'bad-tensor',
+    names: /tensor #0 name/,
+  },
+  {
+    name: 'unknown ggml type 4 (removed Q4_2)',
+    bytes: () => patch('t[a.weight].type', 4),
+    code: 'unknown-type',
+    names: /"a\.weight".*type 4\b/,
+  },
+  {
+    name: 'unknown ggml type 2^32-1',
+    bytes: () => patch('t[a.weight].type', 0xffffffff),
+    code: 'unknown-type',
+    names: /"a\.weight"/,
+  },
+  {
+    name: 'n_dims 0',
+    bytes: () => patch('t[a.weight].n_dims', 0),
+    code: 'bad-shape',
+    names: /"a\.weight" has 0 dimensions/,
+  },
+  {
+    name: 'n_dims 5',
+    bytes: () => patch('t[a.weight].n_dims', 5),
+    code: 'bad-shape',
+    names: /"a\.weight" has 5 dimensions/,
+  },
+  {
+    name: 'n_dims 2^32-1',
+    bytes: () => patch('t[a.weight].n_dims', 0xffffffff),
+    code: 'bad-shape',
+    names: /"a\.weight" has 4294967295 dimensions/,
+  },
+  {
+    name: 'a zero dimension',
+    bytes: () => patch('t[a.weight].dim1', 0),
+    code: 'bad-shape',
+    names: /"a\.weight".*zero-sized dimension 1/,
+  },
+  {
+    name: 'dims whose product overflows',
+    bytes: () => patch('t[a.weight].dim1', 1n << 62n),
+    code: 'bad-shape',
+    names: /"a\.weight".*overflows/,
+  },
+  {
+    name: 'one dim of 2^64-1',
+    bytes: () => patch('t[a.weight].dim0', U64_MAX),
+    code: 'bad-shape',
+    names: /"a\.weight".*overflows/,
+  },
+  {
+    name: 'row length not a multiple of the Q8_0 block',
+    bytes: () => patch('t[b.weight].dim0', 33),
+    code: 'bad-shape',
+    names: /"b\.weight" row length 33 .*Q8_0 block size 32/,
+  },
+  {
+    name: 'duplicate tensor name',
+    bytes: () => patchByteAt(at('tensor#1.name').start, 'a'),
+    code: 'duplicate-tensor',
+    names: /"a\.weight"/,
+  },
 
   // Tensor data placement
-  { name: 'data offset misaligned', bytes: () => patch('t[b.weight].offset', 80), code: 'bad-offset', names: /"b\.weight".*not aligned to 32/ },
-  { name: 'data offset past the end', bytes: () => patch('t[c.weight].offset', 1n << 40n), code: 'bad-offset', names: /"c\.weight".*past the end/ },
-  { name: 'data offset 2^64-32 (aligned, would wrap in u64)', bytes: () => patch('t[c.weight].offset', U64_MAX - 31n), code: 'bad-offset', names: /"c\.weight".*past the end/ },
-  { name: 'data running past the end', bytes: () => patch('t[c.weight].offset', 192), code: 'bad-offset', names: /"c\.weight".*past the end/ },
-  { name: 'tensor grown past the end', bytes: () => patch('t[c.weight].dim0', 64), code: 'bad-offset', names: /"c\.weight".*past the end/ },
+  {
+    name: 'data offset misaligned',
+    bytes: () => patch('t[b.weight].offset', 80),
+    code: 'bad-offset',
+    names: /"b\.weight".*not aligned to 32/,
+  },
+  {
+    name: 'data offset past the end',
+    bytes: () => patch('t[c.weight].offset', 1n << 40n),
+    code: 'bad-offset',
+    names: /"c\.weight".*past the end/,
+  },
+  {
+    name: 'data offset 2^64-32 (aligned, would wrap in u64)',
+    bytes: () => patch('t[c.weight].offset', U64_MAX - 31n),
+    code: 'bad-offset',
+    names: /"c\.weight".*past the end/,
+  },
+  {
+    name: 'data running past the end',
+    bytes: () => patch('t[c.weight].offset', 192),
+    code: 'bad-offset',
+    names: /"c\.weight".*past the end/,
+  },
+  {
+    name: 'tensor grown past the end',
+    bytes: () => patch('t[c.weight].dim0', 64),
+    code: 'bad-offset',
+    names: /"c\.weight".*past the end/,
+  },
 ];
 
 function patchByteAt(offset: number, char: string): Uint8Array {
@@ -400,20 +647,31 @@ test('a file cut at every byte boundary fails with the error for the field it cu
   t.is(failures, 0);
   // Every kind of cut occurred: inside a fixed field, after a count, after a string length,
   // before the data section, inside the data.
-  for (const code of ['truncated', 'bad-count', 'bad-string', 'bad-offset']) t.true((seen.get(code) ?? 0) > 0, `${code}: ${JSON.stringify([...seen])}`);
+  for (const code of ['truncated', 'bad-count', 'bad-string', 'bad-offset'])
+    t.true((seen.get(code) ?? 0) > 0, `${code}: ${JSON.stringify([...seen])}`);
   times.sort((a, b) => a - b);
   const median = times[times.length >> 1];
   const slowest = times[times.length - 1];
   t.true(median < MAX_MEDIAN_MS, `median cut took ${median.toFixed(2)} ms`);
   t.true(slowest < MAX_MS, `slowest cut took ${slowest.toFixed(2)} ms`);
-  t.log(`${base.length} cuts: ${[...seen].map(([k, n]) => `${k} ${n}`).join(', ')}; median ${median.toFixed(3)} ms, slowest ${slowest.toFixed(2)} ms`);
+  t.log(
+    `${base.length} cuts: ${[...seen].map(([k, n]) => `${k} ${n}`).join(', ')}; median ${median.toFixed(3)} ms, slowest ${slowest.toFixed(2)} ms`,
+  );
 });
 
 test('a cut inside the data section names the first tensor that no longer fits', (t) => {
   const dataOffset = Math.ceil(layout.infoEnd / 32) * 32;
-  for (const [cut, tensor] of [[dataOffset + 1, 'a.weight'], [dataOffset + 64, 'b.weight'], [dataOffset + 140, 'c.weight'], [base.length - 1, 'c.weight']] as const) {
+  for (const [cut, tensor] of [
+    [dataOffset + 1, 'a.weight'],
+    [dataOffset + 64, 'b.weight'],
+    [dataOffset + 140, 'c.weight'],
+    [base.length - 1, 'c.weight'],
+  ] as const) {
     const { error } = parse(base.subarray(0, cut));
-    t.true(error instanceof GgufError && error.code === 'bad-offset' && error.message.includes(`"${tensor}"`), `cut at ${cut}: ${describe(error)}`);
+    t.true(
+      error instanceof GgufError && error.code === 'bad-offset' && error.message.includes(`"${tensor}"`),
+      `cut at ${cut}: ${describe(error)}`,
+    );
   }
 });
 
@@ -452,7 +710,9 @@ test('parsing a file that claims 2^40 array items allocates nothing for them', (
   const heap = after.heapUsed - before.heapUsed;
   const arrayBuffers = after.arrayBuffers - before.arrayBuffers;
   const peak = (process.resourceUsage().maxRSS - peakBefore) * 1024;
-  t.log(`80 parses: heapUsed ${(heap / 1024).toFixed(0)} KiB, arrayBuffers ${(arrayBuffers / 1024).toFixed(0)} KiB, peak RSS +${(peak / 1024).toFixed(0)} KiB`);
+  t.log(
+    `80 parses: heapUsed ${(heap / 1024).toFixed(0)} KiB, arrayBuffers ${(arrayBuffers / 1024).toFixed(0)} KiB, peak RSS +${(peak / 1024).toFixed(0)} KiB`,
+  );
   // Each parse reads through one 64 KiB window and builds a few small values; 2^26 items
   // would be at least 512 MiB. Peak RSS catches an allocation freed again before the end.
   t.true(heap < 4 * 1024 * 1024, `heapUsed grew ${heap} bytes`);
@@ -483,11 +743,29 @@ function oneKeyHeader(key: string, typeAndValue: Uint8Array): Uint8Array {
 test('claims that fit inside a huge file are still refused without allocating for them', (t) => {
   const cases: [string, Uint8Array, number, GgufErrorCode, RegExp][] = [
     // Just past what V8 can hold in one string: the reader must not read 512 MiB to find out.
-    ['string of 512 MiB', oneKeyHeader('big.str', le(['u32', MetaType.STRING], ['u64', 0x20000000n])), 0x20000000 + 4096, 'bad-string', /"big\.str"/],
+    [
+      'string of 512 MiB',
+      oneKeyHeader('big.str', le(['u32', MetaType.STRING], ['u64', 0x20000000n])),
+      0x20000000 + 4096,
+      'bad-string',
+      /"big\.str"/,
+    ],
     // More items than a JS array can hold.
-    ['array of 2^32 u8', oneKeyHeader('big.arr', le(['u32', MetaType.ARRAY], ['u32', MetaType.UINT8], ['u64', 1n << 32n])), 2 ** 32 + 4096, 'bad-count', /array "big\.arr"/],
+    [
+      'array of 2^32 u8',
+      oneKeyHeader('big.arr', le(['u32', MetaType.ARRAY], ['u32', MetaType.UINT8], ['u64', 1n << 32n])),
+      2 ** 32 + 4096,
+      'bad-count',
+      /array "big\.arr"/,
+    ],
     // A JS number per file byte: 2^28 items would be gigabytes of heap and seconds of parsing.
-    ['array of 2^28 u8', oneKeyHeader('big.arr', le(['u32', MetaType.ARRAY], ['u32', MetaType.UINT8], ['u64', 1n << 28n])), 2 ** 28 + 4096, 'bad-count', /array "big\.arr"/],
+    [
+      'array of 2^28 u8',
+      oneKeyHeader('big.arr', le(['u32', MetaType.ARRAY], ['u32', MetaType.UINT8], ['u64', 1n << 28n])),
+      2 ** 28 + 4096,
+      'bad-count',
+      /array "big\.arr"/,
+    ],
   ];
   for (const [what, head, size, code, names] of cases) {
     const path = sparseFile(`sparse-${code}.gguf`, head, size);

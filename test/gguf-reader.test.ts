@@ -4,7 +4,16 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  bf16BytesToF32, bf16ToF32, f16BytesToF32, f16ToF32, f32Bits, f32FromBits, f32ToBf16, f32ToBf16Bytes, f32ToF16, f32ToF16Bytes,
+  bf16BytesToF32,
+  bf16ToF32,
+  f16BytesToF32,
+  f16ToF32,
+  f32Bits,
+  f32FromBits,
+  f32ToBf16,
+  f32ToBf16Bytes,
+  f32ToF16,
+  f32ToF16Bytes,
 } from '../src/ggml/half.ts';
 import { GgmlType, ggmlTypeInfo } from '../src/ggml/types.ts';
 import { GgufError, GgufFile, MetaType, type GgufErrorCode, type MetadataValue } from '../src/gguf/reader.ts';
@@ -35,7 +44,11 @@ function deterministicBytes(n: number, seed: number): Uint8Array {
   const out = new Uint8Array(n);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     out[i] = x & 0xff;
   }
   return out;
@@ -177,7 +190,10 @@ for (const alignment of [undefined, 32, 64, 128]) {
     t.is(g.dataOffset % align, 0);
     t.is(g.fileSize, statSync(path).size);
     t.is(g.fileSize, written.fileSize);
-    t.deepEqual(g.tensors.map((x) => x.name), tensors.map((x) => x.name));
+    t.deepEqual(
+      g.tensors.map((x) => x.name),
+      tensors.map((x) => x.name),
+    );
     let expectedEnd = g.dataOffset;
     for (const [i, spec] of tensors.entries()) {
       const info = g.requireTensor(spec.name);
@@ -226,9 +242,22 @@ test('a tensor produced by a chunk generator is streamed to the file', (t) => {
 test('a generator that yields the wrong byte count fails and leaves no file behind', (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'short.gguf');
-  const err = t.throws(() => writeGguf(path, {
-    tensors: [{ name: 'short', type: GgmlType.F32, dims: [8], data: function* () { yield new Uint8Array(16); } }],
-  }), { instanceOf: GgufError });
+  const err = t.throws(
+    () =>
+      writeGguf(path, {
+        tensors: [
+          {
+            name: 'short',
+            type: GgmlType.F32,
+            dims: [8],
+            data: function* () {
+              yield new Uint8Array(16);
+            },
+          },
+        ],
+      }),
+    { instanceOf: GgufError },
+  );
   t.is(err?.code, 'bad-tensor');
   t.regex(err?.message ?? '', /"short"/);
   t.false(existsSync(path));
@@ -241,17 +270,76 @@ test('the writer refuses values and tensors it cannot encode faithfully', (t) =>
     ['u8 out of range', () => writeGguf(path, { metadata: [meta.u8('k.u8', 256)] }), 'bad-value-type', /k\.u8/],
     ['i32 not an integer', () => writeGguf(path, { metadata: [meta.i32('k.i32', 1.5)] }), 'bad-value-type', /k\.i32/],
     ['u64 negative', () => writeGguf(path, { metadata: [meta.u64('k.u64', -1n)] }), 'bad-value-type', /k\.u64/],
-    ['u64 unsafe number', () => writeGguf(path, { metadata: [meta.u64('k.u64', 2 ** 60)] }), 'bad-value-type', /k\.u64/],
-    ['array item of the wrong kind', () => writeGguf(path, { metadata: [meta.array('k.arr', MetaType.STRING, ['a', 1])] }), 'bad-value-type', /k\.arr.*\[1\]/],
+    [
+      'u64 unsafe number',
+      () => writeGguf(path, { metadata: [meta.u64('k.u64', 2 ** 60)] }),
+      'bad-value-type',
+      /k\.u64/,
+    ],
+    [
+      'array item of the wrong kind',
+      () => writeGguf(path, { metadata: [meta.array('k.arr', MetaType.STRING, ['a', 1])] }),
+      'bad-value-type',
+      /k\.arr.*\[1\]/,
+    ],
     ['duplicate key', () => writeGguf(path, { metadata: [meta.u8('k', 1), meta.u8('k', 2)] }), 'duplicate-key', /"k"/],
-    ['alignment not a power of two', () => writeGguf(path, { metadata: [meta.u32('general.alignment', 48)] }), 'bad-alignment', /general\.alignment/],
-    ['alignment of the wrong type', () => writeGguf(path, { metadata: [meta.u64('general.alignment', 32)] }), 'bad-alignment', /general\.alignment/],
-    ['data length does not match the shape', () => writeGguf(path, { tensors: [{ name: 'w', type: GgmlType.F32, dims: [4], data: new Uint8Array(15) }] }), 'bad-tensor', /"w"/],
-    ['row length not a block multiple', () => writeGguf(path, { tensors: [tensorOf('q', GgmlType.Q4_0, [64], 1), { name: 'q2', type: GgmlType.Q4_0, dims: [48], data: new Uint8Array(27) }] }), 'bad-shape', /"q2"/],
-    ['five dimensions', () => writeGguf(path, { tensors: [{ name: 'w', type: GgmlType.I8, dims: [1, 1, 1, 1, 1], data: new Uint8Array(1) }] }), 'bad-shape', /"w"/],
-    ['unknown ggml type', () => writeGguf(path, { tensors: [{ name: 'w', type: 4 as GgmlType, dims: [32], data: new Uint8Array(20) }] }), 'unknown-type', /"w"/],
-    ['duplicate tensor', () => writeGguf(path, { tensors: [tensorOf('w', GgmlType.I8, [1], 1), tensorOf('w', GgmlType.I8, [1], 1)] }), 'duplicate-tensor', /"w"/],
-    ['name too long for ggml', () => writeGguf(path, { tensors: [tensorOf('n'.repeat(64), GgmlType.I8, [1], 1)] }), 'bad-tensor', /64 bytes/],
+    [
+      'alignment not a power of two',
+      () => writeGguf(path, { metadata: [meta.u32('general.alignment', 48)] }),
+      'bad-alignment',
+      /general\.alignment/,
+    ],
+    [
+      'alignment of the wrong type',
+      () => writeGguf(path, { metadata: [meta.u64('general.alignment', 32)] }),
+      'bad-alignment',
+      /general\.alignment/,
+    ],
+    [
+      'data length does not match the shape',
+      () => writeGguf(path, { tensors: [{ name: 'w', type: GgmlType.F32, dims: [4], data: new Uint8Array(15) }] }),
+      'bad-tensor',
+      /"w"/,
+    ],
+    [
+      'row length not a block multiple',
+      () =>
+        writeGguf(path, {
+          tensors: [
+            tensorOf('q', GgmlType.Q4_0, [64], 1),
+            { name: 'q2', type: GgmlType.Q4_0, dims: [48], data: new Uint8Array(27) },
+          ],
+        }),
+      'bad-shape',
+      /"q2"/,
+    ],
+    [
+      'five dimensions',
+      () =>
+        writeGguf(path, {
+          tensors: [{ name: 'w', type: GgmlType.I8, dims: [1, 1, 1, 1, 1], data: new Uint8Array(1) }],
+        }),
+      'bad-shape',
+      /"w"/,
+    ],
+    [
+      'unknown ggml type',
+      () => writeGguf(path, { tensors: [{ name: 'w', type: 4 as GgmlType, dims: [32], data: new Uint8Array(20) }] }),
+      'unknown-type',
+      /"w"/,
+    ],
+    [
+      'duplicate tensor',
+      () => writeGguf(path, { tensors: [tensorOf('w', GgmlType.I8, [1], 1), tensorOf('w', GgmlType.I8, [1], 1)] }),
+      'duplicate-tensor',
+      /"w"/,
+    ],
+    [
+      'name too long for ggml',
+      () => writeGguf(path, { tensors: [tensorOf('n'.repeat(64), GgmlType.I8, [1], 1)] }),
+      'bad-tensor',
+      /64 bytes/,
+    ],
   ];
   for (const [what, run, code, message] of cases) {
     const err = t.throws(run, { instanceOf: GgufError }, what);
@@ -261,7 +349,7 @@ test('the writer refuses values and tensors it cannot encode faithfully', (t) =>
   t.false(existsSync(path));
 });
 
-test('nested arrays up to the reader\'s depth limit of 8 parse', (t) => {
+test("nested arrays up to the reader's depth limit of 8 parse", (t) => {
   const path = join(tempDir(t), 'deep.gguf');
   let value = meta.nested(MetaType.UINT8, [1]);
   for (let i = 0; i < 6; i++) value = meta.nested(MetaType.ARRAY, [value]);
@@ -318,7 +406,12 @@ test('rewriting stories260K.gguf with copied metadata reproduces it byte for byt
   const metadata = copyMetadata(g);
   t.is(g.metadataTypes.get('tokenizer.ggml.scores')?.item?.type, MetaType.FLOAT32);
   t.is(g.metadataTypes.get('llama.block_count')?.type, MetaType.UINT32);
-  const tensors = g.tensors.map((x): TensorSpec => ({ name: x.name, dims: x.dims, type: x.type.id, data: g.readTensor(x) }));
+  const tensors = g.tensors.map((x): TensorSpec => ({
+    name: x.name,
+    dims: x.dims,
+    type: x.type.id,
+    data: g.readTensor(x),
+  }));
   const out = join(tempDir(t), 'stories260K.gguf');
   writeGguf(out, { metadata, tensors });
   const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
@@ -337,7 +430,9 @@ for (const variant of ['stories260K-q8_0.gguf', 'stories260K-q4_0.gguf']) {
   });
 }
 
-const vocabFiles = readdirSync(vocabDir).filter((f) => f.endsWith('.gguf')).sort();
+const vocabFiles = readdirSync(vocabDir)
+  .filter((f) => f.endsWith('.gguf'))
+  .sort();
 
 test('the shared vocab directory holds the llama.cpp vocab files', (t) => {
   t.true(vocabFiles.length >= 12, vocabFiles.join(', '));
@@ -381,13 +476,34 @@ function ggmlFp32ToFp16(f: number): number {
 
 test('f32 → f16 matches known bit patterns, including ties, subnormals, inf and nan', (t) => {
   const cases: [number, number][] = [
-    [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000], [0.5, 0x3800], [0.1, 0x2e66], [1 / 3, 0x3555],
-    [65504, 0x7bff], [65519, 0x7bff], [65520, 0x7c00], [1e6, 0x7c00], [-1e6, 0xfc00],
-    [Infinity, 0x7c00], [-Infinity, 0xfc00], [NaN, 0x7e00],
-    [2 ** -14, 0x0400], [2 ** -24, 0x0001], [-(2 ** -24), 0x8001], [1023 * 2 ** -24, 0x03ff],
-    [2 ** -25, 0x0000], [1.5 * 2 ** -25, 0x0001], [3 * 2 ** -25, 0x0002], [5 * 2 ** -25, 0x0002],
-    [1023.5 * 2 ** -24, 0x0400], [1e-45, 0x0000],
-    [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [1 + 2 ** -11 + 2 ** -20, 0x3c01],
+    [0, 0x0000],
+    [-0, 0x8000],
+    [1, 0x3c00],
+    [-2, 0xc000],
+    [0.5, 0x3800],
+    [0.1, 0x2e66],
+    [1 / 3, 0x3555],
+    [65504, 0x7bff],
+    [65519, 0x7bff],
+    [65520, 0x7c00],
+    [1e6, 0x7c00],
+    [-1e6, 0xfc00],
+    [Infinity, 0x7c00],
+    [-Infinity, 0xfc00],
+    [NaN, 0x7e00],
+    [2 ** -14, 0x0400],
+    [2 ** -24, 0x0001],
+    [-(2 ** -24), 0x8001],
+    [1023 * 2 ** -24, 0x03ff],
+    [2 ** -25, 0x0000],
+    [1.5 * 2 ** -25, 0x0001],
+    [3 * 2 ** -25, 0x0002],
+    [5 * 2 ** -25, 0x0002],
+    [1023.5 * 2 ** -24, 0x0400],
+    [1e-45, 0x0000],
+    [1 + 2 ** -11, 0x3c00],
+    [1 + 3 * 2 ** -11, 0x3c02],
+    [1 + 2 ** -11 + 2 ** -20, 0x3c01],
   ];
   for (const [x, bits] of cases) t.is(f32ToF16(x), bits, `f16(${x})`);
   t.is(f32ToF16(f32FromBits(0xffc00000)), 0xfe00, 'negative nan keeps its sign');
@@ -395,8 +511,15 @@ test('f32 → f16 matches known bit patterns, including ties, subnormals, inf an
 
 test('f16 → f32 matches known values and every f16 survives the round trip', (t) => {
   const cases: [number, number][] = [
-    [0x0001, 2 ** -24], [0x03ff, 1023 * 2 ** -24], [0x0400, 2 ** -14], [0x3c00, 1], [0xc000, -2],
-    [0x7bff, 65504], [0x7c00, Infinity], [0xfc00, -Infinity], [0x3555, 0.333251953125],
+    [0x0001, 2 ** -24],
+    [0x03ff, 1023 * 2 ** -24],
+    [0x0400, 2 ** -14],
+    [0x3c00, 1],
+    [0xc000, -2],
+    [0x7bff, 65504],
+    [0x7c00, Infinity],
+    [0xfc00, -Infinity],
+    [0x3555, 0.333251953125],
   ];
   for (const [bits, x] of cases) t.is(f16ToF32(bits), x, `f16 0x${bits.toString(16)}`);
   t.true(Object.is(f16ToF32(0x8000), -0));
@@ -411,7 +534,7 @@ test('f16 → f32 matches known values and every f16 survives the round trip', (
   t.is(mismatches, 0);
 });
 
-test('f32 → f16 agrees bit for bit with ggml\'s float-arithmetic conversion', (t) => {
+test("f32 → f16 agrees bit for bit with ggml's float-arithmetic conversion", (t) => {
   let mismatches = 0;
   let first = '';
   const check = (bits: number): void => {
@@ -443,12 +566,24 @@ test('f32 → f16 agrees bit for bit with ggml\'s float-arithmetic conversion', 
 
 test('f32 → bf16 rounds to nearest even, keeps subnormals, quiets nan', (t) => {
   const cases: [number, number][] = [
-    [0x3f800000, 0x3f80], [0xc0000000, 0xc000], [0x40490fdb, 0x4049], // 1, -2, pi
-    [0x3f808000, 0x3f80], [0x3f818000, 0x3f82], [0x3f808001, 0x3f81], // ties to even, above tie
-    [0x7f7fffff, 0x7f80], [0xff7fffff, 0xff80], // max finite rounds to infinity
-    [0x7f800000, 0x7f80], [0xff800000, 0xff80],
-    [0x00010000, 0x0001], [0x00008000, 0x0000], [0x00018000, 0x0002], [0x80010000, 0x8001], // subnormals
-    [0x7fc00000, 0x7fc0], [0x7f800001, 0x7fc0], [0xffa00000, 0xffe0], [0x7f810000, 0x7fc1], // nan
+    [0x3f800000, 0x3f80],
+    [0xc0000000, 0xc000],
+    [0x40490fdb, 0x4049], // 1, -2, pi
+    [0x3f808000, 0x3f80],
+    [0x3f818000, 0x3f82],
+    [0x3f808001, 0x3f81], // ties to even, above tie
+    [0x7f7fffff, 0x7f80],
+    [0xff7fffff, 0xff80], // max finite rounds to infinity
+    [0x7f800000, 0x7f80],
+    [0xff800000, 0xff80],
+    [0x00010000, 0x0001],
+    [0x00008000, 0x0000],
+    [0x00018000, 0x0002],
+    [0x80010000, 0x8001], // subnormals
+    [0x7fc00000, 0x7fc0],
+    [0x7f800001, 0x7fc0],
+    [0xffa00000, 0xffe0],
+    [0x7f810000, 0x7fc1], // nan
   ];
   for (const [bits, want] of cases) t.is(f32ToBf16(f32FromBits(bits)), want, `bf16(0x${bits.toString(16)})`);
   t.is(bf16ToF32(0x3f80), 1);

@@ -51,12 +51,21 @@ import { WasmBackend, WasmBackendError } from '../src/kernels/wasm/backend.ts';
 import { repoRoot } from './helpers/paths.ts';
 import { attentionStep, copyStep, edgeVector, randomVector, rng, weightPair } from './helpers/kernel-inputs.ts';
 import { f16AttentionBounds, summationBounds } from './helpers/kernel-bounds.ts';
-import { SUBJECTS, nativeAvailable, nativeIsas, relaxedAvailable, withBackend, type BackendErrorClass, type Subject } from './helpers/kernel-backends.ts';
+import {
+  SUBJECTS,
+  nativeAvailable,
+  nativeIsas,
+  relaxedAvailable,
+  withBackend,
+  type BackendErrorClass,
+  type Subject,
+} from './helpers/kernel-backends.ts';
 import { greedyMatchesJs } from './helpers/greedy.ts';
 import { activationMismatches, matmulMismatches } from './helpers/kernel-checks.ts';
 
 const run = promisify(execFile);
-const NOT_BUILT = 'the native addon is not built or does not load here: run `npm run build:native` (needs a C compiler); CI builds it';
+const NOT_BUILT =
+  'the native addon is not built or does not load here: run `npm run build:native` (needs a C compiler); CI builds it';
 const THREADS = [1, 2, 3];
 const ROWS = [1, 7, 33, 67];
 
@@ -84,8 +93,10 @@ function agreesWithJs(b: KernelBackend, pair: { own: Weight; js: Weight }, x: Fl
 test('the native addon is built and loads', (t) => {
   t.true(nativeAvailable, NOT_BUILT);
   t.true(nativeIsas.includes('scalar'));
-  if (process.arch === 'x64') t.true(nativeIsas.includes('avx2'), `an x64 build machine without AVX2? paths: ${nativeIsas.join(', ')}`);
-  if (process.arch === 'arm64') t.true(nativeIsas.includes('neon'), `an arm64 build without NEON? paths: ${nativeIsas.join(', ')}`);
+  if (process.arch === 'x64')
+    t.true(nativeIsas.includes('avx2'), `an x64 build machine without AVX2? paths: ${nativeIsas.join(', ')}`);
+  if (process.arch === 'arm64')
+    t.true(nativeIsas.includes('neon'), `an arm64 build without NEON? paths: ${nativeIsas.join(', ')}`);
 });
 
 test('relaxed SIMD is available and checked correct on this runtime (x64 and arm64 Node 20+)', (t) => {
@@ -124,11 +135,16 @@ for (const s of SUBJECTS) {
               b.matvec(w.own, ref.x, got);
               // wasm only: its K-quant dot products equal the js reference bit for bit.
               if (s.kind === 'wasm' && EXACT_K.has(info.name) && !got.every((v, r) => Object.is(v, ref.want[r]))) {
-                t.fail(`${w.own.name} (${s.label}): ${Array.from(got)} js ${Array.from(ref.want)} (expected identical)`);
+                t.fail(
+                  `${w.own.name} (${s.label}): ${Array.from(got)} js ${Array.from(ref.want)} (expected identical)`,
+                );
               }
               for (let r = 0; r < rows; r++) {
                 const err = Math.abs(got[r] - ref.want[r]);
-                if (!(err <= ref.bound[r])) t.fail(`${w.own.name} row ${r} (${s.label}): ${got[r]} js ${ref.want[r]} |Δ| ${err} > ${ref.bound[r]}`);
+                if (!(err <= ref.bound[r]))
+                  t.fail(
+                    `${w.own.name} row ${r} (${s.label}): ${got[r]} js ${ref.want[r]} |Δ| ${err} > ${ref.bound[r]}`,
+                  );
               }
             }
           }
@@ -173,8 +189,17 @@ for (const s of SUBJECTS) {
     await withBackend(s, { threads: 1 }, (one) =>
       withBackend(s, { threads: 3, minParallelBytes: 4096 }, (three) => {
         const info = supportedTypes.find((ty) => ty.name === 'Q4_0')!;
-        const shapes = [[5, 64], [67, 256], [300, 96], [2, 512], [1000, 32]];
-        const pairs = shapes.map(([rows, cols], i) => ({ a: weightPair(one, info, rows, cols, 50 + i).own, b: weightPair(three, info, rows, cols, 50 + i).own }));
+        const shapes = [
+          [5, 64],
+          [67, 256],
+          [300, 96],
+          [2, 512],
+          [1000, 32],
+        ];
+        const pairs = shapes.map(([rows, cols], i) => ({
+          a: weightPair(one, info, rows, cols, 50 + i).own,
+          b: weightPair(three, info, rows, cols, 50 + i).own,
+        }));
         const next = rng(9);
         for (let k = 0; k < 3000; k++) {
           const { a, b } = pairs[k % pairs.length];
@@ -183,7 +208,8 @@ for (const s of SUBJECTS) {
           const got = new Float32Array(a.rows);
           one.matvec(a, x, want);
           three.matvec(b, x, got);
-          if (!got.every((v, r) => Object.is(v, want[r]))) return t.fail(`product ${k} (${a.name}) differs between 3 threads and 1`);
+          if (!got.every((v, r) => Object.is(v, want[r])))
+            return t.fail(`product ${k} (${a.name}) differs between 3 threads and 1`);
         }
         t.pass();
       }),
@@ -193,21 +219,44 @@ for (const s of SUBJECTS) {
   test(`${s.label}: Q8_0, Q8_1, Q8_K, f16 and bf16 activations are bit for bit those of activation.ts`, async (t) => {
     const next = rng(7);
     const edge = edgeVector(next); // 512 values
-    const inputs = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)];
+    const inputs = [
+      edge,
+      edge.map((v) => -v),
+      randomVector(2048, next),
+      randomVector(256, next).map((v) => v * 1000),
+      randomVector(2080, next),
+    ];
     await withBackend(s, { threads: 1 }, (b) => {
       for (const x of inputs) t.deepEqual(activationMismatches(b, x), []);
-      t.throws(() => b.activation('q8_k', new Float32Array(96), 96), { instanceOf: s.error, message: /q8_k activations need a multiple of 256 values, got 96/ });
+      t.throws(() => b.activation('q8_k', new Float32Array(96), 96), {
+        instanceOf: s.error,
+        message: /q8_k activations need a multiple of 256 values, got 96/,
+      });
     });
   });
 }
 
 /** [nHeads, nKvHeads, headDim]: groups of 1, 4 and 8 query heads per KV head; 18 leaves row tails. */
-const HEADS: [number, number, number][] = [[4, 4, 16], [12, 3, 80], [16, 2, 64], [8, 1, 80], [6, 3, 18]];
+const HEADS: [number, number, number][] = [
+  [4, 4, 16],
+  [12, 3, 80],
+  [16, 2, 64],
+  [8, 1, 80],
+  [6, 3, 18],
+];
 
 // Steps (q as drawn) and the js reference's results (q rounded, out), shared by every backend and thread count.
 const attentionCases = new Map<string, { step: AttentionStep; want: AttentionStep }>();
 
-function attentionCase(nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, half: boolean, qScale = 3) {
+function attentionCase(
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  start: number,
+  n: number,
+  half: boolean,
+  qScale = 3,
+) {
   const key = `${nHeads} ${nKvHeads} ${headDim} ${start} ${n} ${half} ${qScale}`;
   let c = attentionCases.get(key);
   if (!c) {
@@ -246,7 +295,8 @@ for (const s of SUBJECTS) {
                 const bound = half ? 1e-5 + 2 ** -10 + (start + n) * 2 ** -24 : 1e-5;
                 for (let i = 0; i < want.out.length; i++) {
                   const err = Math.abs(got.out[i] - want.out[i]);
-                  if (!(err <= bound)) t.fail(`${label}: out[${i}] ${got.out[i]} js ${want.out[i]} |Δ| ${err} > ${bound}`);
+                  if (!(err <= bound))
+                    t.fail(`${label}: out[${i}] ${got.out[i]} js ${want.out[i]} |Δ| ${err} > ${bound}`);
                   if (!half) worst32 = Math.max(worst32, err);
                   else {
                     total16++;
@@ -260,7 +310,9 @@ for (const s of SUBJECTS) {
         }
       });
       t.true(over16 <= total16 / 100, `f16: ${over16} of ${total16} outputs differ by more than 1e-5`);
-      t.log(`max |Δ| f32 ${worst32.toExponential(2)}, f16 ${worst16.toExponential(2)} (${over16} of ${total16} over 1e-5)`);
+      t.log(
+        `max |Δ| f32 ${worst32.toExponential(2)}, f16 ${worst16.toExponential(2)} (${over16} of ${total16} over 1e-5)`,
+      );
     });
   }
 
@@ -281,11 +333,16 @@ for (const s of SUBJECTS) {
                       b.attend(got);
                       const name = `${half ? 'f16' : 'f32'} group ${group} nKv ${nKvHeads} headDim ${headDim} start ${start} n ${n} q×${qScale}, ${threads} thread(s)`;
                       cases++;
-                      if (!got.q.every((v, i) => Object.is(v, want.q[i]))) t.fail(`${name}: q after the step differs from the js reference's`);
+                      if (!got.q.every((v, i) => Object.is(v, want.q[i])))
+                        t.fail(`${name}: q after the step differs from the js reference's`);
                       const { keys, values } = got;
-                      const bound = keys instanceof Uint16Array && values instanceof Uint16Array ? f16AttentionBounds({ ...got, keys, values }) : undefined;
+                      const bound =
+                        keys instanceof Uint16Array && values instanceof Uint16Array
+                          ? f16AttentionBounds({ ...got, keys, values })
+                          : undefined;
                       const i = want.out.findIndex((v, k) => !(Math.abs(got.out[k] - v) <= (bound?.[k] ?? 1e-5)));
-                      if (i >= 0) t.fail(`${name} output ${i}: ${got.out[i]} js ${want.out[i]} > ${bound?.[i] ?? 1e-5}`);
+                      if (i >= 0)
+                        t.fail(`${name} output ${i}: ${got.out[i]} js ${want.out[i]} > ${bound?.[i] ?? 1e-5}`);
                     }
                   }
                 }
@@ -309,7 +366,10 @@ for (const s of SUBJECTS) {
         b.attend(got);
         t.deepEqual(bitsOf(got.q), bitsOf(want.q), 'q after the step');
         const { keys, values } = got;
-        const bound = keys instanceof Uint16Array && values instanceof Uint16Array ? f16AttentionBounds({ ...got, keys, values }) : undefined;
+        const bound =
+          keys instanceof Uint16Array && values instanceof Uint16Array
+            ? f16AttentionBounds({ ...got, keys, values })
+            : undefined;
         const over = want.out.filter((v, i) => !(Math.abs(got.out[i] - v) <= (bound?.[i] ?? 1e-5))).length;
         t.is(over, 0, `${half ? 'f16' : 'f32'}: outputs off by more than the bound`);
       }
@@ -350,13 +410,34 @@ for (const s of SUBJECTS) {
     const next = rng(99);
     // wasm only: its exp saturates at e^88, so silu(g) for g below about -88 is g/e^88, not ~0:
     // within the bound while |g| < 1e3 (|Δ| ≤ |g|·6e-39), so its edges stop short of ±1e30.
-    const edges = [0, -0, 1e-30, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 20, -20, 88, -88, 89, -89, 100, -100, ...(s.kind === 'wasm' ? [] : [1e30, -1e30])];
+    const edges = [
+      0,
+      -0,
+      1e-30,
+      -1e-30,
+      1e-7,
+      -1e-7,
+      0.5,
+      -0.5,
+      20,
+      -20,
+      88,
+      -88,
+      89,
+      -89,
+      100,
+      -100,
+      ...(s.kind === 'wasm' ? [] : [1e30, -1e30]),
+    ];
     // gates from ±0.01 to ±200: e^-g over- and underflows f32 at the ends
     const wide = (n: number) => Float32Array.from({ length: n }, () => (next() * 2 - 1) * 10 ** (next() * 4 - 2) * 2);
     for (const threads of THREADS) {
       await withBackend(s, { threads, minParallelBytes: 0 }, (b) => {
         for (const n of [0, 1, 3, 7, 15, 17, 33, 64, 1001, edges.length, 100_003]) {
-          for (const gate of [n === edges.length ? Float32Array.from(edges) : randomVector(n, next).map((v) => 12 * v), wide(n)]) {
+          for (const gate of [
+            n === edges.length ? Float32Array.from(edges) : randomVector(n, next).map((v) => 12 * v),
+            wide(n),
+          ]) {
             const up = randomVector(n, next);
             const want = new Float32Array(n + 1);
             const got = new Float32Array(n + 1).fill(7);
@@ -366,8 +447,15 @@ for (const s of SUBJECTS) {
             const inPlace = gate.slice();
             b.swiglu(inPlace, inPlace, up, n); // out may be gate
             const i = want.findIndex((v, k) => k < n && !(Math.abs(got[k] - v) <= 1e-6 * Math.abs(v) + 1e-35));
-            if (i >= 0) t.fail(`n ${n} [${i}] (${s.label}, ${threads} threads): silu(${gate[i]})·${up[i]} ${got[i]} js ${want[i]}`);
-            t.is(inPlace.findIndex((v, k) => k < n && !Object.is(v, got[k])), -1, `n ${n}: out = gate gives the same values`);
+            if (i >= 0)
+              t.fail(
+                `n ${n} [${i}] (${s.label}, ${threads} threads): silu(${gate[i]})·${up[i]} ${got[i]} js ${want[i]}`,
+              );
+            t.is(
+              inPlace.findIndex((v, k) => k < n && !Object.is(v, got[k])),
+              -1,
+              `n ${n}: out = gate gives the same values`,
+            );
           }
         }
       });
@@ -399,7 +487,10 @@ for (const s of SUBJECTS) {
     }
     const one = new Float32Array(1);
     t.throws(() => b.alloc(16), { instanceOf: s.error, message: /closed/ });
-    t.throws(() => b.attend(copyStep(attentionStep(8, 2, 16, 4, 2, false, 1))), { instanceOf: s.error, message: /closed/ });
+    t.throws(() => b.attend(copyStep(attentionStep(8, 2, 16, 4, 2, false, 1))), {
+      instanceOf: s.error,
+      message: /closed/,
+    });
     t.throws(() => b.swiglu(one, one, one, 1), { instanceOf: s.error, message: /closed/ });
   });
 
@@ -420,7 +511,12 @@ for (const s of SUBJECTS) {
 // The argument checks are one set (src/kernels/checks.ts), the js reference's included.
 const CHECKED: { label: string; create: () => Promise<KernelBackend>; error: BackendErrorClass; code: string }[] = [
   { label: 'js', create: async () => new JsBackend(), error: KernelBackendError<string>, code: 'JS_ARGUMENT' },
-  ...SUBJECTS.map((s) => ({ label: s.label, create: () => s.create({ threads: 2 }), error: s.error, code: `${s.code}_ARGUMENT` })),
+  ...SUBJECTS.map((s) => ({
+    label: s.label,
+    create: () => s.create({ threads: 2 }),
+    error: s.error,
+    code: `${s.code}_ARGUMENT`,
+  })),
 ];
 
 for (const c of CHECKED) {
@@ -432,12 +528,16 @@ for (const c of CHECKED) {
       const err = t.throws(f, { instanceOf: c.error, message }, String(message));
       t.is((err as KernelBackendError<string> | undefined)?.code, c.code);
     };
-    const bad = (s: Partial<AttentionStep>, message: RegExp) => throws(() => b.attend({ ...copyStep(ok), ...s }), message);
+    const bad = (s: Partial<AttentionStep>, message: RegExp) =>
+      throws(() => b.attend({ ...copyStep(ok), ...s }), message);
     try {
       b.attend(copyStep(ok));
       b.attend(copyStep(half));
       bad({ values: half.values }, /values must be a Float32Array like the keys/);
-      bad({ keys: new Int16Array(ok.keys.length) as unknown as Uint16Array }, /keys must be a Float32Array \(f32 cache\) or a Uint16Array/);
+      bad(
+        { keys: new Int16Array(ok.keys.length) as unknown as Uint16Array },
+        /keys must be a Float32Array \(f32 cache\) or a Uint16Array/,
+      );
       bad({ nKvHeads: 3 }, /nKvHeads must divide nHeads \(8\), got 3/);
       bad({ nHeads: 0 }, /nHeads must be a positive integer, got 0/);
       bad({ headDim: 15 }, /headDim must be an even integer ≥ 2, got 15/);
@@ -452,12 +552,19 @@ for (const c of CHECKED) {
       throws(() => b.swiglu(x, x, x.subarray(1), 10), /swiglu: up holds 9 values, 10 needed/);
       throws(() => b.swiglu(x.subarray(2), x, x, 10), /swiglu: out holds 8 values, 10 needed/);
       throws(() => b.swiglu(x, x, x, -1), /swiglu over -1 values/);
-      const w = weightPair(b, supportedTypes.find((ty) => ty.name === 'Q4_0')!, 7, 96, 13).own;
+      const w = weightPair(
+        b,
+        supportedTypes.find((ty) => ty.name === 'Q4_0')!,
+        7,
+        96,
+        13,
+      ).own;
       const v = randomVector(96, rng(5));
       const out = new Float32Array(7);
       throws(() => b.matvec(w, v.subarray(0, 95), out), /Q4_0\[7×96\]: input holds 95 values, 1×96 needed/);
       throws(() => b.matvec(w, v, out.subarray(0, 6)), /Q4_0\[7×96\]: output holds 6 values, 1×7 needed/);
-      if (b.matmul) throws(() => b.matmul?.(w, v, 0, out), /Q4_0\[7×96\]: vector count must be a positive integer, got 0/);
+      if (b.matmul)
+        throws(() => b.matmul?.(w, v, 0, out), /Q4_0\[7×96\]: vector count must be a positive integer, got 0/);
       throws(() => b.alloc(-1), /cannot allocate -1 bytes/);
     } finally {
       await b.close();
@@ -476,7 +583,10 @@ for (const [kind, module, make] of [
       console.log('threads', b.threads);`;
     // A process kept alive would never exit: the timeout bounds that. It is generous because
     // tsx compiles the module graph cold in the child, slow on a loaded 2-core CI machine.
-    const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: repoRoot, timeout: 90_000 });
+    const { stdout } = await run(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], {
+      cwd: repoRoot,
+      timeout: 90_000,
+    });
     t.is(stdout.trim(), 'threads 3');
   });
 }
@@ -502,7 +612,10 @@ test('native only: an addon built on another CPU is refused before it is loaded'
     });
     const [availability, error] = stdout.trim().split('\n');
     t.is(availability, 'false');
-    t.regex(error, /^NATIVE_UNAVAILABLE native backend: .* was built for another CPU \(arm64, Cortex-A76; this is .*\); run npm run build:native on this machine$/);
+    t.regex(
+      error,
+      /^NATIVE_UNAVAILABLE native backend: .* was built for another CPU \(arm64, Cortex-A76; this is .*\); run npm run build:native on this machine$/,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -514,7 +627,10 @@ test('native only: without a C compiler the install step still succeeds and says
     env: { ...process.env, CC: 'false' },
     timeout: 60_000,
   });
-  t.regex(stdout.trim(), /^herd: native kernels not built \(no working C compiler \(CC=false\)\); herd will use the wasm backend$/);
+  t.regex(
+    stdout.trim(),
+    /^herd: native kernels not built \(no working C compiler \(CC=false\)\); herd will use the wasm backend$/,
+  );
 });
 
 test('native only: the instruction-set paths of the build are reported, and one not built is refused', async (t) => {
@@ -525,8 +641,12 @@ test('native only: the instruction-set paths of the build are reported, and one 
   } finally {
     await b.close();
   }
-  const missing = (['scalar', 'avx2', 'avx512', 'neon', 'neon-dotprod'] as const).find((isa) => !nativeIsas.includes(isa))!;
-  await t.throwsAsync(NativeBackend.create({ threads: 1, isa: missing }), { message: new RegExp(`instruction-set path ${missing} is not in this build`) });
+  const missing = (['scalar', 'avx2', 'avx512', 'neon', 'neon-dotprod'] as const).find(
+    (isa) => !nativeIsas.includes(isa),
+  )!;
+  await t.throwsAsync(NativeBackend.create({ threads: 1, isa: missing }), {
+    message: new RegExp(`instruction-set path ${missing} is not in this build`),
+  });
 });
 
 // ---- wasm only ----------------------------------------------------------------------------
@@ -544,7 +664,13 @@ test('wasm only: the default build is relaxed SIMD where the runtime has it', as
 test('wasm only: views returned by alloc() stay valid and addressable as the memory grows', async (t) => {
   const wasm = await WasmBackend.create({ threads: 2, minParallelBytes: 0 });
   try {
-    const first = weightPair(wasm, supportedTypes.find((ty) => ty.name === 'Q8_0')!, 33, 96, 12);
+    const first = weightPair(
+      wasm,
+      supportedTypes.find((ty) => ty.name === 'Q8_0')!,
+      33,
+      96,
+      12,
+    );
     const before = first.own.data.buffer.byteLength;
     const big = wasm.alloc(96 * 2 ** 20);
     t.true(big.buffer.byteLength > before, 'the memory grew');
@@ -583,7 +709,10 @@ test('wasm only: without WebAssembly SIMD, create() fails with WASM_UNAVAILABLE'
 test('wasm only: the committed kernels.wasm and kernels-relaxed.wasm are byte-identical to a fresh asc build', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'herd-wasm-'));
   try {
-    await run(process.execPath, [join(repoRoot, 'scripts/build-wasm.mjs'), '--out', dir], { cwd: repoRoot, timeout: 120_000 });
+    await run(process.execPath, [join(repoRoot, 'scripts/build-wasm.mjs'), '--out', dir], {
+      cwd: repoRoot,
+      timeout: 120_000,
+    });
     for (const file of ['kernels.wasm', 'kernels-relaxed.wasm']) {
       const committed = readFileSync(join(repoRoot, 'src/kernels/wasm', file));
       t.true(committed.equals(readFileSync(join(dir, file))), `${file} is stale: run npm run build:wasm and commit it`);

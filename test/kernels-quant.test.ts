@@ -76,7 +76,13 @@ function activationValues(a: Activation): Float64Array {
  * the combined scales, plus, for Q8_1 pairs, the activation's s = f16(d·Σq), which ggml
  * rounds from the unrounded f32 d (up to ~2^-10 of |s|, times the weight block's min).
  */
-function referenceDot(k: KernelType, w: Uint8Array, off: number, n: number, a: Activation): { value: number; tol: number } {
+function referenceDot(
+  k: KernelType,
+  w: Uint8Array,
+  off: number,
+  n: number,
+  a: Activation,
+): { value: number; tol: number } {
   const wv = new Float32Array(n);
   k.dequantizeRow(w, off, n, wv, 0);
   const av = activationValues(a);
@@ -180,7 +186,7 @@ for (const c of cases) {
   test(`${c.name} weights with a partial last block are refused even when their byte count is whole`, (t) => {
     const k = kernel(c.name);
     const cols = k.info.blockSize + k.info.blockSize / 2;
-    const data = new Uint8Array(((cols / k.info.blockSize) * k.info.typeSize) * 3);
+    const data = new Uint8Array((cols / k.info.blockSize) * k.info.typeSize * 3);
     t.throws(() => makeWeight('bad', k.info, [cols, 3], data), { instanceOf: KernelError });
   });
 
@@ -365,14 +371,29 @@ function goldenInput(): Float32Array {
   const x = new Float32Array(2048);
   for (let i = 0; i < x.length; i++) {
     switch (i >> 8) {
-      case 0: x[i] = gauss(r); break;
-      case 1: x[i] = gauss(r) * 0.02; break;
-      case 2: x[i] = r() * 3 + 0.5; break;
-      case 3: x[i] = Math.round(gauss(r) * 8) / 8; break;
-      case 4: x[i] = gauss(r) * (r() < 0.03 ? 40 : 1); break;
-      case 5: x[i] = (i >> 5) & 1 ? 0 : gauss(r); break;
-      case 6: x[i] = (i >> 4) % 3 === 0 ? -0.75 : gauss(r) * 1e-3; break;
-      default: x[i] = 0;
+      case 0:
+        x[i] = gauss(r);
+        break;
+      case 1:
+        x[i] = gauss(r) * 0.02;
+        break;
+      case 2:
+        x[i] = r() * 3 + 0.5;
+        break;
+      case 3:
+        x[i] = Math.round(gauss(r) * 8) / 8;
+        break;
+      case 4:
+        x[i] = gauss(r) * (r() < 0.03 ? 40 : 1);
+        break;
+      case 5:
+        x[i] = (i >> 5) & 1 ? 0 : gauss(r);
+        break;
+      case 6:
+        x[i] = (i >> 4) % 3 === 0 ? -0.75 : gauss(r) * 1e-3;
+        break;
+      default:
+        x[i] = 0;
     }
   }
   return x;
@@ -465,11 +486,12 @@ test('F16 weights take f16-rounded activations, or plain f32 ones when the js ba
   // Values between two f16 neighbours, so rounding them changes every product.
   for (let i = 0; i < cols; i++) x[i] = 1 + (2 * i + 1) / 4096 + 1 / 65536;
   const w = makeWeight('w', info, [cols, rows], data);
-  const dots = (round: boolean) => Array.from({ length: rows }, (_, r) => {
-    let s = 0;
-    for (let c = 0; c < cols; c++) s += wf[r * cols + c] * (round ? f16ToF32(f32ToF16(x[c])) : x[c]);
-    return Math.fround(s);
-  });
+  const dots = (round: boolean) =>
+    Array.from({ length: rows }, (_, r) => {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += wf[r * cols + c] * (round ? f16ToF32(f32ToF16(x[c])) : x[c]);
+      return Math.fround(s);
+    });
   const out = new Float32Array(rows);
   new JsBackend().matvec(w, x, out);
   t.deepEqual(Array.from(out), dots(true));

@@ -142,12 +142,16 @@ test('a prompt run in batched steps gives the logits of token-by-token steps', (
   for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i] - expected[i]));
   t.log(`max |Δlogit| ${maxDiff.toExponential(2)} after 69 tokens in steps of 16`);
   t.true(maxDiff <= 1e-5);
-  t.throws(() => batched.embed(seq.slice(0, 17), new Float32Array(17 * batched.config.dim)), { message: /a step takes 1\.\.16 tokens, got 17/ });
+  t.throws(() => batched.embed(seq.slice(0, 17), new Float32Array(17 * batched.config.dim)), {
+    message: /a step takes 1\.\.16 tokens, got 17/,
+  });
 });
 
 test('model errors name the file and the problem', (t) => {
   const file = GgufFile.open(bundledModel);
-  t.throws(() => Transformer.load(file, { layers: [3, 9] }), { message: /stories260K\.gguf: layer range \[3, 9\) is not within the model's 5 layers/ });
+  t.throws(() => Transformer.load(file, { layers: [3, 9] }), {
+    message: /stories260K\.gguf: layer range \[3, 9\) is not within the model's 5 layers/,
+  });
   const vocabOnly = GgufFile.open(join(fixtureVocab, 'ggml-vocab-gpt-2.gguf'));
   t.throws(() => Transformer.load(vocabOnly), { message: /architecture "gpt2" is not supported/ });
   const m = Transformer.load(file, { ctx: 8 });

@@ -122,7 +122,8 @@ function compare(herd: Float64Array[], llama: Float32Array[]): Comparison {
     let posDlogp = 0;
     for (let i = 0; i < VOCAB; i++) {
       maxDp = Math.max(maxDp, Math.abs(herd[pos][i] - llama[pos][i]));
-      if (llama[pos][i] >= 1e-3) posDlogp = Math.max(posDlogp, Math.abs(Math.log(herd[pos][i]) - Math.log(llama[pos][i])));
+      if (llama[pos][i] >= 1e-3)
+        posDlogp = Math.max(posDlogp, Math.abs(Math.log(herd[pos][i]) - Math.log(llama[pos][i])));
     }
     if (firstMoved < 0 && posDlogp > 1e-4) firstMoved = pos;
     maxDlogp = Math.max(maxDlogp, posDlogp);
@@ -135,7 +136,17 @@ for (const type of TYPES) {
     const dir = mkdtempSync(join(tmpdir(), 'herd-oracle-types-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const path = join(dir, `llama-${type}.gguf`);
-    synthModel({ arch: 'llama', type, seed: 4000 + TYPES.indexOf(type), out: path, dim: 256, nHeads: 4, nKvHeads: 2, ffnDim: 512, nLayers: 2 });
+    synthModel({
+      arch: 'llama',
+      type,
+      seed: 4000 + TYPES.indexOf(type),
+      out: path,
+      dim: 256,
+      nHeads: 4,
+      nKvHeads: 2,
+      ffnDim: 512,
+      nLayers: 2,
+    });
     const sequence = sequenceFor(path);
     const llama = await nextTokenDistributions(path, sequence, POSITIONS, { kvType: 'F32', batch: 1 });
     const backends: KernelBackend[] = [new JsBackend(), await createBackend('wasm', { threads: 2 })];

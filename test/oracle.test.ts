@@ -14,7 +14,13 @@ import { Transformer } from '../src/model/transformer.ts';
 import { JsBackend } from '../src/kernels/backend.ts';
 import type { KvType } from '../src/model/kv-cache.ts';
 import { synthModel, SynthRng, type SynthArch, type SynthWeightType } from '../src/model/synth.ts';
-import { maxAbsDiff, nextTokenDistributions, nextTokenDistributionsDetailed, oracleHasAmx, softmax } from './oracle/llama.ts';
+import {
+  maxAbsDiff,
+  nextTokenDistributions,
+  nextTokenDistributionsDetailed,
+  oracleHasAmx,
+  softmax,
+} from './oracle/llama.ts';
 import { bundledModel, fixtureModels } from './helpers/paths.ts';
 
 /**
@@ -96,7 +102,12 @@ let f16Amx = false;
  * herd's next-token distributions over the same teacher-forced prefixes, with the js reference
  * doing F16 products as this host's llama.cpp does them.
  */
-function herdDistributions(path: string, tokens: readonly number[], positions: number, kvType: KvType = 'f32'): Float64Array[] {
+function herdDistributions(
+  path: string,
+  tokens: readonly number[],
+  positions: number,
+  kvType: KvType = 'f32',
+): Float64Array[] {
   const backend = new JsBackend({ f16Activation: f16Amx ? 'f32' : 'f16' });
   const m = Transformer.load(GgufFile.open(path), { ctx: 64, kvType, backend });
   const out: Float64Array[] = [];
@@ -104,7 +115,7 @@ function herdDistributions(path: string, tokens: readonly number[], positions: n
   return out;
 }
 
-test.serial('oracle harness: node-llama-cpp reproduces llama.cpp\'s stories260K reference logits', async (t) => {
+test.serial("oracle harness: node-llama-cpp reproduces llama.cpp's stories260K reference logits", async (t) => {
   const model = bundledModel;
   const ref = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
     prompt_tokens: number[];
@@ -123,8 +134,10 @@ test.serial('oracle harness: node-llama-cpp reproduces llama.cpp\'s stories260K 
     vs32 = Math.max(vs32, maxAbsDiff(got.probs[i], softmax(logits32.subarray(i * VOCAB, (i + 1) * VOCAB))).max);
     vs16 = Math.max(vs16, maxAbsDiff(got.probs[i], softmax(logits16.subarray(i * VOCAB, (i + 1) * VOCAB))).max);
   }
-  t.log(`f32 KV cache, ${tokens.length} positions, context ${got.contextSize}, flash attention ${got.flashAttention}: ` +
-    `max |Δp| ${vs32.toExponential(2)} vs the kvf32 reference, ${vs16.toExponential(2)} vs the kvf16 one`);
+  t.log(
+    `f32 KV cache, ${tokens.length} positions, context ${got.contextSize}, flash attention ${got.flashAttention}: ` +
+      `max |Δp| ${vs32.toExponential(2)} vs the kvf32 reference, ${vs16.toExponential(2)} vs the kvf16 one`,
+  );
   t.true(vs32 <= 1e-5, `probabilities differ from the f32-cache reference by ${vs32}`);
   // The reference files differ from each other by ~1e-3 in probability: the cache type the
   // wrapper asks for must really be in effect.
@@ -178,16 +191,22 @@ for (const v of variants) {
     f16Amx = await oracleHasAmx();
     const herd = herdDistributions(path, sequence, POSITIONS, v.kv ?? 'f32');
     const c = compare(herd, llama);
-    t.log(`${name}: dim ${info.dim}, ${info.nLayers} layers, ${info.nHeads}/${info.nKvHeads} heads of ${info.headDim}, ` +
-      `ffn ${info.ffnDim}, seed ${v.seed}: max |Δp| ${c.max.toExponential(2)} (position ${c.pos}, token ${c.token}); ` +
-      `llama.cpp top p ${c.minTop.toFixed(3)}..${c.maxTop.toFixed(3)} (mean ${c.meanTop.toFixed(3)}); ` +
-      `argmax agrees at ${c.argmaxAgree}/${POSITIONS}`);
+    t.log(
+      `${name}: dim ${info.dim}, ${info.nLayers} layers, ${info.nHeads}/${info.nKvHeads} heads of ${info.headDim}, ` +
+        `ffn ${info.ffnDim}, seed ${v.seed}: max |Δp| ${c.max.toExponential(2)} (position ${c.pos}, token ${c.token}); ` +
+        `llama.cpp top p ${c.minTop.toFixed(3)}..${c.maxTop.toFixed(3)} (mean ${c.meanTop.toFixed(3)}); ` +
+        `argmax agrees at ${c.argmaxAgree}/${POSITIONS}`,
+    );
     if (v.type === 'f16' || v.type === 'bf16' || v.kv) {
       // llama.cpp's own noise floor: token by token it multiplies single vectors (other
       // kernels, another summation order) instead of the 32-token batch.
       const single = await nextTokenDistributions(path, sequence, POSITIONS, { kvType, batch: 1 });
-      t.log(`${name}: llama.cpp batched vs token by token: max |Δp| ${compare(single, llama).max.toExponential(2)}` +
-        (v.type === 'f16' ? `; its F16 products ${f16Amx ? 'take f32 activations (AMX build)' : 'round activations to f16'}` : ''));
+      t.log(
+        `${name}: llama.cpp batched vs token by token: max |Δp| ${compare(single, llama).max.toExponential(2)}` +
+          (v.type === 'f16'
+            ? `; its F16 products ${f16Amx ? 'take f32 activations (AMX build)' : 'round activations to f16'}`
+            : ''),
+      );
     }
     const bound = v.kv ? MAX_DP_KV_F16 : v.type === 'f16' && !f16Amx ? MAX_DP_F16_ROUNDED : MAX_DP;
     t.true(c.max <= bound, `max |Δp| ${c.max} at position ${c.pos}, token ${c.token} exceeds ${bound}`);

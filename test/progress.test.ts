@@ -8,12 +8,21 @@ import { nodeProgress, type ProgressEvent } from '../src/cluster/coordinator/pro
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Transformer } from '../src/model/transformer.ts';
 
-const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { content: string };
+const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
+  content: string;
+};
 const PLAIN = /^herd: load \S+ layers \[0,5\): (\d+\.\d)\/(\d+\.\d) MiB \((\d+)%\), \d+(\.\d)? MB\/s$/;
 
 function fakeStream(isTTY: boolean) {
   const chunks: string[] = [];
-  return { isTTY, chunks, write: (c: string) => chunks.push(c), get text() { return chunks.join(''); } };
+  return {
+    isTTY,
+    chunks,
+    write: (c: string) => chunks.push(c),
+    get text() {
+      return chunks.join('');
+    },
+  };
 }
 
 test('herd run (not a TTY) prints plain load progress on stderr ending at 100%, stdout unchanged', async (t) => {
@@ -25,7 +34,10 @@ test('herd run (not a TTY) prints plain load progress on stderr ending at 100%, 
   const pcts = lines.map((l) => Number(PLAIN.exec(l)?.[3]));
   t.is(pcts[0], 0);
   t.is(pcts.at(-1), 100);
-  t.deepEqual([...pcts].sort((a, b) => a - b), pcts);
+  t.deepEqual(
+    [...pcts].sort((a, b) => a - b),
+    pcts,
+  );
   const last = PLAIN.exec(lines.at(-1)!)!;
   t.is(last[1], last[2]);
   t.false(r.stderr.includes('\r') || r.stderr.includes('\x1b'), 'no terminal escapes off a TTY');
@@ -59,7 +71,10 @@ test('Transformer.loadAsync lets the event loop run between layers, with the sam
   const firstProgress = events.indexOf('progress');
   const lastProgress = events.lastIndexOf('progress');
   // A node's progress messages leave on its gRPC stream only in such turns of the loop.
-  t.true(events.slice(firstProgress, lastProgress).filter((e) => e === 'tick').length >= model.config.nLayers - 1, events.join(' '));
+  t.true(
+    events.slice(firstProgress, lastProgress).filter((e) => e === 'tick').length >= model.config.nLayers - 1,
+    events.join(' '),
+  );
   const sync = Transformer.load(file, { ctx: 16 });
   t.deepEqual(model.weights.layers[3].wq.data, sync.weights.layers[3].wq.data);
   t.is(model.weights.bytes, sync.weights.bytes);
@@ -76,7 +91,10 @@ test('the plain renderer prints start, quarters and end, one line each', (t) => 
   }
   r.update({ phase: 'load', stage: 'node-0 layers [0,11)', bytes: total, total }); // a repeat of 100%: nothing
   const lines = s.text.trimEnd().split('\n');
-  t.deepEqual(lines.map((l) => /\((\d+)%\)/.exec(l)?.[1]), ['0', '25', '50', '75', '100']);
+  t.deepEqual(
+    lines.map((l) => /\((\d+)%\)/.exec(l)?.[1]),
+    ['0', '25', '50', '75', '100'],
+  );
   t.is(lines[2], 'herd: load node-0 layers [0,11): 310.0/620.0 MiB (50%), 89 MB/s');
   t.is(lines[4], 'herd: load node-0 layers [0,11): 620.0/620.0 MiB (100%), 89 MB/s');
   t.false(s.text.includes('\r'));
@@ -86,7 +104,8 @@ test('the TTY renderer redraws one line per node in place, throttled, always dra
   let now = 0;
   const s = fakeStream(true);
   const r = new ProgressRenderer(s, { now: () => now, redrawMs: 100 });
-  const ev = (stage: string, mib: number, phase: ProgressEvent['phase'] = 'load'): void => r.update({ phase, stage, bytes: mib * 1024 * 1024, total: 100 * 1024 * 1024 });
+  const ev = (stage: string, mib: number, phase: ProgressEvent['phase'] = 'load'): void =>
+    r.update({ phase, stage, bytes: mib * 1024 * 1024, total: 100 * 1024 * 1024 });
   ev('a layers [0,2)', 0); // new stage: drawn
   ev('b layers [2,4)', 0, 'fetch'); // new stage: drawn
   now = 50;
@@ -101,7 +120,9 @@ test('the TTY renderer redraws one line per node in place, throttled, always dra
   t.is(s.chunks[2].split('\n').length, 3, 'two lines, each redrawn');
   t.true(s.chunks[2].startsWith('\x1b[2A\r'));
   t.true(s.chunks[2].includes('load a layers [0,2) [############............] 50.0/100.0 MiB (50%), 105 MB/s\x1b[K\n'));
-  t.true(s.chunks[3].endsWith('fetch b layers [2,4) [########################] 100.0/100.0 MiB (100%), 105 MB/s\x1b[K\n'));
+  t.true(
+    s.chunks[3].endsWith('fetch b layers [2,4) [########################] 100.0/100.0 MiB (100%), 105 MB/s\x1b[K\n'),
+  );
 });
 
 test('node LoadProgress maps to fetch and load events; done alone is a finished load', (t) => {
@@ -116,11 +137,14 @@ test('node LoadProgress maps to fetch and load events; done alone is a finished 
   on('n1', [0, 3], p('loading', 10, 10));
   on('n1', [0, 3], p('done', 10, 10));
   on('n2', [3, 5], p('done', 7, 7));
-  t.deepEqual(events.map((e) => `${e.phase} ${e.stage} ${e.bytes}/${e.total}`), [
-    'fetch n1 layers [0,3) 0/10',
-    'fetch n1 layers [0,3) 10/10',
-    'load n1 layers [0,3) 5/10',
-    'load n1 layers [0,3) 10/10',
-    'load n2 layers [3,5) 7/7',
-  ]);
+  t.deepEqual(
+    events.map((e) => `${e.phase} ${e.stage} ${e.bytes}/${e.total}`),
+    [
+      'fetch n1 layers [0,3) 0/10',
+      'fetch n1 layers [0,3) 10/10',
+      'load n1 layers [0,3) 5/10',
+      'load n1 layers [0,3) 10/10',
+      'load n2 layers [3,5) 7/7',
+    ],
+  );
 });

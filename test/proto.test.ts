@@ -28,7 +28,15 @@ test('the committed src/proto is exactly what `npm run gen:proto` generates', (t
 test('an activation round-trips with its hidden bytes and stage timings intact', (t) => {
   const hidden = Buffer.from(new Uint8Array(3 * 64 * 4).map((_, i) => i & 0xff));
   const msg: ForwardRequest = {
-    activation: { sessionId: 'abcdef0123456789', position: 7, tokenIds: [1, 403, 407], hidden, dtype: DType.DTYPE_F32, dim: 64, timings: [{ nodeId: 'a1b2c3d4e5f60718', start: 0, end: 11, seconds: 0.0125 }] },
+    activation: {
+      sessionId: 'abcdef0123456789',
+      position: 7,
+      tokenIds: [1, 403, 407],
+      hidden,
+      dtype: DType.DTYPE_F32,
+      dim: 64,
+      timings: [{ nodeId: 'a1b2c3d4e5f60718', start: 0, end: 11, seconds: 0.0125 }],
+    },
   };
   const bytes = ForwardRequest.encode(msg).finish();
   const back = ForwardRequest.decode(bytes);
@@ -43,7 +51,9 @@ test('an activation round-trips with its hidden bytes and stage timings intact',
 });
 
 test('64-bit counters decode as numbers', (t) => {
-  const info = NodeInfo.decode(NodeInfo.encode(NodeInfo.fromPartial({ memTotal: 24 * 2 ** 30, throughput: 2 ** 40 })).finish());
+  const info = NodeInfo.decode(
+    NodeInfo.encode(NodeInfo.fromPartial({ memTotal: 24 * 2 ** 30, throughput: 2 ** 40 })).finish(),
+  );
   t.is(info.memTotal, 24 * 2 ** 30);
   t.is(info.throughput, 2 ** 40);
 });

@@ -44,7 +44,10 @@ test('Q4_K_M gives the head Q6_K and more bits to attn_v and ffn_down of some la
   t.is(at('output_norm.weight', [2048]), undefined);
   // use_more_bits(i, 22): i < 2.75, i >= 19.25, or (i - 2) % 3 == 2
   const more = Array.from({ length: n }, (_, i) => at(`blk.${i}.ffn_down.weight`, [5632, 2048]) === GgmlType.Q6_K);
-  t.deepEqual(more.flatMap((m, i) => (m ? [i] : [])), [0, 1, 2, 4, 7, 10, 13, 16, 19, 20, 21]);
+  t.deepEqual(
+    more.flatMap((m, i) => (m ? [i] : [])),
+    [0, 1, 2, 4, 7, 10, 13, 16, 19, 20, 21],
+  );
   t.is(at('blk.4.attn_v.weight', [2048, 256]), GgmlType.Q6_K);
   // A row no 256-block fits falls back as llama-quantize does (Q4_K → Q5_0).
   t.is(at('blk.5.ffn_down.weight', [5632 + 32, 2048]), GgmlType.Q5_0);
@@ -52,7 +55,17 @@ test('Q4_K_M gives the head Q6_K and more bits to attn_v and ffn_down of some la
 
 test('synthetic models are deterministic for a seed, and a K-quant mix runs', (t) => {
   const dir = tempDir(t);
-  const opts = { arch: 'llama', type: 'q4_k_m', dim: 256, nHeads: 4, nKvHeads: 2, ffnDim: 512, nLayers: 2, std: 0.02, vocabFrom: LLAMA_VOCAB } as const;
+  const opts = {
+    arch: 'llama',
+    type: 'q4_k_m',
+    dim: 256,
+    nHeads: 4,
+    nKvHeads: 2,
+    ffnDim: 512,
+    nLayers: 2,
+    std: 0.02,
+    vocabFrom: LLAMA_VOCAB,
+  } as const;
   const a = synthModel({ ...opts, seed: 7, out: join(dir, 'a.gguf') });
   const b = synthModel({ ...opts, seed: 7, out: join(dir, 'b.gguf') });
   const c = synthModel({ ...opts, seed: 8, out: join(dir, 'c.gguf') });

@@ -25,7 +25,9 @@ function readmeOptions(cmd: string): string[] | undefined {
   const end = rest.search(/^#{2,3} /m);
   const section = end < 0 ? rest : rest.slice(0, end);
   const out = new Set<string>();
-  for (const row of section.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| ---') && !l.startsWith('| option'))) {
+  for (const row of section
+    .split('\n')
+    .filter((l) => l.startsWith('| ') && !l.startsWith('| ---') && !l.startsWith('| option'))) {
     const first = row.split(' | ')[0];
     // `--no-bos` documents yargs' boolean `--bos` (default true).
     for (const m of first.matchAll(/--(?:no-)?([a-z][a-z0-9-]*)/g)) out.add(`--${m[1]}`);
@@ -46,7 +48,11 @@ test('every command of `herd --help` has a README section listing exactly its op
     const actual = helpOptions(helps[i].stdout);
     t.true(actual.length > 0, `herd ${cmd} --help lists options`);
     t.deepEqual(
-      { cmd, missingFromReadme: actual.filter((o) => !documented.includes(o)), notInHelp: documented.filter((o) => !actual.includes(o)) },
+      {
+        cmd,
+        missingFromReadme: actual.filter((o) => !documented.includes(o)),
+        notInHelp: documented.filter((o) => !actual.includes(o)),
+      },
       { cmd, missingFromReadme: [], notInHelp: [] },
     );
   }

@@ -39,7 +39,8 @@ test('no source, test, script or CI file reads a path outside the repository', (
         if (FORBIDDEN.test(line)) outside.push(`${where}: ${line.trim()}`);
         for (const m of line.matchAll(RELATIVE)) {
           const target = resolve(dirname(file), m[1]);
-          if (target !== root && !target.startsWith(root + sep)) outside.push(`${where}: ${m[1]} leaves the repository`);
+          if (target !== root && !target.startsWith(root + sep))
+            outside.push(`${where}: ${m[1]} leaves the repository`);
         }
       });
     }

@@ -28,7 +28,12 @@ const greedy: SamplingOptions = { ...defaultSampling, temperature: 0, repeatPena
 const sampled = (seed: number): SamplingOptions => ({ ...defaultSampling, temperature: 0.9, repeatPenalty: 1.1, seed });
 
 /** Steps `tokens` from `start` (the session holds the positions before it), then `n` tokens fed back. */
-async function continueFrom(s: InferenceSession, tokens: readonly number[], start: number, n: number): Promise<{ out: number[]; held: number[] }> {
+async function continueFrom(
+  s: InferenceSession,
+  tokens: readonly number[],
+  start: number,
+  n: number,
+): Promise<{ out: number[]; held: number[] }> {
   const held = [...tokens];
   const out: number[] = [];
   let next = await s.step(tokens.slice(start), start);
@@ -82,7 +87,9 @@ async function checkReuse(t: ExecutionContext, loaded: LoadedModel): Promise<voi
     t.deepEqual(got.out, expected, 'seeded sampling after resample');
 
     // Past the end is refused; the session stays usable.
-    await t.throwsAsync(() => kept.step([1], got.held.length + 1), { message: /step at position \d+, past the session's end at \d+/ });
+    await t.throwsAsync(() => kept.step([1], got.held.length + 1), {
+      message: /step at position \d+, past the session's end at \d+/,
+    });
     const again = await kept.step([got.out[23]], got.held.length);
     t.true(again >= 0 && again < tokenizer.vocabSize);
   } finally {
@@ -104,9 +111,26 @@ test('over two loopback nodes: a pipeline session rewound to a prefix gives the 
   const nodes: RunningNode[] = [];
   try {
     for (const name of ['one', 'two']) {
-      nodes.push(await startNode(['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', join(dir, name), '--name', name]));
+      nodes.push(
+        await startNode([
+          '--no-mdns',
+          '--host',
+          '127.0.0.1',
+          '--port',
+          '0',
+          '--cache-dir',
+          join(dir, name),
+          '--name',
+          name,
+        ]),
+      );
     }
-    const o = { ...herdOptions, nodes: nodes.map((n) => `127.0.0.1:${n.port}`).join(','), stages: 2, cacheDir: join(dir, 'coordinator') };
+    const o = {
+      ...herdOptions,
+      nodes: nodes.map((n) => `127.0.0.1:${n.port}`).join(','),
+      stages: 2,
+      cacheDir: join(dir, 'coordinator'),
+    };
     const set = await findHerd(o, () => {});
     const loaded = await loadModel({ ...o, file, ctx: CTX, log: silentLogger }, set);
     try {

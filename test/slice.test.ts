@@ -14,14 +14,20 @@ import { bundledModel } from './helpers/paths.ts';
 const file = GgufFile.open(bundledModel);
 const tokenizer = Tokenizer.fromGguf(file);
 const greedy: SamplingOptions = { ...defaultSampling, temperature: 0, repeatPenalty: 1.2, penaltyLastN: 16 };
-const prompts = ['Once upon a time, there was a little girl', 'The dog ran', 'Tom and Sue went to the park to play with a ball'].map((p) => tokenizer.encode(p));
+const prompts = [
+  'Once upon a time, there was a little girl',
+  'The dog ran',
+  'Tom and Sue went to the park to play with a ball',
+].map((p) => tokenizer.encode(p));
 
 /** Each session's prompt, then `n` tokens fed back one by one: one list of tokens per session. */
 async function generate(runner: SliceRunner, seqs: Sequence[], together: boolean, n: number): Promise<number[][]> {
   const out: number[][] = seqs.map(() => []);
   let steps = seqs.map((seq, i) => ({ seq, tokens: prompts[i], start: 0 }));
   for (let k = 0; k < n; k++) {
-    const sampled = together ? (await runner.step(steps)).sampled : (await Promise.all(steps.map(async (e) => (await runner.step([e])).sampled[0])));
+    const sampled = together
+      ? (await runner.step(steps)).sampled
+      : await Promise.all(steps.map(async (e) => (await runner.step([e])).sampled[0]));
     sampled.forEach((t, i) => out[i].push(t));
     steps = steps.map((e, i) => ({ seq: e.seq, tokens: [sampled[i]], start: e.seq.position }));
   }
@@ -32,8 +38,18 @@ test('a step of three sessions gives each the tokens it gets alone, in chunks ac
   // A batch of 8 cuts the prompts' rows (11 + 4 + 13) across chunks and sessions.
   const model = Transformer.load(file, { kvType: 'f32', batch: 8 });
   const runner = new SliceRunner(model);
-  const alone = await generate(runner, prompts.map(() => runner.open(64, greedy)), false, 12);
-  const together = await generate(runner, prompts.map(() => runner.open(64, greedy)), true, 12);
+  const alone = await generate(
+    runner,
+    prompts.map(() => runner.open(64, greedy)),
+    false,
+    12,
+  );
+  const together = await generate(
+    runner,
+    prompts.map(() => runner.open(64, greedy)),
+    true,
+    12,
+  );
   t.deepEqual(together, alone);
 });
 
@@ -49,12 +65,27 @@ test('a step that does not fit its session is refused before anything runs', asy
   };
   await refused([{ seq, tokens: [4], start: 4 }], /step at position 4, past the session's end at 3/);
   await refused([{ seq, tokens: [], start: 3 }], /a step with no tokens/);
-  await refused([{ seq, tokens: new Array(14).fill(1), start: 3 }], /positions \[3, 17\) run past the session's context of 16/);
+  await refused(
+    [{ seq, tokens: new Array(14).fill(1), start: 3 }],
+    /positions \[3, 17\) run past the session's context of 16/,
+  );
   await refused([{ seq, tokens: [model.config.vocabSize], start: 3 }], /outside the vocabulary/);
   // One bad entry refuses the whole step: the good one's session is untouched too.
-  await refused([{ seq: other, tokens: [1], start: 0 }, { seq, tokens: [4], start: 5 }], /past the session's end/);
+  await refused(
+    [
+      { seq: other, tokens: [1], start: 0 },
+      { seq, tokens: [4], start: 5 },
+    ],
+    /past the session's end/,
+  );
   t.is(other.position, 0);
-  await refused([{ seq, tokens: [4], start: 3 }, { seq, tokens: [5], start: 3 }], /twice/);
+  await refused(
+    [
+      { seq, tokens: [4], start: 3 },
+      { seq, tokens: [5], start: 3 },
+    ],
+    /twice/,
+  );
   // Going back is a step too: the session forgets what follows its start.
   await runner.step([{ seq, tokens: [7], start: 1 }]);
   t.deepEqual(seq.tokens, [1, 7]);

@@ -31,7 +31,7 @@ function readVectors(base: string): { text: string; ids: number[] }[] {
   const raw = readFileSync(`${base}.inp`, 'utf8');
   const sep = '\n__ggml_vocab_test__\n';
   const inputs: string[] = [];
-  for (let pos = 0; pos < raw.length; ) {
+  for (let pos = 0; pos < raw.length;) {
     const next = raw.indexOf(sep, pos);
     if (next < 0) {
       inputs.push(raw.slice(pos));
@@ -42,19 +42,35 @@ function readVectors(base: string): { text: string; ids: number[] }[] {
   }
   const lines = readFileSync(`${base}.out`, 'utf8').split('\n');
   if (lines.at(-1) === '') lines.pop();
-  if (lines.length !== inputs.length) throw new Error(`${base}: ${inputs.length} inputs but ${lines.length} output lines`);
+  if (lines.length !== inputs.length)
+    throw new Error(`${base}: ${inputs.length} inputs but ${lines.length} output lines`);
   return inputs.map((text, i) => {
     const line = lines[i].trim();
     return { text, ids: line === '' ? [] : line.split(' ').map(Number) };
   });
 }
 
-const vectorFiles = readdirSync(vocabDir).filter((f) => f.endsWith('.gguf.inp')).map((f) => f.slice(0, -'.inp'.length)).sort();
+const vectorFiles = readdirSync(vocabDir)
+  .filter((f) => f.endsWith('.gguf.inp'))
+  .map((f) => f.slice(0, -'.inp'.length))
+  .sort();
 
 test('the shared vocab folder has the expected llama.cpp test vectors', (t) => {
-  t.deepEqual(vectorFiles, [
-    'bert-bge', 'deepseek-coder', 'deepseek-llm', 'falcon', 'gpt-2', 'llama-spm', 'mpt', 'phi-3', 'refact', 'starcoder',
-  ].map((n) => `ggml-vocab-${n}.gguf`));
+  t.deepEqual(
+    vectorFiles,
+    [
+      'bert-bge',
+      'deepseek-coder',
+      'deepseek-llm',
+      'falcon',
+      'gpt-2',
+      'llama-spm',
+      'mpt',
+      'phi-3',
+      'refact',
+      'starcoder',
+    ].map((n) => `ggml-vocab-${n}.gguf`),
+  );
 });
 
 for (const file of vectorFiles) {
@@ -96,7 +112,8 @@ function referenceTokenizations(): { text: string; ids: number[] }[] {
   const section = ref.slice(ref.indexOf('\n2. Tokenization'), ref.indexOf('\n3. '));
   const out: { text: string; ids: number[] }[] = [];
   const re = /^(".*")\n\s+-> (\[[\d, ]*\])$/gm;
-  for (let m = re.exec(section); m; m = re.exec(section)) out.push({ text: JSON.parse(m[1]) as string, ids: JSON.parse(m[2]) as number[] });
+  for (let m = re.exec(section); m; m = re.exec(section))
+    out.push({ text: JSON.parse(m[1]) as string, ids: JSON.parse(m[2]) as number[] });
   return out;
 }
 
@@ -109,9 +126,24 @@ test('stories260K tokenizes the reference prompts as llama-tokenize (BOS added)'
 test('stories260K pieces match llama-tokenize for the reference prompts', (t) => {
   const tok = stories();
   const expected: [number, string][] = [
-    [1, '<s>'], [403, ' Once'], [407, ' upon'], [261, ' a'], [378, ' time'],
-    [346, ' He'], [306, 'll'], [414, 'o'], [263, ' w'], [304, 'or'], [341, 'ld'],
-    [291, ' The'], [376, ' little'], [298, ' g'], [315, 'ir'], [421, 'l'], [395, ' named'], [317, ' Lily'],
+    [1, '<s>'],
+    [403, ' Once'],
+    [407, ' upon'],
+    [261, ' a'],
+    [378, ' time'],
+    [346, ' He'],
+    [306, 'll'],
+    [414, 'o'],
+    [263, ' w'],
+    [304, 'or'],
+    [341, 'ld'],
+    [291, ' The'],
+    [376, ' little'],
+    [298, ' g'],
+    [315, 'ir'],
+    [421, 'l'],
+    [395, ' named'],
+    [317, ' Lily'],
   ];
   for (const [id, piece] of expected) t.is(tok.piece(id), piece, `token ${id}`);
   t.is(tok.piece(1, { special: false }), '');
@@ -151,15 +183,26 @@ test('parseSpecial turns "<s>" into the BOS id; by default it is plain text', (t
   const plain = tok.encode('<s>', { addSpecial: false });
   t.false(plain.includes(1));
   t.true(plain.length > 1);
-  t.deepEqual(tok.encode('<s>Once</s>', { parseSpecial: true }), [1, 1, ...tok.encode('Once', { addSpecial: false }), 2]);
+  t.deepEqual(tok.encode('<s>Once</s>', { parseSpecial: true }), [
+    1,
+    1,
+    ...tok.encode('Once', { addSpecial: false }),
+    2,
+  ]);
 });
 
 test('streaming decode holds the bytes of a split emoji until the character is complete', (t) => {
   const tok = stories();
   const ids = tok.encode('😀', { addSpecial: false }); // "▁" then the emoji's four byte tokens
-  t.deepEqual(ids.map((id) => tok.vocab.tokens[id]), ['▁', '<0xF0>', '<0x9F>', '<0x98>', '<0x80>']);
+  t.deepEqual(
+    ids.map((id) => tok.vocab.tokens[id]),
+    ['▁', '<0xF0>', '<0x9F>', '<0x98>', '<0x80>'],
+  );
   const stream = tok.stream();
-  t.deepEqual(ids.map((id) => stream.push(id)), [' ', '', '', '', '😀']);
+  t.deepEqual(
+    ids.map((id) => stream.push(id)),
+    [' ', '', '', '', '😀'],
+  );
   t.is(stream.flush(), '');
 });
 
@@ -203,13 +246,14 @@ for (const name of ['stories260K', 'llama-spm', 'phi-3']) {
 test('BPE decode(encode(text)) gives the text back (no clean-up needed)', (t) => {
   for (const name of ['gpt-2', 'deepseek-llm', 'deepseek-coder', 'falcon', 'starcoder', 'refact', 'mpt']) {
     const tok = vocab(name);
-    for (const text of roundTrip) t.is(tok.decode(tok.encode(text, { addSpecial: false })), text, `${name} ${JSON.stringify(text)}`);
+    for (const text of roundTrip)
+      t.is(tok.decode(tok.encode(text, { addSpecial: false })), text, `${name} ${JSON.stringify(text)}`);
   }
 });
 
 test('GPT-2 detokenize cleans spaces before punctuation as llama.cpp (clean_spaces)', (t) => {
   const tok = vocab('gpt-2');
-  t.is(tok.decode(tok.encode('Hello , world ! It \'s here .', { addSpecial: false })), "Hello, world! It's here.");
+  t.is(tok.decode(tok.encode("Hello , world ! It 's here .", { addSpecial: false })), "Hello, world! It's here.");
   t.is(vocab('deepseek-llm').decode(vocab('deepseek-llm').encode('a , b', { addSpecial: false })), 'a , b'); // clean_spaces off
 });
 
@@ -244,7 +288,7 @@ test('user-defined tokens are matched in raw text even without parseSpecial (mpt
   t.true(tok.encode('a    b', { addSpecial: false }).includes(id));
 });
 
-test('character classes follow llama.cpp\'s Unicode 15.1 table, not the ICU of this Node build', (t) => {
+test("character classes follow llama.cpp's Unicode 15.1 table, not the ICU of this Node build", (t) => {
   // U+13700 (Egyptian hieroglyph, assigned in Unicode 16) is unassigned for llama.cpp, so it is
   // no \p{L}; ids checked against llama.cpp (node-llama-cpp 3.21.1) for this vocabulary.
   t.deepEqual(vocab('deepseek-coder').encode('= \u{13700}', { addSpecial: false }), [4084, 170, 228, 237, 209]);
@@ -287,14 +331,54 @@ function source(entries: Record<string, MetadataValue>) {
 
 const errorCases: [string, Record<string, MetadataValue>, TokenizerErrorCode, string][] = [
   ['no tokenizer at all', {}, 'missing-key', 'tokenizer.ggml.model'],
-  ['an unsupported tokenizer', { 'tokenizer.ggml.model': 't5', 'tokenizer.ggml.tokens': ['a'] }, 'unsupported-model', 'tokenizer.ggml.model'],
+  [
+    'an unsupported tokenizer',
+    { 'tokenizer.ggml.model': 't5', 'tokenizer.ggml.tokens': ['a'] },
+    'unsupported-model',
+    'tokenizer.ggml.model',
+  ],
   ['no token list', { 'tokenizer.ggml.model': 'llama' }, 'missing-key', 'tokenizer.ggml.tokens'],
-  ['tokens that are not strings', { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 3] }, 'bad-value', 'tokenizer.ggml.tokens'],
-  ['too few scores', { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.scores': [0] }, 'bad-value', 'tokenizer.ggml.scores'],
-  ['a duplicate token', { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b', 'a'] }, 'duplicate-token', 'tokenizer.ggml.tokens'],
-  ['BPE without merges', { 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': 'gpt-2', 'tokenizer.ggml.tokens': ['a'] }, 'missing-key', 'tokenizer.ggml.merges'],
-  ['an unknown pre-tokenizer', { 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': 'nope', 'tokenizer.ggml.tokens': ['a'], 'tokenizer.ggml.merges': [] }, 'unknown-pre', 'tokenizer.ggml.pre'],
-  ['a bool of the wrong type', { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b', 'c'], 'tokenizer.ggml.add_bos_token': 1 }, 'bad-value', 'tokenizer.ggml.add_bos_token'],
+  [
+    'tokens that are not strings',
+    { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 3] },
+    'bad-value',
+    'tokenizer.ggml.tokens',
+  ],
+  [
+    'too few scores',
+    { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.scores': [0] },
+    'bad-value',
+    'tokenizer.ggml.scores',
+  ],
+  [
+    'a duplicate token',
+    { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b', 'a'] },
+    'duplicate-token',
+    'tokenizer.ggml.tokens',
+  ],
+  [
+    'BPE without merges',
+    { 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': 'gpt-2', 'tokenizer.ggml.tokens': ['a'] },
+    'missing-key',
+    'tokenizer.ggml.merges',
+  ],
+  [
+    'an unknown pre-tokenizer',
+    {
+      'tokenizer.ggml.model': 'gpt2',
+      'tokenizer.ggml.pre': 'nope',
+      'tokenizer.ggml.tokens': ['a'],
+      'tokenizer.ggml.merges': [],
+    },
+    'unknown-pre',
+    'tokenizer.ggml.pre',
+  ],
+  [
+    'a bool of the wrong type',
+    { 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': ['a', 'b', 'c'], 'tokenizer.ggml.add_bos_token': 1 },
+    'bad-value',
+    'tokenizer.ggml.add_bos_token',
+  ],
 ];
 
 for (const [what, entries, code, key] of errorCases) {

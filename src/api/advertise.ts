@@ -100,7 +100,12 @@ export async function findApiServer(o: { timeoutMs: number; interface?: string }
         const from = s.referer?.address;
         const host = from && v4.includes(from) ? from : (v4[0] ?? from);
         if (!host || !Number.isInteger(s.port)) return;
-        done({ url: `http://${host}:${s.port}`, name: s.name, model: String(txt.model ?? ''), auth: String(txt.auth ?? '') === '1' });
+        done({
+          url: `http://${host}:${s.port}`,
+          name: s.name,
+          model: String(txt.model ?? ''),
+          auth: String(txt.auth ?? '') === '1',
+        });
       };
       browser.on('up', consider);
       const requery = setInterval(() => browser.update(), 1000);

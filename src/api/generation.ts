@@ -88,7 +88,8 @@ export async function runGeneration(
   }
   const totalMs = performance.now() - t0;
   const aborted = result.stopReason === 'aborted';
-  const finishReason: FinishReason = result.stopReason === 'length' || result.stopReason === 'context' ? 'length' : 'stop';
+  const finishReason: FinishReason =
+    result.stopReason === 'length' || result.stopReason === 'context' ? 'length' : 'stop';
   metrics?.generations.inc({ endpoint: job.endpoint, outcome: aborted ? 'cancelled' : finishReason });
   if (!aborted) metrics?.latency.observe({ endpoint: job.endpoint }, totalMs / 1000);
   return { ...result, finishReason, ttftMs: first === undefined ? undefined : first - t0, totalMs };

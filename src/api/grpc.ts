@@ -48,7 +48,8 @@ export class GrpcApi {
     // FetchTensors and Deliver belong to `herd run`'s coordinator: grpc-js answers UNIMPLEMENTED.
     this.server.addService(HerdCoordinatorService, {
       challenge: this.auth.challenge,
-      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => cb(null, { nodes: [] }),
+      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) =>
+        cb(null, { nodes: [] }),
       generate: (call: ServerWritableStream<GenerateRequest, GenerateEvent>) => void this.generate(call),
     });
   }
@@ -65,7 +66,10 @@ export class GrpcApi {
   }
 
   private parse(r: GenerateRequest): {
-    prompt: number[]; maxTokens: number | undefined; sampling: SamplingOptions; stop: string[];
+    prompt: number[];
+    maxTokens: number | undefined;
+    sampling: SamplingOptions;
+    stop: string[];
   } {
     if (r.prompt.length === 0) throw new BadRequest('prompt: must not be empty');
     if (r.prompt.length > MAX_PROMPT_CHARS) throw new BadRequest(`prompt: at most ${MAX_PROMPT_CHARS} characters`);
@@ -100,7 +104,9 @@ export class GrpcApi {
         this.host,
         this.metrics,
         {
-          ...job, signal: ac.signal, endpoint: 'grpc',
+          ...job,
+          signal: ac.signal,
+          endpoint: 'grpc',
           onToken: (t, lp) => {
             pending.push(t);
             if (lp) pendingLogprobs.push(lp);
@@ -118,13 +124,30 @@ export class GrpcApi {
         return;
       }
       // Tokens whose text never came out (cut by a stop string, or held back at the end).
-      if (pending.length > 0) call.write({ text: { text: '', tokenIds: pending, logprobs: pendingLogprobs.map(logprobsToWire) } });
+      if (pending.length > 0)
+        call.write({ text: { text: '', tokenIds: pending, logprobs: pendingLogprobs.map(logprobsToWire) } });
       const t = out.timings;
       call.write({
-        done: { stopReason: out.stopReason, promptTokens: t.prompt_tokens, promptMs: t.prompt_ms, decodeTokens: t.decode_tokens, decodeMs: t.decode_ms },
+        done: {
+          stopReason: out.stopReason,
+          promptTokens: t.prompt_tokens,
+          promptMs: t.prompt_ms,
+          decodeTokens: t.decode_tokens,
+          decodeMs: t.decode_ms,
+        },
       });
       call.end();
-      this.log.info({ id, endpoint: 'grpc', promptTokens: t.prompt_tokens, completionTokens: t.decode_tokens, stopReason: out.stopReason, ms: Math.round(out.totalMs) }, 'request.done');
+      this.log.info(
+        {
+          id,
+          endpoint: 'grpc',
+          promptTokens: t.prompt_tokens,
+          completionTokens: t.decode_tokens,
+          stopReason: out.stopReason,
+          ms: Math.round(out.totalMs),
+        },
+        'request.done',
+      );
     } catch (e) {
       if (ac.signal.aborted) {
         this.log.info({ id }, 'request.cancelled');

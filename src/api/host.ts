@@ -69,7 +69,10 @@ export class ModelHost {
     const size = o.parallel ?? defaultParallel(this.config, this.ctx, o.kvType, o.nodes);
     // Each needs the other: the runner asks the pool whether it is busy and to drop kept
     // sessions; the pool opens sessions on the runner's model.
-    this.runner = new ModelRunner({ ...o, file: this.file, ctx: this.ctx, modelId: this.modelId, slots: size }, () => this.pool);
+    this.runner = new ModelRunner(
+      { ...o, file: this.file, ctx: this.ctx, modelId: this.modelId, slots: size },
+      () => this.pool,
+    );
     this.pool = new SessionPool(this.runner, { size, idleSeconds: o.idleSeconds, log: o.log, onStep: o.onStep });
   }
 

@@ -31,7 +31,10 @@ function named(tokenizer: Tokenizer, id: number, logprob: number): ChatTopLogpro
 
 export function chatLogprobs(tokenizer: Tokenizer, entries: readonly TokenLogprobs[]): { content: ChatTokenLogprob[] } {
   return {
-    content: entries.map((e) => ({ ...named(tokenizer, e.token, e.logprob), top_logprobs: e.top.map((t) => named(tokenizer, t.token, t.logprob)) })),
+    content: entries.map((e) => ({
+      ...named(tokenizer, e.token, e.logprob),
+      top_logprobs: e.top.map((t) => named(tokenizer, t.token, t.logprob)),
+    })),
   };
 }
 

@@ -37,17 +37,32 @@ export class ApiMetrics {
   /** By stage address. */
   private readonly recentStages = new Map<string, RecentStageTime>();
 
-  constructor(sample: { queueDepth: () => number; sessionsActive: () => number; sessionsIdle: () => number; slots: number; ready: () => boolean }) {
+  constructor(sample: {
+    queueDepth: () => number;
+    sessionsActive: () => number;
+    sessionsIdle: () => number;
+    slots: number;
+    ready: () => boolean;
+  }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'herd_' });
-    this.httpRequests = new Counter({ name: 'herd_http_requests_total', help: 'HTTP requests answered, by route and status', labelNames: ['route', 'status'], registers });
+    this.httpRequests = new Counter({
+      name: 'herd_http_requests_total',
+      help: 'HTTP requests answered, by route and status',
+      labelNames: ['route', 'status'],
+      registers,
+    });
     this.generations = new Counter({
       name: 'herd_generations_total',
       help: 'Generations finished, by endpoint and outcome (stop, length, cancelled by the client, error)',
       labelNames: ['endpoint', 'outcome'],
       registers,
     });
-    this.promptTokens = new Counter({ name: 'herd_prompt_tokens_total', help: 'Prompt tokens of the requests (reused ones included)', registers });
+    this.promptTokens = new Counter({
+      name: 'herd_prompt_tokens_total',
+      help: 'Prompt tokens of the requests (reused ones included)',
+      registers,
+    });
     this.promptTokensReused = new Counter({
       name: 'herd_prompt_tokens_reused_total',
       help: 'Prompt tokens a kept session already held (a common prefix with an earlier request): not computed again',
@@ -81,14 +96,22 @@ export class ApiMetrics {
       buckets: STEP_BUCKETS,
       registers,
     });
-    this.nodesLost = new Counter({ name: 'herd_nodes_lost_total', help: 'Nodes found gone after a pipeline broke mid-generation', registers });
+    this.nodesLost = new Counter({
+      name: 'herd_nodes_lost_total',
+      help: 'Nodes found gone after a pipeline broke mid-generation',
+      registers,
+    });
     this.replans = new Counter({
       name: 'herd_replans_total',
       help: 'Re-plans over the nodes left after a node was lost, by outcome (done; failed: the model no longer fits or the new plan did not load)',
       labelNames: ['outcome'],
       registers,
     });
-    this.resumed = new Counter({ name: 'herd_requests_resumed_total', help: 'Requests whose session replayed its tokens on a new plan and carried on after a node was lost', registers });
+    this.resumed = new Counter({
+      name: 'herd_requests_resumed_total',
+      help: 'Requests whose session replayed its tokens on a new plan and carried on after a node was lost',
+      registers,
+    });
     const gauge = (name: string, help: string, value: () => number) =>
       new Gauge({
         name,
@@ -98,10 +121,18 @@ export class ApiMetrics {
           this.set(value());
         },
       });
-    gauge('herd_tokens_per_second', `Tokens generated per second over the last ${RATE_WINDOW_S} s, all requests together`, () => this.tokensPerSecond());
+    gauge(
+      'herd_tokens_per_second',
+      `Tokens generated per second over the last ${RATE_WINDOW_S} s, all requests together`,
+      () => this.tokensPerSecond(),
+    );
     gauge('herd_queue_depth', 'Requests waiting for a session slot', sample.queueDepth);
     gauge('herd_sessions_active', 'Sessions (KV caches) in use by requests', sample.sessionsActive);
-    gauge('herd_sessions_idle', 'Sessions kept open after their request for prompt reuse (each holds a slot until a request waits for one)', sample.sessionsIdle);
+    gauge(
+      'herd_sessions_idle',
+      'Sessions kept open after their request for prompt reuse (each holds a slot until a request waits for one)',
+      sample.sessionsIdle,
+    );
     gauge('herd_session_slots', 'Sessions that may run at once', () => sample.slots);
     gauge('herd_ready', '1 when the model or herd is ready to serve', () => (sample.ready() ? 1 : 0));
   }

@@ -201,10 +201,16 @@ export class ModelRunner {
     const o = this.o;
     let served: Served | undefined;
     const onRecovery = (e: RecoveryEvent) => this.recovered(served, e);
-    const loaded = await loadModel({ ...o, onRecovery, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+    const loaded = await loadModel(
+      { ...o, onRecovery, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger },
+      set,
+    );
     if (loaded.mode === 'local') {
       const view = { ...loaded.plan[0], backend: loaded.model.backend.name, arch: process.arch };
-      return { ...loaded, nodes: async () => [{ ...view, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss }] };
+      return {
+        ...loaded,
+        nodes: async () => [{ ...view, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss }],
+      };
     }
     for (const l of loaded.shards) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
     const infos = new Map(set?.infos);
@@ -309,5 +315,10 @@ export class ModelRunner {
 
 /** Which nodes answered: the sorted node ids, '' when generation runs in-process. */
 function nodeSetKey(set: NodeSet | undefined): string {
-  return !set || set.mode === 'local' ? '' : set.nodes.map((n) => n.id).sort().join(',');
+  return !set || set.mode === 'local'
+    ? ''
+    : set.nodes
+        .map((n) => n.id)
+        .sort()
+        .join(',');
 }

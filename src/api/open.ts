@@ -11,7 +11,14 @@ import type { SamplingOptions } from '../engine/sampler.ts';
 import { jsonLogger, silentLogger, type Logger } from '../cluster/log.ts';
 import type { NodeSet } from '../cluster/coordinator/nodes.ts';
 import type { StageLoad } from '../cluster/coordinator/cluster.ts';
-import { describeRecovery, findHerd, loadHerdModel, type ClusterModel, type HerdOptions, type RecoveryEvent } from '../cluster/coordinator/herd-model.ts';
+import {
+  describeRecovery,
+  findHerd,
+  loadHerdModel,
+  type ClusterModel,
+  type HerdOptions,
+  type RecoveryEvent,
+} from '../cluster/coordinator/herd-model.ts';
 
 /** Where and how the layers run: the flags `herd run`, `herd serve` and `herd chat` share. */
 export interface ModelOptions extends HerdOptions {
@@ -23,10 +30,18 @@ export interface ModelOptions extends HerdOptions {
 export type LoadedModel = LocalModel | ClusterModel;
 
 /** Loads the model in-process (no set, or a local one) or has the herd's stages load it. */
-export async function loadModel(o: ModelOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger }, set: NodeSet | undefined): Promise<LoadedModel> {
+export async function loadModel(
+  o: ModelOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger },
+  set: NodeSet | undefined,
+): Promise<LoadedModel> {
   if (set && set.mode !== 'local') return loadHerdModel(o, set);
   const progress = o.progress;
-  return loadLocalModel(o.file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress: progress && ((p) => progress({ phase: 'load', ...p })) });
+  return loadLocalModel(o.file, {
+    ctx: o.ctx,
+    kvType: o.kvType,
+    backend: o.backend,
+    onProgress: progress && ((p) => progress({ phase: 'load', ...p })),
+  });
 }
 
 export interface OpenOptions extends ModelOptions {
@@ -52,7 +67,10 @@ export interface OpenedInference {
 export async function openInference(o: OpenOptions): Promise<OpenedInference> {
   const set = await findHerd(o, o.note);
   const onRecovery = o.onRecovery ?? ((e: RecoveryEvent) => o.note(describeRecovery(e)));
-  const loaded = await loadModel({ ...o, onRecovery, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger }, set);
+  const loaded = await loadModel(
+    { ...o, onRecovery, log: o.verbose ? jsonLogger({ role: 'coordinator' }) : silentLogger },
+    set,
+  );
   const shards = loaded.mode === 'cluster' ? loaded.shards : undefined;
   for (const [i, l] of (shards ?? []).entries()) {
     const how = l.source === 'fetched' ? `fetched ${(l.bytes_transferred / 1e6).toFixed(1)} MB` : `from ${l.source}`;

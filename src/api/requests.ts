@@ -46,7 +46,12 @@ function typeName(v: unknown): string {
 function opt<T>(o: Obj, name: string, check: (v: unknown) => v is T, what: string): T | undefined {
   const v = o[name];
   if (v === undefined || v === null) return undefined;
-  if (!check(v)) throw badRequest(`'${name}' must be ${what}, got ${typeName(v)}${typeof v === 'number' ? ` ${v}` : ''}`, name, 'invalid_type');
+  if (!check(v))
+    throw badRequest(
+      `'${name}' must be ${what}, got ${typeName(v)}${typeof v === 'number' ? ` ${v}` : ''}`,
+      name,
+      'invalid_type',
+    );
   return v;
 }
 
@@ -57,23 +62,28 @@ const isInt = (v: unknown): v is number => Number.isInteger(v);
 
 function range(name: string, v: number | undefined, lo: number, hi: number, loOpen = false): number | undefined {
   if (v === undefined) return undefined;
-  if (v > hi || v < lo || (loOpen && v === lo)) throw badRequest(`'${name}' must be in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${v}`, name);
+  if (v > hi || v < lo || (loOpen && v === lo))
+    throw badRequest(`'${name}' must be in ${loOpen ? '(' : '['}${lo}, ${hi}], got ${v}`, name);
   return v;
 }
 
 function common(body: unknown): { o: Obj; p: GenerationParams } {
-  if (!isObj(body)) throw badRequest(`the request body must be a JSON object, got ${typeName(body)}`, null, 'invalid_type');
+  if (!isObj(body))
+    throw badRequest(`the request body must be a JSON object, got ${typeName(body)}`, null, 'invalid_type');
   const o = body;
   const model = opt(o, 'model', isString, 'a string');
   const n = opt(o, 'n', isInt, 'an integer');
-  if (n !== undefined && n !== 1) throw badRequest(`herd generates one choice per request: 'n' must be 1, got ${n}`, 'n', 'unsupported_value');
+  if (n !== undefined && n !== 1)
+    throw badRequest(`herd generates one choice per request: 'n' must be 1, got ${n}`, 'n', 'unsupported_value');
 
   const maxTokens = opt(o, 'max_completion_tokens', isInt, 'an integer') ?? opt(o, 'max_tokens', isInt, 'an integer');
-  if (maxTokens !== undefined && maxTokens < 0) throw badRequest(`'max_tokens' must be >= 0, got ${maxTokens}`, 'max_tokens');
+  if (maxTokens !== undefined && maxTokens < 0)
+    throw badRequest(`'max_tokens' must be >= 0, got ${maxTokens}`, 'max_tokens');
   const temperature = range('temperature', opt(o, 'temperature', isNumber, 'a number'), 0, 2);
   const topP = range('top_p', opt(o, 'top_p', isNumber, 'a number'), 0, 1, true);
   const seed = opt(o, 'seed', isInt, 'an integer');
-  if (seed !== undefined && (seed < 0 || seed > 0xffffffff)) throw badRequest(`'seed' must be in [0, 4294967295], got ${seed}`, 'seed');
+  if (seed !== undefined && (seed < 0 || seed > 0xffffffff))
+    throw badRequest(`'seed' must be in [0, 4294967295], got ${seed}`, 'seed');
   const frequencyPenalty = range('frequency_penalty', opt(o, 'frequency_penalty', isNumber, 'a number'), -2, 2);
   const presencePenalty = range('presence_penalty', opt(o, 'presence_penalty', isNumber, 'a number'), -2, 2);
   // llama.cpp server's extensions
@@ -81,7 +91,8 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
   if (topK !== undefined && topK < 0) throw badRequest(`'top_k' must be >= 0, got ${topK}`, 'top_k');
   const minP = range('min_p', opt(o, 'min_p', isNumber, 'a number'), 0, 1);
   const repeatPenalty = opt(o, 'repeat_penalty', isNumber, 'a number');
-  if (repeatPenalty !== undefined && repeatPenalty <= 0) throw badRequest(`'repeat_penalty' must be > 0, got ${repeatPenalty}`, 'repeat_penalty');
+  if (repeatPenalty !== undefined && repeatPenalty <= 0)
+    throw badRequest(`'repeat_penalty' must be > 0, got ${repeatPenalty}`, 'repeat_penalty');
 
   let stop: string[] = [];
   const s = o.stop;
@@ -90,12 +101,14 @@ function common(body: unknown): { o: Obj; p: GenerationParams } {
     if (!s.every(isString)) throw badRequest("'stop' must be a string or an array of strings", 'stop', 'invalid_type');
     if (s.length > MAX_STOPS) throw badRequest(`'stop' takes at most ${MAX_STOPS} strings, got ${s.length}`, 'stop');
     stop = s;
-  } else if (s !== undefined && s !== null) throw badRequest(`'stop' must be a string or an array of strings, got ${typeName(s)}`, 'stop', 'invalid_type');
+  } else if (s !== undefined && s !== null)
+    throw badRequest(`'stop' must be a string or an array of strings, got ${typeName(s)}`, 'stop', 'invalid_type');
 
   const stream = opt(o, 'stream', isBool, 'a boolean') ?? false;
   const cachePrompt = opt(o, 'cache_prompt', isBool, 'a boolean') ?? true;
   const so = o.stream_options;
-  if (so !== undefined && so !== null && !isObj(so)) throw badRequest(`'stream_options' must be an object, got ${typeName(so)}`, 'stream_options', 'invalid_type');
+  if (so !== undefined && so !== null && !isObj(so))
+    throw badRequest(`'stream_options' must be an object, got ${typeName(so)}`, 'stream_options', 'invalid_type');
   const includeUsage = (so && isObj(so) ? opt(so, 'include_usage', isBool, 'a boolean') : undefined) ?? false;
 
   const sampling = validateSampling({
@@ -139,8 +152,14 @@ function content(v: unknown, at: string): string {
   if (Array.isArray(v)) {
     return v
       .map((part, i) => {
-        if (!isObj(part) || typeof part.type !== 'string') throw badRequest(`'${at}[${i}]' must be a content part object`, at, 'invalid_type');
-        if (part.type !== 'text' || typeof part.text !== 'string') throw badRequest(`'${at}[${i}]': herd reads text parts only, got type '${part.type}'`, at, 'unsupported_value');
+        if (!isObj(part) || typeof part.type !== 'string')
+          throw badRequest(`'${at}[${i}]' must be a content part object`, at, 'invalid_type');
+        if (part.type !== 'text' || typeof part.text !== 'string')
+          throw badRequest(
+            `'${at}[${i}]': herd reads text parts only, got type '${part.type}'`,
+            at,
+            'unsupported_value',
+          );
         return part.text;
       })
       .join('');
@@ -152,10 +171,12 @@ export function parseChatRequest(body: unknown): ChatRequest {
   const { o, p: base } = common(body);
   const p = { ...base, sampling: { ...base.sampling, logprobs: chatLogprobs(o) } };
   const tools = o.tools;
-  if (Array.isArray(tools) && tools.length > 0) throw badRequest('herd does not support tools yet', 'tools', 'unsupported_value');
+  if (Array.isArray(tools) && tools.length > 0)
+    throw badRequest('herd does not support tools yet', 'tools', 'unsupported_value');
   const raw = o.messages;
   if (raw === undefined) throw badRequest("'messages' is required", 'messages', 'missing_required_parameter');
-  if (!Array.isArray(raw)) throw badRequest(`'messages' must be an array, got ${typeName(raw)}`, 'messages', 'invalid_type');
+  if (!Array.isArray(raw))
+    throw badRequest(`'messages' must be an array, got ${typeName(raw)}`, 'messages', 'invalid_type');
   if (raw.length === 0) throw badRequest("'messages' must hold at least one message", 'messages');
   const messages = raw.map((m, i): ChatMessage => {
     const at = `messages[${i}]`;
@@ -165,7 +186,11 @@ export function parseChatRequest(body: unknown): ChatRequest {
     // OpenAI's newer name for the system role
     const r = role === 'developer' ? 'system' : role;
     if (r !== 'system' && r !== 'user' && r !== 'assistant') {
-      throw badRequest(`'${at}.role' must be system, user or assistant, got '${role}'`, `${at}.role`, 'unsupported_value');
+      throw badRequest(
+        `'${at}.role' must be system, user or assistant, got '${role}'`,
+        `${at}.role`,
+        'unsupported_value',
+      );
     }
     return { role: r, content: content(m.content, `${at}.content`) };
   });
@@ -177,22 +202,33 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Comple
   const p = { ...base, sampling: { ...base.sampling, logprobs: completionLogprobs(o) } };
   const echo = opt(o, 'echo', isBool, 'a boolean') ?? false;
   if (echo && p.sampling.logprobs !== undefined) {
-    throw badRequest("herd returns the generated tokens' logprobs, not the prompt's: 'echo' with 'logprobs' is not supported", 'echo', 'unsupported_value');
+    throw badRequest(
+      "herd returns the generated tokens' logprobs, not the prompt's: 'echo' with 'logprobs' is not supported",
+      'echo',
+      'unsupported_value',
+    );
   }
   const suffix = opt(o, 'suffix', isString, 'a string');
   if (suffix) throw badRequest("herd does not support 'suffix' (fill-in-the-middle)", 'suffix', 'unsupported_value');
   let prompt = o.prompt;
-  if (prompt === undefined || prompt === null) throw badRequest("'prompt' is required", 'prompt', 'missing_required_parameter');
+  if (prompt === undefined || prompt === null)
+    throw badRequest("'prompt' is required", 'prompt', 'missing_required_parameter');
   // A batch of one prompt is that prompt; several would need several choices.
-  if (Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === 'string' || Array.isArray(prompt[0]))) prompt = prompt[0];
+  if (Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === 'string' || Array.isArray(prompt[0])))
+    prompt = prompt[0];
   if (typeof prompt === 'string') return { ...p, prompt, echo };
   if (Array.isArray(prompt) && prompt.every(isInt)) {
     const bad = prompt.find((id) => id < 0 || id >= vocabSize);
-    if (bad !== undefined) throw badRequest(`'prompt' token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
+    if (bad !== undefined)
+      throw badRequest(`'prompt' token id ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'prompt');
     return { ...p, prompt: prompt as number[], echo };
   }
   if (Array.isArray(prompt) && prompt.length > 1 && prompt.every((x) => typeof x === 'string' || Array.isArray(x))) {
     throw badRequest(`herd takes one prompt per request, got ${prompt.length}`, 'prompt', 'unsupported_value');
   }
-  throw badRequest(`'prompt' must be a string or an array of token ids, got ${typeName(prompt)}`, 'prompt', 'invalid_type');
+  throw badRequest(
+    `'prompt' must be a string or an array of token ids, got ${typeName(prompt)}`,
+    'prompt',
+    'invalid_type',
+  );
 }

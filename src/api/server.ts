@@ -37,7 +37,17 @@ const STATIC: Record<string, { file: string; type: string }> = {
 };
 
 /** Route labels for the metrics: known routes by name, everything else as one label. */
-const ROUTES = new Set(['/', '/health', '/metrics', '/api/state', '/v1/models', '/v1/chat/completions', '/v1/completions', '/dashboard.js', '/dashboard.css']);
+const ROUTES = new Set([
+  '/',
+  '/health',
+  '/metrics',
+  '/api/state',
+  '/v1/models',
+  '/v1/chat/completions',
+  '/v1/completions',
+  '/dashboard.js',
+  '/dashboard.css',
+]);
 
 export class ApiServer {
   readonly host: ModelHost;
@@ -50,7 +60,11 @@ export class ApiServer {
   private readonly files = new Map<string, Buffer>();
 
   constructor(private readonly o: ServerOptions) {
-    const host = ModelHost.open({ ...o.host, onStep: (step) => this.metrics.observeStep(step), onRecovery: (e) => this.metrics.observeRecovery(e) });
+    const host = ModelHost.open({
+      ...o.host,
+      onStep: (step) => this.metrics.observeStep(step),
+      onRecovery: (e) => this.metrics.observeRecovery(e),
+    });
     this.host = host;
     this.metrics = new ApiMetrics({
       queueDepth: () => host.slots.waiting,
@@ -119,7 +133,13 @@ export class ApiServer {
       if (req.method === 'POST' && path === '/v1/chat/completions') return await this.chat(req, res);
       if (req.method === 'POST' && path === '/v1/completions') return await this.completions(req, res);
       const known = ROUTES.has(path) || path.startsWith('/v1/models/');
-      if (known) throw new ApiError(405, 'invalid_request_error', 'method_not_allowed', `${req.method} is not allowed on ${path}`);
+      if (known)
+        throw new ApiError(
+          405,
+          'invalid_request_error',
+          'method_not_allowed',
+          `${req.method} is not allowed on ${path}`,
+        );
       throw notFound(`no route ${req.method} ${path}`);
     } catch (e) {
       this.fail(res, e);
@@ -129,8 +149,10 @@ export class ApiServer {
   private fail(res: ServerResponse, e: unknown): void {
     if (e instanceof AbortedError || res.destroyed) return;
     const err = toApiError(e);
-    if (err.status === 500) this.o.log.error({ error: (e as Error).message, stack: (e as Error).stack }, 'request.error');
-    else if (err.status >= 500) this.o.log.warn({ status: err.status, code: err.code, error: err.message }, 'request.unavailable');
+    if (err.status === 500)
+      this.o.log.error({ error: (e as Error).message, stack: (e as Error).stack }, 'request.error');
+    else if (err.status >= 500)
+      this.o.log.warn({ status: err.status, code: err.code, error: err.message }, 'request.unavailable');
     else this.o.log.debug({ status: err.status, code: err.code, error: err.message }, 'request.refused');
     if (res.headersSent) {
       // Mid-stream: the status is gone, so the error travels as an event, then the stream ends.
@@ -143,7 +165,8 @@ export class ApiServer {
   private authorize(req: IncomingMessage): void {
     if (!this.keyHash) return;
     const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
-    if (!m) throw unauthorized('You didn\'t provide an API key: send "Authorization: Bearer KEY" (herd serve --api-key)');
+    if (!m)
+      throw unauthorized('You didn\'t provide an API key: send "Authorization: Bearer KEY" (herd serve --api-key)');
     if (!timingSafeEqual(sha256(m[1].trim()), this.keyHash)) throw unauthorized('Incorrect API key provided');
   }
 
@@ -153,7 +176,8 @@ export class ApiServer {
   }
 
   private checkModel(p: GenerationParams): void {
-    if (p.model !== undefined && p.model !== '' && !this.servesModel(p.model)) throw modelNotFound(p.model, this.host.modelId);
+    if (p.model !== undefined && p.model !== '' && !this.servesModel(p.model))
+      throw modelNotFound(p.model, this.host.modelId);
   }
 
   private modelObject(): object {
@@ -163,7 +187,13 @@ export class ApiServer {
       object: 'model',
       created: h.created,
       owned_by: 'herd',
-      herd: { path: h.file.path, architecture: h.config.arch, layers: h.config.nLayers, context: h.ctx, chat_template: h.template.name },
+      herd: {
+        path: h.file.path,
+        architecture: h.config.arch,
+        layers: h.config.nLayers,
+        context: h.ctx,
+        chat_template: h.template.name,
+      },
     };
   }
 
@@ -194,15 +224,21 @@ export class ApiServer {
   /** What the dashboard draws. */
   async state(): Promise<object> {
     const h = this.host;
-    const value = async (c: { get(): Promise<{ values: { value: number }[] }> }) => (await c.get()).values.reduce((s, v) => s + v.value, 0);
+    const value = async (c: { get(): Promise<{ values: { value: number }[] }> }) =>
+      (await c.get()).values.reduce((s, v) => s + v.value, 0);
     return {
       version: this.o.version,
       status: h.status,
       error: h.error ?? null,
       mode: h.mode ?? null,
       model: {
-        id: h.modelId, path: h.file.path, architecture: h.config.arch, layers: h.config.nLayers, context: h.ctx,
-        bytes: h.file.fileSize, chat_template: h.template.name,
+        id: h.modelId,
+        path: h.file.path,
+        architecture: h.config.arch,
+        layers: h.config.nLayers,
+        context: h.ctx,
+        bytes: h.file.fileSize,
+        chat_template: h.template.name,
       },
       nodes: (await h.nodes()).map((n) => ({ ...n, stageMs: this.metrics.recentStage(n.address) })),
       sessions: { active: h.activeSessions, idle: h.idleSessions, queued: h.slots.waiting, slots: h.slots.size },
@@ -241,8 +277,11 @@ export class ApiServer {
     const chunk = (delta: object, finish: string | null, extra: object = {}) => {
       const lp = pending.take();
       return {
-        ...head, object: 'chat.completion.chunk',
-        choices: [{ index: 0, delta, logprobs: lp.length > 0 ? chatLogprobs(h.tokenizer, lp) : null, finish_reason: finish }],
+        ...head,
+        object: 'chat.completion.chunk',
+        choices: [
+          { index: 0, delta, logprobs: lp.length > 0 ? chatLogprobs(h.tokenizer, lp) : null, finish_reason: finish },
+        ],
         ...extra,
       };
     };
@@ -250,7 +289,13 @@ export class ApiServer {
       h,
       this.metrics,
       {
-        prompt, maxTokens: r.maxTokens, stop: [...r.stop, ...h.template.stops], sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'chat',
+        prompt,
+        maxTokens: r.maxTokens,
+        stop: [...r.stop, ...h.template.stops],
+        sampling: r.sampling,
+        cachePrompt: r.cachePrompt,
+        signal: ac.signal,
+        endpoint: 'chat',
         onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
       },
       stream && ((text) => stream.send(chunk({ content: text }, null))),
@@ -269,7 +314,14 @@ export class ApiServer {
     sendJson(res, 200, {
       ...head,
       object: 'chat.completion',
-      choices: [{ index: 0, message: { role: 'assistant', content: out.text }, logprobs: wantLogprobs ? chatLogprobs(h.tokenizer, out.logprobs) : null, finish_reason: out.finishReason }],
+      choices: [
+        {
+          index: 0,
+          message: { role: 'assistant', content: out.text },
+          logprobs: wantLogprobs ? chatLogprobs(h.tokenizer, out.logprobs) : null,
+          finish_reason: out.finishReason,
+        },
+      ],
       usage,
       herd,
     });
@@ -294,7 +346,8 @@ export class ApiServer {
     const chunk = (text: string, finish: string | null, extra: object = {}) => {
       const lp = pending.take();
       return {
-        ...head, object: 'text_completion',
+        ...head,
+        object: 'text_completion',
         choices: [{ index: 0, text, logprobs: lp.length > 0 ? writer.next(lp) : null, finish_reason: finish }],
         ...extra,
       };
@@ -304,7 +357,13 @@ export class ApiServer {
       this.metrics,
       // OpenAI's completions default to 16 tokens.
       {
-        prompt, maxTokens: r.maxTokens ?? 16, stop: r.stop, sampling: r.sampling, cachePrompt: r.cachePrompt, signal: ac.signal, endpoint: 'completions',
+        prompt,
+        maxTokens: r.maxTokens ?? 16,
+        stop: r.stop,
+        sampling: r.sampling,
+        cachePrompt: r.cachePrompt,
+        signal: ac.signal,
+        endpoint: 'completions',
         onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
       },
       stream && ((text) => stream.send(chunk(text, null))),
@@ -321,7 +380,13 @@ export class ApiServer {
       return;
     }
     const logprobs = wantLogprobs ? writer.next(out.logprobs) : null;
-    sendJson(res, 200, { ...head, object: 'text_completion', choices: [{ index: 0, text: echoText + out.text, logprobs, finish_reason: out.finishReason }], usage, herd });
+    sendJson(res, 200, {
+      ...head,
+      object: 'text_completion',
+      choices: [{ index: 0, text: echoText + out.text, logprobs, finish_reason: out.finishReason }],
+      usage,
+      herd,
+    });
   }
 
   /** A generation cut short: by the client (nothing to say) or by the server closing. */
@@ -342,15 +407,34 @@ export class ApiServer {
       timings: out.timings,
       ttft_ms: out.ttftMs === undefined ? null : Math.round(out.ttftMs * 100) / 100,
       plan: this.host.plan,
-      ...(this.host.mode === 'local' && this.host.o.backend ? { backend: this.host.o.backend.name, isa: this.host.o.backend.isa, threads: this.host.o.backend.threads, peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024) } : {}),
+      ...(this.host.mode === 'local' && this.host.o.backend
+        ? {
+            backend: this.host.o.backend.name,
+            isa: this.host.o.backend.isa,
+            threads: this.host.o.backend.threads,
+            peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
+          }
+        : {}),
     };
   }
 
-  private logDone(id: string, endpoint: string, promptTokens: number, out: GenerationOutcome, cancelled: boolean): void {
+  private logDone(
+    id: string,
+    endpoint: string,
+    promptTokens: number,
+    out: GenerationOutcome,
+    cancelled: boolean,
+  ): void {
     this.o.log.info(
       {
-        id, endpoint, promptTokens, promptReused: out.timings.prompt_cached, completionTokens: out.tokens.length, finish: cancelled ? 'cancelled' : out.finishReason,
-        ttftMs: out.ttftMs === undefined ? null : Math.round(out.ttftMs), ms: Math.round(out.totalMs),
+        id,
+        endpoint,
+        promptTokens,
+        promptReused: out.timings.prompt_cached,
+        completionTokens: out.tokens.length,
+        finish: cancelled ? 'cancelled' : out.finishReason,
+        ttftMs: out.ttftMs === undefined ? null : Math.round(out.ttftMs),
+        ms: Math.round(out.totalMs),
       },
       cancelled ? 'request.cancelled' : 'request.done',
     );
@@ -378,7 +462,12 @@ class EventStream {
 
   send(event: object): void {
     if (!this.res.headersSent) {
-      this.res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+      this.res.writeHead(200, {
+        'Content-Type': 'text/event-stream; charset=utf-8',
+        'Cache-Control': 'no-cache',
+        Connection: 'keep-alive',
+        'X-Accel-Buffering': 'no',
+      });
     }
     if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(event)}\n\n`);
   }
@@ -404,7 +493,10 @@ function sha256(s: string): Buffer {
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+  });
   res.end(text);
 }
 
@@ -413,7 +505,13 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const c of req) {
     size += (c as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new ApiError(413, 'invalid_request_error', 'request_too_large', `the request body exceeds ${MAX_BODY_BYTES} bytes`);
+    if (size > MAX_BODY_BYTES)
+      throw new ApiError(
+        413,
+        'invalid_request_error',
+        'request_too_large',
+        `the request body exceeds ${MAX_BODY_BYTES} bytes`,
+      );
     chunks.push(c as Buffer);
   }
   const text = Buffer.concat(chunks).toString('utf8');

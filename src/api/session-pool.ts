@@ -243,7 +243,12 @@ class TimedSession implements InferenceSession {
       throw e;
     }
     const seconds = (performance.now() - t0) / 1000;
-    this.observe?.({ phase: this.first ? 'prefill' : 'decode', tokens: tokens.length, seconds, stages: this.h.session.lastStages });
+    this.observe?.({
+      phase: this.first ? 'prefill' : 'decode',
+      tokens: tokens.length,
+      seconds,
+      stages: this.h.session.lastStages,
+    });
     this.first = false;
     return token;
   }

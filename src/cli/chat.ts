@@ -14,12 +14,18 @@ import { ContextError, type Timings } from '../engine/generate.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { createBackend } from '../kernels/select.ts';
-import { asUsage, CHAT_TEMPLATE_HELP, defaultCacheDir, engineOptions, herdOptions, samplingOptions } from './cluster-options.ts';
+import {
+  asUsage,
+  CHAT_TEMPLATE_HELP,
+  defaultCacheDir,
+  engineOptions,
+  herdOptions,
+  samplingOptions,
+} from './cluster-options.ts';
 import { chatOnServer, resolveServer, ServerError, type ServerTarget } from './client.ts';
 import { resolveModelPath } from './model-path.ts';
 import { UsageError } from './errors.ts';
 import type { ArgsOf } from './yargs.ts';
-
 
 function builder(y: Argv) {
   const engine = engineOptions(y, {
@@ -28,7 +34,9 @@ function builder(y: Argv) {
   })
     .option('system', { alias: 's', type: 'string', describe: 'System prompt that opens the conversation' })
     .option('max-tokens', {
-      alias: 'n', type: 'number', describe: 'Most tokens per reply (default: until the end of the turn or the context)',
+      alias: 'n',
+      type: 'number',
+      describe: 'Most tokens per reply (default: until the end of the turn or the context)',
     });
   const sampling = samplingOptions(engine)
     .option('seed', { type: 'number', describe: 'Random seed (default: random)' })
@@ -37,10 +45,14 @@ function builder(y: Argv) {
     interface: 'Discover nodes (or the server) on this network interface only',
     discoveryTimeout: 'Seconds to wait for nodes or a server to answer over mDNS',
   })
-    .option('server', { type: 'string', describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)' })
+    .option('server', {
+      type: 'string',
+      describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)',
+    })
     .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
     .option('timings', {
-      type: 'boolean', default: false,
+      type: 'boolean',
+      default: false,
       describe: 'After each reply, print on stderr its prompt tokens (reused from the session and computed) and speeds',
     })
     .group(['server', 'api-key'], 'Herd:');
@@ -55,7 +67,11 @@ interface Reply {
 }
 
 /** Answers one turn: streams text to onText, resolves with the whole reply. */
-type Replier = (messages: readonly ChatMessage[], onText: (text: string) => void, signal: AbortSignal) => Promise<Reply>;
+type Replier = (
+  messages: readonly ChatMessage[],
+  onText: (text: string) => void,
+  signal: AbortSignal,
+) => Promise<Reply>;
 
 interface Backend {
   readonly describe: string;
@@ -69,11 +85,25 @@ async function localBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => 
   const { ModelHost } = await import('../api/host.ts');
   const { runGeneration } = await import('../api/generation.ts');
   const { apiLogger } = await import('./serve.ts');
-  const backend = await createBackend(args.backend, { threads: args.threads, note: (line) => process.stderr.write(`herd: ${line}\n`) });
+  const backend = await createBackend(args.backend, {
+    threads: args.threads,
+    note: (line) => process.stderr.write(`herd: ${line}\n`),
+  });
   const host = ModelHost.open({
-    modelPath: resolveModelPath(args.model), nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
-    interface: args.interface, key: asUsage(() => loadClusterKey(args)), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
-    cacheDir: defaultCacheDir(), parallel: 1, chatTemplate: args.chatTemplate, log: await apiLogger('silent'),
+    modelPath: resolveModelPath(args.model),
+    nodes: args.nodes,
+    ctx: args.ctx,
+    kvType: args.kvType,
+    backend,
+    stages: args.stages,
+    interface: args.interface,
+    key: asUsage(() => loadClusterKey(args)),
+    wire: args.wire,
+    discoveryTimeoutMs: args.discoveryTimeout * 1000,
+    cacheDir: defaultCacheDir(),
+    parallel: 1,
+    chatTemplate: args.chatTemplate,
+    log: await apiLogger('silent'),
   });
   await host.start();
   if (host.status !== 'ready') {
@@ -90,7 +120,15 @@ async function localBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => 
       const out = await runGeneration(
         host,
         undefined,
-        { prompt, maxTokens: args.maxTokens, stop: [...host.template.stops], sampling: sampling(), cachePrompt: true, signal, endpoint: 'chat' },
+        {
+          prompt,
+          maxTokens: args.maxTokens,
+          stop: [...host.template.stops],
+          sampling: sampling(),
+          cachePrompt: true,
+          signal,
+          endpoint: 'chat',
+        },
         onText,
       );
       return { text: out.text, timings: out.timings };
@@ -105,13 +143,23 @@ async function localBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => 
 
 async function serverBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => SamplingOptions): Promise<Backend> {
   const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
-  const url = await resolveServer(args.server as string, { timeoutMs: args.discoveryTimeout * 1000, interface: args.interface, note });
+  const url = await resolveServer(args.server as string, {
+    timeoutMs: args.discoveryTimeout * 1000,
+    interface: args.interface,
+    note,
+  });
   const target: ServerTarget = { url, apiKey: args.apiKey ?? process.env.HERD_API_KEY };
   const model = args.model?.replace(/^.*[\\/]/, '').replace(/\.gguf$/i, '');
   return {
     describe: `${model ?? 'the served model'} at ${url}`,
     reply: async (messages, onText, signal) => {
-      const r = await chatOnServer(target, messages, { maxTokens: args.maxTokens, sampling: sampling(), model }, onText, signal);
+      const r = await chatOnServer(
+        target,
+        messages,
+        { maxTokens: args.maxTokens, sampling: sampling(), model },
+        onText,
+        signal,
+      );
       return { text: r.text, timings: r.herd?.timings };
     },
     // The server keeps (or evicts) its own sessions.
@@ -121,12 +169,26 @@ async function serverBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () =>
 }
 
 async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
-  for (const [name, v, min] of [['max-tokens', args.maxTokens, 0], ['seed', args.seed, 0], ['ctx', args.ctx, 1], ['threads', args.threads, 1], ['stages', args.stages, 1]] as const) {
-    if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw new UsageError(`--${name} must be an integer >= ${min}, got ${String(v)}`);
+  for (const [name, v, min] of [
+    ['max-tokens', args.maxTokens, 0],
+    ['seed', args.seed, 0],
+    ['ctx', args.ctx, 1],
+    ['threads', args.threads, 1],
+    ['stages', args.stages, 1],
+  ] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= min))
+      throw new UsageError(`--${name} must be an integer >= ${min}, got ${String(v)}`);
   }
   const base = validateSampling({
-    temperature: args.temp, topK: args.topK, topP: args.topP, minP: args.minP, repeatPenalty: args.repeatPenalty,
-    frequencyPenalty: 0, presencePenalty: 0, penaltyLastN: defaultSampling.penaltyLastN, seed: args.seed ?? 0,
+    temperature: args.temp,
+    topK: args.topK,
+    topP: args.topP,
+    minP: args.minP,
+    repeatPenalty: args.repeatPenalty,
+    frequencyPenalty: 0,
+    presencePenalty: 0,
+    penaltyLastN: defaultSampling.penaltyLastN,
+    seed: args.seed ?? 0,
   });
   // A fixed --seed gives every turn the same draws (reproducible); otherwise each turn a fresh seed.
   const sampling = () => ({ ...base, seed: args.seed ?? Math.floor(Math.random() * 0xffffffff) });
@@ -171,7 +233,8 @@ async function handler(args: ArgumentsCamelCase<ChatArgs>): Promise<void> {
       } catch (e) {
         // The turn did not happen: leave the conversation as it was before it.
         messages.pop();
-        if (e instanceof ContextError) process.stdout.write(`\n(the conversation no longer fits the context: /reset to start over)\n`);
+        if (e instanceof ContextError)
+          process.stdout.write(`\n(the conversation no longer fits the context: /reset to start over)\n`);
         else if (e instanceof ServerError || e instanceof UsageError) process.stdout.write(`\n(error: ${e.message})\n`);
         else throw e;
       } finally {

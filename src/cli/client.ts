@@ -24,12 +24,18 @@ export interface ServerTarget {
 }
 
 /** A URL (`http://host:port`, or just `host:port`), or `auto` to browse `_herd-api._tcp`. */
-export async function resolveServer(spec: string, o: { timeoutMs: number; interface?: string; note: (line: string) => void }): Promise<string> {
+export async function resolveServer(
+  spec: string,
+  o: { timeoutMs: number; interface?: string; note: (line: string) => void },
+): Promise<string> {
   const s = spec.trim();
   if (s === 'auto') {
     const { findApiServer } = await import('../api/advertise.ts');
     const found = await findApiServer({ timeoutMs: o.timeoutMs, interface: o.interface });
-    if (!found) throw new UsageError(`no herd serve answered over mDNS (_herd-api._tcp) in ${o.timeoutMs / 1000} s: give --server URL`);
+    if (!found)
+      throw new UsageError(
+        `no herd serve answered over mDNS (_herd-api._tcp) in ${o.timeoutMs / 1000} s: give --server URL`,
+      );
     o.note(`using ${found.name} at ${found.url} (${found.model})`);
     return found.url;
   }
@@ -46,8 +52,14 @@ export async function resolveServer(spec: string, o: { timeoutMs: number; interf
 /** The request fields that carry sampling, in the API's names (llama.cpp's for the extensions). */
 export function samplingFields(s: SamplingOptions): Record<string, number> {
   return {
-    temperature: s.temperature, top_p: s.topP, top_k: s.topK, min_p: s.minP, repeat_penalty: s.repeatPenalty,
-    frequency_penalty: s.frequencyPenalty, presence_penalty: s.presencePenalty, seed: s.seed,
+    temperature: s.temperature,
+    top_p: s.topP,
+    top_k: s.topK,
+    min_p: s.minP,
+    repeat_penalty: s.repeatPenalty,
+    frequency_penalty: s.frequencyPenalty,
+    presence_penalty: s.presencePenalty,
+    seed: s.seed,
   };
 }
 
@@ -91,7 +103,12 @@ export async function postStream(
   if (target.apiKey) headers.authorization = `Bearer ${target.apiKey}`;
   let res: Response;
   try {
-    res = await fetch(`${target.url}${path}`, { method: 'POST', headers, body: JSON.stringify({ ...body, stream: true }), signal });
+    res = await fetch(`${target.url}${path}`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ ...body, stream: true }),
+      signal,
+    });
   } catch (e) {
     if (signal?.aborted) return { text: '', finishReason: null };
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
@@ -114,7 +131,7 @@ export async function postStream(
           .filter((l) => l.startsWith('data:'))
           .map((l) => l.slice(5).trimStart())
           .join('\n');
-        if (data === '' ) continue;
+        if (data === '') continue;
         if (data === '[DONE]') return result;
         const chunk = JSON.parse(data) as {
           error?: { message: string; code?: string };
@@ -173,14 +190,23 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
   const target: ServerTarget = { url, apiKey: o.apiKey ?? process.env.HERD_API_KEY };
   const t0 = performance.now();
   const body: Record<string, unknown> = {
-    prompt: o.prompt, max_tokens: o.maxTokens, stop: o.stop, ...samplingFields(o.sampling),
+    prompt: o.prompt,
+    max_tokens: o.maxTokens,
+    stop: o.stop,
+    ...samplingFields(o.sampling),
     ...(o.sampling.logprobs !== undefined ? { logprobs: o.sampling.logprobs } : {}),
     ...(o.model ? { model: o.model.replace(/^.*[\\/]/, '').replace(/\.gguf$/i, '') } : {}),
   };
   // Ctrl-C closes the connection: the server cancels the generation and frees its session.
   const ac = new AbortController();
   process.once('SIGINT', () => ac.abort());
-  const r = await postStream(target, '/v1/completions', body, o.json ? () => {} : (text) => process.stdout.write(text), ac.signal);
+  const r = await postStream(
+    target,
+    '/v1/completions',
+    body,
+    o.json ? () => {} : (text) => process.stdout.write(text),
+    ac.signal,
+  );
   if (ac.signal.aborted) {
     process.stdout.write('\n');
     process.exit(130);
@@ -190,9 +216,14 @@ export async function runOnServer(o: RemoteRunOptions): Promise<void> {
   if (o.json) {
     process.stdout.write(
       `${JSON.stringify({
-        text: r.text, tokens: h.tokens, prompt_tokens: h.prompt_tokens, stop_reason: h.stop_reason, seed: h.seed,
+        text: r.text,
+        tokens: h.tokens,
+        prompt_tokens: h.prompt_tokens,
+        stop_reason: h.stop_reason,
+        seed: h.seed,
         ...(o.sampling.logprobs !== undefined ? { logprobs: h.logprobs ?? [] } : {}),
-        timings: h.timings, plan: h.plan,
+        timings: h.timings,
+        plan: h.plan,
         ...(h.backend ? { backend: h.backend, isa: h.isa, threads: h.threads, peak_rss_mib: h.peak_rss_mib } : {}),
         server: url,
       })}\n`,
@@ -218,7 +249,12 @@ export function chatOnServer(
   return postStream(
     target,
     '/v1/chat/completions',
-    { messages, ...(params.maxTokens !== undefined ? { max_tokens: params.maxTokens } : {}), ...samplingFields(params.sampling), ...(params.model ? { model: params.model } : {}) },
+    {
+      messages,
+      ...(params.maxTokens !== undefined ? { max_tokens: params.maxTokens } : {}),
+      ...samplingFields(params.sampling),
+      ...(params.model ? { model: params.model } : {}),
+    },
     onText,
     signal,
   );

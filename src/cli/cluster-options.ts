@@ -17,7 +17,8 @@ export interface KeyArgs {
 export function keyOptions<T>(y: Argv<T>) {
   return y
     .option('cluster-key', {
-      type: 'string', describe: 'Shared secret of the herd (prefer --cluster-key-file: argv is visible to other users)',
+      type: 'string',
+      describe: 'Shared secret of the herd (prefer --cluster-key-file: argv is visible to other users)',
     })
     .option('cluster-key-file', { type: 'string', describe: 'File holding the shared secret of the herd' });
 }
@@ -27,13 +28,24 @@ export function herdOptions<T>(y: Argv<T>, describe: { interface: string; discov
   return keyOptions(
     y
       .option('nodes', {
-        type: 'string', default: 'local', describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…',
+        type: 'string',
+        default: 'local',
+        describe: 'local (in-process), auto (mDNS; in-process if none answer), or host:port,…',
       })
-      .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages (default: as many as make it faster)' })
+      .option('stages', {
+        type: 'number',
+        describe: 'Exactly this many pipeline stages (default: as many as make it faster)',
+      })
       .option('interface', { alias: 'i', type: 'string', describe: describe.interface })
-      .option('wire', { choices: ['f32', 'f16'] as const, default: 'f32' as const, describe: 'Element type of hidden states between stages' })
+      .option('wire', {
+        choices: ['f32', 'f16'] as const,
+        default: 'f32' as const,
+        describe: 'Element type of hidden states between stages',
+      })
       .option('discovery-timeout', {
-        type: 'number', default: 2, describe: describe.discoveryTimeout ?? 'Seconds to wait for nodes to answer (--nodes auto)',
+        type: 'number',
+        default: 2,
+        describe: describe.discoveryTimeout ?? 'Seconds to wait for nodes to answer (--nodes auto)',
       }),
   ).group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file'], 'Herd:');
 }
@@ -42,13 +54,21 @@ export function herdOptions<T>(y: Argv<T>, describe: { interface: string; discov
 export function samplingOptions<T>(y: Argv<T>) {
   return y
     .option('temp', { type: 'number', default: defaultSampling.temperature, describe: 'Temperature; 0 is greedy' })
-    .option('top-k', { type: 'number', default: defaultSampling.topK, describe: 'Keep the k most likely tokens (0: all)' })
+    .option('top-k', {
+      type: 'number',
+      default: defaultSampling.topK,
+      describe: 'Keep the k most likely tokens (0: all)',
+    })
     .option('top-p', { type: 'number', default: defaultSampling.topP, describe: 'Nucleus sampling mass (1: off)' })
     .option('min-p', {
-      type: 'number', default: defaultSampling.minP, describe: 'Drop tokens below this share of the most likely (0: off)',
+      type: 'number',
+      default: defaultSampling.minP,
+      describe: 'Drop tokens below this share of the most likely (0: off)',
     })
     .option('repeat-penalty', {
-      type: 'number', default: defaultSampling.repeatPenalty, describe: 'Penalise recent tokens (1: off)',
+      type: 'number',
+      default: defaultSampling.repeatPenalty,
+      describe: 'Penalise recent tokens (1: off)',
     });
 }
 
@@ -63,7 +83,9 @@ export function engineOptions<T>(y: Argv<T>, describe: { ctx: string; backend: s
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: describe.backend })
     .option('threads', {
-      alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)',
+      alias: 't',
+      type: 'number',
+      describe: 'Kernel threads (default: physical cores; the js backend runs on one)',
     });
 }
 

@@ -26,18 +26,49 @@ function builder(y: Argv) {
       .option('port', { alias: 'p', type: 'number', default: DEFAULT_PORT, describe: 'gRPC port (0: any free port)' })
       .option('host', { type: 'string', describe: 'Address to listen on (default: all, or the --interface address)' })
       .option('name', { type: 'string', describe: 'Name shown to coordinators (default: the host name)' })
-      .option('interface', { alias: 'i', type: 'string', describe: 'Pin mDNS and the advertised address to this network interface' })
-      .option('cache-dir', { type: 'string', describe: 'Where shards and the node id live (default: $HERD_CACHE_DIR or ~/.cache/herd)' })
-      .option('model-dir', { type: 'string', describe: 'Directory of GGUF files to read shards from directly when the hash matches' })
-      .option('threads', { alias: 't', type: 'number', describe: 'Kernel threads (default: physical cores; the js backend runs on one)' })
-      .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'Kernels: auto picks native, else wasm, else js' })
-      .option('mdns', { type: 'boolean', default: true, describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)' })
-      .option('grace', { type: 'number', default: 5, describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM' })
-      .option('max-memory', { type: 'number', describe: 'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)' })
+      .option('interface', {
+        alias: 'i',
+        type: 'string',
+        describe: 'Pin mDNS and the advertised address to this network interface',
+      })
+      .option('cache-dir', {
+        type: 'string',
+        describe: 'Where shards and the node id live (default: $HERD_CACHE_DIR or ~/.cache/herd)',
+      })
+      .option('model-dir', {
+        type: 'string',
+        describe: 'Directory of GGUF files to read shards from directly when the hash matches',
+      })
+      .option('threads', {
+        alias: 't',
+        type: 'number',
+        describe: 'Kernel threads (default: physical cores; the js backend runs on one)',
+      })
+      .option('backend', {
+        choices: BACKEND_CHOICES,
+        default: 'auto' as BackendChoice,
+        describe: 'Kernels: auto picks native, else wasm, else js',
+      })
+      .option('mdns', {
+        type: 'boolean',
+        default: true,
+        describe: 'Advertise over mDNS (--no-mdns: reachable only via --peers)',
+      })
+      .option('grace', {
+        type: 'number',
+        default: 5,
+        describe: 'Seconds to let in-flight work finish on SIGINT/SIGTERM',
+      })
+      .option('max-memory', {
+        type: 'number',
+        describe:
+          'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)',
+      })
       .option('throughput', {
         type: 'number',
         requiresArg: true,
-        describe: 'Advertise this kernel throughput (GB/s of weights) instead of measuring it at start-up: pins the node\'s weight in the plan',
+        describe:
+          "Advertise this kernel throughput (GB/s of weights) instead of measuring it at start-up: pins the node's weight in the plan",
       }),
   );
 }
@@ -45,11 +76,19 @@ function builder(y: Argv) {
 type NodeArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
-  if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535)) throw new UsageError(`--port must be in 0..65535, got ${args.port}`);
-  if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 1)) throw new UsageError('--threads must be an integer >= 1');
-  if (args.maxMemory !== undefined && !(Number.isFinite(args.maxMemory) && args.maxMemory > 0)) throw new UsageError('--max-memory must be a positive number of MiB');
-  if (args.throughput !== undefined && !(Number.isFinite(args.throughput) && args.throughput > 0 && args.throughput <= MAX_THROUGHPUT_GBPS)) {
-    throw new UsageError(`--throughput must be a positive number of GB/s (at most ${MAX_THROUGHPUT_GBPS}), got ${args.throughput}`);
+  if (!(Number.isInteger(args.port) && args.port >= 0 && args.port <= 65535))
+    throw new UsageError(`--port must be in 0..65535, got ${args.port}`);
+  if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 1))
+    throw new UsageError('--threads must be an integer >= 1');
+  if (args.maxMemory !== undefined && !(Number.isFinite(args.maxMemory) && args.maxMemory > 0))
+    throw new UsageError('--max-memory must be a positive number of MiB');
+  if (
+    args.throughput !== undefined &&
+    !(Number.isFinite(args.throughput) && args.throughput > 0 && args.throughput <= MAX_THROUGHPUT_GBPS)
+  ) {
+    throw new UsageError(
+      `--throughput must be a positive number of GB/s (at most ${MAX_THROUGHPUT_GBPS}), got ${args.throughput}`,
+    );
   }
   const key = asUsage(() => loadClusterKey(args));
   const host = args.host ?? (args.interface ? asUsage(() => interfaceIpv4(args.interface as string)) : '0.0.0.0');
@@ -58,17 +97,32 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
   const log = jsonLogger({ node: name });
 
   const hostInfo = await readHostInfo();
-  const backend = await createBackend(args.backend, { threads: args.threads, note: (line) => log.log('warn', 'kernels.fallback', { detail: line }) });
+  const backend = await createBackend(args.backend, {
+    threads: args.threads,
+    note: (line) => log.log('warn', 'kernels.fallback', { detail: line }),
+  });
   // Pinned (--throughput) or the kernel's measured speed, weight bytes per second.
   const pinned = args.throughput !== undefined;
   const throughput = pinned ? Math.max(1, Math.round((args.throughput as number) * GB)) : benchmarkMatvec(backend);
   const id = nodeId(cacheDir);
   const server = new NodeServer({
-    nodeId: id, name, host, port: args.port, cacheDir, modelDir: args.modelDir, key, backend, hostInfo, throughput,
-    version: herdVersion(), log, maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
+    nodeId: id,
+    name,
+    host,
+    port: args.port,
+    cacheDir,
+    modelDir: args.modelDir,
+    key,
+    backend,
+    hostInfo,
+    throughput,
+    version: herdVersion(),
+    log,
+    maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
   });
   const port = await server.start();
-  if (!key) log.log('warn', 'auth.open', { detail: 'no cluster key: any coordinator on the network may use this node' });
+  if (!key)
+    log.log('warn', 'auth.open', { detail: 'no cluster key: any coordinator on the network may use this node' });
 
   let advertiser: MdnsAdvertiser | undefined;
   if (args.mdns) {
@@ -85,8 +139,18 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     );
   }
   log.log('info', 'node.ready', {
-    id, host, port, cacheDir, backend: backend.name, cores: hostInfo.cores, memTotal: hostInfo.memTotal,
-    memAvailable: server.capabilities.memAvailable, throughput: Math.round(throughput), throughputPinned: pinned, auth: key !== undefined, mdns: args.mdns,
+    id,
+    host,
+    port,
+    cacheDir,
+    backend: backend.name,
+    cores: hostInfo.cores,
+    memTotal: hostInfo.memTotal,
+    memAvailable: server.capabilities.memAvailable,
+    throughput: Math.round(throughput),
+    throughputPinned: pinned,
+    auth: key !== undefined,
+    mdns: args.mdns,
   });
 
   let stopping = false;

@@ -20,7 +20,11 @@ function builder(y: Argv) {
     .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages' })
     .option('interface', { alias: 'i', type: 'string', describe: 'Discover on this network interface only' })
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer' })
-    .option('ctx', { alias: 'c', type: 'number', describe: "Context size the KV caches must hold (default: the model's, at most 4096)" })
+    .option('ctx', {
+      alias: 'c',
+      type: 'number',
+      describe: "Context size the KV caches must hold (default: the model's, at most 4096)",
+    })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' });
 }
@@ -28,39 +32,69 @@ function builder(y: Argv) {
 type PlanArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
-  if (args.stages !== undefined && !(Number.isInteger(args.stages) && args.stages >= 1)) throw new UsageError('--stages must be an integer >= 1');
+  if (args.stages !== undefined && !(Number.isInteger(args.stages) && args.stages >= 1))
+    throw new UsageError('--stages must be an integer >= 1');
   const path = resolveModelPath(args.model);
   const file = GgufFile.open(path);
   const config = readConfig(file);
   const ctx = args.ctx ?? Math.min(config.ctxTrain, 4096);
-  const set = await asUsage(() => resolveNodes({ nodes: args.nodes, interface: args.interface, timeoutMs: args.timeout * 1000, want: args.stages }));
+  const set = await asUsage(() =>
+    resolveNodes({ nodes: args.nodes, interface: args.interface, timeoutMs: args.timeout * 1000, want: args.stages }),
+  );
   for (const n of set.notes) process.stderr.write(`herd: ${n}\n`);
   // Plan as `herd run` would: preferring the ranges the nodes already hold.
   const nodes = set.mode === 'cluster' ? withHoldings(set, await modelHash(path, defaultCacheDir())) : set.nodes;
   const p = plan(nodes, modelShape(file, ctx, args.kvType), { stages: args.stages });
   if (args.json) {
-    process.stdout.write(`${JSON.stringify({
-      model: path, layers: config.nLayers, ctx, kv_type: args.kvType, mode: set.mode,
-      plan: p.stages.map((s) => ({
-        node: s.node.name, address: s.node.address, layers: [s.start, s.end], weight_bytes: s.weightBytes,
-        kv_bytes: s.kvBytes, mem_bytes: s.memBytes, mem_available: s.node.memAvailable, ms_per_token: s.seconds * 1000,
-      })),
-      bottleneck_ms: p.bottleneckSeconds * 1000,
-      token_ms: p.tokenSeconds * 1000,
-    })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({
+        model: path,
+        layers: config.nLayers,
+        ctx,
+        kv_type: args.kvType,
+        mode: set.mode,
+        plan: p.stages.map((s) => ({
+          node: s.node.name,
+          address: s.node.address,
+          layers: [s.start, s.end],
+          weight_bytes: s.weightBytes,
+          kv_bytes: s.kvBytes,
+          mem_bytes: s.memBytes,
+          mem_available: s.node.memAvailable,
+          ms_per_token: s.seconds * 1000,
+        })),
+        bottleneck_ms: p.bottleneckSeconds * 1000,
+        token_ms: p.tokenSeconds * 1000,
+      })}\n`,
+    );
     return;
   }
   const rows = [
     ['STAGE', 'NODE', 'ADDRESS', 'LAYERS', 'WEIGHTS', 'KV', 'NEEDS', 'AVAILABLE', 'MS/TOKEN'],
     ...p.stages.map((s, i) => [
-      String(i + 1), s.node.name, s.node.address, `[${s.start}, ${s.end})`, formatBytes(s.weightBytes), formatBytes(s.kvBytes),
-      formatBytes(s.memBytes), formatBytes(s.node.memAvailable), (s.seconds * 1000).toFixed(2),
+      String(i + 1),
+      s.node.name,
+      s.node.address,
+      `[${s.start}, ${s.end})`,
+      formatBytes(s.weightBytes),
+      formatBytes(s.kvBytes),
+      formatBytes(s.memBytes),
+      formatBytes(s.node.memAvailable),
+      (s.seconds * 1000).toFixed(2),
     ]),
   ];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   process.stdout.write(`${path}: ${config.nLayers} layers, ctx ${ctx}, ${args.kvType} KV cache\n`);
-  for (const r of rows) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()}\n`);
-  process.stdout.write(`slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput)\n`);
+  for (const r of rows)
+    process.stdout.write(
+      `${r
+        .map((c, i) => c.padEnd(widths[i]))
+        .join('  ')
+        .trimEnd()}\n`,
+    );
+  process.stdout.write(
+    `slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput)\n`,
+  );
 }
 
 export const planCommand: CommandModule<object, PlanArgs> = {

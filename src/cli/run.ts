@@ -17,7 +17,6 @@ import { runOnServer } from './client.ts';
 import { ProgressRenderer } from './progress.ts';
 import type { ArgsOf } from './yargs.ts';
 
-
 function integer(name: string, v: number | undefined, min: number): void {
   if (v !== undefined && !(Number.isInteger(v) && v >= min)) {
     throw new UsageError(`--${name} must be an integer >= ${min}, got ${String(v)}`);
@@ -29,22 +28,30 @@ function builder(y: Argv) {
     ctx: "Context size in tokens (default: the model's, at most 4096)",
     backend: 'Kernels: auto picks native, else wasm, else js',
   });
-  const sampling = samplingOptions(engine.option('max-tokens', { alias: 'n', type: 'number', default: 256, describe: 'Most tokens to generate' }))
+  const sampling = samplingOptions(
+    engine.option('max-tokens', { alias: 'n', type: 'number', default: 256, describe: 'Most tokens to generate' }),
+  )
     .option('frequency-penalty', { type: 'number', default: 0, describe: 'Subtract per occurrence of a recent token' })
     .option('presence-penalty', { type: 'number', default: 0, describe: 'Subtract once for a recent token' })
     .option('seed', { type: 'number', describe: 'Random seed (default: random); same seed, same text' })
     // Not `array: true`: that would swallow the prompt after `--stop TEXT`; repeats still collect.
     .option('stop', { type: 'string', describe: 'Stop before this text (repeatable)' })
-    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with text, token ids and timings' })
+    .option('json', {
+      type: 'boolean',
+      default: false,
+      describe: 'Print one JSON object with text, token ids and timings',
+    })
     .option('logprobs', {
       type: 'number',
-      describe: `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), `
-        + 'from the raw logits before penalties and temperature',
+      describe:
+        `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), ` +
+        'from the raw logits before penalties and temperature',
     });
   return herdOptions(sampling, { interface: 'Discover and serve the coordinator on this network interface only' })
     .option('server', {
       type: 'string',
-      describe: 'Send the prompt to a running herd serve (URL, or auto: find it over mDNS) instead of coordinating here',
+      describe:
+        'Send the prompt to a running herd serve (URL, or auto: find it over mDNS) instead of coordinating here',
     })
     .option('api-key', { type: 'string', describe: "The server's API key (default: $HERD_API_KEY)" })
     .group(['server', 'api-key'], 'Herd:');
@@ -58,8 +65,10 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   integer('threads', args.threads, 1);
   integer('ctx', args.ctx, 1);
   integer('logprobs', args.logprobs, 0);
-  if (args.logprobs !== undefined && args.logprobs > MAX_LOGPROBS) throw new UsageError(`--logprobs must be at most ${MAX_LOGPROBS}, got ${args.logprobs}`);
-  if (args.logprobs !== undefined && !args.json) throw new UsageError('--logprobs prints in the JSON object: add --json');
+  if (args.logprobs !== undefined && args.logprobs > MAX_LOGPROBS)
+    throw new UsageError(`--logprobs must be at most ${MAX_LOGPROBS}, got ${args.logprobs}`);
+  if (args.logprobs !== undefined && !args.json)
+    throw new UsageError('--logprobs prints in the JSON object: add --json');
   const sampling: SamplingOptions = validateSampling({
     temperature: args.temp,
     topK: args.topK,
@@ -74,8 +83,16 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   });
   if (args.server !== undefined) {
     return runOnServer({
-      server: args.server, apiKey: args.apiKey, prompt: args.prompt, model: args.model, maxTokens: args.maxTokens, sampling,
-      stop: [args.stop ?? []].flat(), json: args.json, discoveryTimeoutMs: args.discoveryTimeout * 1000, interface: args.interface,
+      server: args.server,
+      apiKey: args.apiKey,
+      prompt: args.prompt,
+      model: args.model,
+      maxTokens: args.maxTokens,
+      sampling,
+      stop: [args.stop ?? []].flat(),
+      json: args.json,
+      discoveryTimeoutMs: args.discoveryTimeout * 1000,
+      interface: args.interface,
     });
   }
 
@@ -87,16 +104,29 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
   const ctx = args.ctx ?? Math.min(readConfig(file).ctxTrain, 4096);
   // Refuse a prompt that cannot fit before reading any weights.
   if (prompt.length >= ctx) {
-    throw new UsageError(`the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
+    throw new UsageError(
+      `the prompt is ${prompt.length} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`,
+    );
   }
   integer('stages', args.stages, 1);
   const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
   const backend = await createBackend(args.backend, { threads: args.threads, note });
   const inference = await asUsage(() =>
     openInference({
-      file, ctx, kvType: args.kvType, sampling, backend, nodes: args.nodes, stages: args.stages, interface: args.interface,
-      key: loadClusterKey(args), wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000, cacheDir: defaultCacheDir(),
-      note, progress: new ProgressRenderer(process.stderr).sink,
+      file,
+      ctx,
+      kvType: args.kvType,
+      sampling,
+      backend,
+      nodes: args.nodes,
+      stages: args.stages,
+      interface: args.interface,
+      key: loadClusterKey(args),
+      wire: args.wire,
+      discoveryTimeoutMs: args.discoveryTimeout * 1000,
+      cacheDir: defaultCacheDir(),
+      note,
+      progress: new ProgressRenderer(process.stderr).sink,
     }),
   ).catch(async (e: unknown) => {
     await backend.close();
@@ -126,7 +156,9 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         ...(args.logprobs !== undefined ? { logprobs: result.logprobs } : {}),
         timings: result.timings,
         plan: inference.plan,
-        ...(inProcess ? { backend: backend.name, isa: backend.isa, threads: backend.threads, peak_rss_mib: peakRssMib() } : {}),
+        ...(inProcess
+          ? { backend: backend.name, isa: backend.isa, threads: backend.threads, peak_rss_mib: peakRssMib() }
+          : {}),
         ...(inference.shards ? { shards: inference.shards } : {}),
       })}\n`,
     );

@@ -20,15 +20,15 @@ import type { ArgsOf } from './yargs.ts';
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 
-
 function builder(y: Argv) {
   const listen = y
     .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0: the whole LAN)' })
     .option('port', { alias: 'p', type: 'number', default: 8080, describe: 'HTTP port (0: any free port)' })
     .option('grpc-port', {
       type: 'number',
-      describe: 'Also serve gRPC HerdCoordinator.Generate on this port (0: any free port; default: off); '
-        + 'needs the cluster key proof when one is set',
+      describe:
+        'Also serve gRPC HerdCoordinator.Generate on this port (0: any free port; default: off); ' +
+        'needs the cluster key proof when one is set',
     });
   const engine = engineOptions(listen, {
     ctx: "Context size in tokens per session (default: the model's, at most 4096)",
@@ -36,23 +36,41 @@ function builder(y: Argv) {
   })
     .option('parallel', {
       type: 'number',
-      describe: 'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)',
+      describe:
+        'Sessions generating at once; more requests wait in line (default: 4, fewer if their KV caches do not fit)',
     })
     .option('idle-timeout', {
-      type: 'number', default: 300,
-      describe: "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed "
-        + '(0: until a request needs its slot)',
+      type: 'number',
+      default: 300,
+      describe:
+        "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed " +
+        '(0: until a request needs its slot)',
     })
     .option('chat-template', { type: 'string', describe: CHAT_TEMPLATE_HELP })
-    .option('api-key', { type: 'string', describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)' })
+    .option('api-key', {
+      type: 'string',
+      describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)',
+    })
     .option('api-key-file', { type: 'string', describe: 'File holding the API key' })
-    .option('log-level', { choices: LOG_LEVELS, default: 'info' as const, describe: 'JSON log lines on stderr from this level up' })
-    .option('mdns', { type: 'boolean', default: true, describe: 'Advertise _herd-api._tcp over mDNS (never for a loopback --host)' })
+    .option('log-level', {
+      choices: LOG_LEVELS,
+      default: 'info' as const,
+      describe: 'JSON log lines on stderr from this level up',
+    })
+    .option('mdns', {
+      type: 'boolean',
+      default: true,
+      describe: 'Advertise _herd-api._tcp over mDNS (never for a loopback --host)',
+    })
     .option('name', { type: 'string', describe: 'mDNS instance name (default: herd on HOSTNAME)' });
-  return herdOptions(engine, { interface: 'Discover nodes, serve the coordinator and advertise on this network interface only' })
+  return herdOptions(engine, {
+    interface: 'Discover nodes, serve the coordinator and advertise on this network interface only',
+  })
     .option('rediscover', {
-      type: 'number', default: 30,
-      describe: 'With --nodes auto: seconds between looks for nodes that came or went, re-planning while idle (0: never)',
+      type: 'number',
+      default: 30,
+      describe:
+        'With --nodes auto: seconds between looks for nodes that came or went, re-planning while idle (0: never)',
     })
     .group(['rediscover'], 'Herd:');
 }
@@ -60,12 +78,14 @@ function builder(y: Argv) {
 type ServeArgs = ArgsOf<typeof builder>;
 
 function integerIn(name: string, v: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): void {
-  if (v !== undefined && !(Number.isInteger(v) && v >= min && v <= max)) throw new UsageError(`--${name} must be an integer in ${min}..${max}, got ${String(v)}`);
+  if (v !== undefined && !(Number.isInteger(v) && v >= min && v <= max))
+    throw new UsageError(`--${name} must be an integer in ${min}..${max}, got ${String(v)}`);
 }
 
 /** The API key from --api-key, --api-key-file or $HERD_API_KEY (in that order). */
 function apiKey(args: ArgumentsCamelCase<ServeArgs>): string | undefined {
-  if (args.apiKey !== undefined && args.apiKeyFile !== undefined) throw new UsageError('give --api-key or --api-key-file, not both');
+  if (args.apiKey !== undefined && args.apiKeyFile !== undefined)
+    throw new UsageError('give --api-key or --api-key-file, not both');
   let key = args.apiKey;
   if (args.apiKeyFile !== undefined) {
     try {
@@ -102,8 +122,10 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   integerIn('parallel', args.parallel, 1, 256);
   integerIn('stages', args.stages, 1);
   integerIn('threads', args.threads, 1);
-  if (!(Number.isFinite(args.rediscover) && args.rediscover >= 0)) throw new UsageError(`--rediscover must be a number of seconds >= 0, got ${args.rediscover}`);
-  if (!(Number.isFinite(args.idleTimeout) && args.idleTimeout >= 0)) throw new UsageError(`--idle-timeout must be a number of seconds >= 0, got ${args.idleTimeout}`);
+  if (!(Number.isFinite(args.rediscover) && args.rediscover >= 0))
+    throw new UsageError(`--rediscover must be a number of seconds >= 0, got ${args.rediscover}`);
+  if (!(Number.isFinite(args.idleTimeout) && args.idleTimeout >= 0))
+    throw new UsageError(`--idle-timeout must be a number of seconds >= 0, got ${args.idleTimeout}`);
   const key = apiKey(args);
   const clusterKey = asUsage(() => loadClusterKey(args));
   const log = await apiLogger(args.logLevel);
@@ -114,16 +136,37 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   const { GrpcApi } = args.grpcPort !== undefined ? await import('../api/grpc.ts') : { GrpcApi: undefined };
 
   const modelPath = resolveModelPath(args.model);
-  const backend = await createBackend(args.backend, { threads: args.threads, note: (detail) => log.warn({ detail }, 'backend.note') });
+  const backend = await createBackend(args.backend, {
+    threads: args.threads,
+    note: (detail) => log.warn({ detail }, 'backend.note'),
+  });
   const server = new ApiServer({
     host: {
-      modelPath, nodes: args.nodes, ctx: args.ctx, kvType: args.kvType, backend, stages: args.stages,
-      interface: args.interface, key: clusterKey, wire: args.wire, discoveryTimeoutMs: args.discoveryTimeout * 1000,
-      cacheDir: defaultCacheDir(), parallel: args.parallel, chatTemplate: args.chatTemplate, log, rediscoverSeconds: args.rediscover, idleSeconds: args.idleTimeout,
+      modelPath,
+      nodes: args.nodes,
+      ctx: args.ctx,
+      kvType: args.kvType,
+      backend,
+      stages: args.stages,
+      interface: args.interface,
+      key: clusterKey,
+      wire: args.wire,
+      discoveryTimeoutMs: args.discoveryTimeout * 1000,
+      cacheDir: defaultCacheDir(),
+      parallel: args.parallel,
+      chatTemplate: args.chatTemplate,
+      log,
+      rediscoverSeconds: args.rediscover,
+      idleSeconds: args.idleTimeout,
       // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
-      progress: new ProgressRenderer({ write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') }, { tty: false }).sink,
+      progress: new ProgressRenderer(
+        { write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') },
+        { tty: false },
+      ).sink,
     },
-    apiKey: key, log, version,
+    apiKey: key,
+    log,
+    version,
   });
   const host = server.host;
   const addr = await server.listen(args.host, args.port).catch((e: NodeJS.ErrnoException) => {
@@ -137,12 +180,18 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
     });
     log.info({ host: args.host, port, auth: clusterKey !== undefined }, 'grpc.listening');
   }
-  if (!key && !/^127\.|^::1$|^localhost$/.test(args.host)) log.warn({ detail: 'no API key: anyone on the network may use this server' }, 'auth.open');
+  if (!key && !/^127\.|^::1$|^localhost$/.test(args.host))
+    log.warn({ detail: 'no API key: anyone on the network may use this server' }, 'auth.open');
 
   let advertiser: ApiAdvertiserType | undefined;
   if (args.mdns) {
     const r = await ApiAdvertiser.start({
-      name: args.name ?? `herd on ${hostname()}`, host: args.host, port: addr.port, model: host.modelId, auth: key !== undefined, version,
+      name: args.name ?? `herd on ${hostname()}`,
+      host: args.host,
+      port: addr.port,
+      model: host.modelId,
+      auth: key !== undefined,
+      version,
       interface: args.interface,
     }).catch((e: Error) => `mDNS failed: ${e.message}`);
     if (typeof r === 'string') log.info({ reason: r }, 'mdns.skipped');
@@ -153,7 +202,21 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   }
   // One human line on stdout whatever the log level (the JSON lines go to stderr).
   process.stdout.write(`herd: serving ${host.modelId} on ${url}\n`);
-  log.info({ url, host: addr.address, port: addr.port, model: host.modelId, template: host.template.name, slots: host.slots.size, backend: backend.name, threads: backend.threads, auth: key !== undefined, mdns: advertiser !== undefined }, 'serve.listening');
+  log.info(
+    {
+      url,
+      host: addr.address,
+      port: addr.port,
+      model: host.modelId,
+      template: host.template.name,
+      slots: host.slots.size,
+      backend: backend.name,
+      threads: backend.threads,
+      auth: key !== undefined,
+      mdns: advertiser !== undefined,
+    },
+    'serve.listening',
+  );
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -8,8 +8,16 @@ import type { ArgsOf } from './yargs.ts';
 
 function builder(y: Argv) {
   return y
-    .option('shape', { choices: Object.keys(SYNTH_SHAPES) as SynthShape[], demandOption: true, describe: 'Model shape (TinyLlama-1.1B or Llama-2-7B)' })
-    .option('type', { choices: QUANT_TARGETS, default: 'q4_0', describe: 'Weight type, chosen per tensor as llama-quantize does' })
+    .option('shape', {
+      choices: Object.keys(SYNTH_SHAPES) as SynthShape[],
+      demandOption: true,
+      describe: 'Model shape (TinyLlama-1.1B or Llama-2-7B)',
+    })
+    .option('type', {
+      choices: QUANT_TARGETS,
+      default: 'q4_0',
+      describe: 'Weight type, chosen per tensor as llama-quantize does',
+    })
     .option('seed', { type: 'number', default: 1, describe: 'Random seed; the same seed writes the same file' })
     .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'GGUF file to write' });
 }
@@ -17,7 +25,8 @@ function builder(y: Argv) {
 type SynthArgs = ArgsOf<typeof builder>;
 
 function handler(args: ArgumentsCamelCase<SynthArgs>): void {
-  if (!Number.isInteger(args.seed) || args.seed < 0) throw new UsageError(`--seed must be an integer >= 0, got ${args.seed}`);
+  if (!Number.isInteger(args.seed) || args.seed < 0)
+    throw new UsageError(`--seed must be an integer >= 0, got ${args.seed}`);
   const t0 = performance.now();
   const m = synthShape(args.shape, args.type, args.seed, args.out);
   process.stderr.write(

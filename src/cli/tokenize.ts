@@ -9,9 +9,21 @@ import type { ArgsOf } from './yargs.ts';
 function builder(y: Argv) {
   return y
     .positional('text', { type: 'string', default: '', describe: 'Text to tokenize' })
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF file with a vocabulary (default: the bundled stories260K)' })
-    .option('bos', { type: 'boolean', default: true, describe: 'Add BOS/EOS as the vocabulary asks (--no-bos: add none)' })
-    .option('special', { type: 'boolean', default: false, describe: 'Parse special-token text such as <s> into its id' })
+    .option('model', {
+      alias: 'm',
+      type: 'string',
+      describe: 'GGUF file with a vocabulary (default: the bundled stories260K)',
+    })
+    .option('bos', {
+      type: 'boolean',
+      default: true,
+      describe: 'Add BOS/EOS as the vocabulary asks (--no-bos: add none)',
+    })
+    .option('special', {
+      type: 'boolean',
+      default: false,
+      describe: 'Parse special-token text such as <s> into its id',
+    })
     .option('json', { type: 'boolean', default: false, describe: 'Print a JSON array of ids' });
 }
 

@@ -39,7 +39,8 @@ export async function createYargs(args: string[]): Promise<Argv> {
   const entry = createRequire(import.meta.url).resolve('yargs');
   const yargsDir = dirname(entry);
   const fromYargs = createRequire(entry);
-  const load = async (spec: string) => (await import(pathToFileURL(fromYargs.resolve(spec)).href)) as { default: unknown };
+  const load = async (spec: string) =>
+    (await import(pathToFileURL(fromYargs.resolve(spec)).href)) as { default: unknown };
   const internal = (path: string) => import(pathToFileURL(join(yargsDir, path)).href);
 
   const [factory, argvBin, parser, y18n, findUp, getCallerFile] = await Promise.all([
@@ -51,7 +52,10 @@ export async function createYargs(args: string[]): Promise<Argv> {
     load('get-caller-file'),
   ]);
   const renderer = mayShowHelp(args)
-    ? await Promise.all([load('cliui'), load('string-width')]).then(([cliui, width]) => ({ cliui: cliui.default, stringWidth: width.default }))
+    ? await Promise.all([load('cliui'), load('string-width')]).then(([cliui, width]) => ({
+        cliui: cliui.default,
+        stringWidth: width.default,
+      }))
     : noRenderer;
 
   // The members of yargs' lib/platform-shims/esm.mjs, the renderer's as loaded above.

@@ -47,7 +47,10 @@ export class Authenticator {
   ) {}
 
   /** The Challenge method of every herd service. */
-  readonly challenge = (_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>): void => {
+  readonly challenge = (
+    _call: ServerUnaryCall<unknown, unknown>,
+    cb: sendUnaryData<{ nonce: Buffer; ttlMs: number }>,
+  ): void => {
     cb(null, { nonce: this.issue(), ttlMs: NONCE_TTL_MS });
   };
 
@@ -56,7 +59,12 @@ export class Authenticator {
     const reason = this.check(call.metadata, method);
     if (reason === undefined) return undefined;
     this.onRefused({ method, peer: call.getPeer(), reason });
-    return { name: 'Unauthenticated', message: reason, code: status.UNAUTHENTICATED, details: `cluster key: ${reason}` };
+    return {
+      name: 'Unauthenticated',
+      message: reason,
+      code: status.UNAUTHENTICATED,
+      details: `cluster key: ${reason}`,
+    };
   }
 
   get required(): boolean {

@@ -44,7 +44,13 @@ export type ErrorKind =
   | 'internal'; // a bug: the stack helps
 
 /** gRPC codes as numbers (grpc-js `status`): the CLI imports this table without loading gRPC. */
-const GRPC = { INVALID_ARGUMENT: 3, FAILED_PRECONDITION: 9, INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16 } as const;
+const GRPC = {
+  INVALID_ARGUMENT: 3,
+  FAILED_PRECONDITION: 9,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
+} as const;
 
 export interface Surfaces {
   /** The CLI's exit status. */
@@ -85,10 +91,16 @@ export function errorKind(e: unknown): ErrorKind {
   if (e instanceof ClusterError) return CLUSTER_KINDS[e.code];
   // A StepError is a RangeError: a step that does not fit its session. (ChatTemplateError by
   // name: its module loads a template engine that nodes do not need.)
-  if (e instanceof ContextError || e instanceof SamplingError || e instanceof RangeError || e.name === 'ChatTemplateError') {
+  if (
+    e instanceof ContextError ||
+    e instanceof SamplingError ||
+    e instanceof RangeError ||
+    e.name === 'ChatTemplateError'
+  ) {
     return 'invalid';
   }
-  if (e instanceof GgufError || e instanceof ModelError || e instanceof KernelError || e instanceof TokenizerError) return 'file';
+  if (e instanceof GgufError || e instanceof ModelError || e instanceof KernelError || e instanceof TokenizerError)
+    return 'file';
   return 'internal';
 }
 

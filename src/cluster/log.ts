@@ -8,7 +8,10 @@ export interface Logger {
   child(fields: LogFields): Logger;
 }
 
-export function jsonLogger(base: LogFields = {}, write: (line: string) => void = (l) => process.stderr.write(l)): Logger {
+export function jsonLogger(
+  base: LogFields = {},
+  write: (line: string) => void = (l) => process.stderr.write(l),
+): Logger {
   return {
     log(level, event, fields = {}) {
       write(`${JSON.stringify({ t: new Date().toISOString(), level, event, ...base, ...fields })}\n`);

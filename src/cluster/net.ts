@@ -26,7 +26,10 @@ export function formatHostPort({ host, port }: HostPort): string {
 
 /** Parses a comma-separated list of host:port addresses. */
 export function parsePeers(list: string, defaultPort?: number): HostPort[] {
-  const parts = list.split(',').map((p) => p.trim()).filter((p) => p.length > 0);
+  const parts = list
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p.length > 0);
   if (parts.length === 0) throw new ClusterError('usage', 'the peer list is empty');
   return parts.map((p) => parseHostPort(p, defaultPort));
 }

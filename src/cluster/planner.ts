@@ -121,7 +121,11 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
 }
 
 /** Best split of layers over `order` (every node gets ≥ 1 layer), or undefined if none fits. */
-function split(order: readonly PlanNode[], m: ModelShape, c: Costs): { bottleneck: number; cuts: number[] } | undefined {
+function split(
+  order: readonly PlanNode[],
+  m: ModelShape,
+  c: Costs,
+): { bottleneck: number; cuts: number[] } | undefined {
   const k = order.length;
   const L = m.nLayers;
   if (k > L) return undefined;
@@ -153,7 +157,11 @@ function split(order: readonly PlanNode[], m: ModelShape, c: Costs): { bottlenec
 }
 
 /** The split over `order` that minimises the largest memory shortfall: who is short, by how much. */
-function shortest(order: readonly PlanNode[], m: ModelShape, c: Costs): { node: PlanNode; start: number; end: number; need: number; short: number } {
+function shortest(
+  order: readonly PlanNode[],
+  m: ModelShape,
+  c: Costs,
+): { node: PlanNode; start: number; end: number; need: number; short: number } {
   const k = order.length;
   const L = m.nLayers;
   const worst: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(Infinity));
@@ -237,7 +245,9 @@ function preferredSplit(order: readonly PlanNode[], m: ModelShape, c: Costs, cap
   if (k > L) return undefined;
   type Cost = [missing: number, bottleneck: number];
   const less = (x: Cost, y: Cost) => x[0] < y[0] || (x[0] === y[0] && x[1] < y[1]);
-  const best: (Cost | undefined)[][] = Array.from({ length: k + 1 }, () => new Array<Cost | undefined>(L + 1).fill(undefined));
+  const best: (Cost | undefined)[][] = Array.from({ length: k + 1 }, () =>
+    new Array<Cost | undefined>(L + 1).fill(undefined),
+  );
   const from: number[][] = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(-1));
   best[0][0] = [0, 0];
   for (let j = 1; j <= k; j++) {
@@ -268,14 +278,17 @@ function preferredSplit(order: readonly PlanNode[], m: ModelShape, c: Costs, cap
 }
 
 export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions = {}): Plan {
-  if (m.layerBytes.length !== m.nLayers || m.nLayers < 1) throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
+  if (m.layerBytes.length !== m.nLayers || m.nLayers < 1)
+    throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
   if (nodesIn.length === 0) throw new PlanError('no nodes to plan over');
   const nodes = [...nodesIn].sort(byThroughput);
   const want = o.stages;
   if (want !== undefined) {
     if (!(Number.isInteger(want) && want >= 1)) throw new PlanError(`--stages must be a positive integer, got ${want}`);
-    if (want > m.nLayers) throw new PlanError(`--stages ${want} asks for more stages than the model's ${m.nLayers} layers`);
-    if (want > nodes.length) throw new PlanError(`--stages ${want} asks for more stages than the ${nodes.length} node(s) available`);
+    if (want > m.nLayers)
+      throw new PlanError(`--stages ${want} asks for more stages than the model's ${m.nLayers} layers`);
+    if (want > nodes.length)
+      throw new PlanError(`--stages ${want} asks for more stages than the ${nodes.length} node(s) available`);
   }
   const c = costs(m, o);
 
@@ -307,7 +320,8 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
     const better =
       !best ||
       s.missing < best.missing ||
-      (s.missing === best.missing && (order.length < best.order.length || (order.length === best.order.length && s.bottleneck < best.bottleneck)));
+      (s.missing === best.missing &&
+        (order.length < best.order.length || (order.length === best.order.length && s.bottleneck < best.bottleneck)));
     if (better) best = { order, ...s };
   }
   if (!best) throw new PlanError('internal: no plan within tolerance of the fastest');
@@ -316,7 +330,15 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
   const stages = chosen.order.map((node, j): PlannedStage => {
     const start = chosen.cuts[j];
     const end = chosen.cuts[j + 1];
-    return { node, start, end, weightBytes: c.weights(start, end), kvBytes: c.kv(start, end), memBytes: c.mem(start, end), seconds: c.seconds(node, start, end) };
+    return {
+      node,
+      start,
+      end,
+      weightBytes: c.weights(start, end),
+      kvBytes: c.kv(start, end),
+      memBytes: c.mem(start, end),
+      seconds: c.seconds(node, start, end),
+    };
   });
   return { stages, bottleneckSeconds: chosen.bottleneck, tokenSeconds: stages.reduce((s, st) => s + st.seconds, 0) };
 }

@@ -54,7 +54,11 @@ type UnaryFn<Req, Res> = (
 
 /** Calls a unary method of a generated client as a promise. */
 export function unary<Req, Res>(
-  client: Client, fn: UnaryFn<Req, Res>, req: Req, timeoutMs: number, md = new Metadata(),
+  client: Client,
+  fn: UnaryFn<Req, Res>,
+  req: Req,
+  timeoutMs: number,
+  md = new Metadata(),
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
     fn.call(client, req, md, { deadline: deadline(timeoutMs) }, (err, res) => (err ? reject(err) : resolve(res)));

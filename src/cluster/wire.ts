@@ -117,7 +117,11 @@ export function samplingFromWire(s: Sampling): SamplingOptions {
  */
 export function samplingFromRequest(s: Sampling): SamplingOptions {
   const f = samplingFields(s);
-  return validateSampling({ ...f, topP: f.topP === 0 ? 1 : f.topP, repeatPenalty: f.repeatPenalty === 0 ? 1 : f.repeatPenalty });
+  return validateSampling({
+    ...f,
+    topP: f.topP === 0 ? 1 : f.topP,
+    repeatPenalty: f.repeatPenalty === 0 ? 1 : f.repeatPenalty,
+  });
 }
 
 export function samplingToWire(s: SamplingOptions): Sampling {
@@ -169,12 +173,29 @@ export interface HeldSlice {
   readonly start: number;
   readonly end: number;
   readonly bytes: number;
-  readonly loaded?: { readonly nLayers: number; readonly ctx: number; readonly kvType: KvType; readonly sessions: number; readonly source: string };
+  readonly loaded?: {
+    readonly nLayers: number;
+    readonly ctx: number;
+    readonly kvType: KvType;
+    readonly sessions: number;
+    readonly source: string;
+  };
 }
 
 export function shardStatus(s: HeldSlice): ShardStatus {
   const { modelHash, start, end, bytes, loaded } = s;
-  if (!loaded) return { modelHash, start, end, bytes, nLayers: 0, ctx: 0, kvType: WireKvType.KV_TYPE_UNSPECIFIED, sessions: 0, source: 'cache' };
+  if (!loaded)
+    return {
+      modelHash,
+      start,
+      end,
+      bytes,
+      nLayers: 0,
+      ctx: 0,
+      kvType: WireKvType.KV_TYPE_UNSPECIFIED,
+      sessions: 0,
+      source: 'cache',
+    };
   return { modelHash, start, end, bytes, ...loaded, kvType: kvTypeToWire(loaded.kvType) };
 }
 

@@ -61,9 +61,12 @@ export class ContextError extends Error {
 
 /** Refuses, before any compute, a prompt that leaves no room to generate. */
 export function checkPromptFits(promptLength: number, ctx: number): void {
-  if (promptLength === 0) throw new ContextError('the prompt is empty: nothing to condition on (the model adds no BOS token)');
+  if (promptLength === 0)
+    throw new ContextError('the prompt is empty: nothing to condition on (the model adds no BOS token)');
   if (promptLength >= ctx) {
-    throw new ContextError(`the prompt is ${promptLength} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`);
+    throw new ContextError(
+      `the prompt is ${promptLength} tokens but the context holds ${ctx}: shorten the prompt or raise --ctx`,
+    );
   }
 }
 
@@ -75,7 +78,8 @@ export async function generate(
 ): Promise<GenerateResult> {
   const ctx = session.ctx;
   checkPromptFits(req.prompt.length, ctx);
-  if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw new RangeError(`max tokens must be an integer >= 0, got ${req.maxTokens}`);
+  if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0)
+    throw new RangeError(`max tokens must be an integer >= 0, got ${req.maxTokens}`);
   const stops = (req.stop ?? []).filter((s) => s.length > 0);
   const tokens: number[] = [];
   const logprobs: TokenLogprobs[] = [];
@@ -85,7 +89,8 @@ export async function generate(
   let stopReason: StopReason = 'length';
 
   const cached = req.cached ?? 0;
-  if (!(Number.isInteger(cached) && cached >= 0)) throw new RangeError(`cached prompt tokens must be an integer >= 0, got ${cached}`);
+  if (!(Number.isInteger(cached) && cached >= 0))
+    throw new RangeError(`cached prompt tokens must be an integer >= 0, got ${cached}`);
   // The last prompt token is always stepped: its logits give the first token.
   const from = Math.min(cached, req.prompt.length - 1);
 

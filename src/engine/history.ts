@@ -31,7 +31,8 @@ export class TokenHistory {
       throw new StepError(`step at position ${start}, past the session's end at ${this.ids.length}`);
     }
     if (n < 1) throw new StepError('a step with no tokens');
-    if (start + n > ctx) throw new StepError(`positions [${start}, ${start + n}) run past the session's context of ${ctx}`);
+    if (start + n > ctx)
+      throw new StepError(`positions [${start}, ${start + n}) run past the session's context of ${ctx}`);
   }
 
   /** Forgets the positions from `start` on (their KV entries are about to be overwritten). */

@@ -39,7 +39,13 @@ export async function loadLocalModel(file: GgufFile, o: LocalLoadOptions): Promi
   const runner = new SliceRunner(model);
   const plan: PlanEntry[] = [{ node, address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }];
   const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
-  return { mode: 'local', model, plan, open: async (sampling) => new LocalSession(model, sampling, runner, stage), close: async () => {} };
+  return {
+    mode: 'local',
+    model,
+    plan,
+    open: async (sampling) => new LocalSession(model, sampling, runner, stage),
+    close: async () => {},
+  };
 }
 
 /** A session on the whole model in this process: one slice, timing its own steps. */
@@ -52,7 +58,12 @@ export class LocalSession implements StagedSession {
     sampling: SamplingOptions,
     /** Sessions of one model share its runner (and its workspace). */
     private readonly runner = new SliceRunner(model),
-    private readonly stage: Omit<StageTime, 'seconds'> = { node: hostname(), nodeId: 'local', address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] },
+    private readonly stage: Omit<StageTime, 'seconds'> = {
+      node: hostname(),
+      nodeId: 'local',
+      address: LOCAL_ADDRESS,
+      layers: [0, model.config.nLayers],
+    },
   ) {
     if (!model.isFirst || !model.isLast) throw new Error('a local session needs every layer of the model');
     this.seq = runner.open(model.ctx, sampling);

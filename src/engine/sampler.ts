@@ -79,8 +79,14 @@ export function validateSampling(o: SamplingOptions): SamplingOptions {
   check(Number.isFinite(o.repeatPenalty) && o.repeatPenalty > 0, `repeat penalty must be > 0, got ${o.repeatPenalty}`);
   check(Number.isFinite(o.frequencyPenalty), `frequency penalty must be a number, got ${o.frequencyPenalty}`);
   check(Number.isFinite(o.presencePenalty), `presence penalty must be a number, got ${o.presencePenalty}`);
-  check(Number.isInteger(o.penaltyLastN) && o.penaltyLastN >= 0, `penalty window must be an integer >= 0, got ${o.penaltyLastN}`);
-  check(Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff, `seed must be an integer in 0..4294967295, got ${o.seed}`);
+  check(
+    Number.isInteger(o.penaltyLastN) && o.penaltyLastN >= 0,
+    `penalty window must be an integer >= 0, got ${o.penaltyLastN}`,
+  );
+  check(
+    Number.isInteger(o.seed) && o.seed >= 0 && o.seed <= 0xffffffff,
+    `seed must be an integer in 0..4294967295, got ${o.seed}`,
+  );
   check(
     o.logprobs === undefined || (Number.isInteger(o.logprobs) && o.logprobs >= 0 && o.logprobs <= MAX_LOGPROBS),
     `logprobs must be an integer in 0..${MAX_LOGPROBS}, got ${o.logprobs}`,
@@ -96,7 +102,10 @@ export class Sampler {
   /** The log-probabilities of the last sampled token, when the options ask for them. */
   logprobs: TokenLogprobs | undefined;
 
-  constructor(readonly options: SamplingOptions, vocabSize: number) {
+  constructor(
+    readonly options: SamplingOptions,
+    vocabSize: number,
+  ) {
     validateSampling(options);
     this.rng = new Rng(options.seed);
     this.ids = new Int32Array(vocabSize);

@@ -95,7 +95,8 @@ export class SliceRunner {
   /** A new session on this slice, with its own KV cache (and, on the slice with the head, sampler). */
   open(ctx: number, sampling?: SamplingOptions): Sequence {
     const { vocabSize } = this.model.config;
-    if (!(Number.isInteger(ctx) && ctx >= 1 && ctx <= this.model.ctx)) throw new RangeError(`a session's context must be in 1..${this.model.ctx}, got ${ctx}`);
+    if (!(Number.isInteger(ctx) && ctx >= 1 && ctx <= this.model.ctx))
+      throw new RangeError(`a session's context must be in 1..${this.model.ctx}, got ${ctx}`);
     if (this.model.isLast && !sampling) throw new Error('the slice with the head needs sampling options');
     const sampler = this.model.isLast && sampling ? new Sampler(sampling, vocabSize) : undefined;
     return new Sequence(this.model.newCache(), ctx, sampler, vocabSize);
@@ -109,7 +110,9 @@ export class SliceRunner {
       if (seen.has(e.seq)) throw new StepError('a session appears twice in one step');
       seen.add(e.seq);
       e.seq.history.check(e.start, e.tokens.length, e.seq.ctx);
-      for (const t of e.tokens) if (!(Number.isInteger(t) && t >= 0 && t < vocabSize)) throw new StepError(`token id ${t} is outside the vocabulary of ${vocabSize}`);
+      for (const t of e.tokens)
+        if (!(Number.isInteger(t) && t >= 0 && t < vocabSize))
+          throw new StepError(`token id ${t} is outside the vocabulary of ${vocabSize}`);
       if (!this.model.isFirst && !e.hiddenIn) throw new Error('a slice without the embedding takes hidden states');
       if (!this.model.isLast && !e.hiddenOut) throw new Error('a slice without the head hands its hidden states on');
     }
@@ -155,7 +158,10 @@ export class SliceRunner {
 
       // the layers: each weight one matrix product over every row; attention per session,
       // over its own KV cache (which the step's keys and values are written into)
-      model.forwardLayers(this.x, chunk.map((p) => ({ start: p.entry.start + p.from, n: p.m, cache: p.entry.seq.cache })));
+      model.forwardLayers(
+        this.x,
+        chunk.map((p) => ({ start: p.entry.start + p.from, n: p.m, cache: p.entry.seq.cache })),
+      );
 
       for (const p of chunk) {
         // the rows out: hidden states to the next slice; the tokens now held, to the history
@@ -177,7 +183,7 @@ function* chunks(entries: readonly StepEntry[], batch: number): Generator<Piece[
   let chunk: Piece[] = [];
   let rows = 0;
   for (const entry of entries) {
-    for (let from = 0; from < entry.tokens.length; ) {
+    for (let from = 0; from < entry.tokens.length;) {
       const m = Math.min(batch - rows, entry.tokens.length - from);
       chunk.push({ entry, from, m, row: rows });
       rows += m;

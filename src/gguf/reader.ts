@@ -50,9 +50,18 @@ export type MetaType = (typeof MetaType)[keyof typeof MetaType];
 
 /** Bytes a value of this type takes at least in the file (a string takes its u64 length). */
 const minBytes: Record<number, number> = {
-  [MetaType.UINT8]: 1, [MetaType.INT8]: 1, [MetaType.UINT16]: 2, [MetaType.INT16]: 2,
-  [MetaType.UINT32]: 4, [MetaType.INT32]: 4, [MetaType.FLOAT32]: 4, [MetaType.BOOL]: 1,
-  [MetaType.STRING]: 8, [MetaType.ARRAY]: 12, [MetaType.UINT64]: 8, [MetaType.INT64]: 8,
+  [MetaType.UINT8]: 1,
+  [MetaType.INT8]: 1,
+  [MetaType.UINT16]: 2,
+  [MetaType.INT16]: 2,
+  [MetaType.UINT32]: 4,
+  [MetaType.INT32]: 4,
+  [MetaType.FLOAT32]: 4,
+  [MetaType.BOOL]: 1,
+  [MetaType.STRING]: 8,
+  [MetaType.ARRAY]: 12,
+  [MetaType.UINT64]: 8,
+  [MetaType.INT64]: 8,
   [MetaType.FLOAT64]: 8,
 };
 
@@ -117,7 +126,12 @@ class Cursor {
   /** Makes n bytes at pos available in the window and returns the window offset. */
   private need(n: number, what: string): number {
     if (n > this.remaining) {
-      throw new GgufError('truncated', this.path, `file ends inside ${what}: needs ${n} bytes, ${this.remaining} left`, this.pos);
+      throw new GgufError(
+        'truncated',
+        this.path,
+        `file ends inside ${what}: needs ${n} bytes, ${this.remaining} left`,
+        this.pos,
+      );
     }
     const off = this.pos - this.bufStart;
     if (off >= 0 && off + n <= this.buf.length) return off;
@@ -133,23 +147,68 @@ class Cursor {
     return 0;
   }
 
-  u8(what: string): number { const o = this.need(1, what); this.pos += 1; return this.buf.readUInt8(o); }
-  i8(what: string): number { const o = this.need(1, what); this.pos += 1; return this.buf.readInt8(o); }
-  u16(what: string): number { const o = this.need(2, what); this.pos += 2; return this.buf.readUInt16LE(o); }
-  i16(what: string): number { const o = this.need(2, what); this.pos += 2; return this.buf.readInt16LE(o); }
-  u32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readUInt32LE(o); }
-  i32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readInt32LE(o); }
-  f32(what: string): number { const o = this.need(4, what); this.pos += 4; return this.buf.readFloatLE(o); }
-  f64(what: string): number { const o = this.need(8, what); this.pos += 8; return this.buf.readDoubleLE(o); }
-  u64(what: string): bigint { const o = this.need(8, what); this.pos += 8; return this.buf.readBigUInt64LE(o); }
-  i64(what: string): bigint { const o = this.need(8, what); this.pos += 8; return this.buf.readBigInt64LE(o); }
+  u8(what: string): number {
+    const o = this.need(1, what);
+    this.pos += 1;
+    return this.buf.readUInt8(o);
+  }
+  i8(what: string): number {
+    const o = this.need(1, what);
+    this.pos += 1;
+    return this.buf.readInt8(o);
+  }
+  u16(what: string): number {
+    const o = this.need(2, what);
+    this.pos += 2;
+    return this.buf.readUInt16LE(o);
+  }
+  i16(what: string): number {
+    const o = this.need(2, what);
+    this.pos += 2;
+    return this.buf.readInt16LE(o);
+  }
+  u32(what: string): number {
+    const o = this.need(4, what);
+    this.pos += 4;
+    return this.buf.readUInt32LE(o);
+  }
+  i32(what: string): number {
+    const o = this.need(4, what);
+    this.pos += 4;
+    return this.buf.readInt32LE(o);
+  }
+  f32(what: string): number {
+    const o = this.need(4, what);
+    this.pos += 4;
+    return this.buf.readFloatLE(o);
+  }
+  f64(what: string): number {
+    const o = this.need(8, what);
+    this.pos += 8;
+    return this.buf.readDoubleLE(o);
+  }
+  u64(what: string): bigint {
+    const o = this.need(8, what);
+    this.pos += 8;
+    return this.buf.readBigUInt64LE(o);
+  }
+  i64(what: string): bigint {
+    const o = this.need(8, what);
+    this.pos += 8;
+    return this.buf.readBigInt64LE(o);
+  }
 
   /** A u64 count whose items take at least itemBytes each: it must fit in the rest of the file. */
   count(what: string, itemBytes: number): number {
     const at = this.pos;
     const n = this.u64(what);
     if (n > BigInt(Math.floor(this.remaining / Math.max(itemBytes, 1)))) {
-      throw new GgufError('bad-count', this.path, `${what} is ${n}, more than the ${this.remaining} bytes left in the file can hold`, at);
+      throw new GgufError(
+        'bad-count',
+        this.path,
+        `${what} is ${n}, more than the ${this.remaining} bytes left in the file can hold`,
+        at,
+      );
     }
     return Number(n);
   }
@@ -162,7 +221,10 @@ class Cursor {
     const len = this.buf.readUInt32LE(lo) + this.buf.readUInt32LE(lo + 4) * 2 ** 32;
     if (len > this.remaining - 8 || len > MAX_STRING_BYTES) {
       const n = this.buf.readBigUInt64LE(lo);
-      const why = len > this.remaining - 8 ? `only ${this.remaining - 8} left in the file` : `more than the ${MAX_STRING_BYTES} a GGUF string may take`;
+      const why =
+        len > this.remaining - 8
+          ? `only ${this.remaining - 8} left in the file`
+          : `more than the ${MAX_STRING_BYTES} a GGUF string may take`;
       throw new GgufError('bad-string', this.path, `${what} claims ${n} bytes, ${why}`, at);
     }
     this.pos += 8;
@@ -214,12 +276,22 @@ export class GgufFile {
 
     const magic = c.u32('magic');
     if (magic !== GGUF_MAGIC) {
-      throw new GgufError('bad-magic', path, `not a GGUF file: magic is 0x${magic.toString(16).padStart(8, '0')}, expected "GGUF"`, 0);
+      throw new GgufError(
+        'bad-magic',
+        path,
+        `not a GGUF file: magic is 0x${magic.toString(16).padStart(8, '0')}, expected "GGUF"`,
+        0,
+      );
     }
     const version = c.u32('version');
     if (version !== 2 && version !== 3) {
       const hint = version >= 0x01000000 ? ' (a big-endian file? only little-endian is supported)' : '';
-      throw new GgufError('bad-version', path, `unsupported GGUF version ${version}${hint}; versions 2 and 3 are supported`, 4);
+      throw new GgufError(
+        'bad-version',
+        path,
+        `unsupported GGUF version ${version}${hint}; versions 2 and 3 are supported`,
+        4,
+      );
     }
     // A tensor info takes at least 8 (name length) + 4 + 4 + 8 bytes; a key/value at least 8 + 4 + 1.
     const nTensors = c.count('tensor count', 24);
@@ -242,26 +314,50 @@ export class GgufFile {
     if (align !== undefined) {
       // The bit test only sees the low 32 bits, so it needs an integer no larger than a u32
       // power of two: 1.5 or 3 * 2^32 would pass it, and BigInt(1.5) below would then throw.
-      if (typeof align !== 'number' || !Number.isInteger(align) || align <= 0 || align > 0x80000000 || (align & (align - 1)) !== 0) {
+      if (
+        typeof align !== 'number' ||
+        !Number.isInteger(align) ||
+        align <= 0 ||
+        align > 0x80000000 ||
+        (align & (align - 1)) !== 0
+      ) {
         throw new GgufError('bad-alignment', path, `general.alignment must be a power of two, got ${String(align)}`);
       }
       alignment = align;
     }
 
-    interface RawTensor { name: string; dims: number[]; type: GgmlTypeInfo; nElements: number; nBytes: number; offset: bigint; at: number }
+    interface RawTensor {
+      name: string;
+      dims: number[];
+      type: GgmlTypeInfo;
+      nElements: number;
+      nBytes: number;
+      offset: bigint;
+      at: number;
+    }
     const raw: RawTensor[] = [];
     const seen = new Set<string>();
     for (let i = 0; i < nTensors; i++) {
       const at = c.pos;
       const name = c.string(`name of tensor #${i}`);
       if (name.length >= MAX_TENSOR_NAME) {
-        throw new GgufError('bad-tensor', path, `tensor #${i} name is ${name.length} characters, ggml allows ${MAX_TENSOR_NAME - 1}`, at);
+        throw new GgufError(
+          'bad-tensor',
+          path,
+          `tensor #${i} name is ${name.length} characters, ggml allows ${MAX_TENSOR_NAME - 1}`,
+          at,
+        );
       }
       if (seen.has(name)) throw new GgufError('duplicate-tensor', path, `tensor "${name}" appears twice`, at);
       seen.add(name);
       const nDims = c.u32(`dimension count of tensor "${name}"`);
       if (nDims < 1 || nDims > MAX_DIMS) {
-        throw new GgufError('bad-shape', path, `tensor "${name}" has ${nDims} dimensions, ggml allows 1..${MAX_DIMS}`, at);
+        throw new GgufError(
+          'bad-shape',
+          path,
+          `tensor "${name}" has ${nDims} dimensions, ggml allows 1..${MAX_DIMS}`,
+          at,
+        );
       }
       const dims: number[] = [];
       let elements = 1n;
@@ -270,7 +366,12 @@ export class GgufFile {
         if (dim === 0n) throw new GgufError('bad-shape', path, `tensor "${name}" has a zero-sized dimension ${d}`, at);
         elements *= dim;
         if (elements > BigInt(Number.MAX_SAFE_INTEGER)) {
-          throw new GgufError('bad-shape', path, `tensor "${name}" element count overflows (dimension ${d} is ${dim})`, at);
+          throw new GgufError(
+            'bad-shape',
+            path,
+            `tensor "${name}" element count overflows (dimension ${d} is ${dim})`,
+            at,
+          );
         }
         dims.push(Number(dim));
       }
@@ -278,7 +379,12 @@ export class GgufFile {
       const type = ggmlTypeInfo(typeId);
       if (!type) throw new GgufError('unknown-type', path, `tensor "${name}" has unknown ggml type ${typeId}`, at);
       if (dims[0] % type.blockSize !== 0) {
-        throw new GgufError('bad-shape', path, `tensor "${name}" row length ${dims[0]} is not a multiple of the ${type.name} block size ${type.blockSize}`, at);
+        throw new GgufError(
+          'bad-shape',
+          path,
+          `tensor "${name}" row length ${dims[0]} is not a multiple of the ${type.name} block size ${type.blockSize}`,
+          at,
+        );
       }
       const nElements = Number(elements);
       const offset = c.u64(`data offset of tensor "${name}"`);
@@ -287,18 +393,39 @@ export class GgufFile {
 
     const dataOffset = Math.ceil(c.pos / alignment) * alignment;
     if (nTensors > 0 && dataOffset > size) {
-      throw new GgufError('truncated', path, `data section would start at ${dataOffset}, past the end of the file (${size} bytes)`, c.pos);
+      throw new GgufError(
+        'truncated',
+        path,
+        `data section would start at ${dataOffset}, past the end of the file (${size} bytes)`,
+        c.pos,
+      );
     }
     const dataSize = BigInt(Math.max(0, size - dataOffset));
     const tensors: TensorInfo[] = raw.map((t) => {
       if (t.offset % BigInt(alignment) !== 0n) {
-        throw new GgufError('bad-offset', path, `tensor "${t.name}" data offset ${t.offset} is not aligned to ${alignment}`, t.at);
+        throw new GgufError(
+          'bad-offset',
+          path,
+          `tensor "${t.name}" data offset ${t.offset} is not aligned to ${alignment}`,
+          t.at,
+        );
       }
       if (t.offset + BigInt(t.nBytes) > dataSize) {
-        throw new GgufError('bad-offset', path,
-          `tensor "${t.name}" data [${t.offset}, ${t.offset + BigInt(t.nBytes)}) lies past the end of the data section (${dataSize} bytes)`, t.at);
+        throw new GgufError(
+          'bad-offset',
+          path,
+          `tensor "${t.name}" data [${t.offset}, ${t.offset + BigInt(t.nBytes)}) lies past the end of the data section (${dataSize} bytes)`,
+          t.at,
+        );
       }
-      return { name: t.name, dims: t.dims, type: t.type, nElements: t.nElements, nBytes: t.nBytes, fileOffset: dataOffset + Number(t.offset) };
+      return {
+        name: t.name,
+        dims: t.dims,
+        type: t.type,
+        nElements: t.nElements,
+        nBytes: t.nBytes,
+        fileOffset: dataOffset + Number(t.offset),
+      };
     });
 
     return new GgufFile(path, version, metadata, metadataTypes, tensors, alignment, dataOffset, size);
@@ -389,41 +516,66 @@ export class GgufFile {
 
 /** Reads one value; for arrays, records the item type (of the first item, for nested ones) in desc. */
 function readValue(
-  c: Cursor, type: number, key: string, depth: number, path: string, desc?: { item?: MetaTypeDesc }, what = `value of "${key}"`,
+  c: Cursor,
+  type: number,
+  key: string,
+  depth: number,
+  path: string,
+  desc?: { item?: MetaTypeDesc },
+  what = `value of "${key}"`,
 ): MetadataValue {
   switch (type) {
-    case MetaType.UINT8: return c.u8(what);
-    case MetaType.INT8: return c.i8(what);
-    case MetaType.UINT16: return c.u16(what);
-    case MetaType.INT16: return c.i16(what);
-    case MetaType.UINT32: return c.u32(what);
-    case MetaType.INT32: return c.i32(what);
-    case MetaType.FLOAT32: return c.f32(what);
-    case MetaType.FLOAT64: return c.f64(what);
-    case MetaType.UINT64: return safeNumber(c.u64(what));
-    case MetaType.INT64: return safeNumber(c.i64(what));
+    case MetaType.UINT8:
+      return c.u8(what);
+    case MetaType.INT8:
+      return c.i8(what);
+    case MetaType.UINT16:
+      return c.u16(what);
+    case MetaType.INT16:
+      return c.i16(what);
+    case MetaType.UINT32:
+      return c.u32(what);
+    case MetaType.INT32:
+      return c.i32(what);
+    case MetaType.FLOAT32:
+      return c.f32(what);
+    case MetaType.FLOAT64:
+      return c.f64(what);
+    case MetaType.UINT64:
+      return safeNumber(c.u64(what));
+    case MetaType.INT64:
+      return safeNumber(c.i64(what));
     case MetaType.BOOL: {
       const at = c.pos;
       const b = c.u8(what);
       if (b > 1) throw new GgufError('bad-value-type', path, `${what} is a bool stored as ${b}`, at);
       return b === 1;
     }
-    case MetaType.STRING: return c.string(what);
+    case MetaType.STRING:
+      return c.string(what);
     case MetaType.ARRAY: {
       const at = c.pos;
-      if (depth >= MAX_ARRAY_NESTING) throw new GgufError('bad-array', path, `${what} nests arrays deeper than ${MAX_ARRAY_NESTING}`, at);
+      if (depth >= MAX_ARRAY_NESTING)
+        throw new GgufError('bad-array', path, `${what} nests arrays deeper than ${MAX_ARRAY_NESTING}`, at);
       const itemType = c.u32(`array item type of "${key}"`);
       const min = minBytes[itemType];
-      if (min === undefined) throw new GgufError('bad-value-type', path, `array "${key}" has unknown item type ${itemType}`, at);
+      if (min === undefined)
+        throw new GgufError('bad-value-type', path, `array "${key}" has unknown item type ${itemType}`, at);
       const countAt = c.pos;
       const n = c.count(`item count of array "${key}"`, min);
       if (n > MAX_ARRAY_ITEMS) {
-        throw new GgufError('bad-count', path, `item count of array "${key}" is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`, countAt);
+        throw new GgufError(
+          'bad-count',
+          path,
+          `item count of array "${key}" is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`,
+          countAt,
+        );
       }
       const out: MetadataValue[] = new Array(n);
       const item: { type: MetaType; item?: MetaTypeDesc } = { type: itemType as MetaType };
       if (desc) desc.item = item;
-      for (let i = 0; i < n; i++) out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined, what);
+      for (let i = 0; i < n; i++)
+        out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined, what);
       return out;
     }
     default:

@@ -12,7 +12,15 @@
 
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { ggmlTypeInfo, type GgmlType, type GgmlTypeInfo } from '../ggml/types.ts';
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufError, MetaType, type GgufFile, type MetaTypeDesc, type MetadataValue } from './reader.ts';
+import {
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAGIC,
+  GgufError,
+  MetaType,
+  type GgufFile,
+  type MetaTypeDesc,
+  type MetadataValue,
+} from './reader.ts';
 
 const GGUF_VERSION = 3;
 const MAX_DIMS = 4;
@@ -20,8 +28,14 @@ const MAX_DIMS = 4;
 const MAX_TENSOR_NAME_BYTES = 63;
 
 type NumberMetaType =
-  | typeof MetaType.UINT8 | typeof MetaType.INT8 | typeof MetaType.UINT16 | typeof MetaType.INT16
-  | typeof MetaType.UINT32 | typeof MetaType.INT32 | typeof MetaType.FLOAT32 | typeof MetaType.FLOAT64;
+  | typeof MetaType.UINT8
+  | typeof MetaType.INT8
+  | typeof MetaType.UINT16
+  | typeof MetaType.INT16
+  | typeof MetaType.UINT32
+  | typeof MetaType.INT32
+  | typeof MetaType.FLOAT32
+  | typeof MetaType.FLOAT64;
 type BigMetaType = typeof MetaType.UINT64 | typeof MetaType.INT64;
 
 /** An array value: items all of itemType; when itemType is ARRAY each item is a MetaArray. */
@@ -53,7 +67,12 @@ export const meta = {
   i64: (key: string, value: bigint | number): MetaEntry => ({ key, type: MetaType.INT64, value }),
   bool: (key: string, value: boolean): MetaEntry => ({ key, type: MetaType.BOOL, value }),
   str: (key: string, value: string): MetaEntry => ({ key, type: MetaType.STRING, value }),
-  array: (key: string, itemType: MetaType, value: readonly MetaItem[]): MetaEntry => ({ key, type: MetaType.ARRAY, itemType, value }),
+  array: (key: string, itemType: MetaType, value: readonly MetaItem[]): MetaEntry => ({
+    key,
+    type: MetaType.ARRAY,
+    itemType,
+    value,
+  }),
   /** An array item of an array whose itemType is ARRAY. */
   nested: (itemType: MetaType, value: readonly MetaItem[]): MetaArray => ({ itemType, value }),
 } as const;
@@ -73,7 +92,10 @@ export function copyMetadata(file: GgufFile, keep: (key: string) => boolean = ()
   return out;
 }
 
-function typedItem(value: MetadataValue, desc: MetaTypeDesc): { type: MetaType; value: MetaItem | readonly MetaItem[]; itemType?: MetaType } {
+function typedItem(
+  value: MetadataValue,
+  desc: MetaTypeDesc,
+): { type: MetaType; value: MetaItem | readonly MetaItem[]; itemType?: MetaType } {
   if (desc.type !== MetaType.ARRAY) return { type: desc.type, value: value as MetaItem };
   const item = desc.item ?? { type: MetaType.UINT8 };
   return { type: MetaType.ARRAY, itemType: item.type, value: toItems(value as MetadataValue[], item) };
@@ -127,16 +149,46 @@ class ByteSink {
   }
 
   // reserve() may swap this.buf, so it must run before this.buf is read.
-  u8(v: number): void { const at = this.reserve(1); this.buf.writeUInt8(v, at); }
-  i8(v: number): void { const at = this.reserve(1); this.buf.writeInt8(v, at); }
-  u16(v: number): void { const at = this.reserve(2); this.buf.writeUInt16LE(v, at); }
-  i16(v: number): void { const at = this.reserve(2); this.buf.writeInt16LE(v, at); }
-  u32(v: number): void { const at = this.reserve(4); this.buf.writeUInt32LE(v, at); }
-  i32(v: number): void { const at = this.reserve(4); this.buf.writeInt32LE(v, at); }
-  f32(v: number): void { const at = this.reserve(4); this.buf.writeFloatLE(v, at); }
-  f64(v: number): void { const at = this.reserve(8); this.buf.writeDoubleLE(v, at); }
-  u64(v: bigint): void { const at = this.reserve(8); this.buf.writeBigUInt64LE(v, at); }
-  i64(v: bigint): void { const at = this.reserve(8); this.buf.writeBigInt64LE(v, at); }
+  u8(v: number): void {
+    const at = this.reserve(1);
+    this.buf.writeUInt8(v, at);
+  }
+  i8(v: number): void {
+    const at = this.reserve(1);
+    this.buf.writeInt8(v, at);
+  }
+  u16(v: number): void {
+    const at = this.reserve(2);
+    this.buf.writeUInt16LE(v, at);
+  }
+  i16(v: number): void {
+    const at = this.reserve(2);
+    this.buf.writeInt16LE(v, at);
+  }
+  u32(v: number): void {
+    const at = this.reserve(4);
+    this.buf.writeUInt32LE(v, at);
+  }
+  i32(v: number): void {
+    const at = this.reserve(4);
+    this.buf.writeInt32LE(v, at);
+  }
+  f32(v: number): void {
+    const at = this.reserve(4);
+    this.buf.writeFloatLE(v, at);
+  }
+  f64(v: number): void {
+    const at = this.reserve(8);
+    this.buf.writeDoubleLE(v, at);
+  }
+  u64(v: bigint): void {
+    const at = this.reserve(8);
+    this.buf.writeBigUInt64LE(v, at);
+  }
+  i64(v: bigint): void {
+    const at = this.reserve(8);
+    this.buf.writeBigInt64LE(v, at);
+  }
 
   string(s: string): void {
     const n = Buffer.byteLength(s, 'utf8');
@@ -165,13 +217,19 @@ const bigRange: Partial<Record<MetaType, readonly [bigint, bigint]>> = {
 };
 
 function isMetaArray(v: unknown): v is MetaArray {
-  return typeof v === 'object' && v !== null && 'itemType' in v && 'value' in v && Array.isArray((v as MetaArray).value);
+  return (
+    typeof v === 'object' && v !== null && 'itemType' in v && 'value' in v && Array.isArray((v as MetaArray).value)
+  );
 }
 
 /** Encodes one value of the given type, checking that the JS value fits it. */
 function encodeValue(out: ByteSink, type: number, value: unknown, what: string, path: string): void {
   const bad = (want: string): GgufError =>
-    new GgufError('bad-value-type', path, `${what} should be ${want}, got ${typeof value === 'bigint' ? `${value}n` : JSON.stringify(value) ?? String(value)}`);
+    new GgufError(
+      'bad-value-type',
+      path,
+      `${what} should be ${want}, got ${typeof value === 'bigint' ? `${value}n` : (JSON.stringify(value) ?? String(value))}`,
+    );
 
   const ints = intRange[type as MetaType];
   if (ints) {
@@ -189,14 +247,22 @@ function encodeValue(out: ByteSink, type: number, value: unknown, what: string, 
   }
 
   switch (type) {
-    case MetaType.UINT8: return out.u8(value as number);
-    case MetaType.INT8: return out.i8(value as number);
-    case MetaType.UINT16: return out.u16(value as number);
-    case MetaType.INT16: return out.i16(value as number);
-    case MetaType.UINT32: return out.u32(value as number);
-    case MetaType.INT32: return out.i32(value as number);
-    case MetaType.UINT64: return out.u64(big);
-    case MetaType.INT64: return out.i64(big);
+    case MetaType.UINT8:
+      return out.u8(value as number);
+    case MetaType.INT8:
+      return out.i8(value as number);
+    case MetaType.UINT16:
+      return out.u16(value as number);
+    case MetaType.INT16:
+      return out.i16(value as number);
+    case MetaType.UINT32:
+      return out.u32(value as number);
+    case MetaType.INT32:
+      return out.i32(value as number);
+    case MetaType.UINT64:
+      return out.u64(big);
+    case MetaType.INT64:
+      return out.i64(big);
     case MetaType.FLOAT32:
     case MetaType.FLOAT64:
       if (typeof value !== 'number') throw bad('a number');
@@ -214,7 +280,8 @@ function encodeValue(out: ByteSink, type: number, value: unknown, what: string, 
       }
       out.u32(value.itemType);
       out.u64(BigInt(value.value.length));
-      for (let i = 0; i < value.value.length; i++) encodeValue(out, value.itemType, value.value[i], `${what}[${i}]`, path);
+      for (let i = 0; i < value.value.length; i++)
+        encodeValue(out, value.itemType, value.value[i], `${what}[${i}]`, path);
       return;
     }
     default:
@@ -233,26 +300,42 @@ interface PlannedTensor {
 function planTensor(t: TensorSpec, offset: number, path: string): PlannedTensor {
   const nameBytes = Buffer.byteLength(t.name, 'utf8');
   if (nameBytes === 0 || nameBytes > MAX_TENSOR_NAME_BYTES) {
-    throw new GgufError('bad-tensor', path, `tensor name "${t.name}" is ${nameBytes} bytes, ggml allows 1..${MAX_TENSOR_NAME_BYTES}`);
+    throw new GgufError(
+      'bad-tensor',
+      path,
+      `tensor name "${t.name}" is ${nameBytes} bytes, ggml allows 1..${MAX_TENSOR_NAME_BYTES}`,
+    );
   }
   const info = ggmlTypeInfo(t.type);
   if (!info) throw new GgufError('unknown-type', path, `tensor "${t.name}" has unknown ggml type ${t.type}`);
   if (t.dims.length < 1 || t.dims.length > MAX_DIMS) {
-    throw new GgufError('bad-shape', path, `tensor "${t.name}" has ${t.dims.length} dimensions, ggml allows 1..${MAX_DIMS}`);
+    throw new GgufError(
+      'bad-shape',
+      path,
+      `tensor "${t.name}" has ${t.dims.length} dimensions, ggml allows 1..${MAX_DIMS}`,
+    );
   }
   let n = 1;
   for (const [d, dim] of t.dims.entries()) {
-    if (!Number.isSafeInteger(dim) || dim < 1) throw new GgufError('bad-shape', path, `tensor "${t.name}" dimension ${d} is ${dim}`);
+    if (!Number.isSafeInteger(dim) || dim < 1)
+      throw new GgufError('bad-shape', path, `tensor "${t.name}" dimension ${d} is ${dim}`);
     n *= dim;
     if (!Number.isSafeInteger(n)) throw new GgufError('bad-shape', path, `tensor "${t.name}" element count overflows`);
   }
   if (t.dims[0] % info.blockSize !== 0) {
-    throw new GgufError('bad-shape', path,
-      `tensor "${t.name}" row length ${t.dims[0]} is not a multiple of the ${info.name} block size ${info.blockSize}`);
+    throw new GgufError(
+      'bad-shape',
+      path,
+      `tensor "${t.name}" row length ${t.dims[0]} is not a multiple of the ${info.name} block size ${info.blockSize}`,
+    );
   }
   const nBytes = (n / info.blockSize) * info.typeSize;
   if (t.data instanceof Uint8Array && t.data.length !== nBytes) {
-    throw new GgufError('bad-tensor', path, `tensor "${t.name}" data is ${t.data.length} bytes, ${info.name} [${t.dims.join(', ')}] takes ${nBytes}`);
+    throw new GgufError(
+      'bad-tensor',
+      path,
+      `tensor "${t.name}" data is ${t.data.length} bytes, ${info.name} [${t.dims.join(', ')}] takes ${nBytes}`,
+    );
   }
   return { spec: t, info, nBytes, offset };
 }
@@ -267,8 +350,19 @@ function alignmentOf(metadata: readonly MetaEntry[], path: string): number {
   if (!entry) return GGUF_DEFAULT_ALIGNMENT;
   // llama.cpp reads general.alignment with gguf_get_val_u32 and rejects any other type.
   const v = entry.value;
-  if (entry.type !== MetaType.UINT32 || typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > 0x80000000 || (v & (v - 1)) !== 0) {
-    throw new GgufError('bad-alignment', path, `general.alignment must be a u32 power of two, got ${String(v)} (type ${entry.type})`);
+  if (
+    entry.type !== MetaType.UINT32 ||
+    typeof v !== 'number' ||
+    !Number.isInteger(v) ||
+    v <= 0 ||
+    v > 0x80000000 ||
+    (v & (v - 1)) !== 0
+  ) {
+    throw new GgufError(
+      'bad-alignment',
+      path,
+      `general.alignment must be a u32 power of two, got ${String(v)} (type ${entry.type})`,
+    );
   }
   return v;
 }
@@ -299,7 +393,13 @@ export function writeGguf(path: string, spec: GgufSpec): WrittenGguf {
     keys.add(m.key);
     head.string(m.key);
     head.u32(m.type);
-    encodeValue(head, m.type, m.type === MetaType.ARRAY ? { itemType: m.itemType, value: m.value } : m.value, `metadata "${m.key}"`, path);
+    encodeValue(
+      head,
+      m.type,
+      m.type === MetaType.ARRAY ? { itemType: m.itemType, value: m.value } : m.value,
+      `metadata "${m.key}"`,
+      path,
+    );
   }
 
   const planned: PlannedTensor[] = [];
@@ -335,7 +435,11 @@ export function writeGguf(path: string, spec: GgufSpec): WrittenGguf {
         written += chunk.length;
       }
       if (written !== p.nBytes) {
-        throw new GgufError('bad-tensor', path, `tensor "${p.spec.name}" data generator gave a wrong byte count, ${p.info.name} [${p.spec.dims.join(', ')}] takes ${p.nBytes}`);
+        throw new GgufError(
+          'bad-tensor',
+          path,
+          `tensor "${p.spec.name}" data generator gave a wrong byte count, ${p.info.name} [${p.spec.dims.join(', ')}] takes ${p.nBytes}`,
+        );
       }
       writeAll(fd, new Uint8Array(alignUp(p.nBytes, alignment) - p.nBytes));
     }

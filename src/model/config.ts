@@ -27,7 +27,10 @@ export interface ModelConfig {
 }
 
 export class ModelError extends Error {
-  constructor(readonly path: string, detail: string) {
+  constructor(
+    readonly path: string,
+    detail: string,
+  ) {
     super(`${path}: ${detail}`);
     this.name = 'ModelError';
   }
@@ -79,10 +82,12 @@ export function readConfig(file: GgufFile): ModelConfig {
   };
   const bad = (what: string) => new ModelError(file.path, what);
   for (const key of ['nLayers', 'dim', 'nHeads', 'nKvHeads', 'headDim', 'ffnDim', 'vocabSize', 'ctxTrain'] as const) {
-    if (!Number.isInteger(config[key]) || config[key] <= 0) throw bad(`${key} must be a positive integer, got ${config[key]}`);
+    if (!Number.isInteger(config[key]) || config[key] <= 0)
+      throw bad(`${key} must be a positive integer, got ${config[key]}`);
   }
   if (nHeads % nKvHeads !== 0) throw bad(`head_count ${nHeads} is not a multiple of head_count_kv ${nKvHeads}`);
-  if (config.ropeDims % 2 !== 0 || config.ropeDims > headDim) throw bad(`rope.dimension_count ${config.ropeDims} must be even and at most the head size ${headDim}`);
+  if (config.ropeDims % 2 !== 0 || config.ropeDims > headDim)
+    throw bad(`rope.dimension_count ${config.ropeDims} must be even and at most the head size ${headDim}`);
   if (!(config.rmsEps > 0)) throw bad(`layer_norm_rms_epsilon must be positive, got ${config.rmsEps}`);
   return config;
 }

@@ -64,13 +64,22 @@ function useMoreBits(i: number, n: number): boolean {
  * The type a tensor gets under a target, or undefined to keep it as it is (1-D tensors, and
  * rows no block of the target fits).
  */
-export function chooseType(t: { name: string; dims: readonly number[] }, target: QuantTarget, nLayers: number): GgmlType | undefined {
+export function chooseType(
+  t: { name: string; dims: readonly number[] },
+  target: QuantTarget,
+  nLayers: number,
+): GgmlType | undefined {
   if (t.dims.length < 2) return undefined;
   let type: GgmlType = target.base;
   const layer = /^blk\.(\d+)\./.exec(t.name);
   if (K_TYPES.has(target.base)) {
     if (t.name === 'output.weight') type = GgmlType.Q6_K;
-    else if (target.moreBits && layer && /\.(attn_v|ffn_down)\.weight$/.test(t.name) && useMoreBits(Number(layer[1]), nLayers)) {
+    else if (
+      target.moreBits &&
+      layer &&
+      /\.(attn_v|ffn_down)\.weight$/.test(t.name) &&
+      useMoreBits(Number(layer[1]), nLayers)
+    ) {
       type = GgmlType.Q6_K;
     }
   }
@@ -140,4 +149,3 @@ export function quantizeFile(input: string, output: string, targetName: string):
   });
   return { written: writeGguf(output, { metadata, tensors }), tensors: report };
 }
-

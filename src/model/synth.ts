@@ -41,7 +41,15 @@ export type SynthShape = keyof typeof SYNTH_SHAPES;
 export function synthShape(shape: SynthShape, type: SynthWeightType, seed: number, out: string): SynthModel {
   const s = SYNTH_SHAPES[shape];
   if (!s) throw new RangeError(`unknown shape "${shape}" (known: ${Object.keys(SYNTH_SHAPES).join(', ')})`);
-  return synthModel({ ...s, type, seed, out, std: 0.02, vocabFrom: LLAMA_VOCAB, name: `herd-synth-${shape}-${type}-s${seed}` });
+  return synthModel({
+    ...s,
+    type,
+    seed,
+    out,
+    std: 0.02,
+    vocabFrom: LLAMA_VOCAB,
+    name: `herd-synth-${shape}-${type}-s${seed}`,
+  });
 }
 
 /** The repository's stories260K model, whose vocabulary the synthetic models reuse. */
@@ -184,7 +192,10 @@ export function synthModel(opts: SynthOptions): SynthModel {
   }
   check(nHeads % nKvHeads === 0, `nHeads ${nHeads} is not a multiple of nKvHeads ${nKvHeads}`);
   check(headDim % 2 === 0, `headDim ${headDim} must be even (RoPE rotates pairs)`);
-  check(opts.arch === 'qwen3' || headDim * nHeads === dim, `${opts.arch} needs headDim × nHeads = dim (${headDim} × ${nHeads} ≠ ${dim}); only qwen3 writes key_length`);
+  check(
+    opts.arch === 'qwen3' || headDim * nHeads === dim,
+    `${opts.arch} needs headDim × nHeads = dim (${headDim} × ${nHeads} ≠ ${dim}); only qwen3 writes key_length`,
+  );
 
   const source = GgufFile.open(opts.vocabFrom ?? DEFAULT_VOCAB_SOURCE);
   const tokenizer = copyTokenizer(source);

@@ -57,7 +57,10 @@ class RunState {
   readonly ropeCos: Float32Array;
   readonly ropeSin: Float32Array;
 
-  constructor(c: ModelConfig, readonly batch: number) {
+  constructor(
+    c: ModelConfig,
+    readonly batch: number,
+  ) {
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     this.xb = new Float32Array(batch * c.dim);
@@ -116,9 +119,11 @@ export class Transformer {
   private static checkLoad(file: GgufFile, opts: LoadOptions) {
     const config = readConfig(file);
     const ctx = opts.ctx ?? config.ctxTrain;
-    if (!Number.isInteger(ctx) || ctx < 1) throw new ModelError(file.path, `context size must be a positive integer, got ${ctx}`);
+    if (!Number.isInteger(ctx) || ctx < 1)
+      throw new ModelError(file.path, `context size must be a positive integer, got ${ctx}`);
     const batch = opts.batch ?? 32;
-    if (!Number.isInteger(batch) || batch < 1) throw new ModelError(file.path, `batch size must be a positive integer, got ${batch}`);
+    if (!Number.isInteger(batch) || batch < 1)
+      throw new ModelError(file.path, `batch size must be a positive integer, got ${batch}`);
     const [start, end] = opts.layers ?? [0, config.nLayers];
     return { config, ctx, batch, start, end, kvType: opts.kvType ?? 'f32', backend: opts.backend ?? new JsBackend() };
   }
@@ -164,7 +169,8 @@ export class Transformer {
   }
 
   private checkRows(n: number): void {
-    if (!(Number.isInteger(n) && n >= 1 && n <= this.batch)) throw new RangeError(`a step takes 1..${this.batch} tokens, got ${n}`);
+    if (!(Number.isInteger(n) && n >= 1 && n <= this.batch))
+      throw new RangeError(`a step takes 1..${this.batch} tokens, got ${n}`);
   }
 
   /**
@@ -189,7 +195,15 @@ export class Transformer {
       }
       // each row's RoPE angles, from its own position
       for (let i = 0; i < seg.n; i++) {
-        ropeAngles(seg.start + i, c.ropeDims, c.ropeBase, c.ropeFreqScale, row(s.ropeCos, r + i, half), row(s.ropeSin, r + i, half), this.weights.ropeFreqs);
+        ropeAngles(
+          seg.start + i,
+          c.ropeDims,
+          c.ropeBase,
+          c.ropeFreqScale,
+          row(s.ropeCos, r + i, half),
+          row(s.ropeSin, r + i, half),
+          this.weights.ropeFreqs,
+        );
       }
       r += seg.n;
     }
@@ -232,10 +246,18 @@ export class Transformer {
       // query heads shares one KV head)
       r = 0;
       for (const seg of segments) {
-        for (let i = 0; i < seg.n; i++) seg.cache.write(l, seg.start + i, row(s.k, r + i, kvDim), row(s.v, r + i, kvDim));
+        for (let i = 0; i < seg.n; i++)
+          seg.cache.write(l, seg.start + i, row(s.k, r + i, kvDim), row(s.v, r + i, kvDim));
         this.backend.attend({
-          keys: seg.cache.keys[l], values: seg.cache.values[l], nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim,
-          start: seg.start, n: seg.n, q: s.q.subarray(r * qDim, (r + seg.n) * qDim), out: s.attOut.subarray(r * qDim, (r + seg.n) * qDim),
+          keys: seg.cache.keys[l],
+          values: seg.cache.values[l],
+          nHeads: c.nHeads,
+          nKvHeads: c.nKvHeads,
+          headDim: c.headDim,
+          start: seg.start,
+          n: seg.n,
+          q: s.q.subarray(r * qDim, (r + seg.n) * qDim),
+          out: s.attOut.subarray(r * qDim, (r + seg.n) * qDim),
         });
         r += seg.n;
       }

@@ -51,8 +51,20 @@ export interface LoadProgress {
 export function stageBytes(file: GgufFile, c: ModelConfig, start: number, end: number): number {
   const size = (name: string) => file.tensor(name)?.nBytes ?? 0;
   const names = new Set<string>();
-  const perLayer = ['attn_norm.weight', 'attn_q.weight', 'attn_k.weight', 'attn_v.weight', 'attn_output.weight', 'attn_q.bias', 'attn_k.bias',
-    'attn_v.bias', 'ffn_norm.weight', 'ffn_gate.weight', 'ffn_up.weight', 'ffn_down.weight'];
+  const perLayer = [
+    'attn_norm.weight',
+    'attn_q.weight',
+    'attn_k.weight',
+    'attn_v.weight',
+    'attn_output.weight',
+    'attn_q.bias',
+    'attn_k.bias',
+    'attn_v.bias',
+    'ffn_norm.weight',
+    'ffn_gate.weight',
+    'ffn_up.weight',
+    'ffn_down.weight',
+  ];
   if (c.arch === 'qwen3') perLayer.push('attn_q_norm.weight', 'attn_k_norm.weight');
   for (let l = start; l < end; l++) for (const n of perLayer) names.add(`blk.${l}.${n}`);
   if (start === 0) names.add('token_embd.weight');
@@ -68,7 +80,12 @@ export function stageBytes(file: GgufFile, c: ModelConfig, start: number, end: n
 
 /** Reads the stage's tensors in one go. */
 export function loadStageWeights(
-  file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend, onProgress?: (p: LoadProgress) => void,
+  file: GgufFile,
+  c: ModelConfig,
+  start: number,
+  end: number,
+  backend: KernelBackend,
+  onProgress?: (p: LoadProgress) => void,
 ): StageWeights {
   const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
   for (;;) {
@@ -82,7 +99,12 @@ export function loadStageWeights(
  * its loading progress to the coordinator while it loads, and herd serve answers /health.
  */
 export async function loadStageWeightsAsync(
-  file: GgufFile, c: ModelConfig, start: number, end: number, backend: KernelBackend, onProgress?: (p: LoadProgress) => void,
+  file: GgufFile,
+  c: ModelConfig,
+  start: number,
+  end: number,
+  backend: KernelBackend,
+  onProgress?: (p: LoadProgress) => void,
 ): Promise<StageWeights> {
   const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
   for (;;) {
@@ -113,7 +135,11 @@ function* stageWeightSteps(
     const t = file.tensor(name);
     if (!t) throw new ModelError(file.path, `tensor "${name}" is missing`);
     const same = t.dims.length === dims.length && t.dims.every((d, i) => d === dims[i]);
-    if (!same) throw new ModelError(file.path, `tensor "${name}" has shape [${t.dims.join(', ')}], expected [${dims.join(', ')}]`);
+    if (!same)
+      throw new ModelError(
+        file.path,
+        `tensor "${name}" has shape [${t.dims.join(', ')}], expected [${dims.join(', ')}]`,
+      );
     return t;
   };
   const weight = (name: string, cols: number, rows: number): Weight => {
@@ -164,7 +190,11 @@ function* stageWeightSteps(
   const tokenEmbd = first ? weight(embdName, c.dim, c.vocabSize) : undefined;
   // Tied embeddings: without output.weight the head reuses the token embedding matrix.
   const headName = file.tensor('output.weight') ? 'output.weight' : embdName;
-  const output = last ? (headName === embdName && tokenEmbd ? tokenEmbd : weight(headName, c.dim, c.vocabSize)) : undefined;
+  const output = last
+    ? headName === embdName && tokenEmbd
+      ? tokenEmbd
+      : weight(headName, c.dim, c.vocabSize)
+    : undefined;
   const outputNorm = last ? vector('output_norm.weight', c.dim) : undefined;
   const ropeFreqs = file.tensor('rope_freqs.weight') ? vector('rope_freqs.weight', c.ropeDims / 2) : undefined;
   return { start, end, tokenEmbd, layers, outputNorm, output, ropeFreqs, bytes };

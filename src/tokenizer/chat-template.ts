@@ -92,12 +92,15 @@ export class ChatTemplate {
         const f = FALLBACKS[choice as FallbackName];
         return new ChatTemplate(choice, f.source, f.stops, tokenizer);
       }
-      if (choice === 'model') return ChatTemplate.fromModel(file, tokenizer) ?? fail(`${file.path} has no tokenizer.chat_template`);
+      if (choice === 'model')
+        return ChatTemplate.fromModel(file, tokenizer) ?? fail(`${file.path} has no tokenizer.chat_template`);
       let source: string;
       try {
         source = readFileSync(choice, 'utf8');
       } catch {
-        return fail(`chat template "${choice}" is neither ${[...FALLBACK_NAMES, 'model'].join(', ')} nor a readable file`);
+        return fail(
+          `chat template "${choice}" is neither ${[...FALLBACK_NAMES, 'model'].join(', ')} nor a readable file`,
+        );
       }
       return new ChatTemplate(choice, source, [], tokenizer);
     }

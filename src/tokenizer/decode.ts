@@ -69,7 +69,12 @@ export interface DetokenizeOptions {
 }
 
 /** llama_detokenize: join the pieces, drop the SPM leading space, tidy spaces if the vocab says. */
-export function detokenize(vocab: Vocab, pieces: PieceTable, ids: readonly number[], opts: DetokenizeOptions = {}): Uint8Array {
+export function detokenize(
+  vocab: Vocab,
+  pieces: PieceTable,
+  ids: readonly number[],
+  opts: DetokenizeOptions = {},
+): Uint8Array {
   let begin = 0;
   let end = ids.length;
   // The space SPM put in front of the first word goes away, unless a BOS was there to take it.

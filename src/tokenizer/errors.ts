@@ -2,12 +2,7 @@
 // metadata key at fault, so `herd` can tell the user which model is broken and where.
 
 export type TokenizerErrorCode =
-  | 'missing-key'
-  | 'bad-value'
-  | 'unsupported-model'
-  | 'unknown-pre'
-  | 'duplicate-token'
-  | 'missing-token';
+  'missing-key' | 'bad-value' | 'unsupported-model' | 'unknown-pre' | 'duplicate-token' | 'missing-token';
 
 export class TokenizerError extends Error {
   constructor(

@@ -5,7 +5,8 @@
 
 import { TokenAttr, type Vocab } from './vocab.ts';
 
-export type Fragment = { readonly text: string; readonly id?: undefined } | { readonly id: number; readonly text?: undefined };
+export type Fragment =
+  { readonly text: string; readonly id?: undefined } | { readonly id: number; readonly text?: undefined };
 
 const isCSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d);
 

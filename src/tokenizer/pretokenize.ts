@@ -78,11 +78,17 @@ export const PRE_TOKENIZERS: ReadonlyMap<string, PreTokenizerSpec> = new Map<str
   ['falcon3', LLAMA3_SPEC],
   ['deepseek-llm', spec(['[\r\n]', DEEPSEEK_LETTERS, DEEPSEEK_PUNCT, '\\s+$', CJK_HANGUL, '\\p{N}+'], false)],
   ['deepseek-coder', spec(['[\r\n]', '\\s?\\p{L}+', '\\s?\\p{P}+', CJK_HANGUL, '\\p{N}'], false)],
-  ['deepseek-v3', spec([
-    '\\p{N}{1,3}',
-    '[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+',
-    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
-  ], false)],
+  [
+    'deepseek-v3',
+    spec(
+      [
+        '\\p{N}{1,3}',
+        '[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+',
+        '[!"#$%&\'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+',
+      ],
+      false,
+    ),
+  ],
   ['falcon', spec(['[\\p{P}\\$\\+<=>\\^~\\|`]+', GPT2, '[0-9][0-9][0-9]'])],
   ['mpt', GPT2_SPEC],
   ['starcoder', STARCODER],
@@ -109,24 +115,45 @@ export const PRE_TOKENIZERS: ReadonlyMap<string, PreTokenizerSpec> = new Map<str
   ['chatglm-bpe', spec([LLAMA3], true, { noBos: true })],
   ['viking', spec([BLOOM, '\\p{N}'], false)],
   ['jais', GPT2_SPEC],
-  ['tekken', spec([CASED_WORDS.replaceAll('%C', '') + '|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+'],
-    false, { ignoreMerges: true, addBos: true })],
+  [
+    'tekken',
+    spec(
+      [CASED_WORDS.replaceAll('%C', '') + '|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+'],
+      false,
+      { ignoreMerges: true, addBos: true },
+    ),
+  ],
   ['smollm', spec(['\\p{N}', GPT2], false)],
   ['codeshell', STARCODER],
   ['bloom', BLOOM_SPEC],
   ['gpt3-finnish', BLOOM_SPEC],
   ['exaone', STARCODER],
-  ['chameleon', spec([
-    '<sentinel:[0-9]+>',
-    '(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z',
-    '([\\t\\n]|    |  )',
-    '\\p{N}',
-    '[\\p{P}!-/:-@\\[-`{-~]',
-    GPT2,
-  ], false, { addBos: true })],
+  [
+    'chameleon',
+    spec(
+      [
+        '<sentinel:[0-9]+>',
+        '(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z',
+        '([\\t\\n]|    |  )',
+        '\\p{N}',
+        '[\\p{P}!-/:-@\\[-`{-~]',
+        GPT2,
+      ],
+      false,
+      { addBos: true },
+    ),
+  ],
   ['minerva-7b', STARCODER],
-  ['gpt-4o', spec([CASED_WORDS.replaceAll('%C', `${CONTRACTIONS}?`) +
-    '|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+'], false)],
+  [
+    'gpt-4o',
+    spec(
+      [
+        CASED_WORDS.replaceAll('%C', `${CONTRACTIONS}?`) +
+          '|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+',
+      ],
+      false,
+    ),
+  ],
 ]);
 
 // --- compiling llama.cpp regexes to JS ---------------------------------------------------------

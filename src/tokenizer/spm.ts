@@ -77,12 +77,19 @@ export class SpmTokenizer {
     let id = this.byteIds[byte];
     if (id === -2) {
       const hex = byte.toString(16).toUpperCase().padStart(2, '0');
-      id = this.vocab.tokenToId.get(`<0x${hex}>`) ?? (byte < 0x80 ? this.vocab.tokenToId.get(String.fromCharCode(byte)) : undefined) ?? -1;
+      id =
+        this.vocab.tokenToId.get(`<0x${hex}>`) ??
+        (byte < 0x80 ? this.vocab.tokenToId.get(String.fromCharCode(byte)) : undefined) ??
+        -1;
       this.byteIds[byte] = id;
     }
     if (id < 0) {
-      throw new TokenizerError('missing-token', this.vocab.path, 'tokenizer.ggml.tokens',
-        `no byte token <0x${byte.toString(16).toUpperCase().padStart(2, '0')}> for a character outside the vocabulary`);
+      throw new TokenizerError(
+        'missing-token',
+        this.vocab.path,
+        'tokenizer.ggml.tokens',
+        `no byte token <0x${byte.toString(16).toUpperCase().padStart(2, '0')}> for a character outside the vocabulary`,
+      );
     }
     return id;
   }

@@ -128,7 +128,19 @@ const specialKeys: ReadonlyArray<readonly [keyof SpecialIds, string]> = [
 
 // Special tokens recognised by their text when the file does not name them (first match wins).
 const byText: ReadonlyArray<readonly [keyof SpecialIds, readonly string[]]> = [
-  ['eot', ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<EOT>', '_<EOT>', '<｜end▁of▁sentence｜>']],
+  [
+    'eot',
+    [
+      '<|eot_id|>',
+      '<|im_end|>',
+      '<|end|>',
+      '<end_of_turn>',
+      '<|endoftext|>',
+      '<EOT>',
+      '_<EOT>',
+      '<｜end▁of▁sentence｜>',
+    ],
+  ],
   ['eom', ['<|eom_id|>']],
   ['fimPre', ['<|fim_prefix|>', '<fim-prefix>', '<｜fim▁begin｜>', '<PRE>', '▁<PRE>']],
   ['fimSuf', ['<|fim_suffix|>', '<fim-suffix>', '<｜fim▁hole｜>', '<SUF>', '▁<SUF>']],
@@ -138,7 +150,16 @@ const byText: ReadonlyArray<readonly [keyof SpecialIds, readonly string[]]> = [
   ['fimSep', ['<|file_sep|>', '<fim-sep>']],
 ];
 
-const eogTexts = ['<|eot_id|>', '<|im_end|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|eom_id|>', '<EOT>', '_<EOT>'];
+const eogTexts = [
+  '<|eot_id|>',
+  '<|im_end|>',
+  '<|end|>',
+  '<end_of_turn>',
+  '<|endoftext|>',
+  '<|eom_id|>',
+  '<EOT>',
+  '_<EOT>',
+];
 
 /** What the vocabulary is read from: a GgufFile, or anything with its path and metadata. */
 export type VocabSource = Pick<GgufFile, 'path' | 'metadata'>;
@@ -147,7 +168,8 @@ export type VocabSource = Pick<GgufFile, 'path' | 'metadata'>;
 export function loadVocab(file: VocabSource): Vocab {
   const path = file.path;
   const warnings: string[] = [];
-  const fail = (code: 'missing-key' | 'bad-value', key: string, detail: string) => new TokenizerError(code, path, key, detail);
+  const fail = (code: 'missing-key' | 'bad-value', key: string, detail: string) =>
+    new TokenizerError(code, path, key, detail);
   const meta = (key: string): MetadataValue | undefined => file.metadata.get(key);
   const str = (key: string): string | undefined => {
     const v = meta(key);
@@ -156,7 +178,8 @@ export function loadVocab(file: VocabSource): Vocab {
   };
   const bool = (key: string): boolean | undefined => {
     const v = meta(key);
-    if (v !== undefined && typeof v !== 'boolean') throw fail('bad-value', key, `should be a boolean, found ${kind(v)}`);
+    if (v !== undefined && typeof v !== 'boolean')
+      throw fail('bad-value', key, `should be a boolean, found ${kind(v)}`);
     return v;
   };
 
@@ -175,8 +198,12 @@ export function loadVocab(file: VocabSource): Vocab {
     type = 'wpm';
     Object.assign(special, { cls: 101, unk: 100, sep: 102, pad: 0, mask: 103 });
   } else {
-    throw new TokenizerError('unsupported-model', path, KEY.model,
-      `tokenizer "${model}" is not supported (supported: llama, gpt2, bert)`);
+    throw new TokenizerError(
+      'unsupported-model',
+      path,
+      KEY.model,
+      `tokenizer "${model}" is not supported (supported: llama, gpt2, bert)`,
+    );
   }
 
   let pre = str(KEY.pre) ?? '';
@@ -208,7 +235,8 @@ export function loadVocab(file: VocabSource): Vocab {
   // Tokens, scores, types.
   const tokensRaw = meta(KEY.tokens);
   if (tokensRaw === undefined) throw fail('missing-key', KEY.tokens, 'missing: the file has no token list');
-  if (!Array.isArray(tokensRaw)) throw fail('bad-value', KEY.tokens, `should be an array of strings, found ${kind(tokensRaw)}`);
+  if (!Array.isArray(tokensRaw))
+    throw fail('bad-value', KEY.tokens, `should be an array of strings, found ${kind(tokensRaw)}`);
   const n = tokensRaw.length;
   if (n === 0) throw fail('bad-value', KEY.tokens, 'is empty');
   const scores = new Float32Array(n);
@@ -236,7 +264,12 @@ export function loadVocab(file: VocabSource): Vocab {
     }
     const prev = tokenToId.get(t);
     if (prev !== undefined) {
-      throw new TokenizerError('duplicate-token', path, KEY.tokens, `token ${JSON.stringify(t)} appears at ${prev} and ${i}`);
+      throw new TokenizerError(
+        'duplicate-token',
+        path,
+        KEY.tokens,
+        `token ${JSON.stringify(t)} appears at ${prev} and ${i}`,
+      );
     }
     tokenToId.set(t, i);
     tokens[i] = t;
@@ -268,7 +301,8 @@ export function loadVocab(file: VocabSource): Vocab {
   for (const [slot, key] of specialKeys) {
     const v = meta(key);
     if (v === undefined) continue;
-    if (typeof v !== 'number' || !Number.isInteger(v)) throw fail('bad-value', key, `should be an integer, found ${kind(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v))
+      throw fail('bad-value', key, `should be an integer, found ${kind(v)}`);
     if (v < 0 || v >= n) {
       warnings.push(`${key} = ${v} is outside the vocabulary (${n} tokens): keeping ${special[slot] ?? 'none'}`);
       continue;
@@ -280,8 +314,10 @@ export function loadVocab(file: VocabSource): Vocab {
 
   addBos = bool(KEY.addBos) ?? addBos;
   addEos = bool(KEY.addEos) ?? addEos;
-  if (addBos && type !== 'wpm' && special.bos === undefined) throw fail('bad-value', KEY.addBos, 'is true but the vocabulary has no BOS token');
-  if (addEos && special.eos === undefined) throw fail('bad-value', KEY.addEos, 'is true but the vocabulary has no EOS token');
+  if (addBos && type !== 'wpm' && special.bos === undefined)
+    throw fail('bad-value', KEY.addBos, 'is true but the vocabulary has no BOS token');
+  if (addEos && special.eos === undefined)
+    throw fail('bad-value', KEY.addEos, 'is true but the vocabulary has no EOS token');
   if (type === 'wpm' && (special.bos === undefined || special.sep === undefined)) {
     throw fail('bad-value', 'tokenizer.ggml.cls_token_id', 'a WordPiece vocabulary needs [CLS] and [SEP] tokens');
   }
@@ -339,9 +375,26 @@ export function loadVocab(file: VocabSource): Vocab {
   }
 
   return {
-    path, type, model, pre, tokens, scores, attrs, tokenToId, mergeRanks, special,
-    addBos, addEos, addSpacePrefix, removeExtraWhitespaces, cleanSpaces, ignoreMerges,
-    eog, specialTokens, maxTokenLength, warnings,
+    path,
+    type,
+    model,
+    pre,
+    tokens,
+    scores,
+    attrs,
+    tokenToId,
+    mergeRanks,
+    special,
+    addBos,
+    addEos,
+    addSpacePrefix,
+    removeExtraWhitespaces,
+    cleanSpaces,
+    ignoreMerges,
+    eog,
+    specialTokens,
+    maxTokenLength,
+    warnings,
   };
 }
 

@@ -16,7 +16,7 @@ export class WpmTokenizer {
       const w = `\u2581${word}`;
       const mark = out.length;
       // maxTokenLength counts UTF-8 bytes, never fewer than UTF-16 units: a safe bound here.
-      for (let i = 0; i < w.length; ) {
+      for (let i = 0; i < w.length;) {
         let j = Math.min(w.length, i + maxTokenLength + 1);
         let id: number | undefined;
         for (; j > i; j--) {

@@ -7,7 +7,8 @@ import { HUNG_MS } from './serve.ts';
 
 export type Spawner = (command: string, args: readonly string[], opts: SpawnOptions) => ChildProcess;
 
-export const localSpawn: Spawner = (command, args, opts) => spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+export const localSpawn: Spawner = (command, args, opts) =>
+  spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 
 export interface LogEvent {
   event: string;
@@ -26,7 +27,11 @@ export interface RunningNode {
   exited(): Promise<number | null>;
 }
 
-export async function startNode(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = HUNG_MS): Promise<RunningNode> {
+export async function startNode(
+  args: readonly string[],
+  spawner: Spawner = localSpawn,
+  timeoutMs = HUNG_MS,
+): Promise<RunningNode> {
   const child = spawner(process.execPath, [herdBin, 'node', ...args], { cwd: repoRoot });
   const events: LogEvent[] = [];
   const waiters: { pred: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void }[] = [];
@@ -87,7 +92,11 @@ export interface CliResult {
 }
 
 /** Runs `herd ARGS` to completion (killed after timeoutMs). */
-export function runHerd(args: readonly string[], spawner: Spawner = localSpawn, timeoutMs = 180_000): Promise<CliResult> {
+export function runHerd(
+  args: readonly string[],
+  spawner: Spawner = localSpawn,
+  timeoutMs = 180_000,
+): Promise<CliResult> {
   const t0 = Date.now();
   const child = spawner(process.execPath, [herdBin, ...args], { cwd: repoRoot });
   let stdout = '';

@@ -7,7 +7,12 @@ import type { ErrorConstructor } from 'ava';
 import type { Activation, ActivationKind } from '../../src/kernels/activation.ts';
 import type { KernelBackend } from '../../src/kernels/backend.ts';
 import type { KernelBackendError } from '../../src/kernels/checks.ts';
-import { NativeBackend, NativeBackendError, isNativeAvailable, type NativeIsa } from '../../src/kernels/native/index.ts';
+import {
+  NativeBackend,
+  NativeBackendError,
+  isNativeAvailable,
+  type NativeIsa,
+} from '../../src/kernels/native/index.ts';
 import { WasmBackend, WasmBackendError, relaxedSimdAvailable, type WasmSimd } from '../../src/kernels/wasm/backend.ts';
 
 /** A compiled backend: a KernelBackend that also says which types it computes itself and prepares activations. */
@@ -52,7 +57,8 @@ function native(isa: NativeIsa): Subject {
     label: `native ${isa}`,
     kind: 'native',
     isa,
-    create: (o) => NativeBackend.create({ threads: o.threads, minParallelBytes: o.minParallelBytes, spinMicros: o.spinMicros, isa }),
+    create: (o) =>
+      NativeBackend.create({ threads: o.threads, minParallelBytes: o.minParallelBytes, spinMicros: o.spinMicros, isa }),
     error: NativeBackendError,
     code: 'NATIVE',
     tileForms: [undefined],
@@ -64,7 +70,14 @@ function wasm(simd: WasmSimd): Subject {
     label: `wasm ${simd}`,
     kind: 'wasm',
     isa: simd === 'relaxed' ? 'relaxed-simd' : 'simd128',
-    create: (o) => WasmBackend.create({ threads: o.threads, minParallelBytes: o.minParallelBytes, spinMicros: o.spinMicros, wideTiles: o.wideTiles, simd }),
+    create: (o) =>
+      WasmBackend.create({
+        threads: o.threads,
+        minParallelBytes: o.minParallelBytes,
+        spinMicros: o.spinMicros,
+        wideTiles: o.wideTiles,
+        simd,
+      }),
     error: WasmBackendError,
     code: 'WASM',
     tileForms: [true, false],
@@ -72,10 +85,18 @@ function wasm(simd: WasmSimd): Subject {
 }
 
 /** Every compiled backend this machine has, native paths plainest first. */
-export const SUBJECTS: Subject[] = [...nativeIsas.map(native), ...(relaxedAvailable ? [wasm('relaxed')] : []), wasm('simd128')];
+export const SUBJECTS: Subject[] = [
+  ...nativeIsas.map(native),
+  ...(relaxedAvailable ? [wasm('relaxed')] : []),
+  wasm('simd128'),
+];
 
 /** Creates a backend, runs `body` with it and closes it whatever happens. */
-export async function withBackend<T>(subject: Subject, opts: BackendOptions, body: (b: TestedBackend) => T | Promise<T>): Promise<T> {
+export async function withBackend<T>(
+  subject: Subject,
+  opts: BackendOptions,
+  body: (b: TestedBackend) => T | Promise<T>,
+): Promise<T> {
   const b = await subject.create(opts);
   try {
     return await body(b);

@@ -56,7 +56,8 @@ export function activationMismatches(backend: Preparing, x: Float32Array): strin
       bad.push(`${kind} of ${n} values: ${(err as Error).message}`);
       continue;
     }
-    const differ = (what: string, a: string, b: string) => a !== b && bad.push(`${kind} of ${n} values: ${what} differ`);
+    const differ = (what: string, a: string, b: string) =>
+      a !== b && bad.push(`${kind} of ${n} values: ${what} differ`);
     if (kind === 'f16' || kind === 'bf16') {
       differ('values (bits)', bits(got.f, n), bits(want.f, n));
       continue;

@@ -31,9 +31,18 @@ export function edgeVector(next: () => number): Float32Array {
   // amax = 127 makes the inverse scale exactly 1, so these hit ties: half to even decides.
   x.set([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 126.5, -126.5, 4.5, 5.5, -6.5, 7.49999, 7.5000005], 0);
   // block 1: all zero (scale 0, quants 0)
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6), 64); // scale an f16 subnormal
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9), 96); // scale rounds to f16 zero
-  x.set(Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7), 128); // scale overflows f16 to inf
+  x.set(
+    Float32Array.from({ length: 32 }, () => (next() - 0.5) * 1e-6),
+    64,
+  ); // scale an f16 subnormal
+  x.set(
+    Float32Array.from({ length: 32 }, () => (next() - 0.5) * 3e-9),
+    96,
+  ); // scale rounds to f16 zero
+  x.set(
+    Float32Array.from({ length: 32 }, () => (next() - 0.5) * 4e7),
+    128,
+  ); // scale overflows f16 to inf
   x.set([-3, 3], 160); // equal magnitudes of both signs
   for (let i = 192; i < x.length; i++) x[i] = (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4);
   return x;
@@ -58,7 +67,13 @@ export function quantizedBytes(info: GgmlTypeInfo, rows: number, cols: number, s
 }
 
 /** The same quantized weight in `backend`'s memory (alloc()) and as a plain copy for js. */
-export function weightPair(backend: KernelBackend, info: GgmlTypeInfo, rows: number, cols: number, seed: number): { own: Weight; js: Weight } {
+export function weightPair(
+  backend: KernelBackend,
+  info: GgmlTypeInfo,
+  rows: number,
+  cols: number,
+  seed: number,
+): { own: Weight; js: Weight } {
   const bytes = quantizedBytes(info, rows, cols, seed);
   const data = backend.alloc(bytes.length);
   data.set(bytes);
@@ -67,13 +82,27 @@ export function weightPair(backend: KernelBackend, info: GgmlTypeInfo, rows: num
 }
 
 /** `rows` cache positions of kvDim values: f32, or the same values as f16 bits. */
-export function randomCache(rows: number, kvDim: number, half: boolean, next: () => number): Float32Array | Uint16Array {
+export function randomCache(
+  rows: number,
+  kvDim: number,
+  half: boolean,
+  next: () => number,
+): Float32Array | Uint16Array {
   const f = randomVector(rows * kvDim, next);
   return half ? Uint16Array.from(f, (v) => f32ToF16(v)) : f;
 }
 
 /** A step with a random cache of start + n (+ 3 unused) positions, f32 or f16, and queries up to ±qScale. */
-export function attentionStep(nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, half: boolean, seed: number, qScale = 3): AttentionStep {
+export function attentionStep(
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  start: number,
+  n: number,
+  half: boolean,
+  seed: number,
+  qScale = 3,
+): AttentionStep {
   const next = rng(seed);
   const ctx = start + n + 3; // rows past the step must not be read
   const keys = randomCache(ctx, nKvHeads * headDim, half, next);

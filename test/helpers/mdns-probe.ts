@@ -13,8 +13,15 @@ if (mode === 'advertise') {
     port: Number(port),
     interface: iface,
     caps: {
-      protocolVersion: PROTOCOL_VERSION, nodeId, name, arch: process.arch, backend: 'js',
-      memTotal: 8 * 2 ** 30, memAvailable: 4 * 2 ** 30, cores: 4, throughput: 1e9,
+      protocolVersion: PROTOCOL_VERSION,
+      nodeId,
+      name,
+      arch: process.arch,
+      backend: 'js',
+      memTotal: 8 * 2 ** 30,
+      memAvailable: 4 * 2 ** 30,
+      cores: 4,
+      throughput: 1e9,
     },
   });
   process.stdout.write('ready\n');

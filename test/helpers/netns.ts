@@ -100,7 +100,19 @@ export async function createLan(n: number, label = 'lan'): Promise<TestLan> {
       // ip netns exec → unshare -u (own host name) → sh sets it → exec the command: one pid.
       const child = spawn(
         'ip',
-        ['netns', 'exec', host.ns, 'unshare', '-u', 'sh', '-c', 'hostname "$0" && exec "$@"', host.hostname, command, ...args],
+        [
+          'netns',
+          'exec',
+          host.ns,
+          'unshare',
+          '-u',
+          'sh',
+          '-c',
+          'hostname "$0" && exec "$@"',
+          host.hostname,
+          command,
+          ...args,
+        ],
         { stdio: ['ignore', 'pipe', 'pipe'], ...opts },
       );
       children.add(child);
@@ -108,7 +120,10 @@ export async function createLan(n: number, label = 'lan'): Promise<TestLan> {
       return child;
     },
     exec(host, command, args) {
-      return execFileSync('ip', ['netns', 'exec', host.ns, command, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      return execFileSync('ip', ['netns', 'exec', host.ns, command, ...args], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
     },
     close,
   };

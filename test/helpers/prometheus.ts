@@ -12,7 +12,10 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
   const types = new Map<string, string>();
   const name = '[a-zA-Z_:][a-zA-Z0-9_:]*';
   // Values are what Go's strconv.ParseFloat takes (the format says so): NaN and Inf in any case.
-  const sampleRe = new RegExp(`^(${name})(?:\\{(.*)\\})? ([-+]?(?:[0-9]*\\.?[0-9]+(?:[eE][-+]?[0-9]+)?|inf(?:inity)?)|nan)(?: -?\\d+)?$`, 'i');
+  const sampleRe = new RegExp(
+    `^(${name})(?:\\{(.*)\\})? ([-+]?(?:[0-9]*\\.?[0-9]+(?:[eE][-+]?[0-9]+)?|inf(?:inity)?)|nan)(?: -?\\d+)?$`,
+    'i',
+  );
   const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/y;
   for (const line of text.split('\n')) {
     if (line === '') continue;
@@ -28,11 +31,13 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
     if (m[2]) {
       labelRe.lastIndex = 0;
       let l: RegExpExecArray | null;
-      while (labelRe.lastIndex < m[2].length && (l = labelRe.exec(m[2]))) labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+      while (labelRe.lastIndex < m[2].length && (l = labelRe.exec(m[2])))
+        labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
       if (labelRe.lastIndex !== m[2].length) throw new Error(`bad labels: ${line}`);
     }
     const word = m[3].toLowerCase().replace(/^\+/, '');
-    const v = word === 'nan' ? NaN : word.startsWith('inf') ? Infinity : word.startsWith('-inf') ? -Infinity : Number(m[3]);
+    const v =
+      word === 'nan' ? NaN : word.startsWith('inf') ? Infinity : word.startsWith('-inf') ? -Infinity : Number(m[3]);
     samples.push({ name: m[1], labels, value: v });
   }
   return { samples, types };
@@ -40,5 +45,7 @@ export function parsePrometheus(text: string): { samples: Sample[]; types: Map<s
 
 /** The sum of a metric's samples whose labels include these. */
 export function sum(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
-  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
+  return samples
+    .filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+    .reduce((a, s) => a + s.value, 0);
 }

@@ -23,9 +23,16 @@ export interface RunningServe {
 }
 
 /** `spawn` runs it elsewhere (a network namespace: its loopback is the namespace's own). */
-export async function startServe(args: readonly string[], opts: { waitReady?: boolean; env?: NodeJS.ProcessEnv; spawn?: Spawner } = {}): Promise<RunningServe> {
+export async function startServe(
+  args: readonly string[],
+  opts: { waitReady?: boolean; env?: NodeJS.ProcessEnv; spawn?: Spawner } = {},
+): Promise<RunningServe> {
   const argv = [herdBin, 'serve', '--host', '127.0.0.1', '--port', '0', ...args];
-  const spawnOpts = { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] as ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env };
+  const spawnOpts = {
+    cwd: repoRoot,
+    stdio: ['ignore', 'pipe', 'pipe'] as ['ignore', 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+  };
   const child = opts.spawn ? opts.spawn(process.execPath, argv, spawnOpts) : spawn(process.execPath, argv, spawnOpts);
   const events: LogLine[] = [];
   const waiters: { pred: (e: LogLine) => boolean; resolve: (e: LogLine) => void }[] = [];
@@ -94,7 +101,13 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
     const listening = await Promise.race([
       url,
       exited.then((code) => Promise.reject(new Error(`herd serve exited (${code}); stderr:\n${raw.slice(-3000)}`))),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`herd serve did not listen in ${HUNG_MS / 1000} s; stderr:\n${raw.slice(-3000)}`)), HUNG_MS))),
+      new Promise<never>(
+        (_, reject) =>
+          (timer = setTimeout(
+            () => reject(new Error(`herd serve did not listen in ${HUNG_MS / 1000} s; stderr:\n${raw.slice(-3000)}`)),
+            HUNG_MS,
+          )),
+      ),
     ]).finally(() => clearTimeout(timer));
     if (opts.waitReady ?? true) await waitFor((e) => e.event === 'model.ready');
     return { child, url: listening, events, stderr: () => raw, waitFor, stop };
@@ -112,7 +125,11 @@ export async function startServe(args: readonly string[], opts: { waitReady?: bo
 export const HUNG_MS = 60_000;
 
 /** Polls until `check` returns true (or throws after timeoutMs: only a hung server takes that long). */
-export async function eventually(check: () => Promise<boolean>, timeoutMs = HUNG_MS, what = 'condition'): Promise<void> {
+export async function eventually(
+  check: () => Promise<boolean>,
+  timeoutMs = HUNG_MS,
+  what = 'condition',
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) return;

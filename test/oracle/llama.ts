@@ -55,7 +55,12 @@ interface Llama {
   loadModel(options: { modelPath: string; gpuLayers?: number; useMmap?: boolean }): Promise<LlamaModel>;
 }
 interface NodeLlamaCpp {
-  getLlama(options: { gpu: false; build: 'never'; logLevel?: string; logger?: (level: string, message: string) => void }): Promise<Llama>;
+  getLlama(options: {
+    gpu: false;
+    build: 'never';
+    logLevel?: string;
+    logger?: (level: string, message: string) => void;
+  }): Promise<Llama>;
   getModuleVersion?(): Promise<string>;
 }
 
@@ -84,13 +89,17 @@ export function getOracleLlama(): Promise<Llama> {
     try {
       mod = (await import(spec)) as NodeLlamaCpp;
     } catch (e) {
-      throw new Error(`cannot load node-llama-cpp from ${ORACLE_DIR} (${(e as Error).message}): ${ENSURE_HINT}`, { cause: e });
+      throw new Error(`cannot load node-llama-cpp from ${ORACLE_DIR} (${(e as Error).message}): ${ENSURE_HINT}`, {
+        cause: e,
+      });
     }
     try {
       // llama.cpp's loader warnings (e.g. stories260K's "bad special token") would flood the test log.
       return await mod.getLlama({ gpu: false, build: 'never', logLevel: 'error' });
     } catch (e) {
-      throw new Error(`node-llama-cpp found no prebuilt CPU binary (${(e as Error).message}): ${ENSURE_HINT}`, { cause: e });
+      throw new Error(`node-llama-cpp found no prebuilt CPU binary (${(e as Error).message}): ${ENSURE_HINT}`, {
+        cause: e,
+      });
     }
   })();
   return llamaPromise;
@@ -156,7 +165,9 @@ export async function nextTokenDistributionsDetailed(
     try {
       const want = kvType === 'F32' ? GGML_F32 : GGML_F16;
       if (context.kvCacheKeyType !== want || context.kvCacheValueType !== want) {
-        throw new Error(`llama.cpp context has KV cache types K=${context.kvCacheKeyType} V=${context.kvCacheValueType}, asked for ${kvType}`);
+        throw new Error(
+          `llama.cpp context has KV cache types K=${context.kvCacheKeyType} V=${context.kvCacheValueType}, asked for ${kvType}`,
+        );
       }
       const sequence = context.getSequence();
       try {
@@ -164,7 +175,8 @@ export async function nextTokenDistributionsDetailed(
           .slice(0, positions)
           .map((id) => [id, { generateNext: { probabilities: true } }]);
         const batch = options.batch ?? positions;
-        if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`batch must be a positive integer, got ${batch}`);
+        if (!Number.isInteger(batch) || batch < 1)
+          throw new RangeError(`batch must be a positive integer, got ${batch}`);
         const out: Array<undefined | ControlledEvaluateIndexOutput> = [];
         for (let start = 0; start < positions; start += batch) {
           const chunk = input.slice(start, start + batch);
@@ -247,4 +259,3 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): { max: n
 export async function oracleHasAmx(): Promise<boolean> {
   return /\bAMX_INT8 = 1\b/.test((await getOracleLlama()).systemInfo);
 }
-

@@ -19,7 +19,10 @@ function bytes(n) {
   if (n === undefined || n === null) return '?';
   const units = ['B', 'KB', 'MB', 'GB', 'TB'];
   let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
   return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
 }
 
@@ -30,16 +33,33 @@ function drawLayers(state) {
   bar.replaceChildren();
   state.nodes.forEach((n, i) => {
     const [a, b] = n.layers;
-    bar.append(el('div', {
-      className: 'range', title: `${n.node}: layers ${a}–${b - 1}`, 'data-node': n.node,
-      style: { left: `${(100 * a) / total}%`, width: `${(100 * (b - a)) / total}%`, background: COLORS[i % COLORS.length] },
-    }, `${n.node} [${a}, ${b})`));
+    bar.append(
+      el(
+        'div',
+        {
+          className: 'range',
+          title: `${n.node}: layers ${a}–${b - 1}`,
+          'data-node': n.node,
+          style: {
+            left: `${(100 * a) / total}%`,
+            width: `${(100 * (b - a)) / total}%`,
+            background: COLORS[i % COLORS.length],
+          },
+        },
+        `${n.node} [${a}, ${b})`,
+      ),
+    );
   });
 }
 
 /** The node's own recent compute per token (its share of each step), as /api/state gives it. */
 function stageTime(ms) {
-  const parts = [['decode', ms?.decode], ['prefill', ms?.prefill]].filter(([, v]) => v !== undefined).map(([p, v]) => `${p} ${v.toFixed(v < 10 ? 2 : 1)}`);
+  const parts = [
+    ['decode', ms?.decode],
+    ['prefill', ms?.prefill],
+  ]
+    .filter(([, v]) => v !== undefined)
+    .map(([p, v]) => `${p} ${v.toFixed(v < 10 ? 2 : 1)}`);
   return parts.length > 0 ? `${parts.join(' · ')} ms/token` : 'no steps yet';
 }
 
@@ -49,13 +69,26 @@ function drawNodes(state) {
   state.nodes.forEach((n, i) => {
     const used = n.memTotal && n.memAvailable !== undefined ? n.memTotal - n.memAvailable : undefined;
     const pct = used !== undefined ? Math.round((100 * used) / n.memTotal) : 0;
-    list.append(el('li', { className: 'node', 'data-node': n.node, style: { borderLeftColor: COLORS[i % COLORS.length] } },
-      el('div', { className: 'name' }, n.node),
-      el('div', { className: 'meta' }, `${n.address} · layers ${n.layers[0]}–${n.layers[1] - 1}`),
-      el('div', { className: 'meta' }, [n.arch, n.backend && `${n.backend} kernels`].filter(Boolean).join(' · ')),
-      el('div', { className: 'meta mem-text' }, `memory ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`),
-      el('div', { className: 'meta stage-time', title: 'this node\'s own compute per token, recent average' }, stageTime(n.stageMs)),
-      el('div', { className: 'mem' }, el('div', { style: { width: `${pct}%` } }))));
+    list.append(
+      el(
+        'li',
+        { className: 'node', 'data-node': n.node, style: { borderLeftColor: COLORS[i % COLORS.length] } },
+        el('div', { className: 'name' }, n.node),
+        el('div', { className: 'meta' }, `${n.address} · layers ${n.layers[0]}–${n.layers[1] - 1}`),
+        el('div', { className: 'meta' }, [n.arch, n.backend && `${n.backend} kernels`].filter(Boolean).join(' · ')),
+        el(
+          'div',
+          { className: 'meta mem-text' },
+          `memory ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`,
+        ),
+        el(
+          'div',
+          { className: 'meta stage-time', title: "this node's own compute per token, recent average" },
+          stageTime(n.stageMs),
+        ),
+        el('div', { className: 'mem' }, el('div', { style: { width: `${pct}%` } })),
+      ),
+    );
   });
 }
 
@@ -70,7 +103,8 @@ function drawSpark() {
   history.forEach((v, i) => {
     const x = (i / 119) * c.width;
     const y = c.height - 4 - (v / max) * (c.height - 8);
-    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+    if (i === 0) g.moveTo(x, y);
+    else g.lineTo(x, y);
   });
   g.stroke();
 }
@@ -79,7 +113,8 @@ async function poll() {
   try {
     const r = await fetch('/api/state', { cache: 'no-store' });
     const s = await r.json();
-    $('model').textContent = `${s.model.id} · ${s.model.architecture} · ${bytes(s.model.bytes)} · ctx ${s.model.context}`;
+    $('model').textContent =
+      `${s.model.id} · ${s.model.architecture} · ${bytes(s.model.bytes)} · ctx ${s.model.context}`;
     const status = $('status');
     status.textContent = s.mode ? `${s.status} (${s.mode})` : s.status;
     status.className = `status ${s.status}`;

@@ -154,13 +154,28 @@ export class HerdCluster {
       let latest: WireLoadProgress | undefined;
       const { hash: modelHash, size: modelSize, name: modelName, nLayers } = this.source;
       const call = client.loadShard(
-        { modelHash, modelSize, modelName, start, end, nLayers, ctx: this.o.ctx, kvType: kvTypeToWire(this.o.kvType), coordinator: this.deliverTo },
+        {
+          modelHash,
+          modelSize,
+          modelName,
+          start,
+          end,
+          nLayers,
+          ctx: this.o.ctx,
+          kvType: kvTypeToWire(this.o.kvType),
+          coordinator: this.deliverTo,
+        },
         md,
         { deadline: deadline(timeoutMs) },
       );
       call.on('data', (p: WireLoadProgress) => {
         latest = p;
-        this.o.log.log('debug', 'shard.progress', { node: node.name, phase: p.phase, done: p.bytesDone, total: p.bytesTotal });
+        this.o.log.log('debug', 'shard.progress', {
+          node: node.name,
+          phase: p.phase,
+          done: p.bytesDone,
+          total: p.bytesTotal,
+        });
         this.o.onProgress?.(node.name, [start, end], p);
       });
       const who = `node ${node.name} (${node.address})`;
@@ -173,8 +188,12 @@ export class HerdCluster {
       });
     });
     const load: StageLoad = {
-      node: node.name, address: node.address, layers: [start, end], source: last.source,
-      bytes_transferred: last.bytesTransferred, ms: Math.round(performance.now() - t0),
+      node: node.name,
+      address: node.address,
+      layers: [start, end],
+      source: last.source,
+      bytes_transferred: last.bytesTransferred,
+      ms: Math.round(performance.now() - t0),
     };
     this.o.log.log('info', 'stage.loaded', { ...load, layers: load.layers });
     return load;

@@ -55,23 +55,50 @@ export interface ClusterModel extends ServedModel {
 export async function findHerd(o: HerdOptions, note: (line: string) => void): Promise<NodeSet | undefined> {
   if (o.nodes.trim() === 'local') return undefined;
   const { resolveNodes } = await import('./nodes.ts');
-  const set = await resolveNodes({ nodes: o.nodes, interface: o.interface, timeoutMs: o.discoveryTimeoutMs, want: o.stages });
+  const set = await resolveNodes({
+    nodes: o.nodes,
+    interface: o.interface,
+    timeoutMs: o.discoveryTimeoutMs,
+    want: o.stages,
+  });
   for (const n of set.notes) note(n);
   return set;
 }
 
 /** Has the herd's stages load the model (the nodes of `set`, with what each already holds). */
-export async function loadHerdModel(o: HerdOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger }, set: NodeSet): Promise<ClusterModel> {
-  const [{ withHoldings }, { HerdCluster }, { ResumableSession }] = await Promise.all([import('./nodes.ts'), import('./cluster.ts'), import('./resume.ts')]);
+export async function loadHerdModel(
+  o: HerdOptions & { readonly file: GgufFile; readonly ctx: number; readonly log: Logger },
+  set: NodeSet,
+): Promise<ClusterModel> {
+  const [{ withHoldings }, { HerdCluster }, { ResumableSession }] = await Promise.all([
+    import('./nodes.ts'),
+    import('./cluster.ts'),
+    import('./resume.ts'),
+  ]);
   const cluster = await HerdCluster.start({
-    modelPath: o.file.path, nodes: (hash) => withHoldings(set, hash), stages: o.stages, ctx: o.ctx, kvType: o.kvType, wire: o.wire, key: o.key,
-    interface: o.interface, cacheDir: o.cacheDir, log: o.log, onProgress: o.progress && nodeProgress(o.progress),
-    onRecovery: o.onRecovery, recoverTimeoutMs: o.recoverTimeoutMs, stepTimeoutMs: o.stepTimeoutMs,
+    modelPath: o.file.path,
+    nodes: (hash) => withHoldings(set, hash),
+    stages: o.stages,
+    ctx: o.ctx,
+    kvType: o.kvType,
+    wire: o.wire,
+    key: o.key,
+    interface: o.interface,
+    cacheDir: o.cacheDir,
+    log: o.log,
+    onProgress: o.progress && nodeProgress(o.progress),
+    onRecovery: o.onRecovery,
+    recoverTimeoutMs: o.recoverTimeoutMs,
+    stepTimeoutMs: o.stepTimeoutMs,
   });
   return {
     mode: 'cluster',
     get plan() {
-      return cluster.plan.stages.map((s): PlanEntry => ({ node: s.node.name, address: s.node.address, layers: [s.start, s.end] }));
+      return cluster.plan.stages.map((s): PlanEntry => ({
+        node: s.node.name,
+        address: s.node.address,
+        layers: [s.start, s.end],
+      }));
     },
     get shards() {
       return cluster.loads;

@@ -37,26 +37,46 @@ export interface ResolveOptions {
 }
 
 export function planNode(n: DiscoveredNode): PlanNode {
-  return { id: n.caps.nodeId, name: n.caps.name, address: n.address, memAvailable: n.caps.memAvailable, throughput: n.caps.throughput };
+  return {
+    id: n.caps.nodeId,
+    name: n.caps.name,
+    address: n.address,
+    memAvailable: n.caps.memAvailable,
+    throughput: n.caps.throughput,
+  };
 }
 
 export async function localNode(): Promise<PlanNode> {
   const h = await readHostInfo();
-  return { id: 'local', name: h.hostname, address: LOCAL_ADDRESS, memAvailable: h.memAvailable, throughput: benchmarkMatvec(new JsBackend(), 100) };
+  return {
+    id: 'local',
+    name: h.hostname,
+    address: LOCAL_ADDRESS,
+    memAvailable: h.memAvailable,
+    throughput: benchmarkMatvec(new JsBackend(), 100),
+  };
 }
 
 export async function resolveNodes(o: ResolveOptions): Promise<NodeSet> {
   const spec = o.nodes.trim();
   if (spec === 'local') return { mode: 'local', nodes: [await localNode()], notes: [], infos: new Map() };
   const auto = spec === 'auto';
-  const r = await findNodes({ peers: auto ? undefined : spec, interface: o.interface, timeoutMs: o.timeoutMs, want: o.want });
+  const r = await findNodes({
+    peers: auto ? undefined : spec,
+    interface: o.interface,
+    timeoutMs: o.timeoutMs,
+    want: o.want,
+  });
   const notes = r.unreachable.map((u) => `node ${u.address} did not answer: ${u.error}`);
   if (r.nodes.length === 0) {
     if (auto) {
       notes.push(`no herd nodes answered over mDNS in ${o.timeoutMs / 1000} s: running in-process`);
       return { mode: 'local', nodes: [await localNode()], notes, infos: new Map() };
     }
-    throw new ClusterError('discovery', `none of the nodes answered (${r.unreachable.map((u) => `${u.address}: ${u.error}`).join('; ')})`);
+    throw new ClusterError(
+      'discovery',
+      `none of the nodes answered (${r.unreachable.map((u) => `${u.address}: ${u.error}`).join('; ')})`,
+    );
   }
   const infos = new Map<string, NodeInfo>();
   for (const n of r.nodes) if (n.info) infos.set(n.address, n.info);

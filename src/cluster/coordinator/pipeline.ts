@@ -41,7 +41,8 @@ interface Waiting {
 
 /** A delivery's timings, checked against the plan: one per stage, in order, from the planned node. */
 export function stageTimesOf(
-  timings: readonly StageTiming[], stages: readonly Pick<PlannedStage, 'node' | 'start' | 'end'>[],
+  timings: readonly StageTiming[],
+  stages: readonly Pick<PlannedStage, 'node' | 'start' | 'end'>[],
 ): StageTime[] {
   checkTimings(timings, stages);
   return timings.map((t, i) => {
@@ -206,8 +207,14 @@ export class PipelineSession implements StagedSession {
       this.waiting = { tokens: [...tokens], start, position: start + tokens.length, resolve, reject, timer };
       this.stream.write({
         activation: {
-          sessionId: this.id, position: start, tokenIds: [...tokens], hidden: Buffer.alloc(0), dtype: DType.DTYPE_UNSPECIFIED,
-          dim: 0, timings: [], sampling,
+          sessionId: this.id,
+          position: start,
+          tokenIds: [...tokens],
+          hidden: Buffer.alloc(0),
+          dtype: DType.DTYPE_UNSPECIFIED,
+          dim: 0,
+          timings: [],
+          sampling,
         },
       });
     });

@@ -25,7 +25,9 @@ interface NodeLoadProgress {
  * transfer, `loading` reading the weights; `done` alone (the shard was already resident)
  * counts as a finished load.
  */
-export function nodeProgress(sink: ProgressSink): (node: string, layers: [number, number], p: NodeLoadProgress) => void {
+export function nodeProgress(
+  sink: ProgressSink,
+): (node: string, layers: [number, number], p: NodeLoadProgress) => void {
   const loading = new Set<string>();
   return (node, [start, end], p) => {
     const stage = `${node} layers [${start},${end})`;

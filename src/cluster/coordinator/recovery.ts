@@ -24,14 +24,41 @@ const RECOVER_TIMEOUT_MS = 5 * 60_000;
 
 /** What happened while the herd recovered from a lost node, one structured log line each. */
 export type RecoveryEvent =
-  | { readonly event: 'node.lost'; readonly node: string; readonly address: string; readonly layers?: readonly [number, number]; readonly error: string }
-  | { readonly event: 'replan.start'; readonly lost: readonly string[]; readonly survivors: number; readonly cause: string }
-  | { readonly event: 'replan.done'; readonly ok: true; readonly plan: readonly string[]; readonly nodeIds: readonly string[]; readonly ms: number }
+  | {
+      readonly event: 'node.lost';
+      readonly node: string;
+      readonly address: string;
+      readonly layers?: readonly [number, number];
+      readonly error: string;
+    }
+  | {
+      readonly event: 'replan.start';
+      readonly lost: readonly string[];
+      readonly survivors: number;
+      readonly cause: string;
+    }
+  | {
+      readonly event: 'replan.done';
+      readonly ok: true;
+      readonly plan: readonly string[];
+      readonly nodeIds: readonly string[];
+      readonly ms: number;
+    }
   | { readonly event: 'replan.done'; readonly ok: false; readonly error: string; readonly ms: number }
-  | { readonly event: 'request.resumed'; readonly session: string; readonly position: number; readonly steps: number; readonly attempt: number; readonly ms: number };
+  | {
+      readonly event: 'request.resumed';
+      readonly session: string;
+      readonly position: number;
+      readonly steps: number;
+      readonly attempt: number;
+      readonly ms: number;
+    };
 
 /** What recovery needs of the cluster: its plan, and loading and adopting a new one. */
-type Replannable = Pick<HerdCluster, 'o' | 'shape' | 'source' | 'plan' | 'generation' | 'closed' | 'loadPlan' | 'adopt'>;
+type Replannable = Pick<
+  HerdCluster,
+  'o' | 'shape' | 'source' | 'plan' | 'generation' | 'closed' | 'loadPlan' | 'adopt'
+>;
 
 export class Recovery {
   /** The nodes a re-plan may use: every node offered at start, less the ones found lost. */
@@ -62,7 +89,11 @@ export class Recovery {
   report(e: RecoveryEvent): void {
     const { event, ...fields } = e;
     const level = event === 'node.lost' || (event === 'replan.done' && !e.ok) ? 'warn' : 'info';
-    this.cluster.o.log.log(level, event, fields as Record<string, string | number | boolean | readonly (string | number)[]>);
+    this.cluster.o.log.log(
+      level,
+      event,
+      fields as Record<string, string | number | boolean | readonly (string | number)[]>,
+    );
     this.cluster.o.onRecovery?.(e);
   }
 
@@ -82,7 +113,9 @@ export class Recovery {
       }
       // A survivor offers what it offered at start (its loaded layers are evicted for new ones),
       // and holds what it says it holds now.
-      const survivors = probes.flatMap((p) => (p.info ? [{ ...p.n, holds: heldRanges(p.info, this.cluster.source.hash) }] : []));
+      const survivors = probes.flatMap((p) =>
+        p.info ? [{ ...p.n, holds: heldRanges(p.info, this.cluster.source.hash) }] : [],
+      );
       this.candidates = survivors;
       this.report({ event: 'replan.start', lost: lostNames, survivors: survivors.length, cause: cause.message });
       if (survivors.length === 0) throw new PlanError('no node answers');
@@ -92,22 +125,30 @@ export class Recovery {
       const loads = await Promise.race([
         this.cluster.loadPlan(plan, limit),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new ClusterError('shard', `the new plan did not load in ${limit / 1000} s`)), limit);
+          timer = setTimeout(
+            () => reject(new ClusterError('shard', `the new plan did not load in ${limit / 1000} s`)),
+            limit,
+          );
         }),
       ]).finally(() => clearTimeout(timer));
       if (this.cluster.closed) throw new ClusterError('pipeline', 'the coordinator closed');
       this.cluster.adopt(plan, loads, this.cluster.generation + 1);
       this.report({
-        event: 'replan.done', ok: true, ms: Math.round(performance.now() - t0),
-        plan: plan.stages.map((s) => `${s.node.name}@${s.node.address}[${s.start},${s.end})`), nodeIds: survivors.map((n) => n.id),
+        event: 'replan.done',
+        ok: true,
+        ms: Math.round(performance.now() - t0),
+        plan: plan.stages.map((s) => `${s.node.name}@${s.node.address}[${s.start},${s.end})`),
+        nodeIds: survivors.map((n) => n.id),
       });
     } catch (e) {
-      const what = lostNames.length > 0
-        ? `lost node ${lostNames.join(', ')} mid-generation`
-        : `the pipeline failed (${cause.message})`;
-      const why = e instanceof PlanError
-        ? `the model no longer fits the nodes left: ${e.message}`
-        : `re-planning failed: ${(e as Error).message}`;
+      const what =
+        lostNames.length > 0
+          ? `lost node ${lostNames.join(', ')} mid-generation`
+          : `the pipeline failed (${cause.message})`;
+      const why =
+        e instanceof PlanError
+          ? `the model no longer fits the nodes left: ${e.message}`
+          : `re-planning failed: ${(e as Error).message}`;
       const err = new ClusterError(e instanceof PlanError ? 'plan' : 'pipeline', `${what}, and ${why}`);
       this.report({ event: 'replan.done', ok: false, error: err.message, ms: Math.round(performance.now() - t0) });
       throw err;

@@ -32,7 +32,11 @@ export class ResumableSession implements StagedSession {
   ) {}
 
   /** Opens a pipeline on the current plan; when a node of it is gone, re-plans first (bounded). */
-  static async open(cluster: HerdCluster, sampling: SamplingOptions, maxReplans = MAX_REPLANS): Promise<ResumableSession> {
+  static async open(
+    cluster: HerdCluster,
+    sampling: SamplingOptions,
+    maxReplans = MAX_REPLANS,
+  ): Promise<ResumableSession> {
     for (let attempt = 0; ; attempt++) {
       const generation = cluster.generation;
       try {
@@ -94,7 +98,10 @@ export class ResumableSession implements StagedSession {
     let error = cause;
     for (;;) {
       if (this.replans >= this.maxReplans) {
-        throw new ClusterError('pipeline', `${error.message} (gave up after ${this.maxReplans} re-plan${this.maxReplans === 1 ? '' : 's'} for this request)`);
+        throw new ClusterError(
+          'pipeline',
+          `${error.message} (gave up after ${this.maxReplans} re-plan${this.maxReplans === 1 ? '' : 's'} for this request)`,
+        );
       }
       this.replans++;
       const broken = this.inner;
@@ -107,7 +114,12 @@ export class ResumableSession implements StagedSession {
         this.inner = await this.cluster.openSession(this.sampling);
         const { token, steps } = await this.replay(all, start);
         this.cluster.report({
-          event: 'request.resumed', session: this.inner.id, position: start + tokens.length, steps, attempt: this.replans, ms: Math.round(performance.now() - t0),
+          event: 'request.resumed',
+          session: this.inner.id,
+          position: start + tokens.length,
+          steps,
+          attempt: this.replans,
+          ms: Math.round(performance.now() - t0),
         });
         return token;
       } catch (e) {

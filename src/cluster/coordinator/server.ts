@@ -1,7 +1,13 @@
 // The coordinator's gRPC server (HerdCoordinator): serves its model's tensors to nodes that
 // lack them (FetchTensors), receives the last stage's tokens (Deliver), lists its nodes.
 
-import { Server, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import {
+  Server,
+  type ServerReadableStream,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
 import { Authenticator, type ClusterKey } from '../auth.ts';
 import { invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -43,14 +49,17 @@ export class CoordinatorServer {
     this.auth = new Authenticator(key, (r) => this.log.log('warn', 'auth.refused', { ...r }));
     // Shard chunks take the one-copy encoder; the bytes are what ts-proto would write.
     const fetchTensors = { ...HerdCoordinatorService.fetchTensors, responseSerialize: encodeFetchReply };
-    this.server.addService({ ...HerdCoordinatorService, fetchTensors }, {
-      challenge: this.auth.challenge,
-      fetchTensors: this.fetchTensors,
-      deliver: this.deliver,
-      listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => {
-        cb(null, { nodes: this.nodes });
+    this.server.addService(
+      { ...HerdCoordinatorService, fetchTensors },
+      {
+        challenge: this.auth.challenge,
+        fetchTensors: this.fetchTensors,
+        deliver: this.deliver,
+        listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => {
+          cb(null, { nodes: this.nodes });
+        },
       },
-    });
+    );
   }
 
   async start(host: string): Promise<number> {
@@ -77,12 +86,21 @@ export class CoordinatorServer {
       })
       .then(() => {
         const { start, end } = call.request;
-        this.log.log('debug', 'tensors.served', { peer: call.getPeer(), start, end, bytes, ms: Math.round(performance.now() - t0) });
+        this.log.log('debug', 'tensors.served', {
+          peer: call.getPeer(),
+          start,
+          end,
+          bytes,
+          ms: Math.round(performance.now() - t0),
+        });
       })
       .catch((e: unknown) => call.emit('error', toStatus(e)));
   };
 
-  private readonly deliver = (call: ServerReadableStream<Delivery, DeliverReply>, cb: sendUnaryData<DeliverReply>): void => {
+  private readonly deliver = (
+    call: ServerReadableStream<Delivery, DeliverReply>,
+    cb: sendUnaryData<DeliverReply>,
+  ): void => {
     const refused = this.auth.refuse(call, METHOD.deliver);
     if (refused) return cb(refused);
     let sink: DeliverySink | undefined;

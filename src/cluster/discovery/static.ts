@@ -39,7 +39,10 @@ export class StaticDiscovery implements Discovery {
       if ('info' in a && a.info) {
         // As mDNS browsing does: a node of another protocol version cannot join this herd's ring.
         if (a.info.protocolVersion !== PROTOCOL_VERSION) {
-          unreachable.push({ address: a.address, error: `it speaks herd protocol ${a.info.protocolVersion} (herd ${a.info.version}); this herd speaks ${PROTOCOL_VERSION}` });
+          unreachable.push({
+            address: a.address,
+            error: `it speaks herd protocol ${a.info.protocolVersion} (herd ${a.info.version}); this herd speaks ${PROTOCOL_VERSION}`,
+          });
           continue;
         }
         if (seen.has(a.info.nodeId)) continue;

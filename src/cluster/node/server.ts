@@ -21,7 +21,15 @@ import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { parseHostPort } from '../net.ts';
 import {
-  authenticate, bind, channelOptions, coordinatorClient, describeCallError, isServiceError, nodeClient, shutdown, toStatus,
+  authenticate,
+  bind,
+  channelOptions,
+  coordinatorClient,
+  describeCallError,
+  isServiceError,
+  nodeClient,
+  shutdown,
+  toStatus,
 } from '../rpc.ts';
 import { HASH_RE } from '../shard/shard.ts';
 import { ShardStore, type StoreCounters } from '../shard/store.ts';
@@ -127,8 +135,15 @@ export class NodeServer {
     authFailures: number;
     invalidRequests: number;
   } = {
-    shardLoads: 0, shardReuses: 0, tensorsFetched: 0, bytesFetched: 0, evictions: 0,
-    sessionsOpened: 0, activations: 0, authFailures: 0, invalidRequests: 0,
+    shardLoads: 0,
+    shardReuses: 0,
+    tensorsFetched: 0,
+    bytesFetched: 0,
+    evictions: 0,
+    sessionsOpened: 0,
+    activations: 0,
+    authFailures: 0,
+    invalidRequests: 0,
   };
 
   constructor(private readonly o: NodeServerOptions) {
@@ -138,7 +153,12 @@ export class NodeServer {
     });
     this.throughput = o.throughput;
     this.store = new ShardStore({
-      cacheDir: o.cacheDir, modelDir: o.modelDir, backend: o.backend, key: o.key, log: o.log, counters: this.counters,
+      cacheDir: o.cacheDir,
+      modelDir: o.modelDir,
+      backend: o.backend,
+      key: o.key,
+      log: o.log,
+      counters: this.counters,
     });
     this.server.addService(tolerant(HerdNodeService), {
       info: this.handleInfo,
@@ -175,7 +195,9 @@ export class NodeServer {
    * be pulled down by other work (start-up, a neighbour process), never pushed up.
    */
   remeasure(
-    measure: () => number, onChange: (throughput: number) => void, delaysMs = [1000, 3000, 10_000, 300_000],
+    measure: () => number,
+    onChange: (throughput: number) => void,
+    delaysMs = [1000, 3000, 10_000, 300_000],
   ): void {
     const [delay, ...rest] = delaysMs;
     if (delay === undefined || this.draining) return;
@@ -220,10 +242,15 @@ export class NodeServer {
       throughput: Math.round(c.throughput),
       version: this.o.version,
       authRequired: this.auth.required,
-      shards: [...this.store.loaded.values()].map((s) => shardStatus({
-        modelHash: s.modelHash, start: s.start, end: s.end, bytes: s.bytes,
-        loaded: { nLayers: s.nLayers, ctx: s.ctx, kvType: s.kvType, sessions: s.sessions, source: s.source },
-      })),
+      shards: [...this.store.loaded.values()].map((s) =>
+        shardStatus({
+          modelHash: s.modelHash,
+          start: s.start,
+          end: s.end,
+          bytes: s.bytes,
+          loaded: { nLayers: s.nLayers, ctx: s.ctx, kvType: s.kvType, sessions: s.sessions, source: s.source },
+        }),
+      ),
       counters: { ...this.counters },
       cached: this.store.cachedSlices().map((c) => shardStatus(c)),
     };
@@ -235,7 +262,10 @@ export class NodeServer {
     const s = toStatus(e);
     if (s.code === status.INVALID_ARGUMENT) this.counters.invalidRequests++;
     this.o.log.log(s.code === status.CANCELLED ? 'debug' : 'warn', 'request.failed', {
-      method, peer, code: status[s.code ?? status.UNKNOWN], details: s.details,
+      method,
+      peer,
+      code: status[s.code ?? status.UNKNOWN],
+      details: s.details,
     });
     return s;
   }
@@ -260,7 +290,9 @@ export class NodeServer {
     const refused = this.auth.refuse(call, METHOD.dropSession);
     if (refused) return cb(refused);
     if (call.request instanceof Malformed) {
-      return cb(this.failure(invalid(`undecodable request: ${call.request.reason}`), METHOD.dropSession, call.getPeer()));
+      return cb(
+        this.failure(invalid(`undecodable request: ${call.request.reason}`), METHOD.dropSession, call.getPeer()),
+      );
     }
     const s = this.sessions.get(call.request.sessionId);
     if (s) s.close(false);
@@ -269,7 +301,9 @@ export class NodeServer {
 
   // --- LoadShard -----------------------------------------------------------------------------
 
-  private readonly handleLoadShard = (call: ServerWritableStream<LoadShardRequest | Malformed, WireLoadProgress>): void => {
+  private readonly handleLoadShard = (
+    call: ServerWritableStream<LoadShardRequest | Malformed, WireLoadProgress>,
+  ): void => {
     const peer = call.getPeer();
     const refused = this.auth.refuse(call, METHOD.loadShard);
     if (refused) {
@@ -282,7 +316,8 @@ export class NodeServer {
         if (r instanceof Malformed) throw invalid(`undecodable request: ${r.reason}`);
         if (this.draining) throw new StatusError(status.UNAVAILABLE, 'the node is shutting down');
         if (!HASH_RE.test(r.modelHash)) throw invalid('model hash must be 64 lowercase hex digits');
-        if (!(r.nLayers >= 1 && r.nLayers <= MAX_LAYERS)) throw invalid(`n_layers ${r.nLayers} must be in 1..${MAX_LAYERS}`);
+        if (!(r.nLayers >= 1 && r.nLayers <= MAX_LAYERS))
+          throw invalid(`n_layers ${r.nLayers} must be in 1..${MAX_LAYERS}`);
         if (!(r.start < r.end && r.end <= r.nLayers)) {
           throw invalid(`layer range [${r.start}, ${r.end}) is not within the model's ${r.nLayers} layers`);
         }
@@ -295,7 +330,13 @@ export class NodeServer {
           throw invalid(`coordinator "${r.coordinator}" is not a host:port`);
         }
         const progress: WireLoadProgress = {
-          phase: '', bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0, source: '', bytesTransferred: 0,
+          phase: '',
+          bytesDone: 0,
+          bytesTotal: 0,
+          tensorsDone: 0,
+          tensorsTotal: 0,
+          source: '',
+          bytesTransferred: 0,
         };
         const { modelHash, modelSize, modelName, start, end, nLayers, ctx, coordinator } = r;
         const { shard, reused } = await this.store.load(
@@ -366,14 +407,19 @@ export class NodeServer {
       }
       stage = s;
       c.shard.sessions++;
-      const close = (graceful: boolean) => (graceful ? release(true) : fail(new StatusError(status.ABORTED, 'session dropped')));
+      const close = (graceful: boolean) =>
+        graceful ? release(true) : fail(new StatusError(status.ABORTED, 'session dropped'));
       this.sessions.set(s.id, { stage: s, close });
       this.counters.sessionsOpened++;
       if (c.next) down = await this.openDownstream(c.next, { ...o, hop: o.hop + 1 }, fail);
       if (c.deliverTo) deliver = await this.openDeliver(c.deliverTo, fail);
       if (finished) return;
       this.o.log.log('debug', 'session.open', {
-        session: s.id, hop: o.hop, start: c.shard.start, end: c.shard.end, next: c.next ?? c.deliverTo,
+        session: s.id,
+        hop: o.hop,
+        start: c.shard.start,
+        end: c.shard.end,
+        next: c.next ?? c.deliverTo,
       });
       call.write({ ready: true, nodeId: this.o.nodeId });
     };

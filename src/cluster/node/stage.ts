@@ -48,14 +48,18 @@ export interface CheckedOpen {
 
 /** Checks a message's stage timings: one per hop, each naming its hop's layer range. */
 export function checkTimings(timings: readonly StageTiming[], hops: readonly Pick<Hop, 'start' | 'end'>[]): void {
-  if (timings.length !== hops.length) throw invalid(`${timings.length} stage timings, expected ${hops.length} (one per stage so far)`);
+  if (timings.length !== hops.length)
+    throw invalid(`${timings.length} stage timings, expected ${hops.length} (one per stage so far)`);
   for (const [i, t] of timings.entries()) {
     const hop = hops[i];
     if (!NODE_ID_RE.test(t.nodeId)) throw invalid(`stage timing ${i} has a bad node id "${t.nodeId.slice(0, 64)}"`);
     if (t.start !== hop.start || t.end !== hop.end) {
-      throw invalid(`stage timing ${i} is for layers [${t.start}, ${t.end}), that stage runs [${hop.start}, ${hop.end})`);
+      throw invalid(
+        `stage timing ${i} is for layers [${t.start}, ${t.end}), that stage runs [${hop.start}, ${hop.end})`,
+      );
     }
-    if (!(t.seconds >= 0 && t.seconds <= MAX_STAGE_SECONDS)) throw invalid(`stage timing ${i} says ${t.seconds} s, not in 0..${MAX_STAGE_SECONDS}`);
+    if (!(t.seconds >= 0 && t.seconds <= MAX_STAGE_SECONDS))
+      throw invalid(`stage timing ${i} says ${t.seconds} s, not in 0..${MAX_STAGE_SECONDS}`);
   }
 }
 
@@ -64,12 +68,15 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   if (!SESSION_ID_RE.test(o.sessionId)) throw invalid('session id must be 8..64 characters of [A-Za-z0-9_-]');
   if (existing(o.sessionId)) throw invalid(`session ${o.sessionId} is already open`);
   if (!HASH_RE.test(o.modelHash)) throw invalid('model hash must be 64 lowercase hex digits');
-  if (o.route.length < 1 || o.route.length > MAX_ROUTE) throw invalid(`route must have 1..${MAX_ROUTE} hops, got ${o.route.length}`);
+  if (o.route.length < 1 || o.route.length > MAX_ROUTE)
+    throw invalid(`route must have 1..${MAX_ROUTE} hops, got ${o.route.length}`);
   if (!(o.hop < o.route.length)) throw invalid(`hop ${o.hop} is outside the route of ${o.route.length}`);
   let expectStart = 0;
   for (const [i, h] of o.route.entries()) {
     if (h.start !== expectStart || !(h.end > h.start)) {
-      throw invalid(`route hop ${i} covers [${h.start}, ${h.end}), expected a non-empty range starting at ${expectStart}`);
+      throw invalid(
+        `route hop ${i} covers [${h.start}, ${h.end}), expected a non-empty range starting at ${expectStart}`,
+      );
     }
     expectStart = h.end;
     try {
@@ -80,11 +87,17 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   }
   const mine = o.route[o.hop];
   const shard = store.get(o.modelHash, mine.start, mine.end);
-  if (!shard) throw invalid(`layers [${mine.start}, ${mine.end}) of model ${o.modelHash.slice(0, 12)} are not loaded here (LoadShard first)`);
-  if (expectStart !== shard.nLayers) throw invalid(`route ends at layer ${expectStart}, the model has ${shard.nLayers}`);
-  if (!(o.ctx >= 1 && o.ctx <= shard.ctx)) throw invalid(`session ctx ${o.ctx} must be in 1..${shard.ctx} (the loaded shard's)`);
+  if (!shard)
+    throw invalid(
+      `layers [${mine.start}, ${mine.end}) of model ${o.modelHash.slice(0, 12)} are not loaded here (LoadShard first)`,
+    );
+  if (expectStart !== shard.nLayers)
+    throw invalid(`route ends at layer ${expectStart}, the model has ${shard.nLayers}`);
+  if (!(o.ctx >= 1 && o.ctx <= shard.ctx))
+    throw invalid(`session ctx ${o.ctx} must be in 1..${shard.ctx} (the loaded shard's)`);
   const isLast = o.hop === o.route.length - 1;
-  if (!isLast && o.wire !== DType.DTYPE_F32 && o.wire !== DType.DTYPE_F16) throw invalid('wire dtype must be f32 or f16');
+  if (!isLast && o.wire !== DType.DTYPE_F32 && o.wire !== DType.DTYPE_F16)
+    throw invalid('wire dtype must be f32 or f16');
   if (isLast) {
     if (!o.sampling) throw invalid('the last stage needs sampling options');
     try {
@@ -160,16 +173,19 @@ export class StageSession {
    */
   async run(a: WireActivation): Promise<{ out?: WireActivation; delivery?: Delivery }> {
     const { dim } = this.shard.model.config;
-    if (a.sessionId !== this.id) throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
+    if (a.sessionId !== this.id)
+      throw invalid(`activation for session "${a.sessionId}" on the stream of session ${this.id}`);
     const n = a.tokenIds.length;
     const inBytes = dtypeBytes(a.dtype);
     if (this.isFirst) {
       if (a.hidden.length !== 0) throw invalid('the first stage embeds token ids: hidden state must be empty');
     } else {
-      if (a.dtype !== DType.DTYPE_F32 && a.dtype !== DType.DTYPE_F16) throw invalid(`hidden dtype ${a.dtype} is not f32 or f16`);
+      if (a.dtype !== DType.DTYPE_F32 && a.dtype !== DType.DTYPE_F16)
+        throw invalid(`hidden dtype ${a.dtype} is not f32 or f16`);
       if (a.dim !== dim) throw invalid(`hidden dim ${a.dim}, the model's is ${dim}`);
       const want = n * dim * inBytes;
-      if (a.hidden.length !== want) throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
+      if (a.hidden.length !== want)
+        throw invalid(`hidden state is ${a.hidden.length} bytes, ${n} × ${dim} ${DType[a.dtype]} is ${want}`);
     }
     checkTimings(a.timings, this.upstream);
     // A new generation's sampling, checked on every stage; used by the last.
@@ -179,19 +195,25 @@ export class StageSession {
     let step;
     try {
       step = await this.runner.step(
-        [{
-          seq: this.seq, tokens: a.tokenIds, start: a.position, sampling,
-          // Copied: a decoded bytes field is an unaligned view into a larger buffer.
-          hiddenIn: (rows, from) => {
-            const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
-            if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
-            else f16BytesToF32(bytes, rows);
+        [
+          {
+            seq: this.seq,
+            tokens: a.tokenIds,
+            start: a.position,
+            sampling,
+            // Copied: a decoded bytes field is an unaligned view into a larger buffer.
+            hiddenIn: (rows, from) => {
+              const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
+              if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
+              else f16BytesToF32(bytes, rows);
+            },
+            hiddenOut: (rows, from) => {
+              if (this.wire === DType.DTYPE_F32)
+                out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
+              else out.set(f32ToF16Bytes(rows), from * dim * 2);
+            },
           },
-          hiddenOut: (rows, from) => {
-            if (this.wire === DType.DTYPE_F32) out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
-            else out.set(f32ToF16Bytes(rows), from * dim * 2);
-          },
-        }],
+        ],
         yieldToCalls,
       );
     } catch (e) {
@@ -199,12 +221,36 @@ export class StageSession {
       if (e instanceof StepError) throw invalid(e.message);
       throw e;
     }
-    const mine: StageTiming = { nodeId: this.nodeId, start: this.shard.start, end: this.shard.end, seconds: step.seconds };
+    const mine: StageTiming = {
+      nodeId: this.nodeId,
+      start: this.shard.start,
+      end: this.shard.end,
+      seconds: step.seconds,
+    };
     const timings = [...a.timings, mine];
     if (this.isLast) {
       const logprobs = this.seq.logprobs;
-      return { delivery: { sessionId: this.id, position: this.pos, tokenId: step.sampled[0], timings, logprobs: logprobs && logprobsToWire(logprobs) } };
+      return {
+        delivery: {
+          sessionId: this.id,
+          position: this.pos,
+          tokenId: step.sampled[0],
+          timings,
+          logprobs: logprobs && logprobsToWire(logprobs),
+        },
+      };
     }
-    return { out: { sessionId: this.id, position: a.position, tokenIds: a.tokenIds, hidden: out, dtype: this.wire, dim, timings, sampling: a.sampling } };
+    return {
+      out: {
+        sessionId: this.id,
+        position: a.position,
+        tokenIds: a.tokenIds,
+        hidden: out,
+        dtype: this.wire,
+        dim,
+        timings,
+        sampling: a.sampling,
+      },
+    };
   }
 }

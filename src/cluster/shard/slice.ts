@@ -22,9 +22,17 @@ export interface MetadataSection {
 }
 
 const scalarBytes: Record<number, number> = {
-  [MetaType.UINT8]: 1, [MetaType.INT8]: 1, [MetaType.UINT16]: 2, [MetaType.INT16]: 2,
-  [MetaType.UINT32]: 4, [MetaType.INT32]: 4, [MetaType.FLOAT32]: 4, [MetaType.BOOL]: 1,
-  [MetaType.UINT64]: 8, [MetaType.INT64]: 8, [MetaType.FLOAT64]: 8,
+  [MetaType.UINT8]: 1,
+  [MetaType.INT8]: 1,
+  [MetaType.UINT16]: 2,
+  [MetaType.INT16]: 2,
+  [MetaType.UINT32]: 4,
+  [MetaType.INT32]: 4,
+  [MetaType.FLOAT32]: 4,
+  [MetaType.BOOL]: 1,
+  [MetaType.UINT64]: 8,
+  [MetaType.INT64]: 8,
+  [MetaType.FLOAT64]: 8,
 };
 
 /** The raw metadata section of a GGUF file the reader already validated. */
@@ -101,8 +109,16 @@ export class SliceWriter {
       throw new ClusterError('invalid', `alignment ${alignment} is not a power of two in 1..65536`);
     }
     const parts: Buffer[] = [];
-    const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); parts.push(b); };
-    const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); parts.push(b); };
+    const u32 = (v: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(v);
+      parts.push(b);
+    };
+    const u64 = (v: number) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt(v));
+      parts.push(b);
+    };
     u32(GGUF_MAGIC);
     u32(3);
     u64(tensors.length);
@@ -134,7 +150,10 @@ export class SliceWriter {
     const t = this.tensors[index];
     if (!t) throw new ClusterError('invalid', `chunk for tensor #${index}, the slice has ${this.tensors.length}`);
     if (!(Number.isSafeInteger(offset) && offset >= 0 && offset + data.length <= t.nBytes)) {
-      throw new ClusterError('invalid', `chunk [${offset}, ${offset + data.length}) lies outside tensor ${t.name} (${t.nBytes} bytes)`);
+      throw new ClusterError(
+        'invalid',
+        `chunk [${offset}, ${offset + data.length}) lies outside tensor ${t.name} (${t.nBytes} bytes)`,
+      );
     }
     writeSync(this.fd, data, 0, data.length, this.offsets[index] + offset);
   }

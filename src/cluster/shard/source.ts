@@ -30,7 +30,14 @@ export class ModelSource {
     const file = GgufFile.open(path);
     const config = readConfig(file);
     const hash = await modelHash(path, cacheDir);
-    return new ModelSource(path, file, hash, statSync(path).size, readMetadataSection(path, file.dataOffset), config.nLayers);
+    return new ModelSource(
+      path,
+      file,
+      hash,
+      statSync(path).size,
+      readMetadataSection(path, file.dataOffset),
+      config.nLayers,
+    );
   }
 
   get name(): string {
@@ -38,9 +45,13 @@ export class ModelSource {
   }
 
   /** Serves one FetchTensors call; honours back-pressure and cancellation. */
-  async serve(call: ServerWritableStream<FetchTensorsRequest, FetchTensorsReply>, onBytes?: (n: number) => void): Promise<void> {
+  async serve(
+    call: ServerWritableStream<FetchTensorsRequest, FetchTensorsReply>,
+    onBytes?: (n: number) => void,
+  ): Promise<void> {
     const { modelHash: hash, start, end } = call.request;
-    if (hash !== this.hash) throw invalid(`model ${hash.slice(0, 12)} is not the one this coordinator serves (${this.hash.slice(0, 12)})`);
+    if (hash !== this.hash)
+      throw invalid(`model ${hash.slice(0, 12)} is not the one this coordinator serves (${this.hash.slice(0, 12)})`);
     if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= this.nLayers)) {
       throw invalid(`layer range [${start}, ${end}) is not within the model's ${this.nLayers} layers`);
     }

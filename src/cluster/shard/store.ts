@@ -110,7 +110,12 @@ export class ShardStore {
       if (k !== keep.key && s.modelHash === keep.modelHash && s.sessions === 0) {
         this.loaded.delete(k);
         this.o.counters.evictions++;
-        this.o.log.log('info', 'shard.evict', { model: s.modelHash.slice(0, 12), start: s.start, end: s.end, bytes: s.bytes });
+        this.o.log.log('info', 'shard.evict', {
+          model: s.modelHash.slice(0, 12),
+          start: s.start,
+          end: s.end,
+          bytes: s.bytes,
+        });
       }
     }
   }
@@ -133,7 +138,15 @@ export class ShardStore {
         source = 'fetched';
       }
     }
-    progress({ phase: 'loading', source, bytesTransferred: transferred, bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0 });
+    progress({
+      phase: 'loading',
+      source,
+      bytesTransferred: transferred,
+      bytesDone: 0,
+      bytesTotal: 0,
+      tensorsDone: 0,
+      tensorsTotal: 0,
+    });
     const file = GgufFile.open(path);
     // Report every 5%; loadAsync lets each report leave on the stream as its layer is read.
     let step = -1;
@@ -143,9 +156,18 @@ export class ShardStore {
       step = s;
       progress({ phase: 'loading', bytesDone: p.bytes, bytesTotal: p.total });
     };
-    const model = await Transformer.loadAsync(file, { ctx: req.ctx, kvType: req.kvType, layers: [req.start, req.end], backend: this.o.backend, onProgress });
+    const model = await Transformer.loadAsync(file, {
+      ctx: req.ctx,
+      kvType: req.kvType,
+      layers: [req.start, req.end],
+      backend: this.o.backend,
+      onProgress,
+    });
     if (model.config.nLayers !== req.nLayers) {
-      throw new ClusterError('shard', `${path} has ${model.config.nLayers} layers, the coordinator says ${req.nLayers}`);
+      throw new ClusterError(
+        'shard',
+        `${path} has ${model.config.nLayers} layers, the coordinator says ${req.nLayers}`,
+      );
     }
     const shard: LoadedShard = {
       key: shardKey(req),
@@ -166,8 +188,14 @@ export class ShardStore {
     this.o.counters.shardLoads++;
     this.evictOthers(shard);
     this.o.log.log('info', 'shard.load', {
-      model: req.modelHash.slice(0, 12), start: req.start, end: req.end, source, path,
-      bytes: shard.bytes, transferred, ms: Math.round(performance.now() - t0),
+      model: req.modelHash.slice(0, 12),
+      start: req.start,
+      end: req.end,
+      source,
+      path,
+      bytes: shard.bytes,
+      transferred,
+      ms: Math.round(performance.now() - t0),
     });
     progress({ phase: 'done', source, bytesTransferred: transferred, bytesDone: shard.bytes, bytesTotal: shard.bytes });
     return shard;
@@ -200,7 +228,13 @@ export class ShardStore {
       if (!HASH_RE.test(hash)) continue;
       for (const name of readdirSync(join(root, hash))) {
         const m = /^(\d+)-(\d+)\.gguf$/.exec(name);
-        if (m) out.push({ modelHash: hash, start: Number(m[1]), end: Number(m[2]), bytes: statSync(join(root, hash, name)).size });
+        if (m)
+          out.push({
+            modelHash: hash,
+            start: Number(m[1]),
+            end: Number(m[2]),
+            bytes: statSync(join(root, hash, name)).size,
+          });
       }
     }
     return out;
@@ -238,12 +272,20 @@ export class ShardStore {
       let received = 0;
       let lastReport = 0;
       for await (const raw of call) {
-        const msg = raw as { header?: SliceHeader; chunk?: { index: number; offset: number; data: Buffer; sha256: Buffer } };
+        const msg = raw as {
+          header?: SliceHeader;
+          chunk?: { index: number; offset: number; data: Buffer; sha256: Buffer };
+        };
         if (msg.header) {
           if (writer) throw invalid('FetchTensors sent a second header');
           tensors = this.checkHeader(req, msg.header);
           total = tensors.reduce((s, t) => s + t.nBytes, 0);
-          writer = new SliceWriter(dest, { bytes: msg.header.metadata, count: msg.header.metadataCount }, msg.header.alignment, tensors);
+          writer = new SliceWriter(
+            dest,
+            { bytes: msg.header.metadata, count: msg.header.metadataCount },
+            msg.header.alignment,
+            tensors,
+          );
           progress({ phase: 'fetching', bytesTotal: total, tensorsTotal: tensors.length, source: 'fetched' });
           continue;
         }
@@ -259,7 +301,10 @@ export class ShardStore {
         if (got === t.nBytes) {
           const digest = hash.digest();
           if (c.sha256.length !== 32 || !digest.equals(c.sha256)) {
-            throw new ClusterError('shard', `tensor ${t.name}: sha256 mismatch after transfer (sent ${c.sha256.toString('hex') || 'none'}, got ${digest.toString('hex')})`);
+            throw new ClusterError(
+              'shard',
+              `tensor ${t.name}: sha256 mismatch after transfer (sent ${c.sha256.toString('hex') || 'none'}, got ${digest.toString('hex')})`,
+            );
           }
           this.o.counters.tensorsFetched++;
           index++;
@@ -269,25 +314,38 @@ export class ShardStore {
         this.o.counters.bytesFetched += c.data.length;
         if (received - lastReport >= 4 << 20 || index === tensors.length) {
           lastReport = received;
-          progress({ phase: 'fetching', bytesDone: received, bytesTotal: total, tensorsDone: index, tensorsTotal: tensors.length, source: 'fetched' });
+          progress({
+            phase: 'fetching',
+            bytesDone: received,
+            bytesTotal: total,
+            tensorsDone: index,
+            tensorsTotal: tensors.length,
+            source: 'fetched',
+          });
         }
       }
       if (!writer) throw invalid('FetchTensors ended without a header');
-      if (index !== tensors.length) throw new ClusterError('shard', `FetchTensors ended after ${index} of ${tensors.length} tensors`);
+      if (index !== tensors.length)
+        throw new ClusterError('shard', `FetchTensors ended after ${index} of ${tensors.length} tensors`);
       writer.finish();
       return received;
     } catch (e) {
       writer?.abort();
       if (e instanceof ClusterError) throw e;
-      throw new ClusterError('shard', `fetching ${describeShard(req)} from ${req.coordinator}: ${describeCallError(e)}`);
+      throw new ClusterError(
+        'shard',
+        `fetching ${describeShard(req)} from ${req.coordinator}: ${describeCallError(e)}`,
+      );
     } finally {
       client.close();
     }
   }
 
   private checkHeader(req: LoadRequest, h: SliceHeader): SliceTensor[] {
-    if (h.metadata.length > MAX_METADATA_BYTES) throw invalid(`slice metadata is ${h.metadata.length} bytes, at most ${MAX_METADATA_BYTES}`);
-    if (h.tensors.length === 0 || h.tensors.length > MAX_TENSORS) throw invalid(`slice lists ${h.tensors.length} tensors`);
+    if (h.metadata.length > MAX_METADATA_BYTES)
+      throw invalid(`slice metadata is ${h.metadata.length} bytes, at most ${MAX_METADATA_BYTES}`);
+    if (h.tensors.length === 0 || h.tensors.length > MAX_TENSORS)
+      throw invalid(`slice lists ${h.tensors.length} tensors`);
     const seen = new Set<string>();
     let total = 0;
     const out = h.tensors.map((t) => {
@@ -298,14 +356,19 @@ export class ShardStore {
       }
       const bytes = tensorDataBytes(t.ggmlType, t.dims);
       if (bytes === undefined || bytes !== t.nBytes) {
-        throw invalid(`tensor ${t.name}: ${t.nBytes} bytes do not match type ${t.ggmlType} and shape [${t.dims.join(', ')}]`);
+        throw invalid(
+          `tensor ${t.name}: ${t.nBytes} bytes do not match type ${t.ggmlType} and shape [${t.dims.join(', ')}]`,
+        );
       }
       total += bytes;
       return { name: t.name, dims: t.dims, ggmlType: t.ggmlType, nBytes: t.nBytes };
     });
     // The slice is loaded into memory right after: refuse what cannot fit.
     if (total > freemem()) {
-      throw new ClusterError('shard', `the slice is ${total} bytes but only ${freemem()} bytes of memory are available`);
+      throw new ClusterError(
+        'shard',
+        `the slice is ${total} bytes but only ${freemem()} bytes of memory are available`,
+      );
     }
     return out;
   }
