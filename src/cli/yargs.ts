@@ -1,14 +1,7 @@
-// yargs without its help renderer, unless the command line can ask for help.
-//
-// yargs' entry points ('yargs' and 'yargs/helpers') load its Node platform shim, which imports
-// cliui and string-width up front (wrap-ansi, Unicode-property regexes, an Intl.Segmenter),
-// and yargs lays out the help text of every command it runs, in case the handler fails and
-// the help should follow the error. Our .fail() never prints it, yet the layout and its
-// modules added 6–8 MiB to the peak resident memory of `herd run` (11–22 MiB with the wasm
-// backend), memory a Pi needs for its model slice. This module builds the same yargs from the same parts (its
-// YargsFactory and a shim with the members of its own, found from yargs' directory) and
-// loads the renderer only for a line that can show help; on other lines the help text is
-// laid out by a stub that is never printed.
+// yargs without its help renderer, unless the command line can ask for help: yargs' own entry
+// points load cliui and string-width and lay out help for every command (which our .fail()
+// never prints), memory a Pi needs for its model slice. This builds the same yargs from its
+// YargsFactory and a copy of its shim, with a stub renderer on lines that cannot show help.
 
 import { notStrictEqual, strictEqual } from 'node:assert';
 import { readdirSync, readFileSync } from 'node:fs';

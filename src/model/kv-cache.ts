@@ -16,13 +16,9 @@ export class KvCache {
     readonly ctx: number,
     readonly kvDim: number,
   ) {
-    // One allocation for every layer (a few for a cache past the typed array length limit),
-    // each layer's keys and values a view into it. Node calloc()s an ArrayBuffer: a large
-    // one is fresh mmap()ed memory whose pages become resident only as positions are
-    // written, whereas one per layer (256 KiB each for TinyLlama at 512 positions) comes
-    // from the malloc heap once glibc has raised its mmap threshold (it does on freeing any
-    // block between 128 KiB and 32 MiB), where calloc() zeroes, so makes resident, memory
-    // no position has used yet: measured, 11 MiB more peak RSS for TinyLlama at --ctx 512.
+    // One allocation for every layer (a few past the typed array length limit), views per layer:
+    // a large calloc() is fresh mmap()ed memory, resident only as positions are written, whereas
+    // small per-layer buffers may come from the malloc heap, where calloc() zeroes them up front.
     const Store = type === 'f32' ? Float32Array : Uint16Array;
     const n = ctx * kvDim;
     const perBlock = Math.max(1, Math.min(nLayers, Math.floor(2 ** 30 / (2 * n))));

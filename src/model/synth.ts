@@ -6,11 +6,8 @@
 // options give byte-identical files on every machine. The vocabulary (512 SentencePiece
 // tokens) is copied from the repository's models/stories260K.gguf.
 //
-// Weights are scaled for a distribution with teeth, not the flat one a uniform std of 0.02
-// would give at this width: each matrix has std gain / sqrt(fan_in), so every sub-block adds
-// an O(1) change to an O(1) residual stream, attention scores spread over a few units, and the
-// output head (gain 3) gives logits with a std of about 3, i.e. peaked next-token
-// distributions (top probabilities of tens of percent) rather than ~1/512 everywhere.
+// Each matrix has std gain / sqrt(fan_in) (the head gain 3, logits of std ~3), so next-token
+// distributions are peaked, not the flat ~1/512 a uniform std of 0.02 gives at this width.
 //
 // Layout as llama.cpp's converters write it: 2-D weights in the chosen type, norm weights and
 // biases always f32; ggml dimension order (dims[0] is the row length, i.e. the input width).

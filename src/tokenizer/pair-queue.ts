@@ -2,8 +2,8 @@
 // smallest key first and, on equal keys, the leftmost pair (llama.cpp's priority_queue order;
 // the pop order decides the tokens, ties included).
 //
-// Entries live in parallel typed arrays rather than as objects: a long prompt queues millions of
-// candidates, and chasing object pointers made each pop a string of cache misses.
+// Entries live in parallel typed arrays, not objects: a long prompt queues millions of
+// candidates, and pointer-chasing would make each pop a string of cache misses.
 
 export class PairQueue {
   private key = new Float64Array(64);
