@@ -52,7 +52,7 @@ export class Activation {
         quantizeQ8(x, n, this.qs, this.d);
         break;
       case 'q8_1':
-        quantizeQ8_1(x, n, this.qs, this.d, this.s);
+        quantizeQ8(x, n, this.qs, this.d, this.s);
         break;
       case 'q8_k':
         quantizeQ8K(x, n, this.qs, this.d, this.bsums);
@@ -69,27 +69,11 @@ export function roundEven(v: number): number {
 }
 
 /**
- * Q8_0 activation quantization as ggml's x86 path does it: per 32 values, scale
- * d = amax/127 stored as f16, quants round(x * 127/amax) half to even, in f32 arithmetic.
+ * Q8_0 and Q8_1 activation quantization as ggml's x86 path does it: per 32 values, scale
+ * d = amax/127 stored as f16, quants round(x * 127/amax) half to even, in f32 arithmetic;
+ * for Q8_1 (when s is given) also s = d·Σq with the unrounded f32 d, stored as f16.
  */
-function quantizeQ8(x: Float32Array, n: number, qs: Int8Array, d: Float32Array): void {
-  for (let b = 0; b * Q8_BLOCK < n; b++) {
-    const base = b * Q8_BLOCK;
-    const end = Math.min(base + Q8_BLOCK, n);
-    let amax = 0;
-    for (let i = base; i < end; i++) amax = Math.max(amax, Math.abs(x[i]));
-    const id = amax !== 0 ? Math.fround(127 / amax) : 0;
-    d[b] = f16ToF32(f32ToF16(Math.fround(amax / 127)));
-    for (let i = base; i < end; i++) qs[i] = roundEven(Math.fround(x[i] * id));
-    for (let i = end; i < base + Q8_BLOCK && i < qs.length; i++) qs[i] = 0;
-  }
-}
-
-/**
- * Q8_1 activation quantization as ggml's x86 path does it: Q8_0's rounding (half to even,
- * f16 scale), plus s = d·Σq with the unrounded f32 d, stored as f16.
- */
-function quantizeQ8_1(x: Float32Array, n: number, qs: Int8Array, d: Float32Array, s: Float32Array): void {
+function quantizeQ8(x: Float32Array, n: number, qs: Int8Array, d: Float32Array, s?: Float32Array): void {
   for (let b = 0; b * Q8_BLOCK < n; b++) {
     const base = b * Q8_BLOCK;
     const end = Math.min(base + Q8_BLOCK, n);
@@ -105,7 +89,7 @@ function quantizeQ8_1(x: Float32Array, n: number, qs: Int8Array, d: Float32Array
       sum += q;
     }
     for (let i = end; i < base + Q8_BLOCK && i < qs.length; i++) qs[i] = 0;
-    s[b] = f16ToF32(f32ToF16(Math.fround(df * sum)));
+    if (s) s[b] = f16ToF32(f32ToF16(Math.fround(df * sum)));
   }
 }
 

@@ -7,6 +7,7 @@
 // rewrite would pick different scales on near-ties and so different files.
 
 import { nearestInt } from './activation.ts';
+import { readF16, writeF16, signedMax } from './block.ts';
 
 const f = Math.fround;
 
@@ -118,16 +119,8 @@ export function makeQkx2Quants(
  * trying 19 scales around -nmax/max. Writes L[lOff..], returns the scale.
  */
 export function makeQxQuants(n: number, nmax: number, x: Float32Array, xOff: number, L: Uint8Array, lOff: number): number {
-  let max = 0;
-  let amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xOff + i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xOff + i];
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedMax(x, xOff, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lOff, lOff + n);
     return 0;
   }
@@ -173,16 +166,8 @@ export function makeQxQuants(n: number, nmax: number, x: Float32Array, xOff: num
  * lw is scratch for n signed levels.
  */
 export function makeQ3Quants(n: number, nmax: number, x: Float32Array, xOff: number, L: Uint8Array, lOff: number, lw: Int8Array): number {
-  let max = 0;
-  let amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xOff + i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xOff + i];
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedMax(x, xOff, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lOff, lOff + n);
     return 0;
   }
@@ -246,5 +231,97 @@ export function encodeScaleMinK4(sc: Uint8Array, mn: Uint8Array, w: Uint8Array, 
     w[o + j] = sc[j] | ((sc[j + 4] >> 4) << 6);
     w[o + j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
     w[o + j + 8] = (sc[j + 4] & 0xf) | ((mn[j + 4] & 0xf) << 4);
+  }
+}
+
+/**
+ * A super-block's share of the dot product with the Q8_K activation for the types with a
+ * min: d·dx·isum - dmin·dx·msum, where the f16 d and dmin are at w[o..o+4) and d·dx and
+ * dmin·dx round to f32 as in ggml.
+ */
+export function scaleMinSum(w: Uint8Array, o: number, xd: number, isum: number, msum: number): number {
+  return f(readF16(w, o) * xd) * isum - f(readF16(w, o + 2) * xd) * msum;
+}
+
+/** Σ m·Σqx of a Q4_K/Q5_K super-block b: each 6-bit min mn[s] times the activation's two per-16 sums of sub-block s. */
+export function minSumK4(bsums: Int16Array, b: number, mn: Uint8Array): number {
+  let msum = 0;
+  for (let j = 0; j < 16; j++) msum += bsums[b * 16 + j] * mn[j >> 1];
+  return msum;
+}
+
+/**
+ * Re-rounds n values against their group's quantized scale d and min dm (both > or = 0,
+ * d ≠ 0): L = clamp(round((x + dm) / d), 0, nmax), as ggml's second pass for Q2_K, Q4_K, Q5_K.
+ */
+export function roundWithMin(x: Float32Array, xOff: number, n: number, d: number, dm: number, nmax: number, L: Uint8Array, lOff: number): void {
+  for (let i = 0; i < n; i++) L[lOff + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(x[xOff + i] + dm) / d))));
+}
+
+/**
+ * Re-rounds n values against their group's quantized scale d ≠ 0: L = clamp(round(x / d),
+ * -nmax, nmax - 1) + nmax, as ggml's second pass for Q3_K and Q6_K.
+ */
+export function roundSymmetric(x: Float32Array, xOff: number, n: number, d: number, nmax: number, L: Uint8Array, lOff: number): void {
+  for (let i = 0; i < n; i++) L[lOff + i] = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(x[xOff + i] / d)))) + nmax;
+}
+
+/**
+ * Packs 256 2-bit levels the way Q2_K and Q3_K store their low bits: by 128 values, value
+ * 128·c + 32·j + l at bits 2j..2j+1 of dst[q + 32·c + l].
+ */
+export function pack2Bits(L: Uint8Array, dst: Uint8Array, q: number): void {
+  for (let c = 0; c < 2; c++) {
+    const lc = 128 * c;
+    for (let l = 0; l < 32; l++) {
+      dst[q + 32 * c + l] = L[lc + l] | (L[lc + l + 32] << 2) | (L[lc + l + 64] << 4) | (L[lc + l + 96] << 6);
+    }
+  }
+}
+
+// Scratch of quantizeScaleMinK4: one sub-block's weights and search buffer, the fits.
+const laux = new Uint8Array(32);
+const weights = new Float32Array(32);
+const scales = new Float32Array(8);
+const mins = new Float32Array(8);
+const sc = new Uint8Array(8);
+const mn = new Uint8Array(8);
+
+/**
+ * The first half of quantize_row_q4_K_ref, which quantize_row_q5_K_ref repeats with other
+ * search parameters: per 32-value sub-block of the super-block at x[xb..] an asymmetric fit
+ * weighted by rms + |x| (make_qkx2_quants with nmax levels, scales tried from rmin in nstep
+ * steps of 0.1); the scales and mins quantized to 6 bits against the block's largest and
+ * written with the f16 d and dmin to dst[o..o+16); then the 256 levels re-rounded against
+ * the quantized scales into L. The caller packs L in its own layout.
+ */
+export function quantizeScaleMinK4(x: Float32Array, xb: number, nmax: number, rmin: number, nstep: number, dst: Uint8Array, o: number, L: Uint8Array): void {
+  let maxScale = 0;
+  let maxMin = 0;
+  for (let j = 0; j < 8; j++) {
+    const xj = xb + 32 * j;
+    let sumX2 = 0;
+    for (let l = 0; l < 32; l++) sumX2 = f(sumX2 + f(x[xj + l] * x[xj + l]));
+    const avX = f(Math.sqrt(f(sumX2 / 32)));
+    for (let l = 0; l < 32; l++) weights[l] = avX + Math.abs(x[xj + l]);
+    scales[j] = makeQkx2Quants(32, nmax, x, xj, weights, L, 32 * j, mins, j, laux, rmin, 0.1, nstep, false);
+    if (scales[j] > maxScale) maxScale = scales[j];
+    if (mins[j] > maxMin) maxMin = mins[j];
+  }
+  const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
+  const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
+  for (let j = 0; j < 8; j++) {
+    // ggml stores nearest_int into a uint8_t before clamping: a (theoretical) negative
+    // scale wraps and clamps to 63, kept for identical bytes.
+    sc[j] = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
+    mn[j] = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
+  }
+  encodeScaleMinK4(sc, mn, dst, o + 4);
+  const dq = writeF16(dst, o, f(maxScale / 63));
+  const dminq = writeF16(dst, o + 2, f(maxMin / 63));
+  for (let j = 0; j < 8; j++) {
+    const d = f(dq * sc[j]);
+    // A zero scale leaves the sub-block's levels as the search left them, as in ggml.
+    if (d !== 0) roundWithMin(x, xb + 32 * j, 32, d, f(dminq * mn[j]), nmax, L, 32 * j);
   }
 }

@@ -3,9 +3,9 @@
 // (high nibble): value = d·sc·q - dmin·m with q in [0, 3]. Quants go by 128 values: value
 // 128·c + 32·j + l is bits 2j..2j+1 of qs[32·c + l].
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import { nearestInt, type Activation } from './activation.ts';
-import { makeQkx2Quants } from './kquants.ts';
+import { readF16, writeF16 } from './block.ts';
+import { makeQkx2Quants, pack2Bits, roundWithMin, scaleMinSum } from './kquants.ts';
 
 const QK = 256;
 const BLOCK_BYTES = 84;
@@ -13,8 +13,8 @@ const BLOCK_BYTES = 84;
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o + 80] | (w[o + 81] << 8));
-    const dmin = f16ToF32(w[o + 82] | (w[o + 83] << 8));
+    const d = readF16(w, o + 80);
+    const dmin = readF16(w, o + 82);
     const base = outOff + b * QK;
     for (let g = 0; g < 16; g++) {
       const s = w[o + g];
@@ -49,10 +49,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
       isum += (s & 15) * gs;
       msum += (s >> 4) * bsums[b * 16 + g];
     }
-    const xd = x.d[b];
-    const d = Math.fround(f16ToF32(w[o + 80] | (w[o + 81] << 8)) * xd);
-    const dmin = Math.fround(f16ToF32(w[o + 82] | (w[o + 83] << 8)) * xd);
-    sum += d * isum - dmin * msum;
+    sum += scaleMinSum(w, o + 80, x.d[b], isum, msum);
   }
   return sum;
 }
@@ -82,39 +79,22 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
       if (scales[j] > maxScale) maxScale = scales[j];
       if (mins[j] > maxMin) maxMin = mins[j];
     }
-    let hd = 0;
     if (maxScale > 0) {
       const iscale = f(15 / maxScale);
       for (let j = 0; j < 16; j++) dst[o + j] = nearestInt(f(iscale * scales[j])) & 0xff;
-      hd = f32ToF16(f(maxScale / 15));
     } else {
       dst.fill(0, o, o + 16);
     }
-    let hm = 0;
     if (maxMin > 0) {
       const iscale = f(15 / maxMin);
       for (let j = 0; j < 16; j++) dst[o + j] |= nearestInt(f(iscale * mins[j])) << 4;
-      hm = f32ToF16(f(maxMin / 15));
     }
-    dst[o + 80] = hd & 0xff;
-    dst[o + 81] = hd >> 8;
-    dst[o + 82] = hm & 0xff;
-    dst[o + 83] = hm >> 8;
-    const dq = f16ToF32(hd);
-    const dminq = f16ToF32(hm);
+    const dq = writeF16(dst, o + 80, maxScale > 0 ? f(maxScale / 15) : 0);
+    const dminq = writeF16(dst, o + 82, maxMin > 0 ? f(maxMin / 15) : 0);
     for (let j = 0; j < 16; j++) {
       const d = f(dq * (dst[o + j] & 15));
-      if (d === 0) continue;
-      const dm = f(dminq * (dst[o + j] >> 4));
-      const xj = xb + 16 * j;
-      for (let l = 0; l < 16; l++) L[16 * j + l] = Math.max(0, Math.min(3, nearestInt(f(f(x[xj + l] + dm) / d))));
+      if (d !== 0) roundWithMin(x, xb + 16 * j, 16, d, f(dminq * (dst[o + j] >> 4)), 3, L, 16 * j);
     }
-    const q = o + 16;
-    for (let c = 0; c < 2; c++) {
-      const lc = 128 * c;
-      for (let l = 0; l < 32; l++) {
-        dst[q + 32 * c + l] = L[lc + l] | (L[lc + l + 32] << 2) | (L[lc + l + 64] << 4) | (L[lc + l + 96] << 6);
-      }
-    }
+    pack2Bits(L, dst, o + 16);
   }
 }

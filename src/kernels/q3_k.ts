@@ -4,9 +4,9 @@
 // low 4 bits in the nibbles of bytes 0-7 (scale j in byte j % 8, high nibble for j ≥ 8),
 // high 2 bits in bytes 8-11 (scale j at bits 2·(j/4) of byte 8 + j % 4).
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import { nearestInt, type Activation } from './activation.ts';
-import { makeQ3Quants } from './kquants.ts';
+import { readF16, signedMax, writeF16 } from './block.ts';
+import { makeQ3Quants, pack2Bits, roundSymmetric } from './kquants.ts';
 
 const QK = 256;
 const BLOCK_BYTES = 110;
@@ -24,7 +24,7 @@ function decodeScales(w: Uint8Array, o: number): void {
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o + 108] | (w[o + 109] << 8));
+    const d = readF16(w, o + 108);
     decodeScales(w, o + 96);
     const base = outOff + b * QK;
     for (let g = 0; g < 16; g++) {
@@ -63,7 +63,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
       }
       isum += sc[g] * gs;
     }
-    sum += Math.fround(f16ToF32(w[o + 108] | (w[o + 109] << 8)) * x.d[b]) * isum;
+    sum += Math.fround(readF16(w, o + 108) * x.d[b]) * isum;
   }
   return sum;
 }
@@ -82,19 +82,11 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
   for (let b = 0; b < n / QK; b++) {
     const xb = xOff + b * QK;
     const o = dstOff + b * BLOCK_BYTES;
-    let maxScale = 0;
-    let amax = 0;
-    for (let j = 0; j < 16; j++) {
-      scales[j] = makeQ3Quants(16, 4, x, xb + 16 * j, L, 16 * j, lw);
-      const scale = Math.abs(scales[j]);
-      if (scale > amax) {
-        amax = scale;
-        maxScale = scales[j];
-      }
-    }
+    for (let j = 0; j < 16; j++) scales[j] = makeQ3Quants(16, 4, x, xb + 16 * j, L, 16 * j, lw);
+    const maxScale = signedMax(scales, 0, 16);
     const s = o + 96;
     dst.fill(0, s, s + 12);
-    let hd = 0;
+    let scale = 0;
     if (maxScale !== 0) {
       const iscale = f(-32 / maxScale);
       for (let j = 0; j < 16; j++) {
@@ -104,17 +96,13 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
         else dst[s + j - 8] |= (l & 15) << 4;
         dst[s + 8 + (j & 3)] |= (l >> 4) << (2 * (j >> 2));
       }
-      hd = f32ToF16(f(1 / iscale));
+      scale = f(1 / iscale);
     }
-    dst[o + 108] = hd & 0xff;
-    dst[o + 109] = hd >> 8;
-    const dq = f16ToF32(hd);
+    const dq = writeF16(dst, o + 108, scale);
     decodeScales(dst, s);
     for (let j = 0; j < 16; j++) {
       const d = f(dq * sc[j]);
-      if (d === 0) continue;
-      const xj = xb + 16 * j;
-      for (let ii = 0; ii < 16; ii++) L[16 * j + ii] = Math.max(-4, Math.min(3, nearestInt(f(x[xj + ii] / d)))) + 4;
+      if (d !== 0) roundSymmetric(x, xb + 16 * j, 16, d, 4, L, 16 * j);
     }
     dst.fill(0, o, o + 32);
     for (let j = 0; j < QK; j++) {
@@ -123,12 +111,6 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
         L[j] -= 4;
       }
     }
-    const q = o + 32;
-    for (let c = 0; c < 2; c++) {
-      const lc = 128 * c;
-      for (let l = 0; l < 32; l++) {
-        dst[q + 32 * c + l] = L[lc + l] | (L[lc + l + 32] << 2) | (L[lc + l + 64] << 4) | (L[lc + l + 96] << 6);
-      }
-    }
+    pack2Bits(L, dst, o + 32);
   }
 }

@@ -1,8 +1,8 @@
 // Q4_0: blocks of 32 values, { f16 scale d, 16 bytes of nibbles }; byte j holds value j in
 // its low nibble and value j+16 in its high nibble; value = d * (nibble - 8).
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import type { Activation } from './activation.ts';
+import { readF16, signedMax, writeScale } from './block.ts';
 
 const QK = 32;
 const BLOCK_BYTES = 18;
@@ -10,7 +10,7 @@ const BLOCK_BYTES = 18;
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
+    const d = readF16(w, o);
     const base = outOff + b * QK;
     for (let j = 0; j < QK / 2; j++) {
       const byte = w[o + 2 + j];
@@ -33,7 +33,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
       const byte = w[o + 2 + j];
       isum += ((byte & 15) - 8) * qs[base + j] + ((byte >> 4) - 8) * qs[base + j + 16];
     }
-    sum += Math.fround(f16ToF32(w[o] | (w[o + 1] << 8)) * xd[b]) * isum;
+    sum += Math.fround(readF16(w, o) * xd[b]) * isum;
   }
   return sum;
 }
@@ -42,21 +42,8 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
 export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const base = xOff + b * QK;
-    let amax = 0;
-    let max = 0;
-    for (let j = 0; j < QK; j++) {
-      const v = x[base + j];
-      if (Math.abs(v) > amax) {
-        amax = Math.abs(v);
-        max = v;
-      }
-    }
-    const d = Math.fround(max / -8);
-    const id = d !== 0 ? Math.fround(1 / d) : 0;
-    const h = f32ToF16(d);
     const o = dstOff + b * BLOCK_BYTES;
-    dst[o] = h & 0xff;
-    dst[o + 1] = h >> 8;
+    const id = writeScale(dst, o, Math.fround(signedMax(x, base, QK) / -8));
     for (let j = 0; j < QK / 2; j++) {
       const lo = Math.min(15, Math.trunc(Math.fround(x[base + j] * id) + 8.5));
       const hi = Math.min(15, Math.trunc(Math.fround(x[base + j + 16] * id) + 8.5));

@@ -1,18 +1,17 @@
 // Q4_1: blocks of 32 values, { f16 scale d, f16 min m, 16 bytes of nibbles }; byte j holds
 // value j in its low nibble and value j+16 in its high nibble; value = d * nibble + m.
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import type { Activation } from './activation.ts';
+import { maxOf, minOf, readF16, writeF16, writeScale } from './block.ts';
 
 const QK = 32;
 const BLOCK_BYTES = 20;
-const FLT_MAX = 3.4028234663852886e38;
 
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
-    const m = f16ToF32(w[o + 2] | (w[o + 3] << 8));
+    const d = readF16(w, o);
+    const m = readF16(w, o + 2);
     const base = outOff + b * QK;
     for (let j = 0; j < QK / 2; j++) {
       const byte = w[o + 4 + j];
@@ -39,9 +38,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
       const byte = w[o + 4 + j];
       isum += (byte & 15) * qs[base + j] + (byte >> 4) * qs[base + j + 16];
     }
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
-    const m = f16ToF32(w[o + 2] | (w[o + 3] << 8));
-    sum += Math.fround(d * xd[b]) * isum + m * xs[b];
+    sum += Math.fround(readF16(w, o) * xd[b]) * isum + readF16(w, o + 2) * xs[b];
   }
   return sum;
 }
@@ -50,22 +47,10 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
 export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const base = xOff + b * QK;
-    let min = FLT_MAX;
-    let max = -FLT_MAX;
-    for (let j = 0; j < QK; j++) {
-      const v = x[base + j];
-      if (v < min) min = v;
-      if (v > max) max = v;
-    }
-    const d = Math.fround(Math.fround(max - min) / 15);
-    const id = d !== 0 ? Math.fround(1 / d) : 0;
     const o = dstOff + b * BLOCK_BYTES;
-    const hd = f32ToF16(d);
-    const hm = f32ToF16(min);
-    dst[o] = hd & 0xff;
-    dst[o + 1] = hd >> 8;
-    dst[o + 2] = hm & 0xff;
-    dst[o + 3] = hm >> 8;
+    const min = minOf(x, base, QK);
+    const id = writeScale(dst, o, Math.fround(Math.fround(maxOf(x, base, QK) - min) / 15));
+    writeF16(dst, o + 2, min);
     for (let j = 0; j < QK / 2; j++) {
       // The quants are rounded against the f32 min and d, not their f16 forms: as ggml does.
       const lo = Math.min(15, Math.trunc(Math.fround(Math.fround(Math.fround(x[base + j] - min) * id) + 0.5)));

@@ -1,23 +1,18 @@
 // Q5_1: blocks of 32 values, { f16 scale d, f16 min m, u32 qh, 16 bytes of nibbles }; the
 // nibbles and qh are laid out as in Q5_0; value = d * q + m with q in [0, 31].
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import type { Activation } from './activation.ts';
+import { maxOf, minOf, readF16, readU32, writeF16, writeScale, writeU32 } from './block.ts';
 
 const QK = 32;
 const BLOCK_BYTES = 24;
-const FLT_MAX = 3.4028234663852886e38;
-
-function readQh(w: Uint8Array, o: number): number {
-  return (w[o] | (w[o + 1] << 8) | (w[o + 2] << 16) | (w[o + 3] << 24)) >>> 0;
-}
 
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
-    const m = f16ToF32(w[o + 2] | (w[o + 3] << 8));
-    const qh = readQh(w, o + 4);
+    const d = readF16(w, o);
+    const m = readF16(w, o + 2);
+    const qh = readU32(w, o + 4);
     const base = outOff + b * QK;
     for (let j = 0; j < QK / 2; j++) {
       const byte = w[o + 8 + j];
@@ -35,7 +30,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
   let sum = 0;
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const qh = readQh(w, o + 4);
+    const qh = readU32(w, o + 4);
     const base = b * QK;
     let isum = 0;
     for (let j = 0; j < QK / 2; j++) {
@@ -44,9 +39,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
         ((byte & 15) | (((qh >>> j) & 1) << 4)) * qs[base + j] +
         ((byte >> 4) | (((qh >>> (j + 16)) & 1) << 4)) * qs[base + j + 16];
     }
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
-    const m = f16ToF32(w[o + 2] | (w[o + 3] << 8));
-    sum += Math.fround(d * xd[b]) * isum + m * xs[b];
+    sum += Math.fround(readF16(w, o) * xd[b]) * isum + readF16(w, o + 2) * xs[b];
   }
   return sum;
 }
@@ -55,22 +48,10 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
 export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const base = xOff + b * QK;
-    let min = FLT_MAX;
-    let max = -FLT_MAX;
-    for (let j = 0; j < QK; j++) {
-      const v = x[base + j];
-      if (v < min) min = v;
-      if (v > max) max = v;
-    }
-    const d = Math.fround(Math.fround(max - min) / 31);
-    const id = d !== 0 ? Math.fround(1 / d) : 0;
     const o = dstOff + b * BLOCK_BYTES;
-    const hd = f32ToF16(d);
-    const hm = f32ToF16(min);
-    dst[o] = hd & 0xff;
-    dst[o + 1] = hd >> 8;
-    dst[o + 2] = hm & 0xff;
-    dst[o + 3] = hm >> 8;
+    const min = minOf(x, base, QK);
+    const id = writeScale(dst, o, Math.fround(Math.fround(maxOf(x, base, QK) - min) / 31));
+    writeF16(dst, o + 2, min);
     let qh = 0;
     for (let j = 0; j < QK / 2; j++) {
       // No clamp to 31 here (ggml has none): (x - min)·id + 0.5 stays below 32.
@@ -79,9 +60,6 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
       dst[o + 8 + j] = (lo & 15) | ((hi & 15) << 4);
       qh |= (((lo >> 4) & 1) << j) | (((hi >> 4) & 1) << (j + 16));
     }
-    dst[o + 4] = qh & 0xff;
-    dst[o + 5] = (qh >>> 8) & 0xff;
-    dst[o + 6] = (qh >>> 16) & 0xff;
-    dst[o + 7] = qh >>> 24;
+    writeU32(dst, o + 4, qh);
   }
 }

@@ -3,9 +3,9 @@
 // fifth bit of value 32·s + l (sub-block s) is bit s of qh[l]. value = d·sc·q - dmin·m with
 // q in [0, 31].
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
-import { nearestInt, type Activation } from './activation.ts';
-import { decodeScaleMinK4, encodeScaleMinK4, makeQkx2Quants } from './kquants.ts';
+import type { Activation } from './activation.ts';
+import { readF16 } from './block.ts';
+import { decodeScaleMinK4, minSumK4, quantizeScaleMinK4, scaleMinSum } from './kquants.ts';
 
 const QK = 256;
 const BLOCK_BYTES = 176;
@@ -16,8 +16,8 @@ const mn = new Uint8Array(8);
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
-    const dmin = f16ToF32(w[o + 2] | (w[o + 3] << 8));
+    const d = readF16(w, o);
+    const dmin = readF16(w, o + 2);
     decodeScaleMinK4(w, o + 4, sc, mn);
     const qh = o + 16;
     const q = o + 48;
@@ -69,66 +69,21 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
       }
       isum += sc[s1] * lo + sc[s2] * hi;
     }
-    let msum = 0;
-    const bs = b * 16;
-    for (let j = 0; j < 16; j++) msum += bsums[bs + j] * mn[j >> 1];
-    const xd = x.d[b];
-    const d = Math.fround(f16ToF32(w[o] | (w[o + 1] << 8)) * xd);
-    const dmin = Math.fround(f16ToF32(w[o + 2] | (w[o + 3] << 8)) * xd);
-    sum += d * isum - dmin * msum;
+    sum += scaleMinSum(w, o, x.d[b], isum, minSumK4(bsums, b, mn));
   }
   return sum;
 }
 
 const L = new Uint8Array(QK);
-const laux = new Uint8Array(32);
-const weights = new Float32Array(32);
-const scales = new Float32Array(8);
-const mins = new Float32Array(8);
 
 /**
  * ggml's reference quantizer (quantize_row_q5_K_ref): Q4_K's recipe with 31 levels and a
  * narrower scale search (make_qkx2_quants from -0.5 in 15 steps of 0.1).
  */
 export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
-  const f = Math.fround;
   for (let b = 0; b < n / QK; b++) {
-    const xb = xOff + b * QK;
     const o = dstOff + b * BLOCK_BYTES;
-    let maxScale = 0;
-    let maxMin = 0;
-    for (let j = 0; j < 8; j++) {
-      const xj = xb + 32 * j;
-      let sumX2 = 0;
-      for (let l = 0; l < 32; l++) sumX2 = f(sumX2 + f(x[xj + l] * x[xj + l]));
-      const avX = f(Math.sqrt(f(sumX2 / 32)));
-      for (let l = 0; l < 32; l++) weights[l] = avX + Math.abs(x[xj + l]);
-      scales[j] = makeQkx2Quants(32, 31, x, xj, weights, L, 32 * j, mins, j, laux, -0.5, 0.1, 15, false);
-      if (scales[j] > maxScale) maxScale = scales[j];
-      if (mins[j] > maxMin) maxMin = mins[j];
-    }
-    const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
-    const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
-    for (let j = 0; j < 8; j++) {
-      sc[j] = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
-      mn[j] = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
-    }
-    encodeScaleMinK4(sc, mn, dst, o + 4);
-    const hd = f32ToF16(f(maxScale / 63));
-    const hm = f32ToF16(f(maxMin / 63));
-    dst[o] = hd & 0xff;
-    dst[o + 1] = hd >> 8;
-    dst[o + 2] = hm & 0xff;
-    dst[o + 3] = hm >> 8;
-    const dq = f16ToF32(hd);
-    const dminq = f16ToF32(hm);
-    for (let j = 0; j < 8; j++) {
-      const d = f(dq * sc[j]);
-      if (d === 0) continue;
-      const dm = f(dminq * mn[j]);
-      const xj = xb + 32 * j;
-      for (let l = 0; l < 32; l++) L[32 * j + l] = Math.max(0, Math.min(31, nearestInt(f(f(x[xj + l] + dm) / d))));
-    }
+    quantizeScaleMinK4(x, xOff + b * QK, 31, -0.5, 15, dst, o, L);
     const qh = o + 16;
     const q = o + 48;
     dst.fill(0, qh, qh + 32);

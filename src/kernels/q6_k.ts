@@ -4,9 +4,9 @@
 // nibble) and l+64 (high), ql[l+32] holds l+32 and l+96, and qh[l] holds the high bits of
 // l, l+32, l+64, l+96 at bits 0-1, 2-3, 4-5, 6-7.
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import { nearestInt, type Activation } from './activation.ts';
-import { GROUP_MAX_EPS, makeQxQuants } from './kquants.ts';
+import { readF16, signedMax, writeF16 } from './block.ts';
+import { GROUP_MAX_EPS, makeQxQuants, roundSymmetric } from './kquants.ts';
 
 const QK = 256;
 const BLOCK_BYTES = 210;
@@ -14,7 +14,7 @@ const BLOCK_BYTES = 210;
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o + 208] | (w[o + 209] << 8));
+    const d = readF16(w, o + 208);
     const base = outOff + b * QK;
     for (let half = 0; half < 2; half++) {
       const ql = o + 64 * half;
@@ -71,7 +71,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
           ((w[scl + g + 6] << 24) >> 24) * s3;
       }
     }
-    sum += Math.fround(f16ToF32(w[o + 208] | (w[o + 209] << 8)) * x.d[b]) * isum;
+    sum += Math.fround(readF16(w, o + 208) * x.d[b]) * isum;
   }
   return sum;
 }
@@ -89,32 +89,19 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
   for (let b = 0; b < n / QK; b++) {
     const xb = xOff + b * QK;
     const o = dstOff + b * BLOCK_BYTES;
-    let maxScale = 0;
-    let maxAbsScale = 0;
-    for (let ib = 0; ib < 16; ib++) {
-      const scale = makeQxQuants(16, 32, x, xb + 16 * ib, L, 16 * ib);
-      scales[ib] = scale;
-      if (Math.abs(scale) > maxAbsScale) {
-        maxAbsScale = Math.abs(scale);
-        maxScale = scale;
-      }
-    }
-    if (maxAbsScale < GROUP_MAX_EPS) {
+    for (let ib = 0; ib < 16; ib++) scales[ib] = makeQxQuants(16, 32, x, xb + 16 * ib, L, 16 * ib);
+    const maxScale = signedMax(scales, 0, 16);
+    if (Math.abs(maxScale) < GROUP_MAX_EPS) {
       dst.fill(0, o, o + BLOCK_BYTES);
       continue;
     }
     const iscale = f(-128 / maxScale);
-    const hd = f32ToF16(f(1 / iscale));
-    dst[o + 208] = hd & 0xff;
-    dst[o + 209] = hd >> 8;
-    const dq = f16ToF32(hd);
+    const dq = writeF16(dst, o + 208, f(1 / iscale));
     for (let ib = 0; ib < 16; ib++) dst[o + 192 + ib] = Math.min(127, nearestInt(f(iscale * scales[ib]))) & 0xff;
     for (let j = 0; j < 16; j++) {
       const d = f(dq * ((dst[o + 192 + j] << 24) >> 24));
       // A zero scale keeps the levels of the search, as ggml does.
-      if (d === 0) continue;
-      const xj = xb + 16 * j;
-      for (let ii = 0; ii < 16; ii++) L[16 * j + ii] = Math.max(-32, Math.min(31, nearestInt(f(x[xj + ii] / d)))) + 32;
+      if (d !== 0) roundSymmetric(x, xb + 16 * j, 16, d, 32, L, 16 * j);
     }
     for (let half = 0; half < 2; half++) {
       const ql = o + 64 * half;

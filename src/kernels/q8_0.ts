@@ -1,7 +1,7 @@
 // Q8_0: blocks of 32 values, { f16 scale d, int8 q[32] }, value = d * q.
 
-import { f16ToF32, f32ToF16 } from '../ggml/half.ts';
 import type { Activation } from './activation.ts';
+import { readF16, writeScale } from './block.ts';
 
 const QK = 32;
 const BLOCK_BYTES = 34;
@@ -9,7 +9,7 @@ const BLOCK_BYTES = 34;
 export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
   for (let b = 0; b < n / QK; b++) {
     const o = off + b * BLOCK_BYTES;
-    const d = f16ToF32(w[o] | (w[o + 1] << 8));
+    const d = readF16(w, o);
     for (let j = 0; j < QK; j++) out[outOff + b * QK + j] = d * ((w[o + 2 + j] << 24) >> 24);
   }
 }
@@ -24,7 +24,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
     const base = b * QK;
     let isum = 0;
     for (let j = 0; j < QK; j++) isum += ((w[o + 2 + j] << 24) >> 24) * qs[base + j];
-    sum += Math.fround(f16ToF32(w[o] | (w[o + 1] << 8)) * xd[b]) * isum;
+    sum += Math.fround(readF16(w, o) * xd[b]) * isum;
   }
   return sum;
 }
@@ -35,12 +35,8 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
     const base = xOff + b * QK;
     let amax = 0;
     for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[base + j]));
-    const d = Math.fround(amax / 127);
-    const id = d !== 0 ? Math.fround(1 / d) : 0;
-    const h = f32ToF16(d);
     const o = dstOff + b * BLOCK_BYTES;
-    dst[o] = h & 0xff;
-    dst[o + 1] = h >> 8;
+    const id = writeScale(dst, o, Math.fround(amax / 127));
     for (let j = 0; j < QK; j++) dst[o + 2 + j] = roundHalfAway(Math.fround(x[base + j] * id)) & 0xff;
   }
 }

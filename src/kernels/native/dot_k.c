@@ -505,20 +505,10 @@ HERD_DEFINE_DOTS(q6_k, avx512)
 
 #if defined(HERD_NEON)
 
-static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b, int dotprod) {
-#if defined(HERD_NEON_DOTPROD)
-  if (dotprod) return vdotq_s32(acc, a, b);
-#endif
-  (void)dotprod;
-  const int16x8_t p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-  const int16x8_t p1 = vmull_s8(vget_high_s8(a), vget_high_s8(b));
-  return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
-}
-
 // Σ q·y over 32 values given as two 16-byte halves of quants.
 static inline int dot32(uint8x16_t q0, uint8x16_t q1, const int8_t *y, int dotprod) {
-  int32x4_t p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(q0), vld1q_s8(y), dotprod);
-  p = dot16(p, vreinterpretq_s8_u8(q1), vld1q_s8(y + 16), dotprod);
+  int32x4_t p = herd_dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(q0), vld1q_s8(y), dotprod);
+  p = herd_dot16(p, vreinterpretq_s8_u8(q1), vld1q_s8(y + 16), dotprod);
   return vaddvq_s32(p);
 }
 
@@ -573,7 +563,7 @@ static inline float q5_k_neon(int n, const uint8_t *w, const herd_act *x, int do
 // Σ (q - 32)·y over 16 values.
 static inline int dot16_q6(uint8x16_t q, const int8_t *y, int dotprod) {
   const int8x16_t s = vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(32));
-  return vaddvq_s32(dot16(vdupq_n_s32(0), s, vld1q_s8(y), dotprod));
+  return vaddvq_s32(herd_dot16(vdupq_n_s32(0), s, vld1q_s8(y), dotprod));
 }
 
 static inline float q6_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
@@ -620,8 +610,8 @@ static inline float q2_k_neon(int n, const uint8_t *w, const herd_act *x, int do
         const uint8x16_t v0 = vandq_u8(vshlq_u8(q0, shift), m3), v1 = vandq_u8(vshlq_u8(q1, shift), m3);
         const int g = 8 * c + 2 * j;
         const int8_t *yg = y + 16 * g;
-        isum += (w[g] & 15) * vaddvq_s32(dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(v0), vld1q_s8(yg), dotprod));
-        isum += (w[g + 1] & 15) * vaddvq_s32(dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(v1), vld1q_s8(yg + 16), dotprod));
+        isum += (w[g] & 15) * vaddvq_s32(herd_dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(v0), vld1q_s8(yg), dotprod));
+        isum += (w[g + 1] & 15) * vaddvq_s32(herd_dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(v1), vld1q_s8(yg + 16), dotprod));
       }
     }
     sum += herd_half(w + 80) * x->d[b] * (float)isum - herd_half(w + 82) * x->d[b] * (float)msum;
@@ -651,25 +641,14 @@ static inline float q3_k_neon(int n, const uint8_t *w, const herd_act *x, int do
         const int8_t *yg = y + 16 * g;
         const int8x16_t s0 = vsubq_s8(vreinterpretq_s8_u8(v0), vdupq_n_s8(4));
         const int8x16_t s1 = vsubq_s8(vreinterpretq_s8_u8(v1), vdupq_n_s8(4));
-        isum += sc[g] * vaddvq_s32(dot16(vdupq_n_s32(0), s0, vld1q_s8(yg), dotprod));
-        isum += sc[g + 1] * vaddvq_s32(dot16(vdupq_n_s32(0), s1, vld1q_s8(yg + 16), dotprod));
+        isum += sc[g] * vaddvq_s32(herd_dot16(vdupq_n_s32(0), s0, vld1q_s8(yg), dotprod));
+        isum += sc[g + 1] * vaddvq_s32(herd_dot16(vdupq_n_s32(0), s1, vld1q_s8(yg + 16), dotprod));
       }
     }
     sum += (float)isum * (herd_half(w + 108) * x->d[b]);
   }
   return sum;
 }
-
-#define HERD_NEON_PAIR(type)                                                              \
-  float herd_dot_##type##_neon(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 0); } \
-  HERD_NEON_DOT_VARIANT(type)
-
-#if defined(HERD_NEON_DOTPROD)
-#define HERD_NEON_DOT_VARIANT(type) \
-  float herd_dot_##type##_neondot(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 1); }
-#else
-#define HERD_NEON_DOT_VARIANT(type)
-#endif
 
 HERD_NEON_PAIR(q2_k)
 HERD_NEON_PAIR(q3_k)

@@ -470,18 +470,6 @@ void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
 
 #if defined(HERD_NEON)
 
-// Σ of a·b over 16 signed bytes, added to acc in 4 int32 lanes (lane grouping differs
-// between the two forms; every caller reduces all lanes).
-static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b, int dotprod) {
-#if defined(HERD_NEON_DOTPROD)
-  if (dotprod) return vdotq_s32(acc, a, b);
-#endif
-  (void)dotprod;
-  const int16x8_t p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-  const int16x8_t p1 = vmull_s8(vget_high_s8(a), vget_high_s8(b));
-  return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
-}
-
 // The fifth bits of qh for values 0-15 (lo) and 16-31 (hi): 0x10 where set.
 static inline void bits_32_neon(const uint8_t *p, uint8x16_t *lo, uint8x16_t *hi) {
   static const uint8_t idx_lo[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
@@ -497,8 +485,8 @@ static inline float q8_0_neon(int n, const uint8_t *w, const herd_act *x, int do
   float32x4_t acc = vdupq_n_f32(0.0f);
   for (int b = 0; b < n / QK; b++, w += 34) {
     const int8_t *y = x->qs + b * QK;
-    int32x4_t p = dot16(vdupq_n_s32(0), vld1q_s8((const int8_t *)(w + 2)), vld1q_s8(y), dotprod);
-    p = dot16(p, vld1q_s8((const int8_t *)(w + 18)), vld1q_s8(y + 16), dotprod);
+    int32x4_t p = herd_dot16(vdupq_n_s32(0), vld1q_s8((const int8_t *)(w + 2)), vld1q_s8(y), dotprod);
+    p = herd_dot16(p, vld1q_s8((const int8_t *)(w + 18)), vld1q_s8(y + 16), dotprod);
     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
   }
   return vaddvq_f32(acc);
@@ -511,8 +499,8 @@ static inline float q4_0_neon(int n, const uint8_t *w, const herd_act *x, int do
     const uint8x16_t v = vld1q_u8(w + 2);
     const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
     const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
-    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
   }
   return vaddvq_f32(acc);
@@ -525,8 +513,8 @@ static inline float q4_1_neon(int n, const uint8_t *w, const herd_act *x, int do
     const int8_t *y = x->qs + b * QK;
     mins += herd_half(w + 2) * x->s[b];
     const uint8x16_t v = vld1q_u8(w + 4);
-    int32x4_t p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vld1q_s8(y), dotprod);
-    p = dot16(p, vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(y + 16), dotprod);
+    int32x4_t p = herd_dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vld1q_s8(y), dotprod);
+    p = herd_dot16(p, vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(y + 16), dotprod);
     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
   }
   return vaddvq_f32(acc) + mins;
@@ -541,8 +529,8 @@ static inline float q5_0_neon(int n, const uint8_t *w, const herd_act *x, int do
     const uint8x16_t v = vld1q_u8(w + 6);
     const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo)), vdupq_n_s8(16));
     const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi)), vdupq_n_s8(16));
-    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
   }
   return vaddvq_f32(acc);
@@ -559,24 +547,12 @@ static inline float q5_1_neon(int n, const uint8_t *w, const herd_act *x, int do
     const uint8x16_t v = vld1q_u8(w + 8);
     const int8x16_t lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo));
     const int8x16_t hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi));
-    int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = dot16(p, hi, vld1q_s8(y + 16), dotprod);
+    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
+    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
   }
   return vaddvq_f32(acc) + mins;
 }
-
-// One body per type, compiled twice: without and with the dot-product instruction.
-#define HERD_NEON_PAIR(type)                                                              \
-  float herd_dot_##type##_neon(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 0); } \
-  HERD_NEON_DOT_VARIANT(type)
-
-#if defined(HERD_NEON_DOTPROD)
-#define HERD_NEON_DOT_VARIANT(type) \
-  float herd_dot_##type##_neondot(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 1); }
-#else
-#define HERD_NEON_DOT_VARIANT(type)
-#endif
 
 HERD_NEON_PAIR(q8_0)
 HERD_NEON_PAIR(q4_0)

@@ -189,6 +189,34 @@ static inline float herd_f16_to_f32(uint16_t h) {
 #endif
 }
 
+#if defined(HERD_NEON)
+// Σ of a·b over 16 signed bytes, added to acc in 4 int32 lanes: vdotq_s32 when the CPU has
+// it (dotprod set), else widening multiplies and pairwise adds (lane grouping differs
+// between the two forms; every caller reduces all lanes). The NEON integer dots' inner step.
+static inline int32x4_t herd_dot16(int32x4_t acc, int8x16_t a, int8x16_t b, int dotprod) {
+#if defined(HERD_NEON_DOTPROD)
+  if (dotprod) return vdotq_s32(acc, a, b);
+#endif
+  (void)dotprod;
+  const int16x8_t p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+  const int16x8_t p1 = vmull_s8(vget_high_s8(a), vget_high_s8(b));
+  return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
+}
+
+// One NEON dot body per type (type##_neon(n, w, x, dotprod)), compiled twice: without and
+// with the dot-product instruction.
+#define HERD_NEON_PAIR(type)                                                              \
+  float herd_dot_##type##_neon(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 0); } \
+  HERD_NEON_DOT_VARIANT(type)
+
+#if defined(HERD_NEON_DOTPROD)
+#define HERD_NEON_DOT_VARIANT(type) \
+  float herd_dot_##type##_neondot(int n, const uint8_t *w, const herd_act *x) { return type##_neon(n, w, x, 1); }
+#else
+#define HERD_NEON_DOT_VARIANT(type)
+#endif
+#endif
+
 #if defined(HERD_AVX2)
 // The sum of a vector's eight floats (the reduction every AVX2 kernel ends a row with).
 static inline float herd_hsum_f32x8(__m256 v) {
