@@ -62,15 +62,32 @@ function fixtures(file: string, models: string[]): void {
         const x = randomVector(cols, rng(seed + 1));
         const want = new Float32Array(rows);
         js.matvec(w, x, want);
-        cases.push({ type: info.id, rows, cols, w: Buffer.from(bytes).toString('base64'), x: Array.from(x), want: Array.from(want), bound: Array.from(summationBounds(w, x)) });
+        cases.push({
+          type: info.id,
+          rows,
+          cols,
+          w: Buffer.from(bytes).toString('base64'),
+          x: Array.from(x),
+          want: Array.from(want),
+          bound: Array.from(summationBounds(w, x)),
+        });
       }
     }
   }
   // The backend test's activation inputs: the quantizers' edges, negated, and random ones.
   const next = rng(7);
   const edge = edgeVector(next);
-  const activations = [edge, edge.map((v) => -v), randomVector(2048, next), randomVector(256, next).map((v) => v * 1000), randomVector(2080, next)].map((a) => Array.from(a));
-  const greedyRefs = models.map((model) => ({ model, tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), GREEDY_PROMPT, 64) }));
+  const activations = [
+    edge,
+    edge.map((v) => -v),
+    randomVector(2048, next),
+    randomVector(256, next).map((v) => v * 1000),
+    randomVector(2080, next),
+  ].map((a) => Array.from(a));
+  const greedyRefs = models.map((model) => ({
+    model,
+    tokens: greedy(Transformer.load(GgufFile.open(model), { kvType: 'f32' }), GREEDY_PROMPT, 64),
+  }));
   writeFileSync(file, JSON.stringify({ cases, activations, greedy: greedyRefs } satisfies Fixtures));
   console.log(`wrote ${cases.length} cases and ${greedyRefs.length} greedy references to ${file}`);
 }
@@ -98,17 +115,24 @@ function checkProducts(report: Report, label: string, backend: Backend, fx: Fixt
     }
     for (let r = 0; r < c.rows; r++) {
       const err = Math.abs(got[r] - c.want[r]);
-      if (!(err <= c.bound[r])) bad.push(`${w.name} row ${r}: ${backend.name} ${got[r]} js ${c.want[r]} |Δ| ${err} > ${c.bound[r]}`);
+      if (!(err <= c.bound[r]))
+        bad.push(`${w.name} row ${r}: ${backend.name} ${got[r]} js ${c.want[r]} |Δ| ${err} > ${c.bound[r]}`);
     }
   }
-  report(bad.length === 0, `${label}, ${backend.threads} thread(s): ${fx.cases.length} products of every type within the f32 summation bound${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`);
+  report(
+    bad.length === 0,
+    `${label}, ${backend.threads} thread(s): ${fx.cases.length} products of every type within the f32 summation bound${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`,
+  );
 }
 
 /** The activations the backend prepares, bit for bit those of activation.ts. */
 function checkActivations(report: Report, label: string, backend: Backend, fx: Fixtures): void {
   for (const values of fx.activations) {
     const bad = activationMismatches(backend, Float32Array.from(values));
-    report(bad.length === 0, `${label}: activations of ${values.length} values bit-identical to activation.ts${bad.length ? `\n  ${bad.join('\n  ')}` : ''}`);
+    report(
+      bad.length === 0,
+      `${label}: activations of ${values.length} values bit-identical to activation.ts${bad.length ? `\n  ${bad.join('\n  ')}` : ''}`,
+    );
   }
 }
 
@@ -149,7 +173,21 @@ async function checkNative(report: Report, fx: Fixtures): Promise<void> {
 }
 
 /** What the wasm kernels must compute themselves: a type it dropped would pass through the js fallback unnoticed. */
-const WASM_TYPES = ['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
+const WASM_TYPES = [
+  'F32',
+  'F16',
+  'BF16',
+  'Q8_0',
+  'Q4_0',
+  'Q4_1',
+  'Q5_0',
+  'Q5_1',
+  'Q2_K',
+  'Q3_K',
+  'Q4_K',
+  'Q5_K',
+  'Q6_K',
+];
 
 async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
   // The .wasm files and worker.mjs are found next to this script (new URL(…, import.meta.url)
@@ -158,7 +196,16 @@ async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
   console.log(`# ${process.arch}, wasm backend; relaxed SIMD ${relaxed ? 'available' : 'unavailable'}`);
   // Node 20's V8 has relaxed SIMD on arm64 as on x64; a 32-bit Pi may run without it.
   if (process.arch === 'arm64') report(relaxed, 'wasm: relaxed SIMD available and checked correct');
-  const runs: [WasmSimd, number][] = relaxed ? [['relaxed', 1], ['relaxed', 3], ['simd128', 3]] : [['simd128', 1], ['simd128', 3]];
+  const runs: [WasmSimd, number][] = relaxed
+    ? [
+        ['relaxed', 1],
+        ['relaxed', 3],
+        ['simd128', 3],
+      ]
+    : [
+        ['simd128', 1],
+        ['simd128', 3],
+      ];
   for (const [simd, threads] of runs) {
     const label = `wasm ${simd}`;
     let wasm: WasmBackend;
@@ -184,7 +231,10 @@ async function checkWasm(report: Report, fx: Fixtures): Promise<void> {
         // The prefill tiles (8 and 4 vectors, then single ones: 13 takes all three).
         const tiled = supportedTypes.filter((ty) => ['Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'].includes(ty.name));
         const bad = matmulMismatches(wasm, tiled, 13);
-        report(bad.length === 0, `${label}, 3 threads: a matmul of 13 vectors equals the 13 matvecs bit for bit (Q8_0, Q4_0, Q4_K, Q6_K)${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`);
+        report(
+          bad.length === 0,
+          `${label}, 3 threads: a matmul of 13 vectors equals the 13 matvecs bit for bit (Q8_0, Q4_0, Q4_K, Q6_K)${bad.length ? `\n  ${bad.slice(0, 5).join('\n  ')}` : ''}`,
+        );
         checkActivations(report, label, wasm, fx);
         checkGreedy(report, label, wasm, fx);
       }
@@ -214,7 +264,8 @@ async function check(file: string, backends: string[]): Promise<number> {
 }
 
 const [mode, file, ...models] = process.argv.slice(2);
-if (mode === 'fixtures' && file) fixtures(file, models.length ? models : [join(process.cwd(), 'models/stories260K.gguf')]);
+if (mode === 'fixtures' && file)
+  fixtures(file, models.length ? models : [join(process.cwd(), 'models/stories260K.gguf')]);
 else if (mode === 'check' && file) process.exitCode = await check(file, models.length ? models : ['native', 'wasm']);
 else {
   console.error('usage: arm-check.ts fixtures FILE [MODEL…] | check FILE [native|wasm…]');

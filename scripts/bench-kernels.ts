@@ -29,7 +29,8 @@ const { values } = parseArgs({
     simd: { type: 'string' },
   },
 });
-if (values.simd !== undefined && values.simd !== 'relaxed' && values.simd !== 'simd128') throw new Error(`--simd must be relaxed or simd128, got ${values.simd}`);
+if (values.simd !== undefined && values.simd !== 'relaxed' && values.simd !== 'simd128')
+  throw new Error(`--simd must be relaxed or simd128, got ${values.simd}`);
 const simd = values.simd as WasmSimd | undefined;
 const seconds = Number(values.seconds);
 
@@ -97,7 +98,9 @@ if (values.model) {
   for (const [label, make] of backends) {
     const backend = await make();
     const r = await decode(values.model, backend, label === 'js' ? Math.min(tokens, 3) : tokens);
-    console.log(`${label}: ${r.tokPerS.toFixed(2)} tok/s (${r.gbs.toFixed(2)} GB/s of weights per token), best of the run`);
+    console.log(
+      `${label}: ${r.tokPerS.toFixed(2)} tok/s (${r.gbs.toFixed(2)} GB/s of weights per token), best of the run`,
+    );
     await backend.close();
   }
   process.exit(0);

@@ -70,7 +70,9 @@ function findNodeGyp() {
   if (npmCli) candidates.push(join(dirname(npmCli), '..', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
   const prefix = dirname(dirname(process.execPath));
   candidates.push(join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
-  candidates.push(join(dirname(process.execPath), 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
+  candidates.push(
+    join(dirname(process.execPath), 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  );
   try {
     candidates.push(createRequire(import.meta.url).resolve('node-gyp/bin/node-gyp.js'));
   } catch {
@@ -106,8 +108,12 @@ writeFileSync(logPath, output);
 
 if (result.status !== 0 || !existsSync(addonPath)) {
   // The most telling line of the compiler's output, so the one line says why.
-  const why = /(no acceptable C compiler|not found|command not found|No such file|error:[^\n]*|Error:[^\n]*)/.exec(output)?.[0];
-  giveUp(`${why ? why.trim().slice(0, 120) : `node-gyp exited ${result.status ?? result.signal}`}; see build/native-build.log`);
+  const why = /(no acceptable C compiler|not found|command not found|No such file|error:[^\n]*|Error:[^\n]*)/.exec(
+    output,
+  )?.[0];
+  giveUp(
+    `${why ? why.trim().slice(0, 120) : `node-gyp exited ${result.status ?? result.signal}`}; see build/native-build.log`,
+  );
 }
 
 // Load it once here, so a build that cannot load (wrong headers, missing symbols) is also

@@ -27,18 +27,26 @@ const outIndex = process.argv.indexOf('--out');
 const outDir = outIndex > 0 ? relative(root, process.argv[outIndex + 1]) : 'src/kernels/wasm';
 
 export const ascFlags = [
-  '--enable', 'simd',
-  '--enable', 'threads',
-  '--optimizeLevel', '3',
-  '--shrinkLevel', '0',
+  '--enable',
+  'simd',
+  '--enable',
+  'threads',
+  '--optimizeLevel',
+  '3',
+  '--shrinkLevel',
+  '0',
   '--noAssert',
-  '--runtime', 'stub',
-  '--use', 'abort=',
+  '--runtime',
+  'stub',
+  '--use',
+  'abort=',
   '--importMemory',
   '--noExportMemory',
   '--sharedMemory',
-  '--initialMemory', '1',
-  '--maximumMemory', '65536',
+  '--initialMemory',
+  '1',
+  '--maximumMemory',
+  '65536',
 ];
 
 const { GgmlType } = await tsImport('../src/ggml/types.ts', import.meta.url);
@@ -51,7 +59,16 @@ const builds = [
 
 for (const { file, flags } of builds) {
   const out = join(outDir, file);
-  const { error, stderr } = await asc.main([entry, '--baseDir', root, '--outFile', out, ...ascFlags, ...typeFlags, ...flags]);
+  const { error, stderr } = await asc.main([
+    entry,
+    '--baseDir',
+    root,
+    '--outFile',
+    out,
+    ...ascFlags,
+    ...typeFlags,
+    ...flags,
+  ]);
   if (error) {
     process.stderr.write(stderr.toString());
     process.stderr.write(`build-wasm: ${file}: ${error.message}\n`);

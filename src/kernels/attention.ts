@@ -17,9 +17,19 @@ let F16: Float32Array | undefined;
  * as llama.cpp's f16 matrix products do, so the two agree closely.
  */
 export function attendGroup(
-  keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, kvDim: number, pos: number,
-  q: Float32Array, qOff: number, group: number, kvOff: number, headDim: number,
-  att: Float32Array, row: Float32Array, out: Float32Array, outOff: number,
+  keys: Float32Array | Uint16Array,
+  values: Float32Array | Uint16Array,
+  kvDim: number,
+  pos: number,
+  q: Float32Array,
+  qOff: number,
+  group: number,
+  kvOff: number,
+  headDim: number,
+  att: Float32Array,
+  row: Float32Array,
+  out: Float32Array,
+  outOff: number,
 ): void {
   const scale = 1 / Math.sqrt(headDim);
   const half = keys instanceof Uint16Array;
@@ -100,7 +110,21 @@ export function attend(s: AttentionStep, scratch: AttentionScratch): void {
     const out = s.out.subarray(i * qDim, (i + 1) * qDim);
     for (let g = 0; g < s.nKvHeads; g++) {
       const qOff = g * group * s.headDim;
-      attendGroup(s.keys, s.values, kvDim, s.start + i, q, qOff, group, g * s.headDim, s.headDim, scratch.att, scratch.row, out, qOff);
+      attendGroup(
+        s.keys,
+        s.values,
+        kvDim,
+        s.start + i,
+        q,
+        qOff,
+        group,
+        g * s.headDim,
+        s.headDim,
+        scratch.att,
+        scratch.row,
+        out,
+        qOff,
+      );
     }
   }
 }

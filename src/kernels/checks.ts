@@ -65,7 +65,8 @@ export function checkAttention(step: AttentionStep, fail: ArgumentError): void {
   const { keys, values, nHeads, nKvHeads, headDim, start, n, q, out } = step;
   const bad = (what: string) => fail(`attention: ${what}`);
   const half = keys instanceof Uint16Array;
-  if (!(half || keys instanceof Float32Array)) throw bad('keys must be a Float32Array (f32 cache) or a Uint16Array (f16 cache)');
+  if (!(half || keys instanceof Float32Array))
+    throw bad('keys must be a Float32Array (f32 cache) or a Uint16Array (f16 cache)');
   if (!(half ? values instanceof Uint16Array : values instanceof Float32Array)) {
     throw bad(`values must be a ${half ? 'Uint16Array' : 'Float32Array'} like the keys`);
   }
@@ -74,23 +75,36 @@ export function checkAttention(step: AttentionStep, fail: ArgumentError): void {
   if (!(Number.isInteger(nKvHeads) && nKvHeads >= 1 && nHeads % nKvHeads === 0)) {
     throw bad(`nKvHeads must divide nHeads (${nHeads}), got ${nKvHeads}`);
   }
-  if (!(Number.isInteger(headDim) && headDim >= 2 && headDim % 2 === 0)) throw bad(`headDim must be an even integer ≥ 2, got ${headDim}`);
+  if (!(Number.isInteger(headDim) && headDim >= 2 && headDim % 2 === 0))
+    throw bad(`headDim must be an even integer ≥ 2, got ${headDim}`);
   if (!(Number.isInteger(start) && start >= 0)) throw bad(`start must be an integer ≥ 0, got ${start}`);
   if (!(Number.isInteger(n) && n >= 1)) throw bad(`n must be an integer ≥ 1, got ${n}`);
   if ((start + n) * nHeads > MAX_ELEMENTS) throw bad(`${start + n} positions × ${nHeads} heads is too many`);
   const kvDim = nKvHeads * headDim;
   const qDim = nHeads * headDim;
   const cache = (start + n) * kvDim;
-  if (keys.length < cache) throw bad(`keys hold ${keys.length} values, ${cache} needed for positions 0…${start + n - 1}`);
-  if (values.length < cache) throw bad(`values hold ${values.length} values, ${cache} needed for positions 0…${start + n - 1}`);
+  if (keys.length < cache)
+    throw bad(`keys hold ${keys.length} values, ${cache} needed for positions 0…${start + n - 1}`);
+  if (values.length < cache)
+    throw bad(`values hold ${values.length} values, ${cache} needed for positions 0…${start + n - 1}`);
   if (q.length < n * qDim) throw bad(`q holds ${q.length} values, ${n * qDim} needed`);
   if (out.length < n * qDim) throw bad(`out holds ${out.length} values, ${n * qDim} needed`);
 }
 
 /** SwiGLU over n elements: a count in range and Float32Arrays that hold it. */
-export function checkSwiglu(out: Float32Array, gate: Float32Array, up: Float32Array, n: number, fail: ArgumentError): void {
+export function checkSwiglu(
+  out: Float32Array,
+  gate: Float32Array,
+  up: Float32Array,
+  n: number,
+  fail: ArgumentError,
+): void {
   if (!(Number.isInteger(n) && n >= 0 && n <= MAX_ELEMENTS)) throw fail(`swiglu over ${n} values`);
-  for (const [name, a] of [['out', out], ['gate', gate], ['up', up]] as const) {
+  for (const [name, a] of [
+    ['out', out],
+    ['gate', gate],
+    ['up', up],
+  ] as const) {
     if (!(a instanceof Float32Array)) throw fail(`swiglu: ${name} must be a Float32Array`);
     if (a.length < n) throw fail(`swiglu: ${name} holds ${a.length} values, ${n} needed`);
   }
@@ -104,7 +118,8 @@ export function activationBlock(kind: ActivationKind): number {
 /** Preparing n values of x as activations of `kind` (the tests' entry to a backend's quantizers). */
 export function checkActivation(kind: ActivationKind, x: Float32Array, n: number, fail: ArgumentError): void {
   const block = activationBlock(kind);
-  if (!(Number.isInteger(n) && n >= 0 && n % block === 0)) throw fail(`${kind} activations need a multiple of ${block} values, got ${n}`);
+  if (!(Number.isInteger(n) && n >= 0 && n % block === 0))
+    throw fail(`${kind} activations need a multiple of ${block} values, got ${n}`);
   if (x.length < n) throw fail(`${kind} activations: x holds ${x.length} values, ${n} needed`);
 }
 

@@ -21,5 +21,7 @@ export function dot(w: Uint8Array, off: number, n: number, x: Activation): numbe
 }
 
 export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
-  new Uint8Array(dst.buffer, dst.byteOffset + dstOff, 4 * n).set(new Uint8Array(x.buffer, x.byteOffset + 4 * xOff, 4 * n));
+  new Uint8Array(dst.buffer, dst.byteOffset + dstOff, 4 * n).set(
+    new Uint8Array(x.buffer, x.byteOffset + 4 * xOff, 4 * n),
+  );
 }

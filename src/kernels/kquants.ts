@@ -118,7 +118,14 @@ export function makeQkx2Quants(
  * use): a symmetric fit x ≈ scale·(L - nmax), L in [0, 2·nmax), weighting each value by x²,
  * trying 19 scales around -nmax/max. Writes L[lOff..], returns the scale.
  */
-export function makeQxQuants(n: number, nmax: number, x: Float32Array, xOff: number, L: Uint8Array, lOff: number): number {
+export function makeQxQuants(
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xOff: number,
+  L: Uint8Array,
+  lOff: number,
+): number {
   const max = signedMax(x, xOff, n);
   if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lOff, lOff + n);
@@ -165,7 +172,15 @@ export function makeQxQuants(n: number, nmax: number, x: Float32Array, xOff: num
  * move single values to the level that most improves the x²-weighted fit. L in [0, 2·nmax).
  * lw is scratch for n signed levels.
  */
-export function makeQ3Quants(n: number, nmax: number, x: Float32Array, xOff: number, L: Uint8Array, lOff: number, lw: Int8Array): number {
+export function makeQ3Quants(
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xOff: number,
+  L: Uint8Array,
+  lOff: number,
+  lw: Int8Array,
+): number {
   const max = signedMax(x, xOff, n);
   if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, lOff, lOff + n);
@@ -254,7 +269,16 @@ export function minSumK4(bsums: Int16Array, b: number, mn: Uint8Array): number {
  * Re-rounds n values against their group's quantized scale d and min dm (both > or = 0,
  * d ≠ 0): L = clamp(round((x + dm) / d), 0, nmax), as ggml's second pass for Q2_K, Q4_K, Q5_K.
  */
-export function roundWithMin(x: Float32Array, xOff: number, n: number, d: number, dm: number, nmax: number, L: Uint8Array, lOff: number): void {
+export function roundWithMin(
+  x: Float32Array,
+  xOff: number,
+  n: number,
+  d: number,
+  dm: number,
+  nmax: number,
+  L: Uint8Array,
+  lOff: number,
+): void {
   for (let i = 0; i < n; i++) L[lOff + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(x[xOff + i] + dm) / d))));
 }
 
@@ -262,7 +286,15 @@ export function roundWithMin(x: Float32Array, xOff: number, n: number, d: number
  * Re-rounds n values against their group's quantized scale d ≠ 0: L = clamp(round(x / d),
  * -nmax, nmax - 1) + nmax, as ggml's second pass for Q3_K and Q6_K.
  */
-export function roundSymmetric(x: Float32Array, xOff: number, n: number, d: number, nmax: number, L: Uint8Array, lOff: number): void {
+export function roundSymmetric(
+  x: Float32Array,
+  xOff: number,
+  n: number,
+  d: number,
+  nmax: number,
+  L: Uint8Array,
+  lOff: number,
+): void {
   for (let i = 0; i < n; i++) L[lOff + i] = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(x[xOff + i] / d)))) + nmax;
 }
 
@@ -295,7 +327,16 @@ const mn = new Uint8Array(8);
  * written with the f16 d and dmin to dst[o..o+16); then the 256 levels re-rounded against
  * the quantized scales into L. The caller packs L in its own layout.
  */
-export function quantizeScaleMinK4(x: Float32Array, xb: number, nmax: number, rmin: number, nstep: number, dst: Uint8Array, o: number, L: Uint8Array): void {
+export function quantizeScaleMinK4(
+  x: Float32Array,
+  xb: number,
+  nmax: number,
+  rmin: number,
+  nstep: number,
+  dst: Uint8Array,
+  o: number,
+  L: Uint8Array,
+): void {
   let maxScale = 0;
   let maxMin = 0;
   for (let j = 0; j < 8; j++) {

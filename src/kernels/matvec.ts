@@ -30,12 +30,16 @@ export function makeWeight(name: string, type: GgmlTypeInfo, dims: readonly numb
   if (!kernel) throw new KernelError(`tensor ${name}: weight type ${type.name} is not supported yet`);
   const cols = dims[0];
   if (cols % type.blockSize !== 0) {
-    throw new KernelError(`tensor ${name}: row length ${cols} is not a multiple of the ${type.name} block size ${type.blockSize}`);
+    throw new KernelError(
+      `tensor ${name}: row length ${cols} is not a multiple of the ${type.name} block size ${type.blockSize}`,
+    );
   }
   const rows = dims.slice(1).reduce((a, b) => a * b, 1);
   const bytes = rowBytes(type, cols);
   if (data.length !== rows * bytes) {
-    throw new KernelError(`tensor ${name}: ${data.length} bytes, expected ${rows * bytes} for ${type.name} [${dims.join(', ')}]`);
+    throw new KernelError(
+      `tensor ${name}: ${data.length} bytes, expected ${rows * bytes} for ${type.name} [${dims.join(', ')}]`,
+    );
   }
   return { name, kernel, rows, cols, rowBytes: bytes, data };
 }
@@ -84,7 +88,8 @@ export function matvec(w: Weight, x: Float32Array, out: Float32Array, scratch: M
  * w.rows. What the wasm and native backends run for a type they have no kernels for.
  */
 export function matvecs(w: Weight, xs: Float32Array, n: number, out: Float32Array, scratch: MatvecScratch): void {
-  for (let j = 0; j < n; j++) matvec(w, xs.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows), scratch);
+  for (let j = 0; j < n; j++)
+    matvec(w, xs.subarray(j * w.cols, (j + 1) * w.cols), out.subarray(j * w.rows, (j + 1) * w.rows), scratch);
 }
 
 /** Writes row r of w, dequantized, into out (an embedding lookup). */

@@ -1,7 +1,14 @@
 // The element-wise and per-head steps of a transformer layer, in plain TypeScript.
 
 /** out = x / sqrt(mean(x²) + eps) ⊙ weight (RMSNorm). */
-export function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, n: number, eps: number, off = 0): void {
+export function rmsnorm(
+  out: Float32Array,
+  x: Float32Array,
+  weight: Float32Array,
+  n: number,
+  eps: number,
+  off = 0,
+): void {
   let ss = 0;
   for (let i = 0; i < n; i++) ss += x[off + i] * x[off + i];
   const scale = Math.fround(1 / Math.sqrt(Math.fround(ss / n) + eps));
@@ -39,8 +46,13 @@ export function addInPlace(x: Float32Array, y: Float32Array, n: number): void {
  * θ_i = freqScale · base^(-2i/dims), multiplied up in f32 as ggml does so the angles match.
  */
 export function ropeAngles(
-  pos: number, dims: number, base: number, freqScale: number,
-  cos: Float32Array, sin: Float32Array, freqFactors?: Float32Array,
+  pos: number,
+  dims: number,
+  base: number,
+  freqScale: number,
+  cos: Float32Array,
+  sin: Float32Array,
+  freqFactors?: Float32Array,
 ): void {
   const thetaScale = Math.fround(Math.pow(base, -2 / dims));
   let theta = Math.fround(pos);
@@ -57,7 +69,15 @@ export function ropeAngles(
  * otherwise adjacent elements 2i and 2i+1 are a pair (the original llama layout in GGUF).
  * Only the first `dims` elements of each head rotate.
  */
-export function rope(x: Float32Array, nHeads: number, headDim: number, dims: number, neox: boolean, cos: Float32Array, sin: Float32Array): void {
+export function rope(
+  x: Float32Array,
+  nHeads: number,
+  headDim: number,
+  dims: number,
+  neox: boolean,
+  cos: Float32Array,
+  sin: Float32Array,
+): void {
   const half = dims / 2;
   for (let h = 0; h < nHeads; h++) {
     const o = h * headDim;

@@ -44,4 +44,3 @@ export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8
 function roundHalfAway(v: number): number {
   return v < 0 ? -Math.round(-v) : Math.round(v);
 }
-

@@ -17,15 +17,59 @@ export interface NativeAddon {
   close(handle: NativeHandle): void;
   threads(handle: NativeHandle): number;
   alloc(bytes: number): ArrayBuffer;
-  matvec(handle: NativeHandle, type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, out: Float32Array, parallel: number): void;
-  matmul(handle: NativeHandle, type: number, w: Uint8Array, rows: number, cols: number, xs: Float32Array, n: number, out: Float32Array, parallel: number): void;
-  prepare(kind: number, x: Float32Array, n: number, f: Float32Array, qs: Int8Array, d: Float32Array, s: Float32Array, bsums: Int16Array): void;
+  matvec(
+    handle: NativeHandle,
+    type: number,
+    w: Uint8Array,
+    rows: number,
+    cols: number,
+    x: Float32Array,
+    out: Float32Array,
+    parallel: number,
+  ): void;
+  matmul(
+    handle: NativeHandle,
+    type: number,
+    w: Uint8Array,
+    rows: number,
+    cols: number,
+    xs: Float32Array,
+    n: number,
+    out: Float32Array,
+    parallel: number,
+  ): void;
+  prepare(
+    kind: number,
+    x: Float32Array,
+    n: number,
+    f: Float32Array,
+    qs: Int8Array,
+    d: Float32Array,
+    s: Float32Array,
+    bsums: Int16Array,
+  ): void;
   /** Causal grouped-query attention (ops.c); keys and values both f32 or both f16 bits. */
   attend(
-    handle: NativeHandle, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array,
-    nHeads: number, nKvHeads: number, headDim: number, start: number, n: number, q: Float32Array, out: Float32Array, parallel: number,
+    handle: NativeHandle,
+    keys: Float32Array | Uint16Array,
+    values: Float32Array | Uint16Array,
+    nHeads: number,
+    nKvHeads: number,
+    headDim: number,
+    start: number,
+    n: number,
+    q: Float32Array,
+    out: Float32Array,
+    parallel: number,
   ): void;
-  swiglu(handle: NativeHandle, out: Float32Array, gate: Float32Array, up: Float32Array, n: number, parallel: number): void;
+  swiglu(
+    handle: NativeHandle,
+    out: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+    parallel: number,
+  ): void;
 }
 
 /** Instruction-set paths, in the order of the C enum herd_isa. */
@@ -37,10 +81,23 @@ export const ACT_KINDS = ['f32', 'f16', 'bf16', 'q8_0', 'q8_1', 'q8_k'] as const
 
 /** Where the addon is looked for: HERD_NATIVE_ADDON (a cross-build under test), else build/. */
 export function addonPath(): string {
-  return process.env.HERD_NATIVE_ADDON ?? fileURLToPath(new URL('../../../build/Release/herd_native.node', import.meta.url));
+  return (
+    process.env.HERD_NATIVE_ADDON ?? fileURLToPath(new URL('../../../build/Release/herd_native.node', import.meta.url))
+  );
 }
 
-const FUNCTIONS = ['info', 'create', 'close', 'threads', 'alloc', 'matvec', 'matmul', 'prepare', 'attend', 'swiglu'] as const;
+const FUNCTIONS = [
+  'info',
+  'create',
+  'close',
+  'threads',
+  'alloc',
+  'matvec',
+  'matmul',
+  'prepare',
+  'attend',
+  'swiglu',
+] as const;
 
 function isAddon(v: unknown): v is NativeAddon {
   if (typeof v !== 'object' || v === null) return false;
@@ -83,7 +140,9 @@ export function loadAddon(): { addon?: NativeAddon; error?: string } {
   if (cached) return cached;
   const path = addonPath();
   if (!existsSync(path)) {
-    cached = { error: `the native addon is not built (no ${path}); run npm run build:native, which needs a C compiler` };
+    cached = {
+      error: `the native addon is not built (no ${path}); run npm run build:native, which needs a C compiler`,
+    };
     return cached;
   }
   const elsewhere = builtElsewhere(path);
@@ -93,10 +152,14 @@ export function loadAddon(): { addon?: NativeAddon; error?: string } {
   }
   try {
     const exports: unknown = createRequire(import.meta.url)(path);
-    cached = isAddon(exports) ? { addon: exports } : { error: `${path} is not herd's native addon or is stale; run npm run build:native` };
+    cached = isAddon(exports)
+      ? { addon: exports }
+      : { error: `${path} is not herd's native addon or is stale; run npm run build:native` };
   } catch (err) {
     // e.g. an addon for another architecture, or built against an incompatible Node.
-    cached = { error: `cannot load ${path}: ${err instanceof Error ? err.message : String(err)}; run npm run build:native` };
+    cached = {
+      error: `cannot load ${path}: ${err instanceof Error ? err.message : String(err)}; run npm run build:native`,
+    };
   }
   return cached;
 }

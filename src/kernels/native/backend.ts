@@ -18,7 +18,16 @@ import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { Activation, type ActivationKind } from '../activation.ts';
 import { MatvecScratch, matvecs, type Weight } from '../matvec.ts';
-import { KernelBackendError, checkActivation, checkAlloc, checkAttention, checkProduct, checkSwiglu, checkThreadOptions, defaultThreads } from '../checks.ts';
+import {
+  KernelBackendError,
+  checkActivation,
+  checkAlloc,
+  checkAttention,
+  checkProduct,
+  checkSwiglu,
+  checkThreadOptions,
+  defaultThreads,
+} from '../checks.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
 
 export type { NativeIsa } from './addon.ts';
@@ -89,7 +98,8 @@ export class NativeBackend implements KernelBackend {
     checkThreadOptions({ threads, spinMicros, minParallelBytes }, argument);
     const compiled = NativeBackend.isas();
     const isa = opts.isa ?? compiled[compiled.length - 1];
-    if (!compiled.includes(isa)) throw argument(`instruction-set path ${isa} is not in this build (it has ${compiled.join(', ')})`);
+    if (!compiled.includes(isa))
+      throw argument(`instruction-set path ${isa} is not in this build (it has ${compiled.join(', ')})`);
     const handle = addon.create(threads, spinMicros, NATIVE_ISAS.indexOf(isa));
     return new NativeBackend(addon, handle, addon.threads(handle), isa, minParallelBytes);
   }
@@ -146,7 +156,19 @@ export class NativeBackend implements KernelBackend {
     const { keys, values, nHeads, nKvHeads, headDim, start, n, q, out } = step;
     const cache = (start + n) * nKvHeads * headDim;
     const bytes = 2 * n * cache * keys.BYTES_PER_ELEMENT; // about what the step reads
-    this.addon.attend(handle, keys, values, nHeads, nKvHeads, headDim, start, n, q, out, bytes >= this.minParallelBytes ? 1 : 0);
+    this.addon.attend(
+      handle,
+      keys,
+      values,
+      nHeads,
+      nKvHeads,
+      headDim,
+      start,
+      n,
+      q,
+      out,
+      bytes >= this.minParallelBytes ? 1 : 0,
+    );
   }
 
   /** out[i] = silu(gate[i])·up[i] in C (out may be gate or up, element for element). */
@@ -180,5 +202,4 @@ export class NativeBackend implements KernelBackend {
   private parallel(w: Weight): number {
     return w.rows * w.rowBytes >= this.minParallelBytes ? 1 : 0;
   }
-
 }

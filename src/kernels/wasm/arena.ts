@@ -28,7 +28,8 @@ export function sharedMemory(maxBytes: number | undefined): { memory: WebAssembl
     try {
       return { memory: new WebAssembly.Memory({ initial: 1, maximum: pages, shared: true }), maxBytes: pages * PAGE };
     } catch (err) {
-      if (pages <= 256) throw new WasmBackendError('WASM_UNAVAILABLE', `cannot create a shared memory: ${(err as Error).message}`);
+      if (pages <= 256)
+        throw new WasmBackendError('WASM_UNAVAILABLE', `cannot create a shared memory: ${(err as Error).message}`);
       pages >>= 1;
     }
   }

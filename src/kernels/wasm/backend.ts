@@ -12,10 +12,25 @@ import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { MatvecScratch, matvecs, type Weight } from '../matvec.ts';
 import { Activation, Q8K_BLOCK, Q8_BLOCK, type ActivationKind } from '../activation.ts';
-import { checkActivation, checkAlloc, checkAttention, checkProduct, checkSwiglu, checkThreadOptions, defaultThreads } from '../checks.ts';
+import {
+  checkActivation,
+  checkAlloc,
+  checkAttention,
+  checkProduct,
+  checkSwiglu,
+  checkThreadOptions,
+  defaultThreads,
+} from '../checks.ts';
 import { GgmlType } from '../../ggml/types.ts';
 import { relaxedSimdAvailable } from './probe.ts';
-import { WasmBackendError, instantiate, kernelsModule, type KernelExports, type Layout, type WasmSimd } from './module.ts';
+import {
+  WasmBackendError,
+  instantiate,
+  kernelsModule,
+  type KernelExports,
+  type Layout,
+  type WasmSimd,
+} from './module.ts';
 import { ALIGN, Arena, alignUp, sharedMemory } from './arena.ts';
 import { WorkerPool } from './pool.ts';
 
@@ -205,7 +220,9 @@ export class WasmBackend implements KernelBackend {
     // q, out, the scores of each chunk, and an f16 cache's bits.
     const attStride = alignUp(group * len * 4, ALIGN);
     const qBytes = alignUp(n * qDim * 4, ALIGN);
-    const kPtr = this.arena.scratchFor(alignUp(2 * cache * 4, ALIGN) + 2 * qBytes + chunks * attStride + (half ? 2 * cache * 2 : 0));
+    const kPtr = this.arena.scratchFor(
+      alignUp(2 * cache * 4, ALIGN) + 2 * qBytes + chunks * attStride + (half ? 2 * cache * 2 : 0),
+    );
     const vPtr = kPtr + cache * 4;
     const qPtr = kPtr + alignUp(2 * cache * 4, ALIGN);
     const outPtr = qPtr + qBytes;
@@ -288,7 +305,14 @@ export class WasmBackend implements KernelBackend {
    * Converts the n input vectors of `cols` f32 at xPtr into activations of `kind` at actPtr
    * (laid out as `lay` says); returns where the quants/values, scales and extras start.
    */
-  private prepare(kind: ActivationKind, xPtr: number, n: number, cols: number, actPtr: number, lay: ActivationLayout): { q: number; d: number; x: number } {
+  private prepare(
+    kind: ActivationKind,
+    xPtr: number,
+    n: number,
+    cols: number,
+    actPtr: number,
+    lay: ActivationLayout,
+  ): { q: number; d: number; x: number } {
     if (kind === 'f32') return { q: xPtr, d: 0, x: 0 };
     const q = actPtr;
     const d = q + alignUp(n * lay.q, ALIGN);
@@ -392,8 +416,18 @@ export class WasmBackend implements KernelBackend {
    * An element-wise job over `count` elements (op OP_SWIGLU or OP_F16_TO_F32) with operands
    * at a, b (ACT, W) and out; split over the threads when count × bytesPerElement is large.
    */
-  private elementJob(op: number, a: number, b: number, out: number, count: number, bytesPerElement: number, what: string): void {
-    const chunks = this.wantsThreads(count * bytesPerElement) ? Math.min(Math.ceil(count / 64), this.threads * CHUNKS_PER_THREAD) : 1;
+  private elementJob(
+    op: number,
+    a: number,
+    b: number,
+    out: number,
+    count: number,
+    bytesPerElement: number,
+    what: string,
+  ): void {
+    const chunks = this.wantsThreads(count * bytesPerElement)
+      ? Math.min(Math.ceil(count / 64), this.threads * CHUNKS_PER_THREAD)
+      : 1;
     const per = alignUp(Math.ceil(count / chunks), 8);
     const L = this.L;
     this.pool.run(op, count, Math.ceil(count / per), per, what, (c) => {

@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import { KernelBackendError } from '../checks.ts';
 import { relaxedSimdAvailable, wasmMissing } from './probe.ts';
 
-export type WasmBackendErrorCode = 'WASM_UNAVAILABLE' | 'WASM_MEMORY_LIMIT' | 'WASM_WORKER' | 'WASM_CLOSED' | 'WASM_ARGUMENT';
+export type WasmBackendErrorCode =
+  'WASM_UNAVAILABLE' | 'WASM_MEMORY_LIMIT' | 'WASM_WORKER' | 'WASM_CLOSED' | 'WASM_ARGUMENT';
 
 export class WasmBackendError extends KernelBackendError<WasmBackendErrorCode> {
   constructor(code: WasmBackendErrorCode, message: string) {
@@ -89,7 +90,9 @@ export function kernelsModule(simd: WasmSimd): WebAssembly.Module {
   }
   let module = compiled.get(simd);
   if (!module) {
-    module = new WebAssembly.Module(readFileSync(new URL(simd === 'relaxed' ? './kernels-relaxed.wasm' : './kernels.wasm', import.meta.url)));
+    module = new WebAssembly.Module(
+      readFileSync(new URL(simd === 'relaxed' ? './kernels-relaxed.wasm' : './kernels.wasm', import.meta.url)),
+    );
     compiled.set(simd, module);
   }
   return module;
@@ -104,12 +107,20 @@ function kernelExports(instance: WebAssembly.Instance): KernelExports {
   const ex = instance.exports;
   const fn = (name: string): ((...args: number[]) => number) => {
     const f = ex[name];
-    if (typeof f !== 'function') throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks function ${name}; rebuild it (npm run build:wasm)`);
+    if (typeof f !== 'function')
+      throw new WasmBackendError(
+        'WASM_UNAVAILABLE',
+        `kernels.wasm lacks function ${name}; rebuild it (npm run build:wasm)`,
+      );
     return f as (...args: number[]) => number;
   };
   const op = (name: string): number => {
     const g = ex[name];
-    if (!(g instanceof WebAssembly.Global)) throw new WasmBackendError('WASM_UNAVAILABLE', `kernels.wasm lacks global ${name}; rebuild it (npm run build:wasm)`);
+    if (!(g instanceof WebAssembly.Global))
+      throw new WasmBackendError(
+        'WASM_UNAVAILABLE',
+        `kernels.wasm lacks global ${name}; rebuild it (npm run build:wasm)`,
+      );
     return g.value as number;
   };
   const word = (name: string): number => op(name) / 4;

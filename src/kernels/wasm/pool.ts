@@ -47,7 +47,14 @@ export class WorkerPool {
    * Starts threads-1 workers on the module and memory the calling thread's instance `ex`
    * uses, the control block at ctl; they poll for the next job for spinMicros before sleeping.
    */
-  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory, ex: KernelExports, ctl: number, threads: number, spinMicros: number): Promise<WorkerPool> {
+  static async start(
+    module: WebAssembly.Module,
+    memory: WebAssembly.Memory,
+    ex: KernelExports,
+    ctl: number,
+    threads: number,
+    spinMicros: number,
+  ): Promise<WorkerPool> {
     const workers: WorkerHandle[] = [];
     try {
       const ready: Promise<void>[] = [];
@@ -65,14 +72,18 @@ export class WorkerPool {
           new Promise<void>((resolve, reject) => {
             worker.once('message', () => resolve());
             worker.once('error', reject);
-            worker.once('exit', (code) => reject(new WasmBackendError('WASM_WORKER', `worker ${part} exited with code ${code} while starting`)));
+            worker.once('exit', (code) =>
+              reject(new WasmBackendError('WASM_WORKER', `worker ${part} exited with code ${code} while starting`)),
+            );
           }),
         );
       }
       await Promise.all(ready);
     } catch (err) {
       await Promise.all(workers.map((h) => h.worker.terminate()));
-      throw err instanceof WasmBackendError ? err : new WasmBackendError('WASM_WORKER', `starting worker threads failed: ${(err as Error).message}`);
+      throw err instanceof WasmBackendError
+        ? err
+        : new WasmBackendError('WASM_WORKER', `starting worker threads failed: ${(err as Error).message}`);
     }
     for (const h of workers) {
       // Blocked in Atomics.wait, a worker must not keep the process alive, nor must the
@@ -144,7 +155,9 @@ export class WorkerPool {
       if (Atomics.load(c, L.error) !== 0) {
         // A worker died holding a chunk; others may still be writing theirs into the
         // scratch space, so this backend cannot be trusted with another product.
-        const messages = this.workers.map((h) => receiveMessageOnPort(h.errors)?.message).filter((m) => m !== undefined);
+        const messages = this.workers
+          .map((h) => receiveMessageOnPort(h.errors)?.message)
+          .filter((m) => m !== undefined);
         this.failure = `${what}: ${messages.join('; ') || 'a worker thread failed'}`;
         throw new WasmBackendError('WASM_WORKER', this.failure);
       }
