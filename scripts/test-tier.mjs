@@ -1,4 +1,4 @@
-// Runs one tier of the ava suite; `npm test` runs them all at once.
+// Runs one tier of the ava suite, or `all` of them one after another (what `npm test` does).
 //   unit     in-process only: no root, no network, no herd processes (a couple of minutes)
 //   cluster  builds LANs of Linux network namespaces (needs root): every file that imports
 //            test/helpers/netns.ts
@@ -39,13 +39,19 @@ function tierOf(file) {
   return 'e2e';
 }
 
-if (!['unit', 'e2e', 'cluster'].includes(tier)) {
-  console.error('usage: node scripts/test-tier.mjs unit|e2e|cluster [ava options]');
+const TIERS = ['unit', 'e2e', 'cluster'];
+if (![...TIERS, 'all'].includes(tier)) {
+  console.error('usage: node scripts/test-tier.mjs unit|e2e|cluster|all [ava options]');
   process.exit(2);
 }
-const chosen = files.filter((f) => tierOf(f) === tier).map((f) => `test/${f}`);
-const r = spawnSync(process.execPath, ['node_modules/ava/entrypoints/cli.mjs', ...chosen, ...avaArgs], {
-  cwd: root,
-  stdio: 'inherit',
-});
-process.exit(r.status ?? 1);
+// Every tier runs, even after one fails, so a run reports every failure.
+let status = 0;
+for (const t of tier === 'all' ? TIERS : [tier]) {
+  const chosen = files.filter((f) => tierOf(f) === t).map((f) => `test/${f}`);
+  const r = spawnSync(process.execPath, ['node_modules/ava/entrypoints/cli.mjs', ...chosen, ...avaArgs], {
+    cwd: root,
+    stdio: 'inherit',
+  });
+  if (r.status !== 0) status = r.status ?? 1;
+}
+process.exit(status);
