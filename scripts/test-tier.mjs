@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const UNIT = [
   'api-queue',
+  'batching',
   'cluster-planner',
   'gguf-malformed',
   'gguf-reader',

@@ -7,9 +7,10 @@
 // until a request is waiting for one: then the least recently used idle session is closed;
 // and, with idleSeconds, once it has been idle that long.
 //
-// In-process, the sessions share one model: each step runs start to end without yielding
-// (engine/slice.ts), so active requests take turns step by step. Over the herd, each session is
-// its own Forward stream, so stages work on different requests at once (pipeline parallelism).
+// In-process, the sessions share one model, and the active requests' steps share its steps
+// (engine/batcher.ts: continuous batching, up to the slots at once). Over the herd, each
+// session is its own Forward stream, so stages work on different requests at once (pipeline
+// parallelism).
 
 import type { Logger } from 'pino';
 import { commonPrefix, type InferenceSession, type StagedSession, type StageTime } from '../engine/session.ts';

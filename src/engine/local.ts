@@ -1,7 +1,8 @@
 // The whole model in this process: `herd run --nodes local` (and `auto` when no node answers),
 // `herd serve` and `herd chat` on one machine. One Transformer, one SliceRunner over all its
-// layers; every session its own KV cache and sampler on that runner. A step runs start to end
-// without yielding, so sessions take turns step by step and never share the runner's rows.
+// layers; every session its own KV cache and sampler on that runner. Sessions stepping at the
+// same time share the runner's steps (engine/batcher.ts: continuous batching), each getting
+// exactly the tokens it gets alone.
 
 import { hostname } from 'node:os';
 import type { GgufFile } from '../gguf/reader.ts';
@@ -11,6 +12,7 @@ import { Transformer } from '../model/transformer.ts';
 import type { LoadProgress } from '../model/weights.ts';
 import type { SamplingOptions, TokenLogprobs } from './sampler.ts';
 import type { PlanEntry, ServedModel, StagedSession, StageTime } from './session.ts';
+import { StepBatcher } from './batcher.ts';
 import { SliceRunner, type Sequence } from './slice.ts';
 
 /** The address a plan gives a stage that runs in this process rather than on a node. */
@@ -29,6 +31,8 @@ export interface LocalLoadOptions {
 export interface LocalModel extends ServedModel {
   readonly mode: 'local';
   readonly model: Transformer;
+  /** Runs the steps of all its sessions together. */
+  readonly batcher: StepBatcher;
 }
 
 /** Reads every layer of the model into this process. */
@@ -36,14 +40,15 @@ export async function loadLocalModel(file: GgufFile, o: LocalLoadOptions): Promi
   const node = hostname();
   const onProgress = o.onProgress && ((p: LoadProgress) => o.onProgress?.({ ...p, stage: `${node} ${p.stage}` }));
   const model = await Transformer.loadAsync(file, { ctx: o.ctx, kvType: o.kvType, backend: o.backend, onProgress });
-  const runner = new SliceRunner(model);
+  const batcher = new StepBatcher(new SliceRunner(model));
   const plan: PlanEntry[] = [{ node, address: LOCAL_ADDRESS, layers: [0, model.config.nLayers] }];
   const stage = { node, nodeId: 'local', address: LOCAL_ADDRESS, layers: plan[0].layers };
   return {
     mode: 'local',
     model,
+    batcher,
     plan,
-    open: async (sampling) => new LocalSession(model, sampling, runner, stage),
+    open: async (sampling) => new LocalSession(model, sampling, batcher, stage),
     close: async () => {},
   };
 }
@@ -52,12 +57,13 @@ export async function loadLocalModel(file: GgufFile, o: LocalLoadOptions): Promi
 export class LocalSession implements StagedSession {
   lastStages: readonly StageTime[] = [];
   private readonly seq: Sequence;
+  private closed = false;
 
   constructor(
     model: Transformer,
     sampling: SamplingOptions,
-    /** Sessions of one model share its runner (and its workspace). */
-    private readonly runner = new SliceRunner(model),
+    /** Sessions of one model share its runner (and its workspace) through one batcher: their steps share the runner's. */
+    private readonly batcher = new StepBatcher(new SliceRunner(model)),
     private readonly stage: Omit<StageTime, 'seconds'> = {
       node: hostname(),
       nodeId: 'local',
@@ -66,7 +72,7 @@ export class LocalSession implements StagedSession {
     },
   ) {
     if (!model.isFirst || !model.isLast) throw new Error('a local session needs every layer of the model');
-    this.seq = runner.open(model.ctx, sampling);
+    this.seq = batcher.runner.open(model.ctx, sampling);
   }
 
   get ctx(): number {
@@ -81,15 +87,21 @@ export class LocalSession implements StagedSession {
     return this.seq.logprobs;
   }
 
+  /** Queued for the next step the model's sessions share; resolves with the token sampled after the last. */
   async step(tokens: readonly number[], start: number): Promise<number> {
-    const { sampled, seconds } = await this.runner.step([{ seq: this.seq, tokens, start }]);
+    if (this.closed) throw new Error('the session is closed');
+    const { token, seconds } = await this.batcher.step(this.seq, tokens, start);
     this.lastStages = [{ ...this.stage, seconds }];
-    return sampled[0];
+    return token;
   }
 
   resample(sampling: SamplingOptions): void {
     this.seq.resample(sampling);
   }
 
-  async close(): Promise<void> {}
+  /** Drops a step still waiting (it rejects with SessionClosedError); the KV cache goes with the session. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.batcher.cancel(this.seq);
+  }
 }

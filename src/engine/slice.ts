@@ -63,6 +63,11 @@ export interface StepEntry {
   readonly start: number;
   /** A new generation: the slice with the head samples with these options from a fresh state. */
   readonly sampling?: SamplingOptions;
+  /**
+   * False: a piece of a prompt that goes on in a later step — the slice with the head neither
+   * runs the head nor samples after it (the sampler's random state and penalties untouched).
+   */
+  readonly sample?: boolean;
   /** A slice without the embedding: writes the hidden states of tokens [from, from + m) into rows (m × dim). */
   readonly hiddenIn?: (rows: Float32Array, from: number) => void;
   /** A slice without the head: takes the hidden states of tokens [from, from + m) (rows, m × dim) for the next slice. */
@@ -70,7 +75,7 @@ export interface StepEntry {
 }
 
 export interface StepOutcome {
-  /** The slice with the head: the token sampled after each entry's last, in entry order (else empty). */
+  /** The slice with the head: the token sampled after each entry's last, in entry order, -1 for an entry with `sample: false` (else empty). */
   readonly sampled: readonly number[];
   /** Compute time of the step, seconds (the pauses between chunks left out). */
   readonly seconds: number;
@@ -170,7 +175,8 @@ export class SliceRunner {
 
         // the head, after an entry's last row: final rmsnorm, classifier, the session's sampler
         if (model.isLast && p.from + p.m === p.entry.tokens.length) {
-          sampled.push(p.entry.seq.sample(model.head(rows(p).subarray((p.m - 1) * dim))));
+          if (p.entry.sample === false) sampled.push(-1);
+          else sampled.push(p.entry.seq.sample(model.head(rows(p).subarray((p.m - 1) * dim))));
         }
       }
     }

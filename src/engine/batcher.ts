@@ -1,0 +1,177 @@
+// Continuous batching in this process: the sessions of one model share its SliceRunner, and
+// their steps share the runner's steps. A session's step() is queued; on the next turn of the
+// event loop the batcher takes every step waiting, under a per-step token budget, and runs them
+// as ONE SliceRunner.step — each layer one matrix product over all their rows, attention per
+// session over its own KV cache, sampling per session. A session that starts while others
+// decode joins at the next step.
+//
+// Decode steps (one token) go first, then prompts, in arrival order, in pieces that fill what
+// is left of the budget (chunked prefill): a long prompt runs over several steps beside the
+// others' decode rather than stalling it, and its session hears its token after the last piece.
+// Only the last piece samples, so the sampler's random state and penalties see exactly what
+// they see when the session runs alone. Every kernel computes a row the same way whichever rows
+// share its matrix product (the matmul = matvecs check), so each session's tokens are exactly
+// those it gets alone.
+
+import { StepError } from './history.ts';
+import type { SliceRunner, Sequence, StepEntry } from './slice.ts';
+
+/** What a session's step returns: the token sampled after its last, and the compute it shared. */
+export interface BatchedStep {
+  readonly token: number;
+  /** Compute time of the steps the session's tokens went through, seconds. */
+  readonly seconds: number;
+}
+
+/** One session's step, waiting or under way (a prompt run in pieces). */
+interface Pending {
+  readonly seq: Sequence;
+  readonly tokens: readonly number[];
+  readonly start: number;
+  /** Tokens already run (earlier pieces). */
+  done: number;
+  seconds: number;
+  readonly resolve: (r: BatchedStep) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** Counts of the steps run, for tests and benchmarks. */
+export interface BatcherStats {
+  steps: number;
+  /** Session entries over all steps. */
+  entries: number;
+  /** The most sessions one step served. */
+  maxEntries: number;
+}
+
+export class SessionClosedError extends Error {
+  constructor() {
+    super('the session was closed while its step waited');
+    this.name = 'SessionClosedError';
+  }
+}
+
+export class StepBatcher {
+  private readonly queue: Pending[] = [];
+  private scheduled = false;
+  readonly stats: BatcherStats = { steps: 0, entries: 0, maxEntries: 0 };
+  /** Tokens one step takes at most (a session's decode token always counts; prompts fill the rest). */
+  readonly budget: number;
+
+  constructor(
+    readonly runner: SliceRunner,
+    budget = runner.model.batch,
+  ) {
+    if (!(Number.isInteger(budget) && budget >= 1))
+      throw new RangeError(`a step's token budget must be an integer >= 1, got ${budget}`);
+    this.budget = budget;
+  }
+
+  /** Sessions with a step waiting or under way. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Queues `tokens` at positions start, … of `seq` for the next step; resolves with the token
+   * sampled after the last. Rejects at once (StepError) when the step does not fit the session,
+   * and when the session already has a step queued.
+   */
+  step(seq: Sequence, tokens: readonly number[], start: number): Promise<BatchedStep> {
+    try {
+      if (this.queue.some((p) => p.seq === seq)) throw new StepError('a session steps once at a time');
+      this.runner.check([{ seq, tokens, start }]);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return new Promise<BatchedStep>((resolve, reject) => {
+      this.queue.push({ seq, tokens, start, done: 0, seconds: 0, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Drops the session's queued step (its promise rejects with SessionClosedError); false if none. */
+  cancel(seq: Sequence): boolean {
+    const i = this.queue.findIndex((p) => p.seq === seq);
+    if (i < 0) return false;
+    const [p] = this.queue.splice(i, 1);
+    p.reject(new SessionClosedError());
+    return true;
+  }
+
+  /**
+   * Runs the next step two turns of the event loop from now: a session woken by the last step
+   * feeds its token back after one turn (generate() lets the loop turn between steps), so every
+   * session decoding makes the next step.
+   */
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() =>
+      setImmediate(() => {
+        this.scheduled = false;
+        void this.run();
+      }),
+    );
+  }
+
+  /** The pieces of the next step: decode steps first, then prompts in arrival order, within the budget. */
+  private plan(): { p: Pending; n: number }[] {
+    const picks: { p: Pending; n: number }[] = [];
+    let left = this.budget;
+    for (const p of this.queue) {
+      if (left === 0) break;
+      if (p.tokens.length - p.done === 1) {
+        picks.push({ p, n: 1 });
+        left--;
+      }
+    }
+    for (const p of this.queue) {
+      if (left === 0) break;
+      const rest = p.tokens.length - p.done;
+      if (rest > 1) {
+        const n = Math.min(rest, left);
+        picks.push({ p, n });
+        left -= n;
+      }
+    }
+    return picks;
+  }
+
+  private async run(): Promise<void> {
+    const picks = this.plan();
+    if (picks.length === 0) return;
+    const entries: StepEntry[] = picks.map(({ p, n }) => ({
+      seq: p.seq,
+      tokens: p.tokens.slice(p.done, p.done + n),
+      start: p.start + p.done,
+      sample: p.done + n === p.tokens.length,
+    }));
+    this.stats.steps++;
+    this.stats.entries += entries.length;
+    this.stats.maxEntries = Math.max(this.stats.maxEntries, entries.length);
+    try {
+      // Without a pause the step runs start to end without yielding: no session is closed
+      // or queued while it runs.
+      const { sampled, seconds } = await this.runner.step(entries);
+      picks.forEach(({ p, n }, i) => {
+        p.done += n;
+        p.seconds += seconds;
+        if (p.done < p.tokens.length) return;
+        this.remove(p);
+        p.resolve({ token: sampled[i], seconds: p.seconds });
+      });
+    } catch (e) {
+      for (const { p } of picks) {
+        this.remove(p);
+        p.reject(e);
+      }
+    }
+    if (this.queue.length > 0) this.schedule();
+  }
+
+  private remove(p: Pending): void {
+    const i = this.queue.indexOf(p);
+    if (i >= 0) this.queue.splice(i, 1);
+  }
+}
