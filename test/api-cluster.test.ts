@@ -10,7 +10,7 @@ import OpenAI from 'openai';
 import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { herd } from './helpers/herd.ts';
 import { parsePrometheus, sum } from './helpers/prometheus.ts';
-import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'cluster-key-for-api-tests';
@@ -21,21 +21,7 @@ let client: OpenAI;
 
 test.before(async () => {
   for (const name of ['alpha', 'beta']) {
-    nodes.push(
-      await startNode([
-        '--no-mdns',
-        '--host',
-        '127.0.0.1',
-        '--port',
-        '0',
-        '--cache-dir',
-        join(dir, name),
-        '--cluster-key',
-        KEY,
-        '--name',
-        name,
-      ]),
-    );
+    nodes.push(await startNode([...loopbackNodeArgs(join(dir, name)), '--cluster-key', KEY, '--name', name]));
   }
   const peers = nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
   serve = await startServe(['--nodes', peers, '--stages', '2', '--cluster-key', KEY, '--ctx', '1024'], {

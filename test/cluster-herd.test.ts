@@ -13,7 +13,7 @@ import { plan } from '../src/cluster/planner.ts';
 import { modelShape } from '../src/cluster/shape.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { createLan, stopProcess, type LanHost, type TestLan } from './helpers/netns.ts';
-import { runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
+import { runHerd, startNode, type RunningNode, type Spawner, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { bundledModel, fixtureModels, repoRoot } from './helpers/paths.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 
@@ -294,13 +294,7 @@ test('herd node refuses a --throughput that is not a positive number of GB/s', a
   const values = ['0', '-3', 'fast', 'Infinity', '1e7'];
   // Refused before it binds anything; a node that started instead is killed by the timeout.
   const runs = await Promise.all(
-    values.map((v) =>
-      runHerd(
-        ['node', '--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', dir, '--throughput', v],
-        undefined,
-        30_000,
-      ),
-    ),
+    values.map((v) => runHerd(['node', ...loopbackNodeArgs(dir), '--throughput', v], undefined, 30_000)),
   );
   for (const [i, r] of runs.entries()) {
     t.is(r.code, 2, `${values[i]}: ${r.stderr}`);

@@ -7,7 +7,7 @@ import { authMetadata } from '../src/cluster/auth.ts';
 import { PROTOCOL_VERSION } from '../src/cluster/caps.ts';
 import { authenticate, coordinatorClient, nodeClient, unary } from '../src/cluster/rpc.ts';
 import { stopProcess } from './helpers/netns.ts';
-import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 import {
   DType,
@@ -38,19 +38,7 @@ let cacheDir: string;
 
 test.before(async () => {
   cacheDir = mkdtempSync(join(tmpdir(), 'herd-node-'));
-  node = await startNode([
-    '--no-mdns',
-    '--host',
-    '127.0.0.1',
-    '--port',
-    '0',
-    '--cache-dir',
-    cacheDir,
-    '--cluster-key',
-    KEY,
-    '--name',
-    'loop',
-  ]);
+  node = await startNode([...loopbackNodeArgs(cacheDir), '--cluster-key', KEY, '--name', 'loop']);
   client = nodeClient(`127.0.0.1:${node.port}`);
 });
 

@@ -8,7 +8,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { synthShape } from '../src/model/synth.ts';
 import { stopProcess } from './helpers/netns.ts';
-import { localSpawn, runHerd, startNode, type RunningNode, type Spawner } from './helpers/herd-proc.ts';
+import {
+  localSpawn,
+  runHerd,
+  startNode,
+  type RunningNode,
+  type Spawner,
+  loopbackNodeArgs,
+} from './helpers/herd-proc.ts';
 import { repoRoot } from './helpers/paths.ts';
 
 const KEY = 'tinyllama-test-key';
@@ -24,19 +31,7 @@ test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'herd-tinyllama-'));
   for (const i of [0, 1]) {
     nodes.push(
-      await startNode([
-        '--no-mdns',
-        '--host',
-        '127.0.0.1',
-        '--port',
-        '0',
-        '--cache-dir',
-        join(dir, `node${i}`),
-        '--cluster-key',
-        KEY,
-        '--name',
-        `tl-${i}`,
-      ]),
+      await startNode([...loopbackNodeArgs(join(dir, `node${i}`)), '--cluster-key', KEY, '--name', `tl-${i}`]),
     );
   }
 });

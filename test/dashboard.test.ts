@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const CHROMIUM = process.env.HERD_CHROMIUM ?? '/usr/bin/chromium';
@@ -37,19 +37,7 @@ let browser: Browser;
 test.before(async () => {
   const executablePath = ensureChromium();
   for (const name of ['pi-one', 'pi-two']) {
-    nodes.push(
-      await startNode([
-        '--no-mdns',
-        '--host',
-        '127.0.0.1',
-        '--port',
-        '0',
-        '--cache-dir',
-        join(dir, name),
-        '--name',
-        name,
-      ]),
-    );
+    nodes.push(await startNode([...loopbackNodeArgs(join(dir, name)), '--name', name]));
   }
   serve = await startServe(
     ['--nodes', nodes.map((n) => `127.0.0.1:${n.port}`).join(','), '--stages', '2', '--ctx', '1024'],

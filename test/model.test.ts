@@ -39,8 +39,7 @@ function probs(logits: ArrayLike<number>): Float64Array {
  * Runs the 69-token reference sequence and returns the largest logit and next-token
  * probability differences and the argmax hits.
  */
-function compare(model: string, logitsFile: string, kvType: KvType, generated: number[]) {
-  const path = model === 'stories260K.gguf' ? bundledModel : join(fixtureModels, model);
+function compare(path: string, logitsFile: string, kvType: KvType, generated: number[]) {
   const m = Transformer.load(GgufFile.open(path), { kvType });
   const expected = readLogits(logitsFile);
   const seq = [...reference.prompt_tokens, ...generated];
@@ -64,7 +63,7 @@ function compare(model: string, logitsFile: string, kvType: KvType, generated: n
 }
 
 test('stories260K f32 logits match llama.cpp within 1e-4 with an f32 KV cache', (t) => {
-  const r = compare('stories260K.gguf', 'stories260K.logits-kvf32.f32', 'f32', reference.generated_tokens);
+  const r = compare(bundledModel, 'stories260K.logits-kvf32.f32', 'f32', reference.generated_tokens);
   t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)} over ${r.positions} positions`);
   t.true(r.maxDiff <= 1e-4);
   t.is(r.argmaxHits, 64);
@@ -77,7 +76,7 @@ test('stories260K f32 logits match llama.cpp within 1e-4 with an f32 KV cache', 
 // stays, 1.2e-2 in the logits and 7e-4 in p at most. llama.cpp itself moves as much between
 // a batched and a token-by-token run (test/oracle.test.ts). The bounds are ten times that.
 test('stories260K with an f16 KV cache stays within 0.12 of llama.cpp f16-cache logits', (t) => {
-  const r = compare('stories260K.gguf', 'stories260K.logits-kvf16.f32', 'f16', reference.generated_tokens);
+  const r = compare(bundledModel, 'stories260K.logits-kvf16.f32', 'f16', reference.generated_tokens);
   t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}, max |Δp| ${r.maxDp.toExponential(2)}`);
   t.true(r.maxDiff <= 0.12);
   t.true(r.maxDp <= 7e-3);
@@ -85,7 +84,12 @@ test('stories260K with an f16 KV cache stays within 0.12 of llama.cpp f16-cache 
 });
 
 test('stories260K q8_0 logits within 0.5 of llama.cpp', (t) => {
-  const r = compare('stories260K-q8_0.gguf', 'stories260K-q8_0.logits-kvf32.f32', 'f32', reference.generated_tokens);
+  const r = compare(
+    join(fixtureModels, 'stories260K-q8_0.gguf'),
+    'stories260K-q8_0.logits-kvf32.f32',
+    'f32',
+    reference.generated_tokens,
+  );
   t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}`);
   t.true(r.maxDiff <= 0.5);
   t.is(r.argmaxHits, 64);
@@ -97,7 +101,12 @@ test('stories260K q8_0 logits within 0.5 of llama.cpp', (t) => {
 // AVX2 build, 8 tokens per decode) at position 36, by up to 0.18; llama.cpp token by token
 // through the oracle parts from it at 48, by up to 0.40. The greedy tokens agree throughout.
 test('stories260K q4_0 logits within 0.5 of llama.cpp', (t) => {
-  const r = compare('stories260K-q4_0.gguf', 'stories260K-q4_0.logits-kvf32.f32', 'f32', q4Generated());
+  const r = compare(
+    join(fixtureModels, 'stories260K-q4_0.gguf'),
+    'stories260K-q4_0.logits-kvf32.f32',
+    'f32',
+    q4Generated(),
+  );
   t.log(`max |Δlogit| ${r.maxDiff.toExponential(2)}`);
   t.true(r.maxDiff <= 0.5);
   t.is(r.argmaxHits, 64);

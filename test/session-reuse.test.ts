@@ -15,7 +15,7 @@ import { silentLogger } from '../src/cluster/log.ts';
 import { findHerd } from '../src/cluster/coordinator/herd-model.ts';
 import { loadModel, type LoadedModel } from '../src/api/open.ts';
 import { stopProcess } from './helpers/netns.ts';
-import { startNode, type RunningNode } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { bundledModel } from './helpers/paths.ts';
 
 const file = GgufFile.open(bundledModel);
@@ -111,19 +111,7 @@ test('over two loopback nodes: a pipeline session rewound to a prefix gives the 
   const nodes: RunningNode[] = [];
   try {
     for (const name of ['one', 'two']) {
-      nodes.push(
-        await startNode([
-          '--no-mdns',
-          '--host',
-          '127.0.0.1',
-          '--port',
-          '0',
-          '--cache-dir',
-          join(dir, name),
-          '--name',
-          name,
-        ]),
-      );
+      nodes.push(await startNode([...loopbackNodeArgs(join(dir, name)), '--name', name]));
     }
     const o = {
       ...herdOptions,

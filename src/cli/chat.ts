@@ -17,9 +17,9 @@ import { createBackend } from '../kernels/select.ts';
 import {
   asUsage,
   CHAT_TEMPLATE_HELP,
-  defaultCacheDir,
   engineOptions,
   herdOptions,
+  hostModelOptions,
   samplingOptions,
 } from './cluster-options.ts';
 import { chatOnServer, resolveServer, ServerError, type ServerTarget } from './client.ts';
@@ -90,19 +90,13 @@ async function localBackend(args: ArgumentsCamelCase<ChatArgs>, sampling: () => 
     note: (line) => process.stderr.write(`herd: ${line}\n`),
   });
   const host = ModelHost.open({
-    modelPath: resolveModelPath(args.model),
-    nodes: args.nodes,
-    ctx: args.ctx,
-    kvType: args.kvType,
-    backend,
-    stages: args.stages,
-    interface: args.interface,
-    key: asUsage(() => loadClusterKey(args)),
-    wire: args.wire,
-    discoveryTimeoutMs: args.discoveryTimeout * 1000,
-    cacheDir: defaultCacheDir(),
+    ...hostModelOptions(
+      args,
+      resolveModelPath(args.model),
+      backend,
+      asUsage(() => loadClusterKey(args)),
+    ),
     parallel: 1,
-    chatTemplate: args.chatTemplate,
     log: await apiLogger('silent'),
   });
   await host.start();

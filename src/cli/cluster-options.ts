@@ -7,6 +7,8 @@ import type { Argv } from 'yargs';
 import { ClusterError } from '../cluster/errors.ts';
 import { defaultSampling } from '../engine/sampler.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../kernels/select.ts';
+import type { HostOptions } from '../api/host.ts';
+import type { KernelBackend } from '../kernels/backend.ts';
 import { UsageError } from './errors.ts';
 
 export interface KeyArgs {
@@ -107,4 +109,52 @@ export function asUsage<T>(f: () => T): T {
   } catch (e) {
     return map(e);
   }
+}
+
+type HostModelOptions = Pick<
+  HostOptions,
+  | 'modelPath'
+  | 'nodes'
+  | 'ctx'
+  | 'kvType'
+  | 'backend'
+  | 'stages'
+  | 'interface'
+  | 'key'
+  | 'wire'
+  | 'discoveryTimeoutMs'
+  | 'cacheDir'
+  | 'chatTemplate'
+>;
+
+/** What `herd serve` and `herd chat` load: the model file, and the herd and engine flags they share. */
+export function hostModelOptions(
+  args: {
+    nodes: HostOptions['nodes'];
+    ctx?: number;
+    kvType: HostOptions['kvType'];
+    stages?: number;
+    interface?: string;
+    wire: HostOptions['wire'];
+    discoveryTimeout: number;
+    chatTemplate?: string;
+  },
+  modelPath: string,
+  backend: KernelBackend,
+  key: HostOptions['key'],
+): HostModelOptions {
+  return {
+    modelPath,
+    nodes: args.nodes,
+    ctx: args.ctx,
+    kvType: args.kvType,
+    backend,
+    stages: args.stages,
+    interface: args.interface,
+    key,
+    wire: args.wire,
+    discoveryTimeoutMs: args.discoveryTimeout * 1000,
+    cacheDir: defaultCacheDir(),
+    chatTemplate: args.chatTemplate,
+  };
 }

@@ -11,7 +11,7 @@ import type { ApiAdvertiser as ApiAdvertiserType } from '../api/advertise.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { herdVersion } from '../cluster/node/sysinfo.ts';
 import { createBackend } from '../kernels/select.ts';
-import { asUsage, CHAT_TEMPLATE_HELP, defaultCacheDir, engineOptions, herdOptions } from './cluster-options.ts';
+import { asUsage, CHAT_TEMPLATE_HELP, engineOptions, herdOptions, hostModelOptions } from './cluster-options.ts';
 import { resolveModelPath } from './model-path.ts';
 import { ProgressRenderer } from './progress.ts';
 import { UsageError } from './errors.ts';
@@ -142,19 +142,8 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   });
   const server = new ApiServer({
     host: {
-      modelPath,
-      nodes: args.nodes,
-      ctx: args.ctx,
-      kvType: args.kvType,
-      backend,
-      stages: args.stages,
-      interface: args.interface,
-      key: clusterKey,
-      wire: args.wire,
-      discoveryTimeoutMs: args.discoveryTimeout * 1000,
-      cacheDir: defaultCacheDir(),
+      ...hostModelOptions(args, modelPath, backend, clusterKey),
       parallel: args.parallel,
-      chatTemplate: args.chatTemplate,
       log,
       rediscoverSeconds: args.rediscover,
       idleSeconds: args.idleTimeout,

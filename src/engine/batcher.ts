@@ -100,19 +100,17 @@ export class StepBatcher {
   }
 
   /**
-   * Runs the next step two turns of the event loop from now: a session woken by the last step
-   * feeds its token back after one turn (generate() lets the loop turn between steps), so every
-   * session decoding makes the next step.
+   * Runs the next step on the next turn of the event loop: every session woken by the last step
+   * feeds its token back in the same turn (promise continuations), so each decoding session makes
+   * the next step, and timers, sockets and aborts run in between.
    */
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() =>
-      setImmediate(() => {
-        this.scheduled = false;
-        void this.run();
-      }),
-    );
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.run();
+    });
   }
 
   /** The pieces of the next step: decode steps first, then prompts in arrival order, within the budget. */

@@ -136,8 +136,6 @@ export async function generate(
     }
     next = await session.step([next], pos++);
     nextLogprobs = session.logprobs;
-    // A session in this process resolves at once: let timers, sockets and aborts run.
-    await new Promise((resolve) => setImmediate(resolve));
   }
   if (stopReason !== 'stop') text += decoder.flush();
   if (text.length > emitted) onText?.(text.slice(emitted), tokens[tokens.length - 1] ?? -1);

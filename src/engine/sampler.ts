@@ -98,6 +98,8 @@ export class Sampler {
   private readonly rng: Rng;
   private readonly ids: Int32Array;
   private readonly probs: Float64Array;
+  /** The logits as the model gave them, for log-probabilities (the draw modifies its input). */
+  private readonly raw: Float32Array;
   private readonly counts = new Map<number, number>();
   /** The log-probabilities of the last sampled token, when the options ask for them. */
   logprobs: TokenLogprobs | undefined;
@@ -110,6 +112,7 @@ export class Sampler {
     this.rng = new Rng(options.seed);
     this.ids = new Int32Array(vocabSize);
     this.probs = new Float64Array(vocabSize);
+    this.raw = new Float32Array(options.logprobs === undefined ? 0 : vocabSize);
   }
 
   /** Chooses a token; `history` is every token so far (prompt and generated). Modifies logits. */
@@ -117,7 +120,8 @@ export class Sampler {
     const o = this.options;
     if (o.logprobs === undefined) return this.draw(logits, history);
     // From the logits as the model gave them: keep them for the sampled token's.
-    const raw = Float32Array.from(logits);
+    const raw = this.raw;
+    raw.set(logits);
     const top = this.topLogprobs(raw, o.logprobs);
     const token = this.draw(logits, history);
     this.logprobs = { token, logprob: raw[token] - top.shift, top: top.top };

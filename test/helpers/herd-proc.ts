@@ -27,6 +27,11 @@ export interface RunningNode {
   exited(): Promise<number | null>;
 }
 
+/** `herd node` flags for a daemon on loopback only: no mDNS, a free port, its own cache dir. */
+export function loopbackNodeArgs(cacheDir: string): string[] {
+  return ['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', cacheDir];
+}
+
 export async function startNode(
   args: readonly string[],
   spawner: Spawner = localSpawn,
