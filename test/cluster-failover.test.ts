@@ -183,7 +183,7 @@ test.after.always(async () => {
 });
 
 test.serial(
-  'a node killed mid-stream: the herd re-plans over the survivors and the stream ends with the uninterrupted greedy text',
+  'a node killed with 4 streams in flight: the herd re-plans over the survivors and each stream ends with its uninterrupted text',
   async (t) => {
     const nodes = await startNodes('resume');
     let serve: RunningServe | undefined;
@@ -209,9 +209,15 @@ test.serial(
         stream: true,
       });
       const seededRef = textOf(await client(['stream', `${serve.url}/v1/completions`, seeded]));
+      // Two more greedy streams: four in flight when the node dies, their steps batched at each stage.
+      const greedy = ['The dog ran to the park and', 'Lily had a red ball. One day'].map((prompt) =>
+        JSON.stringify({ model: 'stories260K', prompt, max_tokens: MAX_TOKENS, temperature: 0, stream: true }),
+      );
+      const greedyRefs: string[] = [];
+      for (const g of greedy) greedyRefs.push(textOf(await client(['stream', `${serve.url}/v1/completions`, g])));
 
-      const out = await streamKilling(serve, victim, 10, [seeded]);
-      const [seededOut] = out.others;
+      const out = await streamKilling(serve, victim, 10, [seeded, ...greedy]);
+      const [seededOut, ...greedyOuts] = out.others;
       t.true(out.killedAt > 0, 'the node was killed mid-stream');
       t.log(
         `killed ${name} after 10 chunks; ${out.chunks} chunks in all, the stream ended ${out.endedAt - out.killedAt} ms after the kill`,
@@ -225,6 +231,10 @@ test.serial(
       t.is(out.text, reference);
       t.is(seededOut[seededOut.length - 1], '[END]', seededOut.slice(-3).join('\n'));
       t.is(textOf(seededOut), seededRef);
+      for (const [i, g] of greedyOuts.entries()) {
+        t.is(g[g.length - 1], '[END]', g.slice(-3).join('\n'));
+        t.is(textOf(g), greedyRefs[i]);
+      }
 
       const lost = await serve.waitFor((e) => e.event === 'node.lost', HUNG_MS);
       t.is(lost.node, name);
@@ -244,11 +254,11 @@ test.serial(
       const { samples } = parsePrometheus(await get(serve, '/metrics'));
       t.is(sum(samples, 'herd_replans_total', { outcome: 'done' }), 1);
       t.is(sum(samples, 'herd_replans_total', { outcome: 'failed' }), 0);
-      // Both streams broke together: one re-plan, two resumed requests.
-      t.is(sum(samples, 'herd_requests_resumed_total'), 2);
+      // The four streams broke together: one re-plan, four resumed requests.
+      t.is(sum(samples, 'herd_requests_resumed_total'), 4);
       t.is(sum(samples, 'herd_nodes_lost_total'), 1);
 
-      // The warm-up's idle session went with the old plan; the resumed ones are kept.
+      // The idle sessions went with the old plan; the four resumed ones are kept.
       const state = JSON.parse(await get(serve, '/api/state')) as {
         status: string;
         sessions: { idle: number; active: number };
@@ -256,7 +266,7 @@ test.serial(
       };
       t.is(state.status, 'ready');
       t.is(state.sessions.active, 0);
-      t.is(state.sessions.idle, 2);
+      t.is(state.sessions.idle, 4);
       t.is(state.nodes.length, 2);
       t.false(state.nodes.some((n) => n.node === name));
 

@@ -23,11 +23,12 @@ export interface BatchedStep {
   readonly seconds: number;
 }
 
+/** One session's step as a caller asks for it: the runner's entry, whole (the batcher cuts it into pieces). */
+export type StepRequest = Omit<StepEntry, 'sample'>;
+
 /** One session's step, waiting or under way (a prompt run in pieces). */
 interface Pending {
-  readonly seq: Sequence;
-  readonly tokens: readonly number[];
-  readonly start: number;
+  readonly req: StepRequest;
   /** Tokens already run (earlier pieces). */
   done: number;
   seconds: number;
@@ -54,17 +55,20 @@ export class SessionClosedError extends Error {
 export class StepBatcher {
   private readonly queue: Pending[] = [];
   private scheduled = false;
-  readonly stats: BatcherStats = { steps: 0, entries: 0, maxEntries: 0 };
+  readonly stats: BatcherStats;
   /** Tokens one step takes at most (a session's decode token always counts; prompts fill the rest). */
   readonly budget: number;
 
   constructor(
     readonly runner: SliceRunner,
-    budget = runner.model.batch,
+    /** `stats`: counts to add to (a node sums the steps of all its shards). */
+    o: { budget?: number; stats?: BatcherStats } = {},
   ) {
+    const budget = o.budget ?? runner.model.batch;
     if (!(Number.isInteger(budget) && budget >= 1))
       throw new RangeError(`a step's token budget must be an integer >= 1, got ${budget}`);
     this.budget = budget;
+    this.stats = o.stats ?? { steps: 0, entries: 0, maxEntries: 0 };
   }
 
   /** Sessions with a step waiting or under way. */
@@ -73,26 +77,27 @@ export class StepBatcher {
   }
 
   /**
-   * Queues `tokens` at positions start, … of `seq` for the next step; resolves with the token
-   * sampled after the last. Rejects at once (StepError) when the step does not fit the session,
-   * and when the session already has a step queued.
+   * Queues the request's tokens at positions start, … of its session for the next step;
+   * resolves with the token sampled after the last (-1 on a slice without the head). Rejects at
+   * once (StepError) when the step does not fit the session, and when the session already has a
+   * step queued.
    */
-  step(seq: Sequence, tokens: readonly number[], start: number): Promise<BatchedStep> {
+  step(req: StepRequest): Promise<BatchedStep> {
     try {
-      if (this.queue.some((p) => p.seq === seq)) throw new StepError('a session steps once at a time');
-      this.runner.check([{ seq, tokens, start }]);
+      if (this.queue.some((p) => p.req.seq === req.seq)) throw new StepError('a session steps once at a time');
+      this.runner.check([req]);
     } catch (e) {
       return Promise.reject(e);
     }
     return new Promise<BatchedStep>((resolve, reject) => {
-      this.queue.push({ seq, tokens, start, done: 0, seconds: 0, resolve, reject });
+      this.queue.push({ req, done: 0, seconds: 0, resolve, reject });
       this.schedule();
     });
   }
 
   /** Drops the session's queued step (its promise rejects with SessionClosedError); false if none. */
   cancel(seq: Sequence): boolean {
-    const i = this.queue.findIndex((p) => p.seq === seq);
+    const i = this.queue.findIndex((p) => p.req.seq === seq);
     if (i < 0) return false;
     const [p] = this.queue.splice(i, 1);
     p.reject(new SessionClosedError());
@@ -119,14 +124,14 @@ export class StepBatcher {
     let left = this.budget;
     for (const p of this.queue) {
       if (left === 0) break;
-      if (p.tokens.length - p.done === 1) {
+      if (p.req.tokens.length - p.done === 1) {
         picks.push({ p, n: 1 });
         left--;
       }
     }
     for (const p of this.queue) {
       if (left === 0) break;
-      const rest = p.tokens.length - p.done;
+      const rest = p.req.tokens.length - p.done;
       if (rest > 1) {
         const n = Math.min(rest, left);
         picks.push({ p, n });
@@ -139,12 +144,7 @@ export class StepBatcher {
   private async run(): Promise<void> {
     const picks = this.plan();
     if (picks.length === 0) return;
-    const entries: StepEntry[] = picks.map(({ p, n }) => ({
-      seq: p.seq,
-      tokens: p.tokens.slice(p.done, p.done + n),
-      start: p.start + p.done,
-      sample: p.done + n === p.tokens.length,
-    }));
+    const entries = picks.map(({ p, n }) => piece(p, n));
     this.stats.steps++;
     this.stats.entries += entries.length;
     this.stats.maxEntries = Math.max(this.stats.maxEntries, entries.length);
@@ -155,7 +155,7 @@ export class StepBatcher {
       picks.forEach(({ p, n }, i) => {
         p.done += n;
         p.seconds += seconds;
-        if (p.done < p.tokens.length) return;
+        if (p.done < p.req.tokens.length) return;
         this.remove(p);
         p.resolve({ token: sampled[i], seconds: p.seconds });
       });
@@ -172,4 +172,25 @@ export class StepBatcher {
     const i = this.queue.indexOf(p);
     if (i >= 0) this.queue.splice(i, 1);
   }
+}
+
+/**
+ * The next `n` tokens of a waiting step as a runner entry. A new generation's sampling goes with
+ * the first piece (the sampler restarts before anything samples); hidden states are read and
+ * written at the piece's offset into the whole request's rows.
+ */
+function piece(p: Pending, n: number): StepEntry {
+  const { req, done } = p;
+  const whole = done === 0 && n === req.tokens.length;
+  if (whole) return req;
+  const { hiddenIn, hiddenOut } = req;
+  return {
+    seq: req.seq,
+    tokens: req.tokens.slice(done, done + n),
+    start: req.start + done,
+    sampling: done === 0 ? req.sampling : undefined,
+    sample: done + n === req.tokens.length,
+    hiddenIn: hiddenIn && ((rows, from) => hiddenIn(rows, from + done)),
+    hiddenOut: hiddenOut && ((rows, from) => hiddenOut(rows, from + done)),
+  };
 }

@@ -90,7 +90,7 @@ export class LocalSession implements StagedSession {
   /** Queued for the next step the model's sessions share; resolves with the token sampled after the last. */
   async step(tokens: readonly number[], start: number): Promise<number> {
     if (this.closed) throw new Error('the session is closed');
-    const { token, seconds } = await this.batcher.step(this.seq, tokens, start);
+    const { token, seconds } = await this.batcher.step({ seq: this.seq, tokens, start });
     this.lastStages = [{ ...this.stage, seconds }];
     return token;
   }

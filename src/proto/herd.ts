@@ -244,6 +244,10 @@ export interface NodeCounters {
   invalidRequests: number;
   /** slices dropped from memory for a new plan */
   evictions: number;
+  /** batched steps run: the activations waiting at a stage share one step */
+  steps: number;
+  /** session entries over those steps (step_entries / steps: sessions per step) */
+  stepEntries: number;
 }
 
 export interface HealthRequest {
@@ -1200,6 +1204,8 @@ function createBaseNodeCounters(): NodeCounters {
     authFailures: 0,
     invalidRequests: 0,
     evictions: 0,
+    steps: 0,
+    stepEntries: 0,
   };
 }
 
@@ -1231,6 +1237,12 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     }
     if (message.evictions !== 0) {
       writer.uint32(72).uint64(message.evictions);
+    }
+    if (message.steps !== 0) {
+      writer.uint32(80).uint64(message.steps);
+    }
+    if (message.stepEntries !== 0) {
+      writer.uint32(88).uint64(message.stepEntries);
     }
     return writer;
   },
@@ -1320,6 +1332,22 @@ export const NodeCounters: MessageFns<NodeCounters> = {
             message.evictions = longToNumber(reader.uint64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.steps = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.stepEntries = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1371,6 +1399,12 @@ export const NodeCounters: MessageFns<NodeCounters> = {
         ? globalThis.Number(object.invalid_requests)
         : 0,
       evictions: isSet(object.evictions) ? globalThis.Number(object.evictions) : 0,
+      steps: isSet(object.steps) ? globalThis.Number(object.steps) : 0,
+      stepEntries: isSet(object.stepEntries)
+        ? globalThis.Number(object.stepEntries)
+        : isSet(object.step_entries)
+        ? globalThis.Number(object.step_entries)
+        : 0,
     };
   },
 
@@ -1403,6 +1437,12 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     if (message.evictions !== 0) {
       obj.evictions = Math.round(message.evictions);
     }
+    if (message.steps !== 0) {
+      obj.steps = Math.round(message.steps);
+    }
+    if (message.stepEntries !== 0) {
+      obj.stepEntries = Math.round(message.stepEntries);
+    }
     return obj;
   },
 
@@ -1420,6 +1460,8 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     message.authFailures = object.authFailures ?? 0;
     message.invalidRequests = object.invalidRequests ?? 0;
     message.evictions = object.evictions ?? 0;
+    message.steps = object.steps ?? 0;
+    message.stepEntries = object.stepEntries ?? 0;
     return message;
   },
 };

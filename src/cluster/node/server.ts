@@ -15,6 +15,7 @@ import {
 } from '@grpc/grpc-js';
 import { freemem } from 'node:os';
 import type { KernelBackend } from '../../kernels/backend.ts';
+import type { BatcherStats } from '../../engine/batcher.ts';
 import { Authenticator, type ClusterKey } from '../auth.ts';
 import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
 import { ClusterError, invalid } from '../errors.ts';
@@ -146,6 +147,9 @@ export class NodeServer {
     invalidRequests: 0,
   };
 
+  /** Batched steps run over all shards: how many, and how many session entries they carried. */
+  private readonly steps: BatcherStats = { steps: 0, entries: 0, maxEntries: 0 };
+
   constructor(private readonly o: NodeServerOptions) {
     this.auth = new Authenticator(o.key, (r) => {
       this.counters.authFailures++;
@@ -251,7 +255,7 @@ export class NodeServer {
           loaded: { nLayers: s.nLayers, ctx: s.ctx, kvType: s.kvType, sessions: s.sessions, source: s.source },
         }),
       ),
-      counters: { ...this.counters },
+      counters: { ...this.counters, steps: this.steps.steps, stepEntries: this.steps.entries },
       cached: this.store.cachedSlices().map((c) => shardStatus(c)),
     };
   }
@@ -374,6 +378,7 @@ export class NodeServer {
 
     const release = (graceful: boolean) => {
       if (stage) {
+        stage.close();
         this.sessions.delete(stage.id);
         stage.shard.sessions--;
         this.o.log.log('debug', 'session.close', { session: stage.id, positions: stage.pos });
@@ -400,7 +405,7 @@ export class NodeServer {
         throw new StatusError(status.RESOURCE_EXHAUSTED, `the node holds ${MAX_SESSIONS} sessions already`);
       }
       const c = checkOpen(o, this.store, (id) => this.sessions.has(id));
-      const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId);
+      const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId, this.steps);
       if (s.cache.bytes > freemem()) {
         const why = `a KV cache of ${s.cache.bytes} bytes does not fit the ${freemem()} bytes available`;
         throw new StatusError(status.RESOURCE_EXHAUSTED, why);

@@ -10,6 +10,7 @@ import type { Transformer } from '../../model/transformer.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import { StepError } from '../../engine/history.ts';
 import { SliceRunner, type Sequence } from '../../engine/slice.ts';
+import { StepBatcher, type BatcherStats } from '../../engine/batcher.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
 import { NODE_ID_RE } from '../caps.ts';
 import { invalid } from '../errors.ts';
@@ -117,20 +118,22 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   };
 }
 
-/** Each loaded model's runner: the sessions on one shard share its workspace. */
-const runners = new WeakMap<Transformer, SliceRunner>();
+/**
+ * Each loaded model's batcher: the sessions on one shard share its runner, and the activations
+ * that arrive while a step runs share the next step (engine/batcher.ts). The pipeline fills
+ * itself this way: with more sessions than stages, each stage runs all the sessions waiting at
+ * it as one step, reading its weights once for all of them.
+ */
+const batchers = new WeakMap<Transformer, StepBatcher>();
 
-function runnerOf(model: Transformer): SliceRunner {
-  let r = runners.get(model);
-  if (!r) runners.set(model, (r = new SliceRunner(model)));
-  return r;
+function batcherOf(model: Transformer, stats: BatcherStats): StepBatcher {
+  let b = batchers.get(model);
+  if (!b) batchers.set(model, (b = new StepBatcher(new SliceRunner(model), { stats })));
+  return b;
 }
 
-/** Lets other calls in between the chunks of a long step. */
-const yieldToCalls = () => new Promise<void>((resolve) => setImmediate(resolve));
-
 export class StageSession {
-  private readonly runner: SliceRunner;
+  private readonly batcher: StepBatcher;
   private readonly seq: Sequence;
   readonly shard: LoadedShard;
   readonly wire: DType;
@@ -143,14 +146,16 @@ export class StageSession {
     c: CheckedOpen,
     /** This node's id, in the timing it appends to each message. */
     private readonly nodeId: string,
+    /** The node's step counts, which every shard's batcher adds to. */
+    stats: BatcherStats,
   ) {
     this.shard = c.shard;
     this.wire = c.wire;
     this.isLast = c.isLast;
     this.upstream = c.upstream;
     if (c.isLast && !c.sampling) throw invalid('the last stage needs sampling options');
-    this.runner = runnerOf(c.shard.model);
-    this.seq = this.runner.open(ctx, c.sampling);
+    this.batcher = batcherOf(c.shard.model, stats);
+    this.seq = this.batcher.runner.open(ctx, c.sampling);
   }
 
   get cache(): KvCache {
@@ -167,9 +172,10 @@ export class StageSession {
   }
 
   /**
-   * Validates and runs one message through the shard's runner: the activation for the next
-   * stage, or (last) the sampled token. Between chunks of the model's batch it yields, so the
-   * node answers other calls during a long prefill.
+   * Validates and runs one message through the shard's runner, in a step shared with the other
+   * sessions' messages waiting: the activation for the next stage, or (last) the sampled token.
+   * A long prompt runs in pieces over several steps, so the node answers other calls and the
+   * other sessions' decode goes on meanwhile.
    */
   async run(a: WireActivation): Promise<{ out?: WireActivation; delivery?: Delivery }> {
     const { dim } = this.shard.model.config;
@@ -194,28 +200,23 @@ export class StageSession {
     const out = Buffer.allocUnsafe(this.isLast ? 0 : n * dim * dtypeBytes(this.wire));
     let step;
     try {
-      step = await this.runner.step(
-        [
-          {
-            seq: this.seq,
-            tokens: a.tokenIds,
-            start: a.position,
-            sampling,
-            // Copied: a decoded bytes field is an unaligned view into a larger buffer.
-            hiddenIn: (rows, from) => {
-              const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
-              if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
-              else f16BytesToF32(bytes, rows);
-            },
-            hiddenOut: (rows, from) => {
-              if (this.wire === DType.DTYPE_F32)
-                out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
-              else out.set(f32ToF16Bytes(rows), from * dim * 2);
-            },
-          },
-        ],
-        yieldToCalls,
-      );
+      step = await this.batcher.step({
+        seq: this.seq,
+        tokens: a.tokenIds,
+        start: a.position,
+        sampling,
+        // Copied: a decoded bytes field is an unaligned view into a larger buffer.
+        hiddenIn: (rows, from) => {
+          const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
+          if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
+          else f16BytesToF32(bytes, rows);
+        },
+        hiddenOut: (rows, from) => {
+          if (this.wire === DType.DTYPE_F32)
+            out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
+          else out.set(f32ToF16Bytes(rows), from * dim * 2);
+        },
+      });
     } catch (e) {
       // Refused before anything ran: the session is as it was.
       if (e instanceof StepError) throw invalid(e.message);
@@ -234,7 +235,7 @@ export class StageSession {
         delivery: {
           sessionId: this.id,
           position: this.pos,
-          tokenId: step.sampled[0],
+          tokenId: step.token,
           timings,
           logprobs: logprobs && logprobsToWire(logprobs),
         },
@@ -252,5 +253,10 @@ export class StageSession {
         sampling: a.sampling,
       },
     };
+  }
+
+  /** Drops a step still waiting for the shared runner (its run() rejects); the KV cache goes with the session. */
+  close(): void {
+    this.batcher.cancel(this.seq);
   }
 }
