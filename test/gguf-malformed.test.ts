@@ -20,7 +20,10 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { GgmlType, ggmlTypeInfo } from '../src/ggml/types.ts';
 import { GgufError, GgufFile, MetaType, type GgufErrorCode } from '../src/gguf/reader.ts';
-import { meta, writeGguf } from '../src/gguf/writer.ts';
+import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../src/gguf/writer.ts';
+import { ModelError } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { fixtureModels } from './helpers/paths.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-gguf-malformed-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -788,4 +791,78 @@ test('claims that fit inside a huge file are still refused without allocating fo
     t.true(ms < MAX_MS, `${what}: took ${ms.toFixed(1)} ms`);
     t.true(peakGrowth < 64 * 1024 * 1024, `${what}: peak RSS grew ${peakGrowth} bytes`);
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Found by the GGUF fuzzer (scripts/fuzz, test/fuzz-gguf.test.ts): each failed on the code before
+// its fix.
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+
+test('a key holding escape sequences is named with them escaped', (t) => {
+  const key = 'evil\u001b[2J\u001b]0;owned\u0007\r\nINFO forged log line\u202e';
+  const { error } = parse(oneKeyHeader(key, le(['u32', 13])));
+  t.true(error instanceof GgufError, describe(error));
+  if (!(error instanceof GgufError)) return;
+  t.is(error.code, 'bad-value-type');
+  t.false(CONTROL.test(error.message), JSON.stringify(error.message));
+  t.true(error.message.includes('"evil\\u001b[2J\\u001b]0;owned\\u0007\\u000d\\u000aINFO forged log line\\u202e"'));
+});
+
+test('a key length that swallows the rest of the header gives a short message', (t) => {
+  // Key #0 claims most of the header: the "key" is then every field after it, NULs included,
+  // and the error after it (an unknown value type) quoted all of it.
+  const keyStart = at('kv#0.key').start;
+  const { error } = parse(patch('kv#0.key.len', layout.infoEnd - keyStart - 8));
+  t.true(error instanceof GgufError, describe(error));
+  if (!(error instanceof GgufError)) return;
+  t.true(error.message.length < 300, `${error.message.length} characters: ${JSON.stringify(error.message)}`);
+  t.false(CONTROL.test(error.message), JSON.stringify(error.message));
+  t.regex(error.message, /"general\.architecture.*…" \(\d+ characters\)/);
+});
+
+/** stories260K (Q4_0) rewritten with `edit` applied to its metadata and tensors. */
+function storiesVariant(
+  name: string,
+  edit: (m: MetaEntry[], tensors: TensorSpec[]) => { metadata: MetaEntry[]; tensors: TensorSpec[] },
+): string {
+  const src = GgufFile.open(join(fixtureModels, 'stories260K-q4_0.gguf'));
+  const tensors: TensorSpec[] = src.tensors.map((x) => ({
+    name: x.name,
+    dims: x.dims,
+    type: x.type.id,
+    data: src.readTensor(x),
+  }));
+  const path = join(dir, name);
+  writeGguf(path, edit(copyMetadata(src), tensors));
+  return path;
+}
+
+test('a weight of a type the kernels cannot compute is a ModelError naming the file and tensor', (t) => {
+  // I8 is a valid GGUF tensor type (the reader sizes it), but no kernel multiplies by it.
+  const path = storiesVariant('i8-weight.gguf', (metadata, tensors) => ({
+    metadata,
+    tensors: tensors.map((x) =>
+      x.name === 'blk.0.attn_q.weight' ? { ...x, type: GgmlType.I8, data: new Uint8Array(x.dims[0] * x.dims[1]) } : x,
+    ),
+  }));
+  const file = GgufFile.open(path);
+  const error = t.throws(() => Transformer.load(file, { ctx: 16 }), { instanceOf: ModelError });
+  t.true(error?.message.startsWith(`${path}: `), error?.message);
+  t.regex(error?.message ?? '', /"blk\.0\.attn_q\.weight" has type I8, which herd cannot compute/);
+});
+
+test('a middle slice claiming a vocabulary of 2^31 tokens is refused before allocating for it', (t) => {
+  // A middle stage holds neither the embedding nor the head, so the vocabulary size comes from
+  // metadata; its logits buffer was sized by it (8 GiB, allocated lazily, so not even RSS showed it).
+  const path = storiesVariant('huge-vocab-slice.gguf', (metadata, tensors) => ({
+    metadata: [...metadata, meta.u32('llama.vocab_size', 2 ** 31)],
+    tensors: tensors.filter((x) => /^blk\.[12]\./.test(x.name)),
+  }));
+  const file = GgufFile.open(path);
+  const before = process.memoryUsage().arrayBuffers;
+  const error = t.throws(() => Transformer.load(file, { ctx: 16, layers: [1, 3] }), { instanceOf: ModelError });
+  t.regex(error?.message ?? '', /vocabSize 2147483648 exceeds/);
+  t.true(process.memoryUsage().arrayBuffers - before < 64 * 1024 * 1024);
 });

@@ -84,6 +84,33 @@ export type GgufErrorCode =
   | 'missing-key'
   | 'wrong-key-type';
 
+const MAX_QUOTED = 80;
+// C0 and C1 controls, DEL, line and paragraph separators and the bidirectional overrides
+// (which can make a terminal show text other than the bytes, as in "Trojan Source").
+// eslint-disable-next-line no-control-regex
+const UNSAFE_CHAR = /[\u0000-\u001f\u007f-\u009f"\\\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
+/**
+ * A key or tensor name read from a file, for a message: quoted, with anything that could move a
+ * terminal's cursor or forge a log line escaped, and at most MAX_QUOTED characters of it once
+ * escaped (a hostile length can make a "name" swallow the rest of the header).
+ */
+export function quoted(name: string): string {
+  let out = '';
+  let used = 0;
+  for (const ch of name.slice(0, MAX_QUOTED)) {
+    const e = !UNSAFE_CHAR.test(ch)
+      ? ch
+      : ch === '"' || ch === '\\'
+        ? `\\${ch}`
+        : `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`;
+    if (out.length + e.length > MAX_QUOTED) break;
+    out += e;
+    used += ch.length;
+  }
+  return used < name.length ? `"${out}…" (${name.length} characters)` : `"${out}"`;
+}
+
 export class GgufError extends Error {
   constructor(
     readonly code: GgufErrorCode,
@@ -302,8 +329,9 @@ export class GgufFile {
     for (let i = 0; i < nKv; i++) {
       const at = c.pos;
       const key = c.string(`metadata key #${i}`);
-      if (metadata.has(key)) throw new GgufError('duplicate-key', path, `metadata key "${key}" appears twice`, at);
-      const type = c.u32(`type of metadata "${key}"`);
+      if (metadata.has(key))
+        throw new GgufError('duplicate-key', path, `metadata key ${quoted(key)} appears twice`, at);
+      const type = c.u32(`type of metadata ${quoted(key)}`);
       const desc: { type: MetaType; item?: MetaTypeDesc } = { type: type as MetaType };
       metadata.set(key, readValue(c, type, key, 0, path, desc));
       metadataTypes.set(key, desc);
@@ -348,46 +376,48 @@ export class GgufFile {
           at,
         );
       }
-      if (seen.has(name)) throw new GgufError('duplicate-tensor', path, `tensor "${name}" appears twice`, at);
+      if (seen.has(name)) throw new GgufError('duplicate-tensor', path, `tensor ${quoted(name)} appears twice`, at);
       seen.add(name);
-      const nDims = c.u32(`dimension count of tensor "${name}"`);
+      const nDims = c.u32(`dimension count of tensor ${quoted(name)}`);
       if (nDims < 1 || nDims > MAX_DIMS) {
         throw new GgufError(
           'bad-shape',
           path,
-          `tensor "${name}" has ${nDims} dimensions, ggml allows 1..${MAX_DIMS}`,
+          `tensor ${quoted(name)} has ${nDims} dimensions, ggml allows 1..${MAX_DIMS}`,
           at,
         );
       }
       const dims: number[] = [];
       let elements = 1n;
       for (let d = 0; d < nDims; d++) {
-        const dim = c.u64(`dimension ${d} of tensor "${name}"`);
-        if (dim === 0n) throw new GgufError('bad-shape', path, `tensor "${name}" has a zero-sized dimension ${d}`, at);
+        const dim = c.u64(`dimension ${d} of tensor ${quoted(name)}`);
+        if (dim === 0n)
+          throw new GgufError('bad-shape', path, `tensor ${quoted(name)} has a zero-sized dimension ${d}`, at);
         elements *= dim;
         if (elements > BigInt(Number.MAX_SAFE_INTEGER)) {
           throw new GgufError(
             'bad-shape',
             path,
-            `tensor "${name}" element count overflows (dimension ${d} is ${dim})`,
+            `tensor ${quoted(name)} element count overflows (dimension ${d} is ${dim})`,
             at,
           );
         }
         dims.push(Number(dim));
       }
-      const typeId = c.u32(`type of tensor "${name}"`);
+      const typeId = c.u32(`type of tensor ${quoted(name)}`);
       const type = ggmlTypeInfo(typeId);
-      if (!type) throw new GgufError('unknown-type', path, `tensor "${name}" has unknown ggml type ${typeId}`, at);
+      if (!type)
+        throw new GgufError('unknown-type', path, `tensor ${quoted(name)} has unknown ggml type ${typeId}`, at);
       if (dims[0] % type.blockSize !== 0) {
         throw new GgufError(
           'bad-shape',
           path,
-          `tensor "${name}" row length ${dims[0]} is not a multiple of the ${type.name} block size ${type.blockSize}`,
+          `tensor ${quoted(name)} row length ${dims[0]} is not a multiple of the ${type.name} block size ${type.blockSize}`,
           at,
         );
       }
       const nElements = Number(elements);
-      const offset = c.u64(`data offset of tensor "${name}"`);
+      const offset = c.u64(`data offset of tensor ${quoted(name)}`);
       raw.push({ name, dims, type, nElements, nBytes: (nElements / type.blockSize) * type.typeSize, offset, at });
     }
 
@@ -406,7 +436,7 @@ export class GgufFile {
         throw new GgufError(
           'bad-offset',
           path,
-          `tensor "${t.name}" data offset ${t.offset} is not aligned to ${alignment}`,
+          `tensor ${quoted(t.name)} data offset ${t.offset} is not aligned to ${alignment}`,
           t.at,
         );
       }
@@ -414,7 +444,7 @@ export class GgufFile {
         throw new GgufError(
           'bad-offset',
           path,
-          `tensor "${t.name}" data [${t.offset}, ${t.offset + BigInt(t.nBytes)}) lies past the end of the data section (${dataSize} bytes)`,
+          `tensor ${quoted(t.name)} data [${t.offset}, ${t.offset + BigInt(t.nBytes)}) lies past the end of the data section (${dataSize} bytes)`,
           t.at,
         );
       }
@@ -438,7 +468,7 @@ export class GgufFile {
   /** The tensor named, or a GgufError naming the file and the tensor. */
   requireTensor(name: string): TensorInfo {
     const t = this.byName.get(name);
-    if (!t) throw new GgufError('bad-tensor', this.path, `tensor "${name}" is missing`);
+    if (!t) throw new GgufError('bad-tensor', this.path, `tensor ${quoted(name)} is missing`);
     return t;
   }
 
@@ -454,14 +484,18 @@ export class GgufFile {
   /** Reads one tensor's bytes into dst (e.g. a kernel backend's memory), dst.length = t.nBytes. */
   readTensorInto(t: TensorInfo, dst: Uint8Array): void {
     if (dst.length !== t.nBytes) {
-      throw new GgufError('io', this.path, `tensor "${t.name}" is ${t.nBytes} bytes, destination holds ${dst.length}`);
+      throw new GgufError(
+        'io',
+        this.path,
+        `tensor ${quoted(t.name)} is ${t.nBytes} bytes, destination holds ${dst.length}`,
+      );
     }
     const fd = openSync(this.path, 'r');
     try {
       let got = 0;
       while (got < t.nBytes) {
         const r = readSync(fd, dst, got, Math.min(t.nBytes - got, 1 << 30), t.fileOffset + got);
-        if (r === 0) throw new GgufError('io', this.path, `short read in tensor "${t.name}"`, t.fileOffset + got);
+        if (r === 0) throw new GgufError('io', this.path, `short read in tensor ${quoted(t.name)}`, t.fileOffset + got);
         got += r;
       }
     } finally {
@@ -508,9 +542,9 @@ export class GgufFile {
   }
 
   private keyError(key: string, want: string, got: MetadataValue | undefined): GgufError {
-    if (got === undefined) return new GgufError('missing-key', this.path, `metadata "${key}" is missing`);
+    if (got === undefined) return new GgufError('missing-key', this.path, `metadata ${quoted(key)} is missing`);
     const kind = Array.isArray(got) ? 'an array' : typeof got;
-    return new GgufError('wrong-key-type', this.path, `metadata "${key}" should be ${want}, found ${kind}`);
+    return new GgufError('wrong-key-type', this.path, `metadata ${quoted(key)} should be ${want}, found ${kind}`);
   }
 }
 
@@ -522,7 +556,7 @@ function readValue(
   depth: number,
   path: string,
   desc?: { item?: MetaTypeDesc },
-  what = `value of "${key}"`,
+  what = `value of ${quoted(key)}`,
 ): MetadataValue {
   switch (type) {
     case MetaType.UINT8:
@@ -557,17 +591,17 @@ function readValue(
       const at = c.pos;
       if (depth >= MAX_ARRAY_NESTING)
         throw new GgufError('bad-array', path, `${what} nests arrays deeper than ${MAX_ARRAY_NESTING}`, at);
-      const itemType = c.u32(`array item type of "${key}"`);
+      const itemType = c.u32(`array item type of ${quoted(key)}`);
       const min = minBytes[itemType];
       if (min === undefined)
-        throw new GgufError('bad-value-type', path, `array "${key}" has unknown item type ${itemType}`, at);
+        throw new GgufError('bad-value-type', path, `array ${quoted(key)} has unknown item type ${itemType}`, at);
       const countAt = c.pos;
-      const n = c.count(`item count of array "${key}"`, min);
+      const n = c.count(`item count of array ${quoted(key)}`, min);
       if (n > MAX_ARRAY_ITEMS) {
         throw new GgufError(
           'bad-count',
           path,
-          `item count of array "${key}" is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`,
+          `item count of array ${quoted(key)} is ${n}, more than the ${MAX_ARRAY_ITEMS} a GGUF array may hold`,
           countAt,
         );
       }
@@ -579,7 +613,7 @@ function readValue(
       return out;
     }
     default:
-      throw new GgufError('bad-value-type', path, `metadata "${key}" has unknown value type ${type}`, c.pos - 4);
+      throw new GgufError('bad-value-type', path, `metadata ${quoted(key)} has unknown value type ${type}`, c.pos - 4);
   }
 }
 

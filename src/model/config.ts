@@ -1,9 +1,10 @@
 // The shapes and constants of a llama-family model, read from GGUF metadata once.
 
-import type { GgufFile } from '../gguf/reader.ts';
+import { quoted, type GgufFile } from '../gguf/reader.ts';
 
 export const ARCHITECTURES = ['llama', 'qwen2', 'qwen3'] as const;
 export type Architecture = (typeof ARCHITECTURES)[number];
+const MAX_VOCAB = 1 << 22;
 
 export interface ModelConfig {
   readonly arch: Architecture;
@@ -43,7 +44,10 @@ function isArchitecture(a: string): a is Architecture {
 export function readConfig(file: GgufFile): ModelConfig {
   const arch = file.string('general.architecture');
   if (!isArchitecture(arch)) {
-    throw new ModelError(file.path, `architecture "${arch}" is not supported (supported: ${ARCHITECTURES.join(', ')})`);
+    throw new ModelError(
+      file.path,
+      `architecture ${quoted(arch)} is not supported (supported: ${ARCHITECTURES.join(', ')})`,
+    );
   }
   const k = (name: string) => `${arch}.${name}`;
   const dim = file.number(k('embedding_length'));
@@ -60,7 +64,7 @@ export function readConfig(file: GgufFile): ModelConfig {
   let ropeFreqScale = 1;
   if (scalingType === 'linear') ropeFreqScale = 1 / file.number(k('rope.scaling.factor'), 1);
   else if (scalingType !== 'none') {
-    throw new ModelError(file.path, `RoPE scaling "${scalingType}" is not supported (supported: none, linear)`);
+    throw new ModelError(file.path, `RoPE scaling ${quoted(scalingType)} is not supported (supported: none, linear)`);
   }
   if (file.has(k('rope.scale_linear'))) ropeFreqScale = 1 / file.number(k('rope.scale_linear'));
 
@@ -85,6 +89,10 @@ export function readConfig(file: GgufFile): ModelConfig {
     if (!Number.isInteger(config[key]) || config[key] <= 0)
       throw bad(`${key} must be a positive integer, got ${config[key]}`);
   }
+  // A middle stage takes its vocabulary size from metadata, and sizes its logits buffer by it:
+  // bounded, so a hostile number cannot make it allocate gigabytes (real vocabularies stay
+  // under 300k tokens).
+  if (config.vocabSize > MAX_VOCAB) throw bad(`vocabSize ${config.vocabSize} exceeds the ${MAX_VOCAB} herd accepts`);
   if (nHeads % nKvHeads !== 0) throw bad(`head_count ${nHeads} is not a multiple of head_count_kv ${nKvHeads}`);
   if (config.ropeDims % 2 !== 0 || config.ropeDims > headDim)
     throw bad(`rope.dimension_count ${config.ropeDims} must be even and at most the head size ${headDim}`);

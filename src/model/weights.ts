@@ -5,6 +5,7 @@
 import type { GgufFile, TensorInfo } from '../gguf/reader.ts';
 import { makeWeight, getRow, type Weight } from '../kernels/matvec.ts';
 import type { KernelBackend } from '../kernels/backend.ts';
+import { kernelType, supportedTypes } from '../kernels/types.ts';
 import { ModelError, type ModelConfig } from './config.ts';
 
 export interface LayerWeights {
@@ -139,6 +140,12 @@ function* stageWeightSteps(
       throw new ModelError(
         file.path,
         `tensor "${name}" has shape [${t.dims.join(', ')}], expected [${dims.join(', ')}]`,
+      );
+    // Checked here, before reading it, so the error names the file (the kernels know no file).
+    if (!kernelType(t.type.id))
+      throw new ModelError(
+        file.path,
+        `tensor "${name}" has type ${t.type.name}, which herd cannot compute (it computes ${supportedTypes.map((s) => s.name).join(', ')})`,
       );
     return t;
   };
