@@ -80,7 +80,12 @@ export const CHAT_TEMPLATE_HELP =
 /** The model and how this process runs its layers (run, chat, serve). */
 export function engineOptions<T>(y: Argv<T>, describe: { ctx: string; backend: string }) {
   return y
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+    .option('model', {
+      alias: 'm',
+      type: 'string',
+      describe:
+        'GGUF model: a file, a stored model (herd models) or a pulled hf.co/ORG/REPO[:QUANT] (default: the bundled stories260K)',
+    })
     .option('ctx', { alias: 'c', type: 'number', describe: describe.ctx })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: describe.backend })

@@ -17,6 +17,8 @@ const commands: Record<string, (program: Argv) => Promise<unknown>> = {
   plan: async (p) => p.command((await import('./plan.ts')).planCommand),
   serve: async (p) => p.command((await import('./serve.ts')).serveCommand),
   chat: async (p) => p.command((await import('./chat.ts')).chatCommand),
+  pull: async (p) => p.command((await import('./pull.ts')).pullCommand),
+  models: async (p) => p.command((await import('./models.ts')).modelsCommand),
 };
 // What follows `node bin/herd.js` (yargs' hideBin, which would load its help renderer).
 const argv = process.argv.slice(2);
