@@ -1,11 +1,15 @@
 # herd's native kernels (src/kernels/native), built at install time by
-# scripts/build-native.mjs. The addon is compiled for the CPU it is built on
-# (-march=native): build it on each machine, never ship one built elsewhere.
+# scripts/build-native.mjs for the CPU it is built on (-march=native), and by
+# scripts/prebuild.mjs for the npm package at fixed CPU levels (x86-64-v3, armv8-a …),
+# which src/kernels/native/prebuilt.ts matches against the CPU before loading one.
 # herd_march overrides the target, e.g. for the arm64 cross-build in scripts/test-arm.sh:
 #   node-gyp rebuild -- -Dherd_march=armv8.2-a+dotprod
+# herd_cflags adds flags (space-separated) the -march level lacks, e.g. scripts/prebuild.mjs's
+# portable AVX-512 build: -Dherd_march=x86-64-v4 "-Dherd_cflags=-mavx512vnni -mavx512vbmi -mtune=generic".
 {
   "variables": {
-    "herd_march%": "native"
+    "herd_march%": "native",
+    "herd_cflags%": ""
   },
   "targets": [
     {
@@ -23,7 +27,7 @@
       "defines": ["NAPI_VERSION=8"],
       # -ffp-contract=off: the activation quantizers must round each product as the js
       # reference does (see activation.c); the kernels fuse where they mean to, by intrinsics.
-      "cflags": ["-O3", "-march=<(herd_march)", "-ffp-contract=off", "-std=gnu11", "-pthread"],
+      "cflags": ["-O3", "-march=<(herd_march)", "<@(herd_cflags)", "-ffp-contract=off", "-std=gnu11", "-pthread"],
       "cflags!": ["-O2"],
       "ldflags": ["-pthread"],
       "xcode_settings": {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Entry point of the `herd` command. Runs the JavaScript that `npm install` compiled into
 // dist/ (scripts/build-js.mjs) when it is newer than every source file; otherwise runs the
-// TypeScript sources through tsx, so a fresh or edited checkout needs no build step.
+// TypeScript sources through tsx, so a fresh or edited checkout needs no build step. The
+// npm package ships dist/ and no TypeScript: there dist/ is all there is.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -17,7 +18,11 @@ function newest(dir) {
 }
 
 const built = `${root}dist/BUILT`;
-if (process.env.HERD_FROM_SOURCE !== '1' && existsSync(built) && statSync(built).mtimeMs >= newest(`${root}src`)) {
+const checkout = existsSync(`${root}src/cli/main.ts`);
+if (
+  !checkout ||
+  (process.env.HERD_FROM_SOURCE !== '1' && existsSync(built) && statSync(built).mtimeMs >= newest(`${root}src`))
+) {
   await import('../dist/cli/main.js');
 } else {
   const { register } = await import('tsx/esm/api');

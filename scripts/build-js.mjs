@@ -13,8 +13,11 @@
 // Each file is compiled on its own (no bundling): esbuild transpiles it and the relative
 // imports are kept as imports, `.ts` rewritten to `.js`. Types are not checked here
 // (`npm run typecheck` does that). Never fails the install: without esbuild, herd uses tsx.
+//
+// The npm package ships dist/ already compiled (the prepack step runs this) and no
+// TypeScript, so installing it runs nothing here and needs neither esbuild nor tsx.
 
-import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -43,13 +46,15 @@ const relativeImportsAsJs = {
   },
 };
 
+/** Builds into a fresh directory beside dist/, then swaps it in: a herd starting meanwhile sees the old or the new tree. */
 async function main() {
   const { build } = await import('esbuild');
   const files = walk(srcDir);
-  rmSync(outDir, { recursive: true, force: true });
+  const next = `${outDir}.next`;
+  rmSync(next, { recursive: true, force: true });
   await build({
     entryPoints: files.filter((f) => f.endsWith('.ts')),
-    outdir: outDir,
+    outdir: next,
     outbase: srcDir,
     bundle: true,
     packages: 'external',
@@ -61,20 +66,30 @@ async function main() {
   });
   for (const f of files) {
     if (/\.(wasm|mjs|html|css|js)$/.test(f)) {
-      const to = join(outDir, relative(srcDir, f));
+      const to = join(next, relative(srcDir, f));
       mkdirSync(dirname(to), { recursive: true });
       cpSync(f, to);
     }
   }
   // Written last: bin/herd.js takes dist/ as complete and current only when this exists and
   // is newer than every source file.
-  writeFileSync(join(outDir, 'BUILT'), `${new Date().toISOString()}\n`);
+  writeFileSync(join(next, 'BUILT'), `${new Date().toISOString()}\n`);
+  const old = `${outDir}.old`;
+  rmSync(old, { recursive: true, force: true });
+  if (existsSync(outDir)) renameSync(outDir, old);
+  renameSync(next, outDir);
+  rmSync(old, { recursive: true, force: true });
 }
 
+if (!existsSync(join(srcDir, 'cli', 'main.ts'))) {
+  // The installed package: dist/ came compiled in it.
+  if (strict && !existsSync(join(outDir, 'BUILT'))) throw new Error('neither TypeScript sources nor a compiled dist/');
+  process.exit(0);
+}
 try {
   await main();
 } catch (err) {
-  rmSync(outDir, { recursive: true, force: true });
+  rmSync(`${outDir}.next`, { recursive: true, force: true });
   if (strict) throw err;
   console.log(
     `herd: could not compile the sources to dist/ (${err instanceof Error ? err.message.split('\n')[0] : err}); herd will run them through tsx`,

@@ -5,9 +5,15 @@
 //
 // The addon is compiled with -march=native, for the CPU it is built on: each machine
 // builds its own. A machine without a compiler (or where the build fails) is still a
-// working herd machine: by default this script then prints one line saying herd will use
-// the wasm backend, keeps the compiler's output in build/native-build.log, and exits 0 so
-// the install succeeds.
+// working herd machine: by default this script then prints one line saying which kernels
+// herd will use instead (the package's prebuilt ones, else wasm), keeps the compiler's
+// output in build/native-build.log, and exits 0 so the install succeeds.
+//
+// The npm package carries prebuilt addons (prebuilds/, scripts/prebuild.mjs): where one is
+// there for this platform, installing compiles nothing (a Pi needs no compiler) unless asked
+// to with HERD_BUILD_NATIVE=1 or npm's --build-from-source (`npm rebuild -g herd
+// --build-from-source`); herd then prefers this machine's own build. A git checkout always
+// builds (`npm pack` makes prebuilds/ and removes it again).
 //
 //   node scripts/build-native.mjs              build; never fails the install
 //   node scripts/build-native.mjs --strict     exit 1 when the build fails (CI, tests)
@@ -18,10 +24,10 @@
 // Node's own include/node when npm has not been told a nodedir.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -53,13 +59,29 @@ const { values } = parseArgs({
   },
 });
 
-/** The one line a user sees when there is no native backend, then exit. */
+/**
+ * The package's prebuilt addons for this platform and architecture, if it has any. Only the
+ * installed package counts (it has no TypeScript sources): a checkout builds its own.
+ */
+const prebuiltDir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+const packaged = !existsSync(join(root, 'src', 'cli', 'main.ts'));
+const prebuilt = packaged && existsSync(prebuiltDir) && readdirSync(prebuiltDir).some((f) => f.endsWith('.node'));
+
+/** The one line a user sees when nothing was built, then exit. */
 function giveUp(reason) {
-  console.log(`herd: native kernels not built (${reason}); herd will use the wasm backend`);
+  const instead = prebuilt ? `the prebuilt native kernels (prebuilds/${basename(prebuiltDir)})` : 'the wasm backend';
+  console.log(`herd: native kernels not built (${reason}); herd will use ${instead}`);
   process.exit(values.strict ? 1 : 0);
 }
 
 if (process.env.HERD_SKIP_NATIVE === '1') giveUp('HERD_SKIP_NATIVE=1');
+const fromSource = process.env.HERD_BUILD_NATIVE === '1' || process.env.npm_config_build_from_source === 'true';
+if (prebuilt && !fromSource) {
+  console.log(
+    `herd: using the prebuilt native kernels (prebuilds/${basename(prebuiltDir)}); HERD_BUILD_NATIVE=1 or --build-from-source compiles them for this CPU`,
+  );
+  process.exit(0);
+}
 
 /** node-gyp's entry script: npm's own copy first (npm names it to install scripts). */
 function findNodeGyp() {

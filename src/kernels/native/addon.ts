@@ -1,11 +1,17 @@
-// Loading the native addon (build/Release/herd_native.node, built at install time by
-// scripts/build-native.mjs) and narrowing its untyped exports to the interface below. The
+// Loading the native addon and narrowing its untyped exports to the interface below. The
 // C side is src/kernels/native/addon.c; the numbers here are its enums.
+//
+// Which file: HERD_NATIVE_ADDON when set (a cross-build under test); else the one
+// scripts/build-native.mjs compiled on this machine for this very CPU
+// (build/Release/herd_native.node, -march=native), when it was built here; else the npm
+// package's prebuilt addon for this platform and CPU level (./prebuilt.ts). Without any,
+// herd runs the wasm kernels.
 
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { choosePrebuilt } from './prebuilt.ts';
 
 declare const handleBrand: unique symbol;
 /** A backend's state inside the addon (a Node-API external). */
@@ -79,12 +85,10 @@ export type NativeIsa = (typeof NATIVE_ISAS)[number];
 /** Activation kinds, in the order of the C enum herd_act_kind. */
 export const ACT_KINDS = ['f32', 'f16', 'bf16', 'q8_0', 'q8_1', 'q8_k'] as const;
 
-/** Where the addon is looked for: HERD_NATIVE_ADDON (a cross-build under test), else build/. */
-export function addonPath(): string {
-  return (
-    process.env.HERD_NATIVE_ADDON ?? fileURLToPath(new URL('../../../build/Release/herd_native.node', import.meta.url))
-  );
-}
+/** The addon compiled on this machine by scripts/build-native.mjs. */
+const localBuild = fileURLToPath(new URL('../../../build/Release/herd_native.node', import.meta.url));
+/** The package's prebuilt addons (scripts/prebuild.mjs). */
+const prebuildsDir = fileURLToPath(new URL('../../../prebuilds', import.meta.url));
 
 const FUNCTIONS = [
   'info',
@@ -130,36 +134,62 @@ function builtElsewhere(path: string): string | undefined {
   const here = cpuFingerprint();
   if (built === here) return undefined;
   const model = (s: string) => s.split(' | ').slice(0, 2).join(', ');
-  return `${path} was built for another CPU (${model(built)}; this is ${model(here)}); run npm run build:native on this machine`;
+  return `${path} was built for another CPU (${model(built)}; this is ${model(here)})`;
 }
 
-let cached: { addon?: NativeAddon; error?: string } | undefined;
+export interface LoadedAddon {
+  addon?: NativeAddon;
+  /** The file loaded, and where it came from: HERD_NATIVE_ADDON, built on this machine, or prebuilt for a CPU level. */
+  path?: string;
+  source?: 'env' | 'local' | `prebuilt ${string}`;
+  /** Why there is no addon. */
+  error?: string;
+}
 
-/** The addon, or the reason it cannot be used (not built, stale, or built for another CPU). */
-export function loadAddon(): { addon?: NativeAddon; error?: string } {
-  if (cached) return cached;
-  const path = addonPath();
-  if (!existsSync(path)) {
-    cached = {
-      error: `the native addon is not built (no ${path}); run npm run build:native, which needs a C compiler`,
-    };
-    return cached;
-  }
-  const elsewhere = builtElsewhere(path);
-  if (elsewhere) {
-    cached = { error: elsewhere };
-    return cached;
-  }
+/** Loads one file; an error names it and says why. */
+function loadFile(path: string): { addon?: NativeAddon; error?: string } {
   try {
     const exports: unknown = createRequire(import.meta.url)(path);
-    cached = isAddon(exports)
-      ? { addon: exports }
-      : { error: `${path} is not herd's native addon or is stale; run npm run build:native` };
+    return isAddon(exports) ? { addon: exports } : { error: `${path} is not herd's native addon or is stale` };
   } catch (err) {
     // e.g. an addon for another architecture, or built against an incompatible Node.
-    cached = {
-      error: `cannot load ${path}: ${err instanceof Error ? err.message : String(err)}; run npm run build:native`,
-    };
+    return { error: `cannot load ${path}: ${err instanceof Error ? err.message : String(err)}` };
   }
+}
+
+let cached: LoadedAddon | undefined;
+
+/** The addon and which file it is, or the reason none can be used here. */
+export function loadAddon(): LoadedAddon {
+  cached ??= findAddon();
   return cached;
+}
+
+function findAddon(): LoadedAddon {
+  const override = process.env.HERD_NATIVE_ADDON;
+  if (override) {
+    if (!existsSync(override)) return { error: `HERD_NATIVE_ADDON=${override} does not exist` };
+    const elsewhere = builtElsewhere(override);
+    if (elsewhere) return { error: `${elsewhere}; run npm run build:native on this machine` };
+    const r = loadFile(override);
+    return r.addon ? { addon: r.addon, path: override, source: 'env' } : { error: r.error };
+  }
+  const reasons: string[] = [];
+  if (existsSync(localBuild)) {
+    const elsewhere = builtElsewhere(localBuild);
+    const r = elsewhere ? { error: elsewhere } : loadFile(localBuild);
+    if (r.addon) return { addon: r.addon, path: localBuild, source: 'local' };
+    reasons.push(r.error ?? `cannot load ${localBuild}`);
+  } else {
+    reasons.push(`no addon built on this machine (${localBuild})`);
+  }
+  const prebuilt = choosePrebuilt(prebuildsDir);
+  if (prebuilt.path !== undefined) {
+    const r = loadFile(prebuilt.path);
+    if (r.addon) return { addon: r.addon, path: prebuilt.path, source: `prebuilt ${prebuilt.level}` };
+    reasons.push(r.error ?? `cannot load ${prebuilt.path}`);
+  } else {
+    reasons.push(prebuilt.why);
+  }
+  return { error: `${reasons.join('; ')}; run npm run build:native, which needs a C compiler` };
 }

@@ -18,9 +18,11 @@
 #define HERD_AVX2 1
 #include <immintrin.h>
 #endif
-// The AVX-512 path wants byte/word ops (BW), 256-bit EVEX forms (VL) and the int8 dot
-// product (VNNI): what every AVX-512 CPU since Ice Lake and Zen 4 has.
-#if defined(HERD_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+// The AVX-512 path wants byte/word ops (BW), 256-bit EVEX forms (VL), the int8 dot
+// product (VNNI) and byte permutes (VBMI, the Q4_0 tile): what every AVX-512 CPU since Ice
+// Lake and Zen 4 has. Cascade Lake (VNNI without VBMI) runs the AVX2 path.
+#if defined(HERD_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define HERD_AVX512 1
 #endif
 // NEON kernels use AArch64-only reductions (vaddvq); 32-bit Arm builds run the scalar path.
