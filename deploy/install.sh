@@ -19,6 +19,13 @@
 #   --root DIR               with --dry-run: the directory standing in for /
 #
 # Run it again to update: it keeps the keys and /etc/herd/herd.env, and replaces herd itself.
+#
+# It runs as root on a machine where the `herd` user may be hostile (a compromised daemon), so
+# it never writes, chmods or chowns through a path that user controls: /var/lib/herd and its
+# models directory belong to root (only /var/lib/herd/cache is herd's), files are written to a
+# new name in a root-owned directory and renamed into place (install -T, mv -T: a symbolic link
+# in the way is replaced, never followed), ownership changes use chown -h, and a directory the
+# installer needs that is a symbolic link stops it.
 
 set -euo pipefail
 
@@ -43,7 +50,7 @@ while [ $# -gt 0 ]; do
     --no-start) START=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -71,16 +78,37 @@ run() {
 }
 # A path on the target system.
 at() { echo "$ROOT$1"; }
+# Stops at a symbolic link where the installer needs a real directory.
+no_link() {
+  [ ! -L "$(at "$1")" ] || die "refusing to use $1: it is a symbolic link (left by whom? check it, remove it, run me again)"
+}
+# A directory on the target with this mode, not a symbolic link; created when missing.
+dir() {
+  no_link "$1"
+  install -d -m "$2" "$(at "$1")"
+  no_link "$1"
+}
+# Installs file $2 as $1 on the target (mode $3): written under a new name in the same
+# (root-owned) directory, then renamed over whatever is there, a symbolic link included.
+place() {
+  local dst
+  dst=$(at "$1")
+  no_link "$(dirname "$1")"
+  rm -f "$dst.herd-new"
+  install -T -m "$3" "$2" "$dst.herd-new"
+  mv -fT "$dst.herd-new" "$dst"
+}
 # Writes stdin to a file on the target (mode $2), unless it exists and $3 is "keep".
 put() {
   local dst
   dst=$(at "$1")
-  if [ "${3:-}" = keep ] && [ -e "$dst" ]; then cat >/dev/null; say "kept $1"; return; fi
+  if [ "${3:-}" = keep ] && [ -e "$dst" ] && [ ! -L "$dst" ]; then cat >/dev/null; say "kept $1"; return; fi
   mkdir -p "$(dirname "$dst")"
-  local tmp="$dst.herd-new"
-  (umask 077 && cat >"$tmp")
-  chmod "$2" "$tmp"
-  mv -f "$tmp" "$dst"
+  local tmp
+  tmp=$(umask 077 && mktemp "$dst.XXXXXX")
+  cat >"$tmp"
+  place "$1" "$tmp" "$2"
+  rm -f "$tmp"
   say "wrote $1"
 }
 random_key() { head -c 32 /dev/urandom | base64 | tr -d '\n=+/' | cut -c1-40; echo; }
@@ -126,19 +154,24 @@ if id herd >/dev/null 2>&1; then
 else
   run useradd --system --home-dir /var/lib/herd --no-create-home --shell /usr/sbin/nologin --user-group herd
 fi
-for d in /var/lib/herd /var/lib/herd/cache /var/lib/herd/models; do
-  mkdir -p "$(at $d)"
-  chmod 0750 "$(at $d)"
+# /var/lib/herd and its models are root's (group herd reads them); the cache is herd's own.
+# Earlier versions gave herd all of /var/lib/herd: take it back first, then nothing below it
+# can move under the installer's feet.
+mkdir -p "$(at /var/lib)"
+for d in /var/lib/herd /var/lib/herd/models; do
+  dir "$d" 0750
+  run chown -h root:herd "$d"
 done
-run chown -R herd:herd /var/lib/herd
-mkdir -p "$(at /etc/herd)"
-chmod 0755 "$(at /etc/herd)"
+dir /var/lib/herd/cache 0750
+run chown -h herd:herd /var/lib/herd/cache
+dir /etc/herd 0755
 
 # --- herd itself ------------------------------------------------------------------------
 APP=$(at /opt/herd)
 mkdir -p "$APP"
 say "copying herd from $SRC to /opt/herd"
 # Only what runs: no tests, caches, build products or installed packages.
+no_link /opt/herd
 rm -rf "$APP/src" "$APP/bin"
 (cd "$SRC" && tar -cf - package.json package-lock.json bin src proto models deploy README.md \
   $(ls -d binding.gyp scripts tsconfig.json 2>/dev/null)) | (cd "$APP" && tar -xf -)
@@ -164,7 +197,7 @@ else
   random_key | put /etc/herd/cluster.key 0400
   say "made a new cluster key: copy /etc/herd/cluster.key to every machine of this herd (install.sh --key-file)"
 fi
-run chown herd:herd /etc/herd/cluster.key
+run chown -h herd:herd /etc/herd/cluster.key
 
 if [ "$ROLE" != node ]; then
   if [ -n "$API_KEY_FILE" ]; then
@@ -173,11 +206,10 @@ if [ "$ROLE" != node ]; then
     random_key | put /etc/herd/api.key 0400
     say "made an API key in /etc/herd/api.key: clients send it as HERD_API_KEY / Authorization: Bearer"
   fi
-  run chown herd:herd /etc/herd/api.key
+  run chown -h herd:herd /etc/herd/api.key
   if [ -n "$MODEL" ]; then
-    cp "$MODEL" "$(at /var/lib/herd/models/model.gguf)"
-    chmod 0640 "$(at /var/lib/herd/models/model.gguf)"
-    run chown herd:herd /var/lib/herd/models/model.gguf
+    place /var/lib/herd/models/model.gguf "$MODEL" 0640
+    run chown -h root:herd /var/lib/herd/models/model.gguf
     say "copied the model to /var/lib/herd/models/model.gguf"
   fi
 fi

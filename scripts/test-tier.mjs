@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url';
 const UNIT = [
   'api-queue',
   'batching',
+  'chat-template',
+  'cluster-key',
   'cluster-planner',
   'gguf-malformed',
   'gguf-reader',
@@ -22,6 +24,7 @@ const UNIT = [
   'sampler',
   'self-contained',
   'slice',
+  'tensor-split',
   'tokenizer',
 ];
 const UNIT_PREFIXES = ['kernels-'];

@@ -91,7 +91,7 @@ async function stream(prompt: string, onFirst: () => void = () => {}): Promise<s
 }
 
 async function stepCounts(): Promise<{ steps: number; entries: number }[]> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)));
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, undefined)));
   return infos.map((i) => ({ steps: Number(i.counters?.steps ?? 0), entries: Number(i.counters?.stepEntries ?? 0) }));
 }
 
@@ -125,7 +125,7 @@ test.serial('4 concurrent streams over 2 stages share each stage’s steps and e
 
 /** Stage sessions open on the nodes (each pipeline session holds one per node). */
 async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)));
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, undefined)));
   return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
 }
 

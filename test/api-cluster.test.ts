@@ -13,7 +13,7 @@ import { parsePrometheus, sum } from './helpers/prometheus.ts';
 import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
-const KEY = 'cluster-key-for-api-tests';
+const KEY = 'cluster-key-for-api-tests-0123456789';
 const dir = mkdtempSync(join(tmpdir(), 'herd-api-cluster-'));
 const nodes: RunningNode[] = [];
 let serve: RunningServe;
@@ -54,7 +54,7 @@ async function sessionsHeld(): Promise<number> {
 }
 
 async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)));
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))));
   return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
 }
 
@@ -82,7 +82,7 @@ test.serial("/metrics shows each node's own stage time, by phase, for every step
   t.is(types.get('herd_stage_step_seconds'), 'histogram');
   const ids = new Map(
     await Promise.all(
-      nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)).name, n.ready.id as string] as const),
+      nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))).name, n.ready.id as string] as const),
     ),
   );
   for (const phase of ['prefill', 'decode']) {

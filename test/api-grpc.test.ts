@@ -39,7 +39,7 @@ let client: HerdCoordinatorClient;
 
 async function grpcClient(s: RunningServe): Promise<HerdCoordinatorClient> {
   const e = await s.waitFor((l) => l.event === 'grpc.listening');
-  return coordinatorClient(`127.0.0.1:${String(e.port)}`);
+  return coordinatorClient(`127.0.0.1:${String(e.port)}`, undefined);
 }
 
 test.before(async () => {
@@ -133,7 +133,7 @@ test.serial('bad fields get INVALID_ARGUMENT', async (t) => {
 });
 
 test.serial('with a cluster key, Generate needs the proof', async (t) => {
-  const key = 'grpc-test-key-0123';
+  const key = 'grpc-test-key-0123456789abcdef01234';
   const keyed = await startServe(['--grpc-port', '0', '--cluster-key', key]);
   const c = await grpcClient(keyed);
   try {

@@ -115,7 +115,13 @@ test('--log-level warn keeps info lines out; debug adds refused requests', async
     startServe(['--log-level', 'debug']),
   ]);
   try {
-    for (const s of [quiet, loud]) await fetch(`${s.url}/v1/completions`, { method: 'POST', body: '{"prompt": 1}' });
+    for (const s of [quiet, loud]) {
+      await fetch(`${s.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"prompt": 1}',
+      });
+    }
     // Wait for the line itself, however long the pipe takes on a loaded machine.
     const refused = await loud.waitFor((e) => e.event === 'request.refused');
     t.is(refused.level, 'debug');

@@ -28,8 +28,10 @@ interface State {
   prompt_tokens_reused: number;
 }
 
+const auth = { authorization: `Bearer ${KEY}` };
+
 async function state(): Promise<State> {
-  return (await fetch(`${serve.url}/api/state`)).json() as Promise<State>;
+  return (await fetch(`${serve.url}/api/state`, { headers: auth })).json() as Promise<State>;
 }
 
 test.serial('a greedy completion is the text `herd run --temp 0` prints', async (t) => {
@@ -223,7 +225,7 @@ test.serial('a cancelled stream frees its session, and the server keeps serving'
   await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the session to be freed');
   const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', HUNG_MS);
   t.true(Number(cancelled.completionTokens) < 900, `generated ${String(cancelled.completionTokens)} of 900`);
-  const metrics = await (await fetch(`${serve.url}/metrics`)).text();
+  const metrics = await (await fetch(`${serve.url}/metrics`, { headers: auth })).text();
   t.regex(metrics, /^herd_generations_total\{endpoint="chat",outcome="cancelled"\} 1$/m);
   t.regex(metrics, /^herd_sessions_active 0$/m);
   // A cancel ends between two steps: the session is whole, so it is kept idle like any other
@@ -245,7 +247,7 @@ test.serial(
   async (t) => {
     const reused = async () =>
       sum(
-        parsePrometheus(await (await fetch(`${serve.url}/metrics`)).text()).samples,
+        parsePrometheus(await (await fetch(`${serve.url}/metrics`, { headers: auth })).text()).samples,
         'herd_prompt_tokens_reused_total',
       );
     const messages: OpenAI.ChatCompletionMessageParam[] = [
@@ -429,8 +431,11 @@ test.serial('a wrong or missing API key: 401', async (t) => {
   const r = await post('/v1/completions', JSON.stringify({ prompt: 'x' }), null);
   t.is(r.status, 401);
   isOpenAiError(t, r.json, 'invalid_api_key');
-  // Health, metrics and the dashboard stay open to the LAN.
+  // Health and the dashboard page stay open to the LAN; what the page shows needs the key.
   t.is((await fetch(`${serve.url}/health`)).status, 200);
+  t.is((await fetch(serve.url)).status, 200);
+  t.is((await fetch(`${serve.url}/metrics`)).status, 401);
+  t.is((await fetch(`${serve.url}/api/state`)).status, 401);
 });
 
 test.serial('an unknown model: 404 model_not_found; /v1/models lists the served one', async (t) => {
@@ -467,7 +472,11 @@ test.serial('no herd ready: 503 from the API and /health, while the server keeps
     );
     t.true(e instanceof OpenAI.InternalServerError);
     t.is((e as InstanceType<typeof OpenAI.APIError>).status, 503);
-    const r = await fetch(`${down.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'x' }) });
+    const r = await fetch(`${down.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'x' }),
+    });
     t.is(r.status, 503);
     isOpenAiError(t, (await r.json()) as { error?: Record<string, unknown> }, 'cluster_unavailable');
     t.is((await fetch(`${down.url}/v1/models`)).status, 200);

@@ -157,6 +157,7 @@ test('--server: the same conversation through herd serve gives the replies the A
       messages.push({ role: 'user', content: said });
       const r = await fetch(`${serve.url}/v1/chat/completions`, {
         method: 'POST',
+        headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ messages, max_tokens: 40, temperature: 0 }),
       });
       const reply = ((await r.json()) as { choices: { message: { content: string } }[] }).choices[0].message.content;
@@ -206,6 +207,7 @@ test("one session across turns: the second turn computes only what follows it, /
       messages.push({ role: 'user', content: said });
       const r = await fetch(`${serve.url}/v1/chat/completions`, {
         method: 'POST',
+        headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ messages, max_tokens: 40, temperature: 0, cache_prompt: false }),
       });
       const body = (await r.json()) as {

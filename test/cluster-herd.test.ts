@@ -50,7 +50,7 @@ const SPEEDS = [10, 10, 10];
  */
 const RESTART_SPEEDS = [5, 10, 15];
 
-const KEY = 'herd-test-cluster-key';
+const KEY = 'herd-test-cluster-key-0123456789ab';
 let lan: TestLan;
 let dir: string;
 let keyFile: string;
@@ -138,7 +138,7 @@ test.after.always(async () => {
 test.serial('herd nodes finds the three daemons over mDNS', async (t) => {
   // No count to stop at: it listens the whole time. Three queries (one a second) to three idle
   // responders that answer in milliseconds.
-  const r = await herd(['nodes', '--interface', 'eth0', '--timeout', '5', '--json']);
+  const r = await herd(['nodes', '--cluster-key-file', keyFile, '--interface', 'eth0', '--timeout', '5', '--json']);
   t.is(r.code, 0, r.stderr);
   const found = JSON.parse(r.stdout) as NodesJson;
   t.deepEqual(found.nodes.map((n) => n.name).sort(), ['node-0', 'node-1', 'node-2']);
@@ -159,7 +159,9 @@ test.serial('each node advertises its --throughput, in mDNS TXT and in Info, ins
   const txt = JSON.parse(out) as DiscoveryResult;
   const expected = SPEEDS.map((s, i) => [`node-${i}`, s * 1e9]);
   t.deepEqual(txt.nodes.map((n) => [n.caps.name, n.caps.throughput]).sort(), expected);
-  const info = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  const info = JSON.parse(
+    (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+  ) as NodesJson;
   t.deepEqual(info.nodes.map((n) => [n.name, n.throughput]).sort(), expected);
   for (const [i, n] of nodes.entries()) t.like(n.ready, { throughput: SPEEDS[i] * 1e9, throughputPinned: true });
 });
@@ -168,6 +170,8 @@ test.serial('herd plan over mDNS splits the model across the three nodes', async
   // --timeout bounds a hung browse only: it ends as soon as the three (--stages) answered.
   const r = await herd([
     'plan',
+    '--cluster-key-file',
+    keyFile,
     '--nodes',
     'auto',
     '--interface',
@@ -214,7 +218,9 @@ test.serial(
 );
 
 test.serial('a second request reuses the loaded slices: no transfer, no reload', async (t) => {
-  const before = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  const before = JSON.parse(
+    (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+  ) as NodesJson;
   const r = await herd(['--model', bundledModel, ...generate('auto')]);
   t.is(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as RunJson;
@@ -223,7 +229,9 @@ test.serial('a second request reuses the loaded slices: no transfer, no reload',
     out.shards?.every((s) => s.source === 'memory' && s.bytes_transferred === 0),
     JSON.stringify(out.shards),
   );
-  const after = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  const after = JSON.parse(
+    (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+  ) as NodesJson;
   for (const n of after.nodes) {
     const b = before.nodes.find((x) => x.address === n.address);
     t.is(n.counters?.shardLoads, 1, `${n.name} loaded its slice once`);
@@ -233,14 +241,18 @@ test.serial('a second request reuses the loaded slices: no transfer, no reload',
   }
 });
 
-test.serial('a coordinator with the wrong key is refused and the nodes keep serving', async (t) => {
-  const r = await herd(['--model', bundledModel, ...generate(peers, 'not-the-cluster-key')]);
+test.serial('a coordinator with the wrong key or none is refused and the nodes keep serving', async (t) => {
+  const r = await herd(['--model', bundledModel, ...generate(peers, 'not-the-cluster-key-0123456789abcd')]);
   t.not(r.code, 0);
-  t.regex(r.stderr, /UNAUTHENTICATED/);
-  t.regex(r.stderr, /wrong cluster key/);
-  const refused = await Promise.any(nodes.map((n) => n.waitFor((e) => e.event === 'auth.refused', HUNG_MS)));
-  t.is(refused.reason, 'wrong cluster key');
-  const list = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+  t.regex(r.stderr, /none of the nodes answered/);
+  // Without a key, a peer cannot even ask who is there: the TLS handshake fails.
+  const keyless = await herd(['nodes', '--peers', peers, '--json']);
+  const seen = JSON.parse(keyless.stdout) as NodesJson & { unreachable: { address: string }[] };
+  t.deepEqual(seen.nodes, []);
+  t.is(seen.unreachable.length, 3);
+  const list = JSON.parse(
+    (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+  ) as NodesJson;
   t.is(list.nodes.length, 3);
 });
 
@@ -249,10 +261,21 @@ test.serial(
   async (t) => {
     await stopNodes();
     await startNodes(RESTART_SPEEDS, ['--no-mdns']);
-    const silent = await herd(['nodes', '--interface', 'eth0', '--timeout', '2', '--json']);
+    const silent = await herd([
+      'nodes',
+      '--cluster-key-file',
+      keyFile,
+      '--interface',
+      'eth0',
+      '--timeout',
+      '2',
+      '--json',
+    ]);
     t.deepEqual((JSON.parse(silent.stdout) as NodesJson).nodes, [], 'no node answers over mDNS');
 
-    const listed = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+    const listed = JSON.parse(
+      (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+    ) as NodesJson;
     t.log(`after restart: ${JSON.stringify(listed.nodes.map((n) => [n.name, n.throughput, n.cached]))}`);
     t.deepEqual(
       listed.nodes.map((n) => [n.name, n.throughput]).sort(),
@@ -285,7 +308,9 @@ test.serial(
       JSON.stringify(out.shards),
     );
     t.deepEqual(out.plan, firstPlan, 'the slices stay where they are cached though the speeds changed');
-    const info = JSON.parse((await herd(['nodes', '--peers', peers, '--json'])).stdout) as NodesJson;
+    const info = JSON.parse(
+      (await herd(['nodes', '--cluster-key-file', keyFile, '--peers', peers, '--json'])).stdout,
+    ) as NodesJson;
     for (const n of info.nodes) t.is(n.counters?.bytesFetched, 0, `${n.name} fetched nothing after the restart`);
   },
 );

@@ -124,3 +124,24 @@ test('a held range that is much slower than the best plan is not kept', (t) => {
     JSON.stringify(ranges(p)),
   );
 });
+
+test('--parallel 8 counts eight sessions of KV cache and buffers: a small node gets fewer layers', (t) => {
+  // Two equally fast nodes, one with room for everything, one small (0.6 GiB): with one session
+  // the small one takes half the layers; with eight, what fits next to their KV caches.
+  const nodes = [node('big', 1, 8), node('small', 1, 0.6)];
+  const one = plan(nodes, shape, { stages: 2 });
+  const eight = plan(nodes, shape, { stages: 2, sessions: 8 });
+  const layersOf = (p: ReturnType<typeof plan>) => {
+    const s = p.stages.find((x) => x.node.name === 'small')!;
+    return s.end - s.start;
+  };
+  t.true(layersOf(eight) < layersOf(one), `${layersOf(eight)} layers with 8 sessions, ${layersOf(one)} with one`);
+  for (const s of eight.stages) {
+    t.is(s.kvBytes, (s.end - s.start) * shape.kvBytesPerLayer * 8);
+    t.is(s.bufferBytes, shape.bufferBytes * 8);
+    t.true(s.memBytes <= s.node.memAvailable);
+  }
+  const e = t.throws(() => plan([node('tiny', 1, 1)], shape, { sessions: 8 }), { instanceOf: PlanError });
+  t.regex(e.message, /the KV caches and buffers of 8 sessions/);
+  t.throws(() => plan(nodes, shape, { sessions: 0 }), { instanceOf: PlanError, message: /sessions must be/ });
+});

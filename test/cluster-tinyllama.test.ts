@@ -18,7 +18,7 @@ import {
 } from './helpers/herd-proc.ts';
 import { repoRoot } from './helpers/paths.ts';
 
-const KEY = 'tinyllama-test-key';
+const KEY = 'tinyllama-test-key-0123456789abcdef';
 let dir: string;
 let model: string;
 let nodes: RunningNode[] = [];

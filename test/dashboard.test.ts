@@ -116,6 +116,7 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   for (;;) {
     const r = await fetch(`${serve.url}/v1/completions`, {
       method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 200, temperature: 0 }),
     });
     t.is(r.status, 200);
@@ -144,4 +145,34 @@ test('the dashboard lists the nodes, their layer ranges against the model, and l
   t.is((await page.$$('#nodes .stage-time')).length, 2);
   await page.screenshot({ path: join(tmpdir(), 'herd-dashboard.png'), fullPage: true });
   t.deepEqual(errors, []);
+});
+
+test('with an API key, the page takes it from its #key= fragment, or asks for it', async (t) => {
+  const key = 'dashboard-test-key-0123456789abcdef';
+  const keyed = await startServe(['--api-key', key, '--no-mdns']);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    // No key: the page asks, and shows the herd once given the right one.
+    await page.goto(keyed.url);
+    await page.waitForSelector('#auth:not([hidden])', { timeout: HUNG_MS });
+    t.is(await page.textContent('#status'), 'API key needed');
+    await page.fill('#auth-key', key);
+    await page.click('#auth button');
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: HUNG_MS });
+    t.is(await page.textContent('#status'), 'ready (local)');
+
+    // From the fragment: used, and gone from the address bar (the server never saw it).
+    const fresh = await context.newPage();
+    await fresh.goto(`${keyed.url}/#key=${encodeURIComponent(key)}`);
+    await fresh.waitForSelector('body[data-loaded="true"]', { timeout: HUNG_MS });
+    t.is(new URL(fresh.url()).hash, '');
+    t.true(await fresh.isHidden('#auth'));
+    t.deepEqual(errors, []);
+  } finally {
+    await context.close();
+    await keyed.stop();
+  }
 });

@@ -1,26 +1,33 @@
 // deploy/: what can be checked honestly on this machine — the install script parses and runs in
 // its dry-run mode against a temporary root, the systemd units pass `systemd-analyze verify`
 // (where it exists) against that root, and every herd flag the units, the settings file and the
-// compose file use is one `herd … --help` lists.
+// compose file use is one `herd … --help` lists. And the attacks of issue 14 on deploy/: a
+// symbolic link the herd user leaves where root writes is never followed; the units' sandbox
+// scores at most EXPOSURE_TARGET in `systemd-analyze security`; an open API in compose stays on
+// loopback.
 
 import test from 'ava';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import {
+  chmodSync,
   cpSync,
   existsSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { herd } from './helpers/herd.ts';
-import { repoRoot } from './helpers/paths.ts';
+import { herdBin, repoRoot } from './helpers/paths.ts';
+import { HUNG_MS } from './helpers/serve.ts';
 
 const deploy = join(repoRoot, 'deploy');
 const install = join(deploy, 'install.sh');
@@ -93,7 +100,10 @@ test.serial(
     t.is(mode(at('var/lib/herd')), '0750');
 
     // what it would do to the system, said, not done
-    t.regex(r.stdout, /^would run: chown herd:herd \/etc\/herd\/cluster\.key$/m);
+    t.regex(r.stdout, /^would run: chown -h herd:herd \/etc\/herd\/cluster\.key$/m);
+    t.regex(r.stdout, /^would run: chown -h root:herd \/var\/lib\/herd$/m);
+    t.regex(r.stdout, /^would run: chown -h herd:herd \/var\/lib\/herd\/cache$/m);
+    t.notRegex(r.stdout, /chown (-R|herd:herd \/var\/lib\/herd$)/m, 'herd owns its cache, nothing above it');
     t.regex(r.stdout, /^would run: \(cd \/opt\/herd && npm ci --omit=dev\)$/m);
     t.regex(r.stdout, /^would run: systemctl enable --now herd-node\.service$/m);
     t.regex(r.stdout, /^would run: systemctl enable --now herd-serve\.service$/m);
@@ -204,4 +214,134 @@ test('every herd flag in the units, herd.env and compose.yaml exists', async (t)
     for (const src of m[1].split(/\s+/)) t.true(existsSync(join(repoRoot, src)), `Dockerfile copies ${src}`);
   }
   t.is(compose.services.node.build?.dockerfile, 'deploy/Dockerfile');
+});
+
+/** A dry run of install.sh --role serve --model into a fresh root, after `plant` set it up. */
+async function installInto(
+  name: string,
+  plant: (at: (p: string) => string) => void,
+): Promise<{ code: number; stdout: string; stderr: string; at: (p: string) => string }> {
+  const dst = join(work, name);
+  const at = (p: string) => join(dst, p);
+  mkdirSync(at('var/lib/herd/models'), { recursive: true });
+  plant(at);
+  const r = await sh([
+    install,
+    '--dry-run',
+    '--root',
+    dst,
+    '--role',
+    'serve',
+    '--no-start',
+    '--model',
+    join(repoRoot, 'models/stories260K.gguf'),
+  ]);
+  return { ...r, at };
+}
+
+test('a symbolic link left where the model goes is replaced, never written through', async (t) => {
+  // What the herd user could leave in a directory it owned: the model's name, pointing at a file
+  // root would then overwrite, chmod and chown.
+  const victim = join(work, 'victim-file');
+  writeFileSync(victim, 'precious');
+  chmodSync(victim, 0o600);
+  const r = await installInto('r-model-link', (at) => symlinkSync(victim, at('var/lib/herd/models/model.gguf')));
+  t.is(r.code, 0, r.stderr + r.stdout);
+  t.is(readFileSync(victim, 'utf8'), 'precious');
+  t.is(mode(victim), '0600');
+  const model = lstatSync(r.at('var/lib/herd/models/model.gguf'));
+  t.true(model.isFile(), 'the link was replaced by the model');
+  t.is(model.size, statSync(join(repoRoot, 'models/stories260K.gguf')).size);
+  t.is(mode(r.at('var/lib/herd/models/model.gguf')), '0640');
+  t.regex(r.stdout, /^would run: chown -h root:herd \/var\/lib\/herd\/models\/model\.gguf$/m);
+});
+
+test('a directory the installer needs that is a symbolic link stops it', async (t) => {
+  const victimDir = join(work, 'victim-dir');
+  mkdirSync(victimDir);
+  chmodSync(victimDir, 0o700);
+  const r = await installInto('r-cache-link', (at) => symlinkSync(victimDir, at('var/lib/herd/cache')));
+  t.not(r.code, 0);
+  t.regex(r.stderr, /refusing to use \/var\/lib\/herd\/cache: it is a symbolic link/);
+  t.is(mode(victimDir), '0700', 'not chmodded through the link');
+  t.deepEqual(readdirSync(victimDir), []);
+});
+
+/** `systemd-analyze security` exposure (0 safest … 10) each unit must stay at or below. */
+const EXPOSURE_TARGET = 2.0;
+
+test('the units are sandboxed: systemd-analyze security scores them at most EXPOSURE_TARGET', (t) => {
+  for (const u of ['herd-node', 'herd-serve']) {
+    const unit = readFileSync(join(deploy, 'systemd', `${u}.service`), 'utf8');
+    // The directives issue 14 names, whether or not this machine can score them.
+    for (const d of [
+      /^CapabilityBoundingSet=$/m,
+      /^SystemCallFilter=@system-service$/m,
+      /^RestrictNamespaces=yes$/m,
+      /^UMask=0077$/m,
+      /^MemoryMax=\S+$/m,
+      /^ProtectSystem=strict$/m,
+      /^PrivateTmp=yes$/m,
+      /^NoNewPrivileges=yes$/m,
+    ])
+      t.regex(unit, d, u);
+  }
+  // Debian's systemd 252 here; --offline reads the unit files without a running systemd.
+  const probe = spawnSync('systemd-analyze', ['security', '--help'], { encoding: 'utf8' });
+  if (probe.error || !probe.stdout.includes('--offline')) {
+    t.log('no systemd-analyze security --offline on this machine (apt-get install systemd): scoring skipped');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'herd-units-'));
+  try {
+    mkdirSync(join(dir, 'etc/systemd/system'), { recursive: true });
+    for (const u of ['herd-node', 'herd-serve']) {
+      cpSync(join(deploy, 'systemd', `${u}.service`), join(dir, `etc/systemd/system/${u}.service`));
+      const r = spawnSync(
+        'systemd-analyze',
+        ['security', '--offline=true', `--root=${dir}`, '--no-pager', `/etc/systemd/system/${u}.service`],
+        { encoding: 'utf8' },
+      );
+      const m = /Overall exposure level for \S+: ([\d.]+)/.exec(r.stdout);
+      t.truthy(m, r.stdout + r.stderr);
+      const score = Number((m as RegExpExecArray)[1]);
+      t.log(`${u}: exposure ${score} (target <= ${EXPOSURE_TARGET})`);
+      t.true(score <= EXPOSURE_TARGET, `${u}: exposure ${score}\n${r.stdout}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('compose: an open API stays on loopback; it takes the LAN only with a key', async (t) => {
+  const compose = parse(readFileSync(join(deploy, 'compose.yaml'), 'utf8')) as {
+    services: { serve: { command: string[] } };
+  };
+  const cmd = compose.services.serve.command;
+  t.is(cmd[cmd.indexOf('--host') + 1], '${HERD_HOST:-auto}');
+  // What `--host auto` binds without a key: loopback (started here, on loopback only).
+  const child = spawn(process.execPath, [herdBin, 'serve', '--host', 'auto', '--port', '0', '--no-mdns'], {
+    cwd: repoRoot,
+    env: { ...process.env, HERD_API_KEY: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+        const m = /serving \S+ on (http:\/\/\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`herd serve exited (${code})`)));
+      setTimeout(() => reject(new Error('herd serve did not start')), HUNG_MS);
+    });
+    t.is(new URL(url).hostname, '127.0.0.1');
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  }
 });

@@ -1,11 +1,12 @@
 import test from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLan, stopProcess } from './helpers/netns.ts';
 import { repoRoot, fixtureModels } from './helpers/paths.ts';
-import { runHerd } from './helpers/herd-proc.ts';
+import { runHerd, startNode } from './helpers/herd-proc.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 import type { DiscoveryResult } from '../src/cluster/discovery/types.ts';
 import { capsFromTxt, capsToTxt, PROTOCOL_VERSION } from '../src/cluster/caps.ts';
@@ -145,5 +146,50 @@ test('herd run --nodes auto with no daemon answering runs in-process and says so
   t.deepEqual(
     out.plan.map((p) => [p.address, p.layers]),
     [['in-process', [0, 5]]],
+  );
+});
+
+test('mDNS is a hint: a spoofed goodbye and a keyless node advertising the same id leave the real node listed', async (t) => {
+  const lan = await createLan(3, 'spoof');
+  const dir = mkdtempSync(join(tmpdir(), 'herd-spoof-'));
+  t.teardown(async () => {
+    await lan.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const [real, spoofer, browser] = lan.hosts;
+  const key = 'mdns-hint-test-cluster-key-0123456789';
+  const node = await startNode(
+    ['--interface', 'eth0', '--port', '7077', '--cache-dir', join(dir, 'real'), '--cluster-key', key, '--name', 'real'],
+    (cmd, args, opts) => lan.spawn(real, cmd, args, opts),
+  );
+  t.teardown(() => stopProcess(node.child, HUNG_MS));
+  const instance = String((await node.waitFor((e) => e.event === 'mdns.advertise', HUNG_MS)).service).replace(
+    /\.$/,
+    '',
+  );
+  const id = node.ready.id as string;
+  const fake = lan.spawn(spoofer, process.execPath, [...probe, 'spoof', 'eth0', id, instance, '7078'], {
+    cwd: repoRoot,
+  });
+  t.teardown(() => stopProcess(fake, HUNG_MS));
+  await waitForLine(fake, /^ready$/, HUNG_MS);
+
+  const r = await runHerd(
+    ['nodes', '--json', '--interface', 'eth0', '--timeout', '4', '--cluster-key', key],
+    (cmd, args, opts) => lan.spawn(browser, cmd, args, opts),
+    HUNG_MS,
+  );
+  t.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as {
+    nodes: { address: string; nodeId: string }[];
+    unreachable: { address: string }[];
+  };
+  t.deepEqual(
+    out.nodes.map((n) => [n.nodeId, n.address]),
+    [[id, `${real.ip}:7077`]],
+  );
+  t.deepEqual(
+    out.unreachable.map((u) => u.address),
+    [`${spoofer.ip}:7078`],
   );
 });

@@ -306,7 +306,7 @@ test.serial(
 
       // gRPC Generate: one entry per token id, with token ids
       const grpcPort = (await serve.waitFor((l) => l.event === 'grpc.listening')).port;
-      const g: HerdCoordinatorClient = coordinatorClient(`127.0.0.1:${String(grpcPort)}`);
+      const g: HerdCoordinatorClient = coordinatorClient(`127.0.0.1:${String(grpcPort)}`, undefined);
       try {
         const events = await new Promise<GenerateEvent[]>((resolve, reject) => {
           const out: GenerateEvent[] = [];
@@ -378,6 +378,7 @@ test.serial('the OpenAI API refuses bad logprobs values with a 400 naming the fi
     // Off: accepted, answered with logprobs null.
     const off = await fetch(`${serve.url}/v1/completions`, {
       method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ ...completion, logprobs: null }),
     });
     t.is(((await off.json()) as { choices: { logprobs: unknown }[] }).choices[0].logprobs, null);
@@ -387,7 +388,7 @@ test.serial('the OpenAI API refuses bad logprobs values with a 400 naming the fi
 });
 
 test.serial('over a 2-stage herd the last stage sends the same logprobs as an in-process run', async (t) => {
-  const KEY = 'logprobs-test-cluster-key';
+  const KEY = 'logprobs-test-cluster-key-0123456789';
   const dir = mkdtempSync(join(tmpdir(), 'herd-logprobs-'));
   let lan: TestLan | undefined;
   const nodes: RunningNode[] = [];

@@ -3,9 +3,14 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Activation, DType, FetchTensorsReply, ForwardRequest, NodeInfo } from '../src/proto/herd.ts';
+import { Activation, DType, FetchTensorsReply, ForwardRequest, NodeInfo, ProtocolVersion } from '../src/proto/herd.ts';
+import { PROTOCOL_VERSION } from '../src/cluster/caps.ts';
 import { encodeFetchReply } from '../src/cluster/shard/fetch-reply.ts';
 import { repoRoot } from './helpers/paths.ts';
+
+test('nodes speak the version the proto file names as current', (t) => {
+  t.is(PROTOCOL_VERSION, ProtocolVersion.PROTOCOL_VERSION_CURRENT as number);
+});
 
 test('the committed src/proto is exactly what `npm run gen:proto` generates', (t) => {
   const out = mkdtempSync(join(tmpdir(), 'herd-proto-'));

@@ -5,7 +5,13 @@
 
 import { surfacesOf, type ErrorKind, type KindedError } from '../cluster/errors.ts';
 
-export type ApiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error';
+export type ApiErrorType =
+  | 'invalid_request_error'
+  | 'authentication_error'
+  | 'not_found_error'
+  | 'server_error'
+  // OpenAI's type for a 429
+  | 'requests';
 
 export interface OpenAiErrorBody {
   error: { message: string; type: ApiErrorType; param: string | null; code: string | null };
@@ -18,6 +24,8 @@ export class ApiError extends Error implements KindedError {
     readonly code: string,
     message: string,
     readonly param: string | null = null,
+    /** Response headers beside the body (Retry-After of a 429). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(message);
     this.name = 'ApiError';
@@ -25,7 +33,7 @@ export class ApiError extends Error implements KindedError {
 
   /** For the gRPC surface: a client's error, a busy herd, or ours. */
   get kind(): ErrorKind {
-    if (this.status === 503) return 'unavailable';
+    if (this.status === 503 || this.status === 429) return 'unavailable';
     return this.status >= 400 && this.status < 500 ? 'invalid' : 'internal';
   }
 
@@ -41,6 +49,17 @@ export function badRequest(message: string, param: string | null = null, code = 
 
 export function unauthorized(message: string): ApiError {
   return new ApiError(401, 'invalid_request_error', 'invalid_api_key', message);
+}
+
+/** 415: a POST body that does not say it is JSON (a browser's cross-site form or text/plain post). */
+export function unsupportedMediaType(got: string | undefined): ApiError {
+  const message = `the request body must be JSON: send "Content-Type: application/json", got ${got ? `"${got}"` : 'none'}`;
+  return new ApiError(415, 'invalid_request_error', 'unsupported_media_type', message);
+}
+
+/** 429: too many requests wait already; the client may come back after `retryAfterS` seconds. */
+export function queueFull(message: string, retryAfterS: number): ApiError {
+  return new ApiError(429, 'requests', 'queue_full', message, null, { 'Retry-After': String(retryAfterS) });
 }
 
 export function modelNotFound(model: string, served: string): ApiError {

@@ -21,6 +21,8 @@ export interface GenerationJob {
    * next request (llama.cpp's cache_prompt; default true).
    */
   readonly cachePrompt?: boolean;
+  /** The client (an API key's label, an address): kept sessions are reused by their owner only. */
+  readonly owner?: string;
   readonly signal?: AbortSignal;
   /** Label of the metrics: chat, completions or grpc. */
   readonly endpoint: string;
@@ -64,7 +66,7 @@ export async function runGeneration(
   let result: GenerateResult;
   try {
     const cache = job.cachePrompt !== false;
-    const lease = await host.lease(job.sampling, job.signal, cache ? job.prompt : undefined);
+    const lease = await host.lease(job.sampling, job.signal, cache ? job.prompt : undefined, job.owner);
     let keep = false;
     try {
       metrics?.promptTokens.inc(job.prompt.length);

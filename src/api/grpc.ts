@@ -3,9 +3,19 @@
 // A Generate call streams each decoded piece of text with its token ids (and their
 // log-probabilities when the request's sampling sets `logprobs`), then one `done` event;
 // cancelling the call aborts the generation and frees its session. With a cluster key, Generate
-// needs the challenge-response proof of src/cluster/auth.ts (UNAUTHENTICATED otherwise).
+// needs the challenge-response proof of src/cluster/auth.ts; with API keys (herd serve
+// --api-key), also `authorization: Bearer KEY` metadata, as the HTTP API (UNAUTHENTICATED
+// otherwise). A full wait line is RESOURCE_EXHAUSTED with the HTTP answer's retry-after.
 
-import { Server, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import {
+  Metadata,
+  Server,
+  status,
+  type ServerErrorResponse,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Authenticator, type ClusterKey } from '../cluster/auth.ts';
 import { errorKind, type KindedError } from '../cluster/errors.ts';
@@ -20,6 +30,8 @@ import {
   type ListNodesReply,
 } from '../cluster/wire.ts';
 import { defaultSampling, type SamplingOptions, type TokenLogprobs } from '../engine/sampler.ts';
+import type { ApiKeys } from './api-keys.ts';
+import { ApiError } from './errors.ts';
 import { runGeneration } from './generation.ts';
 import type { ModelHost } from './host.ts';
 import type { ApiMetrics } from './metrics.ts';
@@ -43,6 +55,7 @@ export class GrpcApi {
     private readonly metrics: ApiMetrics | undefined,
     key: ClusterKey | undefined,
     private readonly log: Logger,
+    private readonly keys?: ApiKeys,
   ) {
     this.auth = new Authenticator(key, (r) => this.log.warn(r, 'auth.refused'));
     // FetchTensors and Deliver belong to `herd run`'s coordinator: grpc-js answers UNIMPLEMENTED.
@@ -98,7 +111,11 @@ export class GrpcApi {
     let pending: number[] = [];
     let pendingLogprobs: TokenLogprobs[] = [];
     try {
-      const job = this.parse(call.request);
+      // As over HTTP: the API key's identity owns the kept session, else the peer's address.
+      const owner = this.keys?.required
+        ? this.keys.identify(String(call.metadata.get('authorization')[0] ?? ''))
+        : `addr-${peer.replace(/^ipv[46]:/, '').replace(/:\d+$/, '')}`;
+      const job = { ...this.parse(call.request), owner };
       this.log.debug({ id, peer, promptTokens: job.prompt.length, maxTokens: job.maxTokens }, 'grpc.generate');
       const out = await runGeneration(
         this.host,
@@ -153,11 +170,24 @@ export class GrpcApi {
         this.log.info({ id }, 'request.cancelled');
         return;
       }
-      const err = toStatus(e);
+      const err = e instanceof ApiError ? apiStatus(e) : toStatus(e);
       if (errorKind(e) === 'internal') this.log.error({ id, error: err.message }, 'request.failed');
+      else if (e instanceof ApiError && e.status === 401) this.log.warn({ id, peer, error: e.message }, 'auth.refused');
       call.emit('error', err);
     } finally {
       this.calls.delete(ac);
     }
   }
+}
+
+/** The API's refusals in gRPC terms: a key refused, a full line (with its retry-after), the rest by kind. */
+function apiStatus(e: ApiError): ServerErrorResponse {
+  const base = { name: e.name, message: e.message, details: e.message };
+  if (e.status === 401) return { ...base, code: status.UNAUTHENTICATED };
+  if (e.status === 429) {
+    const metadata = new Metadata();
+    for (const [k, v] of Object.entries(e.headers)) metadata.set(k.toLowerCase(), v);
+    return { ...base, code: status.RESOURCE_EXHAUSTED, metadata };
+  }
+  return toStatus(e);
 }

@@ -43,6 +43,8 @@ export interface HostOptions extends ModelOptions {
    * freed (default 0: kept until a request needs its slot).
    */
   readonly idleSeconds?: number;
+  /** Requests that may wait for a session; more are refused with a 429 (default: unbounded). */
+  readonly queue?: number;
   /** Hears every step of every session (the metrics). */
   readonly onStep?: StepObserver;
 }
@@ -73,7 +75,13 @@ export class ModelHost {
       { ...o, file: this.file, ctx: this.ctx, modelId: this.modelId, slots: size },
       () => this.pool,
     );
-    this.pool = new SessionPool(this.runner, { size, idleSeconds: o.idleSeconds, log: o.log, onStep: o.onStep });
+    this.pool = new SessionPool(this.runner, {
+      size,
+      idleSeconds: o.idleSeconds,
+      log: o.log,
+      onStep: o.onStep,
+      maxWaiting: o.queue,
+    });
   }
 
   /** Reads the model's header and vocabulary (a bad file fails here); start() loads the weights. */
@@ -117,8 +125,8 @@ export class ModelHost {
   }
 
   /** See SessionPool.lease. */
-  lease(sampling: SamplingOptions, signal?: AbortSignal, prompt?: readonly number[]): Promise<Lease> {
-    return this.pool.lease(sampling, signal, prompt);
+  lease(sampling: SamplingOptions, signal?: AbortSignal, prompt?: readonly number[], owner?: string): Promise<Lease> {
+    return this.pool.lease(sampling, signal, prompt, owner);
   }
 
   /** Closes idle sessions: `/reset` in herd chat. */

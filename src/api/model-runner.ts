@@ -202,7 +202,13 @@ export class ModelRunner {
     let served: Served | undefined;
     const onRecovery = (e: RecoveryEvent) => this.recovered(served, e);
     const loaded = await loadModel(
-      { ...o, onRecovery, log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger },
+      {
+        ...o,
+        onRecovery,
+        // The plan fits every slot's KV caches and buffers on each node (issue 12 scope 4).
+        sessions: o.slots,
+        log: o.log.isLevelEnabled('debug') ? jsonLogger({ role: 'coordinator' }) : silentLogger,
+      },
       set,
     );
     if (loaded.mode === 'local') {
@@ -224,7 +230,7 @@ export class ModelRunner {
           await Promise.all(
             loaded.plan.map(async (p) => {
               try {
-                infos.set(p.address, await fetchInfo(p.address, 1500));
+                infos.set(p.address, await fetchInfo(p.address, 1500, o.key));
               } catch {
                 // keep the last answer; the pipeline reports dead nodes itself
               }

@@ -2,14 +2,31 @@
 // and per-request cancellation need nothing more): /v1/chat/completions, /v1/completions,
 // /v1/models, /health, /metrics, the dashboard at / and its JSON at /api/state. Errors become
 // OpenAI error objects here and nowhere else.
+//
+// Facing a LAN of phones, guests and the web pages its users visit: with an API key, everything
+// but /health and the dashboard's static files needs it; no other web origin gets a CORS grant
+// unless --cors names it, and a POST must say it is JSON (a cross-site form or text/plain post,
+// which a browser sends without asking, is refused before its body is read); a request has
+// --request-timeout seconds to arrive (its answer, a stream of minutes, is not bounded); and
+// the line of requests waiting for a session is capped (429 with Retry-After).
 
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { TokenLogprobs } from '../engine/sampler.ts';
-import { ApiError, badRequest, modelNotFound, notFound, toApiError, unauthorized, unavailable } from './errors.ts';
+import { ApiKeys } from './api-keys.ts';
+import { CorsPolicy } from './cors.ts';
+import {
+  ApiError,
+  badRequest,
+  modelNotFound,
+  notFound,
+  toApiError,
+  unavailable,
+  unsupportedMediaType,
+} from './errors.ts';
 import { runGeneration, type GenerationOutcome } from './generation.ts';
 import { chatLogprobs, CompletionLogprobsWriter } from './logprobs.ts';
 import { ModelHost, type HostOptions } from './host.ts';
@@ -22,11 +39,21 @@ const MAX_BODY_BYTES = 4 * 1024 * 1024;
 export interface ServerOptions {
   /** The model to serve: the server opens the host with its metrics as the observers. */
   readonly host: HostOptions;
-  /** Bearer key every /v1 request must carry; undefined leaves the API open. */
-  readonly apiKey?: string;
+  /**
+   * Bearer keys: each /v1, /metrics and /api/state request must carry one; each is a client of
+   * its own for prompt reuse. None (or empty) leaves the API open.
+   */
+  readonly apiKeys?: readonly string[];
+  /** Web origins granted cross-origin access (`*`: any); none by default. */
+  readonly cors?: readonly string[];
+  /** Seconds a request's headers and body may take to arrive (default 30; headers at most 10). */
+  readonly requestTimeoutSeconds?: number;
   readonly log: Logger;
   readonly version: string;
 }
+
+export const DEFAULT_REQUEST_TIMEOUT_S = 30;
+const MAX_HEADERS_TIMEOUT_S = 10;
 
 /** Static files of the dashboard: no build step, read once. */
 const dashboardDir = new URL('./dashboard/', import.meta.url);
@@ -54,7 +81,8 @@ export class ApiServer {
   readonly metrics: ApiMetrics;
   private readonly http: Server;
   private readonly inflight = new Set<AbortController>();
-  private readonly keyHash: Buffer | undefined;
+  private readonly keys: ApiKeys;
+  private readonly cors: CorsPolicy;
   private readonly started = performance.now();
   private readonly fingerprint: string;
   private readonly files = new Map<string, Buffer>();
@@ -73,12 +101,22 @@ export class ApiServer {
       slots: host.slots.size,
       ready: () => host.status === 'ready',
     });
-    this.keyHash = o.apiKey === undefined ? undefined : sha256(o.apiKey);
+    this.keys = new ApiKeys(o.apiKeys ?? []);
+    this.cors = new CorsPolicy(o.cors ?? []);
     this.fingerprint = `herd-${o.version}`;
     for (const { file } of Object.values(STATIC)) this.files.set(file, readFileSync(new URL(file, dashboardDir)));
-    this.http = createServer((req, res) => void this.handle(req, res));
-    // Long generations stream for minutes: no request timeout; idle keep-alive sockets still close.
-    this.http.requestTimeout = 0;
+    // Node's requestTimeout bounds receiving a request (headers and body) only, not the answer:
+    // a generation streams for minutes (test/api-security.test.ts holds it to that). Node
+    // checks the timeouts every connectionsCheckingInterval, then answers 408 and closes.
+    const requestMs = (o.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_S) * 1000;
+    this.http = createServer(
+      {
+        requestTimeout: requestMs,
+        headersTimeout: Math.min(requestMs, MAX_HEADERS_TIMEOUT_S * 1000),
+        connectionsCheckingInterval: Math.min(1000, requestMs),
+      },
+      (req, res) => void this.handle(req, res),
+    );
   }
 
   /** Listens; resolves with the bound address (port 0 picks a free port). */
@@ -107,19 +145,13 @@ export class ApiServer {
     const path = url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
     const route = ROUTES.has(path) ? path : path.startsWith('/v1/models/') ? '/v1/models/:id' : 'other';
     res.on('finish', () => this.metrics.httpRequests.inc({ route, status: String(res.statusCode) }));
-    res.setHeader('Access-Control-Allow-Origin', '*');
+    for (const [k, v] of Object.entries(this.cors.grant(req.headers.origin))) res.setHeader(k, v);
     try {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(204, {
-          'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
-          'Access-Control-Allow-Headers': 'Authorization, Content-Type',
-          'Access-Control-Max-Age': '86400',
-        });
-        res.end();
-        return;
-      }
+      if (req.method === 'OPTIONS') return this.cors.preflight(req, res);
       const get = req.method === 'GET' || req.method === 'HEAD';
-      if (path.startsWith('/v1/')) this.authorize(req);
+      const guarded = path.startsWith('/v1/') || path === '/metrics' || path === '/api/state';
+      // The client, for prompt reuse: its key, else (an open API) its address.
+      const owner = guarded && this.keys.required ? this.keys.identify(req.headers.authorization) : clientAddress(req);
       if (get && STATIC[path]) return this.sendStatic(res, STATIC[path]);
       if (get && path === '/health') return this.health(res);
       if (get && path === '/metrics') return await this.sendMetrics(res);
@@ -130,8 +162,8 @@ export class ApiServer {
         if (!this.servesModel(id)) throw modelNotFound(id, this.host.modelId);
         return sendJson(res, 200, this.modelObject());
       }
-      if (req.method === 'POST' && path === '/v1/chat/completions') return await this.chat(req, res);
-      if (req.method === 'POST' && path === '/v1/completions') return await this.completions(req, res);
+      if (req.method === 'POST' && path === '/v1/chat/completions') return await this.chat(req, res, owner);
+      if (req.method === 'POST' && path === '/v1/completions') return await this.completions(req, res, owner);
       const known = ROUTES.has(path) || path.startsWith('/v1/models/');
       if (known)
         throw new ApiError(
@@ -159,15 +191,7 @@ export class ApiServer {
       res.end(`data: ${JSON.stringify(err.body())}\n\n`);
       return;
     }
-    sendJson(res, err.status, err.body());
-  }
-
-  private authorize(req: IncomingMessage): void {
-    if (!this.keyHash) return;
-    const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
-    if (!m)
-      throw unauthorized('You didn\'t provide an API key: send "Authorization: Bearer KEY" (herd serve --api-key)');
-    if (!timingSafeEqual(sha256(m[1].trim()), this.keyHash)) throw unauthorized('Incorrect API key provided');
+    sendJson(res, err.status, err.body(), err.headers);
   }
 
   private servesModel(id: string): boolean {
@@ -261,7 +285,7 @@ export class ApiServer {
     return ac;
   }
 
-  private async chat(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async chat(req: IncomingMessage, res: ServerResponse, owner: string): Promise<void> {
     const h = this.host;
     const r = parseChatRequest(await readJson(req));
     this.checkModel(r);
@@ -294,6 +318,7 @@ export class ApiServer {
         stop: [...r.stop, ...h.template.stops],
         sampling: r.sampling,
         cachePrompt: r.cachePrompt,
+        owner,
         signal: ac.signal,
         endpoint: 'chat',
         onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
@@ -327,7 +352,7 @@ export class ApiServer {
     });
   }
 
-  private async completions(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async completions(req: IncomingMessage, res: ServerResponse, owner: string): Promise<void> {
     const h = this.host;
     const r = parseCompletionRequest(await readJson(req), h.tokenizer.vocabSize);
     this.checkModel(r);
@@ -362,6 +387,7 @@ export class ApiServer {
         stop: r.stop,
         sampling: r.sampling,
         cachePrompt: r.cachePrompt,
+        owner,
         signal: ac.signal,
         endpoint: 'completions',
         onToken: stream && wantLogprobs ? (_id, lp) => pending.add(lp) : undefined,
@@ -487,20 +513,25 @@ function usageOf(promptTokens: number, out: GenerationOutcome): object {
   };
 }
 
-function sha256(s: string): Buffer {
-  return createHash('sha256').update(s, 'utf8').digest();
+/** An open API's client identity: the address it connects from. */
+function clientAddress(req: IncomingMessage): string {
+  return `addr-${req.socket.remoteAddress ?? 'unknown'}`;
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
   res.writeHead(status, {
+    ...headers,
     'Content-Type': 'application/json; charset=utf-8',
     'Content-Length': Buffer.byteLength(text),
   });
   res.end(text);
 }
 
+/** The body of a POST, which must say it is JSON: 415 before a byte of it is read otherwise. */
 async function readJson(req: IncomingMessage): Promise<unknown> {
+  const type = req.headers['content-type'];
+  if (type?.split(';')[0].trim().toLowerCase() !== 'application/json') throw unsupportedMediaType(type);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const c of req) {

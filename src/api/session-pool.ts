@@ -7,6 +7,11 @@
 // until a request is waiting for one: then the least recently used idle session is closed;
 // and, with idleSeconds, once it has been idle that long.
 //
+// Over the herd a node may refuse a new session for want of memory (RESOURCE_EXHAUSTED, its
+// budget: cluster/node/budget.ts). The request then waits, holding its slot: an idle session
+// is closed first to free its KV caches, else it waits until another session ends and tries
+// again; only when no session is open to wait for does it fail (503).
+//
 // In-process, the sessions share one model, and the active requests' steps share its steps
 // (engine/batcher.ts: continuous batching, up to the slots at once). Over the herd, each
 // session is its own Forward stream, so stages work on different requests at once (pipeline
@@ -15,8 +20,10 @@
 import type { Logger } from 'pino';
 import { commonPrefix, type InferenceSession, type StagedSession, type StageTime } from '../engine/session.ts';
 import type { SamplingOptions, TokenLogprobs } from '../engine/sampler.ts';
+import { CapacityError } from '../cluster/capacity.ts';
 import type { ModelRunner, Served, SessionKeeper } from './model-runner.ts';
-import { FairQueue, type Release } from './queue.ts';
+import { queueFull, unavailable } from './errors.ts';
+import { AbortedError, FairQueue, type Release } from './queue.ts';
 
 /** One step of one session, for the metrics. */
 export interface StepTiming {
@@ -38,6 +45,11 @@ export interface PoolOptions {
   readonly log: Logger;
   /** Hears every step of every session (the metrics). */
   readonly onStep?: StepObserver;
+  /**
+   * Requests that may wait for a slot (beyond those an idle session's slot will take): one more
+   * is refused with a 429 at once rather than queued without bound. Default: unbounded.
+   */
+  readonly maxWaiting?: number;
 }
 
 /** A session lent to one request: close() frees its slot, and its KV caches unless kept. */
@@ -60,6 +72,8 @@ interface Held {
   lastUsed: number;
   /** A step failed: what the stages hold is unknown, so the session is not kept. */
   broken: boolean;
+  /** Whose prompt the session holds (an API key, a client address): only they may reuse it. */
+  readonly owner: string | undefined;
 }
 
 export class SessionPool implements SessionKeeper {
@@ -68,6 +82,13 @@ export class SessionPool implements SessionKeeper {
   private readonly idle: Held[] = [];
   /** Idle sessions being closed to give their slot to a waiting request. */
   private yielding = 0;
+  /** Sessions open now, lent or idle, and being opened. */
+  private openSessions = 0;
+  private opening = 0;
+  /** Requests waiting for a session to end (a node had no room for theirs). */
+  private readonly endWaiters = new Set<() => void>();
+  /** How long a request holds its slot, seconds (moving average): a refused client's Retry-After. */
+  private holdSeconds = 1;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -93,42 +114,114 @@ export class SessionPool implements SessionKeeper {
   /**
    * Waits (fairly) for a slot, then opens a session — or, given the prompt, takes a kept
    * session that holds a prefix of it (`cached` says how much). Rejects with 503 when the herd
-   * is not ready, and with AbortedError when `signal` aborts while waiting.
+   * is not ready, with 429 when maxWaiting requests wait already, and with AbortedError when
+   * `signal` aborts while waiting. Only a session kept for the same `owner` is reused: another
+   * client's kept prompt is neither continued nor revealed (cached tokens) to this one.
    */
-  async lease(sampling: SamplingOptions, signal?: AbortSignal, prompt?: readonly number[]): Promise<Lease> {
+  async lease(
+    sampling: SamplingOptions,
+    signal?: AbortSignal,
+    prompt?: readonly number[],
+    owner?: string,
+  ): Promise<Lease> {
     this.runner.current();
-    let held = prompt ? this.takeIdle(prompt) : undefined;
+    let held = prompt ? this.takeIdle(prompt, owner) : undefined;
     if (held) held.session.resample(sampling);
     else {
+      this.refuseWhenFull();
       const pending = this.slots.acquire(signal);
       // Someone waits for a slot: idle sessions give theirs up.
       this.yieldIdle();
       const release: Release = await pending;
-      let session: StagedSession;
-      let served: Served;
+      let opened: { served: Served; session: StagedSession };
       try {
-        served = this.runner.current();
-        session = await served.open(sampling);
+        opened = await this.open(sampling, signal);
       } catch (e) {
         release();
-        throw this.runner.clusterFailure(e);
+        throw e;
       }
-      this.runner.opened(served);
-      held = { served, session, release, lastUsed: 0, broken: false };
+      this.runner.opened(opened.served);
+      this.openSessions++;
+      held = { ...opened, release, lastUsed: 0, broken: false, owner };
     }
     const h = held;
     const cached = prompt ? commonPrefix(h.session.tokens, prompt) : 0;
     let closed = false;
+    const t0 = performance.now();
     return {
       session: new TimedSession(h, this.o.onStep),
       cached,
       close: async (keep = false) => {
         if (closed) return;
         closed = true;
+        this.holdSeconds = 0.8 * this.holdSeconds + (0.2 * (performance.now() - t0)) / 1000;
         if (keep && this.keep(h)) return;
         await this.drop(h);
       },
     };
+  }
+
+  /**
+   * Opens a session on the current model; while a node has no room for it, frees an idle
+   * session or waits for one to end, and tries again.
+   */
+  private async open(
+    sampling: SamplingOptions,
+    signal?: AbortSignal,
+  ): Promise<{ served: Served; session: StagedSession }> {
+    for (;;) {
+      let refused: CapacityError;
+      this.opening++;
+      try {
+        const served = this.runner.current();
+        return { served, session: await served.open(sampling) };
+      } catch (e) {
+        if (!(e instanceof CapacityError)) throw this.runner.clusterFailure(e);
+        refused = e;
+      } finally {
+        this.opening--;
+        // Opened or refused, the herd's memory changed: requests waiting for room look again.
+        this.wakeWaiters();
+      }
+      if (this.idle.length > 0) {
+        await this.drop(this.idle.splice(this.lruIdle(), 1)[0]);
+        continue;
+      }
+      // Nothing open or opening will end and make room: fail rather than wait forever.
+      if (this.openSessions + this.opening === 0)
+        throw unavailable(`no room for a session on the herd: ${refused.message}`);
+      this.o.log.info({ error: refused.message, open: this.openSessions }, 'session.wait_for_memory');
+      await this.sessionEnded(signal);
+    }
+  }
+
+  /** Resolves when a session closes; AbortedError when `signal` aborts first. */
+  private sessionEnded(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(new AbortedError());
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.endWaiters.delete(done);
+        reject(new AbortedError());
+      };
+      const done = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      this.endWaiters.add(done);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  private wakeWaiters(): void {
+    const waiters = [...this.endWaiters];
+    this.endWaiters.clear();
+    for (const w of waiters) w();
+  }
+
+  private lruIdle(): number {
+    let lru = 0;
+    for (let i = 1; i < this.idle.length; i++) if (this.idle[i].lastUsed < this.idle[lru].lastUsed) lru = i;
+    return lru;
   }
 
   /**
@@ -137,12 +230,13 @@ export class SessionPool implements SessionKeeper {
    * anyway when no slot is free (reusing beats closing one and opening another). Undefined:
    * open a new session in a free slot, leaving the idle ones to the requests they match.
    */
-  private takeIdle(prompt: readonly number[]): Held | undefined {
+  private takeIdle(prompt: readonly number[], owner: string | undefined): Held | undefined {
     // A pipeline that broke while idle (a node went away) is closed, not lent.
     void this.dropFailedIdle();
     let best: Held | undefined;
     let bestN = -1;
     for (const h of this.idle) {
+      if (h.owner !== owner) continue;
       const n = commonPrefix(h.session.tokens, prompt);
       if (n > bestN || (n === bestN && best && h.lastUsed < best.lastUsed)) {
         best = h;
@@ -156,11 +250,25 @@ export class SessionPool implements SessionKeeper {
     return best;
   }
 
+  /**
+   * A 429 when maxWaiting requests wait for a slot already, not counting those an idle session
+   * (closing now or soon) will make room for. Retry-After: the slots' turnover for that line.
+   */
+  private refuseWhenFull(): void {
+    const max = this.o.maxWaiting ?? Infinity;
+    const waiting = this.slots.waiting - this.idle.length - this.yielding;
+    if (waiting < max) return;
+    const retry = Math.min(60, Math.max(1, Math.ceil((this.holdSeconds * (waiting + 1)) / this.slots.size)));
+    throw queueFull(`${this.slots.waiting} requests wait for a session already (herd serve --queue ${max})`, retry);
+  }
+
   /** Keeps a lent session idle, if it is intact and of the current model; false: close it. */
   private keep(h: Held): boolean {
     if (h.broken || !this.runner.isCurrent(h.served)) return false;
     h.lastUsed = performance.now();
     this.idle.push(h);
+    // A request waiting for room may close it now (open()).
+    this.wakeWaiters();
     this.yieldIdle();
     const idleMs = (this.o.idleSeconds ?? 0) * 1000;
     if (idleMs > 0) setTimeout(() => this.expire(h, idleMs), idleMs).unref();
@@ -180,9 +288,7 @@ export class SessionPool implements SessionKeeper {
   /** Closes least recently used idle sessions while requests wait for their slots. */
   private yieldIdle(): void {
     while (this.slots.waiting > this.yielding && this.idle.length > 0) {
-      let lru = 0;
-      for (let i = 1; i < this.idle.length; i++) if (this.idle[i].lastUsed < this.idle[lru].lastUsed) lru = i;
-      const [h] = this.idle.splice(lru, 1);
+      const [h] = this.idle.splice(this.lruIdle(), 1);
       this.yielding++;
       void this.drop(h).finally(() => {
         this.yielding--;
@@ -210,8 +316,11 @@ export class SessionPool implements SessionKeeper {
     } catch {
       // a failed pipeline is closed already
     } finally {
+      this.openSessions--;
       h.release();
       this.runner.ended(h.served);
+      // Its KV caches are freed on every node: a request waiting for room tries again.
+      this.wakeWaiters();
     }
   }
 }

@@ -10,6 +10,7 @@ import { BACKEND_CHOICES, type BackendChoice } from '../kernels/select.ts';
 import type { HostOptions } from '../api/host.ts';
 import type { KernelBackend } from '../kernels/backend.ts';
 import { UsageError } from './errors.ts';
+import { DEFAULT_SYNC, SYNC_FORMATS } from '../cluster/sync/format.ts';
 
 export interface KeyArgs {
   clusterKey?: string;
@@ -50,6 +51,29 @@ export function herdOptions<T>(y: Argv<T>, describe: { interface: string; discov
         describe: describe.discoveryTimeout ?? 'Seconds to wait for nodes to answer (--nodes auto)',
       }),
   ).group(['nodes', 'stages', 'interface', 'wire', 'discovery-timeout', 'cluster-key', 'cluster-key-file'], 'Herd:');
+}
+
+/** Tensor-parallel groups (run, plan), under "Herd:" in the help. */
+export function tensorOptions<T>(y: Argv<T>) {
+  return y
+    .option('tensor', {
+      type: 'number',
+      describe:
+        'Make every stage a group of N nodes that split each layer (attention by KV heads, FFN by rows) and sum their partial results twice per layer',
+    })
+    .option('sync', {
+      choices: SYNC_FORMATS,
+      default: DEFAULT_SYNC,
+      describe: "Element type of the partial sums a group's members exchange (f32 gives one node's tokens exactly)",
+    })
+    .group(['tensor', 'sync'], 'Herd:');
+}
+
+/** Checks --tensor: an integer >= 1 (1 is today's one node per stage). */
+export function tensorArg(v: number | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!(Number.isInteger(v) && v >= 1)) throw new UsageError(`--tensor must be an integer >= 1, got ${v}`);
+  return v === 1 ? undefined : v;
 }
 
 /** The sampler's flags that run and chat share. */

@@ -17,6 +17,7 @@ const commands: Record<string, (program: Argv) => Promise<unknown>> = {
   plan: async (p) => p.command((await import('./plan.ts')).planCommand),
   serve: async (p) => p.command((await import('./serve.ts')).serveCommand),
   chat: async (p) => p.command((await import('./chat.ts')).chatCommand),
+  keygen: async (p) => p.command((await import('./keygen.ts')).keygenCommand),
   pull: async (p) => p.command((await import('./pull.ts')).pullCommand),
   models: async (p) => p.command((await import('./models.ts')).modelsCommand),
 };

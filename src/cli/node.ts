@@ -62,7 +62,12 @@ function builder(y: Argv) {
       .option('max-memory', {
         type: 'number',
         describe:
-          'Offer coordinators at most this many MiB of memory for layers and KV caches (default: all that is free)',
+          'Offer coordinators at most this many MiB of memory for layers and KV caches, and admit sessions within it (default: all that is free at start-up)',
+      })
+      .option('cache-max', {
+        type: 'number',
+        describe:
+          'Keep at most this many MiB of shard slices in the cache dir; least recently used ones not loaded go first (default: no limit)',
       })
       .option('throughput', {
         type: 'number',
@@ -82,6 +87,8 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     throw new UsageError('--threads must be an integer >= 1');
   if (args.maxMemory !== undefined && !(Number.isFinite(args.maxMemory) && args.maxMemory > 0))
     throw new UsageError('--max-memory must be a positive number of MiB');
+  if (args.cacheMax !== undefined && !(Number.isFinite(args.cacheMax) && args.cacheMax >= 0))
+    throw new UsageError('--cache-max must be a number of MiB >= 0');
   if (
     args.throughput !== undefined &&
     !(Number.isFinite(args.throughput) && args.throughput > 0 && args.throughput <= MAX_THROUGHPUT_GBPS)
@@ -119,10 +126,15 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     version: herdVersion(),
     log,
     maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
+    cacheMaxBytes: args.cacheMax === undefined ? undefined : Math.floor(args.cacheMax * 1024 * 1024),
   });
   const port = await server.start();
-  if (!key)
-    log.log('warn', 'auth.open', { detail: 'no cluster key: any coordinator on the network may use this node' });
+  if (!key) {
+    const detail =
+      'no cluster key: plaintext gRPC, and anyone on the network may use this node, read its prompts and ' +
+      'model, and send it tokens (make a key with `herd keygen`)';
+    log.log('warn', 'auth.open', { detail });
+  }
 
   let advertiser: MdnsAdvertiser | undefined;
   if (args.mdns) {

@@ -3,12 +3,13 @@
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { findNodes } from '../cluster/discovery/find.ts';
 import { formatBytes } from '../cluster/caps.ts';
-import { asUsage } from './cluster-options.ts';
+import { loadClusterKey } from '../cluster/key.ts';
+import { asUsage, keyOptions } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
 import type { ArgsOf } from './yargs.ts';
 
 function builder(y: Argv) {
-  return y
+  return keyOptions(y)
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' })
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to listen for answers' })
     .option('interface', { alias: 'i', type: 'string', describe: 'Browse mDNS on this network interface only' })
@@ -22,8 +23,9 @@ type NodesArgs = ArgsOf<typeof builder>;
 
 async function handler(args: ArgumentsCamelCase<NodesArgs>): Promise<void> {
   if (!(args.timeout > 0 && args.timeout <= 600)) throw new UsageError('--timeout must be in (0, 600] seconds');
+  const key = asUsage(() => loadClusterKey(args));
   const r = await asUsage(() =>
-    findNodes({ peers: args.peers, interface: args.interface, timeoutMs: args.timeout * 1000 }),
+    findNodes({ peers: args.peers, interface: args.interface, timeoutMs: args.timeout * 1000, key }),
   );
   if (args.json) {
     process.stdout.write(

@@ -9,13 +9,19 @@ import { plan } from '../cluster/planner.ts';
 import { modelShape } from '../cluster/shape.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { resolveModelPath } from './model-path.ts';
-import { asUsage, defaultCacheDir } from './cluster-options.ts';
+import { loadClusterKey } from '../cluster/key.ts';
+import { asUsage, defaultCacheDir, keyOptions } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
 import type { ArgsOf } from './yargs.ts';
 
 function builder(y: Argv) {
-  return y
-    .option('model', { alias: 'm', type: 'string', describe: 'GGUF model file (default: the bundled stories260K)' })
+  return keyOptions(y)
+    .option('model', {
+      alias: 'm',
+      type: 'string',
+      describe:
+        'GGUF model: a file, a stored model (herd models) or a pulled hf.co/ORG/REPO[:QUANT] (default: the bundled stories260K)',
+    })
     .option('nodes', { type: 'string', default: 'auto', describe: 'auto (mDNS), local, or host:port,…' })
     .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages' })
     .option('interface', { alias: 'i', type: 'string', describe: 'Discover on this network interface only' })
@@ -26,6 +32,12 @@ function builder(y: Argv) {
       describe: "Context size the KV caches must hold (default: the model's, at most 4096)",
     })
     .option('kv-type', { choices: ['f32', 'f16'] as const, default: 'f16' as const, describe: 'KV cache element type' })
+    .option('parallel', {
+      type: 'number',
+      default: 1,
+      describe:
+        'Sessions whose KV caches and activation buffers must fit at once on every node (as herd serve --parallel)',
+    })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object' });
 }
 
@@ -34,17 +46,26 @@ type PlanArgs = ArgsOf<typeof builder>;
 async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
   if (args.stages !== undefined && !(Number.isInteger(args.stages) && args.stages >= 1))
     throw new UsageError('--stages must be an integer >= 1');
+  if (!(Number.isInteger(args.parallel) && args.parallel >= 1 && args.parallel <= 256))
+    throw new UsageError('--parallel must be an integer in 1..256');
   const path = resolveModelPath(args.model);
   const file = GgufFile.open(path);
   const config = readConfig(file);
   const ctx = args.ctx ?? Math.min(config.ctxTrain, 4096);
+  const key = asUsage(() => loadClusterKey(args));
   const set = await asUsage(() =>
-    resolveNodes({ nodes: args.nodes, interface: args.interface, timeoutMs: args.timeout * 1000, want: args.stages }),
+    resolveNodes({
+      nodes: args.nodes,
+      interface: args.interface,
+      timeoutMs: args.timeout * 1000,
+      want: args.stages,
+      key,
+    }),
   );
   for (const n of set.notes) process.stderr.write(`herd: ${n}\n`);
   // Plan as `herd run` would: preferring the ranges the nodes already hold.
   const nodes = set.mode === 'cluster' ? withHoldings(set, await modelHash(path, defaultCacheDir())) : set.nodes;
-  const p = plan(nodes, modelShape(file, ctx, args.kvType), { stages: args.stages });
+  const p = plan(nodes, modelShape(file, ctx, args.kvType), { stages: args.stages, sessions: args.parallel });
   if (args.json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -52,6 +73,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
         layers: config.nLayers,
         ctx,
         kv_type: args.kvType,
+        parallel: args.parallel,
         mode: set.mode,
         plan: p.stages.map((s) => ({
           node: s.node.name,
@@ -59,6 +81,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
           layers: [s.start, s.end],
           weight_bytes: s.weightBytes,
           kv_bytes: s.kvBytes,
+          buffer_bytes: s.bufferBytes,
           mem_bytes: s.memBytes,
           mem_available: s.node.memAvailable,
           ms_per_token: s.seconds * 1000,
@@ -84,7 +107,10 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     ]),
   ];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  process.stdout.write(`${path}: ${config.nLayers} layers, ctx ${ctx}, ${args.kvType} KV cache\n`);
+  const sessions = args.parallel === 1 ? 'one session' : `${args.parallel} sessions`;
+  process.stdout.write(
+    `${path}: ${config.nLayers} layers, ctx ${ctx}, ${args.kvType} KV cache; KV for ${sessions} counted on every node\n`,
+  );
   for (const r of rows)
     process.stdout.write(
       `${r

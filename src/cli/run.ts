@@ -7,7 +7,15 @@ import { Tokenizer } from '../tokenizer/index.ts';
 import { generate } from '../engine/generate.ts';
 import { openInference } from '../api/open.ts';
 import { loadClusterKey } from '../cluster/key.ts';
-import { asUsage, defaultCacheDir, engineOptions, herdOptions, samplingOptions } from './cluster-options.ts';
+import {
+  asUsage,
+  defaultCacheDir,
+  engineOptions,
+  herdOptions,
+  samplingOptions,
+  tensorArg,
+  tensorOptions,
+} from './cluster-options.ts';
 import { defaultSampling, MAX_LOGPROBS, validateSampling, type SamplingOptions } from '../engine/sampler.ts';
 import { resolveModelPath } from './model-path.ts';
 import { createBackend } from '../kernels/select.ts';
@@ -47,7 +55,9 @@ function builder(y: Argv) {
         `With --json: each token's log-probability and the N most likely tokens' (0..${MAX_LOGPROBS}), ` +
         'from the raw logits before penalties and temperature',
     });
-  return herdOptions(sampling, { interface: 'Discover and serve the coordinator on this network interface only' })
+  return tensorOptions(
+    herdOptions(sampling, { interface: 'Discover and serve the coordinator on this network interface only' }),
+  )
     .option('server', {
       type: 'string',
       describe:
@@ -109,6 +119,9 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     );
   }
   integer('stages', args.stages, 1);
+  const tensor = tensorArg(args.tensor);
+  if (tensor !== undefined && args.nodes.trim() === 'local')
+    throw new UsageError('--tensor splits the layers across nodes: name them with --nodes (or auto)');
   const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
   const backend = await createBackend(args.backend, { threads: args.threads, note });
   const inference = await asUsage(() =>
@@ -120,6 +133,8 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
       backend,
       nodes: args.nodes,
       stages: args.stages,
+      tensor,
+      sync: args.sync,
       interface: args.interface,
       key: loadClusterKey(args),
       wire: args.wire,

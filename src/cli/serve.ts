@@ -20,9 +20,16 @@ import type { ArgsOf } from './yargs.ts';
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 
+/** --request-timeout's default, seconds. */
+const REQUEST_TIMEOUT_S = 30;
+
 function builder(y: Argv) {
   const listen = y
-    .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0: the whole LAN)' })
+    .option('host', {
+      type: 'string',
+      default: '127.0.0.1',
+      describe: 'Address to listen on (0.0.0.0: the whole LAN; auto: the LAN with an API key, else 127.0.0.1)',
+    })
     .option('port', { alias: 'p', type: 'number', default: 8080, describe: 'HTTP port (0: any free port)' })
     .option('grpc-port', {
       type: 'number',
@@ -46,12 +53,32 @@ function builder(y: Argv) {
         "Seconds a finished request's session stays open for prompt reuse before its KV caches are freed " +
         '(0: until a request needs its slot)',
     })
+    .option('queue', {
+      type: 'number',
+      default: 32,
+      describe: 'Requests that may wait for a session; more are refused with 429 and Retry-After',
+    })
     .option('chat-template', { type: 'string', describe: CHAT_TEMPLATE_HELP })
     .option('api-key', {
       type: 'string',
-      describe: 'Require "Authorization: Bearer KEY" on /v1 (prefer --api-key-file or $HERD_API_KEY)',
+      describe:
+        'Require "Authorization: Bearer KEY" on /v1, /metrics, /api/state and gRPC Generate ' +
+        '(prefer --api-key-file or $HERD_API_KEY)',
     })
-    .option('api-key-file', { type: 'string', describe: 'File holding the API key' })
+    .option('api-key-file', {
+      type: 'string',
+      describe: 'File holding the API key, or several, one per line: one per client, whose kept prompts stay its own',
+    })
+    .option('cors', {
+      type: 'string',
+      array: true,
+      describe: 'Let web pages of this origin (scheme://host[:port], or *) call the API; repeatable or comma-separated',
+    })
+    .option('request-timeout', {
+      type: 'number',
+      default: REQUEST_TIMEOUT_S,
+      describe: "Seconds a request's headers (at most 10) and body may take to arrive; answers are not limited",
+    })
     .option('log-level', {
       choices: LOG_LEVELS,
       default: 'info' as const,
@@ -82,22 +109,28 @@ function integerIn(name: string, v: number | undefined, min: number, max = Numbe
     throw new UsageError(`--${name} must be an integer in ${min}..${max}, got ${String(v)}`);
 }
 
-/** The API key from --api-key, --api-key-file or $HERD_API_KEY (in that order). */
-function apiKey(args: ArgumentsCamelCase<ServeArgs>): string | undefined {
+/** The API keys from --api-key, --api-key-file (one per line) or $HERD_API_KEY (in that order). */
+function apiKeys(args: ArgumentsCamelCase<ServeArgs>): string[] {
   if (args.apiKey !== undefined && args.apiKeyFile !== undefined)
     throw new UsageError('give --api-key or --api-key-file, not both');
-  let key = args.apiKey;
   if (args.apiKeyFile !== undefined) {
+    let text: string;
     try {
-      key = readFileSync(args.apiKeyFile, 'utf8');
+      text = readFileSync(args.apiKeyFile, 'utf8');
     } catch (e) {
       throw new UsageError(`cannot read the API key file: ${(e as Error).message}`);
     }
+    const keys = text
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '');
+    if (keys.length === 0) throw new UsageError(`the API key file ${args.apiKeyFile} holds no key`);
+    return keys;
   }
   // An empty $HERD_API_KEY (compose passes one through when unset) means no key.
-  key = (key ?? (process.env.HERD_API_KEY || undefined))?.trim();
+  const key = (args.apiKey ?? (process.env.HERD_API_KEY || undefined))?.trim();
   if (key === '') throw new UsageError('the API key is empty');
-  return key;
+  return key === undefined ? [] : [key];
 }
 
 /** pino, as one JSON line per event on stderr: {"level":"info","time":…,"event":"serve.listening",…}. */
@@ -120,19 +153,33 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   integerIn('grpc-port', args.grpcPort, 0, 65535);
   integerIn('ctx', args.ctx, 1);
   integerIn('parallel', args.parallel, 1, 256);
+  integerIn('queue', args.queue, 0, 100_000);
+  if (!(Number.isFinite(args.requestTimeout) && args.requestTimeout > 0 && args.requestTimeout <= 3600))
+    throw new UsageError(`--request-timeout must be a number of seconds in (0, 3600], got ${args.requestTimeout}`);
   integerIn('stages', args.stages, 1);
   integerIn('threads', args.threads, 1);
   if (!(Number.isFinite(args.rediscover) && args.rediscover >= 0))
     throw new UsageError(`--rediscover must be a number of seconds >= 0, got ${args.rediscover}`);
   if (!(Number.isFinite(args.idleTimeout) && args.idleTimeout >= 0))
     throw new UsageError(`--idle-timeout must be a number of seconds >= 0, got ${args.idleTimeout}`);
-  const key = apiKey(args);
+  const keys = apiKeys(args);
+  const key = keys.length > 0;
+  // An open API stays on this machine unless the user says otherwise.
+  const listenHost = args.host === 'auto' ? (key ? '0.0.0.0' : '127.0.0.1') : args.host;
   const clusterKey = asUsage(() => loadClusterKey(args));
   const log = await apiLogger(args.logLevel);
   const version = herdVersion();
   // Loaded here, not at the top: every other herd command starts without the API's packages.
   const { ApiServer } = await import('../api/server.ts');
   const { ApiAdvertiser } = await import('../api/advertise.ts');
+  const { ApiKeys } = await import('../api/api-keys.ts');
+  const { parseOrigins } = await import('../api/cors.ts');
+  let cors: string[];
+  try {
+    cors = parseOrigins(args.cors ?? []);
+  } catch (e) {
+    throw new UsageError(`--cors: ${(e as Error).message}`);
+  }
   const { GrpcApi } = args.grpcPort !== undefined ? await import('../api/grpc.ts') : { GrpcApi: undefined };
 
   const modelPath = resolveModelPath(args.model);
@@ -147,39 +194,42 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
       log,
       rediscoverSeconds: args.rediscover,
       idleSeconds: args.idleTimeout,
+      queue: args.queue,
       // stderr carries the JSON logs: progress goes there as plain events (start, each quarter, end).
       progress: new ProgressRenderer(
         { write: (line) => log.info({ detail: line.replace(/^herd: /, '').trim() }, 'load.progress') },
         { tty: false },
       ).sink,
     },
-    apiKey: key,
+    apiKeys: keys,
+    cors,
+    requestTimeoutSeconds: args.requestTimeout,
     log,
     version,
   });
   const host = server.host;
-  const addr = await server.listen(args.host, args.port).catch((e: NodeJS.ErrnoException) => {
-    throw new UsageError(`cannot listen on ${args.host}:${args.port}: ${e.code ?? e.message}`);
+  const addr = await server.listen(listenHost, args.port).catch((e: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot listen on ${listenHost}:${args.port}: ${e.code ?? e.message}`);
   });
   const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
-  const grpc = GrpcApi && new GrpcApi(host, server.metrics, clusterKey, log);
+  const grpc = GrpcApi && new GrpcApi(host, server.metrics, clusterKey, log, new ApiKeys(keys));
   if (grpc) {
-    const port = await grpc.listen(args.host, args.grpcPort as number).catch((e: Error) => {
-      throw new UsageError(`cannot serve gRPC on ${args.host}:${String(args.grpcPort)}: ${e.message}`);
+    const port = await grpc.listen(listenHost, args.grpcPort as number).catch((e: Error) => {
+      throw new UsageError(`cannot serve gRPC on ${listenHost}:${String(args.grpcPort)}: ${e.message}`);
     });
-    log.info({ host: args.host, port, auth: clusterKey !== undefined }, 'grpc.listening');
+    log.info({ host: listenHost, port, auth: clusterKey !== undefined }, 'grpc.listening');
   }
-  if (!key && !/^127\.|^::1$|^localhost$/.test(args.host))
+  if (!key && !/^127\.|^::1$|^localhost$/.test(listenHost))
     log.warn({ detail: 'no API key: anyone on the network may use this server' }, 'auth.open');
 
   let advertiser: ApiAdvertiserType | undefined;
   if (args.mdns) {
     const r = await ApiAdvertiser.start({
       name: args.name ?? `herd on ${hostname()}`,
-      host: args.host,
+      host: listenHost,
       port: addr.port,
       model: host.modelId,
-      auth: key !== undefined,
+      auth: key,
       version,
       interface: args.interface,
     }).catch((e: Error) => `mDNS failed: ${e.message}`);
@@ -201,7 +251,10 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
       slots: host.slots.size,
       backend: backend.name,
       threads: backend.threads,
-      auth: key !== undefined,
+      auth: key,
+      keys: keys.length,
+      cors,
+      queue: args.queue,
       mdns: advertiser !== undefined,
     },
     'serve.listening',

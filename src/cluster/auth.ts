@@ -1,6 +1,10 @@
-// Cluster key auth, challenge-response: a server hands out single-use nonces (Challenge); a
-// caller proves it holds the key with HMAC-SHA256(key, nonce ‖ method path) in call metadata.
-// The key never travels; a nonce works once, for one method, for a short time.
+// Cluster key auth by challenge-response, for `herd serve --grpc-port`'s Generate, whose clients
+// are not herd members (the herd's own channels use mutual TLS instead, tls.ts): a server hands
+// out nonces (Challenge); a caller proves it holds the key with HMAC-SHA256(key, nonce ‖ method
+// path) in call metadata. The key never travels; a nonce works once, for one method, for a
+// short time. Nonces are stateless — the expiry and a MAC under a per-process secret are in the
+// nonce itself — so Challenge calls store nothing and cannot crowd out a caller's nonce; only
+// nonces spent by a valid proof are remembered, until they expire.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Metadata, status, type sendUnaryData, type ServerErrorResponse, type ServerUnaryCall } from '@grpc/grpc-js';
@@ -9,7 +13,8 @@ import type { ClusterKey } from './key.ts';
 export const NONCE_HEADER = 'herd-nonce';
 export const PROOF_HEADER = 'herd-proof';
 export const NONCE_TTL_MS = 30_000;
-const MAX_OUTSTANDING = 4096;
+/** A nonce: expiry (ms since the epoch, 6 bytes big-endian) ‖ 10 random bytes ‖ a 16-byte MAC of both. */
+const NONCE_BYTES = 32;
 
 export type { ClusterKey } from './key.ts';
 
@@ -39,7 +44,9 @@ export interface Refusal {
  * call is accepted.
  */
 export class Authenticator {
-  private readonly nonces = new Map<string, number>();
+  private readonly secret = randomBytes(32);
+  /** Nonces a valid proof has spent, with their expiry. */
+  private readonly spent = new Map<string, number>();
 
   constructor(
     readonly key: ClusterKey | undefined,
@@ -72,15 +79,17 @@ export class Authenticator {
   }
 
   issue(): Buffer {
-    const now = Date.now();
-    if (this.nonces.size >= MAX_OUTSTANDING) {
-      for (const [n, exp] of this.nonces) if (exp <= now) this.nonces.delete(n);
-      // Still full: forget the oldest (Map keeps insertion order).
-      while (this.nonces.size >= MAX_OUTSTANDING) this.nonces.delete(this.nonces.keys().next().value as string);
-    }
-    const nonce = randomBytes(32);
-    this.nonces.set(nonce.toString('hex'), now + NONCE_TTL_MS);
-    return nonce;
+    const head = Buffer.alloc(16);
+    head.writeUIntBE(Date.now() + NONCE_TTL_MS, 0, 6);
+    randomBytes(10).copy(head, 6);
+    return Buffer.concat([head, this.mac(head)]);
+  }
+
+  private mac(head: Buffer): Buffer {
+    return createHmac('sha256', this.secret)
+      .update(head)
+      .digest()
+      .subarray(0, NONCE_BYTES - 16);
   }
 
   /** Undefined when the call may proceed, else why it may not. */
@@ -90,12 +99,17 @@ export class Authenticator {
     const proofHex = first(md, PROOF_HEADER);
     if (nonceHex === undefined || proofHex === undefined) return 'missing cluster key proof';
     if (!/^[0-9a-f]{64}$/.test(nonceHex) || !/^[0-9a-f]{64}$/.test(proofHex)) return 'malformed cluster key proof';
-    const expires = this.nonces.get(nonceHex);
-    if (expires === undefined) return 'unknown or already used nonce';
-    this.nonces.delete(nonceHex);
-    if (expires < Date.now()) return 'expired nonce';
-    const want = proof(this.key, Buffer.from(nonceHex, 'hex'), method);
+    const nonce = Buffer.from(nonceHex, 'hex');
+    const head = nonce.subarray(0, 16);
+    if (!timingSafeEqual(this.mac(head), nonce.subarray(16))) return 'unknown nonce';
+    const now = Date.now();
+    const expires = head.readUIntBE(0, 6);
+    if (expires < now) return 'expired nonce';
+    if (this.spent.has(nonceHex)) return 'already used nonce';
+    const want = proof(this.key, nonce, method);
     if (!timingSafeEqual(want, Buffer.from(proofHex, 'hex'))) return 'wrong cluster key';
+    for (const [n, exp] of this.spent) if (exp < now) this.spent.delete(n);
+    this.spent.set(nonceHex, expires);
     return undefined;
   }
 }

@@ -1,5 +1,6 @@
 // The planner: a pure function from node capabilities and a model's shape to contiguous layer
-// ranges. Every slice must fit its node's available memory with its KV cache and overhead; among
+// ranges. Every slice must fit its node's available memory with the KV caches and activation
+// buffers of `sessions` sessions at once (`herd serve --parallel N`) and its overhead; among
 // the plans that fit, the one whose slowest stage is fastest wins (stage time = bytes of weights
 // streamed per token ÷ measured matvec throughput + one hop). A node that cannot make the
 // bottleneck better is left out, unless `stages` asks for exactly that many.
@@ -8,9 +9,17 @@
 // count as equally fast; among those the planner prefers, in order: stages a node already holds
 // (loaded or cached: a standing herd answers at once, a restarted one transfers nothing), fewer
 // stages (fewer hops), then the faster bottleneck.
+//
+// Tensor groups (`tensor`: groups of N for every stage): the nodes, fastest first, make groups
+// of N consecutive ones; each group is planned as one node with the members' summed throughput
+// and N times the smallest member's memory, and its stage time gains two syncs per layer
+// (`syncSeconds` each). Each member of a group takes a share of every layer in proportion to its
+// throughput (`shares`, model/tensor-share.ts); a shape the group cannot split is refused with
+// the reason.
 
 import { formatBytes } from './caps.ts';
 import { ClusterError } from './errors.ts';
+import { TensorShareError, type TensorShare } from '../model/tensor-share.ts';
 
 export interface PlanNode {
   readonly id: string;
@@ -48,18 +57,36 @@ export interface PlanOptions {
   readonly overheadBytes?: number;
   /** Cost of one hop between stages, seconds: default 0.5 ms. */
   readonly hopSeconds?: number;
-  /** Sessions whose KV caches must fit at once: default 1. */
+  /** Sessions whose KV caches and activation buffers must fit at once on every stage: default 1. */
   readonly sessions?: number;
   /** Bottlenecks within this fraction of the best count as equal: default 0.2. */
   readonly tolerance?: number;
+  /** Every stage a tensor-parallel group of this many nodes (1 or unset: one node per stage). */
+  readonly tensor?: number;
+  /** One all-reduce between a group's members, seconds: default 0.1 ms (a loopback sync round). */
+  readonly syncSeconds?: number;
+  /** Each member's share of layers [start, end) for members of these weights (throughputs); throws TensorShareError. */
+  readonly shares?: (start: number, end: number, weights: readonly number[]) => TensorShare[];
+}
+
+/** One node of a tensor-parallel stage, and its share of each layer. */
+export interface PlannedMember {
+  readonly node: PlanNode;
+  readonly share: TensorShare;
 }
 
 export interface PlannedStage {
+  /** The node the route names: a group's leader (member 0). */
   readonly node: PlanNode;
+  /** A tensor-parallel stage's members, the leader first (undefined: one node). */
+  readonly members?: readonly PlannedMember[];
   readonly start: number;
   readonly end: number;
   readonly weightBytes: number;
+  /** KV caches of every session counted (PlanOptions.sessions) for the stage's layers. */
   readonly kvBytes: number;
+  /** Activation buffers of every session counted. */
+  readonly bufferBytes: number;
   /** Everything the stage needs in memory. */
   readonly memBytes: number;
   /** Estimated seconds per token on this stage. */
@@ -88,12 +115,23 @@ const EXHAUSTIVE_MAX = 8;
 /** Up to this many nodes, every order of a subset is tried (a node's held range fixes its place). */
 const PERMUTE_MAX = 5;
 const DEFAULT_TOLERANCE = 0.2;
+const DEFAULT_SYNC = 0.0001;
+
+/** A group of nodes planned as one: what the members sum to. */
+interface GroupNode extends PlanNode {
+  readonly members: readonly PlanNode[];
+}
+
+function isGroup(n: PlanNode): n is GroupNode {
+  return 'members' in n;
+}
 
 interface Costs {
   mem(a: number, b: number): number;
   weights(a: number, b: number): number;
   seconds(node: PlanNode, a: number, b: number): number;
   kv(a: number, b: number): number;
+  buffers: number;
 }
 
 function costs(m: ModelShape, o: PlanOptions): Costs {
@@ -103,6 +141,7 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
   const L = m.nLayers;
   const overhead = o.overheadBytes ?? DEFAULT_OVERHEAD;
   const hop = o.hopSeconds ?? DEFAULT_HOP;
+  const sync = o.syncSeconds ?? DEFAULT_SYNC;
   const sessions = o.sessions ?? 1;
   const weights = (a: number, b: number) => {
     let w = layers(a, b) + m.sharedBytes;
@@ -110,13 +149,25 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
     if (b === L && !(m.tiedHead && a === 0)) w += m.headBytes;
     return w;
   };
+  if (!(Number.isInteger(sessions) && sessions >= 1))
+    throw new PlanError(`sessions must be an integer >= 1, got ${sessions}`);
   const kv = (a: number, b: number) => (b - a) * m.kvBytesPerLayer * sessions;
+  // Each session of a batched step has its own rows of every activation buffer (logits included).
+  const buffers = m.bufferBytes * sessions;
   return {
     weights,
     kv,
-    mem: (a, b) => weights(a, b) + kv(a, b) + m.bufferBytes + overhead,
+    buffers,
+    mem: (a, b) => weights(a, b) + kv(a, b) + buffers + overhead,
     // Per token a stage streams its layers' weights, and the last one the head too.
-    seconds: (node, a, b) => (layers(a, b) + (b === L ? m.headBytes : 0)) / Math.max(node.throughput, 1) + hop,
+    // A group: the layers shared by its members, the head on the leader alone, two syncs per layer.
+    seconds: (node, a, b) =>
+      isGroup(node)
+        ? layers(a, b) / Math.max(node.throughput, 1) +
+          (b === L ? m.headBytes / Math.max(node.members[0].throughput, 1) : 0) +
+          2 * (b - a) * sync +
+          hop
+        : (layers(a, b) + (b === L ? m.headBytes : 0)) / Math.max(node.throughput, 1) + hop,
   };
 }
 
@@ -281,6 +332,54 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
   if (m.layerBytes.length !== m.nLayers || m.nLayers < 1)
     throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
   if (nodesIn.length === 0) throw new PlanError('no nodes to plan over');
+  const tensor = o.tensor ?? 1;
+  if (!(Number.isInteger(tensor) && tensor >= 1)) throw new PlanError(`--tensor must be a positive integer, got ${tensor}`);
+  if (tensor > 1) return groupPlan(nodesIn, m, o, tensor);
+  return pipelinePlan(nodesIn, m, o);
+}
+
+/** Groups of `tensor` nodes (fastest first) planned as nodes, then each group's members given their shares. */
+function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number): Plan {
+  const sorted = [...nodesIn].sort(byThroughput);
+  if (sorted.length < tensor)
+    throw new PlanError(`--tensor ${tensor} needs at least ${tensor} nodes, ${sorted.length} available`);
+  if (!o.shares) throw new PlanError('internal: a tensor plan needs the model to share its layers');
+  const groups: GroupNode[] = [];
+  for (let i = 0; i + tensor <= sorted.length; i += tensor) {
+    const members = sorted.slice(i, i + tensor);
+    groups.push({
+      id: members.map((n) => n.id).join('+'),
+      name: members.map((n) => n.name).join('+'),
+      address: members[0].address,
+      memAvailable: tensor * Math.min(...members.map((n) => n.memAvailable)),
+      throughput: members.reduce((sum, n) => sum + n.throughput, 0),
+      members,
+    });
+  }
+  if (o.stages !== undefined && o.stages > groups.length)
+    throw new PlanError(
+      `--stages ${o.stages} with --tensor ${tensor} needs ${o.stages * tensor} nodes, ${sorted.length} available`,
+    );
+  const p = pipelinePlan(groups, m, o);
+  const stages = p.stages.map((st): PlannedStage => {
+    const g = st.node as GroupNode;
+    let shares: TensorShare[];
+    try {
+      shares = o.shares!(
+        st.start,
+        st.end,
+        g.members.map((n) => Math.max(n.throughput, 1)),
+      );
+    } catch (e) {
+      if (e instanceof TensorShareError) throw new PlanError(`layers [${st.start}, ${st.end}): ${e.message}`);
+      throw e;
+    }
+    return { ...st, node: g.members[0], members: g.members.map((node, i) => ({ node, share: shares[i] })) };
+  });
+  return { ...p, stages };
+}
+
+function pipelinePlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions): Plan {
   const nodes = [...nodesIn].sort(byThroughput);
   const want = o.stages;
   if (want !== undefined) {
@@ -306,7 +405,7 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
     const avail = pool.reduce((sum, n) => sum + n.memAvailable, 0);
     throw new PlanError(
       `the model does not fit: node ${s.node.name} (${s.node.address}) would need ${formatBytes(s.need)} for layers [${s.start}, ${s.end})` +
-        ` with its KV cache and overhead but has ${formatBytes(s.node.memAvailable)} available: short by ${formatBytes(s.short)}` +
+        ` with ${sessionsNote(o.sessions ?? 1)} and overhead but has ${formatBytes(s.node.memAvailable)} available: short by ${formatBytes(s.short)}` +
         ` (weights and KV cache total ${formatBytes(total)}; ${pool.length} node(s) have ${formatBytes(avail)} available)`,
     );
   }
@@ -336,9 +435,14 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
       end,
       weightBytes: c.weights(start, end),
       kvBytes: c.kv(start, end),
+      bufferBytes: c.buffers,
       memBytes: c.mem(start, end),
       seconds: c.seconds(node, start, end),
     };
   });
   return { stages, bottleneckSeconds: chosen.bottleneck, tokenSeconds: stages.reduce((s, st) => s + st.seconds, 0) };
+}
+
+function sessionsNote(n: number): string {
+  return n === 1 ? 'its KV cache' : `the KV caches and buffers of ${n} sessions`;
 }

@@ -1,11 +1,12 @@
 // gRPC plumbing shared by the node, the coordinator and the API's gRPC server: channel
-// options, clients, promisified calls, authenticated call metadata, binding and stopping a
-// server, and the one place errors become statuses.
+// options, clients (mutual TLS with the cluster key, tls.ts), promisified calls, binding and
+// stopping a server, and the one place errors become statuses.
 
 import {
   credentials,
   Metadata,
   ServerCredentials,
+  type ChannelCredentials,
   status,
   type ChannelOptions,
   type Client,
@@ -13,17 +14,18 @@ import {
   type ServerErrorResponse,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { HerdCoordinatorClient, HerdNodeClient, type ChallengeReply } from './wire.ts';
-import { authMetadata, type ClusterKey } from './auth.ts';
+import { HerdCoordinatorClient, HerdNodeClient } from './wire.ts';
+import type { ClusterKey } from './key.ts';
+import { herdTls, tlsChannelOptions } from './tls.ts';
 import { surfacesOf } from './errors.ts';
 
 /** Large enough for a prefill's hidden states and a shard chunk; grpc-js defaults to 4 MiB. */
 export const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
 /**
- * No HTTP/2 keepalive pings: a stage's event loop is busy for the whole of a forward step
- * (seconds for a big prefill on a Pi), so an unanswered ping says nothing about a dead peer.
- * A node process that dies resets its connections at once; a silent one trips the step timeout.
+ * The control path (Info, LoadShard, FetchTensors) and the servers: HTTP/2 keepalive pings
+ * every 10 s, a peer silent for 20 s more counts as gone. Relaxed because a node may be busy
+ * for seconds loading a big slice, when its event loop answers no ping.
  */
 export const channelOptions: ChannelOptions = {
   'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
@@ -31,14 +33,50 @@ export const channelOptions: ChannelOptions = {
   // A client's HTTP/2 receive window (default 64 KiB): shard chunks of 1 MiB stream at several
   // times the rate with a window that holds a few of them.
   'grpc-node.flow_control_window': 16 * 1024 * 1024,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.keepalive_permit_without_calls': 1,
 };
 
-export function nodeClient(address: string): HerdNodeClient {
-  return new HerdNodeClient(address, credentials.createInsecure(), channelOptions);
+/**
+ * The step path (Forward streams between stages, Deliver to the coordinator): a ping every
+ * second while a stream is open, and a peer that does not answer within 1.5 s counts as gone, so
+ * a cut link breaks the pipeline within 2.5 s and the coordinator re-plans (a dead process
+ * resets its connections at once). A stage answers in time because it computes in steps of
+ * about STEP_TARGET_SECONDS (engine/batcher.ts) and its event loop turns between them.
+ */
+export const stepChannelOptions: ChannelOptions = {
+  ...channelOptions,
+  'grpc.keepalive_time_ms': 1000,
+  'grpc.keepalive_timeout_ms': 1500,
+  'grpc.keepalive_permit_without_calls': 0,
+};
+
+/** Which path a client serves: its channel's keepalive (each gets its own connection). */
+export type ChannelPath = 'control' | 'step';
+
+const optionsFor = (path: ChannelPath) => (path === 'step' ? stepChannelOptions : channelOptions);
+
+/** With a key: mutual TLS, this process's herd leaf against the herd CA; without: plaintext (open mode). */
+function clientTransport(key: ClusterKey | undefined, path: ChannelPath): [ChannelCredentials, ChannelOptions] {
+  if (!key) return [credentials.createInsecure(), optionsFor(path)];
+  return [herdTls(key).client, { ...optionsFor(path), ...tlsChannelOptions }];
 }
 
-export function coordinatorClient(address: string): HerdCoordinatorClient {
-  return new HerdCoordinatorClient(address, credentials.createInsecure(), channelOptions);
+export function nodeClient(
+  address: string,
+  key: ClusterKey | undefined,
+  path: ChannelPath = 'control',
+): HerdNodeClient {
+  return new HerdNodeClient(address, ...clientTransport(key, path));
+}
+
+export function coordinatorClient(
+  address: string,
+  key: ClusterKey | undefined,
+  path: ChannelPath = 'control',
+): HerdCoordinatorClient {
+  return new HerdCoordinatorClient(address, ...clientTransport(key, path));
 }
 
 export function deadline(ms: number): Date {
@@ -65,19 +103,6 @@ export function unary<Req, Res>(
   });
 }
 
-/** Fetches a nonce from the server and returns metadata proving the key for `method`. */
-export async function authenticate(
-  client: HerdNodeClient | HerdCoordinatorClient,
-  key: ClusterKey | undefined,
-  method: string,
-  timeoutMs = 10_000,
-): Promise<Metadata> {
-  if (!key) return new Metadata();
-  const challenge = client.challenge as UnaryFn<object, ChallengeReply>;
-  const reply = await unary(client, challenge, {}, timeoutMs);
-  return authMetadata(key, reply.nonce, method);
-}
-
 export function isServiceError(e: unknown): e is ServiceError {
   return e instanceof Error && typeof (e as Partial<ServiceError>).code === 'number';
 }
@@ -96,10 +121,12 @@ export function toStatus(e: unknown): ServerErrorResponse {
 }
 
 /** Binds host:port (0: any free port; an IPv6 host in brackets) and returns the port. */
-export function bind(server: Server, host: string, port: number): Promise<number> {
+export function bind(server: Server, host: string, port: number, key?: ClusterKey): Promise<number> {
   const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  // With a key, only a client presenting a leaf of the herd CA completes the TLS handshake.
+  const creds = key ? herdTls(key).server : ServerCredentials.createInsecure();
   return new Promise<number>((resolve, reject) => {
-    server.bindAsync(addr, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+    server.bindAsync(addr, creds, (err, p) => (err ? reject(err) : resolve(p)));
   });
 }
 

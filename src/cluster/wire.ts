@@ -14,10 +14,12 @@ import {
   type NodeInfo,
   type Sampling,
   type ShardStatus,
+  type SliceManifest as WireManifest,
   type TokenLogprobs as WireLogprobs,
 } from '../proto/herd.ts';
 import type { NodeCapabilities } from './caps.ts';
 import { invalid } from './errors.ts';
+import type { SliceManifest } from './shard/manifest.ts';
 
 export {
   DType,
@@ -50,7 +52,9 @@ export type {
   SessionOpen,
   ShardStatus,
   SliceHeader,
+  SliceManifest as WireManifest,
   StageTiming,
+  TensorGroup as WireTensorGroup,
   TokenLogprobs as WireLogprobs,
 } from '../proto/herd.ts';
 
@@ -210,4 +214,28 @@ export function stageTime(
   node: { readonly name: string; readonly id: string; readonly address: string },
 ): StageTime {
   return { node: node.name, nodeId: node.id, address: node.address, layers: [t.start, t.end], seconds: t.seconds };
+}
+
+// --- tensor manifests ----------------------------------------------------------------------
+
+export function manifestToWire(m: SliceManifest): WireManifest {
+  return {
+    metadataSha256: Buffer.from(m.metadataSha256, 'hex'),
+    tensors: m.tensors.map((t) => ({ ...t, dims: [...t.dims], sha256: Buffer.from(t.sha256, 'hex') })),
+  };
+}
+
+/** A LoadShard's manifest in the domain's terms (checkManifest then validates it); absent is INVALID_ARGUMENT. */
+export function manifestFromWire(m: WireManifest | undefined): SliceManifest {
+  if (!m) throw invalid('LoadShard carries no tensor manifest (a coordinator older than this node?)');
+  return {
+    metadataSha256: Buffer.from(m.metadataSha256).toString('hex'),
+    tensors: m.tensors.map((t) => ({
+      name: t.name,
+      dims: t.dims,
+      ggmlType: t.ggmlType,
+      nBytes: t.nBytes,
+      sha256: Buffer.from(t.sha256).toString('hex'),
+    })),
+  };
 }

@@ -1,13 +1,15 @@
-// Continuous batching in this process: the sessions of one model share its SliceRunner, and
-// their steps share the runner's steps. A session's step() is queued; on the next turn of the
-// event loop the batcher takes every step waiting, under a per-step token budget, and runs them
+// Continuous batching, in this process and on every stage of a herd: the sessions of one model
+// (or of one node's shard) share its SliceRunner, and their steps share the runner's steps. A
+// session's step() is queued; on the next turn of the event loop the batcher takes every step
+// waiting, under a per-step token budget, and runs them
 // as ONE SliceRunner.step — each layer one matrix product over all their rows, attention per
 // session over its own KV cache, sampling per session. A session that starts while others
 // decode joins at the next step.
 //
 // Decode steps (one token) go first, then prompts, in arrival order, in pieces that fill what
-// is left of the budget (chunked prefill): a long prompt runs over several steps beside the
-// others' decode rather than stalling it, and its session hears its token after the last piece.
+// is left of the budget, and of STEP_TARGET_SECONDS as the last prompt step measured (chunked
+// prefill): a long prompt runs over several steps beside the others' decode rather than stalling
+// it, and its session hears its token after the last piece.
 // Only the last piece samples, so the sampler's random state and penalties see exactly what
 // they see when the session runs alone. Every kernel computes a row the same way whichever rows
 // share its matrix product (the matmul = matvecs check), so each session's tokens are exactly
@@ -45,6 +47,13 @@ export interface BatcherStats {
   maxEntries: number;
 }
 
+/**
+ * The compute a step with prompt pieces aims at: a node's event loop turns between steps, so
+ * it answers keepalive pings and calls at least about this often even during a long prefill on
+ * a slow machine (a silent peer counts as lost after seconds, cluster/rpc.ts).
+ */
+export const STEP_TARGET_SECONDS = 0.5;
+
 export class SessionClosedError extends Error {
   constructor() {
     super('the session was closed while its step waited');
@@ -55,9 +64,13 @@ export class SessionClosedError extends Error {
 export class StepBatcher {
   private readonly queue: Pending[] = [];
   private scheduled = false;
+  /** A step is under way: a group's step awaits its syncs, and the next must wait for it. */
+  private running = false;
   readonly stats: BatcherStats;
   /** Tokens one step takes at most (a session's decode token always counts; prompts fill the rest). */
   readonly budget: number;
+  /** Prompt tokens a step takes at most: those that fit STEP_TARGET_SECONDS, from the last step with prompt pieces. */
+  private promptCap = Infinity;
 
   constructor(
     readonly runner: SliceRunner,
@@ -110,7 +123,7 @@ export class StepBatcher {
    * the next step, and timers, sockets and aborts run in between.
    */
   private schedule(): void {
-    if (this.scheduled) return;
+    if (this.scheduled || this.running) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
@@ -129,13 +142,15 @@ export class StepBatcher {
         left--;
       }
     }
+    let promptLeft = Math.max(1, Math.min(left, this.promptCap));
     for (const p of this.queue) {
-      if (left === 0) break;
+      if (left === 0 || promptLeft === 0) break;
       const rest = p.req.tokens.length - p.done;
       if (rest > 1) {
-        const n = Math.min(rest, left);
+        const n = Math.min(rest, left, promptLeft);
         picks.push({ p, n });
         left -= n;
+        promptLeft -= n;
       }
     }
     return picks;
@@ -145,13 +160,18 @@ export class StepBatcher {
     const picks = this.plan();
     if (picks.length === 0) return;
     const entries = picks.map(({ p, n }) => piece(p, n));
+    this.running = true;
     this.stats.steps++;
     this.stats.entries += entries.length;
     this.stats.maxEntries = Math.max(this.stats.maxEntries, entries.length);
     try {
-      // Without a pause the step runs start to end without yielding: no session is closed
-      // or queued while it runs.
+      // Without a pause a Transformer's step runs start to end without yielding: no session is
+      // closed or queued while it runs. A group's step yields at its syncs; steps queued meanwhile
+      // wait for it (running), and a session closed meanwhile only loses its token.
       const { sampled, seconds } = await this.runner.step(entries);
+      const rows = entries.reduce((n, e) => n + e.tokens.length, 0);
+      if (rows > entries.length && seconds > 0)
+        this.promptCap = Math.max(1, Math.floor((rows * STEP_TARGET_SECONDS) / seconds));
       picks.forEach(({ p, n }, i) => {
         p.done += n;
         p.seconds += seconds;
@@ -165,6 +185,7 @@ export class StepBatcher {
         p.reject(e);
       }
     }
+    this.running = false;
     if (this.queue.length > 0) this.schedule();
   }
 

@@ -68,6 +68,15 @@ export interface PlanEntry {
   readonly node: string;
   readonly address: string;
   readonly layers: [number, number];
+  /** Over a herd: the stage's nodes — one, or a tensor-parallel group's members with their shares. */
+  readonly nodes?: readonly PlanMember[];
+}
+
+/** One node of a stage; a group member's share of each layer (KV heads, FFN rows), null for a whole stage. */
+export interface PlanMember {
+  readonly name: string;
+  readonly address: string;
+  readonly share: { readonly kv_heads: [number, number]; readonly ffn_rows: [number, number] } | null;
 }
 
 /** A model loaded once, serving a session per request. */

@@ -11,7 +11,8 @@
 // sharing the runner's workspace never see each other's rows; between chunks a caller may let
 // the event loop turn (a node answers other calls during a long prefill).
 
-import type { Transformer } from '../model/transformer.ts';
+import type { Segment } from '../model/transformer.ts';
+import type { ModelConfig } from '../model/config.ts';
 import type { KvCache } from '../model/kv-cache.ts';
 import { TokenHistory, StepError } from './history.ts';
 import { Sampler, type SamplingOptions, type TokenLogprobs } from './sampler.ts';
@@ -89,11 +90,28 @@ interface Piece {
   readonly row: number;
 }
 
+/**
+ * What a runner steps through: a Transformer, or a tensor-parallel group's leader
+ * (cluster/node/group.ts), whose forwardLayers awaits the group's syncs. The runner's batcher
+ * runs one step at a time, so a step that awaits still has the workspace to itself.
+ */
+export interface SliceModel {
+  readonly config: ModelConfig;
+  readonly ctx: number;
+  readonly batch: number;
+  readonly isFirst: boolean;
+  readonly isLast: boolean;
+  newCache(): KvCache;
+  embed(tokens: readonly number[], x: Float32Array): void;
+  forwardLayers(x: Float32Array, segments: readonly Segment[]): void | Promise<void>;
+  head(x: Float32Array): Float32Array;
+}
+
 export class SliceRunner {
   /** The hidden states of a chunk's rows: what the slice before hands in, what the next takes. */
   private readonly x: Float32Array;
 
-  constructor(readonly model: Transformer) {
+  constructor(readonly model: SliceModel) {
     this.x = new Float32Array(model.batch * model.config.dim);
   }
 
@@ -163,10 +181,12 @@ export class SliceRunner {
 
       // the layers: each weight one matrix product over every row; attention per session,
       // over its own KV cache (which the step's keys and values are written into)
-      model.forwardLayers(
+      const layers = model.forwardLayers(
         this.x,
         chunk.map((p) => ({ start: p.entry.start + p.from, n: p.m, cache: p.entry.seq.cache })),
       );
+      // A Transformer returns at once: awaited only when it is a group's step, so a local step never yields.
+      if (layers) await layers;
 
       for (const p of chunk) {
         // the rows out: hidden states to the next slice; the tokens now held, to the history

@@ -38,10 +38,14 @@ export const protobufFileName = "herd.proto";
  * stream; the last stage samples and sends the token id back to the coordinator on Deliver.
  * Activations never pass through the coordinator.
  *
- * Authentication: calls that change a node's state (LoadShard, Forward, DropSession) and the
- * coordinator's FetchTensors and Deliver carry two metadata entries, `herd-nonce` (hex of a
- * nonce from Challenge, single use) and `herd-proof` (hex of HMAC-SHA256(cluster key,
- * nonce ‖ method path)). The key itself never travels.
+ * Authentication: with a cluster key, every HerdNode channel and the coordinator's HerdCoordinator
+ * channel is mutual TLS; both ends present a certificate signed by the herd CA, whose key every
+ * holder of the cluster key derives from it (src/cluster/tls.ts), so a peer without the key
+ * cannot complete a handshake. Without a key (open mode) the channels are plaintext. Requests
+ * are at most 4 MiB (Forward: 256 MiB) and never compressed.
+ * `herd serve --grpc-port`'s Generate is for clients outside the herd: it carries two metadata
+ * entries, `herd-nonce` (hex of a nonce from Challenge, single use) and `herd-proof` (hex of
+ * HMAC-SHA256(cluster key, nonce ‖ method path)). The key itself never travels.
  */
 
 /**
@@ -50,8 +54,8 @@ export const protobufFileName = "herd.proto";
  */
 export enum ProtocolVersion {
   PROTOCOL_VERSION_UNSPECIFIED = 0,
-  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming; 3: an Activation may rewind its session and restart the sampler */
-  PROTOCOL_VERSION_CURRENT = 3,
+  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming; 3: an Activation may rewind its session and restart the sampler; 4: mutual TLS with a cluster key (no Challenge on HerdNode), LoadShard carries the slice's manifest; 5: a stage may be a tensor-parallel group (LoadShard's group, LoadProgress's dataplane_port, Hop's group) */
+  PROTOCOL_VERSION_CURRENT = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -60,7 +64,7 @@ export function protocolVersionFromJSON(object: any): ProtocolVersion {
     case 0:
     case "PROTOCOL_VERSION_UNSPECIFIED":
       return ProtocolVersion.PROTOCOL_VERSION_UNSPECIFIED;
-    case 3:
+    case 5:
     case "PROTOCOL_VERSION_CURRENT":
       return ProtocolVersion.PROTOCOL_VERSION_CURRENT;
     case -1:
@@ -198,7 +202,7 @@ export interface NodeInfo {
   counters?:
     | NodeCounters
     | undefined;
-  /** true when the node holds a cluster key */
+  /** true when the node holds a cluster key (and speaks mutual TLS) */
   authRequired: boolean;
   /** slice files in the cache dir (loadable without a transfer) */
   cached: ShardStatus[];
@@ -238,9 +242,7 @@ export interface NodeCounters {
   sessionsOpened: number;
   /** Activation messages processed */
   activations: number;
-  /** calls refused with UNAUTHENTICATED */
-  authFailures: number;
-  /** calls refused with INVALID_ARGUMENT */
+  /** calls refused as malformed, over a size limit or compressed */
   invalidRequests: number;
   /** slices dropped from memory for a new plan */
   evictions: number;
@@ -266,7 +268,7 @@ export interface ChallengeRequest {
 }
 
 export interface ChallengeReply {
-  /** 32 random bytes, valid once, for a short time */
+  /** 32 bytes (expiry, random, MAC), valid once, for a short time */
   nonce: Buffer;
   /** how long the nonce stays valid */
   ttlMs: number;
@@ -291,6 +293,53 @@ export interface LoadShardRequest {
   kvType: KvType;
   /** host:port of the HerdCoordinator to FetchTensors from */
   coordinator: string;
+  /**
+   * What the range's slice must hold, from the coordinator's own model file: every tensor the
+   * node fetches, and every cached slice it uses, is checked against it. Required.
+   */
+  manifest?:
+    | SliceManifest
+    | undefined;
+  /**
+   * Set when the stage is a tensor-parallel group: the node loads only this member's share of
+   * the range and links the group's data plane (cluster/dataplane) before LoadShard ends.
+   */
+  group?: TensorGroup | undefined;
+}
+
+/**
+ * One member's place in a tensor-parallel group. The members link in order: member i gets the
+ * data plane addresses of members 0..i-1 (each reported in its LoadProgress.dataplane_port),
+ * dials them and waits for the members above it to dial in.
+ */
+export interface TensorGroup {
+  /** members, 2.. */
+  size: number;
+  /** this member's index, 0 is the leader (the stage's address in routes) */
+  member: number;
+  /** KV heads [kv_start, kv_end) of every layer in the range */
+  kvStart: number;
+  kvEnd: number;
+  /** FFN rows [ffn_start, ffn_end) of every layer in the range */
+  ffnStart: number;
+  ffnEnd: number;
+  /** q8_0 | f16 | f32: activations between members */
+  sync: string;
+  /** the group's one-time secret, 32 bytes: a data plane link opens with it */
+  token: Buffer;
+  /** host:port of the data planes of members 0..member-1, in order */
+  peers: string[];
+}
+
+/**
+ * The tensors of one layer range with the sha256 of each one's data, and the digest of the
+ * metadata the slice carries: what a node trusts, whoever sends the bytes.
+ */
+export interface SliceManifest {
+  /** sha256 of (metadata_count as u64 LE, alignment as u32 LE, metadata bytes) of the slice header */
+  metadataSha256: Buffer;
+  /** every tensor of the range, in the order FetchTensors sends them, each with its sha256 */
+  tensors: TensorDesc[];
 }
 
 export interface LoadProgress {
@@ -308,6 +357,8 @@ export interface LoadProgress {
   source: string;
   /** bytes pulled over the network for this load */
   bytesTransferred: number;
+  /** a group member: the port its data plane listens on (phase "linking") */
+  dataplanePort?: number | undefined;
 }
 
 export interface ForwardRequest {
@@ -347,6 +398,8 @@ export interface Hop {
   start: number;
   /** one past its last layer */
   end: number;
+  /** a tensor-parallel stage: its group's id (hex of sha256(token)[0:8]); empty for one node */
+  group?: string | undefined;
 }
 
 export interface Sampling {
@@ -471,6 +524,8 @@ export interface TensorDesc {
   ggmlType: number;
   /** bytes of its data */
   nBytes: number;
+  /** in a SliceManifest: sha256 of its data; empty in a SliceHeader */
+  sha256: Buffer;
 }
 
 export interface TensorChunk {
@@ -1201,7 +1256,6 @@ function createBaseNodeCounters(): NodeCounters {
     bytesFetched: 0,
     sessionsOpened: 0,
     activations: 0,
-    authFailures: 0,
     invalidRequests: 0,
     evictions: 0,
     steps: 0,
@@ -1228,9 +1282,6 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     }
     if (message.activations !== 0) {
       writer.uint32(48).uint64(message.activations);
-    }
-    if (message.authFailures !== 0) {
-      writer.uint32(56).uint64(message.authFailures);
     }
     if (message.invalidRequests !== 0) {
       writer.uint32(64).uint64(message.invalidRequests);
@@ -1308,14 +1359,6 @@ export const NodeCounters: MessageFns<NodeCounters> = {
             message.activations = longToNumber(reader.uint64());
             continue;
           }
-          case 7: {
-            if (tag !== 56) {
-              break;
-            }
-
-            message.authFailures = longToNumber(reader.uint64());
-            continue;
-          }
           case 8: {
             if (tag !== 64) {
               break;
@@ -1388,11 +1431,6 @@ export const NodeCounters: MessageFns<NodeCounters> = {
         ? globalThis.Number(object.sessions_opened)
         : 0,
       activations: isSet(object.activations) ? globalThis.Number(object.activations) : 0,
-      authFailures: isSet(object.authFailures)
-        ? globalThis.Number(object.authFailures)
-        : isSet(object.auth_failures)
-        ? globalThis.Number(object.auth_failures)
-        : 0,
       invalidRequests: isSet(object.invalidRequests)
         ? globalThis.Number(object.invalidRequests)
         : isSet(object.invalid_requests)
@@ -1428,9 +1466,6 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     if (message.activations !== 0) {
       obj.activations = Math.round(message.activations);
     }
-    if (message.authFailures !== 0) {
-      obj.authFailures = Math.round(message.authFailures);
-    }
     if (message.invalidRequests !== 0) {
       obj.invalidRequests = Math.round(message.invalidRequests);
     }
@@ -1457,7 +1492,6 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     message.bytesFetched = object.bytesFetched ?? 0;
     message.sessionsOpened = object.sessionsOpened ?? 0;
     message.activations = object.activations ?? 0;
-    message.authFailures = object.authFailures ?? 0;
     message.invalidRequests = object.invalidRequests ?? 0;
     message.evictions = object.evictions ?? 0;
     message.steps = object.steps ?? 0;
@@ -1775,6 +1809,8 @@ function createBaseLoadShardRequest(): LoadShardRequest {
     ctx: 0,
     kvType: 0,
     coordinator: "",
+    manifest: undefined,
+    group: undefined,
   };
 }
 
@@ -1806,6 +1842,12 @@ export const LoadShardRequest: MessageFns<LoadShardRequest> = {
     }
     if (message.coordinator !== "") {
       writer.uint32(74).string(message.coordinator);
+    }
+    if (message.manifest !== undefined) {
+      SliceManifest.encode(message.manifest, writer.uint32(82).fork()).join();
+    }
+    if (message.group !== undefined) {
+      TensorGroup.encode(message.group, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -1895,6 +1937,22 @@ export const LoadShardRequest: MessageFns<LoadShardRequest> = {
             message.coordinator = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.manifest = SliceManifest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.group = TensorGroup.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1938,6 +1996,8 @@ export const LoadShardRequest: MessageFns<LoadShardRequest> = {
         ? kvTypeFromJSON(object.kv_type)
         : 0,
       coordinator: isSet(object.coordinator) ? globalThis.String(object.coordinator) : "",
+      manifest: isSet(object.manifest) ? SliceManifest.fromJSON(object.manifest) : undefined,
+      group: isSet(object.group) ? TensorGroup.fromJSON(object.group) : undefined,
     };
   },
 
@@ -1970,6 +2030,12 @@ export const LoadShardRequest: MessageFns<LoadShardRequest> = {
     if (message.coordinator !== "") {
       obj.coordinator = message.coordinator;
     }
+    if (message.manifest !== undefined) {
+      obj.manifest = SliceManifest.toJSON(message.manifest);
+    }
+    if (message.group !== undefined) {
+      obj.group = TensorGroup.toJSON(message.group);
+    }
     return obj;
   },
 
@@ -1987,12 +2053,341 @@ export const LoadShardRequest: MessageFns<LoadShardRequest> = {
     message.ctx = object.ctx ?? 0;
     message.kvType = object.kvType ?? 0;
     message.coordinator = object.coordinator ?? "";
+    message.manifest = (object.manifest !== undefined && object.manifest !== null)
+      ? SliceManifest.fromPartial(object.manifest)
+      : undefined;
+    message.group = (object.group !== undefined && object.group !== null)
+      ? TensorGroup.fromPartial(object.group)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTensorGroup(): TensorGroup {
+  return {
+    size: 0,
+    member: 0,
+    kvStart: 0,
+    kvEnd: 0,
+    ffnStart: 0,
+    ffnEnd: 0,
+    sync: "",
+    token: Buffer.alloc(0),
+    peers: [],
+  };
+}
+
+export const TensorGroup: MessageFns<TensorGroup> = {
+  encode(message: TensorGroup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.size !== 0) {
+      writer.uint32(8).uint32(message.size);
+    }
+    if (message.member !== 0) {
+      writer.uint32(16).uint32(message.member);
+    }
+    if (message.kvStart !== 0) {
+      writer.uint32(24).uint32(message.kvStart);
+    }
+    if (message.kvEnd !== 0) {
+      writer.uint32(32).uint32(message.kvEnd);
+    }
+    if (message.ffnStart !== 0) {
+      writer.uint32(40).uint32(message.ffnStart);
+    }
+    if (message.ffnEnd !== 0) {
+      writer.uint32(48).uint32(message.ffnEnd);
+    }
+    if (message.sync !== "") {
+      writer.uint32(58).string(message.sync);
+    }
+    if (message.token.length !== 0) {
+      writer.uint32(66).bytes(message.token);
+    }
+    for (const v of message.peers) {
+      writer.uint32(74).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TensorGroup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTensorGroup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.size = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.member = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kvStart = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.kvEnd = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.ffnStart = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ffnEnd = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.sync = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.token = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.peers.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TensorGroup {
+    return {
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      member: isSet(object.member) ? globalThis.Number(object.member) : 0,
+      kvStart: isSet(object.kvStart)
+        ? globalThis.Number(object.kvStart)
+        : isSet(object.kv_start)
+        ? globalThis.Number(object.kv_start)
+        : 0,
+      kvEnd: isSet(object.kvEnd)
+        ? globalThis.Number(object.kvEnd)
+        : isSet(object.kv_end)
+        ? globalThis.Number(object.kv_end)
+        : 0,
+      ffnStart: isSet(object.ffnStart)
+        ? globalThis.Number(object.ffnStart)
+        : isSet(object.ffn_start)
+        ? globalThis.Number(object.ffn_start)
+        : 0,
+      ffnEnd: isSet(object.ffnEnd)
+        ? globalThis.Number(object.ffnEnd)
+        : isSet(object.ffn_end)
+        ? globalThis.Number(object.ffn_end)
+        : 0,
+      sync: isSet(object.sync) ? globalThis.String(object.sync) : "",
+      token: isSet(object.token) ? Buffer.from(bytesFromBase64(object.token)) : Buffer.alloc(0),
+      peers: globalThis.Array.isArray(object?.peers)
+        ? object.peers.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TensorGroup): unknown {
+    const obj: any = {};
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.member !== 0) {
+      obj.member = Math.round(message.member);
+    }
+    if (message.kvStart !== 0) {
+      obj.kvStart = Math.round(message.kvStart);
+    }
+    if (message.kvEnd !== 0) {
+      obj.kvEnd = Math.round(message.kvEnd);
+    }
+    if (message.ffnStart !== 0) {
+      obj.ffnStart = Math.round(message.ffnStart);
+    }
+    if (message.ffnEnd !== 0) {
+      obj.ffnEnd = Math.round(message.ffnEnd);
+    }
+    if (message.sync !== "") {
+      obj.sync = message.sync;
+    }
+    if (message.token.length !== 0) {
+      obj.token = base64FromBytes(message.token);
+    }
+    if (message.peers?.length) {
+      obj.peers = message.peers;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TensorGroup>, I>>(base?: I): TensorGroup {
+    return TensorGroup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TensorGroup>, I>>(object: I): TensorGroup {
+    const message = createBaseTensorGroup();
+    message.size = object.size ?? 0;
+    message.member = object.member ?? 0;
+    message.kvStart = object.kvStart ?? 0;
+    message.kvEnd = object.kvEnd ?? 0;
+    message.ffnStart = object.ffnStart ?? 0;
+    message.ffnEnd = object.ffnEnd ?? 0;
+    message.sync = object.sync ?? "";
+    message.token = object.token ?? Buffer.alloc(0);
+    message.peers = object.peers?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseSliceManifest(): SliceManifest {
+  return { metadataSha256: Buffer.alloc(0), tensors: [] };
+}
+
+export const SliceManifest: MessageFns<SliceManifest> = {
+  encode(message: SliceManifest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.metadataSha256.length !== 0) {
+      writer.uint32(10).bytes(message.metadataSha256);
+    }
+    for (const v of message.tensors) {
+      TensorDesc.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SliceManifest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSliceManifest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.metadataSha256 = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tensors.push(TensorDesc.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SliceManifest {
+    return {
+      metadataSha256: isSet(object.metadataSha256)
+        ? Buffer.from(bytesFromBase64(object.metadataSha256))
+        : isSet(object.metadata_sha256)
+        ? Buffer.from(bytesFromBase64(object.metadata_sha256))
+        : Buffer.alloc(0),
+      tensors: globalThis.Array.isArray(object?.tensors) ? object.tensors.map((e: any) => TensorDesc.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: SliceManifest): unknown {
+    const obj: any = {};
+    if (message.metadataSha256.length !== 0) {
+      obj.metadataSha256 = base64FromBytes(message.metadataSha256);
+    }
+    if (message.tensors?.length) {
+      obj.tensors = message.tensors.map((e) => TensorDesc.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SliceManifest>, I>>(base?: I): SliceManifest {
+    return SliceManifest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SliceManifest>, I>>(object: I): SliceManifest {
+    const message = createBaseSliceManifest();
+    message.metadataSha256 = object.metadataSha256 ?? Buffer.alloc(0);
+    message.tensors = object.tensors?.map((e) => TensorDesc.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseLoadProgress(): LoadProgress {
-  return { phase: "", bytesDone: 0, bytesTotal: 0, tensorsDone: 0, tensorsTotal: 0, source: "", bytesTransferred: 0 };
+  return {
+    phase: "",
+    bytesDone: 0,
+    bytesTotal: 0,
+    tensorsDone: 0,
+    tensorsTotal: 0,
+    source: "",
+    bytesTransferred: 0,
+    dataplanePort: undefined,
+  };
 }
 
 export const LoadProgress: MessageFns<LoadProgress> = {
@@ -2017,6 +2412,9 @@ export const LoadProgress: MessageFns<LoadProgress> = {
     }
     if (message.bytesTransferred !== 0) {
       writer.uint32(56).uint64(message.bytesTransferred);
+    }
+    if (message.dataplanePort !== undefined) {
+      writer.uint32(64).uint32(message.dataplanePort);
     }
     return writer;
   },
@@ -2090,6 +2488,14 @@ export const LoadProgress: MessageFns<LoadProgress> = {
             message.bytesTransferred = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.dataplanePort = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2131,6 +2537,11 @@ export const LoadProgress: MessageFns<LoadProgress> = {
         : isSet(object.bytes_transferred)
         ? globalThis.Number(object.bytes_transferred)
         : 0,
+      dataplanePort: isSet(object.dataplanePort)
+        ? globalThis.Number(object.dataplanePort)
+        : isSet(object.dataplane_port)
+        ? globalThis.Number(object.dataplane_port)
+        : undefined,
     };
   },
 
@@ -2157,6 +2568,9 @@ export const LoadProgress: MessageFns<LoadProgress> = {
     if (message.bytesTransferred !== 0) {
       obj.bytesTransferred = Math.round(message.bytesTransferred);
     }
+    if (message.dataplanePort !== undefined) {
+      obj.dataplanePort = Math.round(message.dataplanePort);
+    }
     return obj;
   },
 
@@ -2172,6 +2586,7 @@ export const LoadProgress: MessageFns<LoadProgress> = {
     message.tensorsTotal = object.tensorsTotal ?? 0;
     message.source = object.source ?? "";
     message.bytesTransferred = object.bytesTransferred ?? 0;
+    message.dataplanePort = object.dataplanePort ?? undefined;
     return message;
   },
 };
@@ -2461,7 +2876,7 @@ export const SessionOpen: MessageFns<SessionOpen> = {
 };
 
 function createBaseHop(): Hop {
-  return { address: "", start: 0, end: 0 };
+  return { address: "", start: 0, end: 0, group: undefined };
 }
 
 export const Hop: MessageFns<Hop> = {
@@ -2474,6 +2889,9 @@ export const Hop: MessageFns<Hop> = {
     }
     if (message.end !== 0) {
       writer.uint32(24).uint32(message.end);
+    }
+    if (message.group !== undefined) {
+      writer.uint32(34).string(message.group);
     }
     return writer;
   },
@@ -2515,6 +2933,14 @@ export const Hop: MessageFns<Hop> = {
             message.end = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2532,6 +2958,7 @@ export const Hop: MessageFns<Hop> = {
       address: isSet(object.address) ? globalThis.String(object.address) : "",
       start: isSet(object.start) ? globalThis.Number(object.start) : 0,
       end: isSet(object.end) ? globalThis.Number(object.end) : 0,
+      group: isSet(object.group) ? globalThis.String(object.group) : undefined,
     };
   },
 
@@ -2546,6 +2973,9 @@ export const Hop: MessageFns<Hop> = {
     if (message.end !== 0) {
       obj.end = Math.round(message.end);
     }
+    if (message.group !== undefined) {
+      obj.group = message.group;
+    }
     return obj;
   },
 
@@ -2557,6 +2987,7 @@ export const Hop: MessageFns<Hop> = {
     message.address = object.address ?? "";
     message.start = object.start ?? 0;
     message.end = object.end ?? 0;
+    message.group = object.group ?? undefined;
     return message;
   },
 };
@@ -3693,7 +4124,7 @@ export const SliceHeader: MessageFns<SliceHeader> = {
 };
 
 function createBaseTensorDesc(): TensorDesc {
-  return { name: "", dims: [], ggmlType: 0, nBytes: 0 };
+  return { name: "", dims: [], ggmlType: 0, nBytes: 0, sha256: Buffer.alloc(0) };
 }
 
 export const TensorDesc: MessageFns<TensorDesc> = {
@@ -3713,6 +4144,9 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     }
     if (message.nBytes !== 0) {
       writer.uint32(32).uint64(message.nBytes);
+    }
+    if (message.sha256.length !== 0) {
+      writer.uint32(42).bytes(message.sha256);
     }
     return writer;
   },
@@ -3772,6 +4206,14 @@ export const TensorDesc: MessageFns<TensorDesc> = {
             message.nBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sha256 = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3798,6 +4240,7 @@ export const TensorDesc: MessageFns<TensorDesc> = {
         : isSet(object.n_bytes)
         ? globalThis.Number(object.n_bytes)
         : 0,
+      sha256: isSet(object.sha256) ? Buffer.from(bytesFromBase64(object.sha256)) : Buffer.alloc(0),
     };
   },
 
@@ -3815,6 +4258,9 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     if (message.nBytes !== 0) {
       obj.nBytes = Math.round(message.nBytes);
     }
+    if (message.sha256.length !== 0) {
+      obj.sha256 = base64FromBytes(message.sha256);
+    }
     return obj;
   },
 
@@ -3827,6 +4273,7 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     message.dims = object.dims?.map((e) => e) || [];
     message.ggmlType = object.ggmlType ?? 0;
     message.nBytes = object.nBytes ?? 0;
+    message.sha256 = object.sha256 ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -5011,7 +5458,7 @@ export const ListedNode: MessageFns<ListedNode> = {
 
 export type HerdNodeService = typeof HerdNodeService;
 export const HerdNodeService = {
-  /** What the node is and offers, what it holds loaded, and its counters. No auth. */
+  /** What the node is and offers, what it holds loaded, and its counters. */
   info: {
     path: "/herd.v1.HerdNode/Info" as const,
     requestStream: false as const,
@@ -5021,7 +5468,7 @@ export const HerdNodeService = {
     responseSerialize: (value: NodeInfo): Buffer => Buffer.from(NodeInfo.encode(value).finish()),
     responseDeserialize: (value: Buffer): NodeInfo => NodeInfo.decode(value),
   },
-  /** Liveness. No auth. */
+  /** Liveness. */
   health: {
     path: "/herd.v1.HerdNode/Health" as const,
     requestStream: false as const,
@@ -5031,17 +5478,7 @@ export const HerdNodeService = {
     responseSerialize: (value: HealthReply): Buffer => Buffer.from(HealthReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): HealthReply => HealthReply.decode(value),
   },
-  /** A fresh single-use nonce for the next authenticated call. No auth. */
-  challenge: {
-    path: "/herd.v1.HerdNode/Challenge" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: ChallengeRequest): Buffer => Buffer.from(ChallengeRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): ChallengeRequest => ChallengeRequest.decode(value),
-    responseSerialize: (value: ChallengeReply): Buffer => Buffer.from(ChallengeReply.encode(value).finish()),
-    responseDeserialize: (value: Buffer): ChallengeReply => ChallengeReply.decode(value),
-  },
-  /** Make a layer range of a model resident; streams progress, ends with `done`. Auth. */
+  /** Make a layer range of a model resident; streams progress, ends with `done`. */
   loadShard: {
     path: "/herd.v1.HerdNode/LoadShard" as const,
     requestStream: false as const,
@@ -5051,7 +5488,7 @@ export const HerdNodeService = {
     responseSerialize: (value: LoadProgress): Buffer => Buffer.from(LoadProgress.encode(value).finish()),
     responseDeserialize: (value: Buffer): LoadProgress => LoadProgress.decode(value),
   },
-  /** One session through this stage: first message `open`, then `activation`s. Auth. */
+  /** One session through this stage: first message `open`, then `activation`s. */
   forward: {
     path: "/herd.v1.HerdNode/Forward" as const,
     requestStream: true as const,
@@ -5061,7 +5498,7 @@ export const HerdNodeService = {
     responseSerialize: (value: ForwardReply): Buffer => Buffer.from(ForwardReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): ForwardReply => ForwardReply.decode(value),
   },
-  /** Frees a session's KV cache and closes its downstream stream. Auth. */
+  /** Frees a session's KV cache and closes its downstream stream. */
   dropSession: {
     path: "/herd.v1.HerdNode/DropSession" as const,
     requestStream: false as const,
@@ -5074,22 +5511,20 @@ export const HerdNodeService = {
 } as const;
 
 export interface HerdNodeServer extends UntypedServiceImplementation {
-  /** What the node is and offers, what it holds loaded, and its counters. No auth. */
+  /** What the node is and offers, what it holds loaded, and its counters. */
   info: handleUnaryCall<InfoRequest, NodeInfo>;
-  /** Liveness. No auth. */
+  /** Liveness. */
   health: handleUnaryCall<HealthRequest, HealthReply>;
-  /** A fresh single-use nonce for the next authenticated call. No auth. */
-  challenge: handleUnaryCall<ChallengeRequest, ChallengeReply>;
-  /** Make a layer range of a model resident; streams progress, ends with `done`. Auth. */
+  /** Make a layer range of a model resident; streams progress, ends with `done`. */
   loadShard: handleServerStreamingCall<LoadShardRequest, LoadProgress>;
-  /** One session through this stage: first message `open`, then `activation`s. Auth. */
+  /** One session through this stage: first message `open`, then `activation`s. */
   forward: handleBidiStreamingCall<ForwardRequest, ForwardReply>;
-  /** Frees a session's KV cache and closes its downstream stream. Auth. */
+  /** Frees a session's KV cache and closes its downstream stream. */
   dropSession: handleUnaryCall<DropSessionRequest, DropSessionReply>;
 }
 
 export interface HerdNodeClient extends Client {
-  /** What the node is and offers, what it holds loaded, and its counters. No auth. */
+  /** What the node is and offers, what it holds loaded, and its counters. */
   info(request: InfoRequest, callback: (error: ServiceError | null, response: NodeInfo) => void): ClientUnaryCall;
   info(
     request: InfoRequest,
@@ -5102,7 +5537,7 @@ export interface HerdNodeClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: NodeInfo) => void,
   ): ClientUnaryCall;
-  /** Liveness. No auth. */
+  /** Liveness. */
   health(
     request: HealthRequest,
     callback: (error: ServiceError | null, response: HealthReply) => void,
@@ -5118,34 +5553,18 @@ export interface HerdNodeClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: HealthReply) => void,
   ): ClientUnaryCall;
-  /** A fresh single-use nonce for the next authenticated call. No auth. */
-  challenge(
-    request: ChallengeRequest,
-    callback: (error: ServiceError | null, response: ChallengeReply) => void,
-  ): ClientUnaryCall;
-  challenge(
-    request: ChallengeRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: ChallengeReply) => void,
-  ): ClientUnaryCall;
-  challenge(
-    request: ChallengeRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: ChallengeReply) => void,
-  ): ClientUnaryCall;
-  /** Make a layer range of a model resident; streams progress, ends with `done`. Auth. */
+  /** Make a layer range of a model resident; streams progress, ends with `done`. */
   loadShard(request: LoadShardRequest, options?: Partial<CallOptions>): ClientReadableStream<LoadProgress>;
   loadShard(
     request: LoadShardRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<LoadProgress>;
-  /** One session through this stage: first message `open`, then `activation`s. Auth. */
+  /** One session through this stage: first message `open`, then `activation`s. */
   forward(): ClientDuplexStream<ForwardRequest, ForwardReply>;
   forward(options: Partial<CallOptions>): ClientDuplexStream<ForwardRequest, ForwardReply>;
   forward(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ForwardRequest, ForwardReply>;
-  /** Frees a session's KV cache and closes its downstream stream. Auth. */
+  /** Frees a session's KV cache and closes its downstream stream. */
   dropSession(
     request: DropSessionRequest,
     callback: (error: ServiceError | null, response: DropSessionReply) => void,
@@ -5171,7 +5590,7 @@ export const HerdNodeClient = makeGenericClientConstructor(HerdNodeService, "her
 
 export type HerdCoordinatorService = typeof HerdCoordinatorService;
 export const HerdCoordinatorService = {
-  /** A fresh single-use nonce for FetchTensors or Deliver. No auth. */
+  /** A fresh single-use nonce for Generate (`herd serve --grpc-port`). No auth. */
   challenge: {
     path: "/herd.v1.HerdCoordinator/Challenge" as const,
     requestStream: false as const,
@@ -5181,7 +5600,7 @@ export const HerdCoordinatorService = {
     responseSerialize: (value: ChallengeReply): Buffer => Buffer.from(ChallengeReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): ChallengeReply => ChallengeReply.decode(value),
   },
-  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. Auth. */
+  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. */
   fetchTensors: {
     path: "/herd.v1.HerdCoordinator/FetchTensors" as const,
     requestStream: false as const,
@@ -5191,7 +5610,7 @@ export const HerdCoordinatorService = {
     responseSerialize: (value: FetchTensorsReply): Buffer => Buffer.from(FetchTensorsReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): FetchTensorsReply => FetchTensorsReply.decode(value),
   },
-  /** The last stage's sampled tokens of one session. Auth. */
+  /** The last stage's sampled tokens of one session. */
   deliver: {
     path: "/herd.v1.HerdCoordinator/Deliver" as const,
     requestStream: true as const,
@@ -5201,7 +5620,7 @@ export const HerdCoordinatorService = {
     responseSerialize: (value: DeliverReply): Buffer => Buffer.from(DeliverReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeliverReply => DeliverReply.decode(value),
   },
-  /** The nodes this coordinator knows and uses. No auth. */
+  /** The nodes this coordinator knows and uses. No auth on `herd serve --grpc-port`. */
   listNodes: {
     path: "/herd.v1.HerdCoordinator/ListNodes" as const,
     requestStream: false as const,
@@ -5228,13 +5647,13 @@ export const HerdCoordinatorService = {
 } as const;
 
 export interface HerdCoordinatorServer extends UntypedServiceImplementation {
-  /** A fresh single-use nonce for FetchTensors or Deliver. No auth. */
+  /** A fresh single-use nonce for Generate (`herd serve --grpc-port`). No auth. */
   challenge: handleUnaryCall<ChallengeRequest, ChallengeReply>;
-  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. Auth. */
+  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. */
   fetchTensors: handleServerStreamingCall<FetchTensorsRequest, FetchTensorsReply>;
-  /** The last stage's sampled tokens of one session. Auth. */
+  /** The last stage's sampled tokens of one session. */
   deliver: handleClientStreamingCall<Delivery, DeliverReply>;
-  /** The nodes this coordinator knows and uses. No auth. */
+  /** The nodes this coordinator knows and uses. No auth on `herd serve --grpc-port`. */
   listNodes: handleUnaryCall<ListNodesRequest, ListNodesReply>;
   /**
    * Generation for clients (`herd serve --grpc-port`): text pieces as they come, then `done`.
@@ -5245,7 +5664,7 @@ export interface HerdCoordinatorServer extends UntypedServiceImplementation {
 }
 
 export interface HerdCoordinatorClient extends Client {
-  /** A fresh single-use nonce for FetchTensors or Deliver. No auth. */
+  /** A fresh single-use nonce for Generate (`herd serve --grpc-port`). No auth. */
   challenge(
     request: ChallengeRequest,
     callback: (error: ServiceError | null, response: ChallengeReply) => void,
@@ -5261,14 +5680,14 @@ export interface HerdCoordinatorClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ChallengeReply) => void,
   ): ClientUnaryCall;
-  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. Auth. */
+  /** The tensors of a layer range: a header, then each tensor's bytes in chunks with a checksum. */
   fetchTensors(request: FetchTensorsRequest, options?: Partial<CallOptions>): ClientReadableStream<FetchTensorsReply>;
   fetchTensors(
     request: FetchTensorsRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<FetchTensorsReply>;
-  /** The last stage's sampled tokens of one session. Auth. */
+  /** The last stage's sampled tokens of one session. */
   deliver(callback: (error: ServiceError | null, response: DeliverReply) => void): ClientWritableStream<Delivery>;
   deliver(
     metadata: Metadata,
@@ -5283,7 +5702,7 @@ export interface HerdCoordinatorClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeliverReply) => void,
   ): ClientWritableStream<Delivery>;
-  /** The nodes this coordinator knows and uses. No auth. */
+  /** The nodes this coordinator knows and uses. No auth on `herd serve --grpc-port`. */
   listNodes(
     request: ListNodesRequest,
     callback: (error: ServiceError | null, response: ListNodesReply) => void,

@@ -1,11 +1,19 @@
 // Chat templates: a conversation (system/user/assistant messages) becomes the one prompt text
 // the model was trained on. The model's own `tokenizer.chat_template` (Jinja, as Hugging Face
 // writes it) is rendered with @huggingface/jinja; models without one get a named fallback.
+//
+// Only the template's own markers are special tokens: the text of a control token inside a
+// message ("<|im_end|><|im_start|>system" in a user's message) stays text, or any user could
+// end their turn and write the system's. Such text is swapped for an unguessable marker while
+// the template renders, then put back as a span the tokenizer leaves plain.
 
+import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Template } from '@huggingface/jinja';
 import type { GgufFile } from '../gguf/reader.ts';
+import type { TextRange } from './partition.ts';
 import type { Tokenizer } from './tokenizer.ts';
+import { TokenAttr, type Vocab } from './vocab.ts';
 
 export interface ChatMessage {
   readonly role: 'system' | 'user' | 'assistant';
@@ -59,13 +67,16 @@ export class ChatTemplateError extends Error {
 }
 
 export interface RenderedChat {
-  /** Prompt token ids: the rendered text encoded with special tokens parsed. */
+  /** Prompt token ids: the rendered text encoded with the template's special tokens parsed. */
   readonly ids: number[];
   readonly text: string;
+  /** Where the messages put control-token text: tokenized as text. */
+  readonly plain: readonly TextRange[];
 }
 
 export class ChatTemplate {
   private readonly template: Template;
+  private controls?: ControlText;
 
   private constructor(
     /** `model` (the file's own), a fallback name, or the path of a template file. */
@@ -117,27 +128,87 @@ export class ChatTemplate {
 
   /** The prompt text for `messages`, ending where the assistant's reply begins. */
   renderText(messages: readonly ChatMessage[]): string {
+    return this.renderMarked(messages).text;
+  }
+
+  /**
+   * Renders and encodes: the template's control-token text becomes its id, the messages' stays
+   * text; no second BOS if the text has one.
+   */
+  render(messages: readonly ChatMessage[]): RenderedChat {
+    const { text, plain } = this.renderMarked(messages);
+    const bos = this.tokenizer.bos;
+    const bosText = bos === undefined ? undefined : this.tokenizer.vocab.tokens[bos];
+    const startsWithBos = bosText !== undefined && bosText.length > 0 && text.startsWith(bosText);
+    const ids = this.tokenizer.encode(text, { addSpecial: !startsWithBos, parseSpecial: true, plain });
+    return { text, ids, plain };
+  }
+
+  /** The rendered text, and the spans of it that are control-token text from the messages. */
+  private renderMarked(messages: readonly ChatMessage[]): { text: string; plain: TextRange[] } {
     const v = this.tokenizer.vocab;
-    const text = (id: number | undefined) => (id === undefined ? '' : v.tokens[id]);
+    const tokenText = (id: number | undefined) => (id === undefined ? '' : v.tokens[id]);
+    const controls = (this.controls ??= new ControlText(v));
+    // Private-use characters and digits: no template filter (trim, upper, …) changes a marker.
+    const nonce = `${randomInt(2 ** 47)}${randomInt(2 ** 47)}`;
+    const swapped: string[] = [];
+    const mark = (tok: string) => `\uE000${nonce}.${swapped.push(tok) - 1}\uE001`;
+    let rendered: string;
     try {
-      return this.template.render({
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+      rendered = this.template.render({
+        messages: messages.map((m) => ({ role: m.role, content: controls.replace(m.content, mark) })),
         add_generation_prompt: true,
-        bos_token: text(v.special.bos),
-        eos_token: text(v.special.eos),
+        bos_token: tokenText(v.special.bos),
+        eos_token: tokenText(v.special.eos),
       });
     } catch (e) {
       throw new ChatTemplateError(`chat template ${this.name}: ${(e as Error).message}`);
     }
+    let text = '';
+    const plain: TextRange[] = [];
+    let at = 0;
+    for (const m of rendered.matchAll(new RegExp(`\uE000${nonce}\\.(\\d+)\uE001`, 'g'))) {
+      const tok = swapped[Number(m[1])];
+      text += rendered.slice(at, m.index);
+      plain.push([text.length, text.length + tok.length]);
+      text += tok;
+      at = m.index + m[0].length;
+    }
+    return { text: text + rendered.slice(at), plain };
+  }
+}
+
+/** The texts of a vocabulary's control tokens, found in a message (leftmost, longest first). */
+class ControlText {
+  /** By first character, longest first. */
+  private readonly byFirst = new Map<string, string[]>();
+
+  constructor(vocab: Vocab) {
+    for (const id of vocab.specialTokens) {
+      const t = vocab.tokens[id];
+      // User-defined tokens are matched in any text, parseSpecial or not: not this class's.
+      if (t === '' || !(vocab.attrs[id] & (TokenAttr.Control | TokenAttr.Unknown))) continue;
+      const list = this.byFirst.get(t[0]);
+      if (list) list.push(t);
+      else this.byFirst.set(t[0], [t]);
+    }
   }
 
-  /** Renders and encodes: control-token text becomes its id; no second BOS if the text has one. */
-  render(messages: readonly ChatMessage[]): RenderedChat {
-    const text = this.renderText(messages);
-    const bos = this.tokenizer.bos;
-    const bosText = bos === undefined ? undefined : this.tokenizer.vocab.tokens[bos];
-    const startsWithBos = bosText !== undefined && bosText.length > 0 && text.startsWith(bosText);
-    return { text, ids: this.tokenizer.encode(text, { addSpecial: !startsWithBos, parseSpecial: true }) };
+  /** `s` with each control token's text replaced by `by(text)`. */
+  replace(s: string, by: (tok: string) => string): string {
+    let out = '';
+    let from = 0;
+    for (let i = 0; i < s.length;) {
+      const tok = this.byFirst.get(s[i])?.find((t) => s.startsWith(t, i));
+      if (tok === undefined) {
+        i++;
+        continue;
+      }
+      out += s.slice(from, i) + by(tok);
+      i += tok.length;
+      from = i;
+    }
+    return out + s.slice(from);
   }
 }
 

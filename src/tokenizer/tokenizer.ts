@@ -4,7 +4,7 @@
 import type { GgufFile } from '../gguf/reader.ts';
 import { BpeTokenizer } from './bpe.ts';
 import { PieceTable, TextStream, bytesToText, detokenize, type DetokenizeOptions } from './decode.ts';
-import { partitionSpecial } from './partition.ts';
+import { partitionSpecial, type TextRange } from './partition.ts';
 import { SpmTokenizer } from './spm.ts';
 import { toWellFormed } from './unicode.ts';
 import { loadVocab, type Vocab, type VocabSource } from './vocab.ts';
@@ -15,6 +15,11 @@ export interface EncodeOptions {
   addSpecial?: boolean;
   /** Turn the text of control tokens ("<s>", "<|im_end|>") into their ids. Default false. */
   parseSpecial?: boolean;
+  /**
+   * With parseSpecial: spans of the text ([start, end) in UTF-16 units) where control-token text
+   * stays text — the user's parts of a rendered chat template.
+   */
+  plain?: readonly TextRange[];
 }
 
 export class Tokenizer {
@@ -57,7 +62,7 @@ export class Tokenizer {
     const { vocab } = this;
     const { special } = vocab;
     const out: number[] = [];
-    const frags = partitionSpecial(vocab, toWellFormed(text), opts.parseSpecial ?? false);
+    const frags = partitionSpecial(vocab, toWellFormed(text), opts.parseSpecial ?? false, opts.plain);
 
     if (this.spm) {
       if (addSpecial && vocab.addBos) out.push(special.bos as number);

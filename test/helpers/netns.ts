@@ -23,6 +23,8 @@ export interface TestLan {
   spawn(host: LanHost, command: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
   /** Runs a command inside a host's namespace and returns its stdout. */
   exec(host: LanHost, command: string, args: readonly string[]): string;
+  /** Pulls a host's cable (false: its bridge port goes down, its packets vanish without a reset) or plugs it back in. */
+  plug(host: LanHost, on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -124,6 +126,9 @@ export async function createLan(n: number, label = 'lan'): Promise<TestLan> {
         encoding: 'utf8',
         stdio: ['ignore', 'pipe', 'pipe'],
       });
+    },
+    plug(host, on) {
+      ip(['-n', bridgeNs, 'link', 'set', `v${hosts.indexOf(host)}`, on ? 'up' : 'down']);
     },
     close,
   };

@@ -1,4 +1,9 @@
 // The herd dashboard: polls /api/state once a second and draws it. No build step, no library.
+//
+// A server with an API key answers /api/state only with it: the page takes it from its URL
+// fragment (http://host:8080/#key=KEY, which the browser never sends to the server, so no log
+// or proxy sees it) or asks for it, keeps it in this tab's sessionStorage and sends it as a
+// bearer header.
 
 const COLORS = ['#7cc4a4', '#7aa8e0', '#e0b060', '#d890c8', '#a0d070', '#e08870', '#70d0d0', '#c0a0f0'];
 const history = [];
@@ -109,9 +114,44 @@ function drawSpark() {
   g.stroke();
 }
 
+const KEY_ITEM = 'herd-api-key';
+
+/** A key in the fragment moves to sessionStorage, and out of the address bar and history. */
+function keyFromFragment() {
+  const m = /^#key=(.+)$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(KEY_ITEM, decodeURIComponent(m[1]));
+  window.history.replaceState(null, '', location.pathname + location.search);
+}
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/** The server refused the key (or got none): ask for it. */
+function askForKey() {
+  const status = $('status');
+  status.textContent = 'API key needed';
+  status.className = 'status locked';
+  $('auth').hidden = false;
+}
+
+$('auth').addEventListener('submit', (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $('auth-key').value.trim());
+  $('auth-key').value = '';
+  $('auth').hidden = true;
+  poll();
+});
+
 async function poll() {
   try {
-    const r = await fetch('/api/state', { cache: 'no-store' });
+    const r = await fetch('/api/state', { cache: 'no-store', headers: authHeaders() });
+    if (r.status === 401) {
+      askForKey();
+      return;
+    }
     const s = await r.json();
     $('model').textContent =
       `${s.model.id} · ${s.model.architecture} · ${bytes(s.model.bytes)} · ctx ${s.model.context}`;
@@ -139,5 +179,8 @@ async function poll() {
   }
 }
 
+keyFromFragment();
 poll();
-setInterval(poll, 1000);
+setInterval(() => {
+  if ($('auth').hidden) poll();
+}, 1000);

@@ -3,6 +3,7 @@
 // on (PipelineSession, pipeline.ts) and, after a node was lost, the one recovery.ts makes.
 
 import { createSocket } from 'node:dgram';
+import { randomBytes } from 'node:crypto';
 import type { KvType } from '../../model/kv-cache.ts';
 import { readConfig } from '../../model/config.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
@@ -10,11 +11,20 @@ import type { ClusterKey } from '../auth.ts';
 import { ClusterError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { formatHostPort, interfaceIpv4, parseHostPort } from '../net.ts';
-import { plan as makePlan, type ModelShape, type Plan, type PlanNode } from '../planner.ts';
-import { authenticate, deadline, describeCallError, nodeClient } from '../rpc.ts';
+import { plan as makePlan, type ModelShape, type Plan, type PlanNode, type PlannedStage } from '../planner.ts';
+import { shares, splitShape, type TensorShare } from '../../model/tensor-share.ts';
+import { DEFAULT_SYNC, type SyncFormat } from '../sync/format.ts';
+import { deadline, describeCallError, nodeClient, type ChannelPath } from '../rpc.ts';
 import { ModelSource } from '../shard/source.ts';
 import { modelShape } from '../shape.ts';
-import { kvTypeToWire, METHOD, type HerdNodeClient, type WireLoadProgress } from '../wire.ts';
+import {
+  kvTypeToWire,
+  manifestToWire,
+  type HerdNodeClient,
+  type WireLoadProgress,
+  type WireTensorGroup,
+} from '../wire.ts';
+import { groupId } from '../node/group.ts';
 import { PipelineSession } from './pipeline.ts';
 import { Recovery, type RecoveryEvent } from './recovery.ts';
 import { CoordinatorServer } from './server.ts';
@@ -42,7 +52,14 @@ export interface ClusterOptions {
   readonly recoverTimeoutMs?: number;
   /** Hears every node lost, re-plan and resumed session. */
   readonly onRecovery?: (e: RecoveryEvent) => void;
+  /** Sessions whose KV caches and buffers every plan fits on each node at once (default 1). */
+  readonly sessions?: number;
+  /** Every stage a tensor-parallel group of this many nodes (`--tensor`). */
+  readonly tensor?: number;
+  /** How a group's members send their partial sums (`--sync`; default DEFAULT_SYNC). */
+  readonly sync?: SyncFormat;
 }
+
 
 /** One plan the herd runs: sessions opened on it keep it until they close. */
 interface Current {
@@ -61,6 +78,8 @@ export interface StageLoad {
   readonly source: string;
   readonly bytes_transferred: number;
   readonly ms: number;
+  /** A group member: its index, the group's size, its KV heads and FFN rows. */
+  readonly share?: { readonly member: number; readonly size: number; readonly kv_heads: number[]; readonly ffn_rows: number[] };
 }
 
 export class HerdCluster {
@@ -89,7 +108,7 @@ export class HerdCluster {
     const source = await ModelSource.open(o.modelPath, o.cacheDir);
     const nodes = typeof o.nodes === 'function' ? o.nodes(source.hash) : o.nodes;
     const shape = modelShape(source.file, o.ctx, o.kvType);
-    const plan = makePlan(nodes, shape, { stages: o.stages });
+    const plan = makePlan(nodes, shape, planOptions(o, source));
     if (plan.stages.some((s) => s.node.address === 'in-process')) {
       throw new ClusterError('usage', 'a plan over the in-process node runs without a cluster');
     }
@@ -124,18 +143,67 @@ export class HerdCluster {
     return this.current.generation;
   }
 
-  client(address: string): HerdNodeClient {
-    let c = this.clients.get(address);
+  /** A node's client for `path` (cluster/rpc.ts: the step path pings more often), made on first use. */
+  client(address: string, path: ChannelPath = 'control'): HerdNodeClient {
+    const key = `${path} ${address}`;
+    let c = this.clients.get(key);
     if (!c) {
-      c = nodeClient(address);
-      this.clients.set(address, c);
+      c = nodeClient(address, this.o.key, path);
+      this.clients.set(key, c);
     }
     return c;
   }
 
-  /** Has every stage of `plan` load its range. */
-  loadPlan(plan: Plan, timeoutMs: number): Promise<StageLoad[]> {
-    return Promise.all(plan.stages.map((s) => this.loadStage(s.node, s.start, s.end, timeoutMs)));
+  /** Has every stage of `plan` load its range (a group: every member its share, linked). */
+  async loadPlan(plan: Plan, timeoutMs: number): Promise<StageLoad[]> {
+    const loads = await Promise.all(
+      plan.stages.map((s) =>
+        s.members ? this.loadGroup(s, timeoutMs) : this.loadStage(s.node, s.start, s.end, timeoutMs).then((l) => [l]),
+      ),
+    );
+    return loads.flat();
+  }
+
+  /** The stage's group id, by its leader's address: a route's hop names it. */
+  groupOf(stage: PlannedStage): string | undefined {
+    return this.groups.get(stage);
+  }
+
+  private readonly groups = new WeakMap<PlannedStage, string>();
+
+  /**
+   * Has every member of a group stage load its share and link the group: member m learns the
+   * data plane addresses of members 0..m-1, so the calls start in order, each once the one
+   * before has said where it listens; the loads themselves run side by side.
+   */
+  private async loadGroup(stage: PlannedStage, timeoutMs: number): Promise<StageLoad[]> {
+    const members = stage.members!;
+    const token = randomBytes(32);
+    const peers: string[] = [];
+    const loads: Promise<StageLoad>[] = [];
+    for (const [m, { node, share }] of members.entries()) {
+      let linking!: (port: number) => void;
+      const listening = new Promise<number>((resolve) => (linking = resolve));
+      const group: WireTensorGroup = {
+        size: members.length,
+        member: m,
+        kvStart: share.kvHeads[0],
+        kvEnd: share.kvHeads[1],
+        ffnStart: share.ffnRows[0],
+        ffnEnd: share.ffnRows[1],
+        sync: this.o.sync ?? DEFAULT_SYNC,
+        token,
+        peers: [...peers],
+      };
+      const load = this.loadStage(node, stage.start, stage.end, timeoutMs, { group, share, onLinking: linking });
+      loads.push(load);
+      const port = await Promise.race([listening, load.then(() => 0)]);
+      if (port === 0) throw new ClusterError('shard', `node ${node.name} did not open its data plane`);
+      peers.push(formatHostPort({ host: parseHostPort(node.address).host, port }));
+    }
+    const done = await Promise.all(loads);
+    this.groups.set(stage, groupId(token));
+    return done;
   }
 
   /** Makes a loaded plan the one new sessions open on. */
@@ -144,12 +212,15 @@ export class HerdCluster {
     this.server.nodes = plan.stages.map((s) => ({ address: s.node.address, info: undefined }));
   }
 
-  private async loadStage(node: PlanNode, start: number, end: number, timeoutMs: number): Promise<StageLoad> {
+  private async loadStage(
+    node: PlanNode,
+    start: number,
+    end: number,
+    timeoutMs: number,
+    member?: { group: WireTensorGroup; share: TensorShare; onLinking: (port: number) => void },
+  ): Promise<StageLoad> {
     const t0 = performance.now();
     const client = this.client(node.address);
-    const md = await authenticate(client, this.o.key, METHOD.loadShard).catch((e: unknown) => {
-      throw new ClusterError('shard', `node ${node.name} (${node.address}): ${describeCallError(e)}`);
-    });
     const last = await new Promise<WireLoadProgress>((resolve, reject) => {
       let latest: WireLoadProgress | undefined;
       const { hash: modelHash, size: modelSize, name: modelName, nLayers } = this.source;
@@ -164,12 +235,14 @@ export class HerdCluster {
           ctx: this.o.ctx,
           kvType: kvTypeToWire(this.o.kvType),
           coordinator: this.deliverTo,
+          manifest: manifestToWire(this.source.manifestFor(start, end)),
+          group: member?.group,
         },
-        md,
         { deadline: deadline(timeoutMs) },
       );
       call.on('data', (p: WireLoadProgress) => {
         latest = p;
+        if (p.phase === 'linking' && p.dataplanePort) member?.onLinking(p.dataplanePort);
         this.o.log.log('debug', 'shard.progress', {
           node: node.name,
           phase: p.phase,
@@ -194,8 +267,17 @@ export class HerdCluster {
       source: last.source,
       bytes_transferred: last.bytesTransferred,
       ms: Math.round(performance.now() - t0),
+      ...(member && {
+        share: {
+          member: member.group.member,
+          size: member.group.size,
+          kv_heads: [...member.share.kvHeads],
+          ffn_rows: [...member.share.ffnRows],
+        },
+      }),
     };
-    this.o.log.log('info', 'stage.loaded', { ...load, layers: load.layers });
+    const { share, ...fields } = load;
+    this.o.log.log('info', 'stage.loaded', { ...fields, layers: load.layers, member: share?.member });
     return load;
   }
 
@@ -222,6 +304,20 @@ export class HerdCluster {
     this.clients.clear();
     await this.server.stop();
   }
+}
+
+/** How the cluster plans: its flags, and the model's tensor shares for groups. */
+export function planOptions(
+  o: Pick<ClusterOptions, 'stages' | 'sessions' | 'tensor'>,
+  source: ModelSource,
+): Parameters<typeof makePlan>[2] {
+  const config = readConfig(source.file);
+  return {
+    stages: o.stages,
+    sessions: o.sessions,
+    tensor: o.tensor,
+    shares: (start, end, weights) => shares(splitShape(source.file, config, [start, end]), weights),
+  };
 }
 
 /** The local address this machine would use to reach host:port (a UDP connect sends nothing). */

@@ -6,6 +6,7 @@
 import type { GgufFile } from '../../gguf/reader.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import type { PlanEntry, ServedModel } from '../../engine/session.ts';
+import type { SyncFormat } from '../sync/format.ts';
 import type { ClusterKey } from '../auth.ts';
 import type { Logger } from '../log.ts';
 // nodes.ts and cluster.ts (discovery, gRPC) are imported when a herd is asked for: an
@@ -36,6 +37,12 @@ export interface HerdOptions {
   readonly recoverTimeoutMs?: number;
   /** Wait for one step's token before the pipeline counts as stalled (default 10 min). */
   readonly stepTimeoutMs?: number;
+  /** Sessions whose KV caches and buffers the plan fits on every node at once (`herd serve --parallel`; default 1). */
+  readonly sessions?: number;
+  /** Every stage a tensor-parallel group of this many nodes (`--tensor`). */
+  readonly tensor?: number;
+  /** Activations between a group's members (`--sync`). */
+  readonly sync?: SyncFormat;
 }
 
 export type { RecoveryEvent };
@@ -59,7 +66,8 @@ export async function findHerd(o: HerdOptions, note: (line: string) => void): Pr
     nodes: o.nodes,
     interface: o.interface,
     timeoutMs: o.discoveryTimeoutMs,
-    want: o.stages,
+    want: o.stages !== undefined && o.tensor !== undefined ? o.stages * o.tensor : o.stages,
+    key: o.key,
   });
   for (const n of set.notes) note(n);
   return set;
@@ -90,6 +98,9 @@ export async function loadHerdModel(
     onRecovery: o.onRecovery,
     recoverTimeoutMs: o.recoverTimeoutMs,
     stepTimeoutMs: o.stepTimeoutMs,
+    sessions: o.sessions,
+    tensor: o.tensor,
+    sync: o.sync,
   });
   return {
     mode: 'cluster',
@@ -98,6 +109,11 @@ export async function loadHerdModel(
         node: s.node.name,
         address: s.node.address,
         layers: [s.start, s.end],
+        nodes: (s.members ?? [{ node: s.node, share: undefined }]).map((m) => ({
+          name: m.node.name,
+          address: m.node.address,
+          share: m.share ? { kv_heads: [...m.share.kvHeads], ffn_rows: [...m.share.ffnRows] } : null,
+        })),
       }));
     },
     get shards() {

@@ -5,6 +5,7 @@ import { JsBackend } from '../../kernels/backend.ts';
 import { findNodes } from '../discovery/find.ts';
 import type { DiscoveredNode } from '../discovery/types.ts';
 import { ClusterError } from '../errors.ts';
+import type { ClusterKey } from '../key.ts';
 import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
 import type { PlanNode } from '../planner.ts';
 import { heldRanges, type NodeInfo } from '../wire.ts';
@@ -34,6 +35,8 @@ export interface ResolveOptions {
   readonly interface?: string;
   readonly timeoutMs: number;
   readonly want?: number;
+  /** The herd's key: only nodes that hold it answer (mutual TLS). */
+  readonly key: ClusterKey | undefined;
 }
 
 export function planNode(n: DiscoveredNode): PlanNode {
@@ -66,6 +69,7 @@ export async function resolveNodes(o: ResolveOptions): Promise<NodeSet> {
     interface: o.interface,
     timeoutMs: o.timeoutMs,
     want: o.want,
+    key: o.key,
   });
   const notes = r.unreachable.map((u) => `node ${u.address} did not answer: ${u.error}`);
   if (r.nodes.length === 0) {

@@ -11,13 +11,13 @@ import { TokenHistory } from '../../engine/history.ts';
 import type { SamplingOptions, TokenLogprobs } from '../../engine/sampler.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import type { Plan, PlannedStage } from '../planner.ts';
-import { authenticate, describeCallError } from '../rpc.ts';
+import { describeCallError } from '../rpc.ts';
 import { checkTimings } from '../node/stage.ts';
+import { CapacityError, isCapacityRefusal } from '../capacity.ts';
 import {
   DType,
   dtypeToWire,
   logprobsFromWire,
-  METHOD,
   samplingToWire,
   stageTime,
   type Delivery,
@@ -87,11 +87,8 @@ export class PipelineSession implements StagedSession {
     const { plan, o, generation } = cluster;
     const id = randomBytes(12).toString('base64url');
     const first = plan.stages[0].node;
-    const client = cluster.client(first.address);
-    const md = await authenticate(client, o.key, METHOD.forward).catch((e: unknown) => {
-      throw new ClusterError('pipeline', `stage 1 ${first.name} (${first.address}): ${describeCallError(e)}`);
-    });
-    const stream = client.forward(md);
+    const client = cluster.client(first.address, 'step');
+    const stream = client.forward();
     const session = new PipelineSession(cluster, id, stream, o.ctx, plan, generation);
     session.topLogprobs = sampling.logprobs;
     cluster.server.sinks.set(id, {
@@ -112,7 +109,8 @@ export class PipelineSession implements StagedSession {
       stream.on('error', (e) => {
         clearTimeout(timer);
         const why = `pipeline (stage 1 ${first.name}, ${first.address}): ${describeCallError(e)}`;
-        const err = new ClusterError('pipeline', why);
+        // A node without room for the session: wait for one to end (api/session-pool.ts), not re-plan.
+        const err = isCapacityRefusal(e) ? new CapacityError(why) : new ClusterError('pipeline', why);
         session.fail(err);
         reject(err);
       });
@@ -121,7 +119,12 @@ export class PipelineSession implements StagedSession {
       open: {
         sessionId: id,
         modelHash: cluster.source.hash,
-        route: plan.stages.map((s) => ({ address: s.node.address, start: s.start, end: s.end })),
+        route: plan.stages.map((s) => ({
+          address: s.node.address,
+          start: s.start,
+          end: s.end,
+          group: cluster.groupOf(s),
+        })),
         hop: 0,
         ctx: o.ctx,
         wire: dtypeToWire(o.wire),

@@ -4,21 +4,21 @@
 // new layer ranges; the sessions then replay their tokens on the new plan (resume.ts). When the
 // model no longer fits the survivors, recover throws an error naming the lost nodes.
 
-import { status } from '@grpc/grpc-js';
 import { ClusterError } from '../errors.ts';
+import type { ClusterKey } from '../key.ts';
 import { plan as makePlan, PlanError, type PlanNode } from '../planner.ts';
-import { describeCallError, isServiceError } from '../rpc.ts';
+import { describeCallError } from '../rpc.ts';
 import { fetchInfo } from '../discovery/static.ts';
 import { heldRanges, type NodeInfo } from '../wire.ts';
-import type { HerdCluster } from './cluster.ts';
+import { planOptions, type HerdCluster } from './cluster.ts';
 
-/** One Info probe of a node after a pipeline broke. */
-const PROBE_TIMEOUT_MS = 3000;
 /**
- * Probes of a node that neither answers nor refuses (its event loop may be busy finishing a
- * step) before it counts as lost; a refused connection counts at once.
+ * One Info probe of a node after a pipeline broke. A working node answers well within it: it
+ * computes in steps of about STEP_TARGET_SECONDS (engine/batcher.ts) and its event loop turns
+ * between them. So a cut link is found 1.5 s after the pipeline broke, which the step path's
+ * keepalive does within 2.5 s of the cut (cluster/rpc.ts).
  */
-const PROBE_ATTEMPTS = 3;
+const PROBE_TIMEOUT_MS = 1500;
 /** Default bound on one re-plan: probing, planning and loading the new ranges. */
 const RECOVER_TIMEOUT_MS = 5 * 60_000;
 
@@ -103,7 +103,7 @@ export class Recovery {
     const planned = this.cluster.plan.stages;
     let lostNames: string[] = [];
     try {
-      const probes = await Promise.all(this.candidates.map(async (n) => ({ n, ...(await probe(n.address)) })));
+      const probes = await Promise.all(this.candidates.map(async (n) => ({ n, ...(await probe(n.address, this.cluster.o.key)) })));
       const lost = probes.filter((p) => p.error !== undefined);
       lostNames = lost.map((p) => `${p.n.name} (${p.n.address})`);
       for (const p of lost) {
@@ -119,8 +119,15 @@ export class Recovery {
       this.candidates = survivors;
       this.report({ event: 'replan.start', lost: lostNames, survivors: survivors.length, cause: cause.message });
       if (survivors.length === 0) throw new PlanError('no node answers');
-      const want = this.cluster.o.stages === undefined ? undefined : Math.min(this.cluster.o.stages, survivors.length);
-      const plan = makePlan(survivors, this.cluster.shape, { stages: want });
+      // Groups as asked while enough nodes are left for one, else one node per stage.
+      const o = this.cluster.o;
+      const tensor = o.tensor !== undefined && o.tensor > 1 && survivors.length >= o.tensor ? o.tensor : undefined;
+      const room = Math.floor(survivors.length / (tensor ?? 1));
+      const want = o.stages === undefined ? undefined : Math.min(o.stages, room);
+      const plan = makePlan(survivors, this.cluster.shape, {
+        ...planOptions({ sessions: o.sessions, tensor }, this.cluster.source),
+        stages: want,
+      });
       let timer: NodeJS.Timeout | undefined;
       const loads = await Promise.race([
         this.cluster.loadPlan(plan, limit),
@@ -137,7 +144,9 @@ export class Recovery {
         event: 'replan.done',
         ok: true,
         ms: Math.round(performance.now() - t0),
-        plan: plan.stages.map((s) => `${s.node.name}@${s.node.address}[${s.start},${s.end})`),
+        plan: plan.stages.map(
+          (s) => `${(s.members ?? [s]).map((m) => `${m.node.name}@${m.node.address}`).join('+')}[${s.start},${s.end})`,
+        ),
         nodeIds: survivors.map((n) => n.id),
       });
     } catch (e) {
@@ -156,19 +165,11 @@ export class Recovery {
   }
 }
 
-/**
- * Whether a node still answers: its Info, or why it counts as lost. A refused or reset
- * connection counts at once; silence only after PROBE_ATTEMPTS probes.
- */
-async function probe(address: string): Promise<{ info?: NodeInfo; error?: string }> {
-  let error = '';
-  for (let i = 0; i < PROBE_ATTEMPTS; i++) {
-    try {
-      return { info: await fetchInfo(address, PROBE_TIMEOUT_MS) };
-    } catch (e) {
-      error = describeCallError(e);
-      if (!(isServiceError(e) && e.code === status.DEADLINE_EXCEEDED)) break;
-    }
+/** Whether a node still answers: its Info, or why it counts as lost (refused, reset, or silent for PROBE_TIMEOUT_MS). */
+async function probe(address: string, key: ClusterKey | undefined): Promise<{ info?: NodeInfo; error?: string }> {
+  try {
+    return { info: await fetchInfo(address, PROBE_TIMEOUT_MS, key) };
+  } catch (e) {
+    return { error: describeCallError(e) };
   }
-  return { error };
 }

@@ -1,22 +1,24 @@
 // The coordinator's gRPC server (HerdCoordinator): serves its model's tensors to nodes that
-// lack them (FetchTensors), receives the last stage's tokens (Deliver), lists its nodes.
+// lack them (FetchTensors), receives the last stage's tokens (Deliver), lists its nodes. With a
+// cluster key, only holders of the key reach it (mutual TLS, tls.ts); the guard (guard.ts)
+// bounds every call before its body is read.
 
 import {
-  Server,
+  type Server,
   type ServerReadableStream,
   type ServerUnaryCall,
   type ServerWritableStream,
   type sendUnaryData,
 } from '@grpc/grpc-js';
-import { Authenticator, type ClusterKey } from '../auth.ts';
+import type { ClusterKey } from '../key.ts';
+import { guardedServer } from '../guard.ts';
 import { invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { bind, channelOptions, shutdown, toStatus } from '../rpc.ts';
+import { bind, shutdown, toStatus } from '../rpc.ts';
 import type { ModelSource } from '../shard/source.ts';
 import { encodeFetchReply } from '../shard/fetch-reply.ts';
 import {
   HerdCoordinatorService,
-  METHOD,
   type DeliverReply,
   type Delivery,
   type FetchTensorsReply,
@@ -34,8 +36,7 @@ export interface DeliverySink {
 }
 
 export class CoordinatorServer {
-  private readonly server = new Server(channelOptions);
-  private readonly auth: Authenticator;
+  private readonly server: Server;
   readonly sinks = new Map<string, DeliverySink>();
   nodes: ListedNode[] = [];
   bytesServed = 0;
@@ -43,16 +44,15 @@ export class CoordinatorServer {
 
   constructor(
     private readonly source: ModelSource,
-    key: ClusterKey | undefined,
+    private readonly key: ClusterKey | undefined,
     private readonly log: Logger,
   ) {
-    this.auth = new Authenticator(key, (r) => this.log.log('warn', 'auth.refused', { ...r }));
+    this.server = guardedServer({ onRefused: (r) => this.log.log('warn', 'request.refused', { ...r }) });
     // Shard chunks take the one-copy encoder; the bytes are what ts-proto would write.
     const fetchTensors = { ...HerdCoordinatorService.fetchTensors, responseSerialize: encodeFetchReply };
     this.server.addService(
       { ...HerdCoordinatorService, fetchTensors },
       {
-        challenge: this.auth.challenge,
         fetchTensors: this.fetchTensors,
         deliver: this.deliver,
         listNodes: (_call: ServerUnaryCall<unknown, ListNodesReply>, cb: sendUnaryData<ListNodesReply>) => {
@@ -63,7 +63,7 @@ export class CoordinatorServer {
   }
 
   async start(host: string): Promise<number> {
-    this.port = await bind(this.server, host, 0);
+    this.port = await bind(this.server, host, 0, this.key);
     return this.port;
   }
 
@@ -72,11 +72,6 @@ export class CoordinatorServer {
   }
 
   private readonly fetchTensors = (call: ServerWritableStream<FetchTensorsRequest, FetchTensorsReply>): void => {
-    const refused = this.auth.refuse(call, METHOD.fetchTensors);
-    if (refused) {
-      call.emit('error', refused);
-      return;
-    }
     const t0 = performance.now();
     let bytes = 0;
     this.source
@@ -101,8 +96,6 @@ export class CoordinatorServer {
     call: ServerReadableStream<Delivery, DeliverReply>,
     cb: sendUnaryData<DeliverReply>,
   ): void => {
-    const refused = this.auth.refuse(call, METHOD.deliver);
-    if (refused) return cb(refused);
     let sink: DeliverySink | undefined;
     let sessionId: string | undefined;
     let answered = false;

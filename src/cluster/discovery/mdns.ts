@@ -2,6 +2,9 @@
 // library (the `mdns` npm package needs all three and aborts Node 20 in its default browser):
 // @homebridge/ciao advertises (RFC 6762 probing and conflict resolution), bonjour-service
 // browses. Both speak standard records: `avahi-browse -r _herd._tcp` lists herd daemons.
+// Anyone on the LAN can send mDNS, so what browsing finds is only a list of candidates to ask
+// (find.ts): every advert is kept by node id and address — a second advert for a node id never
+// replaces the first — and a goodbye only marks its advert, for the Info call to settle.
 
 import { getResponder, type CiaoService, type Responder } from '@homebridge/ciao';
 import { Bonjour, type Service } from 'bonjour-service';
@@ -61,7 +64,7 @@ export interface MdnsDiscoveryOptions {
   readonly queryIntervalMs?: number;
 }
 
-/** Browses `_herd._tcp` and turns announcements into capabilities. */
+/** Browses `_herd._tcp` and turns announcements into candidate nodes (unverified). */
 export class MdnsDiscovery implements Discovery {
   private readonly bonjour: Bonjour;
 
@@ -76,7 +79,9 @@ export class MdnsDiscovery implements Discovery {
 
   discover(o: DiscoverOptions): Promise<DiscoveryResult> {
     return new Promise((resolve) => {
+      // By node id and address: a spoofed advert for a node id adds a candidate, never replaces one.
       const found = new Map<string, DiscoveredNode>();
+      const ids = () => new Set([...found.values()].map((n) => n.caps.nodeId)).size;
       const browser = this.bonjour.find({ type: SERVICE_TYPE, protocol: 'tcp' });
       let settle: NodeJS.Timeout | undefined;
       const finish = () => {
@@ -89,8 +94,8 @@ export class MdnsDiscovery implements Discovery {
       const consider = (s: Service) => {
         const node = toNode(s);
         if (!node || node.caps.protocolVersion !== PROTOCOL_VERSION) return;
-        found.set(node.caps.nodeId, node);
-        if (o.want !== undefined && found.size >= o.want) {
+        found.set(candidateKey(node), node);
+        if (o.want !== undefined && ids() >= o.want) {
           if (settle) clearTimeout(settle);
           settle = setTimeout(finish, 250);
         }
@@ -99,8 +104,9 @@ export class MdnsDiscovery implements Discovery {
       browser.on('txt-update', consider);
       browser.on('srv-update', consider);
       browser.on('down', (s: Service) => {
-        const caps = capsFromTxt(s.txt);
-        if (caps) found.delete(caps.nodeId);
+        const node = toNode(s);
+        const known = node && found.get(candidateKey(node));
+        if (known) found.set(candidateKey(known), { ...known, goodbye: true });
       });
       const requery = setInterval(() => browser.update(), this.opts.queryIntervalMs ?? 1000);
       const timer = setTimeout(finish, o.timeoutMs);
@@ -110,6 +116,10 @@ export class MdnsDiscovery implements Discovery {
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.bonjour.destroy(() => resolve()));
   }
+}
+
+function candidateKey(n: DiscoveredNode): string {
+  return `${n.caps.nodeId} ${n.address}`;
 }
 
 function toNode(s: Service): DiscoveredNode | undefined {

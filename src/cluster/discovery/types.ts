@@ -9,6 +9,11 @@ export interface DiscoveredNode {
   readonly address: string;
   readonly caps: NodeCapabilities;
   readonly via: 'mdns' | 'peers';
+  /**
+   * mDNS: the last word heard from this advert was a goodbye. A hint like any advert: the node
+   * still counts if it answers Info.
+   */
+  readonly goodbye?: boolean;
   /** The node's full Info answer, when it was asked. */
   readonly info?: NodeInfo;
 }

@@ -1,10 +1,11 @@
-// The node daemon's gRPC server (HerdNode): Info, Health, Challenge, LoadShard, Forward,
-// DropSession. State-changing calls need the cluster key proof; every message is validated;
+// The node daemon's gRPC server (HerdNode): Info, Health, LoadShard, Forward, DropSession.
+// With a cluster key every call comes over mutual TLS from a holder of the key (tls.ts); the
+// guard (guard.ts) bounds each call before its body is read; every message is validated;
 // errors become statuses here and are logged, and the node keeps serving.
 
 import {
-  Server,
   status,
+  type Server,
   type ClientDuplexStream,
   type ClientWritableStream,
   type ServerDuplexStream,
@@ -16,27 +17,19 @@ import {
 import { freemem } from 'node:os';
 import type { KernelBackend } from '../../kernels/backend.ts';
 import type { BatcherStats } from '../../engine/batcher.ts';
-import { Authenticator, type ClusterKey } from '../auth.ts';
+import type { ClusterKey } from '../key.ts';
+import { guardedServer } from '../guard.ts';
 import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { parseHostPort } from '../net.ts';
-import {
-  authenticate,
-  bind,
-  channelOptions,
-  coordinatorClient,
-  describeCallError,
-  isServiceError,
-  nodeClient,
-  shutdown,
-  toStatus,
-} from '../rpc.ts';
+import { bind, coordinatorClient, describeCallError, isServiceError, nodeClient, shutdown, toStatus } from '../rpc.ts';
 import { HASH_RE } from '../shard/shard.ts';
 import { ShardStore, type StoreCounters } from '../shard/store.ts';
 import {
   HerdNodeService,
   kvTypeFromWire,
+  manifestFromWire,
   METHOD,
   shardStatus,
   type DeliverReply,
@@ -53,6 +46,11 @@ import {
   type WireLoadProgress,
 } from '../wire.ts';
 import { checkOpen, StageSession } from './stage.ts';
+import { checkGroup, groupMaxValues, linkMember, listenMember } from './group.ts';
+import { TensorMember } from '../../engine/tensor-split.ts';
+import { herdTls } from '../tls.ts';
+import { kvCacheBytes, MemoryBudget } from './budget.ts';
+import { checkManifest } from '../shard/manifest.ts';
 import type { HostInfo } from './sysinfo.ts';
 
 const OPEN_TIMEOUT_MS = 60_000;
@@ -111,6 +109,8 @@ export interface NodeServerOptions {
   readonly log: Logger;
   /** Offer coordinators at most this many bytes of memory (`herd node --max-memory`). */
   readonly maxMemory?: number;
+  /** Keep at most this many bytes of slice files in the cache dir (`herd node --cache-max`). */
+  readonly cacheMaxBytes?: number;
 }
 
 interface OpenSession {
@@ -119,9 +119,10 @@ interface OpenSession {
 }
 
 export class NodeServer {
-  private readonly server = new Server(channelOptions);
-  private readonly auth: Authenticator;
+  private readonly server: Server;
   readonly store: ShardStore;
+  /** Weights and KV caches against `--max-memory` (else the memory available at start-up). */
+  readonly budget: MemoryBudget;
   private readonly sessions = new Map<string, OpenSession>();
   private readonly nodeClients = new Map<string, HerdNodeClient>();
   private readonly coordClients = new Map<string, HerdCoordinatorClient>();
@@ -133,7 +134,6 @@ export class NodeServer {
   readonly counters: StoreCounters & {
     sessionsOpened: number;
     activations: number;
-    authFailures: number;
     invalidRequests: number;
   } = {
     shardLoads: 0,
@@ -143,7 +143,6 @@ export class NodeServer {
     evictions: 0,
     sessionsOpened: 0,
     activations: 0,
-    authFailures: 0,
     invalidRequests: 0,
   };
 
@@ -151,11 +150,17 @@ export class NodeServer {
   private readonly steps: BatcherStats = { steps: 0, entries: 0, maxEntries: 0 };
 
   constructor(private readonly o: NodeServerOptions) {
-    this.auth = new Authenticator(o.key, (r) => {
-      this.counters.authFailures++;
-      this.o.log.log('warn', 'auth.refused', { ...r });
+    this.server = guardedServer({
+      stepMethods: [METHOD.forward],
+      onRefused: (r) => {
+        this.counters.invalidRequests++;
+        this.o.log.log('warn', 'request.refused', { ...r });
+      },
     });
     this.throughput = o.throughput;
+    this.budget = new MemoryBudget(o.maxMemory ?? freemem(), MAX_SESSIONS, () =>
+      [...this.store.loaded.values()].reduce((sum, sh) => sum + sh.bytes, 0),
+    );
     this.store = new ShardStore({
       cacheDir: o.cacheDir,
       modelDir: o.modelDir,
@@ -163,11 +168,13 @@ export class NodeServer {
       key: o.key,
       log: o.log,
       counters: this.counters,
+      nodeName: o.name,
+      weightRoom: () => this.budget.limit - this.budget.reserved,
+      cacheMaxBytes: o.cacheMaxBytes,
     });
     this.server.addService(tolerant(HerdNodeService), {
       info: this.handleInfo,
       health: this.handleHealth,
-      challenge: this.auth.challenge,
       loadShard: this.handleLoadShard,
       forward: this.handleForward,
       dropSession: this.handleDropSession,
@@ -190,7 +197,7 @@ export class NodeServer {
   }
 
   async start(): Promise<number> {
-    this.boundPort = await bind(this.server, this.o.host, this.o.port);
+    this.boundPort = await bind(this.server, this.o.host, this.o.port, this.o.key);
     return this.boundPort;
   }
 
@@ -245,7 +252,7 @@ export class NodeServer {
       memAvailable: c.memAvailable,
       throughput: Math.round(c.throughput),
       version: this.o.version,
-      authRequired: this.auth.required,
+      authRequired: this.o.key !== undefined,
       shards: [...this.store.loaded.values()].map((s) =>
         shardStatus({
           modelHash: s.modelHash,
@@ -291,8 +298,6 @@ export class NodeServer {
     call: ServerUnaryCall<DropSessionRequest | Malformed, DropSessionReply>,
     cb: sendUnaryData<DropSessionReply>,
   ): void => {
-    const refused = this.auth.refuse(call, METHOD.dropSession);
-    if (refused) return cb(refused);
     if (call.request instanceof Malformed) {
       return cb(
         this.failure(invalid(`undecodable request: ${call.request.reason}`), METHOD.dropSession, call.getPeer()),
@@ -309,11 +314,6 @@ export class NodeServer {
     call: ServerWritableStream<LoadShardRequest | Malformed, WireLoadProgress>,
   ): void => {
     const peer = call.getPeer();
-    const refused = this.auth.refuse(call, METHOD.loadShard);
-    if (refused) {
-      call.emit('error', refused);
-      return;
-    }
     void (async () => {
       try {
         const r = call.request;
@@ -343,13 +343,68 @@ export class NodeServer {
           bytesTransferred: 0,
         };
         const { modelHash, modelSize, modelName, start, end, nLayers, ctx, coordinator } = r;
-        const { shard, reused } = await this.store.load(
-          { modelHash, modelSize, modelName, start, end, nLayers, ctx, kvType, coordinator },
-          (p) => {
-            Object.assign(progress, p);
-            call.write({ ...progress });
-          },
-        );
+        const manifest = manifestFromWire(r.manifest);
+        checkManifest(manifest, start, end, nLayers);
+        // A group member listens first and says where (the coordinator hands that to the members
+        // after it), loads its share, then links the group (node/group.ts) before LoadShard ends.
+        const place = r.group ? checkGroup(r.group, manifest, start) : undefined;
+        const maxValues = place ? groupMaxValues(manifest, start) : 0;
+        const sync = place
+          ? await listenMember(place, maxValues, this.o.host, this.o.key && herdTls(this.o.key), this.o.log)
+          : undefined;
+        let linked = false;
+        if (sync) {
+          // a load given up before it linked (grpc-js may also say cancelled after the end)
+          call.on('cancelled', () => linked || sync.close());
+          const at = sync.endpoint;
+          call.write({ ...progress, phase: 'linking', dataplanePort: 'port' in at ? at.port : 0 });
+        }
+        let loaded;
+        try {
+          loaded = await this.store.load(
+            {
+              modelHash,
+              modelSize,
+              modelName,
+              start,
+              end,
+              nLayers,
+              ctx,
+              kvType,
+              coordinator,
+              manifest,
+              share: place && { size: place.size, share: place.share },
+            },
+            (p) => {
+              Object.assign(progress, p);
+              // a member is done once its group is linked
+              if (!(sync && p.phase === 'done')) call.write({ ...progress });
+            },
+          );
+          if (sync && place) {
+            const { shard } = loaded;
+            if (!(shard.model instanceof TensorMember)) throw new ClusterError('shard', 'a member shard without its share');
+            const role = await linkMember(sync, place, shard.model, maxValues, this.o.log);
+            linked = true;
+            shard.group?.close();
+            shard.group = role;
+            this.o.log.log('info', 'group.linked', {
+              group: role.id,
+              member: place.share.member,
+              size: place.size,
+              sync: place.sync,
+              start,
+              end,
+            });
+            const source = loaded.reused ? 'memory' : progress.source;
+            call.write({ ...progress, phase: 'done', source, bytesDone: shard.bytes, bytesTotal: shard.bytes });
+            return call.end();
+          }
+        } catch (e) {
+          sync?.close();
+          throw e;
+        }
+        const { shard, reused } = loaded;
         if (reused) {
           this.o.log.log('info', 'shard.reuse', { model: r.modelHash.slice(0, 12), start: r.start, end: r.end });
           call.write({ ...progress, phase: 'done', source: 'memory', bytesDone: shard.bytes, bytesTotal: shard.bytes });
@@ -365,11 +420,6 @@ export class NodeServer {
 
   private readonly handleForward = (call: ServerDuplexStream<ForwardRequest | Malformed, ForwardReply>): void => {
     const peer = call.getPeer();
-    const refused = this.auth.refuse(call, METHOD.forward);
-    if (refused) {
-      call.emit('error', refused);
-      return;
-    }
     let stage: StageSession | undefined;
     let down: ClientDuplexStream<ForwardRequest, ForwardReply> | undefined;
     let deliver: ClientWritableStream<Delivery> | undefined;
@@ -381,6 +431,7 @@ export class NodeServer {
         stage.close();
         this.sessions.delete(stage.id);
         stage.shard.sessions--;
+        this.budget.release(stage.id);
         this.o.log.log('debug', 'session.close', { session: stage.id, positions: stage.pos });
         stage = undefined;
       }
@@ -401,15 +452,13 @@ export class NodeServer {
     const open = async (o: SessionOpen) => {
       if (stage) throw invalid('a second open on one stream');
       if (this.draining) throw new StatusError(status.UNAVAILABLE, 'the node is shutting down');
-      if (this.sessions.size >= MAX_SESSIONS) {
-        throw new StatusError(status.RESOURCE_EXHAUSTED, `the node holds ${MAX_SESSIONS} sessions already`);
-      }
       const c = checkOpen(o, this.store, (id) => this.sessions.has(id));
+      // Admitted against the node's budget before anything is allocated (budget.ts).
+      const ask = kvCacheBytes(c.shard, o.ctx);
+      const refusal = this.budget.refusal(this.o.name, o.sessionId, ask);
+      if (refusal) throw new StatusError(status.RESOURCE_EXHAUSTED, refusal);
       const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId, this.steps);
-      if (s.cache.bytes > freemem()) {
-        const why = `a KV cache of ${s.cache.bytes} bytes does not fit the ${freemem()} bytes available`;
-        throw new StatusError(status.RESOURCE_EXHAUSTED, why);
-      }
+      this.budget.reserve(s.id, ask);
       stage = s;
       c.shard.sessions++;
       const close = (graceful: boolean) =>
@@ -467,11 +516,8 @@ export class NodeServer {
     open: SessionOpen,
     fail: (e: unknown) => void,
   ): Promise<ClientDuplexStream<ForwardRequest, ForwardReply>> {
-    const client = cached(this.nodeClients, address, nodeClient);
-    const md = await authenticate(client, this.o.key, METHOD.forward).catch((e: unknown) => {
-      throw remote(address, e);
-    });
-    const stream = client.forward(md);
+    const client = cached(this.nodeClients, address, (a) => nodeClient(a, this.o.key, 'step'));
+    const stream = client.forward();
     let pending: { resolve: () => void; reject: (e: unknown) => void } | undefined;
     const ready = new Promise<void>((resolve, reject) => (pending = { resolve, reject }));
     const timer = setTimeout(() => {
@@ -500,11 +546,8 @@ export class NodeServer {
 
   /** The last stage's stream of sampled tokens to the coordinator. */
   private async openDeliver(address: string, fail: (e: unknown) => void): Promise<ClientWritableStream<Delivery>> {
-    const client = cached(this.coordClients, address, coordinatorClient);
-    const md = await authenticate(client, this.o.key, METHOD.deliver).catch((e: unknown) => {
-      throw remote(address, e);
-    });
-    return client.deliver(md, (err: unknown, _reply?: DeliverReply) => {
+    const client = cached(this.coordClients, address, (a) => coordinatorClient(a, this.o.key, 'step'));
+    return client.deliver((err: unknown, _reply?: DeliverReply) => {
       if (err && !(isServiceError(err) && err.code === status.CANCELLED)) fail(remote(address, err));
     });
   }

@@ -6,10 +6,9 @@
 // prefix): the session goes back there first.
 
 import type { KvCache } from '../../model/kv-cache.ts';
-import type { Transformer } from '../../model/transformer.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import { StepError } from '../../engine/history.ts';
-import { SliceRunner, type Sequence } from '../../engine/slice.ts';
+import { SliceRunner, type Sequence, type SliceModel } from '../../engine/slice.ts';
 import { StepBatcher, type BatcherStats } from '../../engine/batcher.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
 import { NODE_ID_RE } from '../caps.ts';
@@ -17,6 +16,8 @@ import { invalid } from '../errors.ts';
 import { parseHostPort } from '../net.ts';
 import { HASH_RE } from '../shard/shard.ts';
 import type { LoadedShard, ShardStore } from '../shard/store.ts';
+import { TensorMember } from '../../engine/tensor-split.ts';
+import { GroupLeader } from './group.ts';
 import {
   DType,
   dtypeBytes,
@@ -36,6 +37,8 @@ const MAX_STAGE_SECONDS = 86_400;
 
 export interface CheckedOpen {
   readonly shard: LoadedShard;
+  /** What the session's steps run through: the shard's layers, or its group (this node leads it). */
+  readonly model: SliceModel;
   readonly isLast: boolean;
   /** host:port of the next stage (not on the last). */
   readonly next?: string;
@@ -87,11 +90,7 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
     }
   }
   const mine = o.route[o.hop];
-  const shard = store.get(o.modelHash, mine.start, mine.end);
-  if (!shard)
-    throw invalid(
-      `layers [${mine.start}, ${mine.end}) of model ${o.modelHash.slice(0, 12)} are not loaded here (LoadShard first)`,
-    );
+  const { shard, model } = stageModel(store, o.modelHash, mine.start, mine.end, mine.group);
   if (expectStart !== shard.nLayers)
     throw invalid(`route ends at layer ${expectStart}, the model has ${shard.nLayers}`);
   if (!(o.ctx >= 1 && o.ctx <= shard.ctx))
@@ -109,6 +108,7 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   }
   return {
     shard,
+    model,
     isLast,
     next: isLast ? undefined : o.route[o.hop + 1].address,
     deliverTo: isLast ? o.deliverTo : undefined,
@@ -118,15 +118,40 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
   };
 }
 
+/** The shard a hop runs on: the range whole, or the group this node leads (by the hop's group id). */
+function stageModel(
+  store: ShardStore,
+  hash: string,
+  start: number,
+  end: number,
+  group: string | undefined,
+): { shard: LoadedShard; model: SliceModel } {
+  const what = `layers [${start}, ${end}) of model ${hash.slice(0, 12)}`;
+  if (group) {
+    for (const shard of store.loaded.values()) {
+      const g = shard.group;
+      if (shard.modelHash !== hash || shard.start !== start || shard.end !== end || g?.id !== group) continue;
+      if (!(g instanceof GroupLeader)) throw invalid(`this node is not the leader of group ${group} (${what})`);
+      if (g.sync.failed) throw invalid(`group ${group} (${what}) has failed: ${g.sync.failed.message}`);
+      return { shard, model: g };
+    }
+    throw invalid(`${what} are not loaded here as group ${group.slice(0, 16)} (LoadShard first)`);
+  }
+  const shard = store.get(hash, start, end);
+  if (!shard) throw invalid(`${what} are not loaded here (LoadShard first)`);
+  if (shard.model instanceof TensorMember) throw invalid(`${what} are loaded here as a group member's share`);
+  return { shard, model: shard.model };
+}
+
 /**
  * Each loaded model's batcher: the sessions on one shard share its runner, and the activations
  * that arrive while a step runs share the next step (engine/batcher.ts). The pipeline fills
  * itself this way: with more sessions than stages, each stage runs all the sessions waiting at
  * it as one step, reading its weights once for all of them.
  */
-const batchers = new WeakMap<Transformer, StepBatcher>();
+const batchers = new WeakMap<SliceModel, StepBatcher>();
 
-function batcherOf(model: Transformer, stats: BatcherStats): StepBatcher {
+function batcherOf(model: SliceModel, stats: BatcherStats): StepBatcher {
   let b = batchers.get(model);
   if (!b) batchers.set(model, (b = new StepBatcher(new SliceRunner(model), { stats })));
   return b;
@@ -154,7 +179,7 @@ export class StageSession {
     this.isLast = c.isLast;
     this.upstream = c.upstream;
     if (c.isLast && !c.sampling) throw invalid('the last stage needs sampling options');
-    this.batcher = batcherOf(c.shard.model, stats);
+    this.batcher = batcherOf(c.model, stats);
     this.seq = this.batcher.runner.open(ctx, c.sampling);
   }
 
@@ -258,5 +283,7 @@ export class StageSession {
   /** Drops a step still waiting for the shared runner (its run() rejects); the KV cache goes with the session. */
   close(): void {
     this.batcher.cancel(this.seq);
+    const m = this.batcher.runner.model;
+    if (m instanceof GroupLeader) m.release(this.seq.cache);
   }
 }

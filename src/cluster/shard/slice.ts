@@ -3,7 +3,7 @@
 // The metadata section is copied as raw bytes because GGUF values carry types (u32 vs f32, …)
 // that a re-encoding from parsed values would have to guess.
 
-import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import { GGUF_MAGIC, MetaType } from '../../gguf/reader.ts';
 import { ggmlTypeInfo } from '../../ggml/types.ts';
 import { ClusterError } from '../errors.ts';
@@ -90,14 +90,15 @@ export function tensorDataBytes(ggmlType: number, dims: readonly number[]): numb
 
 /**
  * Writes a slice GGUF: the header goes out first, then tensor bytes arrive in any order by
- * (tensor, offset). The file is written under a temporary name and renamed by finish(), so a
- * cache entry either is complete or does not exist.
+ * (tensor, offset). The file is written under a temporary name, which finish() returns: the
+ * caller validates it there and only then moves it into the cache (record.ts), so a cache entry
+ * either is complete and checked or does not exist. abort() removes what is left.
  */
 export class SliceWriter {
   private readonly fd: number;
   private readonly tmp: string;
   private readonly offsets: number[] = [];
-  private done = false;
+  private closed = false;
 
   constructor(
     readonly path: string,
@@ -158,20 +159,23 @@ export class SliceWriter {
     writeSync(this.fd, data, 0, data.length, this.offsets[index] + offset);
   }
 
-  finish(): void {
+  /** Flushes and closes the file; returns its temporary name. */
+  finish(): string {
     fsyncSync(this.fd);
     closeSync(this.fd);
-    this.done = true;
-    renameSync(this.tmp, this.path);
+    this.closed = true;
+    return this.tmp;
   }
 
+  /** Removes the temporary file (a no-op once it was moved into the cache). */
   abort(): void {
-    if (this.done) return;
-    this.done = true;
-    try {
-      closeSync(this.fd);
-    } catch {
-      // closed
+    if (!this.closed) {
+      this.closed = true;
+      try {
+        closeSync(this.fd);
+      } catch {
+        // closed
+      }
     }
     try {
       unlinkSync(this.tmp);

@@ -10,6 +10,7 @@ import { GgufFile } from '../../gguf/reader.ts';
 import { readConfig } from '../../model/config.ts';
 import type { FetchTensorsReply, FetchTensorsRequest } from '../wire.ts';
 import { invalid } from '../errors.ts';
+import { metadataDigest, modelManifest, sliceOf, type SliceManifest } from './manifest.ts';
 import { modelHash } from './model-hash.ts';
 import { shardTensorNames } from './shard.ts';
 import { readMetadataSection, type MetadataSection } from './slice.ts';
@@ -24,20 +25,22 @@ export class ModelSource {
     readonly size: number,
     readonly metadata: MetadataSection,
     readonly nLayers: number,
+    /** Every tensor of the file with its sha256: what a node checks the bytes of its slice against. */
+    readonly manifest: SliceManifest,
   ) {}
 
   static async open(path: string, cacheDir?: string): Promise<ModelSource> {
     const file = GgufFile.open(path);
     const config = readConfig(file);
     const hash = await modelHash(path, cacheDir);
-    return new ModelSource(
-      path,
-      file,
-      hash,
-      statSync(path).size,
-      readMetadataSection(path, file.dataOffset),
-      config.nLayers,
-    );
+    const metadata = readMetadataSection(path, file.dataOffset);
+    const manifest = await modelManifest(path, file, metadataDigest(metadata, file.alignment), cacheDir);
+    return new ModelSource(path, file, hash, statSync(path).size, metadata, config.nLayers, manifest);
+  }
+
+  /** The manifest of layers [start, end): the tensors FetchTensors sends for them, in its order. */
+  manifestFor(start: number, end: number): SliceManifest {
+    return sliceOf(this.manifest, shardTensorNames(this.file, start, end, this.nLayers));
   }
 
   get name(): string {
@@ -67,7 +70,13 @@ export class ModelSource {
         metadata: this.metadata.bytes,
         metadataCount: this.metadata.count,
         alignment: this.file.alignment,
-        tensors: tensors.map((t) => ({ name: t.name, dims: [...t.dims], ggmlType: t.type.id, nBytes: t.nBytes })),
+        tensors: tensors.map((t) => ({
+          name: t.name,
+          dims: [...t.dims],
+          ggmlType: t.type.id,
+          nBytes: t.nBytes,
+          sha256: Buffer.alloc(0),
+        })),
       },
     });
     const fd = openSync(this.path, 'r');

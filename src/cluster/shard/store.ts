@@ -2,6 +2,17 @@
 // already in memory (reused, no reload); the same model file in --model-dir (read directly);
 // a slice file in the cache dir from an earlier transfer (survives restarts); else the tensors
 // of the range are pulled from the coordinator (FetchTensors), checked and cached.
+//
+// Integrity: the coordinator's LoadShard carries the range's manifest (manifest.ts), each
+// tensor's sha256 from its own file. Fetched bytes are checked against it, not against the
+// sha256 the sender supplies; the slice is written under a temporary name, parsed and checked
+// whole, and only then enters the cache with a record of its manifest (record.ts). A cached
+// slice whose record does not hold is neither advertised nor used, and is replaced. A load that
+// fails discards the slice and fetches once more before it fails, naming the tensor and node.
+//
+// Bounds: loaded shards not in use are evicted least recently used first when a new one would
+// not fit the node's room for weights; the cache dir holds at most `cacheMaxBytes` of slices,
+// least recently used ones not loaded go first.
 
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
@@ -9,16 +20,20 @@ import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { GgufFile } from '../../gguf/reader.ts';
 import { Transformer } from '../../model/transformer.ts';
+import { TensorMember } from '../../engine/tensor-split.ts';
+import type { TensorShare } from '../../model/tensor-share.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import type { KernelBackend } from '../../kernels/backend.ts';
-import { METHOD, type SliceHeader, type WireLoadProgress } from '../wire.ts';
+import type { SliceHeader, WireLoadProgress } from '../wire.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { authenticate, coordinatorClient, describeCallError } from '../rpc.ts';
+import { coordinatorClient, describeCallError } from '../rpc.ts';
 import type { ClusterKey } from '../auth.ts';
+import { checkSlice, metadataDigest, sameTensor, type SliceManifest } from './manifest.ts';
 import { modelHash } from './model-hash.ts';
-import { describeShard, HASH_RE, shardKey, tensorBelongs } from './shard.ts';
-import { SliceWriter, tensorDataBytes, type SliceTensor } from './slice.ts';
+import { commitSlice, discardSlice, lastUsed, touch, verifiedManifest } from './record.ts';
+import { describeShard, HASH_RE, shardKey } from './shard.ts';
+import { SliceWriter, type SliceTensor } from './slice.ts';
 
 export type ShardSource = 'local' | 'cache' | 'fetched';
 
@@ -33,6 +48,31 @@ export interface LoadRequest {
   readonly kvType: KvType;
   /** host:port of the coordinator that serves FetchTensors. */
   readonly coordinator: string;
+  /** The range's tensors with their sha256, from the coordinator's model file (checked: checkManifest). */
+  readonly manifest: SliceManifest;
+  /** A tensor-parallel group's member: only its share of each layer is loaded (the slice is pulled whole). */
+  readonly share?: GroupShare;
+}
+
+/** A member's share of a group of `size`. */
+export interface GroupShare {
+  readonly size: number;
+  readonly share: TensorShare;
+}
+
+/** What a node keeps beside a member's shard: its group's data plane, closed with the shard. */
+export interface ShardGroup {
+  /** The group's id (the Hop's group in a route). */
+  readonly id: string;
+  close(): void;
+}
+
+/** A shard's key: its range, and for a member its share (a node may hold a range whole and as a share). */
+export function loadKey(req: Pick<LoadRequest, 'modelHash' | 'start' | 'end' | 'share'>): string {
+  const g = req.share;
+  if (!g) return shardKey(req);
+  const { member, kvHeads, ffnRows } = g.share;
+  return `${shardKey(req)}#${member}/${g.size}:kv${kvHeads[0]}-${kvHeads[1]}:ffn${ffnRows[0]}-${ffnRows[1]}`;
 }
 
 export interface LoadedShard {
@@ -43,11 +83,19 @@ export interface LoadedShard {
   readonly nLayers: number;
   readonly ctx: number;
   readonly kvType: KvType;
-  readonly model: Transformer;
+  /** The range's layers whole, or a group member's share of them. */
+  readonly model: Transformer | TensorMember;
+  readonly share?: GroupShare;
+  /** A member's linked data plane (set by the node once the group is up). */
+  group?: ShardGroup;
   readonly bytes: number;
   readonly source: ShardSource;
   /** Open sessions using it; a shard in use is never evicted. */
   sessions: number;
+  /** The slice file it was read from (a cache entry in use is not evicted). */
+  readonly path: string;
+  /** performance.now() of its last load or reuse: eviction goes least recently used first. */
+  lastUsed: number;
 }
 
 export interface StoreCounters {
@@ -65,9 +113,14 @@ export interface ShardStoreOptions {
   readonly key?: ClusterKey;
   readonly log: Logger;
   readonly counters: StoreCounters;
+  /** This node's name, in errors a coordinator reads. */
+  readonly nodeName: string;
+  /** Bytes loaded weights may take at most now (the node's budget less its sessions' KV caches). */
+  readonly weightRoom?: () => number;
+  /** Bytes of slice files the cache dir keeps at most. */
+  readonly cacheMaxBytes?: number;
 }
 
-const MAX_TENSORS = 100_000;
 const MAX_METADATA_BYTES = 256 * 1024 * 1024;
 
 type Progress = (p: Partial<WireLoadProgress>) => void;
@@ -88,10 +141,11 @@ export class ShardStore {
 
   /** Makes the shard resident; `progress` hears each phase. Concurrent loads of one key share. */
   async load(req: LoadRequest, progress: Progress): Promise<{ shard: LoadedShard; reused: boolean }> {
-    const key = shardKey(req);
+    const key = loadKey(req);
     const have = this.loaded.get(key);
     if (have && have.ctx >= req.ctx && have.kvType === req.kvType) {
       this.o.counters.shardReuses++;
+      have.lastUsed = performance.now();
       this.evictOthers(have);
       return { shard: have, reused: true };
     }
@@ -106,38 +160,95 @@ export class ShardStore {
 
   /** A new plan replaces the old one: other ranges of the same model go, unless in use. */
   private evictOthers(keep: LoadedShard): void {
-    for (const [k, s] of this.loaded) {
-      if (k !== keep.key && s.modelHash === keep.modelHash && s.sessions === 0) {
-        this.loaded.delete(k);
-        this.o.counters.evictions++;
-        this.o.log.log('info', 'shard.evict', {
-          model: s.modelHash.slice(0, 12),
-          start: s.start,
-          end: s.end,
-          bytes: s.bytes,
-        });
+    for (const s of [...this.loaded.values()])
+      if (s.key !== keep.key && s.modelHash === keep.modelHash && s.sessions === 0) this.evict(s, 'replaced');
+  }
+
+  private evict(s: LoadedShard, reason: string): void {
+    this.loaded.delete(s.key);
+    s.group?.close();
+    this.o.counters.evictions++;
+    this.o.log.log('info', 'shard.evict', {
+      model: s.modelHash.slice(0, 12),
+      start: s.start,
+      end: s.end,
+      bytes: s.bytes,
+      reason,
+    });
+  }
+
+  /** Evicts loaded shards no session uses, least recently used first, until `req`'s weights fit the room. */
+  private makeRoom(req: LoadRequest): void {
+    const room = this.o.weightRoom?.();
+    if (room === undefined) return;
+    const need = req.manifest.tensors.reduce((sum, t) => sum + t.nBytes, 0);
+    const key = loadKey(req);
+    const others = () => [...this.loaded.values()].filter((s) => s.key !== key);
+    while (others().reduce((sum, s) => sum + s.bytes, 0) + need > room) {
+      const idle = others()
+        .filter((s) => s.sessions === 0)
+        .sort((a, b) => a.lastUsed - b.lastUsed)[0];
+      if (!idle) return;
+      this.evict(idle, 'memory');
+    }
+  }
+
+  /**
+   * Local file, else a cached slice, else a transfer. A slice that fails to load (or a transfer
+   * that fails its checks) is discarded and fetched once more before the load fails.
+   */
+  private async doLoad(req: LoadRequest, progress: Progress): Promise<LoadedShard> {
+    const t0 = performance.now();
+    progress({ phase: 'resolving' });
+    this.makeRoom(req);
+    const local = await this.findLocal(req);
+    if (local) return this.open(req, local, 'local', 0, t0, progress);
+    const cached = this.findCached(req);
+    if (cached) {
+      try {
+        return await this.open(req, cached, 'cache', 0, t0, progress);
+      } catch (e) {
+        this.discard(req, cached, e);
+      }
+    }
+    const dest = join(this.sliceDir(req.modelHash), `${req.start}-${req.end}.gguf`);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const transferred = await this.fetch(req, dest, progress);
+        return await this.open(req, dest, 'fetched', transferred, t0, progress);
+      } catch (e) {
+        this.discard(req, dest, e);
+        if (attempt >= 2) {
+          throw new ClusterError(
+            'shard',
+            `node ${this.o.nodeName}: ${describeShard(req)} failed to load twice: ${(e as Error).message}`,
+          );
+        }
       }
     }
   }
 
-  private async doLoad(req: LoadRequest, progress: Progress): Promise<LoadedShard> {
-    const t0 = performance.now();
-    progress({ phase: 'resolving' });
-    let source: ShardSource;
-    let path = await this.findLocal(req);
-    let transferred = 0;
-    if (path) {
-      source = 'local';
-    } else {
-      path = this.findCached(req);
-      if (path) {
-        source = 'cache';
-      } else {
-        path = join(this.sliceDir(req.modelHash), `${req.start}-${req.end}.gguf`);
-        transferred = await this.fetch(req, path, progress);
-        source = 'fetched';
-      }
-    }
+  /** A slice that failed leaves the cache: the next load fetches it again. */
+  private discard(req: LoadRequest, path: string, e: unknown): void {
+    discardSlice(path);
+    this.o.log.log('warn', 'shard.discard', {
+      model: req.modelHash.slice(0, 12),
+      start: req.start,
+      end: req.end,
+      path,
+      error: (e as Error).message,
+    });
+  }
+
+  /** Loads a slice file (or the local model file) into memory. */
+  private async open(
+    req: LoadRequest,
+    path: string,
+    source: ShardSource,
+    transferred: number,
+    t0: number,
+    progress: Progress,
+  ): Promise<LoadedShard> {
     progress({
       phase: 'loading',
       source,
@@ -147,6 +258,7 @@ export class ShardStore {
       tensorsDone: 0,
       tensorsTotal: 0,
     });
+    if (source !== 'local') touch(path);
     const file = GgufFile.open(path);
     // Report every 5%; loadAsync lets each report leave on the stream as its layer is read.
     let step = -1;
@@ -156,13 +268,22 @@ export class ShardStore {
       step = s;
       progress({ phase: 'loading', bytesDone: p.bytes, bytesTotal: p.total });
     };
-    const model = await Transformer.loadAsync(file, {
-      ctx: req.ctx,
-      kvType: req.kvType,
-      layers: [req.start, req.end],
-      backend: this.o.backend,
-      onProgress,
-    });
+    // A member reads its share out of the slice layer by layer (model/share-weights.ts).
+    const model = req.share
+      ? TensorMember.load(file, {
+          share: req.share.share,
+          ctx: req.ctx,
+          kvType: req.kvType,
+          layers: [req.start, req.end],
+          backend: this.o.backend,
+        })
+      : await Transformer.loadAsync(file, {
+          ctx: req.ctx,
+          kvType: req.kvType,
+          layers: [req.start, req.end],
+          backend: this.o.backend,
+          onProgress,
+        });
     if (model.config.nLayers !== req.nLayers) {
       throw new ClusterError(
         'shard',
@@ -170,7 +291,7 @@ export class ShardStore {
       );
     }
     const shard: LoadedShard = {
-      key: shardKey(req),
+      key: loadKey(req),
       modelHash: req.modelHash,
       start: req.start,
       end: req.end,
@@ -178,15 +299,21 @@ export class ShardStore {
       ctx: req.ctx,
       kvType: req.kvType,
       model,
+      share: req.share,
       bytes: model.weights.bytes,
       source,
       sessions: 0,
+      path,
+      lastUsed: performance.now(),
     };
     const old = this.loaded.get(shard.key);
     if (old) shard.sessions = old.sessions;
+    // a reloaded member links a new group; the old one's sessions fail and resume on it
+    old?.group?.close();
     this.loaded.set(shard.key, shard);
     this.o.counters.shardLoads++;
     this.evictOthers(shard);
+    if (source === 'fetched') this.trimCache();
     this.o.log.log('info', 'shard.load', {
       model: req.modelHash.slice(0, 12),
       start: req.start,
@@ -199,6 +326,22 @@ export class ShardStore {
     });
     progress({ phase: 'done', source, bytesTransferred: transferred, bytesDone: shard.bytes, bytesTotal: shard.bytes });
     return shard;
+  }
+
+  /** Removes cached slices no loaded shard uses, least recently used first, while over cacheMaxBytes. */
+  private trimCache(): void {
+    const cap = this.o.cacheMaxBytes;
+    if (cap === undefined) return;
+    const inUse = new Set([...this.loaded.values()].map((s) => s.path));
+    const files = this.sliceFiles();
+    let total = files.reduce((sum, f) => sum + f.bytes, 0);
+    for (const f of files.filter((x) => !inUse.has(x.path)).sort((a, b) => lastUsed(a.path) - lastUsed(b.path))) {
+      if (total <= cap) break;
+      discardSlice(f.path);
+      total -= f.bytes;
+      this.o.counters.evictions++;
+      this.o.log.log('info', 'shard.cache_evict', { path: f.path, bytes: f.bytes, cacheBytes: total, cap });
+    }
   }
 
   /** The same model file in --model-dir, by size and then hash. */
@@ -219,39 +362,58 @@ export class ShardStore {
     return undefined;
   }
 
-  /** Slice files in the cache dir, by model hash and range. */
-  cachedSlices(): { modelHash: string; start: number; end: number; bytes: number }[] {
+  /** Slice files in the cache dir, checked or not. */
+  private sliceFiles(): { modelHash: string; start: number; end: number; path: string; bytes: number }[] {
     const root = join(this.o.cacheDir, 'shards');
     if (!existsSync(root)) return [];
-    const out: { modelHash: string; start: number; end: number; bytes: number }[] = [];
+    const out: { modelHash: string; start: number; end: number; path: string; bytes: number }[] = [];
     for (const hash of readdirSync(root)) {
       if (!HASH_RE.test(hash)) continue;
       for (const name of readdirSync(join(root, hash))) {
         const m = /^(\d+)-(\d+)\.gguf$/.exec(name);
-        if (m)
-          out.push({
-            modelHash: hash,
-            start: Number(m[1]),
-            end: Number(m[2]),
-            bytes: statSync(join(root, hash, name)).size,
-          });
+        if (!m) continue;
+        const path = join(root, hash, name);
+        try {
+          out.push({ modelHash: hash, start: Number(m[1]), end: Number(m[2]), path, bytes: statSync(path).size });
+        } catch {
+          // removed meanwhile
+        }
       }
     }
     return out;
   }
 
-  /** A cached slice whose range covers the request (a covering slice holds every tensor needed). */
+  /** Cached slices whose record holds (record.ts), by model hash and range: what Info advertises. */
+  cachedSlices(): { modelHash: string; start: number; end: number; bytes: number }[] {
+    return this.sliceFiles()
+      .filter((f) => verifiedManifest(f.path) !== undefined)
+      .map(({ modelHash, start, end, bytes }) => ({ modelHash, start, end, bytes }));
+  }
+
+  /**
+   * A cached slice whose range covers the request (a covering slice holds every tensor needed)
+   * and whose record says it holds exactly the manifest's bytes for them. One whose record does
+   * not hold (a corrupted or half-written entry) is removed, so the load fetches it again.
+   */
   private findCached(req: LoadRequest): string | undefined {
-    const dir = this.sliceDir(req.modelHash);
-    if (!existsSync(dir)) return undefined;
     let best: { path: string; width: number } | undefined;
-    for (const name of readdirSync(dir)) {
-      const m = /^(\d+)-(\d+)\.gguf$/.exec(name);
-      if (!m) continue;
-      const a = Number(m[1]);
-      const b = Number(m[2]);
-      const covers = a <= req.start && req.end <= b && (req.end < req.nLayers || b === req.nLayers);
-      if (covers && (!best || b - a < best.width)) best = { path: join(dir, name), width: b - a };
+    for (const f of this.sliceFiles()) {
+      if (f.modelHash !== req.modelHash) continue;
+      const covers = f.start <= req.start && req.end <= f.end && (req.end < req.nLayers || f.end === req.nLayers);
+      if (!covers) continue;
+      const held = verifiedManifest(f.path);
+      if (!held) {
+        this.discard(req, f.path, new Error('its record does not match the file'));
+        continue;
+      }
+      const byName = new Map(held.tensors.map((t) => [t.name, t]));
+      const matches =
+        held.metadataSha256 === req.manifest.metadataSha256 &&
+        req.manifest.tensors.every((t) => {
+          const h = byName.get(t.name);
+          return h !== undefined && sameTensor(h, t);
+        });
+      if (matches && (!best || f.end - f.start < best.width)) best = { path: f.path, width: f.end - f.start };
     }
     return best?.path;
   }
@@ -259,11 +421,10 @@ export class ShardStore {
   /** Pulls the range's tensors from the coordinator into a slice file; returns bytes received. */
   private async fetch(req: LoadRequest, dest: string, progress: Progress): Promise<number> {
     mkdirSync(this.sliceDir(req.modelHash), { recursive: true });
-    const client = coordinatorClient(req.coordinator);
+    const client = coordinatorClient(req.coordinator, this.o.key);
     let writer: SliceWriter | undefined;
     try {
-      const md = await authenticate(client, this.o.key, METHOD.fetchTensors);
-      const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end }, md);
+      const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end });
       let tensors: SliceTensor[] = [];
       let index = 0;
       let got = 0;
@@ -299,11 +460,13 @@ export class ShardStore {
         got += c.data.length;
         received += c.data.length;
         if (got === t.nBytes) {
-          const digest = hash.digest();
-          if (c.sha256.length !== 32 || !digest.equals(c.sha256)) {
+          // The manifest's sha256, from the coordinator's own file; the one sent with the bytes proves nothing.
+          const digest = hash.digest('hex');
+          const want = req.manifest.tensors[index].sha256;
+          if (digest !== want) {
             throw new ClusterError(
               'shard',
-              `tensor ${t.name}: sha256 mismatch after transfer (sent ${c.sha256.toString('hex') || 'none'}, got ${digest.toString('hex')})`,
+              `tensor ${t.name} from ${req.coordinator}: its bytes hash to ${digest}, the manifest says ${want}`,
             );
           }
           this.o.counters.tensorsFetched++;
@@ -327,7 +490,10 @@ export class ShardStore {
       if (!writer) throw invalid('FetchTensors ended without a header');
       if (index !== tensors.length)
         throw new ClusterError('shard', `FetchTensors ended after ${index} of ${tensors.length} tensors`);
-      writer.finish();
+      // Parsed and checked whole under its temporary name; only then into the cache.
+      const written = writer.finish();
+      checkSlice(written, req.manifest);
+      commitSlice(written, dest, req.manifest);
       return received;
     } catch (e) {
       writer?.abort();
@@ -341,26 +507,26 @@ export class ShardStore {
     }
   }
 
+  /** The header must announce exactly the manifest's tensors, in its order, and its metadata. */
   private checkHeader(req: LoadRequest, h: SliceHeader): SliceTensor[] {
+    const from = `FetchTensors from ${req.coordinator}`;
     if (h.metadata.length > MAX_METADATA_BYTES)
-      throw invalid(`slice metadata is ${h.metadata.length} bytes, at most ${MAX_METADATA_BYTES}`);
-    if (h.tensors.length === 0 || h.tensors.length > MAX_TENSORS)
-      throw invalid(`slice lists ${h.tensors.length} tensors`);
-    const seen = new Set<string>();
+      throw invalid(`${from}: slice metadata is ${h.metadata.length} bytes, at most ${MAX_METADATA_BYTES}`);
+    const want = req.manifest.tensors;
+    if (h.tensors.length !== want.length)
+      throw invalid(`${from}: the header lists ${h.tensors.length} tensors, the manifest ${want.length}`);
+    if (metadataDigest({ bytes: h.metadata, count: h.metadataCount }, h.alignment) !== req.manifest.metadataSha256)
+      throw invalid(`${from}: the slice's metadata is not the manifest's`);
     let total = 0;
-    const out = h.tensors.map((t) => {
-      if (seen.has(t.name)) throw invalid(`slice lists tensor ${t.name} twice`);
-      seen.add(t.name);
-      if (!tensorBelongs(t.name, req.start, req.end, req.nLayers)) {
-        throw invalid(`slice for layers [${req.start}, ${req.end}) lists tensor ${t.name}, which is not part of it`);
-      }
-      const bytes = tensorDataBytes(t.ggmlType, t.dims);
-      if (bytes === undefined || bytes !== t.nBytes) {
+    const out = h.tensors.map((t, i) => {
+      const m = want[i];
+      if (!sameTensor({ ...t, sha256: m.sha256 }, m)) {
         throw invalid(
-          `tensor ${t.name}: ${t.nBytes} bytes do not match type ${t.ggmlType} and shape [${t.dims.join(', ')}]`,
+          `${from}: header entry ${i} is tensor ${t.name} [${t.dims.join(', ')}] type ${t.ggmlType}, ` +
+            `the manifest has ${m.name} [${m.dims.join(', ')}] type ${m.ggmlType}`,
         );
       }
-      total += bytes;
+      total += t.nBytes;
       return { name: t.name, dims: t.dims, ggmlType: t.ggmlType, nBytes: t.nBytes };
     });
     // The slice is loaded into memory right after: refuse what cannot fit.

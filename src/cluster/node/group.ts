@@ -1,0 +1,297 @@
+// A node's part in a tensor-parallel group (a stage whose layers are split across nodes,
+// engine/tensor-split.ts). The leader (member 0) is the stage the route names: its sessions
+// run through the shard's StepBatcher and SliceRunner like any stage's, over a GroupLeader,
+// whose forwardLayers first tells the other members what the step runs — each entry's KV slot,
+// start and rows, and the hidden rows themselves — in one control frame on the data plane,
+// then runs its share with the group's all-reduce. A follower runs the same step on its share
+// as the frames come, in order, with a KV cache share per slot; the leader frees a slot when
+// its session closes. Batching carries over: a step of several sessions is one frame and one
+// set of syncs.
+//
+// Linking: at LoadShard the member listens on an ephemeral port (reported in LoadProgress),
+// the coordinator passes each member the ports of the members before it, and the member
+// dials them once its share is loaded (dataplane/group.ts checks the one-time token). The
+// group lives as long as the shard; a lost member fails it for good: the leader's step fails,
+// its Forward stream with it, and the coordinator re-plans (coordinator/recovery.ts).
+
+import { createHash } from 'node:crypto';
+import type { KvCache } from '../../model/kv-cache.ts';
+import type { Segment } from '../../model/transformer.ts';
+import type { SliceModel } from '../../engine/slice.ts';
+import type { TensorMember } from '../../engine/tensor-split.ts';
+import type { TensorShare } from '../../model/tensor-share.ts';
+import { SyncGroup, type Endpoint } from '../dataplane/group.ts';
+import { TOKEN_BYTES } from '../dataplane/frame.ts';
+import { isSyncFormat, type SyncFormat } from '../sync/format.ts';
+import { ClusterError, invalid } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { parseHostPort } from '../net.ts';
+import type { ShardGroup } from '../shard/store.ts';
+import type { WireTensorGroup } from '../wire.ts';
+import type { SliceManifest } from '../shard/manifest.ts';
+
+/** Rows a group step takes at most: the batch every shard loads with (Transformer's and TensorMember's default). */
+export const GROUP_BATCH = 32;
+/** KV slots a follower holds at most (the node's session limit). */
+const MAX_SLOTS = 256;
+const MAX_GROUP = 64;
+/** A lost member fails the group at once (its link closes); this bounds a silent one and the linking. */
+const GROUP_TIMEOUT_MS = 120_000;
+
+const CONTROL_STEP = 1;
+const CONTROL_FREE = 2;
+/** u8 kind, u8 0, u16 entries. */
+const CONTROL_HEAD = 4;
+/** u32 slot, u32 start, u32 rows per entry. */
+const ENTRY_BYTES = 12;
+
+/** A group's id in routes: the first 8 bytes of sha256(token), hex (the token itself stays with the members). */
+export function groupId(token: Buffer): string {
+  return createHash('sha256').update(token).digest('hex').slice(0, 16);
+}
+
+/** A checked TensorGroup of a LoadShard. */
+export interface MemberPlace {
+  readonly size: number;
+  readonly share: TensorShare;
+  readonly sync: SyncFormat;
+  readonly token: Buffer;
+  readonly peers: readonly Endpoint[];
+}
+
+/** Checks a LoadShard's group against the range's model shape (from its manifest). */
+export function checkGroup(g: WireTensorGroup, manifest: SliceManifest, start: number): MemberPlace {
+  if (!(g.size >= 2 && g.size <= MAX_GROUP)) throw invalid(`group size ${g.size} must be in 2..${MAX_GROUP}`);
+  if (!(g.member < g.size)) throw invalid(`member ${g.member} is outside the group of ${g.size}`);
+  if (!isSyncFormat(g.sync)) throw invalid(`sync format "${g.sync.slice(0, 16)}" is not q8_0, f16 or f32`);
+  if (g.token.length !== TOKEN_BYTES) throw invalid(`the group token must be ${TOKEN_BYTES} bytes`);
+  if (g.peers.length !== g.member)
+    throw invalid(`member ${g.member} needs the data plane addresses of the ${g.member} members before it`);
+  const peers = g.peers.map((p, i): Endpoint => {
+    try {
+      return parseHostPort(p);
+    } catch {
+      throw invalid(`group peer ${i} has a bad address "${p.slice(0, 64)}"`);
+    }
+  });
+  // KV heads are checked against the model's metadata at load (loadShareWeights)
+  if (!(g.kvStart < g.kvEnd)) throw invalid(`KV heads [${g.kvStart}, ${g.kvEnd}) are empty`);
+  const { ffnDim } = shapeOf(manifest, start);
+  if (!(g.ffnStart < g.ffnEnd && g.ffnEnd <= ffnDim))
+    throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are not within the model's ${ffnDim}`);
+  return {
+    size: g.size,
+    share: { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] },
+    sync: g.sync,
+    token: Buffer.from(g.token),
+    peers,
+  };
+}
+
+/** dim and FFN rows of the range, from its first layer's tensors in the manifest. */
+function shapeOf(manifest: SliceManifest, start: number): { dim: number; ffnDim: number } {
+  const dims = (name: string) => {
+    const t = manifest.tensors.find((x) => x.name === `blk.${start}.${name}`);
+    if (!t) throw invalid(`the manifest has no blk.${start}.${name}`);
+    return t.dims.map(Number);
+  };
+  return { dim: dims('attn_norm.weight')[0], ffnDim: dims('ffn_gate.weight')[1] };
+}
+
+/** The most values one all-reduce of the range carries: GROUP_BATCH rows of dim. */
+export function groupMaxValues(manifest: SliceManifest, start: number): number {
+  return GROUP_BATCH * shapeOf(manifest, start).dim;
+}
+
+/** Opens the member's data plane listener (any free port on `host`). */
+export function listenMember(
+  place: MemberPlace,
+  maxValues: number,
+  host: string,
+  tls: { caPem: Buffer; certPem: Buffer; keyPem: Buffer } | undefined,
+  log: Logger,
+): Promise<SyncGroup> {
+  return SyncGroup.listen(
+    {
+      member: place.share.member,
+      size: place.size,
+      token: place.token,
+      format: place.sync,
+      maxValues,
+      maxControlBytes: CONTROL_HEAD + GROUP_BATCH * ENTRY_BYTES + 4 * maxValues,
+      timeoutMs: GROUP_TIMEOUT_MS,
+      tls,
+      log,
+    },
+    { host, port: 0 },
+  );
+}
+
+/** Links the member to the others (dials the ones before it) and starts its part: the leader's model, or the follower's loop. */
+export async function linkMember(
+  sync: SyncGroup,
+  place: MemberPlace,
+  member: TensorMember,
+  maxValues: number,
+  log: Logger,
+): Promise<GroupRole> {
+  if (member.batch * member.config.dim > maxValues || member.batch > GROUP_BATCH)
+    throw new ClusterError('shard', `a member's steps of ${member.batch} rows exceed the group's ${maxValues} values`);
+  const peers: Endpoint[] = [...place.peers];
+  // connect() reads the endpoints of the members before this one; the rest dial in
+  while (peers.length < place.size) peers.push({ host: '', port: 0 });
+  await sync.connect(peers);
+  const id = groupId(place.token);
+  return place.share.member === 0 ? new GroupLeader(member, sync, id) : new GroupFollower(member, sync, id, log);
+}
+
+export type GroupRole = GroupLeader | GroupFollower;
+
+/** The leader's shard as a runner sees it: each step told to the followers, then run with the group's syncs. */
+export class GroupLeader implements SliceModel, ShardGroup {
+  private readonly slots = new WeakMap<KvCache, number>();
+  private nextSlot = 1;
+  private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
+
+  constructor(
+    readonly member: TensorMember,
+    readonly sync: SyncGroup,
+    readonly id: string,
+  ) {}
+
+  get config() {
+    return this.member.config;
+  }
+  get ctx(): number {
+    return this.member.ctx;
+  }
+  get batch(): number {
+    return this.member.batch;
+  }
+  get isFirst(): boolean {
+    return this.member.isFirst;
+  }
+  get isLast(): boolean {
+    return this.member.isLast;
+  }
+
+  /** A session's KV cache share here; the followers open theirs on its first step. */
+  newCache(): KvCache {
+    const c = this.member.newCache();
+    this.slots.set(c, this.nextSlot++);
+    return c;
+  }
+
+  embed(tokens: readonly number[], x: Float32Array): void {
+    this.member.embed(tokens, x);
+  }
+
+  head(x: Float32Array): Float32Array {
+    return this.member.head(x);
+  }
+
+  async forwardLayers(x: Float32Array, segments: readonly Segment[]): Promise<void> {
+    const dim = this.config.dim;
+    const n = segments.reduce((s, seg) => s + seg.n, 0);
+    const frame = Buffer.allocUnsafe(CONTROL_HEAD + segments.length * ENTRY_BYTES + 4 * n * dim);
+    frame[0] = CONTROL_STEP;
+    frame[1] = 0;
+    frame.writeUInt16LE(segments.length, 2);
+    let off = CONTROL_HEAD;
+    for (const seg of segments) {
+      const slot = this.slots.get(seg.cache);
+      if (slot === undefined) throw new ClusterError('pipeline', 'a KV cache this group did not open');
+      frame.writeUInt32LE(slot, off);
+      frame.writeUInt32LE(seg.start, off + 4);
+      frame.writeUInt32LE(seg.n, off + 8);
+      off += ENTRY_BYTES;
+    }
+    frame.set(new Uint8Array(x.buffer, x.byteOffset, 4 * n * dim), off);
+    this.sync.sendControl(frame);
+    await this.member.forwardLayers(x, segments, this.allReduce);
+  }
+
+  /** The session of this cache closed: the followers drop their share of it. */
+  release(cache: KvCache): void {
+    const slot = this.slots.get(cache);
+    if (slot === undefined || this.sync.failed) return;
+    const frame = Buffer.alloc(CONTROL_HEAD + 4);
+    frame[0] = CONTROL_FREE;
+    frame.writeUInt16LE(1, 2);
+    frame.writeUInt32LE(slot, CONTROL_HEAD);
+    this.sync.sendControl(frame);
+  }
+
+  close(): void {
+    this.sync.close();
+  }
+}
+
+/** A member other than the leader: runs each step the leader sends, on its share, in order. */
+export class GroupFollower implements ShardGroup {
+  private readonly caches = new Map<number, KvCache>();
+  private readonly x: Float32Array;
+  private chain: Promise<void> = Promise.resolve();
+  private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
+  steps = 0;
+
+  constructor(
+    readonly member: TensorMember,
+    readonly sync: SyncGroup,
+    readonly id: string,
+    private readonly log: Logger,
+  ) {
+    this.x = new Float32Array(member.batch * member.config.dim);
+    sync.onControl((payload) => {
+      // copied: the payload is a view into the socket's read buffer
+      const frame = Buffer.from(payload);
+      this.chain = this.chain
+        .then(() => (this.sync.failed ? undefined : this.handle(frame)))
+        .catch((e: unknown) => {
+          this.log.log('warn', 'group.step_failed', { group: this.id, error: (e as Error).message });
+          this.sync.close();
+        });
+    });
+    sync.onFail(() => this.caches.clear());
+  }
+
+  private async handle(frame: Buffer): Promise<void> {
+    if (frame.length < CONTROL_HEAD) throw invalid('group control frame shorter than its header');
+    const kind = frame[0];
+    const entries = frame.readUInt16LE(2);
+    if (kind === CONTROL_FREE) {
+      if (frame.length !== CONTROL_HEAD + 4 * entries) throw invalid('group free frame of the wrong length');
+      for (let i = 0; i < entries; i++) this.caches.delete(frame.readUInt32LE(CONTROL_HEAD + 4 * i));
+      return;
+    }
+    if (kind !== CONTROL_STEP) throw invalid(`group control frame of unknown kind ${kind}`);
+    const dim = this.member.config.dim;
+    const segments: Segment[] = [];
+    let rows = 0;
+    for (let i = 0; i < entries; i++) {
+      const off = CONTROL_HEAD + i * ENTRY_BYTES;
+      if (off + ENTRY_BYTES > frame.length) throw invalid('group step frame cut short');
+      const slot = frame.readUInt32LE(off);
+      const start = frame.readUInt32LE(off + 4);
+      const n = frame.readUInt32LE(off + 8);
+      let cache = this.caches.get(slot);
+      if (!cache) {
+        if (this.caches.size >= MAX_SLOTS) throw invalid(`the leader opened more than ${MAX_SLOTS} sessions`);
+        this.caches.set(slot, (cache = this.member.newCache()));
+      }
+      segments.push({ start, n, cache });
+      rows += n;
+    }
+    const off = CONTROL_HEAD + entries * ENTRY_BYTES;
+    if (rows < 1 || rows > this.member.batch || frame.length !== off + 4 * rows * dim)
+      throw invalid(`group step of ${rows} rows in a frame of ${frame.length} bytes`);
+    const x = this.x.subarray(0, rows * dim);
+    new Uint8Array(x.buffer, x.byteOffset, 4 * rows * dim).set(frame.subarray(off));
+    await this.member.forwardLayers(x, segments, this.allReduce);
+    this.steps++;
+  }
+
+  close(): void {
+    this.sync.close();
+  }
+}

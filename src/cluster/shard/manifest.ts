@@ -1,0 +1,180 @@
+// Tensor manifests: what a slice of a model must hold, from the coordinator's own model file.
+// A node trusts a tensor's bytes only when their sha256 is the manifest's, whoever sent them
+// (the sha256 a FetchTensors sender supplies proves nothing: a poisoning sender computes it over
+// its own bytes). The coordinator hashes each tensor of its file once and remembers the result
+// in its cache dir, keyed like the model hash (path, size, modification time).
+
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { GgufFile } from '../../gguf/reader.ts';
+import { ClusterError, invalid } from '../errors.ts';
+import { tensorBelongs } from './shard.ts';
+import { readMetadataSection, tensorDataBytes, type MetadataSection } from './slice.ts';
+
+export interface ManifestTensor {
+  readonly name: string;
+  readonly dims: readonly number[];
+  readonly ggmlType: number;
+  readonly nBytes: number;
+  /** sha256 hex of the tensor's data. */
+  readonly sha256: string;
+}
+
+/** The tensors of one slice (or of a whole model) and the digest of the metadata it carries. */
+export interface SliceManifest {
+  /** metadataDigest() of the slice header's metadata section and alignment. */
+  readonly metadataSha256: string;
+  readonly tensors: readonly ManifestTensor[];
+}
+
+const SHA_RE = /^[0-9a-f]{64}$/;
+const MAX_TENSORS = 100_000;
+const READ_BYTES = 4 << 20;
+
+/** sha256 hex of what a slice header carries besides its tensors. */
+export function metadataDigest(metadata: MetadataSection, alignment: number): string {
+  const head = Buffer.alloc(12);
+  head.writeBigUInt64LE(BigInt(metadata.count), 0);
+  head.writeUInt32LE(alignment, 8);
+  return createHash('sha256').update(head).update(metadata.bytes).digest('hex');
+}
+
+/** sha256 hex of a manifest's every field, in order: a slice's record stores it. */
+export function manifestDigest(m: SliceManifest): string {
+  const h = createHash('sha256').update(m.metadataSha256);
+  for (const t of m.tensors) h.update(`\n${t.name}\t${t.dims.join(',')}\t${t.ggmlType}\t${t.nBytes}\t${t.sha256}`);
+  return h.digest('hex');
+}
+
+/** The entries of `names`, in that order (the order FetchTensors sends them). */
+export function sliceOf(model: SliceManifest, names: readonly string[]): SliceManifest {
+  const byName = new Map(model.tensors.map((t) => [t.name, t]));
+  return {
+    metadataSha256: model.metadataSha256,
+    tensors: names.map((n) => {
+      const t = byName.get(n);
+      if (!t) throw new Error(`internal: tensor ${n} is not in the model's manifest`);
+      return t;
+    }),
+  };
+}
+
+/** Whether two entries describe the same tensor with the same bytes. */
+export function sameTensor(a: ManifestTensor, b: ManifestTensor): boolean {
+  return (
+    a.name === b.name &&
+    a.ggmlType === b.ggmlType &&
+    a.nBytes === b.nBytes &&
+    a.sha256 === b.sha256 &&
+    a.dims.length === b.dims.length &&
+    a.dims.every((d, i) => d === b.dims[i])
+  );
+}
+
+/** Checks a manifest a coordinator sent for layers [start, end): INVALID_ARGUMENT when malformed. */
+export function checkManifest(m: SliceManifest, start: number, end: number, nLayers: number): void {
+  if (!SHA_RE.test(m.metadataSha256)) throw invalid('manifest: metadata sha256 must be 32 bytes');
+  if (m.tensors.length === 0 || m.tensors.length > MAX_TENSORS)
+    throw invalid(`manifest lists ${m.tensors.length} tensors, expected 1..${MAX_TENSORS}`);
+  const seen = new Set<string>();
+  for (const t of m.tensors) {
+    if (seen.has(t.name)) throw invalid(`manifest lists tensor ${t.name} twice`);
+    seen.add(t.name);
+    if (!tensorBelongs(t.name, start, end, nLayers))
+      throw invalid(`manifest for layers [${start}, ${end}) lists tensor ${t.name}, which is not part of it`);
+    if (tensorDataBytes(t.ggmlType, t.dims) !== t.nBytes) {
+      throw invalid(
+        `manifest: tensor ${t.name}: ${t.nBytes} bytes do not match type ${t.ggmlType} and shape [${t.dims.join(', ')}]`,
+      );
+    }
+    if (!SHA_RE.test(t.sha256)) throw invalid(`manifest: tensor ${t.name} has no 32-byte sha256`);
+  }
+}
+
+/** Hashes every tensor of the file (a full read of its data section, off the event loop's back). */
+export async function hashModel(path: string, file: GgufFile, metadataSha256: string): Promise<SliceManifest> {
+  const fh = await open(path, 'r');
+  const buf = Buffer.allocUnsafe(READ_BYTES);
+  try {
+    const tensors: ManifestTensor[] = [];
+    for (const t of file.tensors) {
+      const h = createHash('sha256');
+      for (let off = 0; off < t.nBytes;) {
+        const { bytesRead } = await fh.read(buf, 0, Math.min(READ_BYTES, t.nBytes - off), t.fileOffset + off);
+        if (bytesRead === 0) throw new Error(`${path}: short read in tensor ${t.name}`);
+        h.update(buf.subarray(0, bytesRead));
+        off += bytesRead;
+      }
+      tensors.push({ name: t.name, dims: [...t.dims], ggmlType: t.type.id, nBytes: t.nBytes, sha256: h.digest('hex') });
+    }
+    return { metadataSha256, tensors };
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Parses a slice file written from a transfer (the GGUF validator: header, metadata, index) and
+ * checks that it is exactly the manifest's: its tensors in order, with their shapes and types,
+ * and its metadata. The data's sha256 were checked as the bytes arrived.
+ */
+export function checkSlice(path: string, m: SliceManifest): void {
+  const file = GgufFile.open(path);
+  const fail = (why: string) => new ClusterError('shard', `the slice written to ${path} ${why}`);
+  if (file.tensors.length !== m.tensors.length)
+    throw fail(`holds ${file.tensors.length} tensors, the manifest ${m.tensors.length}`);
+  for (const [i, t] of file.tensors.entries()) {
+    const want = m.tensors[i];
+    const same =
+      t.name === want.name &&
+      t.type.id === want.ggmlType &&
+      t.nBytes === want.nBytes &&
+      t.dims.length === want.dims.length &&
+      t.dims.every((d, j) => d === want.dims[j]);
+    if (!same) throw fail(`has tensor ${t.name} where the manifest has ${want.name} as described`);
+  }
+  if (metadataDigest(readMetadataSection(path, file.dataOffset), file.alignment) !== m.metadataSha256)
+    throw fail("carries metadata whose sha256 is not the manifest's");
+}
+
+function isManifest(v: unknown): v is SliceManifest {
+  const m = v as Partial<SliceManifest> | null;
+  return typeof m === 'object' && m !== null && typeof m.metadataSha256 === 'string' && Array.isArray(m.tensors);
+}
+
+/**
+ * The model's manifest: from the cache dir when this file (path, size, mtime) was hashed before,
+ * else hashed now and remembered there.
+ */
+export async function modelManifest(
+  path: string,
+  file: GgufFile,
+  metadataSha256: string,
+  cacheDir?: string,
+): Promise<SliceManifest> {
+  if (!cacheDir) return hashModel(path, file, metadataSha256);
+  const st = statSync(path);
+  const key = createHash('sha256')
+    .update(`${realpathSync(path)}|${st.size}|${Math.floor(st.mtimeMs)}`)
+    .digest('hex');
+  const dir = join(cacheDir, 'manifests');
+  const known = join(dir, `${key}.json`);
+  try {
+    const v = JSON.parse(readFileSync(known, 'utf8')) as unknown;
+    if (isManifest(v) && v.metadataSha256 === metadataSha256 && v.tensors.length === file.tensors.length) return v;
+  } catch {
+    // not hashed yet, or unreadable: hash again
+  }
+  const m = await hashModel(path, file, metadataSha256);
+  try {
+    mkdirSync(dir, { recursive: true });
+    const tmp = `${known}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(m));
+    renameSync(tmp, known);
+  } catch {
+    // a read-only cache only costs a re-hash next time
+  }
+  return m;
+}

@@ -1,0 +1,111 @@
+// What a tensor-parallel member's partial output looks like on the wire (`--sync`): f32 as it
+// is, f16 (half the bytes), or Q8_0 blocks as ggml and distributed-llama lay them out — 32
+// values as one f16 scale d = max|x| / 127 and 32 int8 q = round(x / d), 34 bytes for 128
+// (0.27× f32). A last block of fewer than 32 values is padded with zeros.
+//
+// The sum of the group's partials must come out bit-identical on every member, or the
+// replicated hidden states drift apart: every member decodes every payload — its own too,
+// after the same lossy round trip — and adds them in member order (sumPayloads).
+
+import { f16ToF32Table, f32BitsToF16 } from '../../ggml/half.ts';
+import * as q8_0 from '../../kernels/q8_0.ts';
+
+export const SYNC_FORMATS = ['q8_0', 'f16', 'f32'] as const;
+export type SyncFormat = (typeof SYNC_FORMATS)[number];
+
+/**
+ * `--sync` when not given: q8_0 carries 0.27× the bytes of f32 (what a LAN link needs) at a
+ * small cost in accuracy; f32 gives one node's tokens exactly.
+ */
+export const DEFAULT_SYNC: SyncFormat = 'q8_0';
+
+const QK = 32;
+const Q8_BLOCK_BYTES = 34;
+
+export function isSyncFormat(s: string): s is SyncFormat {
+  return (SYNC_FORMATS as readonly string[]).includes(s);
+}
+
+/** Bytes of n values in this format. */
+export function payloadBytes(format: SyncFormat, n: number): number {
+  if (format === 'f32') return 4 * n;
+  if (format === 'f16') return 2 * n;
+  return Math.ceil(n / QK) * Q8_BLOCK_BYTES;
+}
+
+/** Encoder and decoder of one format, with the scratch they need (nothing allocated per call). */
+export class SyncCodec {
+  private readonly pad = new Float32Array(QK);
+  private readonly padBytes = new Uint8Array(Q8_BLOCK_BYTES);
+  private readonly f16 = f16ToF32Table();
+
+  constructor(readonly format: SyncFormat) {}
+
+  bytes(n: number): number {
+    return payloadBytes(this.format, n);
+  }
+
+  /** Writes src in this format into dst[0, bytes(src.length)). */
+  encode(src: Float32Array, dst: Uint8Array): void {
+    const n = src.length;
+    if (dst.length < this.bytes(n))
+      throw new RangeError(`${this.format} payload of ${n} values needs ${this.bytes(n)} bytes, got ${dst.length}`);
+    if (this.format === 'f32') {
+      dst.set(new Uint8Array(src.buffer, src.byteOffset, 4 * n));
+    } else if (this.format === 'f16') {
+      const bits = new Uint32Array(src.buffer, src.byteOffset, n);
+      for (let i = 0; i < n; i++) {
+        const h = f32BitsToF16(bits[i]);
+        dst[2 * i] = h & 0xff;
+        dst[2 * i + 1] = h >>> 8;
+      }
+    } else {
+      const whole = n - (n % QK);
+      q8_0.quantizeRow(src, 0, whole, dst, 0);
+      if (whole < n) {
+        this.pad.fill(0);
+        this.pad.set(src.subarray(whole));
+        q8_0.quantizeRow(this.pad, 0, QK, dst, (whole / QK) * Q8_BLOCK_BYTES);
+      }
+    }
+  }
+
+  /** Reads n values in this format from src[0, bytes(n)) into dst[0, n). */
+  decode(src: Uint8Array, n: number, dst: Float32Array): void {
+    if (src.length < this.bytes(n))
+      throw new RangeError(`${this.format} payload of ${n} values needs ${this.bytes(n)} bytes, got ${src.length}`);
+    if (this.format === 'f32') {
+      new Uint8Array(dst.buffer, dst.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
+    } else if (this.format === 'f16') {
+      const out = new Uint32Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) out[i] = this.f16[src[2 * i] | (src[2 * i + 1] << 8)];
+    } else {
+      const whole = n - (n % QK);
+      q8_0.dequantizeRow(src, 0, whole, dst, 0);
+      if (whole < n) {
+        const off = (whole / QK) * Q8_BLOCK_BYTES;
+        this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
+        q8_0.dequantizeRow(this.padBytes, 0, QK, this.pad, 0);
+        dst.set(this.pad.subarray(0, n - whole), whole);
+      }
+    }
+  }
+}
+
+/**
+ * out[0, n) = Σ over members, in member order, of each decoded payload: the same bits on every
+ * member that sums the same payloads. `scratch` holds n values.
+ */
+export function sumPayloads(
+  codec: SyncCodec,
+  payloads: readonly Uint8Array[],
+  n: number,
+  out: Float32Array,
+  scratch: Float32Array,
+): void {
+  codec.decode(payloads[0], n, out);
+  for (let m = 1; m < payloads.length; m++) {
+    codec.decode(payloads[m], n, scratch);
+    for (let i = 0; i < n; i++) out[i] += scratch[i];
+  }
+}
