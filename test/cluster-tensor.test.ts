@@ -148,6 +148,20 @@ test.serial('q8_0 sync runs; its top-1 agreement with one node is reported', asy
   t.true(same >= 1, "the first token (a prompt of 5 tokens through q8_0 syncs) equals one node's");
 });
 
+test.serial('herd plan --tensor 2 shows the group, its shares and a predicted ms/token', async (t) => {
+  const r = await runHerd(['plan', '--nodes', `${addr(nodes[0])},${addr(nodes[1])}`, '--tensor', '2', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const p = JSON.parse(r.stdout) as {
+    plan: { layers: number[]; nodes: { node: string; share: { kv_heads: number[]; ffn_rows: number[] } }[] }[];
+    token_ms: number;
+  };
+  t.is(p.plan.length, 1);
+  const [a, b] = p.plan[0].nodes;
+  t.deepEqual([a.share.kv_heads[0], a.share.kv_heads[1] === b.share.kv_heads[0], b.share.kv_heads[1]], [0, true, 4]);
+  t.deepEqual([a.share.ffn_rows[0], a.share.ffn_rows[1] === b.share.ffn_rows[0], b.share.ffn_rows[1]], [0, true, 172]);
+  t.true(p.token_ms > 0);
+});
+
 test.serial('--tensor larger than the herd is refused with the reason', async (t) => {
   const r = await runHerd([
     'run',

@@ -6,11 +6,12 @@ import { readConfig } from '../model/config.ts';
 import { resolveNodes, withHoldings } from '../cluster/coordinator/nodes.ts';
 import { modelHash } from '../cluster/shard/model-hash.ts';
 import { plan } from '../cluster/planner.ts';
+import { shares, splitShape } from '../model/tensor-share.ts';
 import { modelShape } from '../cluster/shape.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { resolveModelPath } from './model-path.ts';
 import { loadClusterKey } from '../cluster/key.ts';
-import { asUsage, defaultCacheDir, keyOptions } from './cluster-options.ts';
+import { asUsage, defaultCacheDir, keyOptions, tensorArg } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
 import type { ArgsOf } from './yargs.ts';
 
@@ -24,6 +25,10 @@ function builder(y: Argv) {
     })
     .option('nodes', { type: 'string', default: 'auto', describe: 'auto (mDNS), local, or host:port,…' })
     .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages' })
+    .option('tensor', {
+      type: 'number',
+      describe: 'Make every stage a tensor-parallel group of N nodes (as herd run --tensor)',
+    })
     .option('interface', { alias: 'i', type: 'string', describe: 'Discover on this network interface only' })
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer' })
     .option('ctx', {
@@ -48,6 +53,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     throw new UsageError('--stages must be an integer >= 1');
   if (!(Number.isInteger(args.parallel) && args.parallel >= 1 && args.parallel <= 256))
     throw new UsageError('--parallel must be an integer in 1..256');
+  const tensor = tensorArg(args.tensor);
   const path = resolveModelPath(args.model);
   const file = GgufFile.open(path);
   const config = readConfig(file);
@@ -58,14 +64,26 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
       nodes: args.nodes,
       interface: args.interface,
       timeoutMs: args.timeout * 1000,
-      want: args.stages,
+      want: args.stages !== undefined && tensor !== undefined ? args.stages * tensor : args.stages,
       key,
     }),
   );
   for (const n of set.notes) process.stderr.write(`herd: ${n}\n`);
   // Plan as `herd run` would: preferring the ranges the nodes already hold.
   const nodes = set.mode === 'cluster' ? withHoldings(set, await modelHash(path, defaultCacheDir())) : set.nodes;
-  const p = plan(nodes, modelShape(file, ctx, args.kvType), { stages: args.stages, sessions: args.parallel });
+  const p = plan(nodes, modelShape(file, ctx, args.kvType), {
+    stages: args.stages,
+    sessions: args.parallel,
+    tensor,
+    shares: (start, end, weights) => shares(splitShape(file, config, [start, end]), weights),
+  });
+  // A group's members, the leader first, each with its KV heads and FFN rows.
+  const membersOf = (s: (typeof p.stages)[number]) =>
+    (s.members ?? [{ node: s.node, share: undefined }]).map((m) => ({
+      node: m.node.name,
+      address: m.node.address,
+      share: m.share ? { kv_heads: m.share.kvHeads, ffn_rows: m.share.ffnRows } : null,
+    }));
   if (args.json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -79,6 +97,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
           node: s.node.name,
           address: s.node.address,
           layers: [s.start, s.end],
+          nodes: membersOf(s),
           weight_bytes: s.weightBytes,
           kv_bytes: s.kvBytes,
           buffer_bytes: s.bufferBytes,
@@ -96,8 +115,14 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     ['STAGE', 'NODE', 'ADDRESS', 'LAYERS', 'WEIGHTS', 'KV', 'NEEDS', 'AVAILABLE', 'MS/TOKEN'],
     ...p.stages.map((s, i) => [
       String(i + 1),
-      s.node.name,
-      s.node.address,
+      membersOf(s)
+        .map((m) =>
+          m.share ? `${m.node} (kv ${m.share.kv_heads.join('-')}, ffn ${m.share.ffn_rows.join('-')})` : m.node,
+        )
+        .join(' + '),
+      membersOf(s)
+        .map((m) => m.address)
+        .join(','),
       `[${s.start}, ${s.end})`,
       formatBytes(s.weightBytes),
       formatBytes(s.kvBytes),
@@ -119,7 +144,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
         .trimEnd()}\n`,
     );
   process.stdout.write(
-    `slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput)\n`,
+    `slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput${tensor ? '; a group adds 2 syncs per layer of 0.1 ms each' : ''})\n`,
   );
 }
 

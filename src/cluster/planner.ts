@@ -333,7 +333,8 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
     throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
   if (nodesIn.length === 0) throw new PlanError('no nodes to plan over');
   const tensor = o.tensor ?? 1;
-  if (!(Number.isInteger(tensor) && tensor >= 1)) throw new PlanError(`--tensor must be a positive integer, got ${tensor}`);
+  if (!(Number.isInteger(tensor) && tensor >= 1))
+    throw new PlanError(`--tensor must be a positive integer, got ${tensor}`);
   if (tensor > 1) return groupPlan(nodesIn, m, o, tensor);
   return pipelinePlan(nodesIn, m, o);
 }

@@ -60,7 +60,6 @@ export interface ClusterOptions {
   readonly sync?: SyncFormat;
 }
 
-
 /** One plan the herd runs: sessions opened on it keep it until they close. */
 interface Current {
   readonly plan: Plan;
@@ -79,7 +78,12 @@ export interface StageLoad {
   readonly bytes_transferred: number;
   readonly ms: number;
   /** A group member: its index, the group's size, its KV heads and FFN rows. */
-  readonly share?: { readonly member: number; readonly size: number; readonly kv_heads: number[]; readonly ffn_rows: number[] };
+  readonly share?: {
+    readonly member: number;
+    readonly size: number;
+    readonly kv_heads: number[];
+    readonly ffn_rows: number[];
+  };
 }
 
 export class HerdCluster {

@@ -245,7 +245,10 @@ export class SyncGroup {
     if (this.failure) throw this.failure;
     if (this.opts.member !== 0) throw new ClusterError('usage', 'only the leader (member 0) sends control frames');
     if (payload.length > (this.opts.maxControlBytes ?? 0))
-      throw new ClusterError('usage', `a control frame of ${payload.length} bytes (at most ${this.opts.maxControlBytes ?? 0})`);
+      throw new ClusterError(
+        'usage',
+        `a control frame of ${payload.length} bytes (at most ${this.opts.maxControlBytes ?? 0})`,
+      );
     const frame = newFrame({ kind: FrameKind.control, format: 0, from: 0, round: 0, count: 0, bytes: payload.length });
     payload.copy(frame, HEADER_BYTES);
     for (const link of this.links) {

@@ -383,7 +383,8 @@ export class NodeServer {
           );
           if (sync && place) {
             const { shard } = loaded;
-            if (!(shard.model instanceof TensorMember)) throw new ClusterError('shard', 'a member shard without its share');
+            if (!(shard.model instanceof TensorMember))
+              throw new ClusterError('shard', 'a member shard without its share');
             const role = await linkMember(sync, place, shard.model, maxValues, this.o.log);
             linked = true;
             shard.group?.close();
