@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { synthModel } from '../src/model/synth.ts';
 import { loopbackNodeArgs, runHerd, startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { bundledModel, herdBin, repoRoot } from './helpers/paths.ts';
-import { HUNG_MS } from './helpers/serve.ts';
+import { HUNG_MS, startServe } from './helpers/serve.ts';
 
 const PROMPT = 'Once upon a time';
 const dir = mkdtempSync(join(tmpdir(), 'herd-cluster-tensor-'));
@@ -235,5 +235,47 @@ test.serial('a member killed mid-run: the herd re-plans and the run ends with th
       p.child.kill('SIGKILL');
       await p.exited();
     }
+  }
+});
+
+test.serial('herd serve --tensor 2 --sync f32: concurrent completions over a group each equal one node', async (t) => {
+  const prompts = [PROMPT, 'The dog ran to the park and', 'Tom was sad'];
+  const want = await Promise.all(
+    prompts.map(async (p) => {
+      const r = await runHerd(['run', '--temp', '0', '--ctx', '512', '--json', '-n', '40', p], undefined, HUNG_MS);
+      if (r.code !== 0) throw new Error(r.stderr);
+      return (JSON.parse(r.stdout) as RunJson).text;
+    }),
+  );
+  const serve = await startServe([
+    '--nodes',
+    `${addr(nodes[0])},${addr(nodes[1])}`,
+    '--tensor',
+    '2',
+    '--sync',
+    'f32',
+    '--ctx',
+    '512',
+  ]);
+  try {
+    const got = await Promise.all(
+      prompts.map(async (prompt) => {
+        const r = await fetch(`${serve.url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ prompt, max_tokens: 40, temperature: 0, cache_prompt: false }),
+        });
+        if (r.status !== 200) throw new Error(`${r.status}: ${await r.text()}`);
+        return ((await r.json()) as { choices: { text: string }[] }).choices[0].text;
+      }),
+    );
+    t.deepEqual(got, want);
+    const ready = await serve.waitFor((e) => e.event === 'model.ready');
+    // One stage, a group of the two nodes (the faster one leads).
+    const plan = ready.plan as string[];
+    t.is(plan.length, 1);
+    t.regex(plan[0], /^(alpha\+beta|beta\+alpha)@127\.0\.0\.1:\d+\[0,5\)$/);
+  } finally {
+    await serve.stop();
   }
 });

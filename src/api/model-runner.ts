@@ -146,7 +146,9 @@ export class ModelRunner {
   }
 
   private logReady(served: Served, t0: number): void {
-    const plan = served.plan.map((p) => `${p.node}@${p.address}[${p.layers[0]},${p.layers[1]})`);
+    // A tensor-parallel group shows as its members, leader first: alpha+beta@leader[0,5).
+    const who = (p: PlanEntry) => (p.nodes && p.nodes.length > 1 ? p.nodes.map((m) => m.name).join('+') : p.node);
+    const plan = served.plan.map((p) => `${who(p)}@${p.address}[${p.layers[0]},${p.layers[1]})`);
     this.o.log.info({ mode: served.mode, plan, ms: Math.round(performance.now() - t0) }, 'model.ready');
   }
 

@@ -19,6 +19,7 @@ import {
   CHAT_TEMPLATE_HELP,
   engineOptions,
   herdOptions,
+  tensorOptions,
   hostModelOptions,
   samplingOptions,
 } from './cluster-options.ts';
@@ -41,10 +42,12 @@ function builder(y: Argv) {
   const sampling = samplingOptions(engine)
     .option('seed', { type: 'number', describe: 'Random seed (default: random)' })
     .option('chat-template', { type: 'string', describe: CHAT_TEMPLATE_HELP });
-  return herdOptions(sampling, {
-    interface: 'Discover nodes (or the server) on this network interface only',
-    discoveryTimeout: 'Seconds to wait for nodes or a server to answer over mDNS',
-  })
+  return tensorOptions(
+    herdOptions(sampling, {
+      interface: 'Discover nodes (or the server) on this network interface only',
+      discoveryTimeout: 'Seconds to wait for nodes or a server to answer over mDNS',
+    }),
+  )
     .option('server', {
       type: 'string',
       describe: 'Chat through a running herd serve (URL, or auto: find it over mDNS)',

@@ -148,6 +148,8 @@ type HostModelOptions = Pick<
   | 'kvType'
   | 'backend'
   | 'stages'
+  | 'tensor'
+  | 'sync'
   | 'interface'
   | 'key'
   | 'wire'
@@ -163,6 +165,8 @@ export function hostModelOptions(
     ctx?: number;
     kvType: HostOptions['kvType'];
     stages?: number;
+    tensor?: number;
+    sync: NonNullable<HostOptions['sync']>;
     interface?: string;
     wire: HostOptions['wire'];
     discoveryTimeout: number;
@@ -172,6 +176,9 @@ export function hostModelOptions(
   backend: KernelBackend,
   key: HostOptions['key'],
 ): HostModelOptions {
+  const tensor = tensorArg(args.tensor);
+  if (tensor !== undefined && args.nodes.trim() === 'local')
+    throw new UsageError('--tensor splits the layers across nodes: name them with --nodes (or auto)');
   return {
     modelPath,
     nodes: args.nodes,
@@ -179,6 +186,8 @@ export function hostModelOptions(
     kvType: args.kvType,
     backend,
     stages: args.stages,
+    tensor,
+    sync: args.sync,
     interface: args.interface,
     key,
     wire: args.wire,

@@ -11,7 +11,14 @@ import type { ApiAdvertiser as ApiAdvertiserType } from '../api/advertise.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { herdVersion } from '../cluster/node/sysinfo.ts';
 import { createBackend } from '../kernels/select.ts';
-import { asUsage, CHAT_TEMPLATE_HELP, engineOptions, herdOptions, hostModelOptions } from './cluster-options.ts';
+import {
+  asUsage,
+  CHAT_TEMPLATE_HELP,
+  engineOptions,
+  herdOptions,
+  hostModelOptions,
+  tensorOptions,
+} from './cluster-options.ts';
 import { resolveModelPath } from './model-path.ts';
 import { ProgressRenderer } from './progress.ts';
 import { UsageError } from './errors.ts';
@@ -90,9 +97,11 @@ function builder(y: Argv) {
       describe: 'Advertise _herd-api._tcp over mDNS (never for a loopback --host)',
     })
     .option('name', { type: 'string', describe: 'mDNS instance name (default: herd on HOSTNAME)' });
-  return herdOptions(engine, {
-    interface: 'Discover nodes, serve the coordinator and advertise on this network interface only',
-  })
+  return tensorOptions(
+    herdOptions(engine, {
+      interface: 'Discover nodes, serve the coordinator and advertise on this network interface only',
+    }),
+  )
     .option('rediscover', {
       type: 'number',
       default: 30,
