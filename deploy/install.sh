@@ -179,6 +179,8 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "would run: (cd /opt/herd && npm ci --omit=dev)"
 else
   (cd /opt/herd && npm ci --omit=dev --no-audit --no-fund)
+  # npm has been seen to exit 0 after every fetch failed ("Exit handler never called!").
+  [ -f /opt/herd/node_modules/.package-lock.json ] || die "npm ci left no node_modules in /opt/herd: see npm's output above"
 fi
 NODE_BIN=$(command -v node || echo /usr/bin/node)
 put /usr/local/bin/herd 0755 <<EOF
@@ -232,10 +234,20 @@ case "$ROLE" in node) units=(herd-node) ;; serve) units=(herd-serve) ;; both) un
 for u in "${units[@]}"; do
   put "/etc/systemd/system/$u.service" 0644 <"$SRC/deploy/systemd/$u.service"
 done
-run systemctl daemon-reload
-for u in "${units[@]}"; do
-  if [ "$START" = 1 ]; then run systemctl enable --now "$u.service"; else run systemctl enable "$u.service"; fi
-done
+if [ -d /run/systemd/system ] || [ "$DRY_RUN" = 1 ]; then
+  run systemctl daemon-reload
+  for u in "${units[@]}"; do
+    if [ "$START" = 1 ]; then run systemctl enable --now "$u.service"; else run systemctl enable "$u.service"; fi
+  done
+else
+  # An image being built, or a chroot: no systemd to talk to; enabling is a symlink.
+  run mkdir -p /etc/systemd/system/multi-user.target.wants
+  for u in "${units[@]}"; do
+    run ln -sfn "/etc/systemd/system/$u.service" "/etc/systemd/system/multi-user.target.wants/$u.service"
+  done
+  START=0
+  say "systemd is not running here: ${units[*]} enabled for the next boot, not started"
+fi
 
 say "done: ${units[*]} installed$([ "$START" = 1 ] && echo ' and started')"
 [ "$DRY_RUN" = 1 ] && say "dry run: see $ROOT"
