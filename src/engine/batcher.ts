@@ -7,9 +7,9 @@
 // decode joins at the next step.
 //
 // Decode steps (one token) go first, then prompts, in arrival order, in pieces that fill what
-// is left of the budget, and of STEP_TARGET_SECONDS as the last prompt step measured (chunked
-// prefill): a long prompt runs over several steps beside the others' decode rather than stalling
-// it, and its session hears its token after the last piece.
+// is left of the budget (on a node also of STEP_TARGET_SECONDS, as the last prompt step
+// measured: chunked prefill): a long prompt runs over several steps beside the others' decode
+// rather than stalling it, and its session hears its token after the last piece.
 // Only the last piece samples, so the sampler's random state and penalties see exactly what
 // they see when the session runs alone. Every kernel computes a row the same way whichever rows
 // share its matrix product (the matmul = matvecs check), so each session's tokens are exactly
@@ -48,9 +48,10 @@ export interface BatcherStats {
 }
 
 /**
- * The compute a step with prompt pieces aims at: a node's event loop turns between steps, so
+ * The compute a node's step with prompt pieces aims at: its event loop turns between steps, so
  * it answers keepalive pings and calls at least about this often even during a long prefill on
- * a slow machine (a silent peer counts as lost after seconds, cluster/rpc.ts).
+ * a slow machine (a silent peer counts as lost after seconds, cluster/rpc.ts). In-process there
+ * is no such peer, and steps are bounded by the token budget alone.
  */
 export const STEP_TARGET_SECONDS = 0.5;
 
@@ -69,14 +70,19 @@ export class StepBatcher {
   readonly stats: BatcherStats;
   /** Tokens one step takes at most (a session's decode token always counts; prompts fill the rest). */
   readonly budget: number;
-  /** Prompt tokens a step takes at most: those that fit STEP_TARGET_SECONDS, from the last step with prompt pieces. */
+  /** Prompt tokens a step takes at most: those that fit targetSeconds, from the last step with prompt pieces. */
   private promptCap = Infinity;
+  private readonly targetSeconds: number | undefined;
 
   constructor(
     readonly runner: SliceRunner,
-    /** `stats`: counts to add to (a node sums the steps of all its shards). */
-    o: { budget?: number; stats?: BatcherStats } = {},
+    /**
+     * `stats`: counts to add to (a node sums the steps of all its shards). `targetSeconds`: cut
+     * prompt pieces to about this much compute per step (a node: STEP_TARGET_SECONDS).
+     */
+    o: { budget?: number; stats?: BatcherStats; targetSeconds?: number } = {},
   ) {
+    this.targetSeconds = o.targetSeconds;
     const budget = o.budget ?? runner.model.batch;
     if (!(Number.isInteger(budget) && budget >= 1))
       throw new RangeError(`a step's token budget must be an integer >= 1, got ${budget}`);
@@ -170,8 +176,8 @@ export class StepBatcher {
       // wait for it (running), and a session closed meanwhile only loses its token.
       const { sampled, seconds } = await this.runner.step(entries);
       const rows = entries.reduce((n, e) => n + e.tokens.length, 0);
-      if (rows > entries.length && seconds > 0)
-        this.promptCap = Math.max(1, Math.floor((rows * STEP_TARGET_SECONDS) / seconds));
+      if (this.targetSeconds !== undefined && rows > entries.length && seconds > 0)
+        this.promptCap = Math.max(1, Math.floor((rows * this.targetSeconds) / seconds));
       picks.forEach(({ p, n }, i) => {
         p.done += n;
         p.seconds += seconds;

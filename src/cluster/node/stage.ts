@@ -9,7 +9,7 @@ import type { KvCache } from '../../model/kv-cache.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import { StepError } from '../../engine/history.ts';
 import { SliceRunner, type Sequence, type SliceModel } from '../../engine/slice.ts';
-import { StepBatcher, type BatcherStats } from '../../engine/batcher.ts';
+import { STEP_TARGET_SECONDS, StepBatcher, type BatcherStats } from '../../engine/batcher.ts';
 import { f16BytesToF32, f32ToF16Bytes } from '../../ggml/half.ts';
 import { NODE_ID_RE } from '../caps.ts';
 import { invalid } from '../errors.ts';
@@ -153,7 +153,8 @@ const batchers = new WeakMap<SliceModel, StepBatcher>();
 
 function batcherOf(model: SliceModel, stats: BatcherStats): StepBatcher {
   let b = batchers.get(model);
-  if (!b) batchers.set(model, (b = new StepBatcher(new SliceRunner(model), { stats })));
+  if (!b)
+    batchers.set(model, (b = new StepBatcher(new SliceRunner(model), { stats, targetSeconds: STEP_TARGET_SECONDS })));
   return b;
 }
 
