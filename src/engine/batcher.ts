@@ -148,7 +148,11 @@ export class StepBatcher {
         left--;
       }
     }
-    let promptLeft = Math.max(1, Math.min(left, this.promptCap));
+    // While sessions decode, a prompt takes a small piece of their step, so their next token
+    // waits little longer than alone (inter-token latency); with none decoding, all the budget.
+    const decoding = picks.length > 0;
+    const cap = decoding ? Math.min(this.promptCap, Math.max(1, Math.floor(this.budget / 4))) : this.promptCap;
+    let promptLeft = Math.max(1, Math.min(left, cap));
     for (const p of this.queue) {
       if (left === 0 || promptLeft === 0) break;
       const rest = p.req.tokens.length - p.done;
