@@ -82,7 +82,10 @@ test.serial("/metrics shows each node's own stage time, by phase, for every step
   t.is(types.get('herd_stage_step_seconds'), 'histogram');
   const ids = new Map(
     await Promise.all(
-      nodes.map(async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))).name, n.ready.id as string] as const),
+      nodes.map(
+        async (n) =>
+          [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))).name, n.ready.id as string] as const,
+      ),
     ),
   );
   for (const phase of ['prefill', 'decode']) {

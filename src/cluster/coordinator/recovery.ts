@@ -103,7 +103,9 @@ export class Recovery {
     const planned = this.cluster.plan.stages;
     let lostNames: string[] = [];
     try {
-      const probes = await Promise.all(this.candidates.map(async (n) => ({ n, ...(await probe(n.address, this.cluster.o.key)) })));
+      const probes = await Promise.all(
+        this.candidates.map(async (n) => ({ n, ...(await probe(n.address, this.cluster.o.key)) })),
+      );
       const lost = probes.filter((p) => p.error !== undefined);
       lostNames = lost.map((p) => `${p.n.name} (${p.n.address})`);
       for (const p of lost) {
