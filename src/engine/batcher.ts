@@ -31,6 +31,8 @@ export type StepRequest = Omit<StepEntry, 'sample'>;
 /** One session's step, waiting or under way (a prompt run in pieces). */
 interface Pending {
   readonly req: StepRequest;
+  /** Stages of the pipeline the session runs through (1 in-process). */
+  readonly stages: number;
   /** Tokens already run (earlier pieces). */
   done: number;
   seconds: number;
@@ -70,6 +72,9 @@ export class StepBatcher {
   readonly stats: BatcherStats;
   /** Tokens one step takes at most (a session's decode token always counts; prompts fill the rest). */
   readonly budget: number;
+  /** The sessions of the last 2 × stages steps: those active here, whose steps are elsewhere in the ring now. */
+  private readonly recent: Sequence[][] = [];
+  private stages = 1;
   /** Prompt tokens a step takes at most: those that fit targetSeconds, from the last step with prompt pieces. */
   private promptCap = Infinity;
   private readonly targetSeconds: number | undefined;
@@ -99,9 +104,9 @@ export class StepBatcher {
    * Queues the request's tokens at positions start, … of its session for the next step;
    * resolves with the token sampled after the last (-1 on a slice without the head). Rejects at
    * once (StepError) when the step does not fit the session, and when the session already has a
-   * step queued.
+   * step queued. `stages`: of the pipeline the session runs through (see plan()).
    */
-  step(req: StepRequest): Promise<BatchedStep> {
+  step(req: StepRequest, stages = 1): Promise<BatchedStep> {
     try {
       if (this.queue.some((p) => p.req.seq === req.seq)) throw new StepError('a session steps once at a time');
       this.runner.check([req]);
@@ -109,7 +114,7 @@ export class StepBatcher {
       return Promise.reject(e);
     }
     return new Promise<BatchedStep>((resolve, reject) => {
-      this.queue.push({ req, done: 0, seconds: 0, resolve, reject });
+      this.queue.push({ req, stages, done: 0, seconds: 0, resolve, reject });
       this.schedule();
     });
   }
@@ -137,12 +142,19 @@ export class StepBatcher {
     });
   }
 
-  /** The pieces of the next step: decode steps first, then prompts in arrival order, within the budget. */
+  /**
+   * The pieces of the next step: decode steps first, then prompts in arrival order, within the
+   * budget. Over a pipeline of S stages, a step takes at most 1/S of the sessions active here
+   * (micro-batches): with all of them in one step the stages would take turns, each idle while
+   * the others compute; in S groups every stage works on one while the others are elsewhere in
+   * the ring. A group, once formed, keeps its place in the queue's order.
+   */
   private plan(): { p: Pending; n: number }[] {
     const picks: { p: Pending; n: number }[] = [];
+    const slots = this.microBatch();
     let left = this.budget;
     for (const p of this.queue) {
-      if (left === 0) break;
+      if (left === 0 || picks.length === slots) break;
       if (p.req.tokens.length - p.done === 1) {
         picks.push({ p, n: 1 });
         left--;
@@ -154,7 +166,7 @@ export class StepBatcher {
     const cap = decoding ? Math.min(this.promptCap, Math.max(1, Math.floor(this.budget / 4))) : this.promptCap;
     let promptLeft = Math.max(1, Math.min(left, cap));
     for (const p of this.queue) {
-      if (left === 0 || promptLeft === 0) break;
+      if (left === 0 || promptLeft === 0 || picks.length === slots) break;
       const rest = p.req.tokens.length - p.done;
       if (rest > 1) {
         const n = Math.min(rest, left, promptLeft);
@@ -166,10 +178,21 @@ export class StepBatcher {
     return picks;
   }
 
+  /** Sessions one step may take: all in-process; over S stages, 1/S of those active here. */
+  private microBatch(): number {
+    this.stages = Math.max(1, ...this.queue.map((p) => p.stages));
+    if (this.stages === 1) return Infinity;
+    const active = new Set<Sequence>(this.queue.map((p) => p.req.seq));
+    for (const step of this.recent) for (const seq of step) active.add(seq);
+    return Math.ceil(active.size / this.stages);
+  }
+
   private async run(): Promise<void> {
     const picks = this.plan();
     if (picks.length === 0) return;
     const entries = picks.map(({ p, n }) => piece(p, n));
+    this.recent.push(entries.map((e) => e.seq));
+    while (this.recent.length > 2 * this.stages) this.recent.shift();
     this.running = true;
     this.stats.steps++;
     this.stats.entries += entries.length;

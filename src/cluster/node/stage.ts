@@ -48,6 +48,8 @@ export interface CheckedOpen {
   readonly wire: DType;
   /** The stages before this one: each activation carries one timing per hop, in this order. */
   readonly upstream: readonly Hop[];
+  /** Stages of the whole route: a step here takes 1/stages of the sessions waiting (engine/batcher.ts). */
+  readonly stages: number;
 }
 
 /** Checks a message's stage timings: one per hop, each naming its hop's layer range. */
@@ -115,6 +117,7 @@ export function checkOpen(o: SessionOpen, store: ShardStore, existing: (id: stri
     sampling: isLast && o.sampling ? samplingFromWire(o.sampling) : undefined,
     wire: o.wire,
     upstream: o.route.slice(0, o.hop),
+    stages: o.route.length,
   };
 }
 
@@ -165,6 +168,7 @@ export class StageSession {
   readonly wire: DType;
   readonly isLast: boolean;
   private readonly upstream: readonly Hop[];
+  private readonly stages: number;
 
   constructor(
     readonly id: string,
@@ -179,6 +183,7 @@ export class StageSession {
     this.wire = c.wire;
     this.isLast = c.isLast;
     this.upstream = c.upstream;
+    this.stages = c.stages;
     if (c.isLast && !c.sampling) throw invalid('the last stage needs sampling options');
     this.batcher = batcherOf(c.model, stats);
     this.seq = this.batcher.runner.open(ctx, c.sampling);
@@ -226,23 +231,26 @@ export class StageSession {
     const out = Buffer.allocUnsafe(this.isLast ? 0 : n * dim * dtypeBytes(this.wire));
     let step;
     try {
-      step = await this.batcher.step({
-        seq: this.seq,
-        tokens: a.tokenIds,
-        start: a.position,
-        sampling,
-        // Copied: a decoded bytes field is an unaligned view into a larger buffer.
-        hiddenIn: (rows, from) => {
-          const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
-          if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
-          else f16BytesToF32(bytes, rows);
+      step = await this.batcher.step(
+        {
+          seq: this.seq,
+          tokens: a.tokenIds,
+          start: a.position,
+          sampling,
+          // Copied: a decoded bytes field is an unaligned view into a larger buffer.
+          hiddenIn: (rows, from) => {
+            const bytes = a.hidden.subarray(from * dim * inBytes, from * dim * inBytes + rows.length * inBytes);
+            if (a.dtype === DType.DTYPE_F32) new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4).set(bytes);
+            else f16BytesToF32(bytes, rows);
+          },
+          hiddenOut: (rows, from) => {
+            if (this.wire === DType.DTYPE_F32)
+              out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
+            else out.set(f32ToF16Bytes(rows), from * dim * 2);
+          },
         },
-        hiddenOut: (rows, from) => {
-          if (this.wire === DType.DTYPE_F32)
-            out.set(new Uint8Array(rows.buffer, rows.byteOffset, rows.length * 4), from * dim * 4);
-          else out.set(f32ToF16Bytes(rows), from * dim * 2);
-        },
-      });
+        this.stages,
+      );
     } catch (e) {
       // Refused before anything ran: the session is as it was.
       if (e instanceof StepError) throw invalid(e.message);
