@@ -380,3 +380,38 @@ test.serial('herd serve makes a request the node has no room for wait, and serve
   t.regex(String(waited.error), /RESOURCE_EXHAUSTED: node crowded: session \S+ asks 41943040 bytes/);
   t.true((await unary(h.client, h.client.health, {}, HUNG_MS)).ok);
 });
+
+test.serial(
+  'a transfer that stops mid-way is cut after --transfer-stall, fetched once more, and fails clearly',
+  async (t) => {
+    const h = await startHerdNode(t, 'stall-target', ['--transfer-stall', '1']);
+    // A coordinator whose FetchTensors sends its header and one chunk, then nothing, never ending.
+    const stalling = await ModelSource.open(bundledModel, tempDir());
+    const serve = stalling.serve.bind(stalling);
+    Object.defineProperty(stalling, 'serve', {
+      value: (call: Parameters<ModelSource['serve']>[0], onBytes: Parameters<ModelSource['serve']>[1]) => {
+        let sent = 0;
+        const quiet = new Proxy(call, {
+          get(target, prop) {
+            if (prop === 'write')
+              return (...a: Parameters<typeof call.write>) => (++sent <= 2 ? target.write(...a) : true);
+            if (prop === 'end') return () => {};
+            const v: unknown = Reflect.get(target, prop);
+            return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
+          },
+        });
+        return serve(quiet, onBytes);
+      },
+    });
+    const staller = await serveSource(t, stalling);
+    const t0 = Date.now();
+    const err = (await load(h, staller, 1, 5).catch((e: ServiceError) => e)) as ServiceError;
+    t.true(err instanceof Error, 'the load fails');
+    t.regex(err.details, /failed to load twice: .*no data for 1 s/);
+    t.log(`${err.details} (after ${Date.now() - t0} ms)`);
+    t.deepEqual(sliceFiles(h), [], 'nothing of the stalled transfers is kept');
+    // The node goes on: the same range from an honest coordinator loads.
+    const honest = await serveSource(t, good);
+    t.is((await load(h, honest, 1, 5)).phase, 'done');
+  },
+);

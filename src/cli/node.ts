@@ -69,6 +69,11 @@ function builder(y: Argv) {
         describe:
           'Keep at most this many MiB of shard slices in the cache dir; least recently used ones not loaded go first (default: no limit)',
       })
+      .option('transfer-stall', {
+        type: 'number',
+        default: 30,
+        describe: 'Seconds a shard transfer may bring nothing before it is cut and fetched once more',
+      })
       .option('throughput', {
         type: 'number',
         requiresArg: true,
@@ -89,6 +94,8 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     throw new UsageError('--max-memory must be a positive number of MiB');
   if (args.cacheMax !== undefined && !(Number.isFinite(args.cacheMax) && args.cacheMax >= 0))
     throw new UsageError('--cache-max must be a number of MiB >= 0');
+  if (!(Number.isFinite(args.transferStall) && args.transferStall > 0))
+    throw new UsageError('--transfer-stall must be a positive number of seconds');
   if (
     args.throughput !== undefined &&
     !(Number.isFinite(args.throughput) && args.throughput > 0 && args.throughput <= MAX_THROUGHPUT_GBPS)
@@ -127,6 +134,7 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     log,
     maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
     cacheMaxBytes: args.cacheMax === undefined ? undefined : Math.floor(args.cacheMax * 1024 * 1024),
+    transferStallMs: args.transferStall * 1000,
   });
   const port = await server.start();
   if (!key) {

@@ -111,6 +111,8 @@ export interface NodeServerOptions {
   readonly maxMemory?: number;
   /** Keep at most this many bytes of slice files in the cache dir (`herd node --cache-max`). */
   readonly cacheMaxBytes?: number;
+  /** Cut a shard transfer silent this long (`herd node --transfer-stall`). */
+  readonly transferStallMs?: number;
 }
 
 interface OpenSession {
@@ -171,6 +173,7 @@ export class NodeServer {
       nodeName: o.name,
       weightRoom: () => this.budget.limit - this.budget.reserved,
       cacheMaxBytes: o.cacheMaxBytes,
+      transferStallMs: o.transferStallMs,
     });
     this.server.addService(tolerant(HerdNodeService), {
       info: this.handleInfo,

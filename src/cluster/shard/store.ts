@@ -119,7 +119,15 @@ export interface ShardStoreOptions {
   readonly weightRoom?: () => number;
   /** Bytes of slice files the cache dir keeps at most. */
   readonly cacheMaxBytes?: number;
+  /** A transfer that brings nothing for this long is cancelled (and fetched once more); default TRANSFER_STALL_MS. */
+  readonly transferStallMs?: number;
 }
+
+/**
+ * A shard transfer silent this long is cut: the keepalive finds a dead link, this a live peer
+ * that stopped sending (a chunk of 1 MiB takes milliseconds on a LAN, seconds on a bad Wi-Fi).
+ */
+export const TRANSFER_STALL_MS = 30_000;
 
 const MAX_METADATA_BYTES = 256 * 1024 * 1024;
 
@@ -423,8 +431,19 @@ export class ShardStore {
     mkdirSync(this.sliceDir(req.modelHash), { recursive: true });
     const client = coordinatorClient(req.coordinator, this.o.key);
     let writer: SliceWriter | undefined;
+    let stall: NodeJS.Timeout | undefined;
+    let stalled = false;
+    const stallMs = this.o.transferStallMs ?? TRANSFER_STALL_MS;
     try {
       const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end });
+      const watch = () => {
+        clearTimeout(stall);
+        stall = setTimeout(() => {
+          stalled = true;
+          call.cancel();
+        }, stallMs);
+      };
+      watch();
       let tensors: SliceTensor[] = [];
       let index = 0;
       let got = 0;
@@ -433,6 +452,7 @@ export class ShardStore {
       let received = 0;
       let lastReport = 0;
       for await (const raw of call) {
+        watch();
         const msg = raw as {
           header?: SliceHeader;
           chunk?: { index: number; offset: number; data: Buffer; sha256: Buffer };
@@ -497,12 +517,17 @@ export class ShardStore {
       return received;
     } catch (e) {
       writer?.abort();
+      if (stalled) {
+        const why = `no data for ${stallMs / 1000} s`;
+        throw new ClusterError('shard', `fetching ${describeShard(req)} from ${req.coordinator}: ${why}`);
+      }
       if (e instanceof ClusterError) throw e;
       throw new ClusterError(
         'shard',
         `fetching ${describeShard(req)} from ${req.coordinator}: ${describeCallError(e)}`,
       );
     } finally {
+      clearTimeout(stall);
       client.close();
     }
   }
