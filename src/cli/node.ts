@@ -69,6 +69,11 @@ function builder(y: Argv) {
         describe:
           'Keep at most this many MiB of shard slices in the cache dir; least recently used ones not loaded go first (default: no limit)',
       })
+      .option('session-idle', {
+        type: 'number',
+        default: 3600,
+        describe: 'Seconds a session may go without a message before the node drops it and frees its KV cache',
+      })
       .option('transfer-stall', {
         type: 'number',
         default: 30,
@@ -94,6 +99,8 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     throw new UsageError('--max-memory must be a positive number of MiB');
   if (args.cacheMax !== undefined && !(Number.isFinite(args.cacheMax) && args.cacheMax >= 0))
     throw new UsageError('--cache-max must be a number of MiB >= 0');
+  if (!(Number.isFinite(args.sessionIdle) && args.sessionIdle > 0))
+    throw new UsageError('--session-idle must be a positive number of seconds');
   if (!(Number.isFinite(args.transferStall) && args.transferStall > 0))
     throw new UsageError('--transfer-stall must be a positive number of seconds');
   if (
@@ -135,6 +142,7 @@ async function handler(args: ArgumentsCamelCase<NodeArgs>): Promise<void> {
     maxMemory: args.maxMemory === undefined ? undefined : Math.floor(args.maxMemory * 1024 * 1024),
     cacheMaxBytes: args.cacheMax === undefined ? undefined : Math.floor(args.cacheMax * 1024 * 1024),
     transferStallMs: args.transferStall * 1000,
+    sessionIdleMs: args.sessionIdle * 1000,
   });
   const port = await server.start();
   if (!key) {

@@ -113,7 +113,12 @@ export interface NodeServerOptions {
   readonly cacheMaxBytes?: number;
   /** Cut a shard transfer silent this long (`herd node --transfer-stall`). */
   readonly transferStallMs?: number;
+  /** Drop a session no message reached for this long (`herd node --session-idle`); default SESSION_IDLE_MS. */
+  readonly sessionIdleMs?: number;
 }
+
+/** Longer than any coordinator keeps a session idle by default (herd serve --idle-timeout 300). */
+export const SESSION_IDLE_MS = 3_600_000;
 
 interface OpenSession {
   readonly stage: StageSession;
@@ -429,8 +434,10 @@ export class NodeServer {
     let deliver: ClientWritableStream<Delivery> | undefined;
     let finished = false;
     let chain: Promise<void> = Promise.resolve();
+    let idle: NodeJS.Timeout | undefined;
 
     const release = (graceful: boolean) => {
+      clearTimeout(idle);
       if (stage) {
         stage.close();
         this.sessions.delete(stage.id);
@@ -493,7 +500,19 @@ export class NodeServer {
       if (r.delivery) deliver?.write(r.delivery);
     };
 
+    // A session no message reaches for sessionIdleMs goes, KV cache and all: a coordinator that
+    // forgot it (or whose link died without a reset keepalive saw) holds no memory here for ever.
+    const idleMs = this.o.sessionIdleMs ?? SESSION_IDLE_MS;
+    const watch = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => {
+        if (stage) this.o.log.log('info', 'session.idle', { session: stage.id, seconds: idleMs / 1000 });
+        fail(new StatusError(status.DEADLINE_EXCEEDED, `session idle for ${idleMs / 1000} s: dropped`));
+      }, idleMs);
+    };
+    watch();
     call.on('data', (msg: ForwardRequest | Malformed) => {
+      watch();
       chain = chain.then(() => (finished ? undefined : handle(msg))).catch(fail);
     });
     call.on('end', () => {
