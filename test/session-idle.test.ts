@@ -44,7 +44,7 @@ async function complete(prompt: string): Promise<string> {
 }
 
 async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS)));
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, undefined)));
   return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
 }
 
