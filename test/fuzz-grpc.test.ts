@@ -16,9 +16,13 @@ test.after.always(() => rmSync(outDir, { recursive: true, force: true }));
 // A fixed seed, so a CI failure is reproducible: `npm run fuzz -- --only grpc --seed S`.
 const SEED = Number(process.env.HERD_FUZZ_SEED ?? 20261203);
 const CALLS = 250;
+// Growth over 250 varied calls (sessions, loads, refusals) was 45–59 MiB here: V8's heap and the
+// allocator settle differently per machine, so the bound leaves room; one inflated gzip bomb
+// alone would be 256 MiB (the bombs' own 64 MiB check is in transport-security).
+const RSS_BUDGET_MIB = 128;
 
 test(`a keyed node answers ${CALLS} hostile calls clearly, keeps its memory and still generates`, async (t) => {
-  const r = await fuzzGrpc({ seed: SEED, calls: CALLS, outDir, rssBudgetMiB: 64 });
+  const r = await fuzzGrpc({ seed: SEED, calls: CALLS, outDir, rssBudgetMiB: RSS_BUDGET_MIB });
   t.log(
     `seed ${SEED}: ${r.calls} calls in ${r.seconds.toFixed(1)} s (${r.callsPerSecond.toFixed(1)}/s); ` +
       `node RSS ${r.rssIdleMiB} MiB idle, ${r.rssPeakMiB} MiB peak`,
@@ -29,7 +33,7 @@ test(`a keyed node answers ${CALLS} hostile calls clearly, keeps its memory and 
     [],
   );
   t.is(r.calls, CALLS);
-  t.true(r.rssPeakMiB - r.rssIdleMiB <= 64, `${r.rssPeakMiB} MiB peak, ${r.rssIdleMiB} MiB idle`);
+  t.true(r.rssPeakMiB - r.rssIdleMiB <= RSS_BUDGET_MIB, `${r.rssPeakMiB} MiB peak, ${r.rssIdleMiB} MiB idle`);
   // Every method and every strategy was exercised, and the node refused what it should.
   const seen = (re: RegExp) => Object.keys(r.statuses).some((k) => re.test(k));
   for (const m of ['Info', 'Health', 'LoadShard', 'Forward', 'DropSession']) t.true(seen(new RegExp(`^${m} `)), m);
