@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fetchInfo } from '../src/cluster/discovery/static.ts';
-import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs, nodeSessions } from './helpers/herd-proc.ts';
 import { HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-cluster-batching-'));
@@ -123,12 +123,6 @@ test.serial('4 concurrent streams over 2 stages share each stage’s steps and e
   t.true(first.entries > first.steps, 'some steps of the first stage carried several sessions');
 });
 
-/** Stage sessions open on the nodes (each pipeline session holds one per node). */
-async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, undefined)));
-  return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
-}
-
 test.serial(
   '8 sessions over the herd: prompts of different lengths, one joining late, one cancelled, one stopped by a string, one seeded',
   async (t) => {
@@ -177,7 +171,7 @@ test.serial(
     t.true(cut.text.length > 0 && cut.finish === null, 'the cancelled stream ended without finishing');
     // Every stage session has gone (none kept: cache_prompt is off), the cancelled one's too.
     const deadline = Date.now() + HUNG_MS;
-    while ((await nodeSessions()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    t.is(await nodeSessions(), 0);
+    while ((await nodeSessions(nodes)) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.is(await nodeSessions(nodes), 0);
   },
 );

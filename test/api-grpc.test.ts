@@ -15,23 +15,13 @@ import type {
 } from '../src/proto/herd.ts';
 import { coordinatorClient, unary } from '../src/cluster/rpc.ts';
 import { authMetadata } from '../src/cluster/auth.ts';
+import { GREEDY_SAMPLING as GREEDY } from './helpers/greedy.ts';
 import { fixtureModels } from './helpers/paths.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const reference = JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as {
   content: string;
   generated_tokens: number[];
-};
-const GREEDY = {
-  temperature: 0,
-  topK: 0,
-  topP: 1,
-  minP: 0,
-  repeatPenalty: 1,
-  frequencyPenalty: 0,
-  presencePenalty: 0,
-  penaltyLastN: 64,
-  seed: 0,
 };
 
 let serve: RunningServe;

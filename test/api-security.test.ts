@@ -16,23 +16,13 @@ import type { GenerateEvent, GenerateRequest, HerdCoordinatorClient } from '../s
 import { coordinatorClient } from '../src/cluster/rpc.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { Tokenizer } from '../src/tokenizer/tokenizer.ts';
+import { GREEDY_SAMPLING as GREEDY } from './helpers/greedy.ts';
 import { bundledModel } from './helpers/paths.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const ALLOWED = 'http://dashboard.example';
 const EVIL = 'http://evil.example';
 const KEYS = ['first-client-key-0123456789abcdef', 'second-client-key-0123456789abcdef'];
-const GREEDY = {
-  temperature: 0,
-  topK: 0,
-  topP: 1,
-  minP: 0,
-  repeatPenalty: 1,
-  frequencyPenalty: 0,
-  presencePenalty: 0,
-  penaltyLastN: 64,
-  seed: 0,
-};
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-api-security-'));
 /** An open server (no key), one slot, a wait line of one, a 1 s request timeout, one CORS origin. */

@@ -252,6 +252,7 @@ test('a group of 3 processes links over loopback and sums', async (t) => {
     for (let r = 0; r < 10; r++)
       want += expected('q8_0', [parts[0][r], parts[1][r], parts[2][r]]).reduce((a, b) => a + b, 0);
     for (const s of sums) t.is(Number(s), want);
+    for (const p of members) p.stdin.write('close\n');
   } finally {
     clearTimeout(kill);
     for (const p of members) p.kill();

@@ -3,16 +3,7 @@
 // and without a RangeError, a crash, a hang or a large allocation.
 
 import test from 'ava';
-import {
-  closeSync,
-  ftruncateSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -24,6 +15,7 @@ import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '
 import { ModelError } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { fixtureModels } from './helpers/paths.ts';
+import { writeMalformedBase } from './helpers/gguf-malformed-base.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-gguf-malformed-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -32,29 +24,7 @@ test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 // The valid base file
 
 const basePath = join(dir, 'base.gguf');
-writeGguf(basePath, {
-  metadata: [
-    meta.str('general.architecture', 'llama'),
-    meta.u32('general.alignment', 32),
-    meta.u32('test.u32', 7),
-    meta.bool('test.flag', true),
-    // Same-length keys and tensor names, so one byte patched turns them into duplicates.
-    meta.u32('test.dup_a', 1),
-    meta.u32('test.dup_b', 2),
-    meta.array('test.words', MetaType.STRING, ['a', 'bc', 'def']),
-    meta.array('test.nums', MetaType.INT32, [1, 2, 3]),
-    meta.array('test.nested', MetaType.ARRAY, [
-      meta.nested(MetaType.UINT8, [1, 2]),
-      meta.nested(MetaType.STRING, ['x']),
-    ]),
-  ],
-  tensors: [
-    { name: 'a.weight', type: GgmlType.F32, dims: [8, 2], data: new Uint8Array(64).fill(1) },
-    { name: 'b.weight', type: GgmlType.Q8_0, dims: [32, 2], data: new Uint8Array(68).fill(2) },
-    { name: 'c.weight', type: GgmlType.F16, dims: [16], data: new Uint8Array(32).fill(3) },
-  ],
-});
-const base: Uint8Array = new Uint8Array(readFileSync(basePath));
+const base: Uint8Array = writeMalformedBase(basePath);
 
 // ---------------------------------------------------------------------------------------------
 // An independent walk of the base file: where every field is, in the order the reader reads

@@ -6,8 +6,7 @@ import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fetchInfo } from '../src/cluster/discovery/static.ts';
-import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs, nodeSessions } from './helpers/herd-proc.ts';
 import { HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-session-idle-'));
@@ -43,17 +42,12 @@ async function complete(prompt: string): Promise<string> {
   return ((await r.json()) as { choices: { text: string }[] }).choices[0].text;
 }
 
-async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, undefined)));
-  return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
-}
-
 test('an idle session is dropped by the nodes after --session-idle, and the next request still gets its text', async (t) => {
   const first = await complete('Once upon a time');
-  t.is(await nodeSessions(), 2, 'the finished request stays open for prompt reuse, one stage session per node');
+  t.is(await nodeSessions(nodes), 2, 'the finished request stays open for prompt reuse, one stage session per node');
   const deadline = Date.now() + HUNG_MS;
-  while ((await nodeSessions()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-  t.is(await nodeSessions(), 0, 'both nodes dropped it');
+  while ((await nodeSessions(nodes)) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  t.is(await nodeSessions(nodes), 0, 'both nodes dropped it');
   t.true(nodes.some((n) => n.events.some((e) => e.event === 'session.idle')));
   t.is(await complete('Once upon a time'), first);
 });

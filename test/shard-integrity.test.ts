@@ -57,6 +57,32 @@ async function startHerdNode(t: ExecutionContext, name: string, extra: string[] 
   return { node, client, cacheDir };
 }
 
+/**
+ * Opens a greedy session of ctx 32768 over all 5 layers of `good` on `h` (the stream is cancelled
+ * at teardown); `result` is 'ready' once the node admitted it, or the error it refused it with.
+ */
+function openWholeModelSession(t: ExecutionContext, h: Herd, coord: string, sessionId: string) {
+  const stream = h.client.forward();
+  t.teardown(() => stream.cancel());
+  const result = new Promise<ServiceError | 'ready'>((resolve) => {
+    stream.on('data', (r: ForwardReply) => r.ready && resolve('ready'));
+    stream.on('error', (e: ServiceError) => resolve(e));
+  });
+  stream.write({
+    open: {
+      sessionId,
+      modelHash: good.hash,
+      route: [{ address: `127.0.0.1:${h.node.port}`, start: 0, end: 5 }],
+      hop: 0,
+      ctx: 32768,
+      wire: DType.DTYPE_F32,
+      sampling: samplingToWire({ ...defaultSampling, temperature: 0 }),
+      deliverTo: coord,
+    },
+  });
+  return { stream, result };
+}
+
 async function serveSource(t: ExecutionContext, source: ModelSource): Promise<string> {
   const coord = new CoordinatorServer(source, key, silentLogger);
   const port = await coord.start('127.0.0.1');
@@ -249,28 +275,7 @@ test.serial(
     t.is((await load(h, coord, 0, 5, { ctx: 32768 })).phase, 'done');
 
     let n = 0;
-    const open = () => {
-      const id = `budget-${++n}-session`;
-      const stream = h.client.forward();
-      const result = new Promise<ServiceError | 'ready'>((resolve) => {
-        stream.on('data', (r: ForwardReply) => r.ready && resolve('ready'));
-        stream.on('error', (e: ServiceError) => resolve(e));
-      });
-      stream.write({
-        open: {
-          sessionId: id,
-          modelHash: good.hash,
-          route: [{ address: `127.0.0.1:${h.node.port}`, start: 0, end: 5 }],
-          hop: 0,
-          ctx: 32768,
-          wire: DType.DTYPE_F32,
-          sampling: samplingToWire({ ...defaultSampling, temperature: 0 }),
-          deliverTo: coord,
-        },
-      });
-      t.teardown(() => stream.cancel());
-      return { stream, result };
-    };
+    const open = () => openWholeModelSession(t, h, coord, `budget-${++n}-session`);
     const a = open();
     t.is(await a.result, 'ready');
     const b = open();
@@ -333,25 +338,7 @@ test.serial('herd serve makes a request the node has no room for wait, and serve
   t.teardown(() => coordServer.stop());
   t.is((await load(h, coord, 0, 5, { ctx: 32768 })).phase, 'done');
   for (const id of ['elsewhere-one', 'elsewhere-two']) {
-    const stream = h.client.forward();
-    t.teardown(() => stream.cancel());
-    const ready = new Promise<ServiceError | 'ready'>((resolve) => {
-      stream.on('data', (r: ForwardReply) => r.ready && resolve('ready'));
-      stream.on('error', (e: ServiceError) => resolve(e));
-    });
-    stream.write({
-      open: {
-        sessionId: id,
-        modelHash: good.hash,
-        route: [{ address: `127.0.0.1:${h.node.port}`, start: 0, end: 5 }],
-        hop: 0,
-        ctx: 32768,
-        wire: DType.DTYPE_F32,
-        sampling: samplingToWire({ ...defaultSampling, temperature: 0 }),
-        deliverTo: coord,
-      },
-    });
-    t.is(await ready, 'ready');
+    t.is(await openWholeModelSession(t, h, coord, id).result, 'ready');
   }
 
   const { startServe } = await import('./helpers/serve.ts');

@@ -19,7 +19,7 @@ import { Tokenizer } from '../../src/tokenizer/tokenizer.ts';
 import { TokenizerError } from '../../src/tokenizer/errors.ts';
 import { Rng } from './rng.ts';
 
-export const MAX_MESSAGE = 1000;
+const MAX_MESSAGE = 1000;
 /** What `herd run` caps the context at: the KV cache the loader allocates is this at most. */
 const MAX_CTX = 4096;
 /** The seeds are at most a few MiB: a model loaded from one that holds more trusted a claim. */

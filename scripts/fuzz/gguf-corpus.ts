@@ -9,8 +9,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GgmlType } from '../../src/ggml/types.ts';
-import { GgufFile, MetaType } from '../../src/gguf/reader.ts';
+import { GgufFile } from '../../src/gguf/reader.ts';
 import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../../src/gguf/writer.ts';
+import { writeMalformedBase } from '../../test/helpers/gguf-malformed-base.ts';
 import { walkGguf, type Layout } from './gguf-layout.ts';
 
 export interface Seed {
@@ -45,32 +46,6 @@ export function buildCorpus(dir: string): Seed[] {
     seed('slice-of-stories', writeMiddleSlice(join(dir, 'seed-slice.gguf')), 2),
     seed('vocab-bert-bge', read(SEED_FILES.vocab), 1),
   ];
-}
-
-/** The base file of test/gguf-malformed.test.ts: every metadata type and three tensor types. */
-function writeMalformedBase(path: string): Uint8Array {
-  writeGguf(path, {
-    metadata: [
-      meta.str('general.architecture', 'llama'),
-      meta.u32('general.alignment', 32),
-      meta.u32('test.u32', 7),
-      meta.bool('test.flag', true),
-      meta.u32('test.dup_a', 1),
-      meta.u32('test.dup_b', 2),
-      meta.array('test.words', MetaType.STRING, ['a', 'bc', 'def']),
-      meta.array('test.nums', MetaType.INT32, [1, 2, 3]),
-      meta.array('test.nested', MetaType.ARRAY, [
-        meta.nested(MetaType.UINT8, [1, 2]),
-        meta.nested(MetaType.STRING, ['x']),
-      ]),
-    ],
-    tensors: [
-      { name: 'a.weight', type: GgmlType.F32, dims: [8, 2], data: new Uint8Array(64).fill(1) },
-      { name: 'b.weight', type: GgmlType.Q8_0, dims: [32, 2], data: new Uint8Array(68).fill(2) },
-      { name: 'c.weight', type: GgmlType.F16, dims: [16], data: new Uint8Array(32).fill(3) },
-    ],
-  });
-  return new Uint8Array(readFileSync(path));
 }
 
 /** stories260K (Q8_0) relabelled qwen3, with per-head q/k norm weights added to every layer. */

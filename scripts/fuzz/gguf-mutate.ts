@@ -216,8 +216,6 @@ const MENU: readonly (keyof typeof mutators)[] = [
   'spliceChunk',
 ];
 
-export const MUTATOR_NAMES = Object.keys(mutators);
-
 function pickSeed(corpus: readonly Seed[], rng: Rng): Seed {
   const total = corpus.reduce((s, x) => s + x.weight, 0);
   let r = rng.int(total);

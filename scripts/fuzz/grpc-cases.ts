@@ -19,6 +19,7 @@ import {
   type DType,
   type SessionOpen,
 } from '../../src/proto/herd.ts';
+import { defaultSampling } from '../../src/engine/sampler.ts';
 import { Rng } from './rng.ts';
 
 export type NodeMethod = 'Info' | 'Health' | 'LoadShard' | 'Forward' | 'DropSession' | 'Unknown';
@@ -83,14 +84,8 @@ function validOpen(t: Target, rng: Rng, id: string): SessionOpen {
     ctx: Math.min(t.ctx, 32),
     wire: 1,
     sampling: {
-      temperature: rng.chance(0.5) ? 0 : 0.8,
-      topK: 40,
-      topP: 0.95,
-      minP: 0.05,
-      repeatPenalty: 1,
-      frequencyPenalty: 0,
-      presencePenalty: 0,
-      penaltyLastN: 64,
+      ...defaultSampling,
+      temperature: rng.chance(0.5) ? 0 : defaultSampling.temperature,
       seed: rng.u32(),
     },
     deliverTo: t.sink,

@@ -190,7 +190,7 @@ export async function fuzzGrpc(o: GrpcFuzzOptions): Promise<GrpcFuzzReport> {
 }
 
 /** The node's resident memory now, from /proc (MiB). */
-export function rssMiB(pid: number): number {
+function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Math.round(Number(m[1]) / 1024) : 0;
 }

@@ -272,6 +272,13 @@ export class ModelRunner {
     return served === this.served && this.state === 'ready';
   }
 
+  /** Sessions open now on any model, the current and those retiring. */
+  get openSessions(): number {
+    let n = 0;
+    for (const count of this.sessions.values()) n += count;
+    return n;
+  }
+
   /** A session opened on `served`. */
   opened(served: Served): void {
     this.sessions.set(served, (this.sessions.get(served) ?? 0) + 1);

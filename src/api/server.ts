@@ -81,7 +81,8 @@ export class ApiServer {
   readonly metrics: ApiMetrics;
   private readonly http: Server;
   private readonly inflight = new Set<AbortController>();
-  private readonly keys: ApiKeys;
+  /** The bearer keys, which gRPC Generate checks too (herd serve hands them to GrpcApi). */
+  readonly keys: ApiKeys;
   private readonly cors: CorsPolicy;
   private readonly started = performance.now();
   private readonly fingerprint: string;

@@ -82,8 +82,7 @@ export class SessionPool implements SessionKeeper {
   private readonly idle: Held[] = [];
   /** Idle sessions being closed to give their slot to a waiting request. */
   private yielding = 0;
-  /** Sessions open now, lent or idle, and being opened. */
-  private openSessions = 0;
+  /** Sessions being opened (those open, lent or idle, the runner counts: runner.openSessions). */
   private opening = 0;
   /** Requests waiting for a session to end (a node had no room for theirs). */
   private readonly endWaiters = new Set<() => void>();
@@ -141,7 +140,6 @@ export class SessionPool implements SessionKeeper {
         throw e;
       }
       this.runner.opened(opened.served);
-      this.openSessions++;
       held = { ...opened, release, lastUsed: 0, broken: false, owner };
     }
     const h = held;
@@ -188,9 +186,9 @@ export class SessionPool implements SessionKeeper {
         continue;
       }
       // Nothing open or opening will end and make room: fail rather than wait forever.
-      if (this.openSessions + this.opening === 0)
-        throw unavailable(`no room for a session on the herd: ${refused.message}`);
-      this.o.log.info({ error: refused.message, open: this.openSessions }, 'session.wait_for_memory');
+      const open = this.runner.openSessions;
+      if (open + this.opening === 0) throw unavailable(`no room for a session on the herd: ${refused.message}`);
+      this.o.log.info({ error: refused.message, open }, 'session.wait_for_memory');
       await this.sessionEnded(signal);
     }
   }
@@ -316,7 +314,6 @@ export class SessionPool implements SessionKeeper {
     } catch {
       // a failed pipeline is closed already
     } finally {
-      this.openSessions--;
       h.release();
       this.runner.ended(h.served);
       // Its KV caches are freed on every node: a request waiting for room tries again.

@@ -69,11 +69,17 @@ export function tensorOptions<T>(y: Argv<T>) {
     .group(['tensor', 'sync'], 'Herd:');
 }
 
-/** Checks --tensor: an integer >= 1 (1 is today's one node per stage). */
-export function tensorArg(v: number | undefined): number | undefined {
+/**
+ * Checks --tensor: an integer >= 1 (1 is today's one node per stage). Given the --nodes that
+ * will run it (run, chat, serve), a group needs nodes: `local` is refused.
+ */
+export function tensorArg(v: number | undefined, nodes?: string): number | undefined {
   if (v === undefined) return undefined;
   if (!(Number.isInteger(v) && v >= 1)) throw new UsageError(`--tensor must be an integer >= 1, got ${v}`);
-  return v === 1 ? undefined : v;
+  if (v === 1) return undefined;
+  if (nodes?.trim() === 'local')
+    throw new UsageError('--tensor splits the layers across nodes: name them with --nodes (or auto)');
+  return v;
 }
 
 /** The sampler's flags that run and chat share. */
@@ -176,9 +182,7 @@ export function hostModelOptions(
   backend: KernelBackend,
   key: HostOptions['key'],
 ): HostModelOptions {
-  const tensor = tensorArg(args.tensor);
-  if (tensor !== undefined && args.nodes.trim() === 'local')
-    throw new UsageError('--tensor splits the layers across nodes: name them with --nodes (or auto)');
+  const tensor = tensorArg(args.tensor, args.nodes);
   return {
     modelPath,
     nodes: args.nodes,

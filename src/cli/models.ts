@@ -4,6 +4,7 @@
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { formatBytes } from '../cluster/caps.ts';
 import { defaultModelsDir, ModelStore } from '../models/store.ts';
+import { writeTable } from './table.ts';
 import type { ArgsOf } from './yargs.ts';
 
 function rmBuilder(y: Argv) {
@@ -59,14 +60,7 @@ async function handler(args: ArgumentsCamelCase<ModelsArgs>): Promise<void> {
     ['NAME', 'SIZE', 'QUANT', 'SOURCE'],
     ...models.map((m) => [m.name, formatBytes(m.size), m.quant ?? '-', m.pulledAs]),
   ];
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  for (const r of rows)
-    process.stdout.write(
-      `${r
-        .map((c, i) => c.padEnd(widths[i]))
-        .join('  ')
-        .trimEnd()}\n`,
-    );
+  writeTable(rows);
 }
 
 export const modelsCommand: CommandModule<object, ModelsArgs> = {

@@ -6,6 +6,7 @@ import { formatBytes } from '../cluster/caps.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { asUsage, keyOptions } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
+import { writeTable } from './table.ts';
 import type { ArgsOf } from './yargs.ts';
 
 function builder(y: Argv) {
@@ -67,14 +68,7 @@ async function handler(args: ArgumentsCamelCase<NodesArgs>): Promise<void> {
         `${(n.caps.throughput / 1e9).toFixed(2)} GB/s`,
       ]),
     ];
-    const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
-    for (const row of rows)
-      process.stdout.write(
-        `${row
-          .map((c, i) => c.padEnd(widths[i]))
-          .join('  ')
-          .trimEnd()}\n`,
-      );
+    writeTable(rows);
   }
   for (const u of r.unreachable) process.stderr.write(`herd: ${u.address} did not answer: ${u.error}\n`);
 }

@@ -13,6 +13,7 @@ import { resolveModelPath } from './model-path.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { asUsage, defaultCacheDir, keyOptions, tensorArg } from './cluster-options.ts';
 import { UsageError } from './errors.ts';
+import { writeTable } from './table.ts';
 import type { ArgsOf } from './yargs.ts';
 
 function builder(y: Argv) {
@@ -131,18 +132,11 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
       (s.seconds * 1000).toFixed(2),
     ]),
   ];
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const sessions = args.parallel === 1 ? 'one session' : `${args.parallel} sessions`;
   process.stdout.write(
     `${path}: ${config.nLayers} layers, ctx ${ctx}, ${args.kvType} KV cache; KV for ${sessions} counted on every node\n`,
   );
-  for (const r of rows)
-    process.stdout.write(
-      `${r
-        .map((c, i) => c.padEnd(widths[i]))
-        .join('  ')
-        .trimEnd()}\n`,
-    );
+  writeTable(rows);
   process.stdout.write(
     `slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput${tensor ? '; a group adds 2 syncs per layer of 0.1 ms each' : ''})\n`,
   );

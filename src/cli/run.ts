@@ -119,9 +119,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
     );
   }
   integer('stages', args.stages, 1);
-  const tensor = tensorArg(args.tensor);
-  if (tensor !== undefined && args.nodes.trim() === 'local')
-    throw new UsageError('--tensor splits the layers across nodes: name them with --nodes (or auto)');
+  const tensor = tensorArg(args.tensor, args.nodes);
   const note = (line: string) => process.stderr.write(`herd: ${line}\n`);
   const backend = await createBackend(args.backend, { threads: args.threads, note });
   const inference = await asUsage(() =>

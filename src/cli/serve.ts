@@ -181,7 +181,6 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
   // Loaded here, not at the top: every other herd command starts without the API's packages.
   const { ApiServer } = await import('../api/server.ts');
   const { ApiAdvertiser } = await import('../api/advertise.ts');
-  const { ApiKeys } = await import('../api/api-keys.ts');
   const { parseOrigins } = await import('../api/cors.ts');
   let cors: string[];
   try {
@@ -221,7 +220,7 @@ async function handler(args: ArgumentsCamelCase<ServeArgs>): Promise<void> {
     throw new UsageError(`cannot listen on ${listenHost}:${args.port}: ${e.code ?? e.message}`);
   });
   const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
-  const grpc = GrpcApi && new GrpcApi(host, server.metrics, clusterKey, log, new ApiKeys(keys));
+  const grpc = GrpcApi && new GrpcApi(host, server.metrics, clusterKey, log, server.keys);
   if (grpc) {
     const port = await grpc.listen(listenHost, args.grpcPort as number).catch((e: Error) => {
       throw new UsageError(`cannot serve gRPC on ${listenHost}:${String(args.grpcPort)}: ${e.message}`);

@@ -85,7 +85,7 @@ function limits(o: GuardOptions): ServerInterceptor {
 }
 
 /** The server options of every herd server: channelOptions, the guard, the stream bound. */
-export function guardedServerOptions(o: GuardOptions = {}): ServerOptions {
+function guardedServerOptions(o: GuardOptions = {}): ServerOptions {
   return {
     ...channelOptions,
     // The largest any method allows; the guard lowers it per call.

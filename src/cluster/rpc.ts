@@ -45,7 +45,7 @@ export const channelOptions: ChannelOptions = {
  * resets its connections at once). A stage answers in time because it computes in steps of
  * about STEP_TARGET_SECONDS (engine/batcher.ts) and its event loop turns between them.
  */
-export const stepChannelOptions: ChannelOptions = {
+const stepChannelOptions: ChannelOptions = {
   ...channelOptions,
   'grpc.keepalive_time_ms': 1000,
   'grpc.keepalive_timeout_ms': 1500,

@@ -180,7 +180,8 @@ export class StepBatcher {
 
   /** Sessions one step may take: all in-process; over S stages, 1/S of those active here. */
   private microBatch(): number {
-    this.stages = Math.max(1, ...this.queue.map((p) => p.stages));
+    this.stages = 1;
+    for (const p of this.queue) if (p.stages > this.stages) this.stages = p.stages;
     if (this.stages === 1) return Infinity;
     const active = new Set<Sequence>(this.queue.map((p) => p.req.seq));
     for (const step of this.recent) for (const seq of step) active.add(seq);
@@ -202,9 +203,10 @@ export class StepBatcher {
       // closed or queued while it runs. A group's step yields at its syncs; steps queued meanwhile
       // wait for it (running), and a session closed meanwhile only loses its token.
       const { sampled, seconds } = await this.runner.step(entries);
-      const rows = entries.reduce((n, e) => n + e.tokens.length, 0);
-      if (this.targetSeconds !== undefined && rows > entries.length && seconds > 0)
-        this.promptCap = Math.max(1, Math.floor((rows * this.targetSeconds) / seconds));
+      if (this.targetSeconds !== undefined && seconds > 0) {
+        const rows = entries.reduce((n, e) => n + e.tokens.length, 0);
+        if (rows > entries.length) this.promptCap = Math.max(1, Math.floor((rows * this.targetSeconds) / seconds));
+      }
       picks.forEach(({ p, n }, i) => {
         p.done += n;
         p.seconds += seconds;

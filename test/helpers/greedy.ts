@@ -9,6 +9,19 @@ import { bundledModel, fixtureModels } from './paths.ts';
 
 export const GREEDY_PROMPT = [1, 403, 407, 261, 378];
 
+/** Sampling options that decode greedily (a gRPC Sampling message, or the API's options). */
+export const GREEDY_SAMPLING = {
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  repeatPenalty: 1,
+  frequencyPenalty: 0,
+  presencePenalty: 0,
+  penaltyLastN: 64,
+  seed: 0,
+};
+
 /** stories260K in f32 (bundled), Q8_0 and Q4_0 (test fixtures). */
 export const STORIES_MODELS = [
   bundledModel,

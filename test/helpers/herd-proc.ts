@@ -2,6 +2,7 @@
 // whose `node.ready` event gives the port, and a CLI run with its stdout/stderr.
 
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { fetchInfo } from '../../src/cluster/discovery/static.ts';
 import { herdBin, repoRoot } from './paths.ts';
 import { HUNG_MS } from './serve.ts';
 
@@ -30,6 +31,12 @@ export interface RunningNode {
 /** `herd node` flags for a daemon on loopback only: no mDNS, a free port, its own cache dir. */
 export function loopbackNodeArgs(cacheDir: string): string[] {
   return ['--no-mdns', '--host', '127.0.0.1', '--port', '0', '--cache-dir', cacheDir];
+}
+
+/** Stage sessions open on the nodes (their Info, summed over every shard). */
+export async function nodeSessions(nodes: readonly RunningNode[], clusterKey?: Buffer): Promise<number> {
+  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, clusterKey)));
+  return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
 }
 
 export async function startNode(

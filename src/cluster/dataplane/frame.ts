@@ -38,13 +38,18 @@ export function formatCode(f: SyncFormat): number {
 /** A frame with its payload space: the caller fills buf[HEADER_BYTES, HEADER_BYTES + h.bytes). */
 export function newFrame(h: FrameHeader): Buffer {
   const buf = Buffer.allocUnsafe(HEADER_BYTES + h.bytes);
+  writeHeader(buf, h);
+  return buf;
+}
+
+/** Writes h into buf[0, HEADER_BYTES) (a frame buffer reused from round to round). */
+export function writeHeader(buf: Buffer, h: FrameHeader): void {
   buf[0] = h.kind;
   buf[1] = h.format;
   buf.writeUInt16LE(h.from, 2);
   buf.writeUInt32LE(h.round, 4);
   buf.writeUInt32LE(h.count, 8);
   buf.writeUInt32LE(h.bytes, 12);
-  return buf;
 }
 
 export function helloFrame(from: number, token: Buffer, size: number, to: number): Buffer {

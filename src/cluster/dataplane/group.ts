@@ -39,6 +39,7 @@ import {
   helloFrame,
   newFrame,
   parseHello,
+  writeHeader,
   type FrameHeader,
 } from './frame.ts';
 
@@ -89,6 +90,15 @@ export class SyncGroup {
   private round = 0;
   private failure: Error | undefined;
   private readonly scratch: Float32Array;
+  /**
+   * Two sync frames of maxValues, used by round parity. A frame written in round r may still be
+   * queued on a link in round r + 1 (the peers send theirs without waiting for it), but not in
+   * round r + 2: that one starts only after every peer's frame of r + 1, which each peer sends
+   * only once it has read this member's frame of r.
+   */
+  private readonly frames: [Buffer, Buffer];
+  /** The payloads of the all-reduce being summed, in member order. */
+  private readonly payloads: Buffer[];
   private readonly accepted = new Set<net.Socket>();
   private controlHandler: ((payload: Buffer) => void) | undefined;
   private failHandlers: ((e: Error) => void)[] = [];
@@ -107,6 +117,9 @@ export class SyncGroup {
     this.inbox = Array.from({ length: opts.size }, () => []);
     this.received = new Array<number>(opts.size).fill(0);
     this.scratch = new Float32Array(opts.maxValues);
+    const frameBytes = HEADER_BYTES + this.codec.bytes(opts.maxValues);
+    this.frames = [Buffer.allocUnsafe(frameBytes), Buffer.allocUnsafe(frameBytes)];
+    this.payloads = new Array<Buffer>(opts.size);
   }
 
   /** Opens this member's listener (port 0: any free port); its address is `endpoint`. */
@@ -182,7 +195,8 @@ export class SyncGroup {
       throw new ClusterError('usage', `an all-reduce of ${n} values (this group takes 1..${this.opts.maxValues})`);
     const round = ++this.round;
     const bytes = this.codec.bytes(n);
-    const frame = newFrame({
+    const frame = this.frames[round & 1].subarray(0, HEADER_BYTES + bytes);
+    writeHeader(frame, {
       kind: FrameKind.sync,
       format: formatCode(this.opts.format),
       from: this.opts.member,
@@ -224,10 +238,10 @@ export class SyncGroup {
       });
     }
 
-    const payloads: Buffer[] = [];
+    const payloads = this.payloads;
     for (let m = 0; m < this.opts.size; m++) {
       if (m === this.opts.member) {
-        payloads.push(own);
+        payloads[m] = own;
         continue;
       }
       const f = this.inbox[m].shift()!;
@@ -235,22 +249,22 @@ export class SyncGroup {
         throw this.fail(
           invalid(`data plane: member ${m} sent ${f.count} values in all-reduce ${round}, this member ${n}`),
         );
-      payloads.push(f.payload);
+      payloads[m] = f.payload;
     }
     sumPayloads(this.codec, payloads, n, buf, this.scratch);
   }
 
-  /** The leader's control frame to every other member (read there by onControl, in order with the syncs). */
-  sendControl(payload: Buffer): void {
+  /**
+   * The leader's control frame of `bytes` payload bytes, written by `fill` straight into the
+   * frame, to every other member (read there by onControl, in order with the syncs).
+   */
+  sendControl(bytes: number, fill: (payload: Buffer) => void): void {
     if (this.failure) throw this.failure;
     if (this.opts.member !== 0) throw new ClusterError('usage', 'only the leader (member 0) sends control frames');
-    if (payload.length > (this.opts.maxControlBytes ?? 0))
-      throw new ClusterError(
-        'usage',
-        `a control frame of ${payload.length} bytes (at most ${this.opts.maxControlBytes ?? 0})`,
-      );
-    const frame = newFrame({ kind: FrameKind.control, format: 0, from: 0, round: 0, count: 0, bytes: payload.length });
-    payload.copy(frame, HEADER_BYTES);
+    if (bytes > (this.opts.maxControlBytes ?? 0))
+      throw new ClusterError('usage', `a control frame of ${bytes} bytes (at most ${this.opts.maxControlBytes ?? 0})`);
+    const frame = newFrame({ kind: FrameKind.control, format: 0, from: 0, round: 0, count: 0, bytes });
+    fill(frame.subarray(HEADER_BYTES));
     for (const link of this.links) {
       if (!link) continue;
       link.write(frame);
@@ -279,15 +293,20 @@ export class SyncGroup {
     this.fail(new ClusterError('pipeline', 'data plane closed'), false);
   }
 
+  /** Whether every peer's frame of `round` is in (checked on every frame: allocates nothing). */
   private roundIn(round: number): boolean {
-    return this.missing(round).length === 0;
+    for (let m = 0; m < this.opts.size; m++) if (!this.hasRound(m, round)) return false;
+    return true;
   }
 
   private missing(round: number): number[] {
     const out: number[] = [];
-    for (let m = 0; m < this.opts.size; m++)
-      if (m !== this.opts.member && !(this.inbox[m].length > 0 && this.inbox[m][0].round === round)) out.push(m);
+    for (let m = 0; m < this.opts.size; m++) if (!this.hasRound(m, round)) out.push(m);
     return out;
+  }
+
+  private hasRound(m: number, round: number): boolean {
+    return m === this.opts.member || (this.inbox[m].length > 0 && this.inbox[m][0].round === round);
   }
 
   /** Fails the group: every pending and later call rejects with e. Returns e, to throw. */

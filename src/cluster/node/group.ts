@@ -193,21 +193,24 @@ export class GroupLeader implements SliceModel, ShardGroup {
   async forwardLayers(x: Float32Array, segments: readonly Segment[]): Promise<void> {
     const dim = this.config.dim;
     const n = segments.reduce((s, seg) => s + seg.n, 0);
-    const frame = Buffer.allocUnsafe(CONTROL_HEAD + segments.length * ENTRY_BYTES + 4 * n * dim);
-    frame[0] = CONTROL_STEP;
-    frame[1] = 0;
-    frame.writeUInt16LE(segments.length, 2);
-    let off = CONTROL_HEAD;
-    for (const seg of segments) {
+    const slots = segments.map((seg) => {
       const slot = this.slots.get(seg.cache);
       if (slot === undefined) throw new ClusterError('pipeline', 'a KV cache this group did not open');
-      frame.writeUInt32LE(slot, off);
-      frame.writeUInt32LE(seg.start, off + 4);
-      frame.writeUInt32LE(seg.n, off + 8);
-      off += ENTRY_BYTES;
-    }
-    frame.set(new Uint8Array(x.buffer, x.byteOffset, 4 * n * dim), off);
-    this.sync.sendControl(frame);
+      return slot;
+    });
+    this.sync.sendControl(CONTROL_HEAD + segments.length * ENTRY_BYTES + 4 * n * dim, (frame) => {
+      frame[0] = CONTROL_STEP;
+      frame[1] = 0;
+      frame.writeUInt16LE(segments.length, 2);
+      let off = CONTROL_HEAD;
+      for (const [i, seg] of segments.entries()) {
+        frame.writeUInt32LE(slots[i], off);
+        frame.writeUInt32LE(seg.start, off + 4);
+        frame.writeUInt32LE(seg.n, off + 8);
+        off += ENTRY_BYTES;
+      }
+      frame.set(new Uint8Array(x.buffer, x.byteOffset, 4 * n * dim), off);
+    });
     await this.member.forwardLayers(x, segments, this.allReduce);
   }
 
@@ -215,11 +218,12 @@ export class GroupLeader implements SliceModel, ShardGroup {
   release(cache: KvCache): void {
     const slot = this.slots.get(cache);
     if (slot === undefined || this.sync.failed) return;
-    const frame = Buffer.alloc(CONTROL_HEAD + 4);
-    frame[0] = CONTROL_FREE;
-    frame.writeUInt16LE(1, 2);
-    frame.writeUInt32LE(slot, CONTROL_HEAD);
-    this.sync.sendControl(frame);
+    this.sync.sendControl(CONTROL_HEAD + 4, (frame) => {
+      frame[0] = CONTROL_FREE;
+      frame[1] = 0;
+      frame.writeUInt16LE(1, 2);
+      frame.writeUInt32LE(slot, CONTROL_HEAD);
+    });
   }
 
   close(): void {

@@ -17,6 +17,7 @@ import {
 import { freemem } from 'node:os';
 import type { KernelBackend } from '../../kernels/backend.ts';
 import type { BatcherStats } from '../../engine/batcher.ts';
+import { watchSilence, type Silence } from '../silence.ts';
 import type { ClusterKey } from '../key.ts';
 import { guardedServer } from '../guard.ts';
 import { PROTOCOL_VERSION, type NodeCapabilities } from '../caps.ts';
@@ -434,10 +435,10 @@ export class NodeServer {
     let deliver: ClientWritableStream<Delivery> | undefined;
     let finished = false;
     let chain: Promise<void> = Promise.resolve();
-    let idle: NodeJS.Timeout | undefined;
+    let idle: Silence | undefined;
 
     const release = (graceful: boolean) => {
-      clearTimeout(idle);
+      idle?.stop();
       if (stage) {
         stage.close();
         this.sessions.delete(stage.id);
@@ -503,16 +504,12 @@ export class NodeServer {
     // A session no message reaches for sessionIdleMs goes, KV cache and all: a coordinator that
     // forgot it (or whose link died without a reset keepalive saw) holds no memory here for ever.
     const idleMs = this.o.sessionIdleMs ?? SESSION_IDLE_MS;
-    const watch = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => {
-        if (stage) this.o.log.log('info', 'session.idle', { session: stage.id, seconds: idleMs / 1000 });
-        fail(new StatusError(status.DEADLINE_EXCEEDED, `session idle for ${idleMs / 1000} s: dropped`));
-      }, idleMs);
-    };
-    watch();
+    idle = watchSilence(idleMs, () => {
+      if (stage) this.o.log.log('info', 'session.idle', { session: stage.id, seconds: idleMs / 1000 });
+      fail(new StatusError(status.DEADLINE_EXCEEDED, `session idle for ${idleMs / 1000} s: dropped`));
+    });
     call.on('data', (msg: ForwardRequest | Malformed) => {
-      watch();
+      idle?.touch();
       chain = chain.then(() => (finished ? undefined : handle(msg))).catch(fail);
     });
     call.on('end', () => {

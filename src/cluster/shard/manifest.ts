@@ -93,26 +93,52 @@ export function checkManifest(m: SliceManifest, start: number, end: number, nLay
   }
 }
 
-/** Hashes every tensor of the file (a full read of its data section, off the event loop's back). */
-export async function hashModel(path: string, file: GgufFile, metadataSha256: string): Promise<SliceManifest> {
+/**
+ * Hashes every tensor of the file, and the whole file on the way (the model hash, model-hash.ts):
+ * one sequential read of it, off the event loop's back.
+ */
+async function hashModel(
+  path: string,
+  file: GgufFile,
+  metadataSha256: string,
+): Promise<{ manifest: SliceManifest; fileSha256: string }> {
   const fh = await open(path, 'r');
   const buf = Buffer.allocUnsafe(READ_BYTES);
+  const whole = createHash('sha256');
+  const hashes = file.tensors.map(() => createHash('sha256'));
+  // By offset: the tensors a chunk overlaps are a run of these, from the first not yet done.
+  const order = file.tensors.map((t, i) => ({ start: t.fileOffset, end: t.fileOffset + t.nBytes, i }));
+  order.sort((a, b) => a.start - b.start);
+  const dataEnd = order.reduce((m, t) => Math.max(m, t.end), 0);
   try {
-    const tensors: ManifestTensor[] = [];
-    for (const t of file.tensors) {
-      const h = createHash('sha256');
-      for (let off = 0; off < t.nBytes;) {
-        const { bytesRead } = await fh.read(buf, 0, Math.min(READ_BYTES, t.nBytes - off), t.fileOffset + off);
-        if (bytesRead === 0) throw new Error(`${path}: short read in tensor ${t.name}`);
-        h.update(buf.subarray(0, bytesRead));
-        off += bytesRead;
+    const size = (await fh.stat()).size;
+    if (dataEnd > size) throw new Error(`${path}: short read: its tensors end at ${dataEnd}, the file at ${size}`);
+    let first = 0;
+    for (let pos = 0; pos < size;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(READ_BYTES, size - pos), pos);
+      if (bytesRead === 0) throw new Error(`${path}: short read at ${pos}`);
+      const end = pos + bytesRead;
+      whole.update(buf.subarray(0, bytesRead));
+      while (first < order.length && order[first].end <= pos) first++;
+      for (let j = first; j < order.length && order[j].start < end; j++) {
+        const t = order[j];
+        const a = Math.max(t.start, pos);
+        const b = Math.min(t.end, end);
+        if (a < b) hashes[t.i].update(buf.subarray(a - pos, b - pos));
       }
-      tensors.push({ name: t.name, dims: [...t.dims], ggmlType: t.type.id, nBytes: t.nBytes, sha256: h.digest('hex') });
+      pos = end;
     }
-    return { metadataSha256, tensors };
   } finally {
     await fh.close();
   }
+  const tensors = file.tensors.map((t, i) => ({
+    name: t.name,
+    dims: [...t.dims],
+    ggmlType: t.type.id,
+    nBytes: t.nBytes,
+    sha256: hashes[i].digest('hex'),
+  }));
+  return { manifest: { metadataSha256, tensors }, fileSha256: whole.digest('hex') };
 }
 
 /**
@@ -146,14 +172,15 @@ function isManifest(v: unknown): v is SliceManifest {
 
 /**
  * The model's manifest: from the cache dir when this file (path, size, mtime) was hashed before,
- * else hashed now and remembered there.
+ * else hashed now and remembered there. `fileSha256` is the whole file's sha256 when it was
+ * hashed now, in the same read (for modelHash), else undefined.
  */
 export async function modelManifest(
   path: string,
   file: GgufFile,
   metadataSha256: string,
   cacheDir?: string,
-): Promise<SliceManifest> {
+): Promise<{ manifest: SliceManifest; fileSha256?: string }> {
   if (!cacheDir) return hashModel(path, file, metadataSha256);
   const st = statSync(path);
   const key = createHash('sha256')
@@ -163,18 +190,19 @@ export async function modelManifest(
   const known = join(dir, `${key}.json`);
   try {
     const v = JSON.parse(readFileSync(known, 'utf8')) as unknown;
-    if (isManifest(v) && v.metadataSha256 === metadataSha256 && v.tensors.length === file.tensors.length) return v;
+    if (isManifest(v) && v.metadataSha256 === metadataSha256 && v.tensors.length === file.tensors.length)
+      return { manifest: v };
   } catch {
     // not hashed yet, or unreadable: hash again
   }
-  const m = await hashModel(path, file, metadataSha256);
+  const hashed = await hashModel(path, file, metadataSha256);
   try {
     mkdirSync(dir, { recursive: true });
     const tmp = `${known}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(m));
+    writeFileSync(tmp, JSON.stringify(hashed.manifest));
     renameSync(tmp, known);
   } catch {
     // a read-only cache only costs a re-hash next time
   }
-  return m;
+  return hashed;
 }

@@ -21,20 +21,24 @@ function readIndex(file: string): HashIndex {
   }
 }
 
-export async function sha256File(path: string): Promise<string> {
+async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
   return h.digest('hex');
 }
 
-/** sha256 hex of the file, from the cache dir's index when the file has not changed. */
-export async function modelHash(path: string, cacheDir?: string): Promise<string> {
-  if (!cacheDir) return sha256File(path);
+/**
+ * sha256 hex of the file, from the cache dir's index when the file has not changed. `justHashed`:
+ * its sha256 computed a moment ago (manifest.ts hashes the file whole as it hashes its tensors),
+ * used and remembered rather than read again.
+ */
+export async function modelHash(path: string, cacheDir?: string, justHashed?: string): Promise<string> {
+  if (!cacheDir) return justHashed ?? sha256File(path);
   const indexFile = join(cacheDir, 'model-hashes.json');
   const key = indexKey(path);
-  const known = readIndex(indexFile)[key];
+  const known = justHashed === undefined ? readIndex(indexFile)[key] : undefined;
   if (known && /^[0-9a-f]{64}$/.test(known)) return known;
-  const hash = await sha256File(path);
+  const hash = justHashed ?? (await sha256File(path));
   try {
     mkdirSync(cacheDir, { recursive: true });
     const index = readIndex(indexFile);

@@ -14,7 +14,7 @@ interface SliceRecord {
   readonly mtimeMs: number;
 }
 
-export function recordPath(slice: string): string {
+function recordPath(slice: string): string {
   return `${slice}.manifest.json`;
 }
 

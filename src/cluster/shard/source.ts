@@ -1,8 +1,7 @@
 // The coordinator's side of shard transfer: the model file it holds, and the FetchTensors
 // stream of one range's tensors (a header with the metadata section, then 1 MiB chunks, the
-// last chunk of each tensor carrying the sha256 of the whole tensor).
+// last chunk of each tensor carrying the sha256 of the whole tensor, from the model's manifest).
 
-import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { ServerWritableStream } from '@grpc/grpc-js';
@@ -32,9 +31,15 @@ export class ModelSource {
   static async open(path: string, cacheDir?: string): Promise<ModelSource> {
     const file = GgufFile.open(path);
     const config = readConfig(file);
-    const hash = await modelHash(path, cacheDir);
     const metadata = readMetadataSection(path, file.dataOffset);
-    const manifest = await modelManifest(path, file, metadataDigest(metadata, file.alignment), cacheDir);
+    // A file hashed for its manifest now was hashed whole in the same read: not read again.
+    const { manifest, fileSha256 } = await modelManifest(
+      path,
+      file,
+      metadataDigest(metadata, file.alignment),
+      cacheDir,
+    );
+    const hash = await modelHash(path, cacheDir, fileSha256);
     return new ModelSource(path, file, hash, statSync(path).size, metadata, config.nLayers, manifest);
   }
 
@@ -60,6 +65,8 @@ export class ModelSource {
     }
     const names = shardTensorNames(this.file, start, end, this.nLayers);
     const tensors = names.map((n) => this.file.requireTensor(n));
+    // Each tensor's sha256 is the manifest's (hashed once when the model was opened), not hashed again here.
+    const sums = sliceOf(this.manifest, names).tensors.map((t) => Buffer.from(t.sha256, 'hex'));
     let cancelled = false;
     call.once('cancelled', () => (cancelled = true));
     const send = async (msg: FetchTensorsReply) => {
@@ -83,7 +90,6 @@ export class ModelSource {
     try {
       for (let i = 0; i < tensors.length && !cancelled; i++) {
         const t = tensors[i];
-        const h = createHash('sha256');
         for (let off = 0; off < t.nBytes && !cancelled; off += CHUNK_BYTES) {
           const n = Math.min(CHUNK_BYTES, t.nBytes - off);
           const data = Buffer.allocUnsafe(n);
@@ -93,9 +99,8 @@ export class ModelSource {
             if (r === 0) throw new Error(`${this.path}: short read in tensor ${t.name}`);
             got += r;
           }
-          h.update(data);
           const last = off + n === t.nBytes;
-          await send({ chunk: { index: i, offset: off, data, sha256: last ? h.digest() : Buffer.alloc(0) } });
+          await send({ chunk: { index: i, offset: off, data, sha256: last ? sums[i] : Buffer.alloc(0) } });
           onBytes?.(n);
         }
       }

@@ -34,6 +34,7 @@ import { modelHash } from './model-hash.ts';
 import { commitSlice, discardSlice, lastUsed, touch, verifiedManifest } from './record.ts';
 import { describeShard, HASH_RE, shardKey } from './shard.ts';
 import { SliceWriter, type SliceTensor } from './slice.ts';
+import { watchSilence, type Silence } from '../silence.ts';
 
 export type ShardSource = 'local' | 'cache' | 'fetched';
 
@@ -431,19 +432,15 @@ export class ShardStore {
     mkdirSync(this.sliceDir(req.modelHash), { recursive: true });
     const client = coordinatorClient(req.coordinator, this.o.key);
     let writer: SliceWriter | undefined;
-    let stall: NodeJS.Timeout | undefined;
+    let stall: Silence | undefined;
     let stalled = false;
     const stallMs = this.o.transferStallMs ?? TRANSFER_STALL_MS;
     try {
       const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end });
-      const watch = () => {
-        clearTimeout(stall);
-        stall = setTimeout(() => {
-          stalled = true;
-          call.cancel();
-        }, stallMs);
-      };
-      watch();
+      stall = watchSilence(stallMs, () => {
+        stalled = true;
+        call.cancel();
+      });
       let tensors: SliceTensor[] = [];
       let index = 0;
       let got = 0;
@@ -452,7 +449,7 @@ export class ShardStore {
       let received = 0;
       let lastReport = 0;
       for await (const raw of call) {
-        watch();
+        stall.touch();
         const msg = raw as {
           header?: SliceHeader;
           chunk?: { index: number; offset: number; data: Buffer; sha256: Buffer };
@@ -527,7 +524,7 @@ export class ShardStore {
         `fetching ${describeShard(req)} from ${req.coordinator}: ${describeCallError(e)}`,
       );
     } finally {
-      clearTimeout(stall);
+      stall?.stop();
       client.close();
     }
   }

@@ -9,6 +9,7 @@
 
 import { f16ToF32Table, f32BitsToF16 } from '../../ggml/half.ts';
 import * as q8_0 from '../../kernels/q8_0.ts';
+import { GgmlType, ggmlTypeInfo } from '../../ggml/types.ts';
 
 export const SYNC_FORMATS = ['q8_0', 'f16', 'f32'] as const;
 export type SyncFormat = (typeof SYNC_FORMATS)[number];
@@ -21,8 +22,7 @@ export type SyncFormat = (typeof SYNC_FORMATS)[number];
  */
 export const DEFAULT_SYNC: SyncFormat = 'f32';
 
-const QK = 32;
-const Q8_BLOCK_BYTES = 34;
+const { blockSize: QK, typeSize: Q8_BLOCK_BYTES } = ggmlTypeInfo(GgmlType.Q8_0)!;
 
 export function isSyncFormat(s: string): s is SyncFormat {
   return (SYNC_FORMATS as readonly string[]).includes(s);
