@@ -156,12 +156,15 @@ for (const s of SUBJECTS) {
   for (const wideTiles of s.tileForms) {
     // Eight-vector (relaxed Q4_0) and four-vector tiles (wasm wide: i16 activations, the x86
     // default; narrow: int8, arm's and the relaxed build's) and the single-vector remainder
-    // must all give the matvec's bits: 5 vectors take a tile and one, 13 every form.
+    // must all give the matvec's bits: 5 vectors take a tile and one, 13 every form, 2 and 7
+    // native's two-vector tile (a batch of two decoding sessions).
     const form = wideTiles === undefined ? '' : `, ${wideTiles ? 'wide' : 'narrow'} tiles`;
     test(`${s.label}: matmul over n vectors equals n matvecs bit for bit, rows split over 3 threads${form}`, async (t) => {
       await withBackend(s, { threads: 3, minParallelBytes: 0, wideTiles }, (b) => {
         t.deepEqual(matmulMismatches(b, supportedTypes, 5), []);
         t.deepEqual(matmulMismatches(b, supportedTypes, 13), []);
+        t.deepEqual(matmulMismatches(b, supportedTypes, 2), []);
+        t.deepEqual(matmulMismatches(b, supportedTypes, 7), []);
       });
     });
   }

@@ -330,7 +330,7 @@ HERD_DEFINE_DOTS(q4_0, avx512)
 // The kernels above leave each output as 16 partial sums in a vector's lanes and pay a
 // conversion, a scale product and an FMA per output per two blocks, then a horizontal sum.
 // For Q4_0 (the type prefill and decode spend their time in) a tile instead computes 16
-// outputs at once (16 rows × 1 vector for matvec, 4 rows × 4 vectors for matmul): the
+// outputs at once (16 rows × 1 vector for matvec, 4 rows × 4 or 8 rows × 2 vectors for matmul): the
 // exact integer Σ q·qx of every (output, block) is gathered into one vector with lane =
 // output (a transposing reduction, ~3 adds or shuffles per output per four blocks), so the
 // float work per block is one conversion, one scale product and one FMA for all 16
@@ -372,6 +372,7 @@ static inline __mmask64 first_bytes(int bytes) {
 // The activation scale of block b for every lane (lane r·T + t: vector t).
 static HERD_INLINE __m512 tile_dx(const herd_act *const *x, int b, const int T) {
   if (T == 1) return _mm512_set1_ps(x[0]->d[b]);
+  if (T == 2) return _mm512_broadcast_f32x2(_mm_set_ps(0, 0, x[1]->d[b], x[0]->d[b]));
   return _mm512_broadcast_f32x4(_mm_set_ps(x[3]->d[b], x[2]->d[b], x[1]->d[b], x[0]->d[b]));
 }
 
@@ -435,7 +436,7 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
       const __m512i q = _mm512_permutex2var_epi8(a, idx_q, _mm512_maskz_loadu_epi8(wb, p + 64));
       const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
       for (int t = 0; t < T; t++) v[r * T + t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start[t], lo, ylo[t]), hi, yhi[t]);
-      if (T == 1) {
+      if (T != 4) {
         // The step's four f16 scales (bytes 18k) in the first int32 lane of group k, zeros
         // elsewhere: the same reduction then moves them to lane = row.
         sc[r] = _mm512_maskz_permutexvar_epi16(0x01010101u, idx_d, a);
@@ -447,8 +448,16 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
     }
     __m512i sums[4], dws[4];
     reduce_16x4(v, sums);
-    if (T == 1) reduce_16x4(sc, dws);
-    else transpose_4x128(sc, dws);
+    if (T == 1) {
+      reduce_16x4(sc, dws);
+    } else if (T == 2) {
+      // Each of the 8 rows' scales twice (lanes r·2 and r·2 + 1), through the T == 1 reduction.
+      __m512i sc2[16];
+      for (int i = 0; i < 16; i++) sc2[i] = sc[i / 2];
+      reduce_16x4(sc2, dws);
+    } else {
+      transpose_4x128(sc, dws);
+    }
     for (int k = 0; k < nv; k++) {
       const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dws[k]));
       acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, tile_dx(x, b + k, T)), _mm512_cvtepi32_ps(sums[k]), acc);
@@ -460,6 +469,7 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
 void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
                            size_t out_stride) {
   if (T == 4) q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 4);
+  else if (T == 2) q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 2);
   else q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 1);
 }
 

@@ -80,9 +80,9 @@ typedef float (*herd_dot_fn)(int n, const uint8_t *w, const herd_act *x);
 // bit, what the herd_dot_fn of the same type and path returns for x[t].
 typedef void (*herd_dot4_fn)(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
-// A tile of 16 outputs: nrows (≤ 16/T) rows from w, row_bytes apart, against T (1 or 4)
+// A tile of 16 outputs: nrows (≤ 16/T) rows from w, row_bytes apart, against T (1, 2 or 4)
 // activations; out[t·out_stride + r]. Each output is computed by the same chain whatever T
-// and nrows are (see dot_q.c), so matvec (T = 1) and matmul (T = 4) agree bit for bit.
+// and nrows are (see dot_q.c), so matvec (T = 1) and matmul (T = 2, 4) agree bit for bit.
 typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
                              size_t out_stride);
 #define HERD_TILE_ROWS 16
