@@ -17,6 +17,7 @@ const UNIT = [
   'cluster-key',
   'cluster-planner',
   'gguf-malformed',
+  'gguf-malformed-limits',
   'gguf-reader',
   'model',
   'proto',

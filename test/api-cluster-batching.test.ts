@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { startNode, type RunningNode, loopbackNodeArgs, nodeSessions } from './helpers/herd-proc.ts';
 import { HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
+import { streamRequest, type StreamedChunk } from './helpers/sse-client.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-cluster-batching-'));
 const nodes: RunningNode[] = [];
@@ -35,10 +36,6 @@ test.after.always(async () => {
 
 const prompts = ['Once upon a time', 'The dog ran to the park and', 'Lily had a red ball. One day', 'Tom was sad'];
 
-interface Chunk {
-  choices: { text: string; finish_reason: string | null }[];
-}
-
 interface Streamed {
   text: string;
   finish: string | null;
@@ -53,36 +50,25 @@ async function streamBody(
   onPiece: (n: number) => void = () => {},
   signal?: AbortSignal,
 ): Promise<Streamed> {
-  const r = await fetch(`${serve.url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ max_tokens: 200, temperature: 0, cache_prompt: false, ...body, stream: true }),
-    signal,
-  });
-  if (r.status !== 200 || !r.body) throw new Error(`${r.status}: ${await r.text()}`);
-  const out: Streamed = { text: '', finish: null };
-  let pieces = 0;
-  let buf = '';
-  const decoder = new TextDecoder();
+  let pieces: readonly StreamedChunk[] = [];
+  const text = () => pieces.map((c) => c.text).join('');
   try {
-    for await (const bytes of r.body) {
-      buf += decoder.decode(bytes as Uint8Array, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, nl).replace(/^data: /, '');
-        buf = buf.slice(nl + 2);
-        if (!event.startsWith('{')) continue;
-        const choice = (JSON.parse(event) as Chunk).choices[0];
-        out.finish = choice?.finish_reason ?? out.finish;
-        if (!choice?.text) continue;
-        out.text += choice.text;
-        onPiece(++pieces);
-      }
-    }
+    const r = await streamRequest(
+      serve.url,
+      'completions',
+      { max_tokens: 200, temperature: 0, cache_prompt: false, ...body },
+      signal,
+      (chunks) => {
+        pieces = chunks;
+        onPiece(chunks.length);
+      },
+    );
+    if (r.status !== 200) throw new Error(`${r.status}: ${JSON.stringify(r.error)}`);
+    return { text: text(), finish: r.finish };
   } catch (e) {
     if (!signal?.aborted) throw e;
+    return { text: text(), finish: null };
   }
-  return out;
 }
 
 /** A greedy streamed completion's text; `onFirst` runs when its first text arrives. */

@@ -10,10 +10,11 @@ import OpenAI from 'openai';
 import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { herd } from './helpers/herd.ts';
 import { parsePrometheus, sum } from './helpers/prometheus.ts';
-import { startNode, type RunningNode, loopbackNodeArgs } from './helpers/herd-proc.ts';
+import { startNode, type RunningNode, loopbackNodeArgs, nodeSessions } from './helpers/herd-proc.ts';
 import { eventually, HUNG_MS, startServe, type RunningServe } from './helpers/serve.ts';
 
 const KEY = 'cluster-key-for-api-tests-0123456789';
+const key = Buffer.from(KEY);
 const dir = mkdtempSync(join(tmpdir(), 'herd-api-cluster-'));
 const nodes: RunningNode[] = [];
 let serve: RunningServe;
@@ -53,11 +54,6 @@ async function sessionsHeld(): Promise<number> {
   return 2 * (s.sessions.active + s.sessions.idle);
 }
 
-async function nodeSessions(): Promise<number> {
-  const infos = await Promise.all(nodes.map((n) => fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))));
-  return infos.reduce((s, i) => s + i.shards.reduce((a, sh) => a + sh.sessions, 0), 0);
-}
-
 test.serial('the plan spans both nodes and a greedy completion equals a local run', async (t) => {
   const state = (await (await fetch(`${serve.url}/api/state`)).json()) as {
     mode: string;
@@ -83,8 +79,7 @@ test.serial("/metrics shows each node's own stage time, by phase, for every step
   const ids = new Map(
     await Promise.all(
       nodes.map(
-        async (n) =>
-          [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, Buffer.from(KEY))).name, n.ready.id as string] as const,
+        async (n) => [(await fetchInfo(`127.0.0.1:${n.port}`, HUNG_MS, key)).name, n.ready.id as string] as const,
       ),
     ),
   );
@@ -144,7 +139,7 @@ test.serial('concurrent streams run as separate pipeline sessions, each equal to
   t.deepEqual(concurrent, sequential);
   // What the nodes hold is exactly the sessions the server kept: nothing leaked.
   await eventually(
-    async () => (await nodeSessions()) === (await sessionsHeld()),
+    async () => (await nodeSessions(nodes, key)) === (await sessionsHeld()),
     HUNG_MS,
     'the nodes to free every session the server let go',
   );
@@ -209,7 +204,11 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
         const s = await state();
         t.is(s.sessions.active, 1);
         // The stream's session and the idle ones, each on both stages.
-        t.is(await nodeSessions(), await sessionsHeld(), 'one session on each of the two stages per pipeline session');
+        t.is(
+          await nodeSessions(nodes, key),
+          await sessionsHeld(),
+          'one session on each of the two stages per pipeline session',
+        );
         ac.abort();
       }
     }
@@ -220,14 +219,14 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
   // request); the nodes hold exactly what the server keeps.
   await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the slot to be freed');
   await eventually(
-    async () => (await nodeSessions()) === (await sessionsHeld()),
+    async () => (await nodeSessions(nodes, key)) === (await sessionsHeld()),
     HUNG_MS,
     'the nodes to free what the server let go',
   );
   const cancelled = await serve.waitFor((e) => e.event === 'request.cancelled', HUNG_MS);
   t.true(Number(cancelled.completionTokens) < 1000);
   // Without the prompt cache, a cancelled stream's KV caches go on every node.
-  const held = await nodeSessions();
+  const held = await nodeSessions(nodes, key);
   const ac2 = new AbortController();
   const stream2 = await client.completions.create(
     {
@@ -248,9 +247,9 @@ test.serial('a cancelled stream frees its KV caches on every node', async (t) =>
   }
   await eventually(async () => (await state()).sessions.active === 0, HUNG_MS, 'the slot to be freed');
   await eventually(
-    async () => (await nodeSessions()) === (await sessionsHeld()),
+    async () => (await nodeSessions(nodes, key)) === (await sessionsHeld()),
     HUNG_MS,
     'the nodes to free the session',
   );
-  t.true((await nodeSessions()) <= held, 'the uncached stream left nothing behind');
+  t.true((await nodeSessions(nodes, key)) <= held, 'the uncached stream left nothing behind');
 });

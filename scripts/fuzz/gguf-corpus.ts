@@ -12,7 +12,7 @@ import { GgmlType } from '../../src/ggml/types.ts';
 import { GgufFile } from '../../src/gguf/reader.ts';
 import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '../../src/gguf/writer.ts';
 import { writeMalformedBase } from '../../test/helpers/gguf-malformed-base.ts';
-import { walkGguf, type Layout } from './gguf-layout.ts';
+import { walkGguf, type Layout } from '../../test/helpers/gguf-layout.ts';
 
 export interface Seed {
   readonly name: string;

@@ -5,7 +5,7 @@
 // dimensions (zero, overflowing), data offsets (unaligned, past the end, wrapping), duplicate
 // keys and tensor names, and the model's own hyper-parameters (the loader's inputs).
 
-import type { Field, FieldKind } from './gguf-layout.ts';
+import type { Field, FieldKind } from '../../test/helpers/gguf-layout.ts';
 import type { Seed } from './gguf-corpus.ts';
 import { Rng } from './rng.ts';
 
@@ -35,19 +35,20 @@ function pickField(seed: Seed, rng: Rng, ...kinds: FieldKind[]): Field | undefin
 
 /** Overwrites the field (if it still lies inside the bytes: an earlier cut may have removed it). */
 function writeUint(out: Uint8Array, f: Field, value: bigint): void {
-  if (f.start + f.width > out.length) return;
+  if (f.end > out.length) return;
   const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  if (f.width === 8) v.setBigUint64(f.start, BigInt.asUintN(64, value), true);
-  else if (f.width === 4) v.setUint32(f.start, Number(BigInt.asUintN(32, value)), true);
-  else if (f.width === 2) v.setUint16(f.start, Number(BigInt.asUintN(16, value)), true);
-  else if (f.width === 1) v.setUint8(f.start, Number(BigInt.asUintN(8, value)));
+  const width = f.end - f.start;
+  if (width === 8) v.setBigUint64(f.start, BigInt.asUintN(64, value), true);
+  else if (width === 4) v.setUint32(f.start, Number(BigInt.asUintN(32, value)), true);
+  else if (width === 2) v.setUint16(f.start, Number(BigInt.asUintN(16, value)), true);
+  else if (width === 1) v.setUint8(f.start, Number(BigInt.asUintN(8, value)));
 }
 
 function readUint(bytes: Uint8Array, f: Field): bigint {
-  if (f.start + f.width > bytes.length) return 0n;
+  if (f.end > bytes.length) return 0n;
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (f.width === 8) return v.getBigUint64(f.start, true);
-  if (f.width === 4) return BigInt(v.getUint32(f.start, true));
+  if (f.end - f.start === 8) return v.getBigUint64(f.start, true);
+  if (f.end - f.start === 4) return BigInt(v.getUint32(f.start, true));
   return 0n;
 }
 
@@ -75,7 +76,7 @@ const mutators: Record<string, Mutator> = {
   hugeClaim(bytes, seed, rng) {
     const f = pickField(seed, rng, 'count', 'strlen');
     if (!f) return undefined;
-    const left = BigInt(bytes.length - f.start - f.width);
+    const left = BigInt(bytes.length - f.end);
     const value = rng.pick([...HUGE_U64, left + 1n, left, left / 2n, 0n, BigInt(rng.int(1 << 20))]);
     const out = bytes.slice();
     writeUint(out, f, value);
@@ -143,7 +144,7 @@ const mutators: Record<string, Mutator> = {
     );
     const byLen = new Map<string, Field[]>();
     for (const f of strings) {
-      const k = `${f.owner.startsWith('key') ? 'k' : 't'}${f.width}`;
+      const k = `${f.owner.startsWith('key') ? 'k' : 't'}${f.end - f.start}`;
       byLen.set(k, [...(byLen.get(k) ?? []), f]);
     }
     const groups = [...byLen.values()].filter((g) => g.length > 1);
@@ -153,7 +154,7 @@ const mutators: Record<string, Mutator> = {
     let b = rng.pick(g);
     if (b === a) b = g[(g.indexOf(a) + 1) % g.length];
     const out = bytes.slice();
-    out.copyWithin(b.start, a.start, a.start + a.width);
+    out.copyWithin(b.start, a.start, a.end);
     return { bytes: out, op: `copy ${a.owner} name over ${b.owner}` };
   },
   hyperParameter(bytes, seed, rng) {
@@ -162,7 +163,7 @@ const mutators: Record<string, Mutator> = {
     const model = scalars.filter((f) => /^(llama|qwen\d?)\.|^tokenizer\.ggml\.\w+_token_id$|alignment/.test(f.owner));
     if (scalars.length === 0) return undefined;
     const f = rng.pick(model.length > 0 && rng.chance(0.8) ? model : scalars);
-    if (f.start + f.width > bytes.length) return undefined;
+    if (f.end > bytes.length) return undefined;
     const out = bytes.slice();
     const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
     const old = f.metaType === 6 ? v.getFloat32(f.start, true) : Number(readUint(bytes, f));

@@ -46,72 +46,62 @@ export class ApiMetrics {
   }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'herd_' });
-    this.httpRequests = new Counter({
-      name: 'herd_http_requests_total',
-      help: 'HTTP requests answered, by route and status',
-      labelNames: ['route', 'status'],
-      registers,
-    });
-    this.generations = new Counter({
-      name: 'herd_generations_total',
-      help: 'Generations finished, by endpoint and outcome (stop, length, cancelled by the client, error)',
-      labelNames: ['endpoint', 'outcome'],
-      registers,
-    });
-    this.promptTokens = new Counter({
-      name: 'herd_prompt_tokens_total',
-      help: 'Prompt tokens of the requests (reused ones included)',
-      registers,
-    });
-    this.promptTokensReused = new Counter({
-      name: 'herd_prompt_tokens_reused_total',
-      help: 'Prompt tokens a kept session already held (a common prefix with an earlier request): not computed again',
-      registers,
-    });
-    this.generatedTokens = new Counter({ name: 'herd_generated_tokens_total', help: 'Tokens generated', registers });
-    this.ttft = new Histogram({
-      name: 'herd_time_to_first_token_seconds',
-      help: 'From the request arriving (queue wait included) to its first generated token',
-      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-      registers,
-    });
-    this.latency = new Histogram({
-      name: 'herd_request_duration_seconds',
-      help: 'From the request arriving to its last token, by endpoint',
-      labelNames: ['endpoint'],
-      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
-      registers,
-    });
-    this.step = new Histogram({
-      name: 'herd_step_seconds',
-      help: 'Time of one step as the coordinator waits for it (over the herd: the whole ring, hops included), by phase',
-      labelNames: ['phase'],
-      buckets: STEP_BUCKETS,
-      registers,
-    });
-    this.stageStep = new Histogram({
-      name: 'herd_stage_step_seconds',
-      help: 'Compute time of one step on one stage, as the node reports it, by node name, node id (local: in-process) and phase',
-      labelNames: ['node', 'node_id', 'phase'],
-      buckets: STEP_BUCKETS,
-      registers,
-    });
-    this.nodesLost = new Counter({
-      name: 'herd_nodes_lost_total',
-      help: 'Nodes found gone after a pipeline broke mid-generation',
-      registers,
-    });
-    this.replans = new Counter({
-      name: 'herd_replans_total',
-      help: 'Re-plans over the nodes left after a node was lost, by outcome (done; failed: the model no longer fits or the new plan did not load)',
-      labelNames: ['outcome'],
-      registers,
-    });
-    this.resumed = new Counter({
-      name: 'herd_requests_resumed_total',
-      help: 'Requests whose session replayed its tokens on a new plan and carried on after a node was lost',
-      registers,
-    });
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
+      new Counter<L>({ name, help, labelNames, registers });
+    const histogram = <L extends string>(
+      name: string,
+      help: string,
+      buckets: number[],
+      labelNames: readonly L[] = [],
+    ) => new Histogram<L>({ name, help, labelNames, buckets, registers });
+    this.httpRequests = counter('herd_http_requests_total', 'HTTP requests answered, by route and status', [
+      'route',
+      'status',
+    ]);
+    this.generations = counter(
+      'herd_generations_total',
+      'Generations finished, by endpoint and outcome (stop, length, cancelled by the client, error)',
+      ['endpoint', 'outcome'],
+    );
+    this.promptTokens = counter('herd_prompt_tokens_total', 'Prompt tokens of the requests (reused ones included)');
+    this.promptTokensReused = counter(
+      'herd_prompt_tokens_reused_total',
+      'Prompt tokens a kept session already held (a common prefix with an earlier request): not computed again',
+    );
+    this.generatedTokens = counter('herd_generated_tokens_total', 'Tokens generated');
+    this.ttft = histogram(
+      'herd_time_to_first_token_seconds',
+      'From the request arriving (queue wait included) to its first generated token',
+      [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    );
+    this.latency = histogram(
+      'herd_request_duration_seconds',
+      'From the request arriving to its last token, by endpoint',
+      [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+      ['endpoint'],
+    );
+    this.step = histogram(
+      'herd_step_seconds',
+      'Time of one step as the coordinator waits for it (over the herd: the whole ring, hops included), by phase',
+      STEP_BUCKETS,
+      ['phase'],
+    );
+    this.stageStep = histogram(
+      'herd_stage_step_seconds',
+      'Compute time of one step on one stage, as the node reports it, by node name, node id (local: in-process) and phase',
+      STEP_BUCKETS,
+      ['node', 'node_id', 'phase'],
+    );
+    this.nodesLost = counter('herd_nodes_lost_total', 'Nodes found gone after a pipeline broke mid-generation');
+    this.replans = counter(
+      'herd_replans_total',
+      'Re-plans over the nodes left after a node was lost, by outcome (done; failed: the model no longer fits or the new plan did not load)',
+      ['outcome'],
+    );
+    this.resumed = counter(
+      'herd_requests_resumed_total',
+      'Requests whose session replayed its tokens on a new plan and carried on after a node was lost',
+    );
     const gauge = (name: string, help: string, value: () => number) =>
       new Gauge({
         name,

@@ -286,19 +286,31 @@ export class ApiServer {
     return ac;
   }
 
+  /**
+   * What a chat or completions request sets up before generating: its id, the fields every
+   * answer and chunk repeat, its AbortController, the event stream when one was asked for, and
+   * the log-probabilities waiting for the next chunk (each chunk carries those of the tokens
+   * since the previous one).
+   */
+  private begin(res: ServerResponse, r: GenerationParams, idPrefix: string) {
+    const id = `${idPrefix}-${randomBytes(12).toString('base64url')}`;
+    const created = Math.floor(Date.now() / 1000);
+    return {
+      id,
+      head: { id, created, model: this.host.modelId, system_fingerprint: this.fingerprint },
+      ac: this.track(res),
+      stream: r.stream ? new EventStream(res) : undefined,
+      wantLogprobs: r.sampling.logprobs !== undefined,
+      pending: new PendingLogprobs(),
+    };
+  }
+
   private async chat(req: IncomingMessage, res: ServerResponse, owner: string): Promise<void> {
     const h = this.host;
     const r = parseChatRequest(await readJson(req));
     this.checkModel(r);
     const prompt = h.template.render(r.messages).ids;
-    const id = `chatcmpl-${randomBytes(12).toString('base64url')}`;
-    const created = Math.floor(Date.now() / 1000);
-    const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
-    const ac = this.track(res);
-    const stream = r.stream ? new EventStream(res) : undefined;
-    const wantLogprobs = r.sampling.logprobs !== undefined;
-    // Streamed: each chunk carries the log-probabilities of the tokens since the previous one.
-    const pending = new PendingLogprobs();
+    const { id, head, ac, stream, wantLogprobs, pending } = this.begin(res, r, 'chatcmpl');
     const chunk = (delta: object, finish: string | null, extra: object = {}) => {
       const lp = pending.take();
       return {
@@ -360,14 +372,7 @@ export class ApiServer {
     // As `herd run`: the text with the vocabulary's BOS, control-token text left as text.
     const prompt = typeof r.prompt === 'string' ? h.tokenizer.encode(r.prompt) : r.prompt;
     const echoText = r.echo ? (typeof r.prompt === 'string' ? r.prompt : h.tokenizer.decode(r.prompt)) : '';
-    const id = `cmpl-${randomBytes(12).toString('base64url')}`;
-    const created = Math.floor(Date.now() / 1000);
-    const head = { id, created, model: h.modelId, system_fingerprint: this.fingerprint };
-    const ac = this.track(res);
-    const stream = r.stream ? new EventStream(res) : undefined;
-    const wantLogprobs = r.sampling.logprobs !== undefined;
-    // Streamed: each chunk carries the log-probabilities of the tokens since the previous one.
-    const pending = new PendingLogprobs();
+    const { id, head, ac, stream, wantLogprobs, pending } = this.begin(res, r, 'cmpl');
     const writer = new CompletionLogprobsWriter(h.tokenizer);
     const chunk = (text: string, finish: string | null, extra: object = {}) => {
       const lp = pending.take();

@@ -63,21 +63,17 @@ function clientTransport(key: ClusterKey | undefined, path: ChannelPath): [Chann
   return [herdTls(key).client, { ...optionsFor(path), ...tlsChannelOptions }];
 }
 
-export function nodeClient(
-  address: string,
-  key: ClusterKey | undefined,
-  path: ChannelPath = 'control',
-): HerdNodeClient {
-  return new HerdNodeClient(address, ...clientTransport(key, path));
+/** A client constructor of one herd service, as ts-proto generates them. */
+type ServiceClient<C> = new (address: string, credentials: ChannelCredentials, options: ChannelOptions) => C;
+
+/** Makes clients of one service: `path` picks the keepalive, `key` the transport. */
+function clientOf<C>(Service: ServiceClient<C>) {
+  return (address: string, key: ClusterKey | undefined, path: ChannelPath = 'control'): C =>
+    new Service(address, ...clientTransport(key, path));
 }
 
-export function coordinatorClient(
-  address: string,
-  key: ClusterKey | undefined,
-  path: ChannelPath = 'control',
-): HerdCoordinatorClient {
-  return new HerdCoordinatorClient(address, ...clientTransport(key, path));
-}
+export const nodeClient = clientOf(HerdNodeClient);
+export const coordinatorClient = clientOf(HerdCoordinatorClient);
 
 export function deadline(ms: number): Date {
   return new Date(Date.now() + ms);

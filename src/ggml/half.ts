@@ -124,22 +124,20 @@ export function f16Float32Table(): Float32Array {
 
 /** Little-endian F16 bytes of src, two per element. */
 export function f32ToF16Bytes(src: Float32Array): Uint8Array {
-  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const out = new Uint8Array(src.length * 2);
-  for (let i = 0; i < bits.length; i++) {
-    const h = f32BitsToF16(bits[i]);
-    out[2 * i] = h & 0xff;
-    out[2 * i + 1] = h >>> 8;
-  }
-  return out;
+  return halfBytes(src, f32BitsToF16);
 }
 
 /** Little-endian BF16 bytes of src, two per element. */
 export function f32ToBf16Bytes(src: Float32Array): Uint8Array {
+  return halfBytes(src, f32BitsToBf16);
+}
+
+/** Little-endian half-precision bytes of src, each element's made by `toHalf` from its f32 bits. */
+function halfBytes(src: Float32Array, toHalf: (bits: number) => number): Uint8Array {
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
   const out = new Uint8Array(src.length * 2);
   for (let i = 0; i < bits.length; i++) {
-    const h = f32BitsToBf16(bits[i]);
+    const h = toHalf(bits[i]);
     out[2 * i] = h & 0xff;
     out[2 * i + 1] = h >>> 8;
   }

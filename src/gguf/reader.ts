@@ -48,22 +48,61 @@ export const MetaType = {
 } as const;
 export type MetaType = (typeof MetaType)[keyof typeof MetaType];
 
-/** Bytes a value of this type takes at least in the file (a string takes its u64 length). */
-const minBytes: Record<number, number> = {
-  [MetaType.UINT8]: 1,
-  [MetaType.INT8]: 1,
-  [MetaType.UINT16]: 2,
-  [MetaType.INT16]: 2,
-  [MetaType.UINT32]: 4,
-  [MetaType.INT32]: 4,
-  [MetaType.FLOAT32]: 4,
-  [MetaType.BOOL]: 1,
-  [MetaType.STRING]: 8,
-  [MetaType.ARRAY]: 12,
-  [MetaType.UINT64]: 8,
-  [MetaType.INT64]: 8,
-  [MetaType.FLOAT64]: 8,
+/** How a fixed-size value is stored: its width and the Buffer calls that read and write it. */
+export interface Scalar<T extends number | bigint> {
+  readonly bytes: number;
+  read(buf: Buffer, at: number): T;
+  write(buf: Buffer, value: T, at: number): void;
+}
+
+export const U8: Scalar<number> = {
+  bytes: 1,
+  read: (b, at) => b.readUInt8(at),
+  write: (b, v, at) => b.writeUInt8(v, at),
 };
+export const U32: Scalar<number> = {
+  bytes: 4,
+  read: (b, at) => b.readUInt32LE(at),
+  write: (b, v, at) => b.writeUInt32LE(v, at),
+};
+export const U64: Scalar<bigint> = {
+  bytes: 8,
+  read: (b, at) => b.readBigUInt64LE(at),
+  write: (b, v, at) => b.writeBigUInt64LE(v, at),
+};
+
+/** The metadata types whose values are JS numbers (a bool is a u8 that must be 0 or 1). */
+export const numberScalars: Readonly<Partial<Record<number, Scalar<number>>>> = {
+  [MetaType.UINT8]: U8,
+  [MetaType.INT8]: { bytes: 1, read: (b, at) => b.readInt8(at), write: (b, v, at) => b.writeInt8(v, at) },
+  [MetaType.UINT16]: { bytes: 2, read: (b, at) => b.readUInt16LE(at), write: (b, v, at) => b.writeUInt16LE(v, at) },
+  [MetaType.INT16]: { bytes: 2, read: (b, at) => b.readInt16LE(at), write: (b, v, at) => b.writeInt16LE(v, at) },
+  [MetaType.UINT32]: U32,
+  [MetaType.INT32]: { bytes: 4, read: (b, at) => b.readInt32LE(at), write: (b, v, at) => b.writeInt32LE(v, at) },
+  [MetaType.FLOAT32]: { bytes: 4, read: (b, at) => b.readFloatLE(at), write: (b, v, at) => b.writeFloatLE(v, at) },
+  [MetaType.FLOAT64]: { bytes: 8, read: (b, at) => b.readDoubleLE(at), write: (b, v, at) => b.writeDoubleLE(v, at) },
+  [MetaType.BOOL]: U8,
+};
+
+/** The 64-bit integer types, whose values are bigints (or safe integers once read). */
+export const bigScalars: Readonly<Partial<Record<number, Scalar<bigint>>>> = {
+  [MetaType.UINT64]: U64,
+  [MetaType.INT64]: {
+    bytes: 8,
+    read: (b, at) => b.readBigInt64LE(at),
+    write: (b, v, at) => b.writeBigInt64LE(v, at),
+  },
+};
+
+/** Bytes a value of a fixed-size type takes; undefined for strings, arrays and unknown types. */
+export function scalarBytes(type: number): number | undefined {
+  return (numberScalars[type] ?? bigScalars[type])?.bytes;
+}
+
+/** Bytes a value of this type takes at least in the file (a string takes its u64 length). */
+function minBytes(type: number): number | undefined {
+  return type === MetaType.STRING ? 8 : type === MetaType.ARRAY ? 12 : scalarBytes(type);
+}
 
 export type GgufErrorCode =
   | 'io'
@@ -174,55 +213,17 @@ class Cursor {
     return 0;
   }
 
-  u8(what: string): number {
-    const o = this.need(1, what);
-    this.pos += 1;
-    return this.buf.readUInt8(o);
-  }
-  i8(what: string): number {
-    const o = this.need(1, what);
-    this.pos += 1;
-    return this.buf.readInt8(o);
-  }
-  u16(what: string): number {
-    const o = this.need(2, what);
-    this.pos += 2;
-    return this.buf.readUInt16LE(o);
-  }
-  i16(what: string): number {
-    const o = this.need(2, what);
-    this.pos += 2;
-    return this.buf.readInt16LE(o);
+  /** A fixed-size value. */
+  scalar<T extends number | bigint>(s: Scalar<T>, what: string): T {
+    const o = this.need(s.bytes, what);
+    this.pos += s.bytes;
+    return s.read(this.buf, o);
   }
   u32(what: string): number {
-    const o = this.need(4, what);
-    this.pos += 4;
-    return this.buf.readUInt32LE(o);
-  }
-  i32(what: string): number {
-    const o = this.need(4, what);
-    this.pos += 4;
-    return this.buf.readInt32LE(o);
-  }
-  f32(what: string): number {
-    const o = this.need(4, what);
-    this.pos += 4;
-    return this.buf.readFloatLE(o);
-  }
-  f64(what: string): number {
-    const o = this.need(8, what);
-    this.pos += 8;
-    return this.buf.readDoubleLE(o);
+    return this.scalar(U32, what);
   }
   u64(what: string): bigint {
-    const o = this.need(8, what);
-    this.pos += 8;
-    return this.buf.readBigUInt64LE(o);
-  }
-  i64(what: string): bigint {
-    const o = this.need(8, what);
-    this.pos += 8;
-    return this.buf.readBigInt64LE(o);
+    return this.scalar(U64, what);
   }
 
   /** A u64 count whose items take at least itemBytes each: it must fit in the rest of the file. */
@@ -512,32 +513,28 @@ export class GgufFile {
   string(key: string): string;
   string(key: string, fallback: string): string;
   string(key: string, fallback?: string): string {
-    const v = this.metadata.get(key);
-    if (v === undefined && fallback !== undefined) return fallback;
-    if (typeof v !== 'string') throw this.keyError(key, 'a string', v);
-    return v;
+    return this.typed(key, 'a string', (v) => typeof v === 'string', fallback);
   }
 
   number(key: string): number;
   number(key: string, fallback: number): number;
   number(key: string, fallback?: number): number {
-    const v = this.metadata.get(key);
-    if (v === undefined && fallback !== undefined) return fallback;
-    if (typeof v !== 'number') throw this.keyError(key, 'a number', v);
-    return v;
+    return this.typed(key, 'a number', (v) => typeof v === 'number', fallback);
   }
 
   bool(key: string, fallback: boolean): boolean {
-    const v = this.metadata.get(key);
-    if (v === undefined) return fallback;
-    if (typeof v !== 'boolean') throw this.keyError(key, 'a boolean', v);
-    return v;
+    return this.typed(key, 'a boolean', (v) => typeof v === 'boolean', fallback);
   }
 
   array(key: string): MetadataValue[] | undefined {
+    return this.metadata.has(key) ? this.typed(key, 'an array', (v) => Array.isArray(v)) : undefined;
+  }
+
+  /** The value of key, if `is` accepts it; fallback when the key is missing and one is given. */
+  private typed<T extends MetadataValue>(key: string, want: string, is: (v: MetadataValue) => v is T, fallback?: T): T {
     const v = this.metadata.get(key);
-    if (v === undefined) return undefined;
-    if (!Array.isArray(v)) throw this.keyError(key, 'an array', v);
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (v === undefined || !is(v)) throw this.keyError(key, want, v);
     return v;
   }
 
@@ -558,30 +555,12 @@ function readValue(
   desc?: { item?: MetaTypeDesc },
   what = `value of ${quoted(key)}`,
 ): MetadataValue {
+  const big = bigScalars[type];
+  if (big) return safeNumber(c.scalar(big, what));
   switch (type) {
-    case MetaType.UINT8:
-      return c.u8(what);
-    case MetaType.INT8:
-      return c.i8(what);
-    case MetaType.UINT16:
-      return c.u16(what);
-    case MetaType.INT16:
-      return c.i16(what);
-    case MetaType.UINT32:
-      return c.u32(what);
-    case MetaType.INT32:
-      return c.i32(what);
-    case MetaType.FLOAT32:
-      return c.f32(what);
-    case MetaType.FLOAT64:
-      return c.f64(what);
-    case MetaType.UINT64:
-      return safeNumber(c.u64(what));
-    case MetaType.INT64:
-      return safeNumber(c.i64(what));
     case MetaType.BOOL: {
       const at = c.pos;
-      const b = c.u8(what);
+      const b = c.scalar(U8, what);
       if (b > 1) throw new GgufError('bad-value-type', path, `${what} is a bool stored as ${b}`, at);
       return b === 1;
     }
@@ -592,7 +571,7 @@ function readValue(
       if (depth >= MAX_ARRAY_NESTING)
         throw new GgufError('bad-array', path, `${what} nests arrays deeper than ${MAX_ARRAY_NESTING}`, at);
       const itemType = c.u32(`array item type of ${quoted(key)}`);
-      const min = minBytes[itemType];
+      const min = minBytes(itemType);
       if (min === undefined)
         throw new GgufError('bad-value-type', path, `array ${quoted(key)} has unknown item type ${itemType}`, at);
       const countAt = c.pos;
@@ -612,9 +591,11 @@ function readValue(
         out[i] = readValue(c, itemType, key, depth + 1, path, i === 0 ? item : undefined, what);
       return out;
     }
-    default:
-      throw new GgufError('bad-value-type', path, `metadata ${quoted(key)} has unknown value type ${type}`, c.pos - 4);
   }
+  const num = numberScalars[type];
+  if (!num)
+    throw new GgufError('bad-value-type', path, `metadata ${quoted(key)} has unknown value type ${type}`, c.pos - 4);
+  return c.scalar(num, what);
 }
 
 export type { GgmlType };

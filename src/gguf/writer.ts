@@ -17,9 +17,15 @@ import {
   GGUF_MAGIC,
   GgufError,
   MetaType,
+  U32,
+  U64,
+  U8,
+  bigScalars,
+  numberScalars,
   type GgufFile,
   type MetaTypeDesc,
   type MetadataValue,
+  type Scalar,
 } from './reader.ts';
 
 const GGUF_VERSION = 3;
@@ -148,51 +154,15 @@ class ByteSink {
     return at;
   }
 
-  // reserve() may swap this.buf, so it must run before this.buf is read.
-  u8(v: number): void {
-    const at = this.reserve(1);
-    this.buf.writeUInt8(v, at);
-  }
-  i8(v: number): void {
-    const at = this.reserve(1);
-    this.buf.writeInt8(v, at);
-  }
-  u16(v: number): void {
-    const at = this.reserve(2);
-    this.buf.writeUInt16LE(v, at);
-  }
-  i16(v: number): void {
-    const at = this.reserve(2);
-    this.buf.writeInt16LE(v, at);
-  }
-  u32(v: number): void {
-    const at = this.reserve(4);
-    this.buf.writeUInt32LE(v, at);
-  }
-  i32(v: number): void {
-    const at = this.reserve(4);
-    this.buf.writeInt32LE(v, at);
-  }
-  f32(v: number): void {
-    const at = this.reserve(4);
-    this.buf.writeFloatLE(v, at);
-  }
-  f64(v: number): void {
-    const at = this.reserve(8);
-    this.buf.writeDoubleLE(v, at);
-  }
-  u64(v: bigint): void {
-    const at = this.reserve(8);
-    this.buf.writeBigUInt64LE(v, at);
-  }
-  i64(v: bigint): void {
-    const at = this.reserve(8);
-    this.buf.writeBigInt64LE(v, at);
+  put<T extends number | bigint>(s: Scalar<T>, v: T): void {
+    // reserve() may swap this.buf, so it must run before this.buf is read.
+    const at = this.reserve(s.bytes);
+    s.write(this.buf, v, at);
   }
 
   string(s: string): void {
     const n = Buffer.byteLength(s, 'utf8');
-    this.u64(BigInt(n));
+    this.put(U64, BigInt(n));
     const at = this.reserve(n);
     this.buf.write(s, at, n, 'utf8');
   }
@@ -231,45 +201,10 @@ function encodeValue(out: ByteSink, type: number, value: unknown, what: string, 
       `${what} should be ${want}, got ${typeof value === 'bigint' ? `${value}n` : (JSON.stringify(value) ?? String(value))}`,
     );
 
-  const ints = intRange[type as MetaType];
-  if (ints) {
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < ints[0] || value > ints[1]) {
-      throw bad(`an integer in [${ints[0]}, ${ints[1]}]`);
-    }
-  }
-  const bigs = bigRange[type as MetaType];
-  let big = 0n;
-  if (bigs) {
-    if (typeof value === 'number' && Number.isSafeInteger(value)) big = BigInt(value);
-    else if (typeof value === 'bigint') big = value;
-    else throw bad('a bigint or a safe integer');
-    if (big < bigs[0] || big > bigs[1]) throw bad(`in [${bigs[0]}, ${bigs[1]}]`);
-  }
-
   switch (type) {
-    case MetaType.UINT8:
-      return out.u8(value as number);
-    case MetaType.INT8:
-      return out.i8(value as number);
-    case MetaType.UINT16:
-      return out.u16(value as number);
-    case MetaType.INT16:
-      return out.i16(value as number);
-    case MetaType.UINT32:
-      return out.u32(value as number);
-    case MetaType.INT32:
-      return out.i32(value as number);
-    case MetaType.UINT64:
-      return out.u64(big);
-    case MetaType.INT64:
-      return out.i64(big);
-    case MetaType.FLOAT32:
-    case MetaType.FLOAT64:
-      if (typeof value !== 'number') throw bad('a number');
-      return type === MetaType.FLOAT32 ? out.f32(value) : out.f64(value);
     case MetaType.BOOL:
       if (typeof value !== 'boolean') throw bad('a boolean');
-      return out.u8(value ? 1 : 0);
+      return out.put(U8, value ? 1 : 0);
     case MetaType.STRING:
       if (typeof value !== 'string') throw bad('a string');
       return out.string(value);
@@ -278,15 +213,33 @@ function encodeValue(out: ByteSink, type: number, value: unknown, what: string, 
       if (!Object.values(MetaType).includes(value.itemType)) {
         throw new GgufError('bad-value-type', path, `${what} has unknown item type ${value.itemType}`);
       }
-      out.u32(value.itemType);
-      out.u64(BigInt(value.value.length));
+      out.put(U32, value.itemType);
+      out.put(U64, BigInt(value.value.length));
       for (let i = 0; i < value.value.length; i++)
         encodeValue(out, value.itemType, value.value[i], `${what}[${i}]`, path);
       return;
     }
-    default:
-      throw new GgufError('bad-value-type', path, `${what} has unknown type ${type}`);
   }
+
+  const big = bigScalars[type];
+  const bigs = bigRange[type as MetaType];
+  if (big && bigs) {
+    let v: bigint;
+    if (typeof value === 'number' && Number.isSafeInteger(value)) v = BigInt(value);
+    else if (typeof value === 'bigint') v = value;
+    else throw bad('a bigint or a safe integer');
+    if (v < bigs[0] || v > bigs[1]) throw bad(`in [${bigs[0]}, ${bigs[1]}]`);
+    return out.put(big, v);
+  }
+  const num = numberScalars[type];
+  if (!num) throw new GgufError('bad-value-type', path, `${what} has unknown type ${type}`);
+  const ints = intRange[type as MetaType];
+  if (ints) {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < ints[0] || value > ints[1]) {
+      throw bad(`an integer in [${ints[0]}, ${ints[1]}]`);
+    }
+  } else if (typeof value !== 'number') throw bad('a number');
+  out.put(num, value);
 }
 
 interface PlannedTensor {
@@ -382,17 +335,17 @@ export function writeGguf(path: string, spec: GgufSpec): WrittenGguf {
   const alignment = alignmentOf(metadata, path);
 
   const head = new ByteSink();
-  head.u32(GGUF_MAGIC);
-  head.u32(GGUF_VERSION);
-  head.u64(BigInt(tensors.length));
-  head.u64(BigInt(metadata.length));
+  head.put(U32, GGUF_MAGIC);
+  head.put(U32, GGUF_VERSION);
+  head.put(U64, BigInt(tensors.length));
+  head.put(U64, BigInt(metadata.length));
 
   const keys = new Set<string>();
   for (const m of metadata) {
     if (keys.has(m.key)) throw new GgufError('duplicate-key', path, `metadata key "${m.key}" given twice`);
     keys.add(m.key);
     head.string(m.key);
-    head.u32(m.type);
+    head.put(U32, m.type);
     encodeValue(
       head,
       m.type,
@@ -412,10 +365,10 @@ export function writeGguf(path: string, spec: GgufSpec): WrittenGguf {
     planned.push(p);
     offset = alignUp(offset + p.nBytes, alignment);
     head.string(t.name);
-    head.u32(t.dims.length);
-    for (const d of t.dims) head.u64(BigInt(d));
-    head.u32(t.type);
-    head.u64(BigInt(p.offset));
+    head.put(U32, t.dims.length);
+    for (const d of t.dims) head.put(U64, BigInt(d));
+    head.put(U32, t.type);
+    head.put(U64, BigInt(p.offset));
   }
 
   const dataOffset = alignUp(head.length, alignment);

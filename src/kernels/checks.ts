@@ -25,11 +25,6 @@ export const MAX_SPIN_MICROS = 1_000_000;
 /** Elements one call may cover: the C kernels and the wasm control block count in int32. */
 export const MAX_ELEMENTS = 0x7fffffff;
 
-/** The default thread count: the cores Node sees, within MAX_THREADS. */
-export function defaultThreads(): number {
-  return Math.min(availableParallelism(), MAX_THREADS);
-}
-
 /** The options every threaded backend takes. */
 export interface ThreadOptions {
   threads: number;
@@ -37,7 +32,20 @@ export interface ThreadOptions {
   minParallelBytes: number;
 }
 
-export function checkThreadOptions(o: ThreadOptions, fail: ArgumentError): void {
+/**
+ * A backend's thread options: those given, the rest from `defaults` (threads: the cores Node
+ * sees, within MAX_THREADS), each checked.
+ */
+export function threadOptions(
+  given: Partial<ThreadOptions>,
+  defaults: Omit<ThreadOptions, 'threads'>,
+  fail: ArgumentError,
+): ThreadOptions {
+  const o: ThreadOptions = {
+    threads: given.threads ?? Math.min(availableParallelism(), MAX_THREADS),
+    spinMicros: given.spinMicros ?? defaults.spinMicros,
+    minParallelBytes: given.minParallelBytes ?? defaults.minParallelBytes,
+  };
   if (!(Number.isInteger(o.threads) && o.threads >= 1 && o.threads <= MAX_THREADS)) {
     throw fail(`threads must be an integer 1 … ${MAX_THREADS}, got ${o.threads}`);
   }
@@ -47,6 +55,7 @@ export function checkThreadOptions(o: ThreadOptions, fail: ArgumentError): void 
   if (!(Number.isSafeInteger(o.minParallelBytes) && o.minParallelBytes >= 0)) {
     throw fail(`minParallelBytes must be an integer ≥ 0, got ${o.minParallelBytes}`);
   }
+  return o;
 }
 
 export function checkAlloc(bytes: number, fail: ArgumentError): void {

@@ -31,8 +31,13 @@ export class KvCache {
     }
   }
 
+  /** Bytes a cache of this type and shape takes, before making one. */
+  static size(type: KvType, nLayers: number, ctx: number, kvDim: number): number {
+    return 2 * nLayers * ctx * kvDim * (type === 'f32' ? 4 : 2);
+  }
+
   get bytes(): number {
-    return 2 * this.nLayers * this.ctx * this.kvDim * (this.type === 'f32' ? 4 : 2);
+    return KvCache.size(this.type, this.nLayers, this.ctx, this.kvDim);
   }
 
   /** Stores the key and value vectors of position pos for layer l (index within the range). */

@@ -18,9 +18,11 @@ import { copyMetadata, meta, writeGguf, type MetaEntry, type TensorSpec } from '
 import { GgmlType, ggmlTypeInfo, rowBytes } from '../ggml/types.ts';
 import { kernelType } from '../kernels/types.ts';
 import { chooseType, quantTarget } from './quantize.ts';
+import { ARCHITECTURES, type Architecture, type ModelConfig } from './config.ts';
 
-export const SYNTH_ARCHS = ['llama', 'qwen2', 'qwen3'] as const;
-export type SynthArch = (typeof SYNTH_ARCHS)[number];
+/** Every architecture herd runs: the parity tests need a file of each. */
+export const SYNTH_ARCHS = ARCHITECTURES;
+export type SynthArch = Architecture;
 /** A quantization target as `herd quantize` names them: f32, f16, bf16, q8_0, q4_0, q4_k_m, … */
 export type SynthWeightType = string;
 
@@ -77,21 +79,11 @@ export interface SynthOptions {
   readonly name?: string;
 }
 
-export interface SynthModel {
+/** A written model: its file, weight type and tying, and the config herd reads back from it. */
+export interface SynthModel extends Omit<ModelConfig, 'ropeFreqScale' | 'ropeDims' | 'ropeNeox'> {
   readonly path: string;
-  readonly arch: SynthArch;
   readonly type: SynthWeightType;
   readonly tied: boolean;
-  readonly dim: number;
-  readonly nLayers: number;
-  readonly nHeads: number;
-  readonly nKvHeads: number;
-  readonly headDim: number;
-  readonly ffnDim: number;
-  readonly vocabSize: number;
-  readonly ctxTrain: number;
-  readonly ropeBase: number;
-  readonly rmsEps: number;
   readonly tensorCount: number;
   readonly fileSize: number;
 }

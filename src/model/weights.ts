@@ -80,15 +80,8 @@ export function stageBytes(file: GgufFile, c: ModelConfig, start: number, end: n
 }
 
 /** Reads the stage's tensors in one go. */
-export function loadStageWeights(
-  file: GgufFile,
-  c: ModelConfig,
-  start: number,
-  end: number,
-  backend: KernelBackend,
-  onProgress?: (p: LoadProgress) => void,
-): StageWeights {
-  const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
+export function loadStageWeights(...args: Parameters<typeof stageWeightSteps>): StageWeights {
+  const steps = stageWeightSteps(...args);
   for (;;) {
     const r = steps.next();
     if (r.done) return r.value;
@@ -99,15 +92,8 @@ export function loadStageWeights(
  * Reads the stage's tensors giving the event loop a turn after each layer: a node streams
  * its loading progress to the coordinator while it loads, and herd serve answers /health.
  */
-export async function loadStageWeightsAsync(
-  file: GgufFile,
-  c: ModelConfig,
-  start: number,
-  end: number,
-  backend: KernelBackend,
-  onProgress?: (p: LoadProgress) => void,
-): Promise<StageWeights> {
-  const steps = stageWeightSteps(file, c, start, end, backend, onProgress);
+export async function loadStageWeightsAsync(...args: Parameters<typeof stageWeightSteps>): Promise<StageWeights> {
+  const steps = stageWeightSteps(...args);
   for (;;) {
     const r = steps.next();
     if (r.done) return r.value;

@@ -23,66 +23,66 @@ export class PairQueue {
 
   push(key: number, left: number, right: number, size: number): void {
     if (this.n === this.key.length) this.grow();
-    const { key: k, lefts: l, rights: r, sizes: s } = this;
     // Move the hole up instead of swapping: one write per level.
     let i = this.n++;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (!(key < k[p] || (key === k[p] && left < l[p]))) break;
-      k[i] = k[p];
-      l[i] = l[p];
-      r[i] = r[p];
-      s[i] = s[p];
+      if (!this.before(key, left, p)) break;
+      this.move(i, p);
       i = p;
     }
-    k[i] = key;
-    l[i] = left;
-    r[i] = right;
-    s[i] = size;
+    this.key[i] = key;
+    this.lefts[i] = left;
+    this.rights[i] = right;
+    this.sizes[i] = size;
   }
 
   /** Removes the first entry into left/right/size; false when empty. */
   pop(): boolean {
     if (this.n === 0) return false;
-    const { key: k, lefts: l, rights: r, sizes: s } = this;
-    this.left = l[0];
-    this.right = r[0];
-    this.size = s[0];
+    this.left = this.lefts[0];
+    this.right = this.rights[0];
+    this.size = this.sizes[0];
+    // The last entry sinks from the root; its slot n stays intact until it lands.
     const n = --this.n;
-    const lk = k[n];
-    const ll = l[n];
     let i = 0;
     for (;;) {
       let c = 2 * i + 1;
       if (c >= n) break;
-      if (c + 1 < n && (k[c + 1] < k[c] || (k[c + 1] === k[c] && l[c + 1] < l[c]))) c++;
-      if (!(k[c] < lk || (k[c] === lk && l[c] < ll))) break;
-      k[i] = k[c];
-      l[i] = l[c];
-      r[i] = r[c];
-      s[i] = s[c];
+      if (c + 1 < n && this.before(this.key[c + 1], this.lefts[c + 1], c)) c++;
+      if (!this.before(this.key[c], this.lefts[c], n)) break;
+      this.move(i, c);
       i = c;
     }
-    k[i] = lk;
-    l[i] = ll;
-    r[i] = r[n];
-    s[i] = s[n];
+    this.move(i, n);
     return true;
+  }
+
+  /** Whether an entry (key, left) comes out before entry j. */
+  private before(key: number, left: number, j: number): boolean {
+    const kj = this.key[j];
+    return key < kj || (key === kj && left < this.lefts[j]);
+  }
+
+  /** Copies entry `from` into slot `to`. */
+  private move(to: number, from: number): void {
+    this.key[to] = this.key[from];
+    this.lefts[to] = this.lefts[from];
+    this.rights[to] = this.rights[from];
+    this.sizes[to] = this.sizes[from];
   }
 
   private grow(): void {
     const cap = this.key.length * 2;
-    const k = new Float64Array(cap);
-    k.set(this.key);
-    this.key = k;
-    const l = new Int32Array(cap);
-    l.set(this.lefts);
-    this.lefts = l;
-    const r = new Int32Array(cap);
-    r.set(this.rights);
-    this.rights = r;
-    const s = new Int32Array(cap);
-    s.set(this.sizes);
-    this.sizes = s;
+    this.key = widened(this.key, new Float64Array(cap));
+    this.lefts = widened(this.lefts, new Int32Array(cap));
+    this.rights = widened(this.rights, new Int32Array(cap));
+    this.sizes = widened(this.sizes, new Int32Array(cap));
   }
+}
+
+/** `to` holding `from` at its start. */
+function widened<T extends Float64Array | Int32Array>(from: T, to: T): T {
+  to.set(from);
+  return to;
 }

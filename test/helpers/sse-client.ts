@@ -1,7 +1,7 @@
 // A streaming OpenAI-API client that keeps what a load test or a benchmark needs: each content
 // chunk with its arrival time, the final chunk's finish reason and `herd` extension, the usage
-// chunk, whether `data: [DONE]` came, and any error event. Used by test/api-load.test.ts and
-// scripts/bench-serve.ts.
+// chunk, whether `data: [DONE]` came, and any error event. Used by test/api-load.test.ts,
+// test/api-cluster-batching.test.ts and scripts/bench-serve.ts.
 
 export type Endpoint = 'completions' | 'chat';
 
@@ -41,12 +41,16 @@ interface Event {
   error?: unknown;
 }
 
-/** POSTs `body` with `stream: true` to /v1/{chat/,}completions and reads the stream to its end. */
+/**
+ * POSTs `body` with `stream: true` to /v1/{chat/,}completions and reads the stream to its end;
+ * `onChunk` hears the text chunks so far each time one arrives.
+ */
 export async function streamRequest(
   baseUrl: string,
   endpoint: Endpoint,
   body: Record<string, unknown>,
   signal?: AbortSignal,
+  onChunk?: (chunks: readonly StreamedChunk[]) => void,
 ): Promise<StreamResult> {
   const path = endpoint === 'chat' ? '/v1/chat/completions' : '/v1/completions';
   const sentAt = performance.now();
@@ -92,7 +96,9 @@ export async function streamRequest(
       if (!c) continue;
       finish = c.finish_reason ?? finish;
       const text = endpoint === 'chat' ? c.delta?.content : c.text;
-      if (text) chunks.push({ text, at: performance.now() });
+      if (!text) continue;
+      chunks.push({ text, at: performance.now() });
+      onChunk?.(chunks);
     }
   }
   return { status: r.status, sentAt, chunks, finish, usage, herd, done, error, headers: r.headers };

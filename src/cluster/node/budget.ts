@@ -8,13 +8,14 @@
 import { formatBytes } from '../caps.ts';
 import type { LoadedShard } from '../shard/store.ts';
 import { TensorMember } from '../../engine/tensor-split.ts';
+import { KvCache } from '../../model/kv-cache.ts';
 
-/** Bytes a session's KV cache of `ctx` positions takes on this shard (KvCache.bytes, before allocating it). */
+/** Bytes a session's KV cache of `ctx` positions takes on this shard, before allocating it. */
 export function kvCacheBytes(shard: LoadedShard, ctx: number): number {
   const c = shard.model.config;
   // a group member holds its KV heads only
   const kvHeads = shard.model instanceof TensorMember ? shard.model.weights.nKvHeads : c.nKvHeads;
-  return 2 * (shard.end - shard.start) * ctx * kvHeads * c.headDim * (shard.kvType === 'f32' ? 4 : 2);
+  return KvCache.size(shard.kvType, shard.end - shard.start, ctx, kvHeads * c.headDim);
 }
 
 export class MemoryBudget {

@@ -4,7 +4,7 @@
 // that a re-encoding from parsed values would have to guess.
 
 import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
-import { GGUF_MAGIC, MetaType } from '../../gguf/reader.ts';
+import { GGUF_MAGIC, MetaType, scalarBytes } from '../../gguf/reader.ts';
 import { ggmlTypeInfo } from '../../ggml/types.ts';
 import { ClusterError } from '../errors.ts';
 
@@ -20,20 +20,6 @@ export interface MetadataSection {
   readonly bytes: Buffer;
   readonly count: number;
 }
-
-const scalarBytes: Record<number, number> = {
-  [MetaType.UINT8]: 1,
-  [MetaType.INT8]: 1,
-  [MetaType.UINT16]: 2,
-  [MetaType.INT16]: 2,
-  [MetaType.UINT32]: 4,
-  [MetaType.INT32]: 4,
-  [MetaType.FLOAT32]: 4,
-  [MetaType.BOOL]: 1,
-  [MetaType.UINT64]: 8,
-  [MetaType.INT64]: 8,
-  [MetaType.FLOAT64]: 8,
-};
 
 /** The raw metadata section of a GGUF file the reader already validated. */
 export function readMetadataSection(path: string, dataOffset: number): MetadataSection {
@@ -57,10 +43,10 @@ export function readMetadataSection(path: string, dataOffset: number): MetadataS
         const itemType = head.readUInt32LE(p);
         const n = Number(head.readBigUInt64LE(p + 4));
         p += 12;
-        if (itemType !== MetaType.STRING && itemType !== MetaType.ARRAY) p += n * (scalarBytes[itemType] ?? 0);
+        if (itemType !== MetaType.STRING && itemType !== MetaType.ARRAY) p += n * (scalarBytes(itemType) ?? 0);
         else for (let i = 0; i < n; i++) skipValue(itemType);
       } else {
-        const size = scalarBytes[type];
+        const size = scalarBytes(type);
         if (size === undefined) throw new ClusterError('shard', `${path}: metadata value type ${type} unknown`);
         p += size;
       }

@@ -25,8 +25,7 @@ import {
   checkAttention,
   checkProduct,
   checkSwiglu,
-  checkThreadOptions,
-  defaultThreads,
+  threadOptions,
 } from '../checks.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
 
@@ -92,10 +91,8 @@ export class NativeBackend implements KernelBackend {
   /** Starts the addon's threads; fails with NATIVE_UNAVAILABLE when the addon is not built. */
   static async create(opts: NativeBackendOptions = {}): Promise<NativeBackend> {
     const addon = requireAddon();
-    const threads = opts.threads ?? defaultThreads();
-    const spinMicros = opts.spinMicros ?? 200;
-    const minParallelBytes = opts.minParallelBytes ?? 64 * 1024;
-    checkThreadOptions({ threads, spinMicros, minParallelBytes }, argument);
+    const defaults = { spinMicros: 200, minParallelBytes: 64 * 1024 };
+    const { threads, spinMicros, minParallelBytes } = threadOptions(opts, defaults, argument);
     const compiled = NativeBackend.isas();
     const isa = opts.isa ?? compiled[compiled.length - 1];
     if (!compiled.includes(isa))

@@ -12,15 +12,7 @@ import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { MatvecScratch, matvecs, type Weight } from '../matvec.ts';
 import { Activation, Q8K_BLOCK, Q8_BLOCK, type ActivationKind } from '../activation.ts';
-import {
-  checkActivation,
-  checkAlloc,
-  checkAttention,
-  checkProduct,
-  checkSwiglu,
-  checkThreadOptions,
-  defaultThreads,
-} from '../checks.ts';
+import { checkActivation, checkAlloc, checkAttention, checkProduct, checkSwiglu, threadOptions } from '../checks.ts';
 import { GgmlType } from '../../ggml/types.ts';
 import { relaxedSimdAvailable } from './probe.ts';
 import {
@@ -142,10 +134,8 @@ export class WasmBackend implements KernelBackend {
    * memory, so the caller can fall back to the js backend.
    */
   static async create(opts: WasmBackendOptions = {}): Promise<WasmBackend> {
-    const threads = opts.threads ?? defaultThreads();
-    const minParallelBytes = opts.minParallelBytes ?? 256 * 1024;
-    const spinMicros = opts.spinMicros ?? 300;
-    checkThreadOptions({ threads, spinMicros, minParallelBytes }, argument);
+    const defaults = { spinMicros: 300, minParallelBytes: 256 * 1024 };
+    const { threads, spinMicros, minParallelBytes } = threadOptions(opts, defaults, argument);
     const simd = opts.simd ?? (relaxedSimdAvailable() ? 'relaxed' : 'simd128');
     const module = kernelsModule(simd);
     const { memory, maxBytes } = sharedMemory(opts.maxMemoryBytes);
