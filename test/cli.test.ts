@@ -114,6 +114,7 @@ test('errors print one clear line and exit non-zero', async (t) => {
     [['run', '-n', '2.5', 'x'], /--max-tokens must be an integer >= 0/],
     [['run', '--top-p', 'abc', 'x'], /top-p must be in \(0, 1\]/],
     [['run', '--no-such-flag', 'x'], /Unknown argument/],
+    [['plan', '--tensor', '0'], /--tensor must be an integer >= 1, got 0/],
   ];
   for (const [args, message] of cases) {
     const r = await herd(args);
@@ -121,6 +122,31 @@ test('errors print one clear line and exit non-zero', async (t) => {
     t.regex(r.stderr, message, args.join(' '));
     t.is(r.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
   }
+});
+
+test('herd plan says why it chose its plan and what it predicts', async (t) => {
+  const auto = await herd(['plan', '--nodes', 'local', '--json']);
+  t.is(auto.code, 0, auto.stderr);
+  const p = JSON.parse(auto.stdout) as {
+    plan: { sync_ms: number | null }[];
+    token_ms: number;
+    reason: string;
+    rejected: unknown;
+  };
+  t.is(p.reason, 'one node: no other node to form a group with');
+  t.is(p.rejected, null);
+  t.true(p.token_ms > 0);
+  t.deepEqual(
+    p.plan.map((s) => s.sync_ms),
+    [null],
+  );
+  // Forced: the reason names the flag; the text output ends with the prediction and the reason.
+  const forced = await herd(['plan', '--nodes', 'local', '--tensor', '1']);
+  t.is(forced.code, 0, forced.stderr);
+  t.regex(
+    forced.stdout,
+    /^predicted [\d.]+ ms\/token through all stages, slowest stage [\d.]+ ms \(from measured matvec throughput\)\nwhy: --tensor 1: one node, predicted [\d.]+ ms\/token\n$/m,
+  );
 });
 
 // Every way yargs takes for help, as src/cli/yargs.ts must foresee them to load the renderer.

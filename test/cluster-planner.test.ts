@@ -7,7 +7,7 @@ import { bundledModel } from './helpers/paths.ts';
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-/** 22 equal layers of 40 MiB, a 60 MiB embedding and head: TinyLlama-like proportions. */
+/** 22 equal layers of 40 MiB, a 60 MiB embedding and head: TinyLlama-like proportions and heads. */
 const shape: ModelShape = {
   nLayers: 22,
   layerBytes: new Array(22).fill(40 * MiB),
@@ -17,6 +17,8 @@ const shape: ModelShape = {
   sharedBytes: 0,
   kvBytesPerLayer: 4 * MiB,
   bufferBytes: 1 * MiB,
+  dim: 2048,
+  kvHeads: 4,
 };
 
 const node = (name: string, gbps: number, memGiB: number): PlanNode => ({
@@ -144,4 +146,97 @@ test('--parallel 8 counts eight sessions of KV cache and buffers: a small node g
   const e = t.throws(() => plan([node('tiny', 1, 1)], shape, { sessions: 8 }), { instanceOf: PlanError });
   t.regex(e.message, /the KV caches and buffers of 8 sessions/);
   t.throws(() => plan(nodes, shape, { sessions: 0 }), { instanceOf: PlanError, message: /sessions must be/ });
+});
+
+// Without --tensor the planner weighs groups against one node per stage. A share function that
+// splits nothing real: the choice depends on the shape's sizes and the nodes, not on the shares.
+const evenShares = (_start: number, _end: number, weights: readonly number[]) =>
+  weights.map((_, i) => ({ member: i, kvHeads: [i, i + 1] as const, ffnRows: [10 * i, 10 * i + 10] as const }));
+const linked = (n: PlanNode, rttMs: number): PlanNode => ({ ...n, rttSeconds: rttMs / 1000 });
+
+test('fast equal nodes on a fast link become a group, and the plan says why', (t) => {
+  const nodes = [linked(node('a', 1, 8), 0.2), linked(node('b', 1, 8), 0.2)];
+  const p = plan(nodes, shape, { shares: evenShares });
+  t.is(p.stages.length, 1);
+  t.deepEqual(
+    p.stages[0].members?.map((m) => m.node.name),
+    ['a', 'b'],
+  );
+  t.regex(
+    p.reason,
+    /^a 2-node group: predicted [\d.]+ ms\/token vs [\d.]+ ms as 2 stages \(sync 0\.2\d ms, measured latency\)$/,
+  );
+  t.is(p.rejected?.kind, '2 stages');
+  t.true(p.tokenSeconds <= 0.85 * p.rejected!.tokenSeconds);
+  // One sync: the round trip, plus the f32 hidden state (2048 values) sent to the other member at 1 Gbit/s.
+  t.is(p.stages[0].syncSeconds, 0.0002 + (4 * 2048) / 125e6);
+});
+
+test('a slow link keeps one node per stage: 44 syncs a token would cost more than the group saves', (t) => {
+  const nodes = [linked(node('a', 1, 8), 20), linked(node('b', 1, 8), 20)];
+  const p = plan(nodes, shape, { shares: evenShares });
+  t.is(p.stages.length, 2);
+  t.true(p.stages.every((s) => s.members === undefined));
+  t.regex(
+    p.reason,
+    /^2 stages: predicted [\d.]+ ms\/token vs [\d.]+ ms as a 2-node group \(sync 20\.\d ms, measured latency\)$/,
+  );
+  t.is(p.rejected?.kind, 'a 2-node group');
+});
+
+test('groups a little faster than the pipeline are not worth it: the margin is 15%', (t) => {
+  // Sharing the layers saves ~0.46 s a token; 44 syncs of 8.5 ms take most of it back (~9% left).
+  const nodes = [linked(node('a', 1, 8), 8.5), linked(node('b', 1, 8), 8.5)];
+  const p = plan(nodes, shape, { shares: evenShares });
+  t.true(p.rejected !== undefined && p.rejected.tokenSeconds < p.tokenSeconds, p.reason);
+  t.is(p.stages.length, 2, p.reason);
+  t.regex(p.reason, /not the 15% faster groups must be/);
+});
+
+test('with several sessions at once the pipeline keeps every node busy: groups must win on throughput', (t) => {
+  const nodes = [linked(node('a', 1, 8), 0.2), linked(node('b', 1, 8), 0.2)];
+  const p = plan(nodes, shape, { shares: evenShares, sessions: 4 });
+  t.is(p.stages.length, 2);
+  t.true(p.stages.every((s) => s.members === undefined));
+  t.regex(p.reason, /^2 stages: predicted [\d.]+ ms\/token at 4 sessions vs [\d.]+ ms as a 2-node group/);
+});
+
+test('a KV-head count no group size divides keeps one node per stage', (t) => {
+  const nodes = ['a', 'b', 'c', 'd'].map((n) => linked(node(n, 1, 8), 0.2));
+  const p = plan(nodes, { ...shape, kvHeads: 5 }, { shares: evenShares });
+  t.true(p.stages.every((s) => s.members === undefined));
+  t.regex(p.reason, /: no group size from 2 to 4 divides the model's 5 KV heads$/);
+  t.is(p.rejected, undefined);
+});
+
+test('links never measured rule groups out', (t) => {
+  const p = plan([node('a', 1, 8), linked(node('b', 1, 8), 0.2)], shape, { shares: evenShares });
+  t.true(p.stages.every((s) => s.members === undefined));
+  t.regex(p.reason, /not every link to the nodes was measured/);
+});
+
+test('--tensor N forces groups of N and --tensor 1 one node per stage, whatever the prediction', (t) => {
+  const slow = [linked(node('a', 1, 8), 20), linked(node('b', 1, 8), 20)];
+  const groups = plan(slow, shape, { shares: evenShares, tensor: 2 });
+  t.is(groups.stages[0].members?.length, 2);
+  t.regex(
+    groups.reason,
+    /^--tensor 2: a 2-node group, predicted [\d.]+ ms\/token \(sync 20\.\d ms, measured latency\)$/,
+  );
+  const fast = [linked(node('a', 1, 8), 0.2), linked(node('b', 1, 8), 0.2)];
+  const pipeline = plan(fast, shape, { shares: evenShares, tensor: 1 });
+  t.true(pipeline.stages.every((s) => s.members === undefined));
+  t.regex(pipeline.reason, /^--tensor 1: 2 stages, predicted [\d.]+ ms\/token$/);
+});
+
+test('--stages counts groups as stages: two stages of 2-node groups need four nodes', (t) => {
+  const four = ['a', 'b', 'c', 'd'].map((n) => linked(node(n, 1, 8), 0.2));
+  const p = plan(four, shape, { shares: evenShares, stages: 2 });
+  t.deepEqual(
+    p.stages.map((s) => s.members?.length),
+    [2, 2],
+  );
+  const two = plan(four.slice(0, 2), shape, { shares: evenShares, stages: 2 });
+  t.true(two.stages.every((s) => s.members === undefined));
+  t.regex(two.reason, /2 nodes make no groups for 2 stages/);
 });

@@ -109,6 +109,10 @@ export class ModelHost {
     return this.runner.plan;
   }
 
+  get planReason(): string | undefined {
+    return this.runner.planReason;
+  }
+
   /** Loads the model (in-process or over the herd); on failure the host retries with backoff. */
   start(): Promise<void> {
     return this.runner.start();

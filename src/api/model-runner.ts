@@ -110,6 +110,11 @@ export class ModelRunner {
     return this.served?.plan ?? [];
   }
 
+  /** Why the planner chose the herd's plan (undefined in-process or before a load). */
+  get planReason(): string | undefined {
+    return this.served?.mode === 'cluster' ? this.served.reason : undefined;
+  }
+
   /** Loads the model (in-process or over the herd); on failure it retries with backoff. */
   start(): Promise<void> {
     this.loading ??= this.load().finally(() => (this.loading = undefined));
@@ -220,6 +225,7 @@ export class ModelRunner {
         nodes: async () => [{ ...view, memTotal: totalmem(), memAvailable: freemem(), rss: process.memoryUsage().rss }],
       };
     }
+    o.log.info({ reason: loaded.reason }, 'plan');
     for (const l of loaded.shards) o.log.info({ ...l, layers: l.layers }, 'stage.loaded');
     const infos = new Map(set?.infos);
     let fetched = 0;

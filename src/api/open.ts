@@ -60,6 +60,8 @@ export interface OpenedInference {
   readonly plan: PlanEntry[];
   /** How each stage got its shard (cluster runs only). */
   readonly shards?: StageLoad[];
+  /** Why the planner chose the plan (cluster runs only). */
+  readonly planReason?: string;
   close(): Promise<void>;
 }
 
@@ -72,6 +74,7 @@ export async function openInference(o: OpenOptions): Promise<OpenedInference> {
     set,
   );
   const shards = loaded.mode === 'cluster' ? loaded.shards : undefined;
+  if (loaded.mode === 'cluster') o.note(`plan: ${loaded.reason}`);
   for (const [i, l] of (shards ?? []).entries()) {
     const how = l.source === 'fetched' ? `fetched ${(l.bytes_transferred / 1e6).toFixed(1)} MB` : `from ${l.source}`;
     o.note(`stage ${i + 1}: ${l.node} (${l.address}) layers [${l.layers[0]}, ${l.layers[1]}): ${how} in ${l.ms} ms`);
@@ -84,6 +87,9 @@ export async function openInference(o: OpenOptions): Promise<OpenedInference> {
         return loaded.plan;
       },
       shards,
+      get planReason() {
+        return loaded.mode === 'cluster' ? loaded.reason : undefined;
+      },
       close: async () => {
         await session.close();
         await loaded.close();

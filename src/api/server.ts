@@ -266,6 +266,7 @@ export class ApiServer {
         chat_template: h.template.name,
       },
       nodes: (await h.nodes()).map((n) => ({ ...n, stageMs: this.metrics.recentStage(n.address) })),
+      plan_reason: h.planReason ?? null,
       sessions: { active: h.activeSessions, idle: h.idleSessions, queued: h.slots.waiting, slots: h.slots.size },
       tokens_per_second: this.metrics.tokensPerSecond(),
       tokens_generated: await value(this.metrics.generatedTokens),

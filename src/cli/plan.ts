@@ -5,13 +5,14 @@ import { GgufFile } from '../gguf/reader.ts';
 import { readConfig } from '../model/config.ts';
 import { resolveNodes, withHoldings } from '../cluster/coordinator/nodes.ts';
 import { modelHash } from '../cluster/shard/model-hash.ts';
-import { plan } from '../cluster/planner.ts';
+import { plan, type PlanSummary } from '../cluster/planner.ts';
 import { shares, splitShape } from '../model/tensor-share.ts';
 import { modelShape } from '../cluster/shape.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { resolveModelPath } from './model-path.ts';
 import { loadClusterKey } from '../cluster/key.ts';
 import { asUsage, defaultCacheDir, keyOptions, tensorArg } from './cluster-options.ts';
+import { DEFAULT_SYNC, SYNC_FORMATS } from '../cluster/sync/format.ts';
 import { UsageError } from './errors.ts';
 import { writeTable } from './table.ts';
 import type { ArgsOf } from './yargs.ts';
@@ -28,7 +29,13 @@ function builder(y: Argv) {
     .option('stages', { type: 'number', describe: 'Exactly this many pipeline stages' })
     .option('tensor', {
       type: 'number',
-      describe: 'Make every stage a tensor-parallel group of N nodes (as herd run --tensor)',
+      describe:
+        'Make every stage a tensor-parallel group of N nodes; 1: one node per stage (default: groups only where predicted 15% faster, as herd run chooses)',
+    })
+    .option('sync', {
+      choices: SYNC_FORMATS,
+      default: DEFAULT_SYNC,
+      describe: "Element type of a group's partial sums (as herd run --sync): the bytes of each predicted sync",
     })
     .option('interface', { alias: 'i', type: 'string', describe: 'Discover on this network interface only' })
     .option('timeout', { type: 'number', default: 2, describe: 'Seconds to wait for nodes to answer' })
@@ -76,6 +83,7 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     stages: args.stages,
     sessions: args.parallel,
     tensor,
+    sync: args.sync,
     shares: (start, end, weights) => shares(splitShape(file, config, [start, end]), weights),
   });
   // A group's members, the leader first, each with its KV heads and FFN rows.
@@ -105,9 +113,18 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
           mem_bytes: s.memBytes,
           mem_available: s.node.memAvailable,
           ms_per_token: s.seconds * 1000,
+          sync_ms: s.syncSeconds === undefined ? null : s.syncSeconds * 1000,
         })),
         bottleneck_ms: p.bottleneckSeconds * 1000,
         token_ms: p.tokenSeconds * 1000,
+        reason: p.reason,
+        rejected: p.rejected
+          ? {
+              plan: p.rejected.kind,
+              bottleneck_ms: p.rejected.bottleneckSeconds * 1000,
+              token_ms: p.rejected.tokenSeconds * 1000,
+            }
+          : null,
       })}\n`,
     );
     return;
@@ -137,9 +154,12 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     `${path}: ${config.nLayers} layers, ctx ${ctx}, ${args.kvType} KV cache; KV for ${sessions} counted on every node\n`,
   );
   writeTable(rows);
-  process.stdout.write(
-    `slowest stage ${(p.bottleneckSeconds * 1000).toFixed(2)} ms/token; one token through all stages ${(p.tokenSeconds * 1000).toFixed(2)} ms (estimates from measured matvec throughput${tensor ? '; a group adds 2 syncs per layer of 0.1 ms each' : ''})\n`,
-  );
+  const times = (x: PlanSummary) =>
+    `${(x.tokenSeconds * 1000).toFixed(2)} ms/token through all stages, slowest stage ${(x.bottleneckSeconds * 1000).toFixed(2)} ms`;
+  const syncs = p.stages.some((s) => s.members) ? ', and 2 syncs per layer of a group from measured link latency' : '';
+  process.stdout.write(`predicted ${times(p)} (from measured matvec throughput${syncs})\n`);
+  if (p.rejected) process.stdout.write(`rejected ${p.rejected.kind}: ${times(p.rejected)}\n`);
+  process.stdout.write(`why: ${p.reason}\n`);
 }
 
 export const planCommand: CommandModule<object, PlanArgs> = {

@@ -169,6 +169,7 @@ async function handler(args: ArgumentsCamelCase<RunArgs>): Promise<void> {
         ...(args.logprobs !== undefined ? { logprobs: result.logprobs } : {}),
         timings: result.timings,
         plan: inference.plan,
+        ...(inference.planReason !== undefined ? { plan_reason: inference.planReason } : {}),
         ...(inProcess
           ? { backend: backend.name, isa: backend.isa, threads: backend.threads, peak_rss_mib: peakRssMib() }
           : {}),

@@ -12,14 +12,24 @@
 //
 // Tensor groups (`tensor`: groups of N for every stage): the nodes, fastest first, make groups
 // of N consecutive ones; each group is planned as one node with the members' summed throughput
-// and N times the smallest member's memory, and its stage time gains two syncs per layer
-// (`syncSeconds` each). Each member of a group takes a share of every layer in proportion to its
-// throughput (`shares`, model/tensor-share.ts); a shape the group cannot split is refused with
-// the reason.
+// and N times the smallest member's memory, and its stage time gains two syncs per layer. One
+// sync is one link round trip (the slowest member's measured `rttSeconds`) plus the bytes each
+// member sends its N−1 peers over a gigabit link (bandwidth is not measured). Each member takes
+// a share of every layer in proportion to its throughput (`shares`, model/tensor-share.ts); a
+// shape the group cannot split is refused with the reason.
+//
+// Without `tensor` the planner chooses: one node per stage, or groups of every size that divides
+// the model's KV heads and the nodes allow, each predicted as a whole. Groups must beat the
+// pipeline by GROUP_MARGIN on single-stream time per token (`tokenSeconds`) — with `sessions` > 1
+// on time per token at full load, where a pipeline's stages work on different sessions at once —
+// since the prediction leaves out what groups suffer most from: members sharing cores, a busy
+// link. Links never measured (the in-process node, a failed ping) rule groups out. The plan says
+// why in `reason`, with the alternative it weighed.
 
 import { formatBytes } from './caps.ts';
 import { ClusterError } from './errors.ts';
 import { TensorShareError, type TensorShare } from '../model/tensor-share.ts';
+import { DEFAULT_SYNC, payloadBytes, type SyncFormat } from './sync/format.ts';
 
 export interface PlanNode {
   readonly id: string;
@@ -30,6 +40,8 @@ export interface PlanNode {
   readonly throughput: number;
   /** Layer ranges of this model the node holds in memory or in its cache. */
   readonly holds?: readonly (readonly [number, number])[];
+  /** Measured round trip of a small call to the node, seconds (undefined: not measured). */
+  readonly rttSeconds?: number;
 }
 
 export interface ModelShape {
@@ -48,6 +60,10 @@ export interface ModelShape {
   readonly kvBytesPerLayer: number;
   /** Activation buffers of a stage (logits, ffn scratch, attention scores). */
   readonly bufferBytes: number;
+  /** Hidden size: the values a group's members sum at each sync. */
+  readonly dim: number;
+  /** KV heads of a layer: a group size chosen without --tensor divides them. */
+  readonly kvHeads: number;
 }
 
 export interface PlanOptions {
@@ -61,10 +77,10 @@ export interface PlanOptions {
   readonly sessions?: number;
   /** Bottlenecks within this fraction of the best count as equal: default 0.2. */
   readonly tolerance?: number;
-  /** Every stage a tensor-parallel group of this many nodes (1 or unset: one node per stage). */
+  /** Every stage a tensor-parallel group of this many nodes; 1: one node per stage; unset: the planner chooses. */
   readonly tensor?: number;
-  /** One all-reduce between a group's members, seconds: default 0.1 ms (a loopback sync round). */
-  readonly syncSeconds?: number;
+  /** What a group's members send at each sync (`--sync`): default DEFAULT_SYNC. */
+  readonly sync?: SyncFormat;
   /** Each member's share of layers [start, end) for members of these weights (throughputs); throws TensorShareError. */
   readonly shares?: (start: number, end: number, weights: readonly number[]) => TensorShare[];
 }
@@ -91,14 +107,25 @@ export interface PlannedStage {
   readonly memBytes: number;
   /** Estimated seconds per token on this stage. */
   readonly seconds: number;
+  /** A group: the predicted seconds of one sync between its members. */
+  readonly syncSeconds?: number;
 }
 
-export interface Plan {
-  readonly stages: readonly PlannedStage[];
+/** A plan's predicted times, and what kind of plan it is in words ("2 stages", "a 2-node group"). */
+export interface PlanSummary {
+  readonly kind: string;
   /** The slowest stage's seconds per token: the pipeline's throughput limit. */
   readonly bottleneckSeconds: number;
   /** Seconds for one token through every stage (single-sequence decode latency). */
   readonly tokenSeconds: number;
+}
+
+export interface Plan extends PlanSummary {
+  readonly stages: readonly PlannedStage[];
+  /** Why this plan, in one line for the user (herd plan, herd run --json, the coordinator's log). */
+  readonly reason: string;
+  /** The best plan of the other kind that the choice weighed and rejected. */
+  readonly rejected?: PlanSummary;
 }
 
 export class PlanError extends ClusterError {
@@ -115,11 +142,18 @@ const EXHAUSTIVE_MAX = 8;
 /** Up to this many nodes, every order of a subset is tried (a node's held range fixes its place). */
 const PERMUTE_MAX = 5;
 const DEFAULT_TOLERANCE = 0.2;
-const DEFAULT_SYNC = 0.0001;
+/** A sync round trip assumed for a forced group whose links were never measured (an idle loopback). */
+const ASSUMED_RTT = 0.0001;
+/** Link bandwidth, bytes per second: gigabit Ethernet, assumed since it is not measured. */
+const LINK_BYTES_PER_SECOND = 125e6;
+/** How much faster groups must be predicted than one node per stage to be chosen. */
+const GROUP_MARGIN = 0.15;
 
 /** A group of nodes planned as one: what the members sum to. */
 interface GroupNode extends PlanNode {
   readonly members: readonly PlanNode[];
+  /** Seconds of one sync between the members. */
+  readonly syncSeconds: number;
 }
 
 function isGroup(n: PlanNode): n is GroupNode {
@@ -141,7 +175,6 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
   const L = m.nLayers;
   const overhead = o.overheadBytes ?? DEFAULT_OVERHEAD;
   const hop = o.hopSeconds ?? DEFAULT_HOP;
-  const sync = o.syncSeconds ?? DEFAULT_SYNC;
   const sessions = o.sessions ?? 1;
   const weights = (a: number, b: number) => {
     let w = layers(a, b) + m.sharedBytes;
@@ -165,7 +198,7 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
       isGroup(node)
         ? layers(a, b) / Math.max(node.throughput, 1) +
           (b === L ? m.headBytes / Math.max(node.members[0].throughput, 1) : 0) +
-          2 * (b - a) * sync +
+          2 * (b - a) * node.syncSeconds +
           hop
         : (layers(a, b) + (b === L ? m.headBytes : 0)) / Math.max(node.throughput, 1) + hop,
   };
@@ -332,19 +365,123 @@ export function plan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions
   if (m.layerBytes.length !== m.nLayers || m.nLayers < 1)
     throw new PlanError(`model shape lists ${m.layerBytes.length} layer sizes for ${m.nLayers} layers`);
   if (nodesIn.length === 0) throw new PlanError('no nodes to plan over');
-  const tensor = o.tensor ?? 1;
+  const tensor = o.tensor;
+  if (tensor === undefined) return choose(nodesIn, m, o);
   if (!(Number.isInteger(tensor) && tensor >= 1))
     throw new PlanError(`--tensor must be a positive integer, got ${tensor}`);
-  if (tensor > 1) return groupPlan(nodesIn, m, o, tensor);
-  return pipelinePlan(nodesIn, m, o);
+  const p = summarise(tensor > 1 ? groupPlan(nodesIn, m, o, tensor) : pipelinePlan(nodesIn, m, o));
+  return { ...p, reason: `--tensor ${tensor}: ${p.kind}, predicted ${ms(p.tokenSeconds)} ms/token${syncNote(p)}` };
+}
+
+/** Stages and their predicted times: a plan before it is named and chosen. */
+type Staged = Pick<Plan, 'stages' | 'bottleneckSeconds' | 'tokenSeconds'>;
+type Summarised = Staged & PlanSummary;
+
+function summarise(p: Staged): Summarised {
+  const k = p.stages.length;
+  const n = p.stages[0].members?.length;
+  if (n === undefined) return { ...p, kind: k === 1 ? 'one node' : `${k} stages` };
+  return { ...p, kind: k === 1 ? `a ${n}-node group` : `${k} stages of ${n}-node groups` };
+}
+
+/** The times and kind of a plan the choice rejected (its stages are not kept). */
+function summary(p: Summarised): PlanSummary {
+  return { kind: p.kind, tokenSeconds: p.tokenSeconds, bottleneckSeconds: p.bottleneckSeconds };
+}
+
+const ms = (seconds: number) => (seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1);
+
+/** A group plan's sync as the reason states it: measured, or assumed for links never measured. */
+function syncNote(p: Staged): string {
+  const groups = p.stages.filter((s) => s.members);
+  if (groups.length === 0) return '';
+  const sync = Math.max(...groups.map((s) => s.syncSeconds ?? 0));
+  const measured = groups.every((s) => s.members!.every((x) => x.node.rttSeconds !== undefined));
+  return ` (sync ${ms(sync)} ms, ${measured ? 'measured' : 'assumed'} latency)`;
+}
+
+/**
+ * What a plan is judged on: one stream's time per token; with more sessions at once, the time
+ * per token at full load, where a pipeline's stages each work on another session.
+ */
+function score(p: Staged, sessions: number): number {
+  if (sessions <= 1) return p.tokenSeconds;
+  return Math.max(p.bottleneckSeconds, p.tokenSeconds / Math.min(sessions, p.stages.length));
+}
+
+/** Without --tensor: one node per stage, unless groups are predicted faster by GROUP_MARGIN. */
+function choose(nodes: readonly PlanNode[], m: ModelShape, o: PlanOptions): Plan {
+  const sessions = o.sessions ?? 1;
+  const unit = sessions === 1 ? 'ms/token' : `ms/token at ${sessions} sessions`;
+  let pipe: Summarised | undefined;
+  let unfit: PlanError | undefined;
+  try {
+    pipe = summarise(pipelinePlan(nodes, m, o));
+  } catch (e) {
+    if (!(e instanceof PlanError)) throw e;
+    unfit = e;
+  }
+  const groups = groupCandidates(nodes, m, o);
+  const best = groups.plans
+    .map(summarise)
+    .reduce<Summarised | undefined>((x, y) => (x && score(x, sessions) <= score(y, sessions) ? x : y), undefined);
+  if (!pipe) {
+    if (!best) throw unfit!;
+    return {
+      ...best,
+      reason: `${best.kind}: predicted ${ms(score(best, sessions))} ${unit}; one node per stage does not fit${syncNote(best)}`,
+    };
+  }
+  if (!best) return { ...pipe, reason: `${pipe.kind}: ${groups.why}` };
+  const [g, p] = [score(best, sessions), score(pipe, sessions)];
+  if (g <= p * (1 - GROUP_MARGIN))
+    return {
+      ...best,
+      reason: `${best.kind}: predicted ${ms(g)} ${unit} vs ${ms(p)} ms as ${pipe.kind}${syncNote(best)}`,
+      rejected: summary(pipe),
+    };
+  const short = g < p ? `, not the ${GROUP_MARGIN * 100}% faster groups must be` : '';
+  return {
+    ...pipe,
+    reason: `${pipe.kind}: predicted ${ms(p)} ${unit} vs ${ms(g)} ms as ${best.kind}${short}${syncNote(best)}`,
+    rejected: summary(best),
+  };
+}
+
+/** The group plans worth weighing against one node per stage, or why there are none. */
+function groupCandidates(nodes: readonly PlanNode[], m: ModelShape, o: PlanOptions): { plans: Staged[]; why: string } {
+  if (nodes.length < 2) return { plans: [], why: 'no other node to form a group with' };
+  if (!o.shares) return { plans: [], why: "the model's layers cannot be shared" };
+  if (nodes.some((n) => n.rttSeconds === undefined))
+    return { plans: [], why: 'no groups, since not every link to the nodes was measured' };
+  const stages = o.stages ?? 1;
+  const most = Math.floor(nodes.length / stages);
+  if (most < 2) return { plans: [], why: `${nodes.length} nodes make no groups for ${stages} stages` };
+  const sizes: number[] = [];
+  for (let n = 2; n <= most; n++) if (m.kvHeads % n === 0) sizes.push(n);
+  if (sizes.length === 0)
+    return { plans: [], why: `no group size from 2 to ${most} divides the model's ${m.kvHeads} KV heads` };
+  const plans: Staged[] = [];
+  const refused: string[] = [];
+  for (const n of sizes) {
+    try {
+      plans.push(groupPlan(nodes, m, o, n));
+    } catch (e) {
+      if (!(e instanceof PlanError)) throw e;
+      refused.push(`${n}-node groups: ${e.message}`);
+    }
+  }
+  return { plans, why: `no group fits (${refused.join('; ')})` };
 }
 
 /** Groups of `tensor` nodes (fastest first) planned as nodes, then each group's members given their shares. */
-function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number): Plan {
+function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number): Staged {
   const sorted = [...nodesIn].sort(byThroughput);
   if (sorted.length < tensor)
     throw new PlanError(`--tensor ${tensor} needs at least ${tensor} nodes, ${sorted.length} available`);
   if (!o.shares) throw new PlanError('internal: a tensor plan needs the model to share its layers');
+  // Each member sends its partial sums to every other member at each sync.
+  const syncBytes = (tensor - 1) * payloadBytes(o.sync ?? DEFAULT_SYNC, m.dim);
   const groups: GroupNode[] = [];
   for (let i = 0; i + tensor <= sorted.length; i += tensor) {
     const members = sorted.slice(i, i + tensor);
@@ -355,6 +492,7 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       memAvailable: tensor * Math.min(...members.map((n) => n.memAvailable)),
       throughput: members.reduce((sum, n) => sum + n.throughput, 0),
       members,
+      syncSeconds: Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT)) + syncBytes / LINK_BYTES_PER_SECOND,
     });
   }
   if (o.stages !== undefined && o.stages > groups.length)
@@ -375,12 +513,17 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       if (e instanceof TensorShareError) throw new PlanError(`layers [${st.start}, ${st.end}): ${e.message}`);
       throw e;
     }
-    return { ...st, node: g.members[0], members: g.members.map((node, i) => ({ node, share: shares[i] })) };
+    return {
+      ...st,
+      node: g.members[0],
+      members: g.members.map((node, i) => ({ node, share: shares[i] })),
+      syncSeconds: g.syncSeconds,
+    };
   });
   return { ...p, stages };
 }
 
-function pipelinePlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions): Plan {
+function pipelinePlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions): Staged {
   const nodes = [...nodesIn].sort(byThroughput);
   const want = o.stages;
   if (want !== undefined) {

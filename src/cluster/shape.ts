@@ -27,5 +27,7 @@ export function modelShape(file: GgufFile, ctx: number, kvType: KvType): ModelSh
     sharedBytes: size('rope_freqs.weight'),
     kvBytesPerLayer: 2 * ctx * kvDim * (kvType === 'f16' ? 2 : 4),
     bufferBytes,
+    dim: c.dim,
+    kvHeads: c.nKvHeads,
   };
 }

@@ -31,19 +31,34 @@ function bytes(n) {
   return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
 }
 
+/** A tensor-parallel stage's members with their shares, or undefined for a stage on one node. */
+function groupOf(stage) {
+  return stage.nodes?.some((m) => m.share) ? stage.nodes : undefined;
+}
+
+/** Runs [a, b) of KV heads or FFN rows as a first–last range. */
+const span = ([a, b]) => `${a}–${b - 1}`;
+
 function drawLayers(state) {
   const total = state.model.layers;
   $('layer-count').textContent = `${total} in ${state.model.id}`;
+  const reason = $('plan-reason');
+  reason.hidden = !state.plan_reason;
+  reason.textContent = state.plan_reason ? `plan: ${state.plan_reason}` : '';
   const bar = $('layers');
   bar.replaceChildren();
   state.nodes.forEach((n, i) => {
     const [a, b] = n.layers;
+    const who =
+      groupOf(n)
+        ?.map((m) => m.name)
+        .join(' + ') ?? n.node;
     bar.append(
       el(
         'div',
         {
           className: 'range',
-          title: `${n.node}: layers ${a}–${b - 1}`,
+          title: `${who}: layers ${a}–${b - 1}`,
           'data-node': n.node,
           style: {
             left: `${(100 * a) / total}%`,
@@ -51,10 +66,25 @@ function drawLayers(state) {
             background: COLORS[i % COLORS.length],
           },
         },
-        `${n.node} [${a}, ${b})`,
+        `${who} [${a}, ${b})`,
       ),
     );
   });
+}
+
+/** A group stage's members, each with its address and share of every layer. */
+function drawMembers(members) {
+  return el(
+    'ul',
+    { className: 'members' },
+    ...members.map((m) =>
+      el(
+        'li',
+        { className: 'member', 'data-node': m.name },
+        `${m.name} · ${m.address} · KV heads ${span(m.share.kv_heads)} · FFN rows ${span(m.share.ffn_rows)}`,
+      ),
+    ),
+  );
 }
 
 /** The node's own recent compute per token (its share of each step), as /api/state gives it. */
@@ -74,17 +104,19 @@ function drawNodes(state) {
   state.nodes.forEach((n, i) => {
     const used = n.memTotal && n.memAvailable !== undefined ? n.memTotal - n.memAvailable : undefined;
     const pct = used !== undefined ? Math.round((100 * used) / n.memTotal) : 0;
+    const group = groupOf(n);
     list.append(
       el(
         'li',
         { className: 'node', 'data-node': n.node, style: { borderLeftColor: COLORS[i % COLORS.length] } },
-        el('div', { className: 'name' }, n.node),
+        el('div', { className: 'name' }, group ? `group of ${group.length}, led by ${n.node}` : n.node),
         el('div', { className: 'meta' }, `${n.address} · layers ${n.layers[0]}–${n.layers[1] - 1}`),
+        ...(group ? [drawMembers(group)] : []),
         el('div', { className: 'meta' }, [n.arch, n.backend && `${n.backend} kernels`].filter(Boolean).join(' · ')),
         el(
           'div',
           { className: 'meta mem-text' },
-          `memory ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`,
+          `${group ? "leader's memory" : 'memory'} ${bytes(used)} / ${bytes(n.memTotal)}${n.rss ? ` · herd ${bytes(n.rss)}` : ''}`,
         ),
         el(
           'div',

@@ -54,7 +54,7 @@ export interface ClusterOptions {
   readonly onRecovery?: (e: RecoveryEvent) => void;
   /** Sessions whose KV caches and buffers every plan fits on each node at once (default 1). */
   readonly sessions?: number;
-  /** Every stage a tensor-parallel group of this many nodes (`--tensor`). */
+  /** Every stage a tensor-parallel group of this many nodes (`--tensor`; 1: one node per stage; unset: the planner chooses). */
   readonly tensor?: number;
   /** How a group's members send their partial sums (`--sync`; default DEFAULT_SYNC). */
   readonly sync?: SyncFormat;
@@ -116,6 +116,14 @@ export class HerdCluster {
     if (plan.stages.some((s) => s.node.address === 'in-process')) {
       throw new ClusterError('usage', 'a plan over the in-process node runs without a cluster');
     }
+    o.log.log('info', 'plan', {
+      stages: plan.stages.map(
+        (s) => `${(s.members ?? [s]).map((m) => `${m.node.name}@${m.node.address}`).join('+')}[${s.start},${s.end})`,
+      ),
+      reason: plan.reason,
+      token_ms: plan.tokenSeconds * 1000,
+      bottleneck_ms: plan.bottleneckSeconds * 1000,
+    });
     const server = new CoordinatorServer(source, o.key, o.log);
     const bindHost = o.interface ? interfaceIpv4(o.interface) : '0.0.0.0';
     const port = await server.start(bindHost);
@@ -312,7 +320,7 @@ export class HerdCluster {
 
 /** How the cluster plans: its flags, and the model's tensor shares for groups. */
 export function planOptions(
-  o: Pick<ClusterOptions, 'stages' | 'sessions' | 'tensor'>,
+  o: Pick<ClusterOptions, 'stages' | 'sessions' | 'tensor' | 'sync'>,
   source: ModelSource,
 ): Parameters<typeof makePlan>[2] {
   const config = readConfig(source.file);
@@ -320,6 +328,7 @@ export function planOptions(
     stages: o.stages,
     sessions: o.sessions,
     tensor: o.tensor,
+    sync: o.sync,
     shares: (start, end, weights) => shares(splitShape(source.file, config, [start, end]), weights),
   };
 }

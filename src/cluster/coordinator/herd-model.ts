@@ -56,6 +56,8 @@ export interface ClusterModel extends ServedModel {
   readonly mode: 'cluster';
   /** How each stage got its shard. */
   readonly shards: StageLoad[];
+  /** Why the planner chose the current plan (planner.ts `Plan.reason`). */
+  readonly reason: string;
 }
 
 /** The nodes `--nodes` names, their notes told to `note`; undefined for `--nodes local`. */
@@ -118,6 +120,9 @@ export async function loadHerdModel(
     },
     get shards() {
       return cluster.loads;
+    },
+    get reason() {
+      return cluster.plan.reason;
     },
     open: (sampling) => ResumableSession.open(cluster, sampling, o.maxReplans),
     close: () => cluster.close(),

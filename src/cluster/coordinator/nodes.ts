@@ -1,11 +1,14 @@
 // Which nodes a coordinator plans over: `--nodes auto` (mDNS), `local` (this process), or a
-// host:port list. `auto` with nobody answering falls back to this process, with a note.
+// host:port list. `auto` with nobody answering falls back to this process, with a note. Each
+// node's link is timed with a few Health calls on a warm channel: the planner's latency for a
+// tensor group's syncs.
 
 import { JsBackend } from '../../kernels/backend.ts';
 import { findNodes } from '../discovery/find.ts';
 import type { DiscoveredNode } from '../discovery/types.ts';
 import { ClusterError } from '../errors.ts';
 import type { ClusterKey } from '../key.ts';
+import { nodeClient, unary } from '../rpc.ts';
 import { benchmarkMatvec, readHostInfo } from '../node/sysinfo.ts';
 import type { PlanNode } from '../planner.ts';
 import { heldRanges, type NodeInfo } from '../wire.ts';
@@ -39,14 +42,54 @@ export interface ResolveOptions {
   readonly key: ClusterKey | undefined;
 }
 
-export function planNode(n: DiscoveredNode): PlanNode {
+export function planNode(n: DiscoveredNode, rttSeconds?: number): PlanNode {
   return {
     id: n.caps.nodeId,
     name: n.caps.name,
     address: n.address,
     memAvailable: n.caps.memAvailable,
     throughput: n.caps.throughput,
+    rttSeconds,
   };
+}
+
+/** Timed Health calls per node; the least is its round trip (the others waited on something else). */
+const PINGS = 5;
+
+/**
+ * Each node's round trip in seconds (undefined where a call failed): channels are opened side
+ * by side (TCP, TLS), then timed one node at a time so the pings do not queue behind each other.
+ */
+export async function measureLinks(
+  addresses: readonly string[],
+  key: ClusterKey | undefined,
+  timeoutMs: number,
+): Promise<(number | undefined)[]> {
+  const clients = addresses.map((a) => nodeClient(a, key));
+  const ping = async (c: (typeof clients)[number]): Promise<number | undefined> => {
+    const t0 = performance.now();
+    try {
+      await unary(c, c.health, {}, timeoutMs);
+      return (performance.now() - t0) / 1000;
+    } catch {
+      return undefined;
+    }
+  };
+  try {
+    const warm = await Promise.all(clients.map(ping));
+    const out: (number | undefined)[] = [];
+    for (const [i, c] of clients.entries()) {
+      let best: number | undefined;
+      for (let k = 0; warm[i] !== undefined && k < PINGS; k++) {
+        const t = await ping(c);
+        if (t !== undefined) best = Math.min(best ?? t, t);
+      }
+      out.push(best);
+    }
+    return out;
+  } finally {
+    for (const c of clients) c.close();
+  }
 }
 
 export async function localNode(): Promise<PlanNode> {
@@ -84,5 +127,10 @@ export async function resolveNodes(o: ResolveOptions): Promise<NodeSet> {
   }
   const infos = new Map<string, NodeInfo>();
   for (const n of r.nodes) if (n.info) infos.set(n.address, n.info);
-  return { mode: 'cluster', nodes: r.nodes.map(planNode), notes, infos };
+  const rtts = await measureLinks(
+    r.nodes.map((n) => n.address),
+    o.key,
+    o.timeoutMs,
+  );
+  return { mode: 'cluster', nodes: r.nodes.map((n, i) => planNode(n, rtts[i])), notes, infos };
 }

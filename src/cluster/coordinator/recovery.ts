@@ -121,13 +121,14 @@ export class Recovery {
       this.candidates = survivors;
       this.report({ event: 'replan.start', lost: lostNames, survivors: survivors.length, cause: cause.message });
       if (survivors.length === 0) throw new PlanError('no node answers');
-      // Groups as asked while enough nodes are left for one, else one node per stage.
+      // Groups as asked while enough nodes are left for one, else one node per stage; without
+      // --tensor the planner chooses again.
       const o = this.cluster.o;
-      const tensor = o.tensor !== undefined && o.tensor > 1 && survivors.length >= o.tensor ? o.tensor : undefined;
+      const tensor = o.tensor === undefined ? undefined : survivors.length >= o.tensor ? o.tensor : 1;
       const room = Math.floor(survivors.length / (tensor ?? 1));
       const want = o.stages === undefined ? undefined : Math.min(o.stages, room);
       const plan = makePlan(survivors, this.cluster.shape, {
-        ...planOptions({ sessions: o.sessions, tensor }, this.cluster.source),
+        ...planOptions({ sessions: o.sessions, tensor, sync: o.sync }, this.cluster.source),
         stages: want,
       });
       let timer: NodeJS.Timeout | undefined;
