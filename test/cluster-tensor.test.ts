@@ -2,7 +2,8 @@
 // the real `herd run`: `--tensor 2 --sync f32` gives one node's greedy tokens, alone and with 2
 // pipeline stages of groups (4 nodes); q8_0 sync runs and its agreement with one node is
 // reported; a member killed mid-run makes the herd re-plan and the run ends with the text of an
-// uninterrupted one.
+// uninterrupted one. Each member pulls only its share of the layers (exactly its manifest's
+// bytes), and a restarted member loads it from its cache without a transfer.
 
 import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -10,6 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { synthModel } from '../src/model/synth.ts';
+import { ModelSource } from '../src/cluster/shard/source.ts';
+import type { SliceManifest } from '../src/cluster/shard/manifest.ts';
+import type { StageLoad } from '../src/cluster/coordinator/cluster.ts';
 import { loopbackNodeArgs, runHerd, startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { bundledModel, herdBin, repoRoot } from './helpers/paths.ts';
 import { HUNG_MS, startServe } from './helpers/serve.ts';
@@ -53,6 +57,7 @@ interface RunJson {
   text: string;
   tokens: number[];
   plan: { node: string; layers: [number, number]; nodes?: { name: string; address: string; share: unknown }[] }[];
+  shards: StageLoad[];
 }
 
 async function run(args: readonly string[]): Promise<RunJson> {
@@ -99,6 +104,77 @@ for (const [label, model, n] of [
     );
   });
 }
+
+test.serial('each member transfers exactly its share, and a restarted member loads it from its cache', async (t) => {
+  // Pinned throughputs: the same shares after the restart (measured speeds would move them).
+  const names = ['eta', 'theta'];
+  const start = (name: string) =>
+    startNode([...loopbackNodeArgs(join(dir, name)), '--name', name, '--throughput', '1']);
+  let pair = await Promise.all(names.map(start));
+  const args = () => [
+    '--model',
+    tiny,
+    '--nodes',
+    pair.map(addr).join(','),
+    '--tensor',
+    '2',
+    '--sync',
+    'f32',
+    '-n',
+    '24',
+  ];
+  try {
+    const first = await run(args());
+    t.deepEqual(first.tokens, (await oneNode(tiny, 24)).tokens);
+    const loads = [...first.shards].sort((a, b) => a.share!.member - b.share!.member);
+    t.deepEqual(
+      loads.map((l) => l.share?.member),
+      [0, 1],
+    );
+    // What each member must move, from the model file: its share's manifest.
+    const source = await ModelSource.open(tiny, join(dir, 'expected'));
+    const [s, e] = loads[0].layers;
+    const manifests = await source.shareManifestsFor(
+      s,
+      e,
+      loads.map((l) => ({
+        member: l.share!.member,
+        kvHeads: [l.share!.kv_heads[0], l.share!.kv_heads[1]],
+        ffnRows: [l.share!.ffn_rows[0], l.share!.ffn_rows[1]],
+      })),
+    );
+    const bytes = (m: SliceManifest) => m.tensors.reduce((sum, x) => sum + x.nBytes, 0);
+    for (const [m, l] of loads.entries()) {
+      t.is(l.source, 'fetched');
+      t.is(l.bytes_transferred, bytes(manifests[m]), `member ${m} transferred exactly its share`);
+    }
+    t.log(
+      `layers [${s}, ${e}): the whole slice is ${bytes(source.manifestFor(s, e))} bytes; ` +
+        `the members pulled ${loads.map((l) => l.bytes_transferred).join(' and ')}`,
+    );
+
+    // Restarted on the same cache dirs: each member loads its share without a transfer.
+    for (const n of pair) {
+      n.child.kill('SIGTERM');
+      await n.exited();
+    }
+    pair = await Promise.all(names.map(start));
+    const second = await run(args());
+    t.deepEqual(second.tokens, first.tokens);
+    t.deepEqual(
+      second.shards.map((l) => [l.source, l.bytes_transferred]),
+      [
+        ['cache', 0],
+        ['cache', 0],
+      ],
+    );
+  } finally {
+    for (const n of pair) {
+      n.child.kill('SIGKILL');
+      await n.exited();
+    }
+  }
+});
 
 test.serial("groups of 2 in 2 pipeline stages (4 nodes) give one node's tokens", async (t) => {
   const want = await oneNode(stories, 60);

@@ -2,7 +2,8 @@
 // scope 4): tensors are checked against the coordinator's manifest, not the sender's sha256; a
 // slice enters the cache only once it validates; a corrupted cached slice is neither advertised
 // nor used; the cache dir and the loaded shards stay under their caps; sessions are admitted
-// against the node's memory budget before anything is allocated.
+// against the node's memory budget before anything is allocated. A group member's share is
+// checked against its share's manifest like a whole slice against the range's.
 
 import test, { type ExecutionContext } from 'ava';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,7 +17,16 @@ import { GgufFile } from '../src/gguf/reader.ts';
 import { silentLogger } from '../src/cluster/log.ts';
 import { manifestToWire, samplingToWire } from '../src/cluster/wire.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
-import { DType, KvType, type ForwardReply, type HerdNodeClient, type LoadProgress } from '../src/proto/herd.ts';
+import {
+  DType,
+  KvType,
+  type ForwardReply,
+  type HerdNodeClient,
+  type LoadProgress,
+  type TensorGroup,
+} from '../src/proto/herd.ts';
+import { shares, splitShape } from '../src/model/tensor-share.ts';
+import type { SliceManifest } from '../src/cluster/shard/manifest.ts';
 import { loopbackNodeArgs, startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { HUNG_MS } from './helpers/serve.ts';
 import { bundledModel } from './helpers/paths.ts';
@@ -96,7 +106,7 @@ function load(
   from: string,
   start: number,
   end: number,
-  o: { ctx?: number; source?: ModelSource } = {},
+  o: { ctx?: number; source?: ModelSource; group?: TensorGroup; manifest?: SliceManifest } = {},
 ): Promise<LoadProgress> {
   const s = o.source ?? good;
   return new Promise((resolve, reject) => {
@@ -111,7 +121,8 @@ function load(
       ctx: o.ctx ?? 64,
       kvType: KvType.KV_TYPE_F32,
       coordinator: from,
-      manifest: manifestToWire(s.manifestFor(start, end)),
+      manifest: manifestToWire(o.manifest ?? s.manifestFor(start, end)),
+      group: o.group,
     });
     call.on('data', (p: LoadProgress) => (last = p));
     call.on('error', reject);
@@ -173,6 +184,35 @@ test.serial(
     t.deepEqual(await cachedRanges(h), ['1-5']);
   },
 );
+
+test.serial("a member's share with tampered bytes is refused against its share's manifest, twice", async (t) => {
+  const h = await startHerdNode(t, 'share-target');
+  // The poisoner changes the first bytes of ffn_down: row 0's first columns, the leader's part.
+  const target = 'blk.2.ffn_down.weight';
+  const poison = await ModelSource.open(poisonedCopy(target));
+  Object.defineProperty(poison, 'hash', { value: good.hash });
+  const poisoner = await serveSource(t, poison);
+  const group2 = shares(splitShape(good.file, good.config, [1, 5]), [1, 1]);
+  const leader = group2[0];
+  const [manifest] = await good.shareManifestsFor(1, 5, group2);
+  t.truthy(manifest.tensors.find((x) => x.name === target)?.cut, 'the manifest lists the part');
+  const group: TensorGroup = {
+    size: 2,
+    member: 0,
+    kvStart: leader.kvHeads[0],
+    kvEnd: leader.kvHeads[1],
+    ffnStart: leader.ffnRows[0],
+    ffnEnd: leader.ffnRows[1],
+    sync: 'f32',
+    token: Buffer.alloc(32, 7),
+    peers: [],
+  };
+  const err = (await load(h, poisoner, 1, 5, { group, manifest }).catch((e: ServiceError) => e)) as ServiceError;
+  t.true(err instanceof Error, 'the load fails');
+  t.regex(err.details, new RegExp(`failed to load twice: tensor ${target.replace(/\./g, '\\.')} from ${poisoner}`));
+  t.deepEqual(sliceFiles(h), [], 'no slice, record or temporary file is left');
+  t.true((await unary(h.client, h.client.health, {}, HUNG_MS)).ok);
+});
 
 test.serial('a corrupted cached slice is not advertised, not used, and is replaced', async (t) => {
   const h = await startHerdNode(t, 'corrupt-cache');

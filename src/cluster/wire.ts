@@ -7,6 +7,7 @@ import type { KvType } from '../model/kv-cache.ts';
 import { SamplingError, validateSampling, type SamplingOptions, type TokenLogprobs } from '../engine/sampler.ts';
 import type { StageTime } from '../engine/session.ts';
 import {
+  CutAxis,
   DType,
   HerdCoordinatorService,
   HerdNodeService,
@@ -15,8 +16,11 @@ import {
   type Sampling,
   type ShardStatus,
   type SliceManifest as WireManifest,
+  type TensorCut as WireCut,
+  type TensorPart as WireTensorPart,
   type TokenLogprobs as WireLogprobs,
 } from '../proto/herd.ts';
+import type { TensorCut } from '../model/share-cut.ts';
 import type { NodeCapabilities } from './caps.ts';
 import { invalid } from './errors.ts';
 import type { SliceManifest } from './shard/manifest.ts';
@@ -218,10 +222,31 @@ export function stageTime(
 
 // --- tensor manifests ----------------------------------------------------------------------
 
+function cutToWire(c: TensorCut | undefined): WireCut | undefined {
+  return (
+    c && { axis: c.axis === 'rows' ? CutAxis.CUT_AXIS_ROWS : CutAxis.CUT_AXIS_COLUMNS, start: c.start, end: c.end }
+  );
+}
+
+/** A tensor's cut in the domain's terms; INVALID_ARGUMENT for an axis that is neither rows nor columns. */
+function cutFromWire(c: WireCut | undefined, name: string): TensorCut | undefined {
+  if (!c) return undefined;
+  const axis = c.axis === CutAxis.CUT_AXIS_ROWS ? 'rows' : c.axis === CutAxis.CUT_AXIS_COLUMNS ? 'cols' : undefined;
+  if (!axis) throw invalid(`tensor ${name.slice(0, 64)}: cut along neither rows nor columns`);
+  return { axis, start: c.start, end: c.end };
+}
+
 export function manifestToWire(m: SliceManifest): WireManifest {
   return {
     metadataSha256: Buffer.from(m.metadataSha256, 'hex'),
-    tensors: m.tensors.map((t) => ({ ...t, dims: [...t.dims], sha256: Buffer.from(t.sha256, 'hex') })),
+    tensors: m.tensors.map((t) => ({
+      name: t.name,
+      dims: [...t.dims],
+      ggmlType: t.ggmlType,
+      nBytes: t.nBytes,
+      sha256: Buffer.from(t.sha256, 'hex'),
+      cut: cutToWire(t.cut),
+    })),
   };
 }
 
@@ -236,6 +261,22 @@ export function manifestFromWire(m: WireManifest | undefined): SliceManifest {
       ggmlType: t.ggmlType,
       nBytes: t.nBytes,
       sha256: Buffer.from(t.sha256).toString('hex'),
+      ...(t.cut && { cut: cutFromWire(t.cut, t.name) }),
     })),
   };
+}
+
+/** A tensor of a FetchTensors request: whole, or the part its cut names. */
+export interface TensorPart {
+  readonly name: string;
+  readonly cut?: TensorCut;
+}
+
+export function partsToWire(parts: readonly TensorPart[]): WireTensorPart[] {
+  return parts.map((p) => ({ name: p.name, cut: cutToWire(p.cut) }));
+}
+
+/** A FetchTensors request's tensors; INVALID_ARGUMENT for a cut along no axis. */
+export function partsFromWire(parts: readonly WireTensorPart[]): TensorPart[] {
+  return parts.map((p) => ({ name: p.name, ...(p.cut && { cut: cutFromWire(p.cut, p.name) }) }));
 }

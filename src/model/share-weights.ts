@@ -1,14 +1,18 @@
-// A tensor-parallel member's weights: its share (tensor-share.ts) of every layer of its range,
-// cut out of the model's tensors. Rows of a GGUF matrix are contiguous runs of whole blocks,
-// so a run of rows is one contiguous byte range; a run of columns that starts and ends on
-// block boundaries is the same byte range of every row. Norms are replicated whole; the token
-// embedding and the output head are kept whole when the range has them.
+// A tensor-parallel member's weights: its share (tensor-share.ts) of every layer of its range.
+// The file holds each tensor either whole (a model file in --model-dir, tests) or already cut
+// to the share (a member's slice, fetched from the coordinator: cluster/shard); either way only
+// the share's bytes are read (share-cut.ts says which). Norms are replicated whole; the token
+// embedding and the output head are read when the range has them and the file holds them (a
+// follower's slice leaves them out: only the leader embeds and runs the head, node/group.ts).
 
-import type { GgufFile } from '../gguf/reader.ts';
-import { makeWeight, type Weight, KernelError } from '../kernels/matvec.ts';
-import { JsBackend, type KernelBackend } from '../kernels/backend.ts';
-import type { ModelConfig } from './config.ts';
-import { loadStageWeights, type LayerWeights } from './weights.ts';
+import { closeSync, openSync, readSync } from 'node:fs';
+import type { GgufFile, TensorInfo } from '../gguf/reader.ts';
+import { makeWeight, getRow, type Weight } from '../kernels/matvec.ts';
+import type { KernelBackend } from '../kernels/backend.ts';
+import { kernelType, supportedTypes } from '../kernels/types.ts';
+import { ModelError, type ModelConfig } from './config.ts';
+import type { LayerWeights } from './weights.ts';
+import { copyCut, cutLayout, shareCut, type CutLayout, type TensorCut } from './share-cut.ts';
 import type { TensorShare } from './tensor-share.ts';
 
 export interface ShareWeights {
@@ -25,49 +29,47 @@ export interface ShareWeights {
   readonly outputNorm?: Float32Array;
   readonly output?: Weight;
   readonly ropeFreqs?: Float32Array;
-  /** Bytes copied into the backend's memory (the sliced matrices and the head). */
+  /** Bytes read into the backend's memory (the share's matrices and the head). */
   readonly bytes: number;
 }
 
 type Alloc = (bytes: number) => Uint8Array;
 
+/** A cut of a matrix in memory (the form of a share's cut tests pin down). */
+function cutWeight(w: Weight, cut: TensorCut, alloc: Alloc): Weight {
+  const layout = cutLayout({ name: w.name, dims: [w.cols, w.rows], ggmlType: w.kernel.info.id }, cut, 'cut');
+  const data = alloc(layout.nBytes);
+  copyCut(w.data, layout, data);
+  return makeWeight(`${w.name}[${cut.axis} ${cut.start}:${cut.end}]`, w.kernel.info, layout.dims, data);
+}
+
 /** Rows [start, end) of w, copied into memory from `alloc`. */
 export function sliceRows(w: Weight, start: number, end: number, alloc: Alloc): Weight {
-  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= w.rows))
-    throw new KernelError(`tensor ${w.name}: rows [${start}, ${end}) are not within its ${w.rows} rows`);
-  const data = alloc((end - start) * w.rowBytes);
-  data.set(w.data.subarray(start * w.rowBytes, end * w.rowBytes));
-  return makeWeight(`${w.name}[rows ${start}:${end}]`, w.kernel.info, [w.cols, end - start], data);
+  return cutWeight(w, { axis: 'rows', start, end }, alloc);
 }
 
 /** Columns [start, end) of every row of w, copied into memory from `alloc`; the cuts must fall on block boundaries. */
 export function sliceCols(w: Weight, start: number, end: number, alloc: Alloc): Weight {
-  const { blockSize, typeSize, name: type } = w.kernel.info;
-  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start < end && end <= w.cols))
-    throw new KernelError(`tensor ${w.name}: columns [${start}, ${end}) are not within its ${w.cols} columns`);
-  if (start % blockSize !== 0 || end % blockSize !== 0)
-    throw new KernelError(
-      `tensor ${w.name}: columns [${start}, ${end}) do not fall on ${type} block boundaries (every ${blockSize})`,
-    );
-  const b0 = (start / blockSize) * typeSize;
-  const b1 = (end / blockSize) * typeSize;
-  const rb = b1 - b0;
-  const data = alloc(w.rows * rb);
-  for (let r = 0; r < w.rows; r++) data.set(w.data.subarray(r * w.rowBytes + b0, r * w.rowBytes + b1), r * rb);
-  return makeWeight(`${w.name}[cols ${start}:${end}]`, w.kernel.info, [end - start, w.rows], data);
+  return cutWeight(w, { axis: 'cols', start, end }, alloc);
 }
 
-/** The whole of w in memory from `alloc` (weights the member keeps whole, where its backend reads them). */
-function copyWeight(w: Weight, alloc: Alloc): Weight {
-  const data = alloc(w.data.length);
-  data.set(w.data);
-  return makeWeight(w.name, w.kernel.info, [w.cols, w.rows], data);
+/** Reads the runs of `layout` of tensor t from the open file into dst. */
+function readCut(fd: number, path: string, t: TensorInfo, layout: CutLayout, dst: Uint8Array): void {
+  for (let i = 0; i < layout.count; i++) {
+    const at = t.fileOffset + layout.first + i * layout.stride;
+    for (let got = 0; got < layout.length;) {
+      const r = readSync(fd, dst, i * layout.length + got, Math.min(layout.length - got, 1 << 30), at + got);
+      if (r === 0) throw new ModelError(path, `short read in tensor "${t.name}"`);
+      got += r;
+    }
+  }
 }
+
+const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
 /**
- * Loads layers [start, end) of the file for `share`: each layer is read whole into ordinary
- * memory, its share copied into the backend's memory, the rest dropped, so the peak is one
- * layer beyond the share.
+ * Loads the share of layers [start, end) from a file holding each tensor whole or cut to the
+ * share, checking each tensor's shape against the model's or the share's.
  */
 export function loadShareWeights(
   file: GgufFile,
@@ -84,58 +86,105 @@ export function loadShareWeights(
     throw new RangeError(`member ${share.member}: KV heads [${k0}, ${k1}) are not within the ${c.nKvHeads} KV heads`);
   if (!(Number.isInteger(f0) && Number.isInteger(f1) && 0 <= f0 && f0 < f1 && f1 <= c.ffnDim))
     throw new RangeError(`member ${share.member}: FFN rows [${f0}, ${f1}) are not within the ${c.ffnDim} rows`);
-  const hd = c.headDim;
-  const q = [k0 * group * hd, k1 * group * hd] as const;
-  const kv = [k0 * hd, k1 * hd] as const;
+  const who = `member ${share.member}'s share (KV heads [${k0}, ${k1}), FFN rows [${f0}, ${f1}))`;
   let bytes = 0;
-  const alloc: Alloc = (n) => {
+  const fd = openSync(file.path, 'r');
+
+  /** The share of tensor `name`, whose whole shape is `dims`, into memory from `alloc`. */
+  const read = (
+    name: string,
+    dims: readonly number[],
+    alloc: Alloc,
+  ): { t: TensorInfo; dims: readonly number[]; data: Uint8Array; label: string } => {
+    const t = file.tensor(name);
+    if (!t) throw new ModelError(file.path, `tensor "${name}" is missing`);
+    if (!kernelType(t.type.id))
+      throw new ModelError(
+        file.path,
+        `tensor "${name}" has type ${t.type.name}, which herd cannot compute (it computes ${supportedTypes.map((s) => s.name).join(', ')})`,
+      );
+    const cut = shareCut(name, c, share);
+    const whole = { name, dims, ggmlType: t.type.id };
+    const part = cutLayout(whole, cut, who);
+    // a slice holds the part (same shape), a model file the whole tensor (cut here)
+    const layout = same(t.dims, part.dims)
+      ? cutLayout({ ...whole, dims: part.dims }, undefined, who)
+      : same(t.dims, dims)
+        ? part
+        : undefined;
+    if (!layout)
+      throw new ModelError(
+        file.path,
+        `tensor "${name}" has shape [${t.dims.join(', ')}], expected [${dims.join(', ')}] or ${who}: [${part.dims.join(', ')}]`,
+      );
+    const data = alloc(layout.nBytes);
+    readCut(fd, file.path, t, layout, data);
+    return { t, dims: part.dims, data, label: cut ? `${name}[${cut.axis} ${cut.start}:${cut.end}]` : name };
+  };
+  const toBackend: Alloc = (n) => {
     bytes += n;
     return backend.alloc(n);
   };
-  const staging = new JsBackend();
-
-  const layers: LayerWeights[] = [];
-  let tokenEmbd: Weight | undefined;
-  let output: Weight | undefined;
-  let outputNorm: Float32Array | undefined;
-  let ropeFreqs: Float32Array | undefined;
-  for (let l = start; l < end; l++) {
-    const whole = loadStageWeights(file, c, l, l + 1, staging);
-    const w = whole.layers[0];
-    layers.push({
-      attnNorm: w.attnNorm,
-      wq: sliceRows(w.wq, q[0], q[1], alloc),
-      wk: sliceRows(w.wk, kv[0], kv[1], alloc),
-      wv: sliceRows(w.wv, kv[0], kv[1], alloc),
-      wo: sliceCols(w.wo, q[0], q[1], alloc),
-      bq: w.bq?.slice(q[0], q[1]),
-      bk: w.bk?.slice(kv[0], kv[1]),
-      bv: w.bv?.slice(kv[0], kv[1]),
-      qNorm: w.qNorm,
-      kNorm: w.kNorm,
-      ffnNorm: w.ffnNorm,
-      wGate: sliceRows(w.wGate, f0, f1, alloc),
-      wUp: sliceRows(w.wUp, f0, f1, alloc),
-      wDown: sliceCols(w.wDown, f0, f1, alloc),
-    });
-    // Only looked up rows, the embedding stays in ordinary memory; the head is a matvec, so it goes where the kernels read.
-    tokenEmbd ??= whole.tokenEmbd;
-    if (whole.output) output = copyWeight(whole.output, alloc);
-    outputNorm ??= whole.outputNorm;
-    ropeFreqs ??= whole.ropeFreqs;
-  }
-  return {
-    start,
-    end,
-    share,
-    nHeads: (k1 - k0) * group,
-    nKvHeads: k1 - k0,
-    ffnRows: f1 - f0,
-    layers,
-    tokenEmbd,
-    outputNorm,
-    output,
-    ropeFreqs,
-    bytes,
+  const ordinary: Alloc = (n) => new Uint8Array(n);
+  const weight = (name: string, cols: number, rows: number, alloc: Alloc = toBackend): Weight => {
+    const r = read(name, [cols, rows], alloc);
+    return makeWeight(r.label, r.t.type, r.dims, r.data);
   };
+  const vector = (name: string, n: number): Float32Array => {
+    const r = read(name, [n], ordinary);
+    const out = new Float32Array(r.dims[0]);
+    getRow(makeWeight(r.label, r.t.type, [r.dims[0], 1], r.data), 0, out);
+    return out;
+  };
+  const optionalVector = (name: string, n: number) => (file.tensor(name) ? vector(name, n) : undefined);
+
+  try {
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    const layers: LayerWeights[] = [];
+    for (let l = start; l < end; l++) {
+      const p = `blk.${l}.`;
+      layers.push({
+        attnNorm: vector(`${p}attn_norm.weight`, c.dim),
+        wq: weight(`${p}attn_q.weight`, c.dim, qDim),
+        wk: weight(`${p}attn_k.weight`, c.dim, kvDim),
+        wv: weight(`${p}attn_v.weight`, c.dim, kvDim),
+        wo: weight(`${p}attn_output.weight`, qDim, c.dim),
+        bq: optionalVector(`${p}attn_q.bias`, qDim),
+        bk: optionalVector(`${p}attn_k.bias`, kvDim),
+        bv: optionalVector(`${p}attn_v.bias`, kvDim),
+        qNorm: c.arch === 'qwen3' ? vector(`${p}attn_q_norm.weight`, c.headDim) : undefined,
+        kNorm: c.arch === 'qwen3' ? vector(`${p}attn_k_norm.weight`, c.headDim) : undefined,
+        ffnNorm: vector(`${p}ffn_norm.weight`, c.dim),
+        wGate: weight(`${p}ffn_gate.weight`, c.dim, c.ffnDim),
+        wUp: weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
+        wDown: weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
+      });
+    }
+    const embdName = 'token_embd.weight';
+    // Only looked up rows, the embedding stays in ordinary memory; the head is a matvec, so it goes where the kernels read.
+    const tokenEmbd = start === 0 && file.tensor(embdName) ? weight(embdName, c.dim, c.vocabSize, ordinary) : undefined;
+    const last = end === c.nLayers;
+    // Tied embeddings: without output.weight the head is the token embedding matrix.
+    const headName = file.tensor('output.weight') ? 'output.weight' : embdName;
+    const output = last && file.tensor(headName) ? weight(headName, c.dim, c.vocabSize) : undefined;
+    const outputNorm = output ? vector('output_norm.weight', c.dim) : undefined;
+    const ropeFreqs = optionalVector('rope_freqs.weight', c.ropeDims / 2);
+    return {
+      start,
+      end,
+      share,
+      nHeads: (k1 - k0) * group,
+      nKvHeads: k1 - k0,
+      ffnRows: f1 - f0,
+      layers,
+      tokenEmbd,
+      outputNorm,
+      output,
+      ropeFreqs,
+      bytes,
+    };
+  } finally {
+    closeSync(fd);
+  }
 }

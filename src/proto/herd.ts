@@ -168,6 +168,45 @@ export function kvTypeToJSON(object: KvType): string {
   }
 }
 
+export enum CutAxis {
+  CUT_AXIS_UNSPECIFIED = 0,
+  CUT_AXIS_ROWS = 1,
+  CUT_AXIS_COLUMNS = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function cutAxisFromJSON(object: any): CutAxis {
+  switch (object) {
+    case 0:
+    case "CUT_AXIS_UNSPECIFIED":
+      return CutAxis.CUT_AXIS_UNSPECIFIED;
+    case 1:
+    case "CUT_AXIS_ROWS":
+      return CutAxis.CUT_AXIS_ROWS;
+    case 2:
+    case "CUT_AXIS_COLUMNS":
+      return CutAxis.CUT_AXIS_COLUMNS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CutAxis.UNRECOGNIZED;
+  }
+}
+
+export function cutAxisToJSON(object: CutAxis): string {
+  switch (object) {
+    case CutAxis.CUT_AXIS_UNSPECIFIED:
+      return "CUT_AXIS_UNSPECIFIED";
+    case CutAxis.CUT_AXIS_ROWS:
+      return "CUT_AXIS_ROWS";
+    case CutAxis.CUT_AXIS_COLUMNS:
+      return "CUT_AXIS_COLUMNS";
+    case CutAxis.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface InfoRequest {
 }
 
@@ -333,7 +372,9 @@ export interface TensorGroup {
 
 /**
  * The tensors of one layer range with the sha256 of each one's data, and the digest of the
- * metadata the slice carries: what a node trusts, whoever sends the bytes.
+ * metadata the slice carries: what a node trusts, whoever sends the bytes. A group member's
+ * lists only its share: the parts (TensorDesc.cut) of the split tensors, the replicated ones
+ * whole, and the embedding and head only for the leader.
  */
 export interface SliceManifest {
   /** sha256 of (metadata_count as u64 LE, alignment as u32 LE, metadata bytes) of the slice header */
@@ -493,6 +534,30 @@ export interface FetchTensorsRequest {
   start: number;
   /** one past the last layer */
   end: number;
+  /**
+   * Set (a tensor-parallel member, from its manifest): only these tensors of the range, in this
+   * order, each whole or the part its cut names; empty: every tensor of the range, whole.
+   */
+  tensors: TensorPart[];
+}
+
+/** A tensor of the model, or part of it. */
+export interface TensorPart {
+  /** GGUF tensor name */
+  name: string;
+  /** absent: the whole tensor */
+  cut?: TensorCut | undefined;
+}
+
+/**
+ * Rows or columns [start, end) of a tensor's matrix (dims[0] columns per row; a 1-D tensor is
+ * one row). A member's share: rows of q, k, v, gate, up; columns of attn_output and ffn_down
+ * and of the q, k, v biases. Column cuts fall on quantization block boundaries.
+ */
+export interface TensorCut {
+  axis: CutAxis;
+  start: number;
+  end: number;
 }
 
 export interface FetchTensorsReply {
@@ -526,6 +591,11 @@ export interface TensorDesc {
   nBytes: number;
   /** in a SliceManifest: sha256 of its data; empty in a SliceHeader */
   sha256: Buffer;
+  /**
+   * In a member's SliceManifest: the entry is this part of the model's tensor `name` (dims,
+   * n_bytes and sha256 are the part's); absent: the tensor whole. Unset in a SliceHeader.
+   */
+  cut?: TensorCut | undefined;
 }
 
 export interface TensorChunk {
@@ -3809,7 +3879,7 @@ export const DropSessionReply: MessageFns<DropSessionReply> = {
 };
 
 function createBaseFetchTensorsRequest(): FetchTensorsRequest {
-  return { modelHash: "", start: 0, end: 0 };
+  return { modelHash: "", start: 0, end: 0, tensors: [] };
 }
 
 export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
@@ -3822,6 +3892,9 @@ export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
     }
     if (message.end !== 0) {
       writer.uint32(24).uint32(message.end);
+    }
+    for (const v of message.tensors) {
+      TensorPart.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -3863,6 +3936,14 @@ export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
             message.end = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.tensors.push(TensorPart.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3884,6 +3965,7 @@ export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
         : "",
       start: isSet(object.start) ? globalThis.Number(object.start) : 0,
       end: isSet(object.end) ? globalThis.Number(object.end) : 0,
+      tensors: globalThis.Array.isArray(object?.tensors) ? object.tensors.map((e: any) => TensorPart.fromJSON(e)) : [],
     };
   },
 
@@ -3898,6 +3980,9 @@ export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
     if (message.end !== 0) {
       obj.end = Math.round(message.end);
     }
+    if (message.tensors?.length) {
+      obj.tensors = message.tensors.map((e) => TensorPart.toJSON(e));
+    }
     return obj;
   },
 
@@ -3907,6 +3992,193 @@ export const FetchTensorsRequest: MessageFns<FetchTensorsRequest> = {
   fromPartial<I extends Exact<DeepPartial<FetchTensorsRequest>, I>>(object: I): FetchTensorsRequest {
     const message = createBaseFetchTensorsRequest();
     message.modelHash = object.modelHash ?? "";
+    message.start = object.start ?? 0;
+    message.end = object.end ?? 0;
+    message.tensors = object.tensors?.map((e) => TensorPart.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTensorPart(): TensorPart {
+  return { name: "", cut: undefined };
+}
+
+export const TensorPart: MessageFns<TensorPart> = {
+  encode(message: TensorPart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.cut !== undefined) {
+      TensorCut.encode(message.cut, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TensorPart {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTensorPart();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cut = TensorCut.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TensorPart {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      cut: isSet(object.cut) ? TensorCut.fromJSON(object.cut) : undefined,
+    };
+  },
+
+  toJSON(message: TensorPart): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.cut !== undefined) {
+      obj.cut = TensorCut.toJSON(message.cut);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TensorPart>, I>>(base?: I): TensorPart {
+    return TensorPart.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TensorPart>, I>>(object: I): TensorPart {
+    const message = createBaseTensorPart();
+    message.name = object.name ?? "";
+    message.cut = (object.cut !== undefined && object.cut !== null) ? TensorCut.fromPartial(object.cut) : undefined;
+    return message;
+  },
+};
+
+function createBaseTensorCut(): TensorCut {
+  return { axis: 0, start: 0, end: 0 };
+}
+
+export const TensorCut: MessageFns<TensorCut> = {
+  encode(message: TensorCut, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.axis !== 0) {
+      writer.uint32(8).int32(message.axis);
+    }
+    if (message.start !== 0) {
+      writer.uint32(16).uint64(message.start);
+    }
+    if (message.end !== 0) {
+      writer.uint32(24).uint64(message.end);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TensorCut {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTensorCut();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.axis = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.start = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.end = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TensorCut {
+    return {
+      axis: isSet(object.axis) ? cutAxisFromJSON(object.axis) : 0,
+      start: isSet(object.start) ? globalThis.Number(object.start) : 0,
+      end: isSet(object.end) ? globalThis.Number(object.end) : 0,
+    };
+  },
+
+  toJSON(message: TensorCut): unknown {
+    const obj: any = {};
+    if (message.axis !== 0) {
+      obj.axis = cutAxisToJSON(message.axis);
+    }
+    if (message.start !== 0) {
+      obj.start = Math.round(message.start);
+    }
+    if (message.end !== 0) {
+      obj.end = Math.round(message.end);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TensorCut>, I>>(base?: I): TensorCut {
+    return TensorCut.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TensorCut>, I>>(object: I): TensorCut {
+    const message = createBaseTensorCut();
+    message.axis = object.axis ?? 0;
     message.start = object.start ?? 0;
     message.end = object.end ?? 0;
     return message;
@@ -4124,7 +4396,7 @@ export const SliceHeader: MessageFns<SliceHeader> = {
 };
 
 function createBaseTensorDesc(): TensorDesc {
-  return { name: "", dims: [], ggmlType: 0, nBytes: 0, sha256: Buffer.alloc(0) };
+  return { name: "", dims: [], ggmlType: 0, nBytes: 0, sha256: Buffer.alloc(0), cut: undefined };
 }
 
 export const TensorDesc: MessageFns<TensorDesc> = {
@@ -4147,6 +4419,9 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     }
     if (message.sha256.length !== 0) {
       writer.uint32(42).bytes(message.sha256);
+    }
+    if (message.cut !== undefined) {
+      TensorCut.encode(message.cut, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -4214,6 +4489,14 @@ export const TensorDesc: MessageFns<TensorDesc> = {
             message.sha256 = Buffer.from(reader.bytes());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.cut = TensorCut.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4241,6 +4524,7 @@ export const TensorDesc: MessageFns<TensorDesc> = {
         ? globalThis.Number(object.n_bytes)
         : 0,
       sha256: isSet(object.sha256) ? Buffer.from(bytesFromBase64(object.sha256)) : Buffer.alloc(0),
+      cut: isSet(object.cut) ? TensorCut.fromJSON(object.cut) : undefined,
     };
   },
 
@@ -4261,6 +4545,9 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     if (message.sha256.length !== 0) {
       obj.sha256 = base64FromBytes(message.sha256);
     }
+    if (message.cut !== undefined) {
+      obj.cut = TensorCut.toJSON(message.cut);
+    }
     return obj;
   },
 
@@ -4274,6 +4561,7 @@ export const TensorDesc: MessageFns<TensorDesc> = {
     message.ggmlType = object.ggmlType ?? 0;
     message.nBytes = object.nBytes ?? 0;
     message.sha256 = object.sha256 ?? Buffer.alloc(0);
+    message.cut = (object.cut !== undefined && object.cut !== null) ? TensorCut.fromPartial(object.cut) : undefined;
     return message;
   },
 };

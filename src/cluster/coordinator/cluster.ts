@@ -16,6 +16,7 @@ import { shares, splitShape, type TensorShare } from '../../model/tensor-share.t
 import { DEFAULT_SYNC, type SyncFormat } from '../sync/format.ts';
 import { deadline, describeCallError, nodeClient, type ChannelPath } from '../rpc.ts';
 import { ModelSource } from '../shard/source.ts';
+import type { SliceManifest } from '../shard/manifest.ts';
 import { modelShape } from '../shape.ts';
 import {
   kvTypeToWire,
@@ -186,10 +187,16 @@ export class HerdCluster {
   /**
    * Has every member of a group stage load its share and link the group: member m learns the
    * data plane addresses of members 0..m-1, so the calls start in order, each once the one
-   * before has said where it listens; the loads themselves run side by side.
+   * before has said where it listens; the loads themselves run side by side. Each member's
+   * manifest lists only its share (hashed from this file first, shard/share-manifest.ts).
    */
   private async loadGroup(stage: PlannedStage, timeoutMs: number): Promise<StageLoad[]> {
     const members = stage.members!;
+    const manifests = await this.source.shareManifestsFor(
+      stage.start,
+      stage.end,
+      members.map((m) => m.share),
+    );
     const token = randomBytes(32);
     const peers: string[] = [];
     const loads: Promise<StageLoad>[] = [];
@@ -207,7 +214,13 @@ export class HerdCluster {
         token,
         peers: [...peers],
       };
-      const load = this.loadStage(node, stage.start, stage.end, timeoutMs, { group, share, onLinking: linking });
+      const manifest = manifests[m];
+      const load = this.loadStage(node, stage.start, stage.end, timeoutMs, {
+        group,
+        share,
+        manifest,
+        onLinking: linking,
+      });
       loads.push(load);
       const port = await Promise.race([listening, load.then(() => 0)]);
       if (port === 0) throw new ClusterError('shard', `node ${node.name} did not open its data plane`);
@@ -229,7 +242,7 @@ export class HerdCluster {
     start: number,
     end: number,
     timeoutMs: number,
-    member?: { group: WireTensorGroup; share: TensorShare; onLinking: (port: number) => void },
+    member?: { group: WireTensorGroup; share: TensorShare; manifest: SliceManifest; onLinking: (port: number) => void },
   ): Promise<StageLoad> {
     const t0 = performance.now();
     const client = this.client(node.address);
@@ -247,7 +260,7 @@ export class HerdCluster {
           ctx: this.o.ctx,
           kvType: kvTypeToWire(this.o.kvType),
           coordinator: this.deliverTo,
-          manifest: manifestToWire(this.source.manifestFor(start, end)),
+          manifest: manifestToWire(member?.manifest ?? this.source.manifestFor(start, end)),
           group: member?.group,
         },
         { deadline: deadline(timeoutMs) },

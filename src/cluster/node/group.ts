@@ -59,8 +59,8 @@ export interface MemberPlace {
   readonly peers: readonly Endpoint[];
 }
 
-/** Checks a LoadShard's group against the range's model shape (from its manifest). */
-export function checkGroup(g: WireTensorGroup, manifest: SliceManifest, start: number): MemberPlace {
+/** Checks a LoadShard's group (its shares' bounds are the model's: checked at load). */
+export function checkGroup(g: WireTensorGroup): MemberPlace {
   if (!(g.size >= 2 && g.size <= MAX_GROUP)) throw invalid(`group size ${g.size} must be in 2..${MAX_GROUP}`);
   if (!(g.member < g.size)) throw invalid(`member ${g.member} is outside the group of ${g.size}`);
   if (!isSyncFormat(g.sync)) throw invalid(`sync format "${g.sync.slice(0, 16)}" is not q8_0, f16 or f32`);
@@ -74,11 +74,9 @@ export function checkGroup(g: WireTensorGroup, manifest: SliceManifest, start: n
       throw invalid(`group peer ${i} has a bad address "${p.slice(0, 64)}"`);
     }
   });
-  // KV heads are checked against the model's metadata at load (loadShareWeights)
+  // Checked against the model's metadata at load (loadShareWeights), and the manifest's parts against them (shard/store.ts)
   if (!(g.kvStart < g.kvEnd)) throw invalid(`KV heads [${g.kvStart}, ${g.kvEnd}) are empty`);
-  const { ffnDim } = shapeOf(manifest, start);
-  if (!(g.ffnStart < g.ffnEnd && g.ffnEnd <= ffnDim))
-    throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are not within the model's ${ffnDim}`);
+  if (!(g.ffnStart < g.ffnEnd)) throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are empty`);
   return {
     size: g.size,
     share: { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] },
@@ -88,19 +86,11 @@ export function checkGroup(g: WireTensorGroup, manifest: SliceManifest, start: n
   };
 }
 
-/** dim and FFN rows of the range, from its first layer's tensors in the manifest. */
-function shapeOf(manifest: SliceManifest, start: number): { dim: number; ffnDim: number } {
-  const dims = (name: string) => {
-    const t = manifest.tensors.find((x) => x.name === `blk.${start}.${name}`);
-    if (!t) throw invalid(`the manifest has no blk.${start}.${name}`);
-    return t.dims.map(Number);
-  };
-  return { dim: dims('attn_norm.weight')[0], ffnDim: dims('ffn_gate.weight')[1] };
-}
-
-/** The most values one all-reduce of the range carries: GROUP_BATCH rows of dim. */
+/** The most values one all-reduce of the range carries: GROUP_BATCH rows of dim (a norm's length: norms are whole in a share). */
 export function groupMaxValues(manifest: SliceManifest, start: number): number {
-  return GROUP_BATCH * shapeOf(manifest, start).dim;
+  const norm = manifest.tensors.find((x) => x.name === `blk.${start}.attn_norm.weight`);
+  if (!norm) throw invalid(`the manifest has no blk.${start}.attn_norm.weight`);
+  return GROUP_BATCH * Number(norm.dims[0]);
 }
 
 /** Opens the member's data plane listener (any free port on `host`). */

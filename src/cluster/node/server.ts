@@ -356,7 +356,9 @@ export class NodeServer {
         checkManifest(manifest, start, end, nLayers);
         // A group member listens first and says where (the coordinator hands that to the members
         // after it), loads its share, then links the group (node/group.ts) before LoadShard ends.
-        const place = r.group ? checkGroup(r.group, manifest, start) : undefined;
+        const place = r.group ? checkGroup(r.group) : undefined;
+        if (!place && manifest.tensors.some((t) => t.cut))
+          throw invalid('the manifest lists parts of tensors (a member share) but the load names no group');
         const maxValues = place ? groupMaxValues(manifest, start) : 0;
         const sync = place
           ? await listenMember(place, maxValues, this.o.host, this.o.key && herdTls(this.o.key), this.o.log)

@@ -7,10 +7,11 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, realpathSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { GgufFile } from '../../gguf/reader.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import { tensorBelongs } from './shard.ts';
+import { sameCut, type TensorCut } from '../../model/share-cut.ts';
 import { readMetadataSection, tensorDataBytes, type MetadataSection } from './slice.ts';
 
 export interface ManifestTensor {
@@ -20,6 +21,11 @@ export interface ManifestTensor {
   readonly nBytes: number;
   /** sha256 hex of the tensor's data. */
   readonly sha256: string;
+  /**
+   * In a group member's manifest: the part of the model's tensor this entry is (dims, nBytes and
+   * sha256 are the part's); absent: the tensor whole.
+   */
+  readonly cut?: TensorCut;
 }
 
 /** The tensors of one slice (or of a whole model) and the digest of the metadata it carries. */
@@ -44,7 +50,11 @@ export function metadataDigest(metadata: MetadataSection, alignment: number): st
 /** sha256 hex of a manifest's every field, in order: a slice's record stores it. */
 export function manifestDigest(m: SliceManifest): string {
   const h = createHash('sha256').update(m.metadataSha256);
-  for (const t of m.tensors) h.update(`\n${t.name}\t${t.dims.join(',')}\t${t.ggmlType}\t${t.nBytes}\t${t.sha256}`);
+  for (const t of m.tensors) {
+    h.update(`\n${t.name}\t${t.dims.join(',')}\t${t.ggmlType}\t${t.nBytes}\t${t.sha256}`);
+    // only when cut: the digests of whole-tensor records written before cuts existed still hold
+    if (t.cut) h.update(`\t${t.cut.axis}\t${t.cut.start}\t${t.cut.end}`);
+  }
   return h.digest('hex');
 }
 
@@ -68,6 +78,7 @@ export function sameTensor(a: ManifestTensor, b: ManifestTensor): boolean {
     a.ggmlType === b.ggmlType &&
     a.nBytes === b.nBytes &&
     a.sha256 === b.sha256 &&
+    sameCut(a.cut, b.cut) &&
     a.dims.length === b.dims.length &&
     a.dims.every((d, i) => d === b.dims[i])
   );
@@ -90,6 +101,9 @@ export function checkManifest(m: SliceManifest, start: number, end: number, nLay
       );
     }
     if (!SHA_RE.test(t.sha256)) throw invalid(`manifest: tensor ${t.name} has no 32-byte sha256`);
+    const c = t.cut;
+    if (c && !(Number.isSafeInteger(c.start) && Number.isSafeInteger(c.end) && 0 <= c.start && c.start < c.end))
+      throw invalid(`manifest: tensor ${t.name}: cut [${c.start}, ${c.end}) is empty`);
   }
 }
 
@@ -170,6 +184,43 @@ function isManifest(v: unknown): v is SliceManifest {
   return typeof m === 'object' && m !== null && typeof m.metadataSha256 === 'string' && Array.isArray(m.tensors);
 }
 
+/** Where the manifest `name` tells apart (the model's, or a share's) of the file at `path` is kept: by path, size, mtime. */
+function rememberedPath(path: string, name: string, cacheDir: string): string {
+  const st = statSync(path);
+  const key = createHash('sha256')
+    .update(`${realpathSync(path)}|${st.size}|${Math.floor(st.mtimeMs)}`)
+    .digest('hex');
+  return join(cacheDir, 'manifests', `${key}${name}.json`);
+}
+
+/** The manifest `name` of this file (path, size, mtime) hashed before, when kept and `usable`; else undefined. */
+export function recallManifest(
+  path: string,
+  name: string,
+  cacheDir: string,
+  usable: (m: SliceManifest) => boolean,
+): SliceManifest | undefined {
+  try {
+    const v = JSON.parse(readFileSync(rememberedPath(path, name, cacheDir), 'utf8')) as unknown;
+    return isManifest(v) && usable(v) ? v : undefined;
+  } catch {
+    return undefined; // not hashed yet, or unreadable: hash again
+  }
+}
+
+/** Keeps a manifest just hashed for recallManifest. */
+export function rememberManifest(path: string, name: string, cacheDir: string, m: SliceManifest): void {
+  try {
+    const known = rememberedPath(path, name, cacheDir);
+    mkdirSync(dirname(known), { recursive: true });
+    const tmp = `${known}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(m));
+    renameSync(tmp, known);
+  } catch {
+    // a read-only cache only costs a re-hash next time
+  }
+}
+
 /**
  * The model's manifest: from the cache dir when this file (path, size, mtime) was hashed before,
  * else hashed now and remembered there. `fileSha256` is the whole file's sha256 when it was
@@ -182,27 +233,14 @@ export async function modelManifest(
   cacheDir?: string,
 ): Promise<{ manifest: SliceManifest; fileSha256?: string }> {
   if (!cacheDir) return hashModel(path, file, metadataSha256);
-  const st = statSync(path);
-  const key = createHash('sha256')
-    .update(`${realpathSync(path)}|${st.size}|${Math.floor(st.mtimeMs)}`)
-    .digest('hex');
-  const dir = join(cacheDir, 'manifests');
-  const known = join(dir, `${key}.json`);
-  try {
-    const v = JSON.parse(readFileSync(known, 'utf8')) as unknown;
-    if (isManifest(v) && v.metadataSha256 === metadataSha256 && v.tensors.length === file.tensors.length)
-      return { manifest: v };
-  } catch {
-    // not hashed yet, or unreadable: hash again
-  }
+  const known = recallManifest(
+    path,
+    '',
+    cacheDir,
+    (m) => m.metadataSha256 === metadataSha256 && m.tensors.length === file.tensors.length,
+  );
+  if (known) return { manifest: known };
   const hashed = await hashModel(path, file, metadataSha256);
-  try {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${known}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(hashed.manifest));
-    renameSync(tmp, known);
-  } catch {
-    // a read-only cache only costs a re-hash next time
-  }
+  rememberManifest(path, '', cacheDir, hashed.manifest);
   return hashed;
 }

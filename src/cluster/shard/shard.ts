@@ -2,6 +2,7 @@
 // which contiguous layer range. shardTensorNames says which tensors a range needs.
 
 import type { GgufFile } from '../../gguf/reader.ts';
+import type { TensorShare } from '../../model/tensor-share.ts';
 
 export interface Shard {
   /** sha256 hex of the whole GGUF file. */
@@ -43,6 +44,32 @@ export function shardTensorNames(file: GgufFile, start: number, end: number, nLa
     }
   }
   return names;
+}
+
+/** A member's share of [start, end) in a group of `size`, file-name safe: its slice's name and its manifest's. */
+export function shareName(start: number, end: number, size: number, s: TensorShare): string {
+  const [k0, k1] = s.kvHeads;
+  const [f0, f1] = s.ffnRows;
+  return `${start}-${end}.m${s.member}of${size}.kv${k0}-${k1}.ffn${f0}-${f1}`;
+}
+
+/** Tensors only a stage's leader reads: the group's other members get hidden states from it and send none on. */
+const LEADER_ONLY = new Set(['token_embd.weight', 'output_norm.weight', 'output.weight']);
+
+/**
+ * The tensors member `member` of a tensor-parallel group holding [start, end) reads (each whole
+ * or its part, model/share-cut.ts): the range's, less the embedding and head for all but the
+ * leader (member 0), which embeds the tokens and runs the head (node/group.ts).
+ */
+export function shareTensorNames(
+  file: GgufFile,
+  start: number,
+  end: number,
+  nLayers: number,
+  member: number,
+): string[] {
+  const names = shardTensorNames(file, start, end, nLayers);
+  return member === 0 ? names : names.filter((n) => !LEADER_ONLY.has(n));
 }
 
 /** Whether a tensor name may belong to the slice of [start, end) (checks what a peer sends). */

@@ -1,7 +1,9 @@
 // The node's shards: slices of models resident in memory, and how they get there. In order:
 // already in memory (reused, no reload); the same model file in --model-dir (read directly);
 // a slice file in the cache dir from an earlier transfer (survives restarts); else the tensors
-// of the range are pulled from the coordinator (FetchTensors), checked and cached.
+// of the range are pulled from the coordinator (FetchTensors), checked and cached. A
+// tensor-parallel member's slice holds only its share (its manifest lists the parts,
+// model/share-cut.ts): it pulls, checks and caches only those bytes, under its share's name.
 //
 // Integrity: the coordinator's LoadShard carries the range's manifest (manifest.ts), each
 // tensor's sha256 from its own file. Fetched bytes are checked against it, not against the
@@ -24,7 +26,9 @@ import { TensorMember } from '../../engine/tensor-split.ts';
 import type { TensorShare } from '../../model/tensor-share.ts';
 import type { KvType } from '../../model/kv-cache.ts';
 import type { KernelBackend } from '../../kernels/backend.ts';
-import type { SliceHeader, WireLoadProgress } from '../wire.ts';
+import { readConfig } from '../../model/config.ts';
+import { sameCut, shareCut } from '../../model/share-cut.ts';
+import { partsToWire, type SliceHeader, type WireLoadProgress } from '../wire.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { coordinatorClient, describeCallError } from '../rpc.ts';
@@ -32,7 +36,7 @@ import type { ClusterKey } from '../auth.ts';
 import { checkSlice, metadataDigest, sameTensor, type SliceManifest } from './manifest.ts';
 import { modelHash } from './model-hash.ts';
 import { commitSlice, discardSlice, lastUsed, touch, verifiedManifest } from './record.ts';
-import { describeShard, HASH_RE, shardKey } from './shard.ts';
+import { describeShard, HASH_RE, shardKey, shareName } from './shard.ts';
 import { SliceWriter, type SliceTensor } from './slice.ts';
 import { watchSilence, type Silence } from '../silence.ts';
 
@@ -51,7 +55,7 @@ export interface LoadRequest {
   readonly coordinator: string;
   /** The range's tensors with their sha256, from the coordinator's model file (checked: checkManifest). */
   readonly manifest: SliceManifest;
-  /** A tensor-parallel group's member: only its share of each layer is loaded (the slice is pulled whole). */
+  /** A tensor-parallel group's member: its manifest lists its share, the slice holds only that. */
   readonly share?: GroupShare;
 }
 
@@ -74,6 +78,16 @@ export function loadKey(req: Pick<LoadRequest, 'modelHash' | 'start' | 'end' | '
   if (!g) return shardKey(req);
   const { member, kvHeads, ffnRows } = g.share;
   return `${shardKey(req)}#${member}/${g.size}:kv${kvHeads[0]}-${kvHeads[1]}:ffn${ffnRows[0]}-${ffnRows[1]}`;
+}
+
+interface SliceFile {
+  readonly modelHash: string;
+  readonly start: number;
+  readonly end: number;
+  /** A member's slice of its share (named by shard.ts shareName). */
+  readonly share: boolean;
+  readonly path: string;
+  readonly bytes: number;
 }
 
 export interface LoadedShard {
@@ -220,7 +234,7 @@ export class ShardStore {
         this.discard(req, cached, e);
       }
     }
-    const dest = join(this.sliceDir(req.modelHash), `${req.start}-${req.end}.gguf`);
+    const dest = this.slicePath(req);
     for (let attempt = 1; ; attempt++) {
       try {
         const transferred = await this.fetch(req, dest, progress);
@@ -235,6 +249,13 @@ export class ShardStore {
         }
       }
     }
+  }
+
+  /** Where the request's slice is cached: its range, and for a member its share. */
+  private slicePath(req: LoadRequest): string {
+    const g = req.share;
+    const name = g ? shareName(req.start, req.end, g.size, g.share) : `${req.start}-${req.end}`;
+    return join(this.sliceDir(req.modelHash), `${name}.gguf`);
   }
 
   /** A slice that failed leaves the cache: the next load fetches it again. */
@@ -277,7 +298,8 @@ export class ShardStore {
       step = s;
       progress({ phase: 'loading', bytesDone: p.bytes, bytesTotal: p.total });
     };
-    // A member reads its share out of the slice layer by layer (model/share-weights.ts).
+    if (req.share && source !== 'local') this.checkShare(req, req.share, file);
+    // A member's slice holds its share; a local model file is read for the share alone (model/share-weights.ts).
     const model = req.share
       ? TensorMember.load(file, {
           share: req.share.share,
@@ -337,6 +359,21 @@ export class ShardStore {
     return shard;
   }
 
+  /**
+   * The manifest's parts must be the member's share (its group's KV heads and FFN rows): the
+   * loader checks the shapes, this which rows and columns they are.
+   */
+  private checkShare(req: LoadRequest, g: GroupShare, file: GgufFile): void {
+    const config = readConfig(file);
+    for (const t of req.manifest.tensors) {
+      if (!sameCut(t.cut, shareCut(t.name, config, g.share)))
+        throw new ClusterError(
+          'shard',
+          `the manifest's tensor ${t.name} is not member ${g.share.member}'s share of ${describeShard(req)}`,
+        );
+    }
+  }
+
   /** Removes cached slices no loaded shard uses, least recently used first, while over cacheMaxBytes. */
   private trimCache(): void {
     const cap = this.o.cacheMaxBytes;
@@ -371,19 +408,20 @@ export class ShardStore {
     return undefined;
   }
 
-  /** Slice files in the cache dir, checked or not. */
-  private sliceFiles(): { modelHash: string; start: number; end: number; path: string; bytes: number }[] {
+  /** Slice files in the cache dir, checked or not; `share` set for a member's (shard.ts shareName). */
+  private sliceFiles(): SliceFile[] {
     const root = join(this.o.cacheDir, 'shards');
     if (!existsSync(root)) return [];
-    const out: { modelHash: string; start: number; end: number; path: string; bytes: number }[] = [];
+    const out: SliceFile[] = [];
     for (const hash of readdirSync(root)) {
       if (!HASH_RE.test(hash)) continue;
       for (const name of readdirSync(join(root, hash))) {
-        const m = /^(\d+)-(\d+)\.gguf$/.exec(name);
+        const m = /^(\d+)-(\d+)(\.m\d+of\d+\.kv\d+-\d+\.ffn\d+-\d+)?\.gguf$/.exec(name);
         if (!m) continue;
         const path = join(root, hash, name);
         try {
-          out.push({ modelHash: hash, start: Number(m[1]), end: Number(m[2]), path, bytes: statSync(path).size });
+          const bytes = statSync(path).size;
+          out.push({ modelHash: hash, start: Number(m[1]), end: Number(m[2]), share: m[3] !== undefined, path, bytes });
         } catch {
           // removed meanwhile
         }
@@ -392,10 +430,10 @@ export class ShardStore {
     return out;
   }
 
-  /** Cached slices whose record holds (record.ts), by model hash and range: what Info advertises. */
+  /** Cached whole-range slices whose record holds (record.ts), by model hash and range: what Info advertises. */
   cachedSlices(): { modelHash: string; start: number; end: number; bytes: number }[] {
     return this.sliceFiles()
-      .filter((f) => verifiedManifest(f.path) !== undefined)
+      .filter((f) => !f.share && verifiedManifest(f.path) !== undefined)
       .map(({ modelHash, start, end, bytes }) => ({ modelHash, start, end, bytes }));
   }
 
@@ -406,8 +444,10 @@ export class ShardStore {
    */
   private findCached(req: LoadRequest): string | undefined {
     let best: { path: string; width: number } | undefined;
+    // a member's slice is its share's alone; a whole range comes from whole-range slices
+    const share = req.share && this.slicePath(req);
     for (const f of this.sliceFiles()) {
-      if (f.modelHash !== req.modelHash) continue;
+      if (f.modelHash !== req.modelHash || (share ? f.path !== share : f.share)) continue;
       const covers = f.start <= req.start && req.end <= f.end && (req.end < req.nLayers || f.end === req.nLayers);
       if (!covers) continue;
       const held = verifiedManifest(f.path);
@@ -436,7 +476,9 @@ export class ShardStore {
     let stalled = false;
     const stallMs = this.o.transferStallMs ?? TRANSFER_STALL_MS;
     try {
-      const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end });
+      // a member asks for its manifest's parts; a whole range for every tensor of it
+      const parts = req.share ? partsToWire(req.manifest.tensors) : [];
+      const call = client.fetchTensors({ modelHash: req.modelHash, start: req.start, end: req.end, tensors: parts });
       stall = watchSilence(stallMs, () => {
         stalled = true;
         call.cancel();
@@ -542,7 +584,8 @@ export class ShardStore {
     let total = 0;
     const out = h.tensors.map((t, i) => {
       const m = want[i];
-      if (!sameTensor({ ...t, sha256: m.sha256 }, m)) {
+      // the header names no cut: the request did
+      if (!sameTensor({ ...t, sha256: m.sha256, cut: m.cut }, m)) {
         throw invalid(
           `${from}: header entry ${i} is tensor ${t.name} [${t.dims.join(', ')}] type ${t.ggmlType}, ` +
             `the manifest has ${m.name} [${m.dims.join(', ')}] type ${m.ggmlType}`,
