@@ -11,8 +11,9 @@
 // stages (fewer hops), then the faster bottleneck.
 //
 // Tensor groups (`tensor`: groups of N for every stage): the nodes, fastest first, make groups
-// of N consecutive ones; each group is planned as one node with the members' summed throughput
-// and N times the smallest member's memory, and its stage time gains two syncs per layer. One
+// of N consecutive ones; each group is planned as one node with the members' summed throughput,
+// each member checked against its own memory for its share (the leader also holds the embedding
+// and head), and its stage time gains two syncs per layer. One
 // sync is one link round trip (the slowest member's measured `rttSeconds`) plus the bytes each
 // member sends its N−1 peers over a gigabit link (bandwidth is not measured). Each member takes
 // a share of every layer in proportion to its throughput (`shares`, model/tensor-share.ts); a
@@ -160,8 +161,16 @@ function isGroup(n: PlanNode): n is GroupNode {
   return 'members' in n;
 }
 
+/** What one node of a stage must hold for layers [a, b), against what it has. */
+interface Need {
+  readonly node: PlanNode;
+  readonly need: number;
+}
+
 interface Costs {
   mem(a: number, b: number): number;
+  /** Each node's need for layers [a, b) on `node`: the node itself, or every member of a group. */
+  needs(node: PlanNode, a: number, b: number): Need[];
   weights(a: number, b: number): number;
   seconds(node: PlanNode, a: number, b: number): number;
   kv(a: number, b: number): number;
@@ -192,6 +201,23 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
     kv,
     buffers,
     mem: (a, b) => weights(a, b) + kv(a, b) + buffers + overhead,
+    // A member holds its share of the layers and of the KV cache (in proportion to its
+    // throughput, as the shares are cut), the replicated tensors and its own buffers; the
+    // leader alone also the embedding and the head.
+    needs: (node, a, b) => {
+      if (!isGroup(node)) return [{ node, need: weights(a, b) + kv(a, b) + buffers + overhead }];
+      const total = node.members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0);
+      const leaderOnly = weights(a, b) - layers(a, b) - m.sharedBytes;
+      return node.members.map((n, i) => ({
+        node: n,
+        need:
+          (Math.max(n.throughput, 1) / total) * (layers(a, b) + kv(a, b)) +
+          m.sharedBytes +
+          (i === 0 ? leaderOnly : 0) +
+          buffers +
+          overhead,
+      }));
+    },
     // Per token a stage streams its layers' weights, and the last one the head too.
     // A group: the layers shared by its members, the head on the leader alone, two syncs per layer.
     seconds: (node, a, b) =>
@@ -222,7 +248,7 @@ function split(
     for (let b = j; b <= L - (k - j); b++) {
       for (let a = j - 1; a < b; a++) {
         if (best[j - 1][a] === Infinity) continue;
-        if (c.mem(a, b) > node.memAvailable) continue;
+        if (!fits(c, node, a, b)) continue;
         const t = Math.max(best[j - 1][a], c.seconds(node, a, b));
         if (t < best[j][b]) {
           best[j][b] = t;
@@ -255,7 +281,7 @@ function shortest(
     for (let b = j; b <= L - (k - j); b++) {
       for (let a = j - 1; a < b; a++) {
         if (worst[j - 1][a] === Infinity) continue;
-        const s = Math.max(worst[j - 1][a], c.mem(a, b) - order[j - 1].memAvailable);
+        const s = Math.max(worst[j - 1][a], shortOf(c.needs(order[j - 1], a, b)).short);
         if (s < worst[j][b]) {
           worst[j][b] = s;
           from[j][b] = a;
@@ -266,12 +292,23 @@ function shortest(
   let pick = { node: order[0], start: 0, end: L, need: c.mem(0, L), short: -Infinity };
   for (let j = k, b = L; j > 0; j--) {
     const a = from[j][b];
-    const need = c.mem(a, b);
-    const short = need - order[j - 1].memAvailable;
-    if (short > pick.short) pick = { node: order[j - 1], start: a, end: b, need, short };
+    const worstNeed = shortOf(c.needs(order[j - 1], a, b));
+    if (worstNeed.short > pick.short) pick = { ...worstNeed, start: a, end: b };
     b = a;
   }
   return pick;
+}
+
+/** The node (of a stage's nodes) furthest over its available memory, and by how much (≤ 0: it fits). */
+function shortOf(needs: readonly Need[]): Need & { short: number } {
+  let worst = { ...needs[0], short: needs[0].need - needs[0].node.memAvailable };
+  for (const n of needs)
+    if (n.need - n.node.memAvailable > worst.short) worst = { ...n, short: n.need - n.node.memAvailable };
+  return worst;
+}
+
+function fits(c: Costs, node: PlanNode, a: number, b: number): boolean {
+  return shortOf(c.needs(node, a, b)).short <= 0;
 }
 
 function byThroughput(a: PlanNode, b: PlanNode): number {
@@ -341,7 +378,7 @@ function preferredSplit(order: readonly PlanNode[], m: ModelShape, c: Costs, cap
         const prev = best[j - 1][a];
         if (!prev) continue;
         const t = c.seconds(node, a, b);
-        if (t > cap || c.mem(a, b) > node.memAvailable) continue;
+        if (t > cap || !fits(c, node, a, b)) continue;
         const cost: Cost = [prev[0] + (holds(node, a, b, L) ? 0 : 1), Math.max(prev[1], t)];
         const cur = best[j][b];
         if (!cur || less(cost, cur)) {
@@ -489,7 +526,8 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       id: members.map((n) => n.id).join('+'),
       name: members.map((n) => n.name).join('+'),
       address: members[0].address,
-      memAvailable: tensor * Math.min(...members.map((n) => n.memAvailable)),
+      // What the members offer together (each is checked on its own: Costs.needs).
+      memAvailable: members.reduce((sum, n) => sum + n.memAvailable, 0),
       throughput: members.reduce((sum, n) => sum + n.throughput, 0),
       members,
       syncSeconds: Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT)) + syncBytes / LINK_BYTES_PER_SECOND,
