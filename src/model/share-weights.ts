@@ -11,7 +11,7 @@ import { makeWeight, getRow, type Weight } from '../kernels/matvec.ts';
 import type { KernelBackend } from '../kernels/backend.ts';
 import { kernelType, supportedTypes } from '../kernels/types.ts';
 import { ModelError, type ModelConfig } from './config.ts';
-import type { LayerWeights } from './weights.ts';
+import { readLayer, type LayerWeights } from './weights.ts';
 import { copyCut, cutLayout, shareCut, type CutLayout, type TensorCut } from './share-cut.ts';
 import type { TensorShare } from './tensor-share.ts';
 
@@ -139,28 +139,8 @@ export function loadShareWeights(
   const optionalVector = (name: string, n: number) => (file.tensor(name) ? vector(name, n) : undefined);
 
   try {
-    const qDim = c.nHeads * c.headDim;
-    const kvDim = c.nKvHeads * c.headDim;
     const layers: LayerWeights[] = [];
-    for (let l = start; l < end; l++) {
-      const p = `blk.${l}.`;
-      layers.push({
-        attnNorm: vector(`${p}attn_norm.weight`, c.dim),
-        wq: weight(`${p}attn_q.weight`, c.dim, qDim),
-        wk: weight(`${p}attn_k.weight`, c.dim, kvDim),
-        wv: weight(`${p}attn_v.weight`, c.dim, kvDim),
-        wo: weight(`${p}attn_output.weight`, qDim, c.dim),
-        bq: optionalVector(`${p}attn_q.bias`, qDim),
-        bk: optionalVector(`${p}attn_k.bias`, kvDim),
-        bv: optionalVector(`${p}attn_v.bias`, kvDim),
-        qNorm: c.arch === 'qwen3' ? vector(`${p}attn_q_norm.weight`, c.headDim) : undefined,
-        kNorm: c.arch === 'qwen3' ? vector(`${p}attn_k_norm.weight`, c.headDim) : undefined,
-        ffnNorm: vector(`${p}ffn_norm.weight`, c.dim),
-        wGate: weight(`${p}ffn_gate.weight`, c.dim, c.ffnDim),
-        wUp: weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
-        wDown: weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
-      });
-    }
+    for (let l = start; l < end; l++) layers.push(readLayer(c, l, { weight, vector, optionalVector }));
     const embdName = 'token_embd.weight';
     // Only looked up rows, the embedding stays in ordinary memory; the head is a matvec, so it goes where the kernels read.
     const tokenEmbd = start === 0 && file.tensor(embdName) ? weight(embdName, c.dim, c.vocabSize, ordinary) : undefined;

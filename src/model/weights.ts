@@ -153,27 +153,9 @@ function* stageWeightSteps(
   };
   const optionalVector = (name: string, n: number) => (file.tensor(name) ? vector(name, n) : undefined);
 
-  const qDim = c.nHeads * c.headDim;
-  const kvDim = c.nKvHeads * c.headDim;
   const layers: LayerWeights[] = [];
   for (let l = start; l < end; l++) {
-    const p = `blk.${l}.`;
-    layers.push({
-      attnNorm: vector(`${p}attn_norm.weight`, c.dim),
-      wq: weight(`${p}attn_q.weight`, c.dim, qDim),
-      wk: weight(`${p}attn_k.weight`, c.dim, kvDim),
-      wv: weight(`${p}attn_v.weight`, c.dim, kvDim),
-      wo: weight(`${p}attn_output.weight`, qDim, c.dim),
-      bq: optionalVector(`${p}attn_q.bias`, qDim),
-      bk: optionalVector(`${p}attn_k.bias`, kvDim),
-      bv: optionalVector(`${p}attn_v.bias`, kvDim),
-      qNorm: c.arch === 'qwen3' ? vector(`${p}attn_q_norm.weight`, c.headDim) : undefined,
-      kNorm: c.arch === 'qwen3' ? vector(`${p}attn_k_norm.weight`, c.headDim) : undefined,
-      ffnNorm: vector(`${p}ffn_norm.weight`, c.dim),
-      wGate: weight(`${p}ffn_gate.weight`, c.dim, c.ffnDim),
-      wUp: weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
-      wDown: weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
-    });
+    layers.push(readLayer(c, l, { weight, vector, optionalVector }));
     yield;
   }
 
@@ -191,4 +173,34 @@ function* stageWeightSteps(
   const outputNorm = last ? vector('output_norm.weight', c.dim) : undefined;
   const ropeFreqs = file.tensor('rope_freqs.weight') ? vector('rope_freqs.weight', c.ropeDims / 2) : undefined;
   return { start, end, tokenEmbd, layers, outputNorm, output, ropeFreqs, bytes };
+}
+
+/** How a loader reads a tensor of the expected shape: a matrix (cols × rows) or a vector. */
+export interface TensorReaders {
+  weight(name: string, cols: number, rows: number): Weight;
+  vector(name: string, n: number): Float32Array;
+  optionalVector(name: string, n: number): Float32Array | undefined;
+}
+
+/** Layer l's tensors by their GGUF names, each read with the shape the config gives it. */
+export function readLayer(c: ModelConfig, l: number, r: TensorReaders): LayerWeights {
+  const qDim = c.nHeads * c.headDim;
+  const kvDim = c.nKvHeads * c.headDim;
+  const p = `blk.${l}.`;
+  return {
+    attnNorm: r.vector(`${p}attn_norm.weight`, c.dim),
+    wq: r.weight(`${p}attn_q.weight`, c.dim, qDim),
+    wk: r.weight(`${p}attn_k.weight`, c.dim, kvDim),
+    wv: r.weight(`${p}attn_v.weight`, c.dim, kvDim),
+    wo: r.weight(`${p}attn_output.weight`, qDim, c.dim),
+    bq: r.optionalVector(`${p}attn_q.bias`, qDim),
+    bk: r.optionalVector(`${p}attn_k.bias`, kvDim),
+    bv: r.optionalVector(`${p}attn_v.bias`, kvDim),
+    qNorm: c.arch === 'qwen3' ? r.vector(`${p}attn_q_norm.weight`, c.headDim) : undefined,
+    kNorm: c.arch === 'qwen3' ? r.vector(`${p}attn_k_norm.weight`, c.headDim) : undefined,
+    ffnNorm: r.vector(`${p}ffn_norm.weight`, c.dim),
+    wGate: r.weight(`${p}ffn_gate.weight`, c.dim, c.ffnDim),
+    wUp: r.weight(`${p}ffn_up.weight`, c.dim, c.ffnDim),
+    wDown: r.weight(`${p}ffn_down.weight`, c.ffnDim, c.dim),
+  };
 }
