@@ -208,35 +208,27 @@ static void prepare_one(void *ctx, int t) {
   memset(a, 0, sizeof(*a));
   a->kind = j->kind;
   a->n = cols;
+  // Vector t's slice of the scratch arrays its kind uses.
+  if (j->kind == ACT_F32 || j->kind == ACT_F16 || j->kind == ACT_BF16) {
+    a->f = b->f + (size_t)t * cols;
+  } else {
+    a->qs = b->qs + (size_t)t * j->qstride;
+    a->d = b->d + (size_t)t * j->dstride;
+  }
   switch (j->kind) {
     case ACT_F32:
       // Copied (cols floats, nothing next to the weights), so an output that aliases the
       // input still reads the input as it was, as with the js reference.
-      a->f = b->f + (size_t)t * cols;
       memcpy(a->f, x, (size_t)cols * sizeof(float));
       break;
-    case ACT_F16:
-      a->f = b->f + (size_t)t * cols;
-      herd_round_f16(x, cols, a->f);
-      break;
-    case ACT_BF16:
-      a->f = b->f + (size_t)t * cols;
-      herd_round_bf16(x, cols, a->f);
-      break;
-    case ACT_Q8_0:
-      a->qs = b->qs + (size_t)t * j->qstride;
-      a->d = b->d + (size_t)t * j->dstride;
-      herd_quantize_q8_0(x, cols, a->qs, a->d);
-      break;
+    case ACT_F16: herd_round_f16(x, cols, a->f); break;
+    case ACT_BF16: herd_round_bf16(x, cols, a->f); break;
+    case ACT_Q8_0: herd_quantize_q8_0(x, cols, a->qs, a->d); break;
     case ACT_Q8_1:
-      a->qs = b->qs + (size_t)t * j->qstride;
-      a->d = b->d + (size_t)t * j->dstride;
       a->s = b->s + (size_t)t * j->dstride;
       herd_quantize_q8_1(x, cols, a->qs, a->d, a->s);
       break;
     case ACT_Q8_K:
-      a->qs = b->qs + (size_t)t * j->qstride;
-      a->d = b->d + (size_t)t * j->dstride;
       a->bsums = b->bsums + (size_t)t * j->bstride;
       herd_quantize_q8_k(x, cols, a->qs, a->d, a->bsums);
       break;
@@ -343,9 +335,15 @@ static void product_chunk(void *ctx, int chunk) {
   }
 }
 
-// matvec is matmul with n = 1: the same code computes both, so a prefill over n tokens
-// gives bit-for-bit the logits of n decode steps.
-static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
+// matvec(handle, type, w, rows, cols, x, out, parallel) is matmul(handle, type, w, rows,
+// cols, xs, n, out, parallel) with n = 1: the same code computes both, so a prefill over n
+// tokens gives bit-for-bit the logits of n decode steps.
+static napi_value run_product(napi_env env, napi_callback_info info, int with_n) {
+  const size_t want = with_n ? 9 : 8;
+  size_t argc = 9;
+  napi_value argv[9];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < want) THROW("%s takes %zu arguments", with_n ? "matmul" : "matvec", want);
   backend *b = get_backend(env, argv[0]);
   if (!b) THROW("not a backend handle");
   if (!b->pool) THROW("backend is closed");
@@ -391,21 +389,8 @@ static napi_value run_product(napi_env env, napi_value *argv, int with_n) {
   return NULL;
 }
 
-static napi_value js_matvec(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 8) THROW("matvec takes 8 arguments");
-  return run_product(env, argv, 0);
-}
-
-static napi_value js_matmul(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value argv[9];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 9) THROW("matmul takes 9 arguments");
-  return run_product(env, argv, 1);
-}
+static napi_value js_matvec(napi_env env, napi_callback_info info) { return run_product(env, info, 0); }
+static napi_value js_matmul(napi_env env, napi_callback_info info) { return run_product(env, info, 1); }
 
 // prepare(kind, x, n, f, qs, d, s, bsums): the activation of x[0..n) written into the
 // given arrays, sized as src/kernels/activation.ts sizes them.

@@ -5,16 +5,21 @@
 
 #include "herd.h"
 
-// ---- scalar ----
+// ---- scalar; also the tails of the SIMD loops ----
+
+// One weight from its bytes (F16 is herd_half).
+static inline float at_f32(const uint8_t *p) {
+  float v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+static inline float at_bf16(const uint8_t *p) { return herd_bf16_to_f32(herd_le16(p)); }
 
 float herd_dot_f32_scalar(int n, const uint8_t *w, const herd_act *x) {
   const float *xf = x->f;
   float sum = 0.0f;
-  for (int i = 0; i < n; i++) {
-    float v;
-    memcpy(&v, w + 4 * i, 4);
-    sum += v * xf[i];
-  }
+  for (int i = 0; i < n; i++) sum += at_f32(w + 4 * i) * xf[i];
   return sum;
 }
 
@@ -28,7 +33,7 @@ float herd_dot_f16_scalar(int n, const uint8_t *w, const herd_act *x) {
 float herd_dot_bf16_scalar(int n, const uint8_t *w, const herd_act *x) {
   const float *xf = x->f;
   float sum = 0.0f;
-  for (int i = 0; i < n; i++) sum += herd_bf16_to_f32(herd_le16(w + 2 * i)) * xf[i];
+  for (int i = 0; i < n; i++) sum += at_bf16(w + 2 * i) * xf[i];
   return sum;
 }
 
@@ -61,12 +66,10 @@ static inline __m256 load_bf16x8(const uint8_t *p) {
 
 static inline __m256 load_f32x8(const uint8_t *p) { return _mm256_loadu_ps((const float *)p); }
 static inline __m256 load_f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline float tail_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
-static inline float tail_bf16(const uint8_t *p) { return herd_bf16_to_f32(herd_le16(p)); }
 
-HERD_FLOAT_AVX2(herd_dot_f32_avx2, load_f32x8, 4, tail_f32)
+HERD_FLOAT_AVX2(herd_dot_f32_avx2, load_f32x8, 4, at_f32)
 HERD_FLOAT_AVX2(herd_dot_f16_avx2, load_f16x8, 2, herd_half)
-HERD_FLOAT_AVX2(herd_dot_bf16_avx2, load_bf16x8, 2, tail_bf16)
+HERD_FLOAT_AVX2(herd_dot_bf16_avx2, load_bf16x8, 2, at_bf16)
 
 #endif
 
@@ -98,9 +101,9 @@ static inline __m512 load_bf16x16(const uint8_t *p) {
     return sum;                                                                   \
   }
 
-HERD_FLOAT_AVX512(herd_dot_f32_avx512, load_f32x16, 4, tail_f32)
+HERD_FLOAT_AVX512(herd_dot_f32_avx512, load_f32x16, 4, at_f32)
 HERD_FLOAT_AVX512(herd_dot_f16_avx512, load_f16x16, 2, herd_half)
-HERD_FLOAT_AVX512(herd_dot_bf16_avx512, load_bf16x16, 2, tail_bf16)
+HERD_FLOAT_AVX512(herd_dot_bf16_avx512, load_bf16x16, 2, at_bf16)
 
 #endif
 
@@ -113,8 +116,6 @@ static inline float32x4_t load_f16x4(const uint8_t *p) { return vcvt_f32_f16(vre
 static inline float32x4_t load_bf16x4(const uint8_t *p) {
   return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)p), 16));
 }
-static inline float tail_f32n(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
-static inline float tail_bf16n(const uint8_t *p) { return herd_bf16_to_f32(herd_le16(p)); }
 
 #define HERD_FLOAT_NEON(NAME, LOAD4, BYTES, TAIL)                                 \
   float NAME(int n, const uint8_t *w, const herd_act *x) {                        \
@@ -133,8 +134,8 @@ static inline float tail_bf16n(const uint8_t *p) { return herd_bf16_to_f32(herd_
     return sum;                                                                   \
   }
 
-HERD_FLOAT_NEON(herd_dot_f32_neon, load_f32x4, 4, tail_f32n)
+HERD_FLOAT_NEON(herd_dot_f32_neon, load_f32x4, 4, at_f32)
 HERD_FLOAT_NEON(herd_dot_f16_neon, load_f16x4, 2, herd_half)
-HERD_FLOAT_NEON(herd_dot_bf16_neon, load_bf16x4, 2, tail_bf16n)
+HERD_FLOAT_NEON(herd_dot_bf16_neon, load_bf16x4, 2, at_bf16)
 
 #endif

@@ -82,19 +82,27 @@ float herd_dot_q3_k_scalar(int n, const uint8_t *w, const herd_act *x) {
   return sum;
 }
 
-float herd_dot_q4_k_scalar(int n, const uint8_t *w, const herd_act *x) {
+// Q4_K and Q5_K share one body: five (a constant after inlining) adds Q5_K's fifth bits,
+// bit 2k of qh[l] for value 64k + l and bit 2k+1 for value 64k + 32 + l.
+static HERD_INLINE float q45_k_scalar(int n, const uint8_t *w, const herd_act *x, const int five) {
   float sum = 0.0f;
   uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 144) {
+  for (int b = 0; b < n / QK_K; b++, w += five ? 176 : 144) {
     const int8_t *y = x->qs + b * QK_K;
     scale_min_k4(w + 4, sm);
-    const uint8_t *q = w + 16;
+    const uint8_t *qh = w + 16;
+    const uint8_t *q = w + (five ? 48 : 16);
     int isum = 0;
     for (int k = 0; k < 4; k++) {
       int lo = 0, hi = 0;
       for (int l = 0; l < 32; l++) {
-        lo += (q[32 * k + l] & 15) * y[64 * k + l];
-        hi += (q[32 * k + l] >> 4) * y[64 * k + 32 + l];
+        int a = q[32 * k + l] & 15, c = q[32 * k + l] >> 4;
+        if (five) {
+          a |= ((qh[l] >> (2 * k)) & 1) << 4;
+          c |= ((qh[l] >> (2 * k + 1)) & 1) << 4;
+        }
+        lo += a * y[64 * k + l];
+        hi += c * y[64 * k + 32 + l];
       }
       isum += sm[2 * k] * lo + sm[2 * k + 1] * hi;
     }
@@ -106,30 +114,8 @@ float herd_dot_q4_k_scalar(int n, const uint8_t *w, const herd_act *x) {
   return sum;
 }
 
-float herd_dot_q5_k_scalar(int n, const uint8_t *w, const herd_act *x) {
-  float sum = 0.0f;
-  uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 176) {
-    const int8_t *y = x->qs + b * QK_K;
-    scale_min_k4(w + 4, sm);
-    const uint8_t *qh = w + 16;
-    const uint8_t *q = w + 48;
-    int isum = 0;
-    for (int k = 0; k < 4; k++) {
-      int lo = 0, hi = 0;
-      for (int l = 0; l < 32; l++) {
-        lo += ((q[32 * k + l] & 15) | (((qh[l] >> (2 * k)) & 1) << 4)) * y[64 * k + l];
-        hi += ((q[32 * k + l] >> 4) | (((qh[l] >> (2 * k + 1)) & 1) << 4)) * y[64 * k + 32 + l];
-      }
-      isum += sm[2 * k] * lo + sm[2 * k + 1] * hi;
-    }
-    const int msum = mins_dot(x->bsums + b * 16, sm + 8);
-    const float d = herd_half(w) * x->d[b];
-    const float dmin = herd_half(w + 2) * x->d[b];
-    sum += d * (float)isum - dmin * (float)msum;
-  }
-  return sum;
-}
+float herd_dot_q4_k_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_k_scalar(n, w, x, 0); }
+float herd_dot_q5_k_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_k_scalar(n, w, x, 1); }
 
 float herd_dot_q6_k_scalar(int n, const uint8_t *w, const herd_act *x) {
   float sum = 0.0f;
@@ -180,8 +166,11 @@ static inline int mins_dot_avx2(const int16_t *bsums, const uint8_t *mn) {
 
 // Q4_K and Q6_K (what Q4_K_M files are made of) take T activation vectors at once, as
 // Q4_0 does (see dot_q.c): T = 1 for matvec, 4 for matmul, identical per-vector arithmetic.
-static HERD_INLINE void q4_k_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+// Q5_K runs the same body with five = 1: bit 2k of qh[l] (bit 0 of hb after k shifts by
+// two) is the fifth bit of value 64k + l, bit 2k+1 that of value 64k + 32 + l.
+static HERD_INLINE void q45_k_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T, const int five) {
   const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i m1 = _mm256_set1_epi8(0x01);
   __m256 acc[4];
   float mins[4];
   for (int t = 0; t < T; t++) {
@@ -189,18 +178,24 @@ static HERD_INLINE void q4_k_avx2(int n, const uint8_t *w, const herd_act *const
     mins[t] = 0.0f;
   }
   uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 144) {
+  for (int b = 0; b < n / QK_K; b++, w += five ? 176 : 144) {
     scale_min_k4(w + 4, sm);
     const float d = herd_half(w), dmin = herd_half(w + 2);
+    __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
     __m256i sumi[4];
     for (int t = 0; t < T; t++) {
       mins[t] += dmin * x[t]->d[b] * (float)mins_dot_avx2(x[t]->bsums + b * 16, sm + 8);
       sumi[t] = _mm256_setzero_si256();
     }
     for (int k = 0; k < 4; k++) {
-      const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * k));
-      const __m256i lo = _mm256_and_si256(q, m4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      const __m256i q = _mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * k));
+      __m256i lo = _mm256_and_si256(q, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      if (five) {
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, m1), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), m1), 4));
+        hb = _mm256_srli_epi16(hb, 2);
+      }
       const __m256i slo = _mm256_set1_epi16(sm[2 * k]), shi = _mm256_set1_epi16(sm[2 * k + 1]);
       for (int t = 0; t < T; t++) {
         const int8_t *y = x[t]->qs + b * QK_K + 64 * k;
@@ -214,35 +209,12 @@ static HERD_INLINE void q4_k_avx2(int n, const uint8_t *w, const herd_act *const
   for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(acc[t]) - mins[t];
 }
 
-HERD_DEFINE_DOTS(q4_k, avx2)
+HERD_DEFINE_DOTS(q4_k, avx2, q45_k_avx2, 0)
 
 float herd_dot_q5_k_avx2(int n, const uint8_t *w, const herd_act *x) {
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
-  const __m256i m1 = _mm256_set1_epi8(0x01);
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0.0f;
-  uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 176) {
-    const int8_t *y = x->qs + b * QK_K;
-    scale_min_k4(w + 4, sm);
-    mins += herd_half(w + 2) * x->d[b] * (float)mins_dot_avx2(x->bsums + b * 16, sm + 8);
-    // Bit s of qh[l] is the fifth bit of value l of sub-block s: shifted down 2 per pair.
-    __m256i hb = _mm256_loadu_si256((const __m256i *)(w + 16));
-    __m256i sumi = _mm256_setzero_si256();
-    for (int k = 0; k < 4; k++) {
-      const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 48 + 32 * k));
-      const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m1), 4));
-      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), m1), 4));
-      hb = _mm256_srli_epi16(hb, 2);
-      const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * k)));
-      const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * k + 32)));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * k])));
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(sm[2 * k + 1])));
-    }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(herd_half(w) * x->d[b]), _mm256_cvtepi32_ps(sumi), acc);
-  }
-  return herd_hsum_f32x8(acc) - mins;
+  float r;
+  q45_k_avx2(n, w, &x, &r, 1, 1);
+  return r;
 }
 
 // For Q6_K: bytes {2m ×8, 2m+1 ×8}, so that after widening, int16 lanes 0-7 (values
@@ -303,7 +275,7 @@ static HERD_INLINE void q6_k_avx2(int n, const uint8_t *w, const herd_act *const
   for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(acc[t]);
 }
 
-HERD_DEFINE_DOTS(q6_k, avx2)
+HERD_DEFINE_DOTS(q6_k, avx2, q6_k_avx2)
 
 // Q2_K: a 32-byte load holds, at shift 2j, values 32j … 32j+31 of a 128-value half: groups
 // 8c+2j and 8c+2j+1 of 16, whose scales q6_scales spreads over the int16 lanes as for Q6_K.
@@ -394,10 +366,10 @@ static inline __m512i nibbles_k(const uint8_t *p) {
   return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
 }
 
-// Q4_K and Q5_K share one body: qh = NULL for Q4_K. Bit 2k of qh[l] is the fifth bit of
+// Q4_K and Q5_K share one body (five = 1 for Q5_K). Bit 2k of qh[l] is the fifth bit of
 // value 64k + l, bit 2k+1 that of value 64k + 32 + l.
-static HERD_INLINE void q45_k_avx512(int n, const uint8_t *w, const int bytes, const int five, const herd_act *const *x, float *out,
-                                     const int T) {
+static HERD_INLINE void q45_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T, const int five) {
+  const int bytes = five ? 176 : 144;
   __m512 acc[4];
   float mins[4];
   for (int t = 0; t < T; t++) {
@@ -439,16 +411,8 @@ static HERD_INLINE void q45_k_avx512(int n, const uint8_t *w, const int bytes, c
   for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]) - mins[t];
 }
 
-static HERD_INLINE void q4_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
-  q45_k_avx512(n, w, 144, 0, x, out, T);
-}
-
-static HERD_INLINE void q5_k_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
-  q45_k_avx512(n, w, 176, 1, x, out, T);
-}
-
-HERD_DEFINE_DOTS(q4_k, avx512)
-HERD_DEFINE_DOTS(q5_k, avx512)
+HERD_DEFINE_DOTS(q4_k, avx512, q45_k_avx512, 0)
+HERD_DEFINE_DOTS(q5_k, avx512, q45_k_avx512, 1)
 
 // Q6_K: each half of a super-block (128 values) comes as 64 bytes of low nibbles (ql) and
 // 32 bytes of two-bit highs (qh). Values 0-63 of the half are the low nibbles of ql with
@@ -497,7 +461,7 @@ static HERD_INLINE void q6_k_avx512(int n, const uint8_t *w, const herd_act *con
   for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-HERD_DEFINE_DOTS(q6_k, avx512)
+HERD_DEFINE_DOTS(q6_k, avx512, q6_k_avx512)
 
 #endif
 
@@ -512,45 +476,33 @@ static inline int dot32(uint8x16_t q0, uint8x16_t q1, const int8_t *y, int dotpr
   return vaddvq_s32(p);
 }
 
-static inline float q4_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
-  const uint8x16_t m4 = vdupq_n_u8(0x0f);
-  float sum = 0.0f;
-  uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 144) {
-    const int8_t *y = x->qs + b * QK_K;
-    scale_min_k4(w + 4, sm);
-    int isum = 0;
-    for (int k = 0; k < 4; k++) {
-      const uint8x16_t a = vld1q_u8(w + 16 + 32 * k);
-      const uint8x16_t c = vld1q_u8(w + 16 + 32 * k + 16);
-      isum += sm[2 * k] * dot32(vandq_u8(a, m4), vandq_u8(c, m4), y + 64 * k, dotprod);
-      isum += sm[2 * k + 1] * dot32(vshrq_n_u8(a, 4), vshrq_n_u8(c, 4), y + 64 * k + 32, dotprod);
-    }
-    const int msum = mins_dot(x->bsums + b * 16, sm + 8);
-    sum += herd_half(w) * x->d[b] * (float)isum - herd_half(w + 2) * x->d[b] * (float)msum;
-  }
-  return sum;
-}
-
-static inline float q5_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+// Q4_K and Q5_K (five = 1: the fifth bits as in q45_k_scalar).
+static HERD_INLINE float q45_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod, const int five) {
   const uint8x16_t m4 = vdupq_n_u8(0x0f);
   const uint8x16_t m1 = vdupq_n_u8(0x01);
   float sum = 0.0f;
   uint8_t sm[16];
-  for (int b = 0; b < n / QK_K; b++, w += 176) {
+  for (int b = 0; b < n / QK_K; b++, w += five ? 176 : 144) {
     const int8_t *y = x->qs + b * QK_K;
     scale_min_k4(w + 4, sm);
-    uint8x16_t h0 = vld1q_u8(w + 16), h1 = vld1q_u8(w + 32);
+    uint8x16_t h0 = vdupq_n_u8(0), h1 = h0;
+    if (five) {
+      h0 = vld1q_u8(w + 16);
+      h1 = vld1q_u8(w + 32);
+    }
     int isum = 0;
     for (int k = 0; k < 4; k++) {
-      const uint8x16_t a = vld1q_u8(w + 48 + 32 * k);
-      const uint8x16_t c = vld1q_u8(w + 48 + 32 * k + 16);
-      const uint8x16_t la = vorrq_u8(vandq_u8(a, m4), vshlq_n_u8(vandq_u8(h0, m1), 4));
-      const uint8x16_t lc = vorrq_u8(vandq_u8(c, m4), vshlq_n_u8(vandq_u8(h1, m1), 4));
-      const uint8x16_t ha = vorrq_u8(vshrq_n_u8(a, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(h0, 1), m1), 4));
-      const uint8x16_t hc = vorrq_u8(vshrq_n_u8(c, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(h1, 1), m1), 4));
-      h0 = vshrq_n_u8(h0, 2);
-      h1 = vshrq_n_u8(h1, 2);
+      const uint8x16_t a = vld1q_u8(w + (five ? 48 : 16) + 32 * k);
+      const uint8x16_t c = vld1q_u8(w + (five ? 48 : 16) + 32 * k + 16);
+      uint8x16_t la = vandq_u8(a, m4), lc = vandq_u8(c, m4), ha = vshrq_n_u8(a, 4), hc = vshrq_n_u8(c, 4);
+      if (five) {
+        la = vorrq_u8(la, vshlq_n_u8(vandq_u8(h0, m1), 4));
+        lc = vorrq_u8(lc, vshlq_n_u8(vandq_u8(h1, m1), 4));
+        ha = vorrq_u8(ha, vshlq_n_u8(vandq_u8(vshrq_n_u8(h0, 1), m1), 4));
+        hc = vorrq_u8(hc, vshlq_n_u8(vandq_u8(vshrq_n_u8(h1, 1), m1), 4));
+        h0 = vshrq_n_u8(h0, 2);
+        h1 = vshrq_n_u8(h1, 2);
+      }
       isum += sm[2 * k] * dot32(la, lc, y + 64 * k, dotprod);
       isum += sm[2 * k + 1] * dot32(ha, hc, y + 64 * k + 32, dotprod);
     }
@@ -559,6 +511,9 @@ static inline float q5_k_neon(int n, const uint8_t *w, const herd_act *x, int do
   }
   return sum;
 }
+
+static inline float q4_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_k_neon(n, w, x, dotprod, 0); }
+static inline float q5_k_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_k_neon(n, w, x, dotprod, 1); }
 
 // Σ (q - 32)·y over 16 values.
 static inline int dot16_q6(uint8x16_t q, const int8_t *y, int dotprod) {

@@ -11,6 +11,13 @@
 
 #include "herd.h"
 
+// Q4_0, Q4_1, Q5_0 and Q5_1 share one body per path: five adds the fifth bits (qh after the
+// f16 scales), with_min the block's min (Q4_1, Q5_1: value d·q + m; Q4_0, Q5_0: d·(q - 8) and
+// d·(q - 16)). Both are constants after inlining.
+static inline int q45_head(int with_min) { return with_min ? 4 : 2; }  // f16 d (and f16 m)
+static inline int q45_bytes(int five, int with_min) { return q45_head(with_min) + (five ? 4 : 0) + QK / 2; }
+static inline int q45_offset(int five, int with_min) { return with_min ? 0 : five ? 16 : 8; }
+
 // ---- scalar: transcriptions of src/kernels/q*.ts, accumulating in f32 like ggml ----
 
 float herd_dot_q8_0_scalar(int n, const uint8_t *w, const herd_act *x) {
@@ -25,67 +32,29 @@ float herd_dot_q8_0_scalar(int n, const uint8_t *w, const herd_act *x) {
   return sum;
 }
 
-float herd_dot_q4_0_scalar(int n, const uint8_t *w, const herd_act *x) {
+static HERD_INLINE float q45_scalar(int n, const uint8_t *w, const herd_act *x, const int five, const int with_min) {
+  const int bytes = q45_bytes(five, with_min), offset = q45_offset(five, with_min);
   float sum = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 18) {
+  for (int b = 0; b < n / QK; b++, w += bytes) {
+    const uint32_t qh = five ? herd_le32(w + q45_head(with_min)) : 0;
+    const uint8_t *q = w + bytes - QK / 2;
     const int8_t *y = x->qs + b * QK;
     int isum = 0;
     for (int j = 0; j < QK / 2; j++) {
-      const uint8_t v = w[2 + j];
-      isum += ((v & 15) - 8) * y[j] + ((v >> 4) - 8) * y[j + 16];
-    }
-    sum += (float)isum * (herd_half(w) * x->d[b]);
-  }
-  return sum;
-}
-
-float herd_dot_q4_1_scalar(int n, const uint8_t *w, const herd_act *x) {
-  float sum = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 20) {
-    const int8_t *y = x->qs + b * QK;
-    int isum = 0;
-    for (int j = 0; j < QK / 2; j++) {
-      const uint8_t v = w[4 + j];
-      isum += (v & 15) * y[j] + (v >> 4) * y[j + 16];
-    }
-    sum += (float)isum * (herd_half(w) * x->d[b]) + herd_half(w + 2) * x->s[b];
-  }
-  return sum;
-}
-
-float herd_dot_q5_0_scalar(int n, const uint8_t *w, const herd_act *x) {
-  float sum = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 22) {
-    const uint32_t qh = herd_le32(w + 2);
-    const int8_t *y = x->qs + b * QK;
-    int isum = 0;
-    for (int j = 0; j < QK / 2; j++) {
-      const uint8_t v = w[6 + j];
-      const int lo = (int)((v & 15) | (((qh >> j) & 1) << 4)) - 16;
-      const int hi = (int)((v >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+      const int lo = (int)((q[j] & 15) | (((qh >> j) & 1) << 4)) - offset;
+      const int hi = (int)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - offset;
       isum += lo * y[j] + hi * y[j + 16];
     }
-    sum += (float)isum * (herd_half(w) * x->d[b]);
+    const float dot = (float)isum * (herd_half(w) * x->d[b]);
+    sum += with_min ? dot + herd_half(w + 2) * x->s[b] : dot;
   }
   return sum;
 }
 
-float herd_dot_q5_1_scalar(int n, const uint8_t *w, const herd_act *x) {
-  float sum = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 24) {
-    const uint32_t qh = herd_le32(w + 4);
-    const int8_t *y = x->qs + b * QK;
-    int isum = 0;
-    for (int j = 0; j < QK / 2; j++) {
-      const uint8_t v = w[8 + j];
-      const int lo = (int)((v & 15) | (((qh >> j) & 1) << 4));
-      const int hi = (int)((v >> 4) | (((qh >> (j + 16)) & 1) << 4));
-      isum += lo * y[j] + hi * y[j + 16];
-    }
-    sum += (float)isum * (herd_half(w) * x->d[b]) + herd_half(w + 2) * x->s[b];
-  }
-  return sum;
-}
+float herd_dot_q4_0_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_scalar(n, w, x, 0, 0); }
+float herd_dot_q4_1_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_scalar(n, w, x, 0, 1); }
+float herd_dot_q5_0_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_scalar(n, w, x, 1, 0); }
+float herd_dot_q5_1_scalar(int n, const uint8_t *w, const herd_act *x) { return q45_scalar(n, w, x, 1, 1); }
 
 // ---- AVX2: one 32-value block per 256-bit vector; maddubs/madd for the integer dot ----
 
@@ -123,16 +92,22 @@ static inline __m256 dot_ss8(__m256i x, __m256i y) {
 // activation vectors at once (T = 1 for matvec, 4 for matmul): each weight block is
 // unpacked once and met by every vector. Per vector the arithmetic is the same whatever T
 // is, so a matmul gives bit for bit the results of T matvecs. Two accumulators per vector
-// (even and odd blocks) hide the FMA latency.
-static HERD_INLINE void q8_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+// (even and odd blocks) hide the FMA latency. One body serves both types: `four` (a
+// constant after inlining) picks Q4_0's 18-byte blocks of nibbles over Q8_0's 34 of bytes.
+static inline __m256i quants_q8_0_q4_0(const uint8_t *block, const int four) {
+  if (four) return _mm256_sub_epi8(nibbles_32(block + 2), _mm256_set1_epi8(8));
+  return _mm256_loadu_si256((const __m256i *)(block + 2));
+}
+
+static HERD_INLINE void q8_0_q4_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T, const int four) {
   const int nb = n / QK;
+  const int bytes = four ? 18 : 34;
   __m256 acc0[4], acc1[4];
   for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
   int b = 0;
-  for (; b + 2 <= nb; b += 2, w += 68) {
-    const float d0 = herd_half(w), d1 = herd_half(w + 34);
-    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + 2));
-    const __m256i q1 = _mm256_loadu_si256((const __m256i *)(w + 36));
+  for (; b + 2 <= nb; b += 2, w += 2 * bytes) {
+    const float d0 = herd_half(w), d1 = herd_half(w + bytes);
+    const __m256i q0 = quants_q8_0_q4_0(w, four), q1 = quants_q8_0_q4_0(w + bytes, four);
     const __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
     for (int t = 0; t < T; t++) {
       const int8_t *y = x[t]->qs + b * QK;
@@ -144,7 +119,7 @@ static HERD_INLINE void q8_0_avx2(int n, const uint8_t *w, const herd_act *const
   }
   if (b < nb) {
     const float d0 = herd_half(w);
-    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + 2));
+    const __m256i q0 = quants_q8_0_q4_0(w, four);
     for (int t = 0; t < T; t++) {
       const __m256i y0 = _mm256_loadu_si256((const __m256i *)(x[t]->qs + b * QK));
       acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
@@ -153,78 +128,35 @@ static HERD_INLINE void q8_0_avx2(int n, const uint8_t *w, const herd_act *const
   for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
-static HERD_INLINE void q4_0_avx2(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
-  const int nb = n / QK;
-  const __m256i m8 = _mm256_set1_epi8(8);
-  __m256 acc0[4], acc1[4];
-  for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
-  int b = 0;
-  for (; b + 2 <= nb; b += 2, w += 36) {
-    const float d0 = herd_half(w), d1 = herd_half(w + 18);
-    const __m256i q0 = _mm256_sub_epi8(nibbles_32(w + 2), m8);
-    const __m256i q1 = _mm256_sub_epi8(nibbles_32(w + 20), m8);
-    const __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
-    for (int t = 0; t < T; t++) {
-      const int8_t *y = x[t]->qs + b * QK;
-      const __m256i y0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y), q0);
-      const __m256i y1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(y + 32)), q1);
-      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_us8(a0, y0), acc0[t]);
-      acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[t]->d[b + 1]), dot_us8(a1, y1), acc1[t]);
-    }
-  }
-  if (b < nb) {
-    const float d0 = herd_half(w);
-    const __m256i q0 = _mm256_sub_epi8(nibbles_32(w + 2), m8);
-    for (int t = 0; t < T; t++) {
-      const __m256i y0 = _mm256_loadu_si256((const __m256i *)(x[t]->qs + b * QK));
-      acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[t]->d[b]), dot_ss8(q0, y0), acc0[t]);
-    }
-  }
-  for (int t = 0; t < T; t++) out[t] = herd_hsum_f32x8(_mm256_add_ps(acc0[t], acc1[t]));
-}
+HERD_DEFINE_DOTS(q8_0, avx2, q8_0_q4_0_avx2, 0)
+HERD_DEFINE_DOTS(q4_0, avx2, q8_0_q4_0_avx2, 1)
 
-HERD_DEFINE_DOTS(q8_0, avx2)
-HERD_DEFINE_DOTS(q4_0, avx2)
-
-float herd_dot_q4_1_avx2(int n, const uint8_t *w, const herd_act *x) {
+// Q4_1, Q5_0 and Q5_1 (Q4_0 runs the two-block body above).
+static HERD_INLINE float q45_avx2(int n, const uint8_t *w, const herd_act *x, const int five, const int with_min) {
+  const int bytes = q45_bytes(five, with_min);
   __m256 acc = _mm256_setzero_ps();
   float mins = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 20) {
-    mins += herd_half(w + 2) * x->s[b];
+  for (int b = 0; b < n / QK; b++, w += bytes) {
+    if (with_min) mins += herd_half(w + 2) * x->s[b];
     const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
     const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
-    acc = _mm256_fmadd_ps(d, dot_us8(nibbles_32(w + 4), y), acc);
+    __m256i q = nibbles_32(w + bytes - QK / 2);
+    if (five && !with_min) {
+      // q - 16 as a signed byte: the nibble itself where the fifth bit is set, else the
+      // nibble with 0xf0 or-ed in (nibble - 16).
+      q = _mm256_or_si256(q, _mm256_andnot_si256(bits_32(w + 2), _mm256_set1_epi8((char)0xf0)));
+      acc = _mm256_fmadd_ps(d, dot_ss8(q, y), acc);
+    } else {
+      if (five) q = _mm256_or_si256(q, _mm256_and_si256(bits_32(w + 4), _mm256_set1_epi8(0x10)));
+      acc = _mm256_fmadd_ps(d, dot_us8(q, y), acc);
+    }
   }
-  return herd_hsum_f32x8(acc) + mins;
+  return with_min ? herd_hsum_f32x8(acc) + mins : herd_hsum_f32x8(acc);
 }
 
-float herd_dot_q5_0_avx2(int n, const uint8_t *w, const herd_act *x) {
-  __m256 acc = _mm256_setzero_ps();
-  for (int b = 0; b < n / QK; b++, w += 22) {
-    const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
-    // q - 16 as a signed byte: the nibble itself where the fifth bit is set, else the
-    // nibble with 0xf0 or-ed in (nibble - 16).
-    const __m256i hi = _mm256_andnot_si256(bits_32(w + 2), _mm256_set1_epi8((char)0xf0));
-    const __m256i q = _mm256_or_si256(nibbles_32(w + 6), hi);
-    const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
-    acc = _mm256_fmadd_ps(d, dot_ss8(q, y), acc);
-  }
-  return herd_hsum_f32x8(acc);
-}
-
-float herd_dot_q5_1_avx2(int n, const uint8_t *w, const herd_act *x) {
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 24) {
-    mins += herd_half(w + 2) * x->s[b];
-    const __m256 d = _mm256_set1_ps(herd_half(w) * x->d[b]);
-    const __m256i hi = _mm256_and_si256(bits_32(w + 4), _mm256_set1_epi8(0x10));
-    const __m256i q = _mm256_or_si256(nibbles_32(w + 8), hi);
-    const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + b * QK));
-    acc = _mm256_fmadd_ps(d, dot_us8(q, y), acc);
-  }
-  return herd_hsum_f32x8(acc) + mins;
-}
+float herd_dot_q4_1_avx2(int n, const uint8_t *w, const herd_act *x) { return q45_avx2(n, w, x, 0, 1); }
+float herd_dot_q5_0_avx2(int n, const uint8_t *w, const herd_act *x) { return q45_avx2(n, w, x, 1, 0); }
+float herd_dot_q5_1_avx2(int n, const uint8_t *w, const herd_act *x) { return q45_avx2(n, w, x, 1, 1); }
 
 #endif
 
@@ -256,21 +188,37 @@ static inline __m512i load_2x32(const uint8_t *p0, const uint8_t *p1) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0)), _mm256_loadu_si256((const __m256i *)p1), 1);
 }
 
-static HERD_INLINE void q8_0_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
+// Σ q·y per int32 lane for two blocks of Q8_0 (four = 0) or Q4_0 (four = 1) weights, their
+// quants unpacked by quants_q8_0_q4_0_x2 once for every activation vector.
+static inline __m512i quants_q8_0_q4_0_x2(const uint8_t *w, const int four) {
+  if (four) return nibbles_64(w + 2, w + 20);
+  return load_2x32(w + 2, w + 36);
+}
+
+static inline __m512i dot_q8_0_q4_0_x2(__m512i q, __m512i y, const int four) {
+  if (four) {
+    // Σ (q - 8)·y = Σ q·y - Σ 8·y, both with unsigned q against signed y.
+    const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+    return _mm512_sub_epi32(p, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), y));
+  }
+  // vpdpbusd multiplies unsigned by signed bytes: |q| against y carrying q's sign.
+  const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(q), _mm512_setzero_si512(), y);
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q), sy);
+}
+
+// Two blocks per step; a last odd block goes to the AVX2 body.
+static HERD_INLINE void q8_0_q4_0_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T, const int four) {
   const int nb = n / QK;
+  const int bytes = four ? 18 : 34;
   __m512 acc[4];
   for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
   int b = 0;
-  for (; b + 2 <= nb; b += 2, w += 68) {
-    const __m512 dw = scales_2(herd_half(w), herd_half(w + 34));
-    const __m512i q = load_2x32(w + 2, w + 36);
-    // vpdpbusd multiplies unsigned by signed bytes: |q| against y carrying q's sign.
-    const __m512i aq = _mm512_abs_epi8(q);
-    const __mmask64 neg = _mm512_movepi8_mask(q);
+  for (; b + 2 <= nb; b += 2, w += 2 * bytes) {
+    const __m512 dw = scales_2(herd_half(w), herd_half(w + bytes));
+    const __m512i q = quants_q8_0_q4_0_x2(w, four);
     for (int t = 0; t < T; t++) {
       const __m512i y = _mm512_loadu_si512((const void *)(x[t]->qs + b * QK));
-      const __m512i sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aq, sy);
+      const __m512i p = dot_q8_0_q4_0_x2(q, y, four);
       acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, act_scales_2(x[t]->d + b)), _mm512_cvtepi32_ps(p), acc[t]);
     }
   }
@@ -285,45 +233,13 @@ static HERD_INLINE void q8_0_avx512(int n, const uint8_t *w, const herd_act *con
   }
   if (b < nb) {
     float rest[4];
-    q8_0_avx2(QK, w, tail, rest, T);
+    q8_0_q4_0_avx2(QK, w, tail, rest, T, four);
     for (int t = 0; t < T; t++) out[t] += rest[t];
   }
 }
 
-static HERD_INLINE void q4_0_avx512(int n, const uint8_t *w, const herd_act *const *x, float *out, const int T) {
-  const int nb = n / QK;
-  __m512 acc[4];
-  for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-  int b = 0;
-  for (; b + 2 <= nb; b += 2, w += 36) {
-    const __m512 dw = scales_2(herd_half(w), herd_half(w + 18));
-    const __m512i q = nibbles_64(w + 2, w + 20);
-    for (int t = 0; t < T; t++) {
-      const __m512i y = _mm512_loadu_si512((const void *)(x[t]->qs + b * QK));
-      // Σ (q - 8)·y = Σ q·y - Σ 8·y, both with unsigned q against signed y.
-      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
-      const __m512i off = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), y);
-      acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, act_scales_2(x[t]->d + b)), _mm512_cvtepi32_ps(_mm512_sub_epi32(p, off)), acc[t]);
-    }
-  }
-  const herd_act *tail[4];
-  herd_act tails[4];
-  for (int t = 0; t < T; t++) {
-    out[t] = _mm512_reduce_add_ps(acc[t]);
-    tails[t] = *x[t];
-    tails[t].qs += b * QK;
-    tails[t].d += b;
-    tail[t] = &tails[t];
-  }
-  if (b < nb) {
-    float rest[4];
-    q4_0_avx2(QK, w, tail, rest, T);
-    for (int t = 0; t < T; t++) out[t] += rest[t];
-  }
-}
-
-HERD_DEFINE_DOTS(q8_0, avx512)
-HERD_DEFINE_DOTS(q4_0, avx512)
+HERD_DEFINE_DOTS(q8_0, avx512, q8_0_q4_0_avx512, 0)
+HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
 
 // ---- AVX-512 tiles: 16 outputs per pass, one per f32 lane ----
 //
@@ -491,78 +407,46 @@ static inline void bits_32_neon(const uint8_t *p, uint8x16_t *lo, uint8x16_t *hi
   *hi = vandq_u8(vtstq_u8(vqtbl1q_u8(qh, vld1q_u8(idx_hi)), m), vdupq_n_u8(0x10));
 }
 
+// acc + (Σ q·y over one block's 32 values)·scale; lo and hi are values 0-15 and 16-31.
+static inline float32x4_t block_fma(float32x4_t acc, int8x16_t lo, int8x16_t hi, const int8_t *y, float scale, int dotprod) {
+  const int32x4_t p = herd_dot16(herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod), hi, vld1q_s8(y + 16), dotprod);
+  return vfmaq_n_f32(acc, vcvtq_f32_s32(p), scale);
+}
+
 static inline float q8_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
   float32x4_t acc = vdupq_n_f32(0.0f);
   for (int b = 0; b < n / QK; b++, w += 34) {
-    const int8_t *y = x->qs + b * QK;
-    int32x4_t p = herd_dot16(vdupq_n_s32(0), vld1q_s8((const int8_t *)(w + 2)), vld1q_s8(y), dotprod);
-    p = herd_dot16(p, vld1q_s8((const int8_t *)(w + 18)), vld1q_s8(y + 16), dotprod);
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+    const int8x16_t lo = vld1q_s8((const int8_t *)(w + 2)), hi = vld1q_s8((const int8_t *)(w + 18));
+    acc = block_fma(acc, lo, hi, x->qs + b * QK, herd_half(w) * x->d[b], dotprod);
   }
   return vaddvq_f32(acc);
 }
 
-static inline float q4_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
-  float32x4_t acc = vdupq_n_f32(0.0f);
-  for (int b = 0; b < n / QK; b++, w += 18) {
-    const int8_t *y = x->qs + b * QK;
-    const uint8x16_t v = vld1q_u8(w + 2);
-    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
-    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
-  }
-  return vaddvq_f32(acc);
-}
-
-static inline float q4_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
+static HERD_INLINE float q45_neon(int n, const uint8_t *w, const herd_act *x, int dotprod, const int five, const int with_min) {
+  const int bytes = q45_bytes(five, with_min);
+  const int8x16_t offset = vdupq_n_s8((int8_t)q45_offset(five, with_min));
   float32x4_t acc = vdupq_n_f32(0.0f);
   float mins = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 20) {
-    const int8_t *y = x->qs + b * QK;
-    mins += herd_half(w + 2) * x->s[b];
-    const uint8x16_t v = vld1q_u8(w + 4);
-    int32x4_t p = herd_dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vld1q_s8(y), dotprod);
-    p = herd_dot16(p, vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vld1q_s8(y + 16), dotprod);
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
+  for (int b = 0; b < n / QK; b++, w += bytes) {
+    if (with_min) mins += herd_half(w + 2) * x->s[b];
+    const uint8x16_t v = vld1q_u8(w + bytes - QK / 2);
+    uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
+    if (five) {
+      uint8x16_t hlo, hhi;
+      bits_32_neon(w + q45_head(with_min), &hlo, &hhi);
+      lo = vorrq_u8(lo, hlo);
+      hi = vorrq_u8(hi, hhi);
+    }
+    const int8x16_t slo = vsubq_s8(vreinterpretq_s8_u8(lo), offset), shi = vsubq_s8(vreinterpretq_s8_u8(hi), offset);
+    acc = block_fma(acc, slo, shi, x->qs + b * QK, herd_half(w) * x->d[b], dotprod);
   }
-  return vaddvq_f32(acc) + mins;
+  return with_min ? vaddvq_f32(acc) + mins : vaddvq_f32(acc);
 }
 
-static inline float q5_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
-  float32x4_t acc = vdupq_n_f32(0.0f);
-  for (int b = 0; b < n / QK; b++, w += 22) {
-    const int8_t *y = x->qs + b * QK;
-    uint8x16_t hlo, hhi;
-    bits_32_neon(w + 2, &hlo, &hhi);
-    const uint8x16_t v = vld1q_u8(w + 6);
-    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo)), vdupq_n_s8(16));
-    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi)), vdupq_n_s8(16));
-    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
-  }
-  return vaddvq_f32(acc);
-}
-
-static inline float q5_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) {
-  float32x4_t acc = vdupq_n_f32(0.0f);
-  float mins = 0.0f;
-  for (int b = 0; b < n / QK; b++, w += 24) {
-    const int8_t *y = x->qs + b * QK;
-    mins += herd_half(w + 2) * x->s[b];
-    uint8x16_t hlo, hhi;
-    bits_32_neon(w + 4, &hlo, &hhi);
-    const uint8x16_t v = vld1q_u8(w + 8);
-    const int8x16_t lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), hlo));
-    const int8x16_t hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), hhi));
-    int32x4_t p = herd_dot16(vdupq_n_s32(0), lo, vld1q_s8(y), dotprod);
-    p = herd_dot16(p, hi, vld1q_s8(y + 16), dotprod);
-    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), herd_half(w) * x->d[b]);
-  }
-  return vaddvq_f32(acc) + mins;
-}
+static inline float q4_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_neon(n, w, x, dotprod, 0, 0); }
+static inline float q4_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_neon(n, w, x, dotprod, 0, 1); }
+static inline float q5_0_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_neon(n, w, x, dotprod, 1, 0); }
+static inline float q5_1_neon(int n, const uint8_t *w, const herd_act *x, int dotprod) { return q45_neon(n, w, x, dotprod, 1, 1); }
 
 HERD_NEON_PAIR(q8_0)
 HERD_NEON_PAIR(q4_0)

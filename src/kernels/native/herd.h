@@ -39,19 +39,9 @@
 
 // ggml type numbers (src/ggml/types.ts).
 enum herd_type {
-  HERD_F32 = 0,
-  HERD_F16 = 1,
-  HERD_Q4_0 = 2,
-  HERD_Q4_1 = 3,
-  HERD_Q5_0 = 6,
-  HERD_Q5_1 = 7,
-  HERD_Q8_0 = 8,
-  HERD_Q2_K = 10,
-  HERD_Q3_K = 11,
-  HERD_Q4_K = 12,
-  HERD_Q5_K = 13,
-  HERD_Q6_K = 14,
-  HERD_BF16 = 30,
+  HERD_F32 = 0, HERD_F16 = 1, HERD_BF16 = 30,                                     // floats
+  HERD_Q4_0 = 2, HERD_Q4_1 = 3, HERD_Q5_0 = 6, HERD_Q5_1 = 7, HERD_Q8_0 = 8,      // blocks of 32
+  HERD_Q2_K = 10, HERD_Q3_K = 11, HERD_Q4_K = 12, HERD_Q5_K = 13, HERD_Q6_K = 14, // super-blocks of 256
 };
 
 // What the activation vector is turned into before the dot products (activation.ts kinds).
@@ -90,16 +80,17 @@ typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrow
 #define HERD_INLINE inline __attribute__((always_inline))
 
 // Defines herd_dot_<type>_<isa> (one vector) and herd_dot4_<type>_<isa> (four) from one
-// body <type>_<isa>(n, w, x, out, T) taking T vectors: the same code computes both.
-#define HERD_DEFINE_DOTS(type, isa)                                                       \
+// body(n, w, x, out, T, ...) taking T vectors: the same code computes both. Any arguments
+// after body (constants that pick the type, where one body serves several) follow T.
+#define HERD_DEFINE_DOTS(type, isa, body, ...)                                            \
   float herd_dot_##type##_##isa(int n, const uint8_t *w, const herd_act *x) {             \
     float r;                                                                              \
     const herd_act *xs[1] = {x};                                                          \
-    type##_##isa(n, w, xs, &r, 1);                                                        \
+    body(n, w, xs, &r, 1, ##__VA_ARGS__);                                                 \
     return r;                                                                             \
   }                                                                                       \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out) { \
-    type##_##isa(n, w, x, out, 4);                                                        \
+    body(n, w, x, out, 4, ##__VA_ARGS__);                                                 \
   }
 
 typedef struct {

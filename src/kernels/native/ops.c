@@ -92,31 +92,56 @@ typedef struct {
   void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
 } ops_kernels;
 
-static inline float at_f32(const void *p, size_t i) { return ((const float *)p)[i]; }
-static inline float at_f16(const void *p, size_t i) { return herd_f16_to_f32(((const uint16_t *)p)[i]); }
+// Each path writes dot_<isa> and vsum_<isa> once, for f32 and f16 caches alike (half, a
+// constant in each instance, picks the load); this makes the f32 and f16 instances and the
+// path's table.
+#define OPS_KERNELS(isa)                                                                        \
+  static float dot_f32_##isa(const float *q, const void *k, int d) { return dot_##isa(q, k, d, 0); } \
+  static float dot_f16_##isa(const float *q, const void *k, int d) { return dot_##isa(q, k, d, 1); } \
+  static void vsum_f32_##isa(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
+    vsum_##isa(out, p, v, stride, len, d, 0);                                                   \
+  }                                                                                             \
+  static void vsum_f16_##isa(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
+    vsum_##isa(out, p, v, stride, len, d, 1);                                                   \
+  }                                                                                             \
+  static const ops_kernels kernels_##isa = {                                                    \
+      dot_f32_##isa, dot_f16_##isa, vsum_f32_##isa, vsum_f16_##isa, softmax_##isa, swiglu_##isa, \
+  };
 
-// ---- scalar ----
+// Element i of an f32 (half = 0) or f16 (half = 1) row.
+static inline float at(const void *p, size_t i, int half) {
+  return half ? herd_f16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
 
-#define DOT_SCALAR(NAME, AT)                               \
-  static float NAME(const float *q, const void *k, int d) { \
-    float s = 0.0f;                                        \
-    for (int i = 0; i < d; i++) s += q[i] * AT(k, i);      \
-    return s;                                              \
+// ---- scalar; also the row tails of the AVX2 and NEON kernels ----
+
+// s + Σ q[i]·k[i] for i in [i, d), in order.
+static inline float dot_from(float s, const float *q, const void *k, int i, int d, int half) {
+  for (; i < d; i++) s += q[i] * at(k, (size_t)i, half);
+  return s;
+}
+
+// Columns [i, d) of vsum, one column at a time.
+static inline void vsum_columns(float *out, const float *p, const void *v, size_t stride, int len, int i, int d, int half) {
+  for (; i < d; i++) {
+    float s = 0.0f;
+    for (int t = 0; t < len; t++) s += p[t] * at(v, (size_t)t * stride + (size_t)i, half);
+    out[i] = s;
   }
+}
 
-#define VSUM_SCALAR(NAME, AT)                                                                  \
-  static void NAME(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
-    for (int i = 0; i < d; i++) out[i] = 0.0f;                                                 \
-    for (int t = 0; t < len; t++) {                                                            \
-      const size_t o = (size_t)t * stride;                                                     \
-      for (int i = 0; i < d; i++) out[i] += p[t] * AT(v, o + i);                               \
-    }                                                                                          \
+static HERD_INLINE float dot_scalar(const float *q, const void *k, int d, const int half) {
+  return dot_from(0.0f, q, k, 0, d, half);
+}
+
+// Row by row (each column's sum is still over t in order, as in vsum_columns).
+static HERD_INLINE void vsum_scalar(float *out, const float *p, const void *v, size_t stride, int len, int d, const int half) {
+  for (int i = 0; i < d; i++) out[i] = 0.0f;
+  for (int t = 0; t < len; t++) {
+    const size_t o = (size_t)t * stride;
+    for (int i = 0; i < d; i++) out[i] += p[t] * at(v, o + i, half);
   }
-
-DOT_SCALAR(dot_f32_scalar, at_f32)
-DOT_SCALAR(dot_f16_scalar, at_f16)
-VSUM_SCALAR(vsum_f32_scalar, at_f32)
-VSUM_SCALAR(vsum_f16_scalar, at_f16)
+}
 
 static void softmax_scalar(float *x, int n, int half) {
   float max = -INFINITY;
@@ -134,156 +159,185 @@ static void swiglu_scalar(float *out, const float *gate, const float *up, size_t
   for (size_t i = 0; i < n; i++) out[i] = silu_times(gate[i], up[i]);
 }
 
-static const ops_kernels kernels_scalar = {
-    dot_f32_scalar, dot_f16_scalar, vsum_f32_scalar, vsum_f16_scalar, softmax_scalar, swiglu_scalar,
-};
+OPS_KERNELS(scalar)
 
-// ---- AVX2 (with FMA and F16C): 8 lanes; row tails (headDim % 8) in scalar code ----
+// ---- AVX2 and NEON: the same loops over each path's vectors, row tails in scalar code ----
+//
+// Each path defines `vec` (LANES floats), DOT_ACCS (the accumulators of its dot, which fix
+// its summation order) and the few operations below; the kernels after them are written
+// once. A build compiles at most one of the two.
 
 #if defined(HERD_AVX2)
 
-static inline float hmax8(__m256 v) {
+typedef __m256 vec;
+#define LANES 8
+#define DOT_ACCS 2
+
+static inline vec v_set1(float a) { return _mm256_set1_ps(a); }
+static inline vec v_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void v_store(float *p, vec v) { _mm256_storeu_ps(p, v); }
+// Lanes i … i+7 of an f32 (half = 0) or f16 row.
+static inline vec v_row(const void *p, size_t i, int half) {
+  if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+  return _mm256_loadu_ps((const float *)p + i);
+}
+static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline vec v_sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+static inline vec v_div(vec a, vec b) { return _mm256_div_ps(a, b); }
+// min/max return their second operand when one is NaN: NaN passes through the clamp in v_exp.
+static inline vec v_min(vec a, vec b) { return _mm256_min_ps(a, b); }
+static inline vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
+static inline vec v_neg(vec a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+static inline vec v_fma(vec c, vec a, vec b) { return _mm256_fmadd_ps(a, b, c); }   // c + a·b, rounded once
+static inline vec v_fms(vec c, vec a, vec b) { return _mm256_fnmadd_ps(a, b, c); }  // c - a·b, rounded once
+static inline vec v_round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vec v_round_f16(vec a) {
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+static inline float v_hsum(vec v) { return herd_hsum_f32x8(v); }
+static inline float v_hmax(vec v) {
   __m128 r = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   r = _mm_max_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_max_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
+  return _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)));
+}
+// 2^e for integer lanes e in the normal range.
+static inline vec pow2i(__m256i e) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+}
+// y·2^n (n integral, in [-150, 128]) as y·2^(n/2)·2^(n - n/2).
+static inline vec v_ldexp(vec y, vec n) {
+  const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1);
+  return _mm256_mul_ps(_mm256_mul_ps(y, pow2i(n1)), pow2i(_mm256_sub_epi32(ni, n1)));
 }
 
-static inline __m256 ld8_f32(const void *p, size_t i) { return _mm256_loadu_ps((const float *)p + i); }
-static inline __m256 ld8_f16(const void *p, size_t i) {
-  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+#elif defined(HERD_NEON)
+
+typedef float32x4_t vec;
+#define LANES 4
+#define DOT_ACCS 4
+
+static inline vec v_set1(float a) { return vdupq_n_f32(a); }
+static inline vec v_load(const float *p) { return vld1q_f32(p); }
+static inline void v_store(float *p, vec v) { vst1q_f32(p, v); }
+static inline vec v_row(const void *p, size_t i, int half) {
+  if (half) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)p + i)));
+  return vld1q_f32((const float *)p + i);
+}
+static inline vec v_add(vec a, vec b) { return vaddq_f32(a, b); }
+static inline vec v_sub(vec a, vec b) { return vsubq_f32(a, b); }
+static inline vec v_mul(vec a, vec b) { return vmulq_f32(a, b); }
+static inline vec v_div(vec a, vec b) { return vdivq_f32(a, b); }
+static inline vec v_min(vec a, vec b) { return vminq_f32(a, b); }  // NaN stays NaN
+static inline vec v_max(vec a, vec b) { return vmaxq_f32(a, b); }
+static inline vec v_neg(vec a) { return vnegq_f32(a); }
+static inline vec v_fma(vec c, vec a, vec b) { return vfmaq_f32(c, a, b); }
+static inline vec v_fms(vec c, vec a, vec b) { return vfmsq_f32(c, a, b); }
+static inline vec v_round(vec a) { return vrndnq_f32(a); }
+static inline vec v_round_f16(vec a) { return vcvt_f32_f16(vcvt_f16_f32(a)); }
+static inline float v_hsum(vec v) { return vaddvq_f32(v); }
+static inline float v_hmax(vec v) { return vmaxvq_f32(v); }
+static inline vec pow2i(int32x4_t e) { return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(e, vdupq_n_s32(127)), 23)); }
+static inline vec v_ldexp(vec y, vec n) {
+  const int32x4_t ni = vcvtq_s32_f32(n), n1 = vshrq_n_s32(ni, 1);
+  return vmulq_f32(vmulq_f32(y, pow2i(n1)), pow2i(vsubq_s32(ni, n1)));
 }
 
-static inline __m256 exp_avx2(__m256 x) {
-  // min/max return their second operand when one is NaN: NaN passes through.
-  x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), _mm256_min_ps(_mm256_set1_ps(EXP_HI), x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-  __m256 p = _mm256_set1_ps(EXP_P0);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i n1 = _mm256_srai_epi32(ni, 1);
-  const __m256i n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+#endif
+
+#if defined(HERD_AVX2) || defined(HERD_NEON)
+
+static inline vec v_exp(vec x) {
+  x = v_max(v_set1(EXP_LO), v_min(v_set1(EXP_HI), x));
+  const vec n = v_round(v_mul(x, v_set1(LOG2E)));
+  const vec r = v_fms(v_fms(x, n, v_set1(LN2_HI)), n, v_set1(LN2_LO));
+  vec p = v_set1(EXP_P0);
+  p = v_fma(v_set1(EXP_P1), p, r);
+  p = v_fma(v_set1(EXP_P2), p, r);
+  p = v_fma(v_set1(EXP_P3), p, r);
+  p = v_fma(v_set1(EXP_P4), p, r);
+  p = v_fma(v_set1(EXP_P5), p, r);
+  return v_ldexp(v_add(v_fma(r, p, v_mul(r, r)), v_set1(1.0f)), n);
 }
 
-#define DOT_AVX2(NAME, LD, AT)                                                             \
-  static float NAME(const float *q, const void *k, int d) {                                \
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                              \
-    int i = 0;                                                                             \
-    for (; i + 16 <= d; i += 16) {                                                         \
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LD(k, (size_t)i), a0);                  \
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), LD(k, (size_t)i + 8), a1);          \
-    }                                                                                      \
-    if (i + 8 <= d) {                                                                      \
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LD(k, (size_t)i), a0);                  \
-      i += 8;                                                                              \
-    }                                                                                      \
-    float s = herd_hsum_f32x8(_mm256_add_ps(a0, a1));                                                \
-    for (; i < d; i++) s += q[i] * AT(k, (size_t)i);                                       \
-    return s;                                                                              \
-  }
-
-// Columns in blocks of 32, 16 and 8, each block's sums in registers over all positions;
-// the last d % 8 columns in scalar code.
-#define VSUM_AVX2(NAME, LD, AT)                                                                \
-  static void NAME(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
-    int i = 0;                                                                                 \
-    for (; i + 32 <= d; i += 32) {                                                             \
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
-      for (int t = 0; t < len; t++) {                                                          \
-        const __m256 pt = _mm256_set1_ps(p[t]);                                                \
-        const size_t o = (size_t)t * stride + (size_t)i;                                       \
-        a0 = _mm256_fmadd_ps(pt, LD(v, o), a0);                                                \
-        a1 = _mm256_fmadd_ps(pt, LD(v, o + 8), a1);                                            \
-        a2 = _mm256_fmadd_ps(pt, LD(v, o + 16), a2);                                           \
-        a3 = _mm256_fmadd_ps(pt, LD(v, o + 24), a3);                                           \
-      }                                                                                        \
-      _mm256_storeu_ps(out + i, a0);                                                           \
-      _mm256_storeu_ps(out + i + 8, a1);                                                       \
-      _mm256_storeu_ps(out + i + 16, a2);                                                      \
-      _mm256_storeu_ps(out + i + 24, a3);                                                      \
-    }                                                                                          \
-    if (i + 16 <= d) {                                                                         \
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                \
-      for (int t = 0; t < len; t++) {                                                          \
-        const __m256 pt = _mm256_set1_ps(p[t]);                                                \
-        const size_t o = (size_t)t * stride + (size_t)i;                                       \
-        a0 = _mm256_fmadd_ps(pt, LD(v, o), a0);                                                \
-        a1 = _mm256_fmadd_ps(pt, LD(v, o + 8), a1);                                            \
-      }                                                                                        \
-      _mm256_storeu_ps(out + i, a0);                                                           \
-      _mm256_storeu_ps(out + i + 8, a1);                                                       \
-      i += 16;                                                                                 \
-    }                                                                                          \
-    if (i + 8 <= d) {                                                                          \
-      __m256 a0 = _mm256_setzero_ps();                                                         \
-      for (int t = 0; t < len; t++) {                                                          \
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), LD(v, (size_t)t * stride + (size_t)i), a0); \
-      }                                                                                        \
-      _mm256_storeu_ps(out + i, a0);                                                           \
-      i += 8;                                                                                  \
-    }                                                                                          \
-    for (; i < d; i++) {                                                                       \
-      float s = 0.0f;                                                                          \
-      for (int t = 0; t < len; t++) s += p[t] * AT(v, (size_t)t * stride + (size_t)i);         \
-      out[i] = s;                                                                              \
-    }                                                                                          \
-  }
-
-DOT_AVX2(dot_f32_avx2, ld8_f32, at_f32)
-DOT_AVX2(dot_f16_avx2, ld8_f16, at_f16)
-VSUM_AVX2(vsum_f32_avx2, ld8_f32, at_f32)
-VSUM_AVX2(vsum_f16_avx2, ld8_f16, at_f16)
-
-static void softmax_avx2(float *x, int n, int half) {
+// DOT_ACCS accumulators over DOT_ACCS vectors per step, then one vector per step into the
+// first; summed a0 + a1, or (a0 + a1) + (a2 + a3).
+static HERD_INLINE float dot_vec(const float *q, const void *k, int d, const int half) {
+  vec a[DOT_ACCS];
+  for (int u = 0; u < DOT_ACCS; u++) a[u] = v_set1(0.0f);
   int i = 0;
-  __m256 vm = _mm256_set1_ps(-INFINITY);
-  for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-  float max = hmax8(vm);
-  for (; i < n; i++) if (x[i] > max) max = x[i];
-  vm = _mm256_set1_ps(max);
-  __m256 vs = _mm256_setzero_ps();
-  for (i = 0; i + 8 <= n; i += 8) {
-    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-    _mm256_storeu_ps(x + i, e);
-    vs = _mm256_add_ps(vs, e);
+  for (; i + DOT_ACCS * LANES <= d; i += DOT_ACCS * LANES) {
+    for (int u = 0; u < DOT_ACCS; u++) a[u] = v_fma(a[u], v_load(q + i + u * LANES), v_row(k, (size_t)(i + u * LANES), half));
   }
-  float sum = herd_hsum_f32x8(vs);
+  for (; i + LANES <= d; i += LANES) a[0] = v_fma(a[0], v_load(q + i), v_row(k, (size_t)i, half));
+  vec sum = v_add(a[0], a[1]);
+#if DOT_ACCS == 4
+  sum = v_add(sum, v_add(a[2], a[3]));
+#endif
+  return dot_from(v_hsum(sum), q, k, i, d, half);
+}
+
+// Columns [i, i + regs·LANES) of vsum, their sums in registers over all positions.
+static HERD_INLINE void vsum_block(float *out, const float *p, const void *v, size_t stride, int len, int i, const int regs,
+                                   const int half) {
+  vec a[4];
+  for (int r = 0; r < regs; r++) a[r] = v_set1(0.0f);
+  for (int t = 0; t < len; t++) {
+    const vec pt = v_set1(p[t]);
+    const size_t o = (size_t)t * stride + (size_t)i;
+    for (int r = 0; r < regs; r++) a[r] = v_fma(a[r], pt, v_row(v, o + (size_t)(r * LANES), half));
+  }
+  for (int r = 0; r < regs; r++) v_store(out + i + r * LANES, a[r]);
+}
+
+// Columns in blocks of four, two and one vectors; the last d % LANES in scalar code. Each
+// column's sum runs over t in order whichever block it falls in.
+static HERD_INLINE void vsum_vec(float *out, const float *p, const void *v, size_t stride, int len, int d, const int half) {
+  int i = 0;
+  for (; i + 4 * LANES <= d; i += 4 * LANES) vsum_block(out, p, v, stride, len, i, 4, half);
+  if (i + 2 * LANES <= d) {
+    vsum_block(out, p, v, stride, len, i, 2, half);
+    i += 2 * LANES;
+  }
+  for (; i + LANES <= d; i += LANES) vsum_block(out, p, v, stride, len, i, 1, half);
+  vsum_columns(out, p, v, stride, len, i, d, half);
+}
+
+static void softmax_vec(float *x, int n, int half) {
+  int i = 0;
+  vec vm = v_set1(-INFINITY);
+  for (; i + LANES <= n; i += LANES) vm = v_max(vm, v_load(x + i));
+  float max = v_hmax(vm);
+  for (; i < n; i++) if (x[i] > max) max = x[i];
+  vm = v_set1(max);
+  vec vs = v_set1(0.0f);
+  for (i = 0; i + LANES <= n; i += LANES) {
+    const vec e = v_exp(v_sub(v_load(x + i), vm));
+    v_store(x + i, e);
+    vs = v_add(vs, e);
+  }
+  float sum = v_hsum(vs);
   for (; i < n; i++) sum += x[i] = exp_scalar(x[i] - max);
-  vs = _mm256_set1_ps(sum);
-  for (i = 0; i + 8 <= n; i += 8) {
-    __m256 pr = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
-    if (half) pr = _mm256_cvtph_ps(_mm256_cvtps_ph(pr, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    _mm256_storeu_ps(x + i, pr);
+  vs = v_set1(sum);
+  for (i = 0; i + LANES <= n; i += LANES) {
+    vec pr = v_div(v_load(x + i), vs);
+    if (half) pr = v_round_f16(pr);
+    v_store(x + i, pr);
   }
   for (; i < n; i++) x[i] = half ? round_f16(x[i] / sum) : x[i] / sum;
 }
 
-static void swiglu_avx2(float *out, const float *gate, const float *up, size_t n) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
+static void swiglu_vec(float *out, const float *gate, const float *up, size_t n) {
+  const vec one = v_set1(1.0f);
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gate + i);
-    const __m256 e = exp_avx2(_mm256_xor_ps(g, sign));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  for (; i + LANES <= n; i += LANES) {
+    const vec g = v_load(gate + i);
+    v_store(out + i, v_mul(v_div(g, v_add(one, v_exp(v_neg(g)))), v_load(up + i)));
   }
   for (; i < n; i++) out[i] = silu_times(gate[i], up[i]);
 }
 
-static const ops_kernels kernels_avx2 = {
-    dot_f32_avx2, dot_f16_avx2, vsum_f32_avx2, vsum_f16_avx2, softmax_avx2, swiglu_avx2,
-};
+OPS_KERNELS(vec)
 
 #endif
 
@@ -295,9 +349,10 @@ static inline __mmask16 mask16(int left) {
   return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
-static inline __m512 ld16_f32(const void *p, size_t i, __mmask16 m) { return _mm512_maskz_loadu_ps(m, (const float *)p + i); }
-static inline __m512 ld16_f16(const void *p, size_t i, __mmask16 m) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i));
+// The lanes of m from element i of an f32 (half = 0) or f16 row; zeros elsewhere.
+static inline __m512 row16(const void *p, size_t i, __mmask16 m, int half) {
+  if (half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i));
+  return _mm512_maskz_loadu_ps(m, (const float *)p + i);
 }
 
 static inline __m512 exp_avx512(__m512 x) {
@@ -315,54 +370,40 @@ static inline __m512 exp_avx512(__m512 x) {
   return _mm512_scalef_ps(y, n);  // y·2^n, over- and underflowing as it should
 }
 
-#define DOT_AVX512(NAME, LD)                                                               \
-  static float NAME(const float *q, const void *k, int d) {                                \
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;                                              \
-    int i = 0;                                                                             \
-    for (; i + 32 <= d; i += 32) {                                                         \
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), LD(k, (size_t)i, 0xffff), a0);          \
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), LD(k, (size_t)i + 16, 0xffff), a1); \
-    }                                                                                      \
-    for (; i < d; i += 16) {                                                               \
-      const __mmask16 m = mask16(d - i);                                                   \
-      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), LD(k, (size_t)i, m), a0);      \
-    }                                                                                      \
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));                                    \
+static HERD_INLINE float dot_avx512(const float *q, const void *k, int d, const int half) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  int i = 0;
+  for (; i + 32 <= d; i += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), row16(k, (size_t)i, 0xffff, half), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), row16(k, (size_t)i + 16, 0xffff, half), a1);
   }
+  for (; i < d; i += 16) {
+    const __mmask16 m = mask16(d - i);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), row16(k, (size_t)i, m, half), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
 
 // Columns in blocks of 64 (four registers), then one register (masked) at a time.
-#define VSUM_AVX512(NAME, LD)                                                                  \
-  static void NAME(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
-    int i = 0;                                                                                 \
-    for (; i + 64 <= d; i += 64) {                                                             \
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
-      for (int t = 0; t < len; t++) {                                                          \
-        const __m512 pt = _mm512_set1_ps(p[t]);                                                \
-        const size_t o = (size_t)t * stride + (size_t)i;                                       \
-        a0 = _mm512_fmadd_ps(pt, LD(v, o, 0xffff), a0);                                        \
-        a1 = _mm512_fmadd_ps(pt, LD(v, o + 16, 0xffff), a1);                                   \
-        a2 = _mm512_fmadd_ps(pt, LD(v, o + 32, 0xffff), a2);                                   \
-        a3 = _mm512_fmadd_ps(pt, LD(v, o + 48, 0xffff), a3);                                   \
-      }                                                                                        \
-      _mm512_storeu_ps(out + i, a0);                                                           \
-      _mm512_storeu_ps(out + i + 16, a1);                                                      \
-      _mm512_storeu_ps(out + i + 32, a2);                                                      \
-      _mm512_storeu_ps(out + i + 48, a3);                                                      \
-    }                                                                                          \
-    for (; i < d; i += 16) {                                                                   \
-      const __mmask16 m = mask16(d - i);                                                       \
-      __m512 a0 = _mm512_setzero_ps();                                                         \
-      for (int t = 0; t < len; t++) {                                                          \
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), LD(v, (size_t)t * stride + (size_t)i, m), a0); \
-      }                                                                                        \
-      _mm512_mask_storeu_ps(out + i, m, a0);                                                   \
-    }                                                                                          \
+static HERD_INLINE void vsum_avx512(float *out, const float *p, const void *v, size_t stride, int len, int d, const int half) {
+  int i = 0;
+  for (; i + 64 <= d; i += 64) {
+    __m512 a[4];
+    for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
+    for (int t = 0; t < len; t++) {
+      const __m512 pt = _mm512_set1_ps(p[t]);
+      const size_t o = (size_t)t * stride + (size_t)i;
+      for (int r = 0; r < 4; r++) a[r] = _mm512_fmadd_ps(pt, row16(v, o + (size_t)(16 * r), 0xffff, half), a[r]);
+    }
+    for (int r = 0; r < 4; r++) _mm512_storeu_ps(out + i + 16 * r, a[r]);
   }
-
-DOT_AVX512(dot_f32_avx512, ld16_f32)
-DOT_AVX512(dot_f16_avx512, ld16_f16)
-VSUM_AVX512(vsum_f32_avx512, ld16_f32)
-VSUM_AVX512(vsum_f16_avx512, ld16_f16)
+  for (; i < d; i += 16) {
+    const __mmask16 m = mask16(d - i);
+    __m512 a0 = _mm512_setzero_ps();
+    for (int t = 0; t < len; t++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), row16(v, (size_t)t * stride + (size_t)i, m, half), a0);
+    _mm512_mask_storeu_ps(out + i, m, a0);
+  }
+}
 
 static void softmax_avx512(float *x, int n, int half) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
@@ -396,131 +437,7 @@ static void swiglu_avx512(float *out, const float *gate, const float *up, size_t
   }
 }
 
-static const ops_kernels kernels_avx512 = {
-    dot_f32_avx512, dot_f16_avx512, vsum_f32_avx512, vsum_f16_avx512, softmax_avx512, swiglu_avx512,
-};
-
-#endif
-
-// ---- NEON (AArch64): 4 lanes; row tails (headDim % 4) in scalar code ----
-
-#if defined(HERD_NEON)
-
-static inline float32x4_t ld4_f32(const void *p, size_t i) { return vld1q_f32((const float *)p + i); }
-static inline float32x4_t ld4_f16(const void *p, size_t i) {
-  return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)p + i)));
-}
-
-static inline float32x4_t exp_neon(float32x4_t x) {
-  x = vmaxq_f32(vminq_f32(x, vdupq_n_f32(EXP_HI)), vdupq_n_f32(EXP_LO));  // NaN stays NaN
-  const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
-  float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
-  r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
-  float32x4_t p = vdupq_n_f32(EXP_P0);
-  p = vfmaq_f32(vdupq_n_f32(EXP_P1), p, r);
-  p = vfmaq_f32(vdupq_n_f32(EXP_P2), p, r);
-  p = vfmaq_f32(vdupq_n_f32(EXP_P3), p, r);
-  p = vfmaq_f32(vdupq_n_f32(EXP_P4), p, r);
-  p = vfmaq_f32(vdupq_n_f32(EXP_P5), p, r);
-  const float32x4_t y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0f));
-  const int32x4_t ni = vcvtq_s32_f32(n);
-  const int32x4_t n1 = vshrq_n_s32(ni, 1);
-  const int32x4_t n2 = vsubq_s32(ni, n1);
-  const int32x4_t bias = vdupq_n_s32(127);
-  const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, bias), 23));
-  const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, bias), 23));
-  return vmulq_f32(vmulq_f32(y, s1), s2);
-}
-
-#define DOT_NEON(NAME, LD, AT)                                                     \
-  static float NAME(const float *q, const void *k, int d) {                        \
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;                 \
-    int i = 0;                                                                     \
-    for (; i + 16 <= d; i += 16) {                                                 \
-      a0 = vfmaq_f32(a0, vld1q_f32(q + i), LD(k, (size_t)i));                      \
-      a1 = vfmaq_f32(a1, vld1q_f32(q + i + 4), LD(k, (size_t)i + 4));              \
-      a2 = vfmaq_f32(a2, vld1q_f32(q + i + 8), LD(k, (size_t)i + 8));              \
-      a3 = vfmaq_f32(a3, vld1q_f32(q + i + 12), LD(k, (size_t)i + 12));            \
-    }                                                                              \
-    for (; i + 4 <= d; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(q + i), LD(k, (size_t)i)); \
-    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));         \
-    for (; i < d; i++) s += q[i] * AT(k, (size_t)i);                               \
-    return s;                                                                      \
-  }
-
-#define VSUM_NEON(NAME, LD, AT)                                                                \
-  static void NAME(float *out, const float *p, const void *v, size_t stride, int len, int d) { \
-    int i = 0;                                                                                 \
-    for (; i + 16 <= d; i += 16) {                                                             \
-      float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;                           \
-      for (int t = 0; t < len; t++) {                                                          \
-        const float32x4_t pt = vdupq_n_f32(p[t]);                                              \
-        const size_t o = (size_t)t * stride + (size_t)i;                                       \
-        a0 = vfmaq_f32(a0, pt, LD(v, o));                                                      \
-        a1 = vfmaq_f32(a1, pt, LD(v, o + 4));                                                  \
-        a2 = vfmaq_f32(a2, pt, LD(v, o + 8));                                                  \
-        a3 = vfmaq_f32(a3, pt, LD(v, o + 12));                                                 \
-      }                                                                                        \
-      vst1q_f32(out + i, a0);                                                                  \
-      vst1q_f32(out + i + 4, a1);                                                              \
-      vst1q_f32(out + i + 8, a2);                                                              \
-      vst1q_f32(out + i + 12, a3);                                                             \
-    }                                                                                          \
-    for (; i + 4 <= d; i += 4) {                                                               \
-      float32x4_t a0 = vdupq_n_f32(0.0f);                                                      \
-      for (int t = 0; t < len; t++) a0 = vfmaq_f32(a0, vdupq_n_f32(p[t]), LD(v, (size_t)t * stride + (size_t)i)); \
-      vst1q_f32(out + i, a0);                                                                  \
-    }                                                                                          \
-    for (; i < d; i++) {                                                                       \
-      float s = 0.0f;                                                                          \
-      for (int t = 0; t < len; t++) s += p[t] * AT(v, (size_t)t * stride + (size_t)i);         \
-      out[i] = s;                                                                              \
-    }                                                                                          \
-  }
-
-DOT_NEON(dot_f32_neon, ld4_f32, at_f32)
-DOT_NEON(dot_f16_neon, ld4_f16, at_f16)
-VSUM_NEON(vsum_f32_neon, ld4_f32, at_f32)
-VSUM_NEON(vsum_f16_neon, ld4_f16, at_f16)
-
-static void softmax_neon(float *x, int n, int half) {
-  int i = 0;
-  float32x4_t vm = vdupq_n_f32(-INFINITY);
-  for (; i + 4 <= n; i += 4) vm = vmaxq_f32(vm, vld1q_f32(x + i));
-  float max = vmaxvq_f32(vm);
-  for (; i < n; i++) if (x[i] > max) max = x[i];
-  vm = vdupq_n_f32(max);
-  float32x4_t vs = vdupq_n_f32(0.0f);
-  for (i = 0; i + 4 <= n; i += 4) {
-    const float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vm));
-    vst1q_f32(x + i, e);
-    vs = vaddq_f32(vs, e);
-  }
-  float sum = vaddvq_f32(vs);
-  for (; i < n; i++) sum += x[i] = exp_scalar(x[i] - max);
-  vs = vdupq_n_f32(sum);
-  for (i = 0; i + 4 <= n; i += 4) {
-    float32x4_t pr = vdivq_f32(vld1q_f32(x + i), vs);
-    if (half) pr = vcvt_f32_f16(vcvt_f16_f32(pr));
-    vst1q_f32(x + i, pr);
-  }
-  for (; i < n; i++) x[i] = half ? round_f16(x[i] / sum) : x[i] / sum;
-}
-
-static void swiglu_neon(float *out, const float *gate, const float *up, size_t n) {
-  const float32x4_t one = vdupq_n_f32(1.0f);
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t g = vld1q_f32(gate + i);
-    const float32x4_t e = exp_neon(vnegq_f32(g));
-    vst1q_f32(out + i, vmulq_f32(vdivq_f32(g, vaddq_f32(one, e)), vld1q_f32(up + i)));
-  }
-  for (; i < n; i++) out[i] = silu_times(gate[i], up[i]);
-}
-
-static const ops_kernels kernels_neon = {
-    dot_f32_neon, dot_f16_neon, vsum_f32_neon, vsum_f16_neon, softmax_neon, swiglu_neon,
-};
+OPS_KERNELS(avx512)
 
 #endif
 
@@ -530,10 +447,9 @@ static const ops_kernels *kernels_for(int isa) {
   if (isa == ISA_AVX512) return &kernels_avx512;
 #endif
 #if defined(HERD_AVX2)
-  if (isa == ISA_AVX2 || isa == ISA_AVX512) return &kernels_avx2;
-#endif
-#if defined(HERD_NEON)
-  if (isa == ISA_NEON || isa == ISA_NEON_DOTPROD) return &kernels_neon;
+  if (isa == ISA_AVX2 || isa == ISA_AVX512) return &kernels_vec;
+#elif defined(HERD_NEON)
+  if (isa == ISA_NEON || isa == ISA_NEON_DOTPROD) return &kernels_vec;
 #endif
   (void)isa;
   return &kernels_scalar;

@@ -24,34 +24,39 @@ import { f16ToF32, f16x4ToF32x4 } from './half';
   return sum;
 }
 
-/** F16 weights against f16-rounded activations: eight halves per step, widened in SIMD. */
+/** Four halves (the u16 in each i32 lane of h) as f32: F16 (bf = false) or BF16, the top
+ *  half of an f32. */
 // @ts-ignore: decorator
-@inline export function dotF16(w: usize, n: i32, x: usize): f32 {
+@inline function widen4(h: v128, bf: bool): v128 {
+  return bf ? i32x4.shl(h, 16) : f16x4ToF32x4(h);
+}
+
+/** F16 or BF16 weights against activations rounded to the same precision: eight halves per
+ *  step, widened in SIMD. */
+// @ts-ignore: decorator
+@inline function dotHalf(w: usize, n: i32, x: usize, bf: bool): f32 {
   let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
   let i = 0;
   for (; i + 8 <= n; i += 8) {
     const h = v128.load(w + (<usize>i << 1));
     const o = <usize>i << 2;
-    a0 = f32x4.add(a0, f32x4.mul(f16x4ToF32x4(i32x4.extend_low_i16x8_u(h)), v128.load(x + o)));
-    a1 = f32x4.add(a1, f32x4.mul(f16x4ToF32x4(i32x4.extend_high_i16x8_u(h)), v128.load(x + o, 16)));
+    a0 = f32x4.add(a0, f32x4.mul(widen4(i32x4.extend_low_i16x8_u(h), bf), v128.load(x + o)));
+    a1 = f32x4.add(a1, f32x4.mul(widen4(i32x4.extend_high_i16x8_u(h), bf), v128.load(x + o, 16)));
   }
   let sum = hsum(f32x4.add(a0, a1));
-  for (; i < n; i++) sum += f16ToF32(load<u16>(w + (<usize>i << 1))) * load<f32>(x + (<usize>i << 2));
+  for (; i < n; i++) {
+    const h = load<u16>(w + (<usize>i << 1));
+    sum += (bf ? reinterpret<f32>(<u32>h << 16) : f16ToF32(h)) * load<f32>(x + (<usize>i << 2));
+  }
   return sum;
 }
 
-/** BF16 weights against bf16-rounded activations: a bf16 is the top half of an f32. */
+// @ts-ignore: decorator
+@inline export function dotF16(w: usize, n: i32, x: usize): f32 {
+  return dotHalf(w, n, x, false);
+}
+
 // @ts-ignore: decorator
 @inline export function dotBf16(w: usize, n: i32, x: usize): f32 {
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
-  let i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const h = v128.load(w + (<usize>i << 1));
-    const o = <usize>i << 2;
-    a0 = f32x4.add(a0, f32x4.mul(i32x4.shl(i32x4.extend_low_i16x8_u(h), 16), v128.load(x + o)));
-    a1 = f32x4.add(a1, f32x4.mul(i32x4.shl(i32x4.extend_high_i16x8_u(h), 16), v128.load(x + o, 16)));
-  }
-  let sum = hsum(f32x4.add(a0, a1));
-  for (; i < n; i++) sum += reinterpret<f32>(<u32>load<u16>(w + (<usize>i << 1)) << 16) * load<f32>(x + (<usize>i << 2));
-  return sum;
+  return dotHalf(w, n, x, true);
 }

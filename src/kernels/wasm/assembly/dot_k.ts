@@ -56,72 +56,69 @@ import { f16ToF32 } from './half';
   );
 }
 
-/** Q4_K (f16 d, f16 dmin, 12 bytes scales/mins, 128 bytes nibbles): value = d·sc·q - dmin·m. */
+/** A super-block's d·dx·isum - dmin·dx·msum, in f64 in the reference's order (f16 d and
+ *  dmin at p, the activation's scale xd). */
 // @ts-ignore: decorator
-@inline export function dotQ4_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
+@inline export function kSum(p: usize, xd: f32, isum: i32, msum: i32): f64 {
+  const dd = f16ToF32(load<u16>(p)) * xd;
+  const dm = f16ToF32(load<u16>(p, 2)) * xd;
+  return <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+}
+
+/** Q4_K (f16 d, f16 dmin, 12 bytes scales/mins, 128 bytes nibbles): value = d·sc·q - dmin·m.
+ *  With five, Q5_K (32 bytes qh before the nibbles): bit s of qh[l] is the fifth bit of
+ *  value 32s + l, taken from qh shifted right by 2 per 64 values. */
+// @ts-ignore: decorator
+@inline function dotQ45_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize, five: bool): f32 {
   let sum: f64 = 0;
   const nb = n >> 8;
+  const m4 = i8x16.splat(0x0f), one = i8x16.splat(1), two = i8x16.splat(2);
   for (let b = 0; b < nb; b++) {
-    const p = w + <usize>b * 144;
+    const p = w + <usize>b * (five ? 176 : 144);
     const a = qs + (<usize>b << 8);
     const sc0 = scalesK4(p + 4, 0), sc1 = scalesK4(p + 4, 2);
+    let h0 = i32x4.splat(0), h1 = i32x4.splat(0);
+    if (five) {
+      h0 = v128.load(p + 16);
+      h1 = v128.load(p + 16, 16);
+    }
     let acc = i32x4.splat(0);
     for (let k = 0; k < 4; k++) {
-      const x0 = v128.load(p + 16 + (<usize>k << 5));
-      const x1 = v128.load(p + 16 + (<usize>k << 5), 16);
+      const x0 = v128.load(p + (five ? 48 : 16) + (<usize>k << 5));
+      const x1 = v128.load(p + (five ? 48 : 16) + (<usize>k << 5), 16);
       const ak = a + (<usize>k << 6);
       const sLo = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
       const sHi = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
       // Sub-block 2k: low nibbles against a[0..32); 2k+1: high nibbles against a[32..64).
-      const l0 = v128.and(x0, i8x16.splat(0x0f)), l1 = v128.and(x1, i8x16.splat(0x0f));
-      const h0 = i8x16.shr_u(x0, 4), h1 = i8x16.shr_u(x1, 4);
-      acc = i32x4.add(acc, k4Lanes(l0, l1, h0, h1, ak, i16x8.splat(<i16>sLo), i16x8.splat(<i16>sHi)));
+      let l0 = v128.and(x0, m4), l1 = v128.and(x1, m4);
+      let u0 = i8x16.shr_u(x0, 4), u1 = i8x16.shr_u(x1, 4);
+      if (five) {
+        l0 = v128.or(l0, i8x16.shl(v128.and(h0, one), 4));
+        l1 = v128.or(l1, i8x16.shl(v128.and(h1, one), 4));
+        u0 = v128.or(u0, i8x16.shl(v128.and(h0, two), 3));
+        u1 = v128.or(u1, i8x16.shl(v128.and(h1, two), 3));
+      }
+      acc = i32x4.add(acc, k4Lanes(l0, l1, u0, u1, ak, i16x8.splat(<i16>sLo), i16x8.splat(<i16>sHi)));
+      if (five) {
+        h0 = i8x16.shr_u(h0, 2);
+        h1 = i8x16.shr_u(h1, 2);
+      }
     }
     const isum = hsumI32(acc);
     const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
-    const xd = load<f32>(d + (<usize>b << 2));
-    const dd = f16ToF32(load<u16>(p)) * xd;
-    const dm = f16ToF32(load<u16>(p, 2)) * xd;
-    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+    sum += kSum(p, load<f32>(d + (<usize>b << 2)), isum, msum);
   }
   return <f32>sum;
 }
 
-/** Q5_K (f16 d, f16 dmin, 12 bytes scales/mins, 32 bytes qh, 128 bytes nibbles). */
+// @ts-ignore: decorator
+@inline export function dotQ4_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
+  return dotQ45_K(w, n, qs, d, bsums, false);
+}
+
 // @ts-ignore: decorator
 @inline export function dotQ5_K(w: usize, n: i32, qs: usize, d: usize, bsums: usize): f32 {
-  let sum: f64 = 0;
-  const nb = n >> 8;
-  for (let b = 0; b < nb; b++) {
-    const p = w + <usize>b * 176;
-    const a = qs + (<usize>b << 8);
-    const sc0 = scalesK4(p + 4, 0), sc1 = scalesK4(p + 4, 2);
-    // Bit s of qh[l] is the fifth bit of value 32s + l; shift qh right by 2 per 64 values.
-    let h0 = v128.load(p + 16), h1 = v128.load(p + 16, 16);
-    let acc = i32x4.splat(0);
-    for (let k = 0; k < 4; k++) {
-      const x0 = v128.load(p + 48 + (<usize>k << 5));
-      const x1 = v128.load(p + 48 + (<usize>k << 5), 16);
-      const ak = a + (<usize>k << 6);
-      const sLo = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1))) & 0xff);
-      const sHi = <i32>(((k < 2 ? sc0 : sc1) >>> (16 * (k & 1) + 8)) & 0xff);
-      const one = i8x16.splat(1), two = i8x16.splat(2), m4 = i8x16.splat(0x0f);
-      const l0 = v128.or(v128.and(x0, m4), i8x16.shl(v128.and(h0, one), 4));
-      const l1 = v128.or(v128.and(x1, m4), i8x16.shl(v128.and(h1, one), 4));
-      const u0 = v128.or(i8x16.shr_u(x0, 4), i8x16.shl(v128.and(h0, two), 3));
-      const u1 = v128.or(i8x16.shr_u(x1, 4), i8x16.shl(v128.and(h1, two), 3));
-      acc = i32x4.add(acc, k4Lanes(l0, l1, u0, u1, ak, i16x8.splat(<i16>sLo), i16x8.splat(<i16>sHi)));
-      h0 = i8x16.shr_u(h0, 2);
-      h1 = i8x16.shr_u(h1, 2);
-    }
-    const isum = hsumI32(acc);
-    const msum = minSum(bsums + (<usize>b << 5), scalesK4(p + 4, 1), scalesK4(p + 4, 3));
-    const xd = load<f32>(d + (<usize>b << 2));
-    const dd = f16ToF32(load<u16>(p)) * xd;
-    const dm = f16ToF32(load<u16>(p, 2)) * xd;
-    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
-  }
-  return <f32>sum;
+  return dotQ45_K(w, n, qs, d, bsums, true);
 }
 
 /** Q6_K's 6-bit values of one group of 16 (quarter 0-3 of a 128-value half): low nibbles
@@ -210,11 +207,7 @@ import { f16ToF32 } from './half';
       acc = i32x4.add(acc, scaled16(q, v128.load(a + (<usize>g << 4)), s & 15));
       msum += (s >> 4) * <i32>load<i16>(bs + (<usize>g << 1));
     }
-    const isum = hsumI32(acc);
-    const xd = load<f32>(d + (<usize>b << 2));
-    const dd = f16ToF32(load<u16>(p, 80)) * xd;
-    const dm = f16ToF32(load<u16>(p, 82)) * xd;
-    sum += <f64>dd * <f64>isum - <f64>dm * <f64>msum;
+    sum += kSum(p + 80, load<f32>(d + (<usize>b << 2)), hsumI32(acc), msum);
   }
   return <f32>sum;
 }

@@ -126,55 +126,46 @@ import { f16ToF32, f16x4ToF32x4 } from './half';
   const nb = n >> 5;
   for (let b = 0; b < nb; b++) {
     const p = w + <usize>b * 20;
-    const a = qs + (<usize>b << 5);
     const x = v128.load(p, 4);
     // Nibbles 0..15 are valid int8, so the signed multiplies apply; 4·15·127 fits int16.
-    const s16 = i16x8.add(mul16(v128.and(x, i8x16.splat(0x0f)), v128.load(a)), mul16(i8x16.shr_u(x, 4), v128.load(a, 16)));
-    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
+    const lanes = q4Lanes(v128.and(x, i8x16.splat(0x0f)), i8x16.shr_u(x, 4), qs + (<usize>b << 5));
+    acc = scaleAdd(acc, lanes, f32x4.splat(f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2))));
     mins += f16ToF32(load<u16>(p, 2)) * load<f32>(xs + (<usize>b << 2));
   }
   return hsum(acc) + mins;
 }
 
-/** Q5_0 (f16 d, u32 qh, 16 bytes of nibbles): value = d·((nibble | bit << 4) - 16). */
+/** Q5_0 (f16 d, u32 qh, 16 bytes of nibbles): value = d·((nibble | bit << 4) - 16); with
+ *  withMin, Q5_1 (f16 d, f16 m, u32 qh, nibbles): value = d·(nibble | bit << 4) + m. */
 // @ts-ignore: decorator
-@inline export function dotQ5_0(w: usize, n: i32, qs: usize, d: usize): f32 {
-  let acc = f32x4.splat(0);
-  const nb = n >> 5;
-  for (let b = 0; b < nb; b++) {
-    const p = w + <usize>b * 22;
-    const a = qs + (<usize>b << 5);
-    const qh = load<u32>(p, 2);
-    const x = v128.load(p, 6);
-    const wl = i8x16.sub(v128.or(v128.and(x, i8x16.splat(0x0f)), fifthBits(qh & 0xffff)), i8x16.splat(16));
-    const wh = i8x16.sub(v128.or(i8x16.shr_u(x, 4), fifthBits(qh >>> 16)), i8x16.splat(16));
-    // |q| ≤ 16: four products of a lane stay within int16 (4·16·127).
-    const s16 = i16x8.add(mul16(wl, v128.load(a)), mul16(wh, v128.load(a, 16)));
-    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
-  }
-  return hsum(acc);
-}
-
-/** Q5_1 (f16 d, f16 m, u32 qh, 16 bytes of nibbles): value = d·(nibble | bit << 4) + m. */
-// @ts-ignore: decorator
-@inline export function dotQ5_1(w: usize, n: i32, qs: usize, d: usize, xs: usize): f32 {
+@inline function dotQ5(w: usize, n: i32, qs: usize, d: usize, xs: usize, withMin: bool): f32 {
   let acc = f32x4.splat(0);
   let mins: f32 = 0;
   const nb = n >> 5;
   for (let b = 0; b < nb; b++) {
-    const p = w + <usize>b * 24;
-    const a = qs + (<usize>b << 5);
-    const qh = load<u32>(p, 4);
-    const x = v128.load(p, 8);
-    const wl = v128.or(v128.and(x, i8x16.splat(0x0f)), fifthBits(qh & 0xffff));
-    const wh = v128.or(i8x16.shr_u(x, 4), fifthBits(qh >>> 16));
-    // q ≤ 31: 4·31·127 = 15748 fits int16.
-    const s16 = i16x8.add(mul16(wl, v128.load(a)), mul16(wh, v128.load(a, 16)));
-    const s = f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2));
-    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extadd_pairwise_i16x8_s(s16)), f32x4.splat(s)));
-    mins += f16ToF32(load<u16>(p, 2)) * load<f32>(xs + (<usize>b << 2));
+    const p = w + <usize>b * (withMin ? 24 : 22);
+    const qh = load<u32>(p + (withMin ? 4 : 2));
+    const x = v128.load(p + (withMin ? 8 : 6));
+    let wl = v128.or(v128.and(x, i8x16.splat(0x0f)), fifthBits(qh & 0xffff));
+    let wh = v128.or(i8x16.shr_u(x, 4), fifthBits(qh >>> 16));
+    if (!withMin) {
+      wl = i8x16.sub(wl, i8x16.splat(16));
+      wh = i8x16.sub(wh, i8x16.splat(16));
+    }
+    // |q| ≤ 31: four products of a lane stay within int16 (4·31·127 = 15748).
+    const lanes = q4Lanes(wl, wh, qs + (<usize>b << 5));
+    acc = scaleAdd(acc, lanes, f32x4.splat(f16ToF32(load<u16>(p)) * load<f32>(d + (<usize>b << 2))));
+    if (withMin) mins += f16ToF32(load<u16>(p, 2)) * load<f32>(xs + (<usize>b << 2));
   }
-  return hsum(acc) + mins;
+  return withMin ? hsum(acc) + mins : hsum(acc);
+}
+
+// @ts-ignore: decorator
+@inline export function dotQ5_0(w: usize, n: i32, qs: usize, d: usize): f32 {
+  return dotQ5(w, n, qs, d, 0, false);
+}
+
+// @ts-ignore: decorator
+@inline export function dotQ5_1(w: usize, n: i32, qs: usize, d: usize, xs: usize): f32 {
+  return dotQ5(w, n, qs, d, xs, true);
 }
