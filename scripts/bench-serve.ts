@@ -23,12 +23,13 @@
 // code into .cache/bench). The machine is usually shared: read the figures as noisy.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GgufFile } from '../src/gguf/reader.ts';
+import { fetchInfo } from '../src/cluster/discovery/static.ts';
 import { synthShape } from '../src/model/synth.ts';
 import { startNode, loopbackNodeArgs, type RunningNode, type Spawner } from '../test/helpers/herd-proc.ts';
 import { startServe, type RunningServe } from '../test/helpers/serve.ts';
@@ -81,6 +82,30 @@ interface Figures {
   itl_p99_ms: number;
   /** herd: every stream got the tokens its prompt gets alone. */
   same_tokens?: boolean;
+  /** herd over stages: where each process's time went during the K streams. */
+  processes?: ProcessTime[];
+}
+
+/**
+ * One process of a staged run over the K streams: its CPU seconds (all threads) against the wall
+ * time, and for a node the compute of its batched steps (NodeCounters.step_seconds): the rest
+ * of its CPU is messages, (de)serialisation and the event loop.
+ */
+interface ProcessTime {
+  name: string;
+  cpu_s: number;
+  wall_s: number;
+  step_s?: number;
+  steps?: number;
+  entries?: number;
+}
+
+/** CPU seconds (user + system, every thread) a live process has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces) in its parentheses: utime is the 14th field, stime the 15th.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100;
 }
 
 function ensureModel(): string {
@@ -131,6 +156,8 @@ interface Setup {
   readonly run: RunName;
   measure(k: number): Promise<Figures>;
   close(): Promise<void>;
+  /** A herd server's process id. */
+  readonly pid?: number;
 }
 
 /** Each prompt's tokens run alone on the first herd server set up: every stream of every run must get them. */
@@ -192,7 +219,7 @@ async function serveSetup(
     }));
     return figures(run, k, streams, same);
   };
-  return { run, measure, close };
+  return { run, measure, close, pid: serve.child.pid };
 }
 
 /** The few node-llama-cpp 3.21.1 calls used here (dist/evaluator/LlamaContext/LlamaContext.d.ts). */
@@ -275,13 +302,49 @@ async function stagesSetup(stages: number, dir: string): Promise<Setup> {
     await stopNodes();
     throw e;
   }
-  const peers = nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
-  return serveSetup(
+  const addresses = nodes.map((n) => `127.0.0.1:${n.port}`);
+  const setup = await serveSetup(
     stages === 2 ? 'stages2' : 'stages3',
-    ['--model', model, '--nodes', peers, '--stages', String(stages)],
+    ['--model', model, '--nodes', addresses.join(','), '--stages', String(stages)],
     { HERD_CACHE_DIR: join(dir, `stages${stages}-serve`) },
     stopNodes,
   );
+  interface Sample {
+    name: string;
+    cpu: number;
+    node?: { steps: number; entries: number; seconds: number };
+  }
+  const sample = async () => {
+    const at = performance.now() / 1000;
+    const all: Sample[] = [{ name: 'coordinator', cpu: cpuSeconds(setup.pid!) }];
+    for (const [i, n] of nodes.entries()) {
+      const c = (await fetchInfo(addresses[i], 10_000, undefined)).counters;
+      if (!c) throw new Error(`node ${i + 1} reported no counters`);
+      const node = { steps: Number(c.steps), entries: Number(c.stepEntries), seconds: c.stepSeconds };
+      all.push({ name: `node ${i + 1}`, cpu: cpuSeconds(n.child.pid!), node });
+    }
+    return { at, all };
+  };
+  return {
+    ...setup,
+    measure: async (k) => {
+      const before = await sample();
+      const f = await setup.measure(k);
+      const after = await sample();
+      const processes = after.all.map((a, i): ProcessTime => {
+        const b = before.all[i];
+        const t: ProcessTime = { name: a.name, cpu_s: a.cpu - b.cpu, wall_s: after.at - before.at };
+        if (!a.node || !b.node) return t;
+        return {
+          ...t,
+          step_s: a.node.seconds - b.node.seconds,
+          steps: a.node.steps - b.node.steps,
+          entries: a.node.entries - b.node.entries,
+        };
+      });
+      return { ...f, processes };
+    },
+  };
 }
 
 const model = ensureModel();
@@ -368,6 +431,20 @@ if (values.json) {
       (r) =>
         `| ${LABEL[r.run]} | ${r.k} | ${fmt(r.tps)} | ${fmt(r.ttft_p50_ms, 0)} | ${fmt(r.ttft_p99_ms, 0)} | ` +
         `${fmt(r.itl_p50_ms)} | ${fmt(r.itl_p99_ms)} | ${r.same_tokens === undefined ? '' : r.same_tokens ? 'same as alone' : 'DIFFER'} |`,
+    ),
+    '',
+    "Where the time of each staged run went (CPU: every thread of the process; step: compute of its batched steps; the rest of a node's CPU is its messages and event loop):",
+    '',
+    '| run | K | process | CPU % of wall | step % of wall | other CPU per entry ms | entries per step |',
+    '| --- | ---: | --- | ---: | ---: | ---: | ---: |',
+    ...rows.flatMap((r) =>
+      (r.processes ?? []).map(
+        (p) =>
+          `| ${LABEL[r.run]} | ${r.k} | ${p.name} | ${fmt((100 * p.cpu_s) / p.wall_s, 0)} | ` +
+          `${p.step_s === undefined ? '–' : fmt((100 * p.step_s) / p.wall_s, 0)} | ` +
+          `${p.step_s === undefined || !p.entries ? '–' : fmt((1000 * (p.cpu_s - p.step_s)) / p.entries, 2)} | ` +
+          `${p.steps ? fmt(p.entries! / p.steps, 2) : '–'} |`,
+      ),
     ),
     '',
     '| ratio | target | measured |',

@@ -47,6 +47,8 @@ export interface BatcherStats {
   entries: number;
   /** The most sessions one step served. */
   maxEntries: number;
+  /** Compute time of the steps, seconds. */
+  seconds: number;
 }
 
 /**
@@ -92,7 +94,7 @@ export class StepBatcher {
     if (!(Number.isInteger(budget) && budget >= 1))
       throw new RangeError(`a step's token budget must be an integer >= 1, got ${budget}`);
     this.budget = budget;
-    this.stats = o.stats ?? { steps: 0, entries: 0, maxEntries: 0 };
+    this.stats = o.stats ?? { steps: 0, entries: 0, maxEntries: 0, seconds: 0 };
   }
 
   /** Sessions with a step waiting or under way. */
@@ -203,6 +205,7 @@ export class StepBatcher {
       // closed or queued while it runs. A group's step yields at its syncs; steps queued meanwhile
       // wait for it (running), and a session closed meanwhile only loses its token.
       const { sampled, seconds } = await this.runner.step(entries);
+      this.stats.seconds += seconds;
       if (this.targetSeconds !== undefined && seconds > 0) {
         const rows = entries.reduce((n, e) => n + e.tokens.length, 0);
         if (rows > entries.length) this.promptCap = Math.max(1, Math.floor((rows * this.targetSeconds) / seconds));

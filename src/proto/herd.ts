@@ -289,6 +289,8 @@ export interface NodeCounters {
   steps: number;
   /** session entries over those steps (step_entries / steps: sessions per step) */
   stepEntries: number;
+  /** compute time of those steps (against the process's CPU time: what messages and the event loop cost) */
+  stepSeconds: number;
 }
 
 export interface HealthRequest {
@@ -1330,6 +1332,7 @@ function createBaseNodeCounters(): NodeCounters {
     evictions: 0,
     steps: 0,
     stepEntries: 0,
+    stepSeconds: 0,
   };
 }
 
@@ -1364,6 +1367,9 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     }
     if (message.stepEntries !== 0) {
       writer.uint32(88).uint64(message.stepEntries);
+    }
+    if (message.stepSeconds !== 0) {
+      writer.uint32(97).double(message.stepSeconds);
     }
     return writer;
   },
@@ -1461,6 +1467,14 @@ export const NodeCounters: MessageFns<NodeCounters> = {
             message.stepEntries = longToNumber(reader.uint64());
             continue;
           }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.stepSeconds = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1513,6 +1527,11 @@ export const NodeCounters: MessageFns<NodeCounters> = {
         : isSet(object.step_entries)
         ? globalThis.Number(object.step_entries)
         : 0,
+      stepSeconds: isSet(object.stepSeconds)
+        ? globalThis.Number(object.stepSeconds)
+        : isSet(object.step_seconds)
+        ? globalThis.Number(object.step_seconds)
+        : 0,
     };
   },
 
@@ -1548,6 +1567,9 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     if (message.stepEntries !== 0) {
       obj.stepEntries = Math.round(message.stepEntries);
     }
+    if (message.stepSeconds !== 0) {
+      obj.stepSeconds = floatToJson(message.stepSeconds);
+    }
     return obj;
   },
 
@@ -1566,6 +1588,7 @@ export const NodeCounters: MessageFns<NodeCounters> = {
     message.evictions = object.evictions ?? 0;
     message.steps = object.steps ?? 0;
     message.stepEntries = object.stepEntries ?? 0;
+    message.stepSeconds = object.stepSeconds ?? 0;
     return message;
   },
 };

@@ -155,7 +155,7 @@ export class NodeServer {
   };
 
   /** Batched steps run over all shards: how many, and how many session entries they carried. */
-  private readonly steps: BatcherStats = { steps: 0, entries: 0, maxEntries: 0 };
+  private readonly steps: BatcherStats = { steps: 0, entries: 0, maxEntries: 0, seconds: 0 };
 
   constructor(private readonly o: NodeServerOptions) {
     this.server = guardedServer({
@@ -271,7 +271,12 @@ export class NodeServer {
           loaded: { nLayers: s.nLayers, ctx: s.ctx, kvType: s.kvType, sessions: s.sessions, source: s.source },
         }),
       ),
-      counters: { ...this.counters, steps: this.steps.steps, stepEntries: this.steps.entries },
+      counters: {
+        ...this.counters,
+        steps: this.steps.steps,
+        stepEntries: this.steps.entries,
+        stepSeconds: this.steps.seconds,
+      },
       cached: this.store.cachedSlices().map((c) => shardStatus(c)),
     };
   }
