@@ -161,7 +161,7 @@ async function member(
   const peer = JSON.parse(await link.receive()) as Endpoint;
   await group.connect(m === 0 ? [group.endpoint, peer] : [peer, group.endpoint]);
   const times = await run((b) => group.allReduce(b), dim, rounds);
-  const bytes = group.bytesSent / (WARMUP + rounds);
+  const bytes = group.stats.bytesSent / (WARMUP + rounds);
   group.close();
   return { times, bytes };
 }

@@ -17,6 +17,10 @@
 // Besides the syncs, the leader (member 0) may send control frames to the others (sendControl):
 // opaque to the data plane, read by the group's owner (onControl), in order with the syncs.
 //
+// Counters (stats) say where a member's sync time goes: encoding and writing its frame,
+// waiting for the peers', decoding and summing. Each burst of all-reduces (a request's steps:
+// ended by a second without one, or by close) is logged once as dataplane.stats.
+//
 // Member i dials every member below it and accepts every member above; once every link is up
 // the listener closes. An all-reduce that does not complete within the timeout, a lost link or
 // a malformed frame fails the group for good: every later call rejects, and the caller
@@ -70,6 +74,35 @@ interface Inbound {
   readonly payload: Buffer;
 }
 
+/** What a member's all-reduces cost, summed since the group opened. */
+export interface SyncStats {
+  rounds: number;
+  /** Values all-reduced (rows × dim per round). */
+  values: number;
+  /** Frame bytes, headers included, control frames too. */
+  bytesSent: number;
+  bytesReceived: number;
+  /** ms in allReduce encoding this member's partial and writing it to the links. */
+  sendMs: number;
+  /** ms in allReduce waiting for the peers' frames (their compute left over, and the wire). */
+  waitMs: number;
+  /** ms in allReduce decoding and summing the partials. */
+  sumMs: number;
+}
+
+const noStats = (): SyncStats => ({
+  rounds: 0,
+  values: 0,
+  bytesSent: 0,
+  bytesReceived: 0,
+  sendMs: 0,
+  waitMs: 0,
+  sumMs: 0,
+});
+
+/** An all-reduce this long after the last one ends the burst before it (logged as dataplane.stats). */
+const BURST_GAP_MS = 1000;
+
 /** One pending all-reduce: done when every peer's frame of `round` is in. */
 interface Waiter {
   readonly round: number;
@@ -102,9 +135,10 @@ export class SyncGroup {
   private readonly accepted = new Set<net.Socket>();
   private controlHandler: ((payload: Buffer) => void) | undefined;
   private failHandlers: ((e: Error) => void)[] = [];
-  /** Payload and frame bytes this member sent and received. */
-  bytesSent = 0;
-  bytesReceived = 0;
+  readonly stats: SyncStats = noStats();
+  /** stats when the current burst began, and when its last all-reduce ended (performance.now()). */
+  private burstFrom: SyncStats = noStats();
+  private lastRoundEnd = 0;
 
   private constructor(
     private readonly opts: SyncGroupOptions,
@@ -193,6 +227,8 @@ export class SyncGroup {
     const n = buf.length;
     if (n < 1 || n > this.opts.maxValues)
       throw new ClusterError('usage', `an all-reduce of ${n} values (this group takes 1..${this.opts.maxValues})`);
+    const t0 = performance.now();
+    if (t0 - this.lastRoundEnd > BURST_GAP_MS) this.logBurst();
     const round = ++this.round;
     const bytes = this.codec.bytes(n);
     const frame = this.frames[round & 1].subarray(0, HEADER_BYTES + bytes);
@@ -209,8 +245,9 @@ export class SyncGroup {
     for (const link of this.links) {
       if (!link) continue;
       link.write(frame);
-      this.bytesSent += frame.length;
+      this.stats.bytesSent += frame.length;
     }
+    const t1 = performance.now();
 
     if (!this.roundIn(round)) {
       await new Promise<void>((resolve, reject) => {
@@ -251,7 +288,16 @@ export class SyncGroup {
         );
       payloads[m] = f.payload;
     }
+    const t2 = performance.now();
     sumPayloads(this.codec, payloads, n, buf, this.scratch);
+    const t3 = performance.now();
+    const st = this.stats;
+    st.rounds++;
+    st.values += n;
+    st.sendMs += t1 - t0;
+    st.waitMs += t2 - t1;
+    st.sumMs += t3 - t2;
+    this.lastRoundEnd = t3;
   }
 
   /**
@@ -268,7 +314,7 @@ export class SyncGroup {
     for (const link of this.links) {
       if (!link) continue;
       link.write(frame);
-      this.bytesSent += frame.length;
+      this.stats.bytesSent += frame.length;
     }
   }
 
@@ -309,9 +355,29 @@ export class SyncGroup {
     return m === this.opts.member || (this.inbox[m].length > 0 && this.inbox[m][0].round === round);
   }
 
+  /** Logs the counters of the burst that ended (if it had any all-reduces) and starts the next. */
+  private logBurst(): void {
+    const s = this.stats;
+    const from = this.burstFrom;
+    if (s.rounds === from.rounds) return;
+    const ms = (x: number) => Math.round(x * 1000) / 1000;
+    this.log.log('info', 'dataplane.stats', {
+      format: this.opts.format,
+      rounds: s.rounds - from.rounds,
+      values: s.values - from.values,
+      bytesSent: s.bytesSent - from.bytesSent,
+      bytesReceived: s.bytesReceived - from.bytesReceived,
+      sendMs: ms(s.sendMs - from.sendMs),
+      waitMs: ms(s.waitMs - from.waitMs),
+      sumMs: ms(s.sumMs - from.sumMs),
+    });
+    this.burstFrom = { ...s };
+  }
+
   /** Fails the group: every pending and later call rejects with e. Returns e, to throw. */
   private fail(e: Error, logIt = true): Error {
     if (this.failure) return this.failure;
+    this.logBurst();
     this.failure = e;
     if (logIt) this.log.log('warn', 'dataplane.failed', { error: e.message });
     for (const s of [...this.links, ...this.accepted]) s?.destroy();
@@ -408,7 +474,7 @@ export class SyncGroup {
         this.checkLinks();
         return;
       }
-      this.bytesReceived += HEADER_BYTES + payload.length;
+      this.stats.bytesReceived += HEADER_BYTES + payload.length;
       if (h.kind === FrameKind.control) return void this.controlHandler?.(payload);
       this.received[peer] = h.round;
       const box = this.inbox[peer];

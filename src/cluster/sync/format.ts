@@ -7,7 +7,7 @@
 // replicated hidden states drift apart: every member decodes every payload — its own too,
 // after the same lossy round trip — and adds them in member order (sumPayloads).
 
-import { f16ToF32Table, f32BitsToF16 } from '../../ggml/half.ts';
+import { f16Float32Table, f32BitsToF16 } from '../../ggml/half.ts';
 import * as q8_0 from '../../kernels/q8_0.ts';
 import { GgmlType, ggmlTypeInfo } from '../../ggml/types.ts';
 
@@ -35,11 +35,13 @@ export function payloadBytes(format: SyncFormat, n: number): number {
   return Math.ceil(n / QK) * Q8_BLOCK_BYTES;
 }
 
-/** Encoder and decoder of one format, with the scratch they need (nothing allocated per call). */
+/** Encoder and decoder of one format, with the scratch they need (nothing allocated per call but views). */
 export class SyncCodec {
   private readonly pad = new Float32Array(QK);
   private readonly padBytes = new Uint8Array(Q8_BLOCK_BYTES);
-  private readonly f16 = f16ToF32Table();
+  private readonly f16 = f16Float32Table();
+  private readonly scaleBits = new Uint32Array(1);
+  private readonly scale = new Float32Array(this.scaleBits.buffer);
 
   constructor(readonly format: SyncFormat) {}
 
@@ -63,7 +65,7 @@ export class SyncCodec {
       }
     } else {
       const whole = n - (n % QK);
-      q8_0.quantizeRow(src, 0, whole, dst, 0);
+      this.quantize(src, whole, dst);
       if (whole < n) {
         this.pad.fill(0);
         this.pad.set(src.subarray(whole));
@@ -72,18 +74,46 @@ export class SyncCodec {
     }
   }
 
+  /**
+   * q8_0.quantizeRow's blocks, bit for bit (d = amax / 127 in f32, stored as f16; q = x · (1/d)
+   * rounded half away from zero), in one loop: the sync runs it 2 × layers times a token.
+   */
+  private quantize(src: Float32Array, n: number, dst: Uint8Array): void {
+    const q = new Int8Array(dst.buffer, dst.byteOffset, (n / QK) * Q8_BLOCK_BYTES);
+    for (let i = 0, o = 0; i < n; i += QK, o += Q8_BLOCK_BYTES) {
+      let amax = 0;
+      for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(src[i + j]));
+      this.scale[0] = amax / 127;
+      const d = this.scale[0];
+      const h = f32BitsToF16(this.scaleBits[0]);
+      dst[o] = h & 0xff;
+      dst[o + 1] = h >>> 8;
+      const id = d !== 0 ? Math.fround(1 / d) : 0;
+      for (let j = 0; j < QK; j++) {
+        // an f32 times an f32, rounded to f32: |v| <= 127.5, so adding ±0.5 is exact in f64
+        // (truncation toward zero after adding ±0.5 rounds half away from zero)
+        const v = Math.fround(src[i + j] * id);
+        q[o + 2 + j] = (v < 0 ? v - 0.5 : v + 0.5) | 0;
+      }
+    }
+  }
+
   /** Reads n values in this format from src[0, bytes(n)) into dst[0, n). */
   decode(src: Uint8Array, n: number, dst: Float32Array): void {
-    if (src.length < this.bytes(n))
-      throw new RangeError(`${this.format} payload of ${n} values needs ${this.bytes(n)} bytes, got ${src.length}`);
+    this.check(src, n);
     if (this.format === 'f32') {
       new Uint8Array(dst.buffer, dst.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
     } else if (this.format === 'f16') {
-      const out = new Uint32Array(dst.buffer, dst.byteOffset, n);
-      for (let i = 0; i < n; i++) out[i] = this.f16[src[2 * i] | (src[2 * i + 1] << 8)];
+      const t = this.f16;
+      for (let i = 0; i < n; i++) dst[i] = t[src[2 * i] | (src[2 * i + 1] << 8)];
     } else {
       const whole = n - (n % QK);
-      q8_0.dequantizeRow(src, 0, whole, dst, 0);
+      const q = new Int8Array(src.buffer, src.byteOffset, Math.ceil(n / QK) * Q8_BLOCK_BYTES);
+      const t = this.f16;
+      for (let i = 0, o = 0; i < whole; i += QK, o += Q8_BLOCK_BYTES) {
+        const d = t[src[o] | (src[o + 1] << 8)];
+        for (let j = 0; j < QK; j++) dst[i + j] = d * q[o + 2 + j];
+      }
       if (whole < n) {
         const off = (whole / QK) * Q8_BLOCK_BYTES;
         this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
@@ -91,6 +121,47 @@ export class SyncCodec {
         dst.set(this.pad.subarray(0, n - whole), whole);
       }
     }
+  }
+
+  /**
+   * dst[0, n) += the n values in src, each decoded exactly as decode gives it (the sums come
+   * out bit for bit as decoding into scratch and adding). scratch: n values, for an f32 payload
+   * that is not 4-byte aligned in its buffer.
+   */
+  add(src: Uint8Array, n: number, dst: Float32Array, scratch: Float32Array): void {
+    this.check(src, n);
+    if (this.format === 'f32') {
+      let x: Float32Array;
+      if (src.byteOffset % 4 === 0) x = new Float32Array(src.buffer, src.byteOffset, n);
+      else {
+        x = scratch;
+        new Uint8Array(scratch.buffer, scratch.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
+      }
+      for (let i = 0; i < n; i++) dst[i] += x[i];
+    } else if (this.format === 'f16') {
+      const t = this.f16;
+      for (let i = 0; i < n; i++) dst[i] += t[src[2 * i] | (src[2 * i + 1] << 8)];
+    } else {
+      const whole = n - (n % QK);
+      const q = new Int8Array(src.buffer, src.byteOffset, Math.ceil(n / QK) * Q8_BLOCK_BYTES);
+      const t = this.f16;
+      // d (an f16) times an int8 is exact in f32: no rounding before the add
+      for (let i = 0, o = 0; i < whole; i += QK, o += Q8_BLOCK_BYTES) {
+        const d = t[src[o] | (src[o + 1] << 8)];
+        for (let j = 0; j < QK; j++) dst[i + j] += d * q[o + 2 + j];
+      }
+      if (whole < n) {
+        const off = (whole / QK) * Q8_BLOCK_BYTES;
+        this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
+        q8_0.dequantizeRow(this.padBytes, 0, QK, this.pad, 0);
+        for (let j = 0; j < n - whole; j++) dst[whole + j] += this.pad[j];
+      }
+    }
+  }
+
+  private check(src: Uint8Array, n: number): void {
+    if (src.length < this.bytes(n))
+      throw new RangeError(`${this.format} payload of ${n} values needs ${this.bytes(n)} bytes, got ${src.length}`);
   }
 }
 
@@ -106,8 +177,5 @@ export function sumPayloads(
   scratch: Float32Array,
 ): void {
   codec.decode(payloads[0], n, out);
-  for (let m = 1; m < payloads.length; m++) {
-    codec.decode(payloads[m], n, scratch);
-    for (let i = 0; i < n; i++) out[i] += scratch[i];
-  }
+  for (let m = 1; m < payloads.length; m++) codec.add(payloads[m], n, out, scratch);
 }
