@@ -307,6 +307,17 @@ for (const c of cases) {
   });
 }
 
+test("q4_0 quantizer rounds x·id + 8.5 to f32 before truncating, as ggml's float sum does", (t) => {
+  // -8 sets d = 1 (id = 1); 2.5 − 2⁻²² + 8.5 is 11 − 2⁻²², which f32 rounds to 11: level 11, not 10.
+  const x = new Float32Array(32);
+  x[0] = -8;
+  x[1] = 2.5 - 2 ** -22;
+  const w = new Uint8Array(18);
+  kernel('q4_0').quantizeRow(x, 0, 32, w, 0);
+  t.is(w[2 + 1] & 15, 11);
+  t.is(w[2] & 15, 0);
+});
+
 test('q4_1 literal block: d=0.5, m=-2', (t) => {
   const w = new Uint8Array(20);
   w.set([0x00, 0x38, 0x00, 0xc0]); // f16 0.5, f16 -2

@@ -1,23 +1,10 @@
-// BF16 weights: the top 16 bits of an f32; llama.cpp rounds the activations to bf16 as well.
+// BF16 weights: the top 16 bits of an f32, stored as F16 is; llama.cpp rounds the
+// activations to bf16 as well.
 
+import { GgmlType } from '../ggml/types.ts';
 import { bf16ToF32, f32ToBf16 } from '../ggml/half.ts';
-import type { Activation } from './activation.ts';
+import { halfKernels } from './f16.ts';
 
-export function dequantizeRow(w: Uint8Array, off: number, n: number, out: Float32Array, outOff: number): void {
-  for (let i = 0; i < n; i++) out[outOff + i] = bf16ToF32(w[off + 2 * i] | (w[off + 2 * i + 1] << 8));
-}
-
-export function dot(w: Uint8Array, off: number, n: number, x: Activation): number {
-  const xf = x.f;
-  let sum = 0;
-  for (let i = 0, o = off; i < n; i++, o += 2) sum += bf16ToF32(w[o] | (w[o + 1] << 8)) * xf[i];
-  return sum;
-}
-
-export function quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void {
-  for (let i = 0; i < n; i++) {
-    const h = f32ToBf16(x[xOff + i]);
-    dst[dstOff + 2 * i] = h & 0xff;
-    dst[dstOff + 2 * i + 1] = h >> 8;
-  }
-}
+export const type = GgmlType.BF16;
+export const activation = 'bf16';
+export const { dequantizeRow, dot, quantizeRow } = halfKernels(bf16ToF32, f32ToBf16);

@@ -1,6 +1,10 @@
 // F32 weights: four little-endian bytes per value.
 
+import { GgmlType } from '../ggml/types.ts';
 import type { Activation } from './activation.ts';
+
+export const type = GgmlType.F32;
+export const activation = 'f32';
 
 function view(w: Uint8Array, off: number, n: number): Float32Array {
   const at = w.byteOffset + off;

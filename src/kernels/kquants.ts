@@ -1,5 +1,5 @@
-// Pieces shared by the K-quant rows (q2_k … q6_k): ggml's scale searches and the 6-bit
-// scale/min packing of Q4_K and Q5_K.
+// Pieces shared by the K-quant formats (q2_k … q6_k): ggml's scale searches, the
+// re-rounding against quantized scales, and the 6-bit scale/min packing of Q4_K and Q5_K.
 //
 // The searches are transcriptions of ggml-quants.c's reference helpers, kept in f32: every
 // operation is rounded with Math.fround in the order C evaluates it, because the quantizers
@@ -7,7 +7,7 @@
 // rewrite would pick different scales on near-ties and so different files.
 
 import { nearestInt } from './activation.ts';
-import { readF16, writeF16, signedMax } from './block.ts';
+import { writeF16, signedMax } from './block.ts';
 
 const f = Math.fround;
 
@@ -113,80 +113,16 @@ export function makeQkx2Quants(
   return scale;
 }
 
-/**
- * make_qx_quants with rmse_type 1 and no importance weights (what the reference quantizers
- * use): a symmetric fit x ≈ scale·(L - nmax), L in [0, 2·nmax), weighting each value by x²,
- * trying 19 scales around -nmax/max. Writes L[lOff..], returns the scale.
- */
-export function makeQxQuants(
-  n: number,
-  nmax: number,
-  x: Float32Array,
-  xOff: number,
-  L: Uint8Array,
-  lOff: number,
-): number {
-  const max = signedMax(x, xOff, n);
-  if (Math.abs(max) < GROUP_MAX_EPS) {
-    L.fill(0, lOff, lOff + n);
-    return 0;
-  }
-  let iscale = f(-nmax / max);
-  let sumlx = 0;
-  let suml2 = 0;
-  for (let i = 0; i < n; i++) {
-    const xi = x[xOff + i];
-    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
-    L[lOff + i] = l + nmax;
-    const w = f(xi * xi);
-    sumlx = f(sumlx + f(f(w * xi) * l));
-    suml2 = f(suml2 + f(f(w * l) * l));
-  }
-  let scale = suml2 !== 0 ? f(sumlx / suml2) : 0;
-  let best = f(scale * sumlx);
-  for (let is = -9; is <= 9; is++) {
-    if (is === 0) continue;
-    iscale = f(-f(nmax + f(TENTH * is)) / max);
-    sumlx = 0;
-    suml2 = 0;
-    for (let i = 0; i < n; i++) {
-      const xi = x[xOff + i];
-      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
-      const w = f(xi * xi);
-      sumlx = f(sumlx + f(f(w * xi) * l));
-      suml2 = f(suml2 + f(f(w * l) * l));
-    }
-    if (suml2 > 0 && f(sumlx * sumlx) > f(best * suml2)) {
-      for (let i = 0; i < n; i++) {
-        L[lOff + i] = nmax + Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * x[xOff + i]))));
-      }
-      scale = f(sumlx / suml2);
-      best = f(scale * sumlx);
-    }
-  }
-  return scale;
-}
+// The x²-weighted least-squares sums of a symmetric rounding, Σ x²·x·l and Σ x²·l² (f32):
+// set by fitSymmetric, read by the two symmetric searches.
+const sums = { lx: 0, l2: 0 };
+const lw = new Int8Array(32);
 
 /**
- * make_q3_quants with do_rmse: like makeQxQuants' first guess, then up to five passes that
- * move single values to the level that most improves the x²-weighted fit. L in [0, 2·nmax).
- * lw is scratch for n signed levels.
+ * Rounds the n values at x[xOff..] at iscale to levels l in [-nmax, nmax), written to lw,
+ * and sums the fit of x ≈ scale·l weighted by x² into `sums`.
  */
-export function makeQ3Quants(
-  n: number,
-  nmax: number,
-  x: Float32Array,
-  xOff: number,
-  L: Uint8Array,
-  lOff: number,
-  lw: Int8Array,
-): number {
-  const max = signedMax(x, xOff, n);
-  if (Math.abs(max) < GROUP_MAX_EPS) {
-    L.fill(0, lOff, lOff + n);
-    return 0;
-  }
-  const iscale = f(-nmax / max);
+function fitSymmetric(n: number, nmax: number, x: Float32Array, xOff: number, iscale: number): void {
   let sumlx = 0;
   let suml2 = 0;
   for (let i = 0; i < n; i++) {
@@ -197,6 +133,68 @@ export function makeQ3Quants(
     sumlx = f(sumlx + f(f(w * xi) * l));
     suml2 = f(suml2 + f(f(w * l) * l));
   }
+  sums.lx = sumlx;
+  sums.l2 = suml2;
+}
+
+/**
+ * The start both symmetric searches share: the value of largest magnitude; when it is below
+ * GROUP_MAX_EPS, all-zero levels and 0; else the first fit at -nmax/max (in lw and `sums`).
+ */
+function startSymmetric(n: number, nmax: number, x: Float32Array, xOff: number, L: Uint8Array, lOff: number): number {
+  const max = signedMax(x, xOff, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
+    L.fill(0, lOff, lOff + n);
+    return 0;
+  }
+  fitSymmetric(n, nmax, x, xOff, f(-nmax / max));
+  return max;
+}
+
+/**
+ * A symmetric search of Q3_K's or Q6_K's: fits the n values at x[xOff..] as x ≈ scale·(L - nmax)
+ * with levels L in [0, 2·nmax) written to L[lOff..], and returns the scale.
+ */
+export type SymmetricSearch = (
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xOff: number,
+  L: Uint8Array,
+  lOff: number,
+) => number;
+
+/**
+ * make_qx_quants with rmse_type 1 and no importance weights (what the reference quantizers
+ * use): a symmetric fit x ≈ scale·(L - nmax), L in [0, 2·nmax), weighting each value by x²,
+ * trying 19 scales around -nmax/max. Writes L[lOff..], returns the scale.
+ */
+export const makeQxQuants: SymmetricSearch = (n, nmax, x, xOff, L, lOff) => {
+  const max = startSymmetric(n, nmax, x, xOff, L, lOff);
+  if (max === 0) return 0;
+  for (let i = 0; i < n; i++) L[lOff + i] = lw[i] + nmax;
+  let scale = sums.l2 !== 0 ? f(sums.lx / sums.l2) : 0;
+  let best = f(scale * sums.lx);
+  for (let is = -9; is <= 9; is++) {
+    if (is === 0) continue;
+    fitSymmetric(n, nmax, x, xOff, f(-f(nmax + f(TENTH * is)) / max));
+    if (sums.l2 > 0 && f(sums.lx * sums.lx) > f(best * sums.l2)) {
+      for (let i = 0; i < n; i++) L[lOff + i] = lw[i] + nmax;
+      scale = f(sums.lx / sums.l2);
+      best = f(scale * sums.lx);
+    }
+  }
+  return scale;
+};
+
+/**
+ * make_q3_quants with do_rmse: makeQxQuants' first guess, then up to five passes that move
+ * single values to the level that most improves the x²-weighted fit. L in [0, 2·nmax).
+ */
+export const makeQ3Quants: SymmetricSearch = (n, nmax, x, xOff, L, lOff) => {
+  if (startSymmetric(n, nmax, x, xOff, L, lOff) === 0) return 0;
+  let sumlx = sums.lx;
+  let suml2 = sums.l2;
   for (let itry = 0; itry < 5; itry++) {
     let changed = 0;
     for (let i = 0; i < n; i++) {
@@ -223,7 +221,17 @@ export function makeQ3Quants(
   }
   for (let i = 0; i < n; i++) L[lOff + i] = lw[i] + nmax;
   return suml2 > 0 ? f(sumlx / suml2) : 0;
-}
+};
+
+/**
+ * The head of the block Q4_K and Q5_K share: groups of 32 values, an f16 d at 0 and dmin at
+ * 2, then at 4 the 12 bytes of their 6-bit scales and mins (decodeScaleMinK4).
+ */
+export const scaleMinK4 = {
+  group: 32,
+  at: { d: 0, dmin: 2 },
+  scales: (w: Uint8Array, o: number, sc: Int16Array, mn: Int16Array) => decodeScaleMinK4(w, o + 4, sc, mn),
+} as const;
 
 /**
  * Decodes the eight 6-bit scales and mins of a Q4_K/Q5_K block (ggml's get_scale_min_k4)
@@ -231,7 +239,7 @@ export function makeQ3Quants(
  * 4-7 take their low 4 bits from the nibbles of bytes 8-11 and their top 2 bits from the
  * spare top bits of bytes 0-3 (scales) and 4-7 (mins).
  */
-export function decodeScaleMinK4(w: Uint8Array, o: number, sc: Uint8Array, mn: Uint8Array): void {
+function decodeScaleMinK4(w: Uint8Array, o: number, sc: Int16Array, mn: Int16Array): void {
   for (let j = 0; j < 4; j++) {
     sc[j] = w[o + j] & 63;
     mn[j] = w[o + j + 4] & 63;
@@ -241,7 +249,7 @@ export function decodeScaleMinK4(w: Uint8Array, o: number, sc: Uint8Array, mn: U
 }
 
 /** The inverse of decodeScaleMinK4: packs eight 6-bit scales and mins into w[o..o+12). */
-export function encodeScaleMinK4(sc: Uint8Array, mn: Uint8Array, w: Uint8Array, o: number): void {
+function encodeScaleMinK4(sc: Int16Array, mn: Int16Array, w: Uint8Array, o: number): void {
   for (let j = 0; j < 4; j++) {
     w[o + j] = sc[j] | ((sc[j + 4] >> 4) << 6);
     w[o + j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
@@ -249,106 +257,131 @@ export function encodeScaleMinK4(sc: Uint8Array, mn: Uint8Array, w: Uint8Array, 
   }
 }
 
-/**
- * A super-block's share of the dot product with the Q8_K activation for the types with a
- * min: d·dx·isum - dmin·dx·msum, where the f16 d and dmin are at w[o..o+4) and d·dx and
- * dmin·dx round to f32 as in ggml.
- */
-export function scaleMinSum(w: Uint8Array, o: number, xd: number, isum: number, msum: number): number {
-  return f(readF16(w, o) * xd) * isum - f(readF16(w, o + 2) * xd) * msum;
+/** How a K-quant with mins searches each group's fit (make_qkx2_quants' parameters). */
+export interface MinSearch {
+  /** The largest level. */
+  readonly nmax: number;
+  /** The scales tried: nmax + rmin + 0.1·i over (max - min) for i in [0, nstep]. */
+  readonly rmin: number;
+  readonly nstep: number;
+  /** Weights |x| and minimises the absolute error (Q2_K), else weights rms + |x| and the squared error. */
+  readonly mad: boolean;
 }
 
-/** Σ m·Σqx of a Q4_K/Q5_K super-block b: each 6-bit min mn[s] times the activation's two per-16 sums of sub-block s. */
-export function minSumK4(bsums: Int16Array, b: number, mn: Uint8Array): number {
-  let msum = 0;
-  for (let j = 0; j < 16; j++) msum += bsums[b * 16 + j] * mn[j >> 1];
-  return msum;
+// Scratch of fitWithMins: one group's weights and search buffer, and the fits it returns.
+const laux = new Uint8Array(32);
+const weights = new Float32Array(32);
+const minFits = { scales: new Float32Array(16), mins: new Float32Array(16), maxScale: 0, maxMin: 0 };
+
+/**
+ * The first pass of Q2_K, Q4_K and Q5_K: per group of `group` values of the super-block at
+ * x[xb..] an asymmetric fit (make_qkx2_quants). The levels go to L; returns each group's
+ * scale and negated min, and the largest of each (at least 0, as ggml's running maxima),
+ * in scratch that the next call overwrites.
+ */
+export function fitWithMins(x: Float32Array, xb: number, group: number, search: MinSearch, L: Uint8Array) {
+  const { nmax, rmin, nstep, mad } = search;
+  const { scales, mins } = minFits;
+  let maxScale = 0;
+  let maxMin = 0;
+  for (let g = 0; g < 256 / group; g++) {
+    const xg = xb + group * g;
+    let avX = 0;
+    if (!mad) {
+      let sumX2 = 0;
+      for (let l = 0; l < group; l++) sumX2 = f(sumX2 + f(x[xg + l] * x[xg + l]));
+      avX = f(Math.sqrt(f(sumX2 / group)));
+    }
+    for (let l = 0; l < group; l++) weights[l] = avX + Math.abs(x[xg + l]);
+    scales[g] = makeQkx2Quants(group, nmax, x, xg, weights, L, group * g, mins, g, laux, rmin, 0.1, nstep, mad);
+    if (scales[g] > maxScale) maxScale = scales[g];
+    if (mins[g] > maxMin) maxMin = mins[g];
+  }
+  minFits.maxScale = maxScale;
+  minFits.maxMin = maxMin;
+  return minFits;
 }
 
 /**
- * Re-rounds n values against their group's quantized scale d and min dm (both > or = 0,
- * d ≠ 0): L = clamp(round((x + dm) / d), 0, nmax), as ggml's second pass for Q2_K, Q4_K, Q5_K.
+ * ggml's second pass for Q2_K, Q4_K and Q5_K: each group of `group` values at x[xb..]
+ * re-rounded against its quantized scale d = dq·sc[g] and min dm = dminq·mn[g]:
+ * L = clamp(round((x + dm) / d), 0, nmax). A zero d leaves the group's levels as the search
+ * left them, as in ggml.
  */
-export function roundWithMin(
+export function roundWithMins(
   x: Float32Array,
-  xOff: number,
-  n: number,
-  d: number,
-  dm: number,
+  xb: number,
+  group: number,
+  dq: number,
+  sc: Int16Array,
+  dminq: number,
+  mn: Int16Array,
   nmax: number,
   L: Uint8Array,
-  lOff: number,
 ): void {
-  for (let i = 0; i < n; i++) L[lOff + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(x[xOff + i] + dm) / d))));
-}
-
-/**
- * Re-rounds n values against their group's quantized scale d ≠ 0: L = clamp(round(x / d),
- * -nmax, nmax - 1) + nmax, as ggml's second pass for Q3_K and Q6_K.
- */
-export function roundSymmetric(
-  x: Float32Array,
-  xOff: number,
-  n: number,
-  d: number,
-  nmax: number,
-  L: Uint8Array,
-  lOff: number,
-): void {
-  for (let i = 0; i < n; i++) L[lOff + i] = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(x[xOff + i] / d)))) + nmax;
-}
-
-/**
- * Packs 256 2-bit levels the way Q2_K and Q3_K store their low bits: by 128 values, value
- * 128·c + 32·j + l at bits 2j..2j+1 of dst[q + 32·c + l].
- */
-export function pack2Bits(L: Uint8Array, dst: Uint8Array, q: number): void {
-  for (let c = 0; c < 2; c++) {
-    const lc = 128 * c;
-    for (let l = 0; l < 32; l++) {
-      dst[q + 32 * c + l] = L[lc + l] | (L[lc + l + 32] << 2) | (L[lc + l + 64] << 4) | (L[lc + l + 96] << 6);
+  for (let g = 0; g < 256 / group; g++) {
+    const d = f(dq * sc[g]);
+    if (d === 0) continue;
+    const dm = f(dminq * mn[g]);
+    for (let i = group * g; i < group * (g + 1); i++) {
+      L[i] = Math.max(0, Math.min(nmax, nearestInt(f(f(x[xb + i] + dm) / d))));
     }
   }
 }
 
-// Scratch of quantizeScaleMinK4: one sub-block's weights and search buffer, the fits.
-const laux = new Uint8Array(32);
-const weights = new Float32Array(32);
-const scales = new Float32Array(8);
-const mins = new Float32Array(8);
-const sc = new Uint8Array(8);
-const mn = new Uint8Array(8);
+/**
+ * ggml's second pass for Q3_K and Q6_K: each group of 16 values at x[xb..] re-rounded against
+ * its quantized scale d = dq·sc[g]: L = clamp(round(x / d), -nmax, nmax - 1) + nmax. A zero
+ * d keeps the levels of the search, as ggml does.
+ */
+export function roundSymmetric(
+  x: Float32Array,
+  xb: number,
+  dq: number,
+  sc: Int16Array,
+  nmax: number,
+  L: Uint8Array,
+): void {
+  for (let g = 0; g < 16; g++) {
+    const d = f(dq * sc[g]);
+    if (d === 0) continue;
+    for (let i = 16 * g; i < 16 * (g + 1); i++) {
+      L[i] = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(x[xb + i] / d)))) + nmax;
+    }
+  }
+}
+
+const groupScales = new Float32Array(16);
 
 /**
- * The first half of quantize_row_q4_K_ref, which quantize_row_q5_K_ref repeats with other
- * search parameters: per 32-value sub-block of the super-block at x[xb..] an asymmetric fit
- * weighted by rms + |x| (make_qkx2_quants with nmax levels, scales tried from rmin in nstep
- * steps of 0.1); the scales and mins quantized to 6 bits against the block's largest and
- * written with the f16 d and dmin to dst[o..o+16); then the 256 levels re-rounded against
- * the quantized scales into L. The caller packs L in its own layout.
+ * The first pass of Q3_K and Q6_K: each 16-value group of the super-block at x[xb..] fitted
+ * by `search` (makeQ3Quants or makeQxQuants) with levels in [0, 2·nmax) to L. Returns the 16
+ * scales, in scratch that the next call overwrites.
+ */
+export function fitSymmetricGroups(x: Float32Array, xb: number, nmax: number, search: SymmetricSearch, L: Uint8Array) {
+  for (let g = 0; g < 16; g++) groupScales[g] = search(16, nmax, x, xb + 16 * g, L, 16 * g);
+  return groupScales;
+}
+
+/**
+ * The scales and levels of quantize_row_q4_K_ref, which quantize_row_q5_K_ref repeats with
+ * another search: per 32-value sub-block of the super-block at x[xb..] the fit of
+ * fitWithMins; the scales and mins quantized to 6 bits against the block's largest and
+ * written with the f16 d and dmin to dst[o..o+16) (sc and mn hold the 6-bit forms); then
+ * the 256 levels re-rounded against the quantized scales into L. The format packs L in its
+ * own layout.
  */
 export function quantizeScaleMinK4(
   x: Float32Array,
   xb: number,
-  nmax: number,
-  rmin: number,
-  nstep: number,
+  search: MinSearch,
   dst: Uint8Array,
   o: number,
   L: Uint8Array,
+  sc: Int16Array,
+  mn: Int16Array,
 ): void {
-  let maxScale = 0;
-  let maxMin = 0;
-  for (let j = 0; j < 8; j++) {
-    const xj = xb + 32 * j;
-    let sumX2 = 0;
-    for (let l = 0; l < 32; l++) sumX2 = f(sumX2 + f(x[xj + l] * x[xj + l]));
-    const avX = f(Math.sqrt(f(sumX2 / 32)));
-    for (let l = 0; l < 32; l++) weights[l] = avX + Math.abs(x[xj + l]);
-    scales[j] = makeQkx2Quants(32, nmax, x, xj, weights, L, 32 * j, mins, j, laux, rmin, 0.1, nstep, false);
-    if (scales[j] > maxScale) maxScale = scales[j];
-    if (mins[j] > maxMin) maxMin = mins[j];
-  }
+  const { scales, mins, maxScale, maxMin } = fitWithMins(x, xb, 32, search, L);
   const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
   const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
   for (let j = 0; j < 8; j++) {
@@ -360,9 +393,5 @@ export function quantizeScaleMinK4(
   encodeScaleMinK4(sc, mn, dst, o + 4);
   const dq = writeF16(dst, o, f(maxScale / 63));
   const dminq = writeF16(dst, o + 2, f(maxMin / 63));
-  for (let j = 0; j < 8; j++) {
-    const d = f(dq * sc[j]);
-    // A zero scale leaves the sub-block's levels as the search left them, as in ggml.
-    if (d !== 0) roundWithMin(x, xb + 32 * j, 32, d, f(dminq * mn[j]), nmax, L, 32 * j);
-  }
+  roundWithMins(x, xb, 32, dq, sc, dminq, mn, search.nmax, L);
 }

@@ -2,9 +2,9 @@
 // which form the activations take for the dot product (ggml's vec_dot_type: Q4_0, Q5_0 and
 // Q8_0 weights pair with Q8_0 activations, Q4_1 and Q5_1 with Q8_1, the K-quants with Q8_K,
 // f16 weights with f16-rounded activations), and the dot product itself. Adding a type
-// means adding one row here and its kernel file.
+// means adding its kernel file and listing it here.
 
-import { GgmlType, ggmlTypeInfo, type GgmlTypeInfo } from '../ggml/types.ts';
+import { ggmlTypeInfo, type GgmlType, type GgmlTypeInfo } from '../ggml/types.ts';
 import * as f32 from './f32.ts';
 import * as f16 from './f16.ts';
 import * as bf16 from './bf16.ts';
@@ -32,21 +32,17 @@ export interface KernelType {
   quantizeRow(x: Float32Array, xOff: number, n: number, dst: Uint8Array, dstOff: number): void;
 }
 
-const rows: KernelType[] = [
-  { info: must(GgmlType.F32), activation: 'f32', ...f32 },
-  { info: must(GgmlType.F16), activation: 'f16', ...f16 },
-  { info: must(GgmlType.BF16), activation: 'bf16', ...bf16 },
-  { info: must(GgmlType.Q8_0), activation: 'q8_0', ...q8_0 },
-  { info: must(GgmlType.Q4_0), activation: 'q8_0', ...q4_0 },
-  { info: must(GgmlType.Q4_1), activation: 'q8_1', ...q4_1 },
-  { info: must(GgmlType.Q5_0), activation: 'q8_0', ...q5_0 },
-  { info: must(GgmlType.Q5_1), activation: 'q8_1', ...q5_1 },
-  { info: must(GgmlType.Q2_K), activation: 'q8_k', ...q2_k },
-  { info: must(GgmlType.Q3_K), activation: 'q8_k', ...q3_k },
-  { info: must(GgmlType.Q4_K), activation: 'q8_k', ...q4_k },
-  { info: must(GgmlType.Q5_K), activation: 'q8_k', ...q5_k },
-  { info: must(GgmlType.Q6_K), activation: 'q8_k', ...q6_k },
-];
+// Each kernel file names its ggml type and the activation form its dot product takes (the
+// block formats' follows from their layout: see blocks.ts).
+const kernels = [f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k];
+
+const rows: KernelType[] = kernels.map((k) => ({
+  info: must(k.type),
+  activation: k.activation,
+  dequantizeRow: k.dequantizeRow,
+  dot: k.dot,
+  quantizeRow: k.quantizeRow,
+}));
 
 function must(id: GgmlType): GgmlTypeInfo {
   const info = ggmlTypeInfo(id);
