@@ -104,15 +104,19 @@ export interface SliceModel {
   newCache(): KvCache;
   embed(tokens: readonly number[], x: Float32Array): void;
   forwardLayers(x: Float32Array, segments: readonly Segment[]): void | Promise<void>;
-  head(x: Float32Array): Float32Array;
+  /** Logits (n × vocabulary) of n rows of hidden state (n × dim). */
+  head(x: Float32Array, n: number): Float32Array;
 }
 
 export class SliceRunner {
   /** The hidden states of a chunk's rows: what the slice before hands in, what the next takes. */
   private readonly x: Float32Array;
+  /** The last row of each entry that samples in a chunk, side by side for one head product. */
+  private readonly last: Float32Array;
 
   constructor(readonly model: SliceModel) {
     this.x = new Float32Array(model.batch * model.config.dim);
+    this.last = new Float32Array(model.batch * model.config.dim);
   }
 
   /** A new session on this slice, with its own KV cache (and, on the slice with the head, sampler). */
@@ -150,7 +154,7 @@ export class SliceRunner {
    */
   async step(entries: readonly StepEntry[], pause?: () => Promise<void>): Promise<StepOutcome> {
     const model = this.model;
-    const { dim } = model.config;
+    const { dim, vocabSize } = model.config;
     this.check(entries);
     let busyMs = 0;
     let t0 = performance.now();
@@ -188,16 +192,26 @@ export class SliceRunner {
       // A Transformer returns at once: awaited only when it is a group's step, so a local step never yields.
       if (layers) await layers;
 
+      const heads: Piece[] = [];
       for (const p of chunk) {
         // the rows out: hidden states to the next slice; the tokens now held, to the history
         if (!model.isLast) p.entry.hiddenOut?.(rows(p), p.from);
         p.entry.seq.history.push(p.entry.tokens.slice(p.from, p.from + p.m));
-
-        // the head, after an entry's last row: final rmsnorm, classifier, the session's sampler
-        if (model.isLast && p.from + p.m === p.entry.tokens.length) {
-          if (p.entry.sample === false) sampled.push(-1);
-          else sampled.push(p.entry.seq.sample(model.head(rows(p).subarray((p.m - 1) * dim))));
+        // an entry's last row goes to the head (unless its step only fills the cache)
+        if (model.isLast && p.from + p.m === p.entry.tokens.length && p.entry.sample !== false) {
+          this.last.set(rows(p).subarray((p.m - 1) * dim), heads.length * dim);
+          heads.push(p);
         }
+      }
+
+      // the head of those rows, one product for all: final rmsnorm, classifier, then each
+      // session's own sampler
+      const logits = heads.length > 0 ? model.head(this.last, heads.length) : undefined;
+      let h = 0;
+      for (const p of chunk) {
+        if (!model.isLast || p.from + p.m !== p.entry.tokens.length) continue;
+        if (p.entry.sample === false) sampled.push(-1);
+        else sampled.push(p.entry.seq.sample(logits!.subarray(h * vocabSize, ++h * vocabSize)));
       }
     }
     return { sampled, seconds: (busyMs + performance.now() - t0) / 1000 };

@@ -78,7 +78,8 @@ class RunState {
   readonly attOut: Float32Array; // concatenated head outputs
   readonly hb: Float32Array;
   readonly hb2: Float32Array;
-  readonly logits: Float32Array;
+  /** Logits of as many rows as the last head call took (grown on demand: a step samples few rows). */
+  logits: Float32Array;
   readonly ropeCos: Float32Array;
   readonly ropeSin: Float32Array;
 
@@ -297,16 +298,22 @@ export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
     }
   }
 
-  /** Last slice: final rmsnorm and the classifier turn one row of hidden state into logits (workspace: read before the next call). */
-  head(x: Float32Array): Float32Array {
+  /**
+   * Last slice: final rmsnorm and the classifier turn n rows of hidden state (n ≤ batch) into
+   * n rows of logits, one matrix product over them all (workspace: read before the next call).
+   */
+  head(x: Float32Array, n = 1): Float32Array {
     const w = this.weights;
     const s = this.state;
-    const dim = this.config.dim;
+    const { dim, vocabSize } = this.config;
     if (!w.output || !w.outputNorm) throw new Error(`${this.label} holds no output head`);
-    const xb = row(s.xb, 0, dim);
-    rmsnorm(xb, x.subarray(0, dim), w.outputNorm, dim, this.config.rmsEps);
-    this.backend.matvec(w.output, xb, s.logits);
-    return s.logits;
+    if (!(Number.isInteger(n) && n >= 1 && n <= this.batch))
+      throw new RangeError(`${this.label}: a head of ${n} rows (1..${this.batch})`);
+    for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, dim), row(x, i, dim), w.outputNorm, dim, this.config.rmsEps);
+    if (s.logits.length < n * vocabSize) s.logits = new Float32Array(n * vocabSize);
+    const logits = s.logits.subarray(0, n * vocabSize);
+    this.matmul(w.output, s.xb, n, logits);
+    return logits;
   }
 }
 

@@ -176,8 +176,8 @@ export class GroupLeader implements SliceModel, ShardGroup {
     this.member.embed(tokens, x);
   }
 
-  head(x: Float32Array): Float32Array {
-    return this.member.head(x);
+  head(x: Float32Array, n: number): Float32Array {
+    return this.member.head(x, n);
   }
 
   async forwardLayers(x: Float32Array, segments: readonly Segment[]): Promise<void> {
