@@ -90,3 +90,40 @@ test('a step that does not fit its session is refused before anything runs', asy
   await runner.step([{ seq, tokens: [7], start: 1 }]);
   t.deepEqual(seq.tokens, [1, 7]);
 });
+
+test("a node's runner gives the event loop turns inside a step, and the tokens do not change", async (t) => {
+  const model = Transformer.load(file, { kvType: 'f32', batch: 8 });
+  const plain = new SliceRunner(model);
+  const alone = await generate(
+    plain,
+    prompts.map(() => plain.open(64, greedy)),
+    true,
+    6,
+  );
+  // turnSeconds 0: a turn after every block of every layer
+  const turning = new SliceRunner(model, { turnSeconds: 0 });
+  const seqs = prompts.map(() => turning.open(64, greedy));
+  let turns = 0;
+  const tick = () => {
+    turns++;
+    if (turns < 10_000) timer = setImmediate(tick);
+  };
+  let timer = setImmediate(tick);
+  const before = turns;
+  const step = turning.step(seqs.map((seq, i) => ({ seq, tokens: prompts[i], start: 0 })));
+  const first = await step;
+  clearImmediate(timer);
+  // the bundled model has 5 layers of two blocks each: the loop turned while the step ran
+  t.true(turns - before >= 2 * model.config.nLayers, `${turns - before} turns during the step`);
+  t.deepEqual(
+    first.sampled,
+    alone.map((tokens) => tokens[0]),
+  );
+  const rest = await generate(
+    turning,
+    prompts.map(() => turning.open(64, greedy)),
+    true,
+    6,
+  );
+  t.deepEqual(rest, alone);
+});

@@ -103,7 +103,12 @@ export interface SliceModel {
   readonly isLast: boolean;
   newCache(): KvCache;
   embed(tokens: readonly number[], x: Float32Array): void;
-  forwardLayers(x: Float32Array, segments: readonly Segment[]): void | Promise<void>;
+  /** `turn`: see Transformer.forwardLayers (a group's leader yields at its syncs and needs none). */
+  forwardLayers(
+    x: Float32Array,
+    segments: readonly Segment[],
+    turn?: () => Promise<void> | undefined,
+  ): void | Promise<void>;
   /** Logits (n × vocabulary) of n rows of hidden state (n × dim). */
   head(x: Float32Array, n: number): Float32Array;
 }
@@ -114,7 +119,15 @@ export class SliceRunner {
   /** The last row of each entry that samples in a chunk, side by side for one head product. */
   private readonly last: Float32Array;
 
-  constructor(readonly model: SliceModel) {
+  /**
+   * `turnSeconds`: a step gives the event loop a turn between blocks once it has computed this
+   * long since the last one, so a node answers its peers' keepalive pings (cluster/rpc.ts)
+   * whatever a step costs: a large slice on a slow node, or many sessions in one step.
+   */
+  constructor(
+    readonly model: SliceModel,
+    private readonly o: { turnSeconds?: number } = {},
+  ) {
     this.x = new Float32Array(model.batch * model.config.dim);
     this.last = new Float32Array(model.batch * model.config.dim);
   }
@@ -184,12 +197,15 @@ export class SliceRunner {
       }
 
       // the layers: each weight one matrix product over every row; attention per session,
-      // over its own KV cache (which the step's keys and values are written into)
+      // over its own KV cache (which the step's keys and values are written into); on a node,
+      // turns of the event loop between blocks (not compute: left out of the step's seconds)
+      const turn = this.turns((ms) => (busyMs -= ms));
       const layers = model.forwardLayers(
         this.x,
         chunk.map((p) => ({ start: p.entry.start + p.from, n: p.m, cache: p.entry.seq.cache })),
+        turn,
       );
-      // A Transformer returns at once: awaited only when it is a group's step, so a local step never yields.
+      // Without turns a Transformer returns at once: awaited only for a group's step or a node's turns, so a local step never yields.
       if (layers) await layers;
 
       const heads: Piece[] = [];
@@ -215,6 +231,24 @@ export class SliceRunner {
       }
     }
     return { sampled, seconds: (busyMs + performance.now() - t0) / 1000 };
+  }
+
+  /** What a chunk's layers call between blocks: a turn once turnSeconds passed since the last (each turn's ms to `took`). */
+  private turns(took: (ms: number) => void): (() => Promise<void> | undefined) | undefined {
+    if (this.o.turnSeconds === undefined) return undefined;
+    const every = this.o.turnSeconds * 1000;
+    let since = performance.now();
+    return () => {
+      const now = performance.now();
+      if (now - since < every) return undefined;
+      return new Promise<void>((resolve) =>
+        setImmediate(() => {
+          since = performance.now();
+          took(since - now);
+          resolve();
+        }),
+      );
+    };
   }
 }
 

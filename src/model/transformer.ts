@@ -351,10 +351,30 @@ export class Transformer extends LayerRange<StageWeights> {
     return this.head(this.one);
   }
 
-  /** Runs this slice's layers in place over the hidden states x (LayerRange.walk says how). */
-  forwardLayers(x: Float32Array, segments: readonly Segment[]): void {
+  /**
+   * Runs this slice's layers in place over the hidden states x (LayerRange.walk says how).
+   * `turn`, if given, is asked after each block and may return a promise to await before the
+   * next (a node gives its event loop a turn there); without it the walk never yields.
+   */
+  forwardLayers(x: Float32Array, segments: readonly Segment[]): void;
+  forwardLayers(
+    x: Float32Array,
+    segments: readonly Segment[],
+    turn: (() => Promise<void> | undefined) | undefined,
+  ): void | Promise<void>;
+  forwardLayers(
+    x: Float32Array,
+    segments: readonly Segment[],
+    turn?: () => Promise<void> | undefined,
+  ): void | Promise<void> {
     // A group of one: each block's output is already the whole sum, so there is nothing to add.
     const walk = this.walk(x, segments);
-    while (!walk.next().done);
+    if (!turn) {
+      while (!walk.next().done);
+      return;
+    }
+    return (async () => {
+      while (!walk.next().done) await turn();
+    })();
   }
 }

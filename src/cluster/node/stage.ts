@@ -154,10 +154,23 @@ function stageModel(
  */
 const batchers = new WeakMap<SliceModel, StepBatcher>();
 
+/**
+ * A node's step gives its event loop a turn between layers once it has computed this long: the
+ * step path's keepalive (cluster/rpc.ts) counts a peer silent for 1.5 s as lost, and a decode
+ * step of many sessions over a large slice on a slow node can take longer than that.
+ */
+const TURN_SECONDS = 0.25;
+
 function batcherOf(model: SliceModel, stats: BatcherStats): StepBatcher {
   let b = batchers.get(model);
   if (!b)
-    batchers.set(model, (b = new StepBatcher(new SliceRunner(model), { stats, targetSeconds: STEP_TARGET_SECONDS })));
+    batchers.set(
+      model,
+      (b = new StepBatcher(new SliceRunner(model, { turnSeconds: TURN_SECONDS }), {
+        stats,
+        targetSeconds: STEP_TARGET_SECONDS,
+      })),
+    );
   return b;
 }
 
