@@ -17,6 +17,7 @@ import type { StageLoad } from '../src/cluster/coordinator/cluster.ts';
 import { loopbackNodeArgs, runHerd, startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { bundledModel, herdBin, repoRoot } from './helpers/paths.ts';
 import { HUNG_MS, startServe } from './helpers/serve.ts';
+import { TINY_LLAMA } from './helpers/tiny-llama.ts';
 
 const PROMPT = 'Once upon a time';
 const dir = mkdtempSync(join(tmpdir(), 'herd-cluster-tensor-'));
@@ -25,14 +26,8 @@ process.env.HERD_CACHE_DIR = join(dir, 'coordinator');
 const nodes: RunningNode[] = [];
 const addr = (n: RunningNode) => `127.0.0.1:${n.port}`;
 
-// TinyLlama's shape in miniature (4 query heads per KV head, FFN 2.75 × dim, Q4_0), as in
-// test/tensor-split.test.ts: about 4 MB.
 const tiny = synthModel({
-  arch: 'llama',
-  dim: 512,
-  nHeads: 16,
-  nKvHeads: 4,
-  ffnDim: 1408,
+  ...TINY_LLAMA,
   nLayers: 4,
   ctxTrain: 512,
   type: 'q4_0',

@@ -20,24 +20,12 @@ import { ShardStore, type LoadRequest, type StoreCounters } from '../src/cluster
 import type { SliceManifest } from '../src/cluster/shard/manifest.ts';
 import { silentLogger } from '../src/cluster/log.ts';
 import { LocalGroup } from './helpers/local-group.ts';
+import { TINY_LLAMA } from './helpers/tiny-llama.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-shard-share-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
-// TinyLlama's shape in miniature (4 query heads per KV head, FFN 2.75 × dim, Q4_0): the column
-// cuts of attn_output and ffn_down fall on Q4_0 blocks.
-const tiny = synthModel({
-  arch: 'llama',
-  dim: 512,
-  nHeads: 16,
-  nKvHeads: 4,
-  ffnDim: 1408,
-  nLayers: 3,
-  ctxTrain: 256,
-  type: 'q4_0',
-  seed: 13,
-  out: join(dir, 'tiny-q4_0.gguf'),
-}).path;
+const tiny = synthModel({ ...TINY_LLAMA, type: 'q4_0', seed: 13, out: join(dir, 'tiny-q4_0.gguf') }).path;
 
 let source: ModelSource;
 let coordinator: string;

@@ -17,6 +17,7 @@ import { TensorMember } from '../src/engine/tensor-split.ts';
 import { SyncCodec, payloadBytes, type SyncFormat } from '../src/cluster/sync/format.ts';
 import { LocalGroup } from './helpers/local-group.ts';
 import { bundledModel, fixtureModels } from './helpers/paths.ts';
+import { TINY_LLAMA } from './helpers/tiny-llama.ts';
 
 const prompt = (
   JSON.parse(readFileSync(join(fixtureModels, 'stories260K.reference.json'), 'utf8')) as { prompt_tokens: number[] }
@@ -24,18 +25,8 @@ const prompt = (
 const q8 = join(fixtureModels, 'stories260K-q8_0.gguf');
 const q4 = join(fixtureModels, 'stories260K-q4_0.gguf');
 
-// A TinyLlama-shaped model small enough for a test: grouped-query attention (4 query heads per
-// KV head, 4 KV heads), FFN 2.75 × dim, Q4_0 weights; about 4 MB.
 const dir = mkdtempSync(join(tmpdir(), 'herd-tensor-split-'));
-const tinyShape = {
-  arch: 'llama',
-  dim: 512,
-  nHeads: 16,
-  nKvHeads: 4,
-  ffnDim: 1408,
-  nLayers: 3,
-  ctxTrain: 256,
-} as const;
+const tinyShape = TINY_LLAMA;
 const tiny = synthModel({ ...tinyShape, type: 'q4_0', seed: 13, out: join(dir, 'tiny-q4_0.gguf') }).path;
 const tinyF32 = synthModel({ ...tinyShape, nLayers: 2, type: 'f32', seed: 13, out: join(dir, 'tiny-f32.gguf') }).path;
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
