@@ -13,10 +13,10 @@ import { heldRanges, type NodeInfo } from '../wire.ts';
 import { planOptions, type HerdCluster } from './cluster.ts';
 
 /**
- * One Info probe of a node after a pipeline broke. A working node answers well within it: it
- * computes in steps of about STEP_TARGET_SECONDS (engine/batcher.ts) and its event loop turns
- * between them. So a cut link is found 1.5 s after the pipeline broke, which the step path's
- * keepalive does within 2.5 s of the cut (cluster/rpc.ts).
+ * One Info probe of a node after a pipeline broke. A working node answers well within it: its
+ * event loop turns between steps and, in a long step, every 0.25 s of compute (node/stage.ts).
+ * So a cut link is found 1.5 s after the pipeline broke, which the step path's keepalive does
+ * within 2.5 s of the cut (cluster/rpc.ts).
  */
 const PROBE_TIMEOUT_MS = 1500;
 /** Default bound on one re-plan: probing, planning and loading the new ranges. */
