@@ -7,7 +7,7 @@ import { Transformer } from '../src/model/transformer.ts';
 import { readConfig } from '../src/model/config.ts';
 import { synthModel } from '../src/model/synth.ts';
 import { apportion, shares, splitShape, TensorShareError, type TensorShare } from '../src/model/tensor-share.ts';
-import { sliceCols, sliceRows } from '../src/model/share-weights.ts';
+import { copyCut, cutLayout, type TensorCut } from '../src/model/share-cut.ts';
 import { getRow, makeWeight } from '../src/kernels/matvec.ts';
 import { kernelType } from '../src/kernels/types.ts';
 import { GgmlType, ggmlTypeInfo, rowBytes } from '../src/ggml/types.ts';
@@ -176,9 +176,15 @@ test('row and column slices of a quantized matrix are its sub-matrix', (t) => {
     getRow(w, r, out);
     return out;
   });
-  const alloc = (n: number) => new Uint8Array(n);
-  const byRows = sliceRows(w, 2, 5, alloc);
-  const byCols = sliceCols(w, 32, 96, alloc);
+  // the cut a member's slice holds, made in memory by the same layout and copy as share pulls
+  const cut = (c: TensorCut) => {
+    const layout = cutLayout({ name: w.name, dims: [w.cols, w.rows], ggmlType: info.id }, c, 'cut');
+    const data = new Uint8Array(layout.nBytes);
+    copyCut(w.data, layout, data);
+    return makeWeight(w.name, info, layout.dims, data);
+  };
+  const byRows = cut({ axis: 'rows', start: 2, end: 5 });
+  const byCols = cut({ axis: 'cols', start: 32, end: 96 });
   for (let r = 0; r < 3; r++) {
     const out = new Float32Array(cols);
     getRow(byRows, r, out);
@@ -189,7 +195,9 @@ test('row and column slices of a quantized matrix are its sub-matrix', (t) => {
     getRow(byCols, r, out);
     t.deepEqual(out, full[r].slice(32, 96));
   }
-  t.throws(() => sliceCols(w, 16, 96, alloc), { message: /do not fall on Q4_0 block boundaries \(every 32\)/ });
+  t.throws(() => cut({ axis: 'cols', start: 16, end: 96 }), {
+    message: /do not fall on Q4_0 block boundaries \(every 32\)/,
+  });
 });
 
 // f32 weights: the partial sums differ from one node's single sum by rounding only, so the

@@ -153,6 +153,8 @@ const GROUP_MARGIN = 0.15;
 /** A group of nodes planned as one: what the members sum to. */
 interface GroupNode extends PlanNode {
   readonly members: readonly PlanNode[];
+  /** The members' throughputs summed (each at least 1): their shares are in proportion to them. */
+  readonly shareTotal: number;
   /** Seconds of one sync between the members. */
   readonly syncSeconds: number;
 }
@@ -171,6 +173,8 @@ interface Costs {
   mem(a: number, b: number): number;
   /** Each node's need for layers [a, b) on `node`: the node itself, or every member of a group. */
   needs(node: PlanNode, a: number, b: number): Need[];
+  /** The largest of needs' shortfalls (≤ 0: every node fits), computed without allocating: the searches ask it for every split. */
+  short(node: PlanNode, a: number, b: number): number;
   weights(a: number, b: number): number;
   seconds(node: PlanNode, a: number, b: number): number;
   kv(a: number, b: number): number;
@@ -196,27 +200,30 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
   const kv = (a: number, b: number) => (b - a) * m.kvBytesPerLayer * sessions;
   // Each session of a batched step has its own rows of every activation buffer (logits included).
   const buffers = m.bufferBytes * sessions;
+  // A member holds its share of the layers and of the KV cache (in proportion to its
+  // throughput, as the shares are cut), the replicated tensors and its own buffers; the
+  // leader alone also the embedding and the head.
+  const memberNeed = (g: GroupNode, i: number, a: number, b: number) =>
+    (Math.max(g.members[i].throughput, 1) / g.shareTotal) * (layers(a, b) + kv(a, b)) +
+    m.sharedBytes +
+    (i === 0 ? weights(a, b) - layers(a, b) - m.sharedBytes : 0) +
+    buffers +
+    overhead;
   return {
     weights,
     kv,
     buffers,
     mem: (a, b) => weights(a, b) + kv(a, b) + buffers + overhead,
-    // A member holds its share of the layers and of the KV cache (in proportion to its
-    // throughput, as the shares are cut), the replicated tensors and its own buffers; the
-    // leader alone also the embedding and the head.
-    needs: (node, a, b) => {
-      if (!isGroup(node)) return [{ node, need: weights(a, b) + kv(a, b) + buffers + overhead }];
-      const total = node.members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0);
-      const leaderOnly = weights(a, b) - layers(a, b) - m.sharedBytes;
-      return node.members.map((n, i) => ({
-        node: n,
-        need:
-          (Math.max(n.throughput, 1) / total) * (layers(a, b) + kv(a, b)) +
-          m.sharedBytes +
-          (i === 0 ? leaderOnly : 0) +
-          buffers +
-          overhead,
-      }));
+    needs: (node, a, b) =>
+      isGroup(node)
+        ? node.members.map((n, i) => ({ node: n, need: memberNeed(node, i, a, b) }))
+        : [{ node, need: weights(a, b) + kv(a, b) + buffers + overhead }],
+    short: (node, a, b) => {
+      if (!isGroup(node)) return weights(a, b) + kv(a, b) + buffers + overhead - node.memAvailable;
+      let worst = -Infinity;
+      for (let i = 0; i < node.members.length; i++)
+        worst = Math.max(worst, memberNeed(node, i, a, b) - node.members[i].memAvailable);
+      return worst;
     },
     // Per token a stage streams its layers' weights, and the last one the head too.
     // A group: the layers shared by its members, the head on the leader alone, two syncs per layer.
@@ -248,7 +255,7 @@ function split(
     for (let b = j; b <= L - (k - j); b++) {
       for (let a = j - 1; a < b; a++) {
         if (best[j - 1][a] === Infinity) continue;
-        if (!fits(c, node, a, b)) continue;
+        if (c.short(node, a, b) > 0) continue;
         const t = Math.max(best[j - 1][a], c.seconds(node, a, b));
         if (t < best[j][b]) {
           best[j][b] = t;
@@ -281,7 +288,7 @@ function shortest(
     for (let b = j; b <= L - (k - j); b++) {
       for (let a = j - 1; a < b; a++) {
         if (worst[j - 1][a] === Infinity) continue;
-        const s = Math.max(worst[j - 1][a], shortOf(c.needs(order[j - 1], a, b)).short);
+        const s = Math.max(worst[j - 1][a], c.short(order[j - 1], a, b));
         if (s < worst[j][b]) {
           worst[j][b] = s;
           from[j][b] = a;
@@ -305,10 +312,6 @@ function shortOf(needs: readonly Need[]): Need & { short: number } {
   for (const n of needs)
     if (n.need - n.node.memAvailable > worst.short) worst = { ...n, short: n.need - n.node.memAvailable };
   return worst;
-}
-
-function fits(c: Costs, node: PlanNode, a: number, b: number): boolean {
-  return shortOf(c.needs(node, a, b)).short <= 0;
 }
 
 function byThroughput(a: PlanNode, b: PlanNode): number {
@@ -378,7 +381,7 @@ function preferredSplit(order: readonly PlanNode[], m: ModelShape, c: Costs, cap
         const prev = best[j - 1][a];
         if (!prev) continue;
         const t = c.seconds(node, a, b);
-        if (t > cap || !fits(c, node, a, b)) continue;
+        if (t > cap || c.short(node, a, b) > 0) continue;
         const cost: Cost = [prev[0] + (holds(node, a, b, L) ? 0 : 1), Math.max(prev[1], t)];
         const cur = best[j][b];
         if (!cur || less(cost, cur)) {
@@ -530,6 +533,7 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       memAvailable: members.reduce((sum, n) => sum + n.memAvailable, 0),
       throughput: members.reduce((sum, n) => sum + n.throughput, 0),
       members,
+      shareTotal: members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0),
       syncSeconds: Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT)) + syncBytes / LINK_BYTES_PER_SECOND,
     });
   }

@@ -208,27 +208,27 @@ export class SliceRunner {
       // Without turns a Transformer returns at once: awaited only for a group's step or a node's turns, so a local step never yields.
       if (layers) await layers;
 
-      const heads: Piece[] = [];
+      // entries whose last row is in this chunk, in order: each the head's row it samples from, or -1
+      const ends: { p: Piece; row: number }[] = [];
+      let heads = 0;
       for (const p of chunk) {
         // the rows out: hidden states to the next slice; the tokens now held, to the history
         if (!model.isLast) p.entry.hiddenOut?.(rows(p), p.from);
         p.entry.seq.history.push(p.entry.tokens.slice(p.from, p.from + p.m));
+        if (!model.isLast || p.from + p.m !== p.entry.tokens.length) continue;
         // an entry's last row goes to the head (unless its step only fills the cache)
-        if (model.isLast && p.from + p.m === p.entry.tokens.length && p.entry.sample !== false) {
-          this.last.set(rows(p).subarray((p.m - 1) * dim), heads.length * dim);
-          heads.push(p);
+        if (p.entry.sample === false) ends.push({ p, row: -1 });
+        else {
+          this.last.set(rows(p).subarray((p.m - 1) * dim), heads * dim);
+          ends.push({ p, row: heads++ });
         }
       }
 
       // the head of those rows, one product for all: final rmsnorm, classifier, then each
       // session's own sampler
-      const logits = heads.length > 0 ? model.head(this.last, heads.length) : undefined;
-      let h = 0;
-      for (const p of chunk) {
-        if (!model.isLast || p.from + p.m !== p.entry.tokens.length) continue;
-        if (p.entry.sample === false) sampled.push(-1);
-        else sampled.push(p.entry.seq.sample(logits!.subarray(h * vocabSize, ++h * vocabSize)));
-      }
+      const logits = heads > 0 ? model.head(this.last, heads) : undefined;
+      for (const { p, row } of ends)
+        sampled.push(row < 0 ? -1 : p.entry.seq.sample(logits!.subarray(row * vocabSize, (row + 1) * vocabSize)));
     }
     return { sampled, seconds: (busyMs + performance.now() - t0) / 1000 };
   }

@@ -12,7 +12,7 @@ import type { KernelBackend } from '../kernels/backend.ts';
 import { kernelType, supportedTypes } from '../kernels/types.ts';
 import { ModelError, type ModelConfig } from './config.ts';
 import { readLayer, type LayerWeights } from './weights.ts';
-import { copyCut, cutLayout, shareCut, type CutLayout, type TensorCut } from './share-cut.ts';
+import { cutLayout, shareCut, type CutLayout } from './share-cut.ts';
 import type { TensorShare } from './tensor-share.ts';
 
 export interface ShareWeights {
@@ -34,24 +34,6 @@ export interface ShareWeights {
 }
 
 type Alloc = (bytes: number) => Uint8Array;
-
-/** A cut of a matrix in memory (the form of a share's cut tests pin down). */
-function cutWeight(w: Weight, cut: TensorCut, alloc: Alloc): Weight {
-  const layout = cutLayout({ name: w.name, dims: [w.cols, w.rows], ggmlType: w.kernel.info.id }, cut, 'cut');
-  const data = alloc(layout.nBytes);
-  copyCut(w.data, layout, data);
-  return makeWeight(`${w.name}[${cut.axis} ${cut.start}:${cut.end}]`, w.kernel.info, layout.dims, data);
-}
-
-/** Rows [start, end) of w, copied into memory from `alloc`. */
-export function sliceRows(w: Weight, start: number, end: number, alloc: Alloc): Weight {
-  return cutWeight(w, { axis: 'rows', start, end }, alloc);
-}
-
-/** Columns [start, end) of every row of w, copied into memory from `alloc`; the cuts must fall on block boundaries. */
-export function sliceCols(w: Weight, start: number, end: number, alloc: Alloc): Weight {
-  return cutWeight(w, { axis: 'cols', start, end }, alloc);
-}
 
 /** Reads the runs of `layout` of tensor t from the open file into dst. */
 function readCut(fd: number, path: string, t: TensorInfo, layout: CutLayout, dst: Uint8Array): void {

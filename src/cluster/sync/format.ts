@@ -103,24 +103,11 @@ export class SyncCodec {
     this.check(src, n);
     if (this.format === 'f32') {
       new Uint8Array(dst.buffer, dst.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
-    } else if (this.format === 'f16') {
-      const t = this.f16;
-      for (let i = 0; i < n; i++) dst[i] = t[src[2 * i] | (src[2 * i + 1] << 8)];
-    } else {
-      const whole = n - (n % QK);
-      const q = new Int8Array(src.buffer, src.byteOffset, Math.ceil(n / QK) * Q8_BLOCK_BYTES);
-      const t = this.f16;
-      for (let i = 0, o = 0; i < whole; i += QK, o += Q8_BLOCK_BYTES) {
-        const d = t[src[o] | (src[o + 1] << 8)];
-        for (let j = 0; j < QK; j++) dst[i + j] = d * q[o + 2 + j];
-      }
-      if (whole < n) {
-        const off = (whole / QK) * Q8_BLOCK_BYTES;
-        this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
-        q8_0.dequantizeRow(this.padBytes, 0, QK, this.pad, 0);
-        dst.set(this.pad.subarray(0, n - whole), whole);
-      }
+      return;
     }
+    // -0 is the exact identity of f32 addition (-0 + v is v, the sign of a zero included)
+    dst.fill(-0, 0, n);
+    this.addHalfOrQ8(src, n, dst);
   }
 
   /**
@@ -130,32 +117,35 @@ export class SyncCodec {
    */
   add(src: Uint8Array, n: number, dst: Float32Array, scratch: Float32Array): void {
     this.check(src, n);
-    if (this.format === 'f32') {
-      let x: Float32Array;
-      if (src.byteOffset % 4 === 0) x = new Float32Array(src.buffer, src.byteOffset, n);
-      else {
-        x = scratch;
-        new Uint8Array(scratch.buffer, scratch.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
-      }
-      for (let i = 0; i < n; i++) dst[i] += x[i];
-    } else if (this.format === 'f16') {
-      const t = this.f16;
+    if (this.format !== 'f32') return this.addHalfOrQ8(src, n, dst);
+    let x: Float32Array;
+    if (src.byteOffset % 4 === 0) x = new Float32Array(src.buffer, src.byteOffset, n);
+    else {
+      x = scratch;
+      new Uint8Array(scratch.buffer, scratch.byteOffset, 4 * n).set(src.subarray(0, 4 * n));
+    }
+    for (let i = 0; i < n; i++) dst[i] += x[i];
+  }
+
+  /** dst[0, n) += an f16 or q8_0 payload's values. */
+  private addHalfOrQ8(src: Uint8Array, n: number, dst: Float32Array): void {
+    const t = this.f16;
+    if (this.format === 'f16') {
       for (let i = 0; i < n; i++) dst[i] += t[src[2 * i] | (src[2 * i + 1] << 8)];
-    } else {
-      const whole = n - (n % QK);
-      const q = new Int8Array(src.buffer, src.byteOffset, Math.ceil(n / QK) * Q8_BLOCK_BYTES);
-      const t = this.f16;
-      // d (an f16) times an int8 is exact in f32: no rounding before the add
-      for (let i = 0, o = 0; i < whole; i += QK, o += Q8_BLOCK_BYTES) {
-        const d = t[src[o] | (src[o + 1] << 8)];
-        for (let j = 0; j < QK; j++) dst[i + j] += d * q[o + 2 + j];
-      }
-      if (whole < n) {
-        const off = (whole / QK) * Q8_BLOCK_BYTES;
-        this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
-        q8_0.dequantizeRow(this.padBytes, 0, QK, this.pad, 0);
-        for (let j = 0; j < n - whole; j++) dst[whole + j] += this.pad[j];
-      }
+      return;
+    }
+    const whole = n - (n % QK);
+    const q = new Int8Array(src.buffer, src.byteOffset, Math.ceil(n / QK) * Q8_BLOCK_BYTES);
+    // d (an f16) times an int8 is exact in f32: no rounding before the add
+    for (let i = 0, o = 0; i < whole; i += QK, o += Q8_BLOCK_BYTES) {
+      const d = t[src[o] | (src[o + 1] << 8)];
+      for (let j = 0; j < QK; j++) dst[i + j] += d * q[o + 2 + j];
+    }
+    if (whole < n) {
+      const off = (whole / QK) * Q8_BLOCK_BYTES;
+      this.padBytes.set(src.subarray(off, off + Q8_BLOCK_BYTES));
+      q8_0.dequantizeRow(this.padBytes, 0, QK, this.pad, 0);
+      for (let j = 0; j < n - whole; j++) dst[whole + j] += this.pad[j];
     }
   }
 
