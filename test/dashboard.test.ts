@@ -211,6 +211,8 @@ test('a stage that is a tensor-parallel group shows its members and their shares
   t.deepEqual(ranges, [`${leader.node} + ${other.node} [0, 5)`]);
   t.is(await page.textContent('#plan-reason'), 'plan: --tensor 2: a 2-node group');
   t.deepEqual(errors, []);
+  // the page polls /api/state: let a rewrite under way finish before the page goes
+  await page.unrouteAll({ behavior: 'wait' });
   await page.close();
 });
 
