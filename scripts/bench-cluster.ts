@@ -89,6 +89,10 @@ interface SyncBurst {
   sendMs: number;
   waitMs: number;
   sumMs: number;
+  /** The leader's gathers of a shared head's logits (its parts taken, their frame bytes, its wait). */
+  gathers?: number;
+  gatherBytes?: number;
+  gatherMs?: number;
 }
 
 interface BenchNode {
@@ -161,13 +165,17 @@ interface SyncCost {
   /** Bytes of one single-row sync frame (a decode step's, dim values), from the counted bytes per value. */
   bytesPerSync: number;
   dim: number;
+  /** The leader's gathers of the head's logits: frame bytes and ms waiting, per gather (0: the head is not shared). */
+  gatherBytes: number;
+  gatherMs: number;
 }
 
 /**
  * Single-stream decode on cores pinned one per node: one node, a 2-node group (q8_0 and f32
  * sync), 2 stages. Bytes per token are the data plane's frames of one decode step, both
- * directions (a 16-byte header each): the leader's step frame (an entry and the hidden row) and
- * every member's partial of 2 syncs per layer. Time per sync is the members' counters over the
+ * directions (a 16-byte header each): the leader's step frame (an entry and the hidden row),
+ * every member's partial of 2 syncs per layer, the leader's head frame (the row again) and the
+ * follower's logits of its head rows (counted). Time per sync is the members' counters over the
  * measured run (its prompt step's rounds included).
  */
 async function tensorRows(
@@ -183,7 +191,12 @@ async function tensorRows(
     const [a, b] = pinned.map((n) => `127.0.0.1:${n.port}`);
     for (const model of models) {
       const c = readConfig(GgufFile.open(model.path));
-      const wire = (sync: SyncFormat) => 16 + 4 + 12 + 4 * c.dim + 2 * 2 * c.nLayers * (16 + payloadBytes(sync, c.dim));
+      const stepFrame = HEADER_BYTES + 4 + 12 + 4 * c.dim;
+      const headFrame = HEADER_BYTES + 4 + 4 * c.dim;
+      const wire = (sync: SyncFormat, cost: SyncCost | undefined) =>
+        stepFrame +
+        2 * 2 * c.nLayers * (HEADER_BYTES + payloadBytes(sync, c.dim)) +
+        (cost && cost.gatherBytes > 0 ? headFrame + cost.gatherBytes : 0);
       // a run that fails (say a node on a busy core misses its keepalive in a long 7B step) is
       // reported as such and the others still run
       const measure = (what: string, nodes: string, extra: string[]): RunOut | string => {
@@ -237,7 +250,7 @@ async function tensorRows(
           `2-node group, 1 core each, --sync ${sync}`,
           tps(r),
           ratio(r),
-          `${fmt(wire(sync) / 1024, 1)} KiB/token; ` +
+          `${fmt(wire(sync, cost) / 1024, 1)} KiB/token; ` +
             (cost
               ? `${cost.members.map((m) => fmt(m.send + m.wait + m.sum, 3)).join(' / ')} ms per sync (leader / follower), ${fmt(cost.bytesPerSync, 0)} B per sync`
               : 'no sync counters'),
@@ -263,23 +276,29 @@ function syncCost(format: SyncFormat, bursts: (SyncBurst | undefined)[], dim: nu
   const follower = bs[1];
   // the follower sends only sync frames: a 16-byte header each and a payload linear in its values
   const perValue = (follower.bytesSent - HEADER_BYTES * follower.rounds) / follower.values;
+  const leader = bs[0];
+  const gathers = leader.gathers ?? 0;
   return {
     format,
     members: bs.map((x) => ({ send: x.sendMs / x.rounds, wait: x.waitMs / x.rounds, sum: x.sumMs / x.rounds })),
     bytesPerSync: HEADER_BYTES + perValue * dim,
     dim,
+    gatherBytes: gathers > 0 ? (leader.gatherBytes ?? 0) / gathers : 0,
+    gatherMs: gathers > 0 ? (leader.gatherMs ?? 0) / gathers : 0,
   };
 }
 
-/** Where a group's decode token goes, by its counters: the syncs' share of ms per token, each member. */
+/** Where a group's decode token goes, by its counters: the syncs' share of ms per token, each member (and the leader's wait for the head's logits). */
 function tokenSplit(label: string, r: RunOut, cost: SyncCost, syncsPerToken: number): string {
   const perToken = msPerToken(r);
   const who = ['leader', 'follower'];
   const parts = cost.members.map((m, i) => {
     const round = m.send + m.wait + m.sum;
+    const gather = i === 0 ? cost.gatherMs : 0;
     return (
-      `${who[i] ?? `member ${i}`} ${fmt(perToken - syncsPerToken * round, 1)} ms outside the syncs + ${syncsPerToken} × ${fmt(round, 3)} ms ` +
-      `(encode and write ${fmt(m.send, 3)}, wait ${fmt(m.wait, 3)}, sum ${fmt(m.sum, 3)})`
+      `${who[i] ?? `member ${i}`} ${fmt(perToken - syncsPerToken * round - gather, 1)} ms outside the syncs + ${syncsPerToken} × ${fmt(round, 3)} ms ` +
+      `(encode and write ${fmt(m.send, 3)}, wait ${fmt(m.wait, 3)}, sum ${fmt(m.sum, 3)})` +
+      (gather > 0 ? ` + ${fmt(gather, 3)} ms waiting for the follower's logits` : '')
     );
   });
   return `${label} --sync ${cost.format}, ${fmt(perToken, 1)} ms/token: ${parts.join('; ')}`;
@@ -303,6 +322,7 @@ interface PiInputs {
   readonly headBytes: number;
   readonly nLayers: number;
   readonly dim: number;
+  readonly vocabSize: number;
   /** A Pi 4B's weight bytes read per second: distributed-llama's one-Pi ms per token over the model's bytes. */
   readonly piBytesPerSec: number;
   /** Frame bytes of one single-row Q8_0 sync (measured: the counters' bytes per value × dim + header). */
@@ -313,17 +333,20 @@ interface PiInputs {
 }
 
 /**
- * herd's predicted ms per token on n Pis as one group: the leader's share of the layers and the
- * whole head (herd does not split the head) at the Pi's read rate, plus per token one step frame
- * (the f32 hidden row) to each other member and 2 syncs per layer, each latency + the bytes every
- * member sends its n - 1 peers over its one link.
+ * herd's predicted ms per token on n Pis as one group: a member's share of the layers and of the
+ * head's rows at the Pi's read rate, plus per token one step frame (the f32 hidden row) to each
+ * other member, 2 syncs per layer, each latency + the bytes every member sends its n - 1 peers
+ * over its one link, and the head: its frame (the row again) out, then the others' f32 logits of
+ * their (n - 1)/n of the vocabulary into the leader's one link.
  */
 function piModel(p: PiInputs, n: number): { computeMs: number; syncMs: number } {
-  const computeMs = ((p.layerBytes / n + p.headBytes) / p.piBytesPerSec) * 1000;
+  const computeMs = ((p.layerBytes + p.headBytes) / n / p.piBytesPerSec) * 1000;
   if (n === 1) return { computeMs, syncMs: 0 };
   const wire = (bytes: number) => p.latencyMs + (((n - 1) * bytes) / p.linkBytesPerSec) * 1000;
   const stepFrame = HEADER_BYTES + 4 + 12 + 4 * p.dim;
-  return { computeMs, syncMs: wire(stepFrame) + 2 * p.nLayers * wire(p.syncBytes) };
+  const headFrame = HEADER_BYTES + 4 + 4 * p.dim;
+  const gather = p.latencyMs + ((((n - 1) / n) * 4 * p.vocabSize + (n - 1) * HEADER_BYTES) / p.linkBytesPerSec) * 1000;
+  return { computeMs, syncMs: wire(stepFrame) + 2 * p.nLayers * wire(p.syncBytes) + wire(headFrame) + gather };
 }
 
 /** The Pi model's inputs and predictions, as printed lines. */
@@ -343,6 +366,7 @@ function piReport(model7b: string, q8: SyncCost | undefined): string {
     headBytes,
     nLayers: c.nLayers,
     dim: c.dim,
+    vocabSize: c.vocabSize,
     piBytesPerSec: (layerBytes + headBytes) / (DLLAMA_MS[1] / 1000),
     // bytes per value of the measured group (either model), at 7B's width
     syncBytes: HEADER_BYTES + ((q8.bytesPerSync - HEADER_BYTES) / q8.dim) * c.dim,
@@ -355,7 +379,7 @@ function piReport(model7b: string, q8: SyncCost | undefined): string {
     `Raspberry Pi 4B x N over gigabit, Llama 2 7B Q4_0 (herd, modelled): layers ${fmt(p.layerBytes / 1e9, 3)} GB + head ${fmt(p.headBytes / 1e9, 3)} GB ` +
       `(of the synthetic 7B file); Pi read rate ${fmt(p.piBytesPerSec / 1e9, 2)} GB/s = those bytes / distributed-llama's one-Pi ${DLLAMA_MS[1]} ms; ` +
       `${fmt(p.syncBytes, 0)} B per q8_0 sync (measured bytes per value x ${p.dim}), ${p.latencyMs} ms latency per sync (stated), ` +
-      `${fmt(p.linkBytesPerSec / 1e6, 0)} MB/s link, ${2 * p.nLayers} syncs per token`,
+      `${fmt(p.linkBytesPerSec / 1e6, 0)} MB/s link, ${2 * p.nLayers} syncs and a gather of the head's f32 logits per token`,
   ];
   for (const n of [1, 2, 4]) {
     const m = piModel(p, n);

@@ -19,6 +19,7 @@ const shape: ModelShape = {
   bufferBytes: 1 * MiB,
   dim: 2048,
   kvHeads: 4,
+  vocabSize: 32000,
 };
 
 const node = (name: string, gbps: number, memGiB: number): PlanNode => ({
@@ -241,18 +242,25 @@ test('--stages counts groups as stages: two stages of 2-node groups need four no
   t.regex(two.reason, /2 nodes make no groups for 2 stages/);
 });
 
-test('each group member must hold its own share: the leader also the embedding and head', (t) => {
-  // One stage of two equal members: each holds half of the layers and KV cache (484 MiB) and
-  // its buffers and overhead (65 MiB); the leader also the embedding and head (120 MiB).
+test('each group member must hold its own share: the leader also the embedding', (t) => {
+  // One stage of two equal members: each holds half of the layers and KV cache (484 MiB), half
+  // of the head (30 MiB: its rows are shared) and its buffers and overhead (65 MiB); the leader
+  // also the embedding (60 MiB).
   const mib = (name: string, m: number): PlanNode => linked({ ...node(name, 1, 0), memAvailable: m * MiB }, 0.2);
   const err = t.throws(() => plan([mib('a', 600), mib('b', 600)], shape, { shares: evenShares, tensor: 2 }), {
     instanceOf: PlanError,
   });
   // Together they have 1200 MiB for the stage's 1153: the leader alone is short.
-  t.regex(err!.message, /node a \(a:7077\) would need 669\.\d MiB for layers \[0, 22\).*short by 69\.\d MiB/);
-  const p = plan([mib('a', 700), mib('b', 560)], shape, { shares: evenShares, tensor: 2 });
+  t.regex(err!.message, /node a \(a:7077\) would need 639\.\d MiB for layers \[0, 22\).*short by 39\.\d MiB/);
+  const p = plan([mib('a', 700), mib('b', 580)], shape, { shares: evenShares, tensor: 2 });
   t.deepEqual(
     p.stages[0].members?.map((m) => m.node.name),
     ['a', 'b'],
   );
+  // A head tied to the embedding is the embedding: the leader holds it whole, the follower none of it.
+  t.throws(() => plan([mib('a', 640), mib('b', 560)], shape, { shares: evenShares, tensor: 2 }), {
+    message: /node b \(b:7077\) would need 579\.\d MiB/,
+  });
+  const tied = plan([mib('a', 640), mib('b', 560)], { ...shape, tiedHead: true }, { shares: evenShares, tensor: 2 });
+  t.is(tied.stages[0].members?.length, 2);
 });

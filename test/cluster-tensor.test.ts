@@ -136,6 +136,7 @@ test.serial('each member transfers exactly its share, and a restarted member loa
         member: l.share!.member,
         kvHeads: [l.share!.kv_heads[0], l.share!.kv_heads[1]],
         ffnRows: [l.share!.ffn_rows[0], l.share!.ffn_rows[1]],
+        vocabRows: l.share!.vocab_rows && [l.share!.vocab_rows[0], l.share!.vocab_rows[1]],
       })),
     );
     const bytes = (m: SliceManifest) => m.tensors.reduce((sum, x) => sum + x.nBytes, 0);

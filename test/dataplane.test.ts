@@ -22,6 +22,7 @@ interface GroupOpts {
   token?: Buffer;
   tls?: (m: number) => { caPem: Buffer; certPem: Buffer; keyPem: Buffer };
   at?: (m: number) => Endpoint;
+  maxGather?: number;
 }
 
 /** size members in this process, each with its own listener and sockets, linked. */
@@ -44,7 +45,7 @@ async function makeGroup(size: number, o: GroupOpts = {}): Promise<SyncGroup[]> 
     ),
   );
   const endpoints = groups.map((g) => g.endpoint);
-  await Promise.all(groups.map((g) => g.connect(endpoints)));
+  await Promise.all(groups.map((g) => g.connect(endpoints, o.maxGather)));
   return groups;
 }
 
@@ -153,14 +154,14 @@ test('a connection without the group token is dropped; the members still link', 
 });
 
 /** Member 0 of a group of 2 whose member 1 is this test's raw socket, past the hello. */
-async function withRawPeer(format: SyncFormat, timeoutMs: number) {
+async function withRawPeer(format: SyncFormat, timeoutMs: number, maxGather = 0) {
   const token = randomBytes(32);
   const a = await SyncGroup.listen({ member: 0, size: 2, token, format, maxValues: 64, timeoutMs }, loopback);
   const raw = net.connect(a.endpoint as { host: string; port: number });
   // the member drops it when a test's frame fails the group: a reset, not an uncaught error
   raw.on('error', () => {});
   raw.setNoDelay(true);
-  const linked = a.connect([a.endpoint, { host: '127.0.0.1', port: 1 }]);
+  const linked = a.connect([a.endpoint, { host: '127.0.0.1', port: 1 }], maxGather);
   await new Promise((r) => raw.once('connect', r));
   raw.write(helloFrame(1, token, 2, 0));
   await linked;
@@ -220,6 +221,54 @@ test('an all-reduce a member never joins times out', async (t) => {
   } finally {
     a.close();
     raw.destroy();
+  }
+});
+
+test("the leader gathers the others' parts in member order, in step with the all-reduces", async (t) => {
+  const groups = await makeGroup(3, { maxGather: 1000 });
+  try {
+    for (let r = 0; r < 3; r++) {
+      await rounds(t, groups, 'f32', 256, 2);
+      // parts of unequal sizes (a head's rows shared 2:1:1), bit for bit
+      const parts = [1, 2].map((m) => partial(m, r, m === 1 ? 300 : 200));
+      groups[1].sendGather(parts[0]);
+      groups[2].sendGather(parts[1]);
+      const got = await groups[0].gather();
+      t.deepEqual(
+        got.map((b) => new Float32Array(Uint8Array.from(b).buffer)),
+        parts,
+      );
+    }
+    t.throws(() => groups[0].sendGather(new Float32Array(4)), { message: /the leader takes the gathers/ });
+    await t.throwsAsync(groups[1].gather(), { message: /only the leader/ });
+  } finally {
+    for (const g of groups) g.close();
+  }
+});
+
+test('a gather part larger than the leader takes, or one nobody asked for, fails the group', async (t) => {
+  const gatherFrame = (round: number, count: number) => {
+    const f = newFrame({ kind: FrameKind.gather, format: formatCode('f32'), from: 1, round, count, bytes: 4 * count });
+    f.fill(0, HEADER_BYTES);
+    return f;
+  };
+  const big = await withRawPeer('f32', HUNG_MS, 64);
+  try {
+    big.raw.write(gatherFrame(1, 65).subarray(0, HEADER_BYTES));
+    await t.throwsAsync(big.a.gather(), { message: /a gather part of 65 values \(at most 64\)/ });
+  } finally {
+    big.a.close();
+    big.raw.destroy();
+  }
+  const eager = await withRawPeer('f32', HUNG_MS, 64);
+  try {
+    eager.raw.write(Buffer.concat([gatherFrame(1, 8), gatherFrame(2, 8)]));
+    await t.throwsAsync(new Promise((_, reject) => eager.a.onFail(reject)), {
+      message: /sent a gather part nobody asked for/,
+    });
+  } finally {
+    eager.a.close();
+    eager.raw.destroy();
   }
 });
 

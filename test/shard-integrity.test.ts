@@ -15,7 +15,7 @@ import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
 import { ModelSource } from '../src/cluster/shard/source.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { silentLogger } from '../src/cluster/log.ts';
-import { manifestToWire, samplingToWire } from '../src/cluster/wire.ts';
+import { manifestToWire, samplingToWire, shareToWire } from '../src/cluster/wire.ts';
 import { defaultSampling } from '../src/engine/sampler.ts';
 import {
   DType,
@@ -199,10 +199,7 @@ test.serial("a member's share with tampered bytes is refused against its share's
   const group: TensorGroup = {
     size: 2,
     member: 0,
-    kvStart: leader.kvHeads[0],
-    kvEnd: leader.kvHeads[1],
-    ffnStart: leader.ffnRows[0],
-    ffnEnd: leader.ffnRows[1],
+    ...shareToWire(leader),
     sync: 'f32',
     token: Buffer.alloc(32, 7),
     peers: [],

@@ -19,7 +19,7 @@ import { ModelSource } from '../src/cluster/shard/source.ts';
 import { ShardStore, type LoadRequest, type StoreCounters } from '../src/cluster/shard/store.ts';
 import type { SliceManifest } from '../src/cluster/shard/manifest.ts';
 import { silentLogger } from '../src/cluster/log.ts';
-import { LocalGroup } from './helpers/local-group.ts';
+import { joinHeads, LocalGroup } from './helpers/local-group.ts';
 import { TINY_LLAMA } from './helpers/tiny-llama.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herd-shard-share-'));
@@ -97,12 +97,14 @@ test.serial(
     const group = memberShares([1, 1], layers);
     const manifests = await source.shareManifestsFor(...layers, group);
     const whole = bytesOf(source.manifestFor(...layers));
-    // What each member must hold, computed from the model: its parts of the split tensors,
-    // every replicated tensor whole, the embedding and head on the leader alone.
+    // What each member must hold, computed from the model: its parts of the split tensors and
+    // of the head (the range is the last), every replicated tensor whole, the embedding on the
+    // leader alone.
+    t.truthy(group[1].vocabRows, 'the members share the head');
     for (const [m, share] of group.entries()) {
       let want = 0;
       for (const e of source.manifestFor(...layers).tensors) {
-        if (m !== 0 && ['token_embd.weight', 'output.weight', 'output_norm.weight'].includes(e.name)) continue;
+        if (m !== 0 && e.name === 'token_embd.weight') continue;
         want += cutLayout(e, shareCut(e.name, source.config, share), 'test').nBytes;
       }
       t.is(bytesOf(manifests[m]), want, `member ${m}'s manifest is its share`);
@@ -134,7 +136,7 @@ test.serial(
     const file = GgufFile.open(tiny);
     const cut = group.map((share) => TensorMember.load(file, { share, ctx: 64 }));
     t.falsy(fetched[1].weights.tokenEmbd, "a follower's slice has no embedding");
-    t.falsy(fetched[1].weights.output, "a follower's slice has no head");
+    t.is(fetched[1].weights.output?.rows, group[1].vocabRows![1] - group[1].vocabRows![0], "a follower's head rows");
     const run = async (members: readonly TensorMember[]) => {
       const g = new LocalGroup(members.length);
       const x = members.map(() => new Float32Array(source.config.dim));
@@ -146,7 +148,12 @@ test.serial(
         await Promise.all(
           members.map((mm, i) => mm.forwardLayers(x[i], [{ start: pos, n: 1, cache: caches[i] }], g.allReduce(i))),
         );
-        logits.push(members[0].head(x[0]).slice());
+        logits.push(
+          joinHeads(
+            members,
+            members.map((mm, i) => mm.head(x[i]).slice()),
+          ),
+        );
       }
       return logits;
     };

@@ -6,7 +6,7 @@ import { readConfig } from '../model/config.ts';
 import { resolveNodes, withHoldings } from '../cluster/coordinator/nodes.ts';
 import { modelHash } from '../cluster/shard/model-hash.ts';
 import { plan, type PlanSummary } from '../cluster/planner.ts';
-import { shares, splitShape } from '../model/tensor-share.ts';
+import { shareJson, shares, splitShape } from '../model/tensor-share.ts';
 import { modelShape } from '../cluster/shape.ts';
 import { formatBytes } from '../cluster/caps.ts';
 import { resolveModelPath } from './model-path.ts';
@@ -86,12 +86,12 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
     sync: args.sync,
     shares: (start, end, weights) => shares(splitShape(file, config, [start, end]), weights),
   });
-  // A group's members, the leader first, each with its KV heads and FFN rows.
+  // A group's members, the leader first, each with its KV heads, FFN rows and head rows.
   const membersOf = (s: (typeof p.stages)[number]) =>
     (s.members ?? [{ node: s.node, share: undefined }]).map((m) => ({
       node: m.node.name,
       address: m.node.address,
-      share: m.share ? { kv_heads: m.share.kvHeads, ffn_rows: m.share.ffnRows } : null,
+      share: m.share ? shareJson(m.share) : null,
     }));
   if (args.json) {
     process.stdout.write(
@@ -135,7 +135,10 @@ async function handler(args: ArgumentsCamelCase<PlanArgs>): Promise<void> {
       String(i + 1),
       membersOf(s)
         .map((m) =>
-          m.share ? `${m.node} (kv ${m.share.kv_heads.join('-')}, ffn ${m.share.ffn_rows.join('-')})` : m.node,
+          m.share
+            ? `${m.node} (kv ${m.share.kv_heads.join('-')}, ffn ${m.share.ffn_rows.join('-')}` +
+              `${m.share.vocab_rows ? `, head ${m.share.vocab_rows.join('-')}` : ''})`
+            : m.node,
         )
         .join(' + '),
       membersOf(s)

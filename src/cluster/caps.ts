@@ -1,7 +1,7 @@
 // What a node offers: the capabilities it advertises in mDNS TXT and reports in Info, and
 // what the planner consumes. TXT values arrive from the network, so decoding validates.
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 export const SERVICE_TYPE = 'herd';
 export const DEFAULT_PORT = 7077;
 

@@ -65,6 +65,8 @@ export interface ModelShape {
   readonly dim: number;
   /** KV heads of a layer: a group size chosen without --tensor divides them. */
   readonly kvHeads: number;
+  /** Rows of the head: a group sharing an untied head gathers its members' logits of them. */
+  readonly vocabSize: number;
 }
 
 export interface PlanOptions {
@@ -157,6 +159,8 @@ interface GroupNode extends PlanNode {
   readonly shareTotal: number;
   /** Seconds of one sync between the members. */
   readonly syncSeconds: number;
+  /** Seconds for the leader to gather the others' logits of a shared head. */
+  readonly gatherSeconds: number;
 }
 
 function isGroup(n: PlanNode): n is GroupNode {
@@ -200,13 +204,16 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
   const kv = (a: number, b: number) => (b - a) * m.kvBytesPerLayer * sessions;
   // Each session of a batched step has its own rows of every activation buffer (logits included).
   const buffers = m.bufferBytes * sessions;
-  // A member holds its share of the layers and of the KV cache (in proportion to its
-  // throughput, as the shares are cut), the replicated tensors and its own buffers; the
-  // leader alone also the embedding and the head.
+  // A group shares the head's rows when it is the model's own (model/tensor-share.ts); a tied
+  // head stays whole on the leader, beside the embedding it is.
+  const sharedHead = (b: number) => (b === L && !m.tiedHead ? m.headBytes : 0);
+  // A member holds its share of the layers, of the KV cache and of a shared head (in proportion
+  // to its throughput, as the shares are cut), the replicated tensors and its own buffers; the
+  // leader alone also the embedding and a head that is not shared.
   const memberNeed = (g: GroupNode, i: number, a: number, b: number) =>
-    (Math.max(g.members[i].throughput, 1) / g.shareTotal) * (layers(a, b) + kv(a, b)) +
+    (Math.max(g.members[i].throughput, 1) / g.shareTotal) * (layers(a, b) + kv(a, b) + sharedHead(b)) +
     m.sharedBytes +
-    (i === 0 ? weights(a, b) - layers(a, b) - m.sharedBytes : 0) +
+    (i === 0 ? weights(a, b) - layers(a, b) - m.sharedBytes - sharedHead(b) : 0) +
     buffers +
     overhead;
   return {
@@ -226,12 +233,14 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
       return worst;
     },
     // Per token a stage streams its layers' weights, and the last one the head too.
-    // A group: the layers shared by its members, the head on the leader alone, two syncs per layer.
+    // A group: the layers (and an untied head) shared by its members, a tied head on the leader
+    // alone, two syncs per layer and the gather of a shared head's logits.
     seconds: (node, a, b) =>
       isGroup(node)
-        ? layers(a, b) / Math.max(node.throughput, 1) +
-          (b === L ? m.headBytes / Math.max(node.members[0].throughput, 1) : 0) +
+        ? (layers(a, b) + sharedHead(b)) / Math.max(node.throughput, 1) +
+          (b === L && m.tiedHead ? m.headBytes / Math.max(node.members[0].throughput, 1) : 0) +
           2 * (b - a) * node.syncSeconds +
+          (sharedHead(b) > 0 ? node.gatherSeconds : 0) +
           hop
         : (layers(a, b) + (b === L ? m.headBytes : 0)) / Math.max(node.throughput, 1) + hop,
   };
@@ -525,6 +534,8 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
   const groups: GroupNode[] = [];
   for (let i = 0; i + tensor <= sorted.length; i += tensor) {
     const members = sorted.slice(i, i + tensor);
+    const rtt = Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT));
+    const shareTotal = members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0);
     groups.push({
       id: members.map((n) => n.id).join('+'),
       name: members.map((n) => n.name).join('+'),
@@ -533,8 +544,11 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       memAvailable: members.reduce((sum, n) => sum + n.memAvailable, 0),
       throughput: members.reduce((sum, n) => sum + n.throughput, 0),
       members,
-      shareTotal: members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0),
-      syncSeconds: Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT)) + syncBytes / LINK_BYTES_PER_SECOND,
+      shareTotal,
+      syncSeconds: rtt + syncBytes / LINK_BYTES_PER_SECOND,
+      // the others' f32 logits of a shared head, in proportion to their shares, into the leader's link
+      gatherSeconds:
+        rtt + (4 * m.vocabSize * (1 - Math.max(members[0].throughput, 1) / shareTotal)) / LINK_BYTES_PER_SECOND,
     });
   }
   if (o.stages !== undefined && o.stages > groups.length)

@@ -29,5 +29,6 @@ export function modelShape(file: GgufFile, ctx: number, kvType: KvType): ModelSh
     bufferBytes,
     dim: c.dim,
     kvHeads: c.nKvHeads,
+    vocabSize: c.vocabSize,
   };
 }

@@ -21,6 +21,7 @@ import {
   type TokenLogprobs as WireLogprobs,
 } from '../proto/herd.ts';
 import type { TensorCut } from '../model/share-cut.ts';
+import type { TensorShare } from '../model/tensor-share.ts';
 import type { NodeCapabilities } from './caps.ts';
 import { invalid } from './errors.ts';
 import type { SliceManifest } from './shard/manifest.ts';
@@ -73,6 +74,20 @@ export const METHOD = {
 } as const;
 
 // --- element types -------------------------------------------------------------------------
+
+/** A share's heads and rows as a TensorGroup carries them (no head rows: both 0). */
+export function shareToWire(
+  s: TensorShare,
+): Record<'kvStart' | 'kvEnd' | 'ffnStart' | 'ffnEnd' | 'vocabStart' | 'vocabEnd', number> {
+  return {
+    kvStart: s.kvHeads[0],
+    kvEnd: s.kvHeads[1],
+    ffnStart: s.ffnRows[0],
+    ffnEnd: s.ffnRows[1],
+    vocabStart: s.vocabRows?.[0] ?? 0,
+    vocabEnd: s.vocabRows?.[1] ?? 0,
+  };
+}
 
 export function kvTypeToWire(k: KvType): WireKvType {
   return k === 'f16' ? WireKvType.KV_TYPE_F16 : WireKvType.KV_TYPE_F32;

@@ -72,11 +72,19 @@ export interface PlanEntry {
   readonly nodes?: readonly PlanMember[];
 }
 
-/** One node of a stage; a group member's share of each layer (KV heads, FFN rows), null for a whole stage. */
+/** One node of a stage; a group member's share of each layer (KV heads, FFN rows, head rows), null for a whole stage. */
 export interface PlanMember {
   readonly name: string;
   readonly address: string;
-  readonly share: { readonly kv_heads: [number, number]; readonly ffn_rows: [number, number] } | null;
+  readonly share: ShareJson | null;
+}
+
+/** A tensor-parallel member's share as herd's JSON outputs show it (model/tensor-share.ts shareJson). */
+export interface ShareJson {
+  readonly kv_heads: [number, number];
+  readonly ffn_rows: [number, number];
+  /** Rows of the output head whose logits the member computes (absent: the leader runs it whole). */
+  readonly vocab_rows?: [number, number];
 }
 
 /** A model loaded once, serving a session per request. */

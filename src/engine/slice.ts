@@ -109,8 +109,8 @@ export interface SliceModel {
     segments: readonly Segment[],
     turn?: () => Promise<void> | undefined,
   ): void | Promise<void>;
-  /** Logits (n × vocabulary) of n rows of hidden state (n × dim). */
-  head(x: Float32Array, n: number): Float32Array;
+  /** Logits (n × vocabulary) of n rows of hidden state (n × dim); a group's leader awaits its members' parts. */
+  head(x: Float32Array, n: number): Float32Array | Promise<Float32Array>;
 }
 
 export class SliceRunner {
@@ -226,7 +226,8 @@ export class SliceRunner {
 
       // the head of those rows, one product for all: final rmsnorm, classifier, then each
       // session's own sampler
-      const logits = heads > 0 ? model.head(this.last, heads) : undefined;
+      const head = heads > 0 ? model.head(this.last, heads) : undefined;
+      const logits = head instanceof Promise ? await head : head;
       for (const { p, row } of ends)
         sampled.push(row < 0 ? -1 : p.entry.seq.sample(logits!.subarray(row * vocabSize, (row + 1) * vocabSize)));
     }

@@ -5,7 +5,8 @@
 // and the group adds those partials up (all-reduce) — two syncs per layer. The layer walk is
 // model/transformer.ts's LayerRange.walk, the one a whole model runs, here over the member's
 // heads and rows: it yields each block's partial output where the residual add takes it, and
-// forwardLayers all-reduces it there.
+// forwardLayers all-reduces it there. A shared head is no sum: each member computes the logits
+// of its vocabulary rows and the leader puts the parts side by side (placeHeadRows).
 
 import type { GgufFile } from '../gguf/reader.ts';
 import type { KernelBackend } from '../kernels/backend.ts';
@@ -49,7 +50,7 @@ export class TensorMember extends LayerRange<ShareWeights> {
     return `member ${this.weights.share.member} of layers [${this.weights.start}, ${this.weights.end})`;
   }
 
-  /** The whole model for one token at one position: the next token's logits. */
+  /** The whole model for one token at one position: the next token's logits — this member's head rows of them (placeHeadRows) when the head is shared. */
   async forward(token: number, pos: number, allReduce: AllReduce, cache: KvCache = this.cache): Promise<Float32Array> {
     this.embed([token], this.one);
     await this.forwardLayers(this.one, [{ start: pos, n: 1, cache }], allReduce);
@@ -64,4 +65,24 @@ export class TensorMember extends LayerRange<ShareWeights> {
   async forwardLayers(x: Float32Array, segments: readonly Segment[], allReduce: AllReduce): Promise<void> {
     for (const partial of this.walk(x, segments)) await allReduce(partial);
   }
+}
+
+/**
+ * Puts a member's logits of n rows (n × width, its head rows from `from`) into the group's
+ * logits of those rows (n × vocabSize): what the leader does with each member's part of a split
+ * head. `part` is bytes (a data plane frame is not 4-byte aligned) or the leader's own floats.
+ */
+export function placeHeadRows(
+  logits: Float32Array,
+  vocabSize: number,
+  part: Float32Array | Uint8Array,
+  n: number,
+  from: number,
+): void {
+  const bytes = part instanceof Float32Array ? new Uint8Array(part.buffer, part.byteOffset, part.byteLength) : part;
+  const width = bytes.length / 4 / n;
+  if (!(Number.isInteger(width) && width >= 1 && from + width <= vocabSize))
+    throw new RangeError(`a head part of ${bytes.length} bytes for ${n} rows from row ${from} of ${vocabSize}`);
+  const out = new Uint8Array(logits.buffer, logits.byteOffset, logits.byteLength);
+  for (let i = 0; i < n; i++) out.set(bytes.subarray(i * width * 4, (i + 1) * width * 4), (i * vocabSize + from) * 4);
 }

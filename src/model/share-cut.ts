@@ -1,7 +1,7 @@
 // Which part of each tensor a tensor-parallel member's share is (tensor-share.ts says whose
 // heads and rows): rows of attn_q, attn_k, attn_v, ffn_gate and ffn_up; columns of
-// attn_output and ffn_down; the matching elements of the q, k, v biases; every other tensor
-// whole. A cut is the same run of bytes in every row of the tensor (one run for a row cut, since
+// attn_output and ffn_down; the matching elements of the q, k, v biases; rows of output.weight
+// when the share has head rows; every other tensor whole. A cut is the same run of bytes in every row of the tensor (one run for a row cut, since
 // rows are contiguous), so the coordinator hashes and sends only those bytes, and a member
 // reads its share out of a whole model file the same way it reads a slice of only its share.
 
@@ -31,6 +31,8 @@ const SPLIT = /^blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_
 
 /** The cut of tensor `name` in `share`; undefined for a tensor every member holds whole. */
 export function shareCut(name: string, c: ModelConfig, share: TensorShare): TensorCut | undefined {
+  if (name === 'output.weight' && share.vocabRows)
+    return { axis: 'rows', start: share.vocabRows[0], end: share.vocabRows[1] };
   const m = SPLIT.exec(name);
   if (!m) return undefined;
   const [, kind, what] = m;

@@ -2,8 +2,8 @@
 // The file holds each tensor either whole (a model file in --model-dir, tests) or already cut
 // to the share (a member's slice, fetched from the coordinator: cluster/shard); either way only
 // the share's bytes are read (share-cut.ts says which). Norms are replicated whole; the token
-// embedding and the output head are read when the range has them and the file holds them (a
-// follower's slice leaves them out: only the leader embeds and runs the head, node/group.ts).
+// embedding is read by the leader of a range that has it (only the leader embeds, node/group.ts);
+// the output head by every member with head rows (its rows), or else by the leader alone (whole).
 
 import { closeSync, openSync, readSync } from 'node:fs';
 import type { GgufFile, TensorInfo } from '../gguf/reader.ts';
@@ -13,7 +13,7 @@ import { kernelType, supportedTypes } from '../kernels/types.ts';
 import { ModelError, type ModelConfig } from './config.ts';
 import { readLayer, type LayerWeights } from './weights.ts';
 import { cutLayout, shareCut, type CutLayout } from './share-cut.ts';
-import type { TensorShare } from './tensor-share.ts';
+import { describeShare, type TensorShare } from './tensor-share.ts';
 
 export interface ShareWeights {
   readonly start: number;
@@ -68,7 +68,7 @@ export function loadShareWeights(
     throw new RangeError(`member ${share.member}: KV heads [${k0}, ${k1}) are not within the ${c.nKvHeads} KV heads`);
   if (!(Number.isInteger(f0) && Number.isInteger(f1) && 0 <= f0 && f0 < f1 && f1 <= c.ffnDim))
     throw new RangeError(`member ${share.member}: FFN rows [${f0}, ${f1}) are not within the ${c.ffnDim} rows`);
-  const who = `member ${share.member}'s share (KV heads [${k0}, ${k1}), FFN rows [${f0}, ${f1}))`;
+  const who = describeShare(share);
   let bytes = 0;
   const fd = openSync(file.path, 'r');
 
@@ -129,7 +129,8 @@ export function loadShareWeights(
     const last = end === c.nLayers;
     // Tied embeddings: without output.weight the head is the token embedding matrix.
     const headName = file.tensor('output.weight') ? 'output.weight' : embdName;
-    const output = last && file.tensor(headName) ? weight(headName, c.dim, c.vocabSize) : undefined;
+    const runsHead = last && (share.member === 0 || share.vocabRows !== undefined);
+    const output = runsHead && file.tensor(headName) ? weight(headName, c.dim, c.vocabSize) : undefined;
     const outputNorm = output ? vector('output_norm.weight', c.dim) : undefined;
     const ropeFreqs = optionalVector('rope_freqs.weight', c.ropeDims / 2);
     return {

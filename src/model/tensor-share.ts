@@ -5,10 +5,14 @@
 // starts, so the cut points of attn_output's and ffn_down's columns must be multiples of their
 // block size (1 for f32/f16, 32 for Q4_0/Q8_0…, 256 for the K-quants) in every layer of the
 // range. Within those steps the work is shared in proportion to the members' weights
-// (measured speed), every member getting at least one step of each.
+// (measured speed), every member getting at least one step of each. A range that ends with the
+// model's own head (output.weight, not tied to the embedding) also shares the head's vocabulary
+// rows: each member computes its rows' logits and the leader gathers them (node/group.ts), so
+// the head no longer costs the leader alone a whole matrix per token.
 
 import type { GgufFile } from '../gguf/reader.ts';
 import { ModelError, type ModelConfig } from './config.ts';
+import type { ShareJson } from '../engine/session.ts';
 
 export interface TensorShare {
   readonly member: number;
@@ -16,7 +20,27 @@ export interface TensorShare {
   readonly kvHeads: readonly [number, number];
   /** Rows [start, end) of ffn_gate and ffn_up, the same columns of ffn_down. */
   readonly ffnRows: readonly [number, number];
+  /** Rows [start, end) of the output head (vocabulary ids) the member computes; absent: the leader runs the whole head. */
+  readonly vocabRows?: readonly [number, number];
 }
+
+/** Names a share in errors: "member 1's share (KV heads [2, 4), FFN rows [704, 1408), head rows [16000, 32000))". */
+export function describeShare(s: TensorShare): string {
+  const v = s.vocabRows ? `, head rows [${s.vocabRows[0]}, ${s.vocabRows[1]})` : '';
+  return `member ${s.member}'s share (KV heads [${s.kvHeads[0]}, ${s.kvHeads[1]}), FFN rows [${s.ffnRows[0]}, ${s.ffnRows[1]})${v})`;
+}
+
+/** A share as herd's JSON outputs show it (plan, run --json, /api/state). */
+export function shareJson(s: TensorShare): ShareJson {
+  return {
+    kv_heads: [s.kvHeads[0], s.kvHeads[1]],
+    ffn_rows: [s.ffnRows[0], s.ffnRows[1]],
+    ...(s.vocabRows && { vocab_rows: [s.vocabRows[0], s.vocabRows[1]] as [number, number] }),
+  };
+}
+
+/** Head rows are shared in steps of this many (a multiple of every kernel's row tile, so a row's logit is computed alike whoever holds it). */
+export const VOCAB_STEP = 64;
 
 /** What constrains the cuts: the model's shapes and the block sizes of the column-cut matrices. */
 export interface SplitShape {
@@ -28,6 +52,8 @@ export interface SplitShape {
   /** The types the blocks come from, for error messages (e.g. "Q4_0"). */
   readonly attnOutTypes: readonly string[];
   readonly ffnDownTypes: readonly string[];
+  /** The range ends with an untied head (output.weight), whose rows the members share. */
+  readonly headRows: boolean;
 }
 
 export class TensorShareError extends Error {
@@ -62,7 +88,14 @@ export function splitShape(file: GgufFile, config: ModelConfig, layers?: readonl
       set(t.type.blockSize);
     }
   }
-  return { config, attnOutBlock, ffnDownBlock, attnOutTypes: [...attnOutTypes], ffnDownTypes: [...ffnDownTypes] };
+  return {
+    config,
+    attnOutBlock,
+    ffnDownBlock,
+    attnOutTypes: [...attnOutTypes],
+    ffnDownTypes: [...ffnDownTypes],
+    headRows: end === config.nLayers && file.tensor('output.weight') !== undefined,
+  };
 }
 
 /**
@@ -100,13 +133,22 @@ export function shares(shape: SplitShape, weights: readonly number[]): TensorSha
 
   const kv = apportion(kvUnits, weights);
   const ffn = apportion(ffnUnits, weights);
+  // the head's rows in steps of VOCAB_STEP, the last member's run ending at the vocabulary's end
+  const vocabUnits = Math.ceil(c.vocabSize / VOCAB_STEP);
+  const vocab = shape.headRows && vocabUnits >= g ? apportion(vocabUnits, weights) : undefined;
   const out: TensorShare[] = [];
   let k0 = 0;
   let f0 = 0;
+  let v0 = 0;
   for (let i = 0; i < g; i++) {
     const k1 = k0 + kv[i] * kvStep;
     const f1 = f0 + ffn[i] * shape.ffnDownBlock;
-    out.push({ member: i, kvHeads: [k0, k1], ffnRows: [f0, f1] });
+    const share: TensorShare = { member: i, kvHeads: [k0, k1], ffnRows: [f0, f1] };
+    if (vocab) {
+      const v1 = Math.min(v0 + vocab[i] * VOCAB_STEP, c.vocabSize);
+      out.push({ ...share, vocabRows: [v0, v1] });
+      v0 = v1;
+    } else out.push(share);
     k0 = k1;
     f0 = f1;
   }

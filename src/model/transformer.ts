@@ -301,17 +301,19 @@ export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
   /**
    * Last slice: final rmsnorm and the classifier turn n rows of hidden state (n ≤ batch) into
    * n rows of logits, one matrix product over them all (workspace: read before the next call).
+   * A member with a share of the head's rows gets n rows of its rows' logits.
    */
   head(x: Float32Array, n = 1): Float32Array {
     const w = this.weights;
     const s = this.state;
-    const { dim, vocabSize } = this.config;
+    const { dim } = this.config;
     if (!w.output || !w.outputNorm) throw new Error(`${this.label} holds no output head`);
     if (!(Number.isInteger(n) && n >= 1 && n <= this.batch))
       throw new RangeError(`${this.label}: a head of ${n} rows (1..${this.batch})`);
     for (let i = 0; i < n; i++) rmsnorm(row(s.xb, i, dim), row(x, i, dim), w.outputNorm, dim, this.config.rmsEps);
-    if (s.logits.length < n * vocabSize) s.logits = new Float32Array(n * vocabSize);
-    const logits = s.logits.subarray(0, n * vocabSize);
+    const width = w.output.rows;
+    if (s.logits.length < n * width) s.logits = new Float32Array(n * width);
+    const logits = s.logits.subarray(0, n * width);
     this.matmul(w.output, s.xb, n, logits);
     return logits;
   }

@@ -54,8 +54,8 @@ export const protobufFileName = "herd.proto";
  */
 export enum ProtocolVersion {
   PROTOCOL_VERSION_UNSPECIFIED = 0,
-  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming; 3: an Activation may rewind its session and restart the sampler; 4: mutual TLS with a cluster key (no Challenge on HerdNode), LoadShard carries the slice's manifest; 5: a stage may be a tensor-parallel group (LoadShard's group, LoadProgress's dataplane_port, Hop's group) */
-  PROTOCOL_VERSION_CURRENT = 5,
+  /** PROTOCOL_VERSION_CURRENT - 2: Activation and Delivery carry every stage's StageTiming; 3: an Activation may rewind its session and restart the sampler; 4: mutual TLS with a cluster key (no Challenge on HerdNode), LoadShard carries the slice's manifest; 5: a stage may be a tensor-parallel group (LoadShard's group, LoadProgress's dataplane_port, Hop's group); 6: a group may share the head's rows (TensorGroup.vocab_start/vocab_end; the data plane's gather frames) */
+  PROTOCOL_VERSION_CURRENT = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -64,7 +64,7 @@ export function protocolVersionFromJSON(object: any): ProtocolVersion {
     case 0:
     case "PROTOCOL_VERSION_UNSPECIFIED":
       return ProtocolVersion.PROTOCOL_VERSION_UNSPECIFIED;
-    case 5:
+    case 6:
     case "PROTOCOL_VERSION_CURRENT":
       return ProtocolVersion.PROTOCOL_VERSION_CURRENT;
     case -1:
@@ -370,6 +370,12 @@ export interface TensorGroup {
   token: Buffer;
   /** host:port of the data planes of members 0..member-1, in order */
   peers: string[];
+  /**
+   * Rows [vocab_start, vocab_end) of the output head whose logits this member computes (the
+   * leader gathers them); both 0: the head is not shared (the leader runs it whole).
+   */
+  vocabStart: number;
+  vocabEnd: number;
 }
 
 /**
@@ -2167,6 +2173,8 @@ function createBaseTensorGroup(): TensorGroup {
     sync: "",
     token: Buffer.alloc(0),
     peers: [],
+    vocabStart: 0,
+    vocabEnd: 0,
   };
 }
 
@@ -2198,6 +2206,12 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     }
     for (const v of message.peers) {
       writer.uint32(74).string(v!);
+    }
+    if (message.vocabStart !== 0) {
+      writer.uint32(80).uint32(message.vocabStart);
+    }
+    if (message.vocabEnd !== 0) {
+      writer.uint32(88).uint32(message.vocabEnd);
     }
     return writer;
   },
@@ -2287,6 +2301,22 @@ export const TensorGroup: MessageFns<TensorGroup> = {
             message.peers.push(reader.string());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.vocabStart = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.vocabEnd = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2328,6 +2358,16 @@ export const TensorGroup: MessageFns<TensorGroup> = {
       peers: globalThis.Array.isArray(object?.peers)
         ? object.peers.map((e: any) => globalThis.String(e))
         : [],
+      vocabStart: isSet(object.vocabStart)
+        ? globalThis.Number(object.vocabStart)
+        : isSet(object.vocab_start)
+        ? globalThis.Number(object.vocab_start)
+        : 0,
+      vocabEnd: isSet(object.vocabEnd)
+        ? globalThis.Number(object.vocabEnd)
+        : isSet(object.vocab_end)
+        ? globalThis.Number(object.vocab_end)
+        : 0,
     };
   },
 
@@ -2360,6 +2400,12 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     if (message.peers?.length) {
       obj.peers = message.peers;
     }
+    if (message.vocabStart !== 0) {
+      obj.vocabStart = Math.round(message.vocabStart);
+    }
+    if (message.vocabEnd !== 0) {
+      obj.vocabEnd = Math.round(message.vocabEnd);
+    }
     return obj;
   },
 
@@ -2377,6 +2423,8 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     message.sync = object.sync ?? "";
     message.token = object.token ?? Buffer.alloc(0);
     message.peers = object.peers?.map((e) => e) || [];
+    message.vocabStart = object.vocabStart ?? 0;
+    message.vocabEnd = object.vocabEnd ?? 0;
     return message;
   },
 };

@@ -3,8 +3,20 @@
 // member summing all decoded payloads in member order — what the data plane does over sockets,
 // without the sockets, so the engine's split can be checked on its own.
 
-import type { AllReduce } from '../../src/engine/tensor-split.ts';
+import { placeHeadRows, type AllReduce, type TensorMember } from '../../src/engine/tensor-split.ts';
 import { SyncCodec, sumPayloads, type SyncFormat } from '../../src/cluster/sync/format.ts';
+
+/**
+ * The group's logits of n rows from each member's head output (`parts[m]`: its head rows' logits,
+ * or the leader's whole head when the head is not shared), side by side as the leader gathers them.
+ */
+export function joinHeads(members: readonly TensorMember[], parts: readonly Float32Array[], n = 1): Float32Array {
+  const vocab = members[0].config.vocabSize;
+  if (!members[0].weights.share.vocabRows) return parts[0].slice();
+  const logits = new Float32Array(n * vocab);
+  members.forEach((m, i) => placeHeadRows(logits, vocab, parts[i], n, m.weights.share.vocabRows![0]));
+  return logits;
+}
 
 export class LocalGroup {
   private readonly codec: SyncCodec;

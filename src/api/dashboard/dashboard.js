@@ -36,7 +36,7 @@ function groupOf(stage) {
   return stage.nodes?.some((m) => m.share) ? stage.nodes : undefined;
 }
 
-/** Runs [a, b) of KV heads or FFN rows as a first–last range. */
+/** Runs [a, b) of KV heads, FFN rows or head rows as a first–last range. */
 const span = ([a, b]) => `${a}–${b - 1}`;
 
 function drawLayers(state) {
@@ -81,7 +81,8 @@ function drawMembers(members) {
       el(
         'li',
         { className: 'member', 'data-node': m.name },
-        `${m.name} · ${m.address} · KV heads ${span(m.share.kv_heads)} · FFN rows ${span(m.share.ffn_rows)}`,
+        `${m.name} · ${m.address} · KV heads ${span(m.share.kv_heads)} · FFN rows ${span(m.share.ffn_rows)}` +
+          (m.share.vocab_rows ? ` · head rows ${span(m.share.vocab_rows)}` : ''),
       ),
     ),
   );

@@ -6,13 +6,14 @@ import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import type { KvType } from '../../model/kv-cache.ts';
 import { readConfig } from '../../model/config.ts';
+import type { ShareJson } from '../../engine/session.ts';
 import type { SamplingOptions } from '../../engine/sampler.ts';
 import type { ClusterKey } from '../auth.ts';
 import { ClusterError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { formatHostPort, interfaceIpv4, parseHostPort } from '../net.ts';
 import { plan as makePlan, type ModelShape, type Plan, type PlanNode, type PlannedStage } from '../planner.ts';
-import { shares, splitShape, type TensorShare } from '../../model/tensor-share.ts';
+import { shareJson, shares, splitShape, type TensorShare } from '../../model/tensor-share.ts';
 import { DEFAULT_SYNC, type SyncFormat } from '../sync/format.ts';
 import { deadline, describeCallError, nodeClient, type ChannelPath } from '../rpc.ts';
 import { ModelSource } from '../shard/source.ts';
@@ -21,6 +22,7 @@ import { modelShape } from '../shape.ts';
 import {
   kvTypeToWire,
   manifestToWire,
+  shareToWire,
   type HerdNodeClient,
   type WireLoadProgress,
   type WireTensorGroup,
@@ -78,13 +80,8 @@ export interface StageLoad {
   readonly source: string;
   readonly bytes_transferred: number;
   readonly ms: number;
-  /** A group member: its index, the group's size, its KV heads and FFN rows. */
-  readonly share?: {
-    readonly member: number;
-    readonly size: number;
-    readonly kv_heads: number[];
-    readonly ffn_rows: number[];
-  };
+  /** A group member: its index, the group's size, its KV heads, FFN rows and head rows. */
+  readonly share?: ShareJson & { readonly member: number; readonly size: number };
 }
 
 export class HerdCluster {
@@ -206,10 +203,7 @@ export class HerdCluster {
       const group: WireTensorGroup = {
         size: members.length,
         member: m,
-        kvStart: share.kvHeads[0],
-        kvEnd: share.kvHeads[1],
-        ffnStart: share.ffnRows[0],
-        ffnEnd: share.ffnRows[1],
+        ...shareToWire(share),
         sync: this.o.sync ?? DEFAULT_SYNC,
         token,
         peers: [...peers],
@@ -296,8 +290,7 @@ export class HerdCluster {
         share: {
           member: member.group.member,
           size: member.group.size,
-          kv_heads: [...member.share.kvHeads],
-          ffn_rows: [...member.share.ffnRows],
+          ...shareJson(member.share),
         },
       }),
     };

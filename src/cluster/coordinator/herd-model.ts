@@ -5,6 +5,7 @@
 
 import type { GgufFile } from '../../gguf/reader.ts';
 import type { KvType } from '../../model/kv-cache.ts';
+import { shareJson } from '../../model/tensor-share.ts';
 import type { PlanEntry, ServedModel } from '../../engine/session.ts';
 import type { SyncFormat } from '../sync/format.ts';
 import type { ClusterKey } from '../auth.ts';
@@ -114,7 +115,7 @@ export async function loadHerdModel(
         nodes: (s.members ?? [{ node: s.node, share: undefined }]).map((m) => ({
           name: m.node.name,
           address: m.node.address,
-          share: m.share ? { kv_heads: [...m.share.kvHeads], ffn_rows: [...m.share.ffnRows] } : null,
+          share: m.share ? shareJson(m.share) : null,
         })),
       }));
     },

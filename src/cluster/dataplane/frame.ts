@@ -2,10 +2,11 @@
 //
 //   u8  kind      1 hello (opens a link), 2 sync (one member's partial of one all-reduce),
 //                 3 control (the leader's word to the others: what a step runs; cluster/node/group.ts)
-//   u8  format    the sync format of the payload (sync frames; 0 in a hello)
+//                 4 gather (a member's part of a gather to the leader, f32: its rows of the head's logits)
+//   u8  format    the sync format of the payload (sync and gather frames; 0 in a hello)
 //   u16 from      the sender's member index
-//   u32 round     sync frames: the all-reduce's sequence number on this link, from 1
-//   u32 count     sync frames: values in the payload
+//   u32 round     sync and gather frames: the all-reduce's (gather's) sequence number on this link, from 1
+//   u32 count     sync and gather frames: values in the payload
 //   u32 bytes     payload bytes
 //
 // A hello's payload is the group's 32-byte token, the group size (u16) and the member index
@@ -19,7 +20,7 @@ export const HEADER_BYTES = 16;
 export const TOKEN_BYTES = 32;
 export const HELLO_BYTES = TOKEN_BYTES + 4;
 
-export const FrameKind = { hello: 1, sync: 2, control: 3 } as const;
+export const FrameKind = { hello: 1, sync: 2, control: 3, gather: 4 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
 export interface FrameHeader {
@@ -93,10 +94,9 @@ export class FrameReader {
     let off = 0;
     while (buf.length - off >= HEADER_BYTES) {
       const kind = buf[off];
-      if (kind !== FrameKind.hello && kind !== FrameKind.sync && kind !== FrameKind.control)
-        throw invalid(`data plane: unknown frame kind ${kind}`);
+      if (kind < FrameKind.hello || kind > FrameKind.gather) throw invalid(`data plane: unknown frame kind ${kind}`);
       const h: FrameHeader = {
-        kind,
+        kind: kind as FrameKind,
         format: buf[off + 1],
         from: buf.readUInt16LE(off + 2),
         round: buf.readUInt32LE(off + 4),

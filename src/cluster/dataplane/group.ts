@@ -15,11 +15,14 @@
 // also hold the cluster key, and the activations are encrypted.
 //
 // Besides the syncs, the leader (member 0) may send control frames to the others (sendControl):
-// opaque to the data plane, read by the group's owner (onControl), in order with the syncs.
+// opaque to the data plane, read by the group's owner (onControl), in order with the syncs; and
+// the others may send it their parts of a gather (sendGather: f32 values, e.g. their rows of
+// the head's logits), which it takes in member order (gather).
 //
 // Counters (stats) say where a member's sync time goes: encoding and writing its frame,
-// waiting for the peers', decoding and summing. Each burst of all-reduces (a request's steps:
-// ended by a second without one, or by close) is logged once as dataplane.stats.
+// waiting for the peers', decoding and summing; and the gathers, their bytes and the leader's
+// wait for them. Each burst of all-reduces (a request's steps: ended by a second without one, or
+// by close) is logged once as dataplane.stats.
 //
 // Member i dials every member below it and accepts every member above; once every link is up
 // the listener closes. An all-reduce that does not complete within the timeout, a lost link or
@@ -79,9 +82,14 @@ export interface SyncStats {
   rounds: number;
   /** Values all-reduced (rows × dim per round). */
   values: number;
-  /** Frame bytes, headers included, control frames too. */
+  /** Frame bytes, headers included, control frames too (gather frames aside). */
   bytesSent: number;
   bytesReceived: number;
+  /** Gather parts sent (a follower) or taken (the leader), and their frame bytes. */
+  gathers: number;
+  gatherBytes: number;
+  /** ms the leader waited in gather for the others' parts. */
+  gatherMs: number;
   /** ms in allReduce encoding this member's partial and writing it to the links. */
   sendMs: number;
   /** ms in allReduce waiting for the peers' frames (their compute left over, and the wire). */
@@ -95,6 +103,9 @@ const noStats = (): SyncStats => ({
   values: 0,
   bytesSent: 0,
   bytesReceived: 0,
+  gathers: 0,
+  gatherBytes: 0,
+  gatherMs: 0,
   sendMs: 0,
   waitMs: 0,
   sumMs: 0,
@@ -103,9 +114,9 @@ const noStats = (): SyncStats => ({
 /** An all-reduce this long after the last one ends the burst before it (logged as dataplane.stats). */
 const BURST_GAP_MS = 1000;
 
-/** One pending all-reduce: done when every peer's frame of `round` is in. */
+/** One pending all-reduce or gather: done when every frame it needs is in. */
 interface Waiter {
-  readonly round: number;
+  ready(): boolean;
   resolve(): void;
   reject(e: Error): void;
 }
@@ -121,6 +132,12 @@ export class SyncGroup {
   private linkWaiters: { resolve(): void; reject(e: Error): void }[] = [];
   private waiter: Waiter | undefined;
   private round = 0;
+  /** Gathers: the last one sent (a follower) or taken (the leader), and the parts received from each peer, in order. */
+  private gatherRound = 0;
+  private readonly gathered: number[];
+  private readonly gatherBox: Buffer[][];
+  /** Most values one gather part carries (set at connect: 0, none). */
+  private maxGather = 0;
   private failure: Error | undefined;
   private readonly scratch: Float32Array;
   /**
@@ -150,6 +167,8 @@ export class SyncGroup {
     this.links = new Array<net.Socket | undefined>(opts.size).fill(undefined);
     this.inbox = Array.from({ length: opts.size }, () => []);
     this.received = new Array<number>(opts.size).fill(0);
+    this.gathered = new Array<number>(opts.size).fill(0);
+    this.gatherBox = Array.from({ length: opts.size }, () => []);
     this.scratch = new Float32Array(opts.maxValues);
     const frameBytes = HEADER_BYTES + this.codec.bytes(opts.maxValues);
     this.frames = [Buffer.allocUnsafe(frameBytes), Buffer.allocUnsafe(frameBytes)];
@@ -198,10 +217,14 @@ export class SyncGroup {
     return { host: a.address, port: a.port };
   }
 
-  /** Links to every other member (`peers[m]`: member m's endpoint; this member's own entry unused). */
-  async connect(peers: readonly Endpoint[]): Promise<void> {
+  /**
+   * Links to every other member (`peers[m]`: member m's endpoint; this member's own entry
+   * unused). `maxGatherValues`: the most values the leader takes in one member's gather part.
+   */
+  async connect(peers: readonly Endpoint[], maxGatherValues = 0): Promise<void> {
     if (peers.length !== this.opts.size)
       throw new ClusterError('usage', `${peers.length} endpoints for a group of ${this.opts.size}`);
+    this.maxGather = maxGatherValues;
     const all = new Promise<void>((resolve, reject) => this.linkWaiters.push({ resolve, reject }));
     const timer = setTimeout(
       () => this.fail(new ClusterError('pipeline', `data plane: links not up within ${this.timeoutMs} ms`)),
@@ -249,31 +272,12 @@ export class SyncGroup {
     }
     const t1 = performance.now();
 
-    if (!this.roundIn(round)) {
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(
-          () =>
-            this.fail(
-              new ClusterError(
-                'pipeline',
-                `data plane: all-reduce ${round} incomplete after ${this.timeoutMs} ms (missing members ${this.missing(round).join(', ')})`,
-              ),
-            ),
-          this.timeoutMs,
-        );
-        this.waiter = {
-          round,
-          resolve: () => {
-            clearTimeout(timer);
-            resolve();
-          },
-          reject: (e) => {
-            clearTimeout(timer);
-            reject(e);
-          },
-        };
-      });
-    }
+    if (!this.roundIn(round))
+      await this.until(
+        () => this.roundIn(round),
+        () =>
+          `all-reduce ${round} incomplete after ${this.timeoutMs} ms (missing members ${this.missing(round).join(', ')})`,
+      );
 
     const payloads = this.payloads;
     for (let m = 0; m < this.opts.size; m++) {
@@ -298,6 +302,64 @@ export class SyncGroup {
     st.waitMs += t2 - t1;
     st.sumMs += t3 - t2;
     this.lastRoundEnd = t3;
+  }
+
+  /** A follower's part of the leader's next gather (f32 values), in order with its syncs. */
+  sendGather(part: Float32Array): void {
+    if (this.failure) throw this.failure;
+    if (this.opts.member === 0) throw new ClusterError('usage', 'the leader takes the gathers, it sends none');
+    const frame = newFrame({
+      kind: FrameKind.gather,
+      format: formatCode('f32'),
+      from: this.opts.member,
+      round: ++this.gatherRound,
+      count: part.length,
+      bytes: part.byteLength,
+    });
+    frame.set(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), HEADER_BYTES);
+    this.links[0]!.write(frame);
+    this.stats.gathers++;
+    this.stats.gatherBytes += frame.length;
+  }
+
+  /**
+   * The leader's next gather: every other member's part, in member order (entry m − 1 is member
+   * m's), as bytes of f32 values — views into the read buffers, unaligned: copy them out.
+   */
+  async gather(): Promise<Buffer[]> {
+    if (this.failure) throw this.failure;
+    if (this.opts.member !== 0) throw new ClusterError('usage', 'only the leader (member 0) takes gathers');
+    const round = ++this.gatherRound;
+    const t0 = performance.now();
+    const inAll = () => this.gatherBox.every((box, m) => m === 0 || box.length > 0);
+    if (!inAll())
+      await this.until(inAll, () => {
+        const missing = this.gatherBox.flatMap((box, m) => (m > 0 && box.length === 0 ? [m] : []));
+        return `gather ${round} incomplete after ${this.timeoutMs} ms (missing members ${missing.join(', ')})`;
+      });
+    const parts = this.gatherBox.slice(1).map((box) => box.shift()!);
+    this.stats.gathers++;
+    for (const p of parts) this.stats.gatherBytes += HEADER_BYTES + p.length;
+    this.stats.gatherMs += performance.now() - t0;
+    return parts;
+  }
+
+  /** Waits until `ready()` (checked on every frame), failing the group after the timeout. */
+  private until(ready: () => boolean, late: () => string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new ClusterError('pipeline', `data plane: ${late()}`)), this.timeoutMs);
+      this.waiter = {
+        ready,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
   }
 
   /**
@@ -370,6 +432,9 @@ export class SyncGroup {
       sendMs: ms(s.sendMs - from.sendMs),
       waitMs: ms(s.waitMs - from.waitMs),
       sumMs: ms(s.sumMs - from.sumMs),
+      gathers: s.gathers - from.gathers,
+      gatherBytes: s.gatherBytes - from.gatherBytes,
+      gatherMs: ms(s.gatherMs - from.gatherMs),
     });
     this.burstFrom = { ...s };
   }
@@ -445,6 +510,18 @@ export class SyncGroup {
           throw invalid(`data plane: a control frame of ${h.bytes} bytes (at most ${this.opts.maxControlBytes ?? 0})`);
         return;
       }
+      if (h.kind === FrameKind.gather) {
+        if (member !== 0) throw invalid(`data plane: member ${peer} sent a gather part (only the leader takes them)`);
+        if (h.count < 1 || h.count > this.maxGather)
+          throw invalid(
+            `data plane: member ${peer} sent a gather part of ${h.count} values (at most ${this.maxGather})`,
+          );
+        if (h.bytes !== 4 * h.count)
+          throw invalid(`data plane: member ${peer} sent ${h.bytes} bytes for ${h.count} f32 gather values`);
+        if (h.round !== this.gathered[peer] + 1)
+          throw invalid(`data plane: member ${peer} sent gather part ${h.round} after ${this.gathered[peer]}`);
+        return;
+      }
       if (h.kind !== FrameKind.sync) throw invalid(`data plane: member ${peer} sent a second hello`);
       if (h.from !== peer) throw invalid(`data plane: member ${peer}'s link carries a frame from member ${h.from}`);
       if (h.format !== formatCode(this.opts.format))
@@ -474,15 +551,23 @@ export class SyncGroup {
         this.checkLinks();
         return;
       }
-      this.stats.bytesReceived += HEADER_BYTES + payload.length;
+      if (h.kind !== FrameKind.gather) this.stats.bytesReceived += HEADER_BYTES + payload.length;
       if (h.kind === FrameKind.control) return void this.controlHandler?.(payload);
-      this.received[peer] = h.round;
-      const box = this.inbox[peer];
-      box.push({ round: h.round, count: h.count, payload });
-      // a member finishes round r only with this member's frame of r, so it can be one round ahead, not more
-      if (box.length > 2) throw invalid(`data plane: member ${peer} is ${box.length} all-reduces ahead`);
+      if (h.kind === FrameKind.gather) {
+        this.gathered[peer] = h.round;
+        const parts = this.gatherBox[peer];
+        parts.push(payload);
+        // a member sends a part for a head the leader asked for, and the leader asks again only once it took the last
+        if (parts.length > 1) throw invalid(`data plane: member ${peer} sent a gather part nobody asked for`);
+      } else {
+        this.received[peer] = h.round;
+        const box = this.inbox[peer];
+        box.push({ round: h.round, count: h.count, payload });
+        // a member finishes round r only with this member's frame of r, so it can be one round ahead, not more
+        if (box.length > 2) throw invalid(`data plane: member ${peer} is ${box.length} all-reduces ahead`);
+      }
       const w = this.waiter;
-      if (w && this.roundIn(w.round)) {
+      if (w && w.ready()) {
         this.waiter = undefined;
         w.resolve();
       }

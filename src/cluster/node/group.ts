@@ -6,7 +6,9 @@
 // then runs its share with the group's all-reduce. A follower runs the same step on its share
 // as the frames come, in order, with a KV cache share per slot; the leader frees a slot when
 // its session closes. Batching carries over: a step of several sessions is one frame and one
-// set of syncs.
+// set of syncs. A shared head (model/tensor-share.ts: each member holds rows of output.weight)
+// is one more control frame — the rows to sample from — after which every member computes its
+// rows' logits, and the leader gathers the followers' parts beside its own before sampling.
 //
 // Linking: at LoadShard the member listens on an ephemeral port (reported in LoadProgress),
 // the coordinator passes each member the ports of the members before it, and the member
@@ -18,7 +20,7 @@ import { createHash } from 'node:crypto';
 import type { KvCache } from '../../model/kv-cache.ts';
 import type { Segment } from '../../model/transformer.ts';
 import type { SliceModel } from '../../engine/slice.ts';
-import type { TensorMember } from '../../engine/tensor-split.ts';
+import { placeHeadRows, type TensorMember } from '../../engine/tensor-split.ts';
 import type { TensorShare } from '../../model/tensor-share.ts';
 import { SyncGroup, type Endpoint } from '../dataplane/group.ts';
 import { TOKEN_BYTES } from '../dataplane/frame.ts';
@@ -40,6 +42,8 @@ const GROUP_TIMEOUT_MS = 120_000;
 
 const CONTROL_STEP = 1;
 const CONTROL_FREE = 2;
+/** The head of n rows (u16 entries = n, then n × dim f32 hidden states): each member's logits of its head rows, gathered. */
+const CONTROL_LOGITS = 3;
 /** u8 kind, u8 0, u16 entries. */
 const CONTROL_HEAD = 4;
 /** u32 slot, u32 start, u32 rows per entry. */
@@ -77,9 +81,12 @@ export function checkGroup(g: WireTensorGroup): MemberPlace {
   // Checked against the model's metadata at load (loadShareWeights), and the manifest's parts against them (shard/store.ts)
   if (!(g.kvStart < g.kvEnd)) throw invalid(`KV heads [${g.kvStart}, ${g.kvEnd}) are empty`);
   if (!(g.ffnStart < g.ffnEnd)) throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are empty`);
+  const headShared = g.vocabEnd > 0;
+  if (headShared && !(g.vocabStart < g.vocabEnd)) throw invalid(`head rows [${g.vocabStart}, ${g.vocabEnd}) are empty`);
+  const share: TensorShare = { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] };
   return {
     size: g.size,
-    share: { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] },
+    share: headShared ? { ...share, vocabRows: [g.vocabStart, g.vocabEnd] } : share,
     sync: g.sync,
     token: Buffer.from(g.token),
     peers,
@@ -130,7 +137,8 @@ export async function linkMember(
   const peers: Endpoint[] = [...place.peers];
   // connect() reads the endpoints of the members before this one; the rest dial in
   while (peers.length < place.size) peers.push({ host: '', port: 0 });
-  await sync.connect(peers);
+  // the leader takes each other member's head rows' logits of up to a step's rows
+  await sync.connect(peers, place.share.member === 0 ? member.batch * member.config.vocabSize : 0);
   const id = groupId(place.token);
   return place.share.member === 0 ? new GroupLeader(member, sync, id) : new GroupFollower(member, sync, id, log);
 }
@@ -142,6 +150,8 @@ export class GroupLeader implements SliceModel, ShardGroup {
   private readonly slots = new WeakMap<KvCache, number>();
   private nextSlot = 1;
   private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
+  /** The gathered logits of a shared head (grown on demand). */
+  private logits = new Float32Array(0);
 
   constructor(
     readonly member: TensorMember,
@@ -176,8 +186,43 @@ export class GroupLeader implements SliceModel, ShardGroup {
     this.member.embed(tokens, x);
   }
 
-  head(x: Float32Array, n: number): Float32Array {
-    return this.member.head(x, n);
+  /**
+   * The logits of n rows: with a shared head the followers are sent the rows and compute their
+   * head rows while the leader computes its own, then the leader puts the parts side by side;
+   * else the leader's whole head.
+   */
+  async head(x: Float32Array, n: number): Promise<Float32Array> {
+    if (!this.member.weights.share.vocabRows) return this.member.head(x, n);
+    const { dim, vocabSize } = this.config;
+    this.sync.sendControl(CONTROL_HEAD + 4 * n * dim, (frame) => {
+      frame[0] = CONTROL_LOGITS;
+      frame[1] = 0;
+      frame.writeUInt16LE(n, 2);
+      frame.set(new Uint8Array(x.buffer, x.byteOffset, 4 * n * dim), CONTROL_HEAD);
+    });
+    if (this.logits.length < n * vocabSize) this.logits = new Float32Array(n * vocabSize);
+    const logits = this.logits.subarray(0, n * vocabSize);
+    const own = this.member.head(x, n);
+    placeHeadRows(logits, vocabSize, own, n, 0);
+    let rows = own.length / n;
+    for (const [i, part] of (await this.sync.gather()).entries()) {
+      const width = part.length / 4 / n;
+      if (!(Number.isInteger(width) && rows + width <= vocabSize))
+        throw this.fails(
+          `member ${i + 1} sent ${part.length} bytes of logits for ${n} rows from head row ${rows} of ${vocabSize}`,
+        );
+      placeHeadRows(logits, vocabSize, part, n, rows);
+      rows += width;
+    }
+    if (rows !== vocabSize) throw this.fails(`the members' head rows cover ${rows} of the ${vocabSize}`);
+    return logits;
+  }
+
+  /** A follower broke the group's protocol: the group fails for good (the coordinator re-plans). */
+  private fails(why: string): Error {
+    const e = new ClusterError('pipeline', `group ${this.id}: ${why}`);
+    this.sync.close();
+    return e;
   }
 
   async forwardLayers(x: Float32Array, segments: readonly Segment[]): Promise<void> {
@@ -258,8 +303,17 @@ export class GroupFollower implements ShardGroup {
       for (let i = 0; i < entries; i++) this.caches.delete(frame.readUInt32LE(CONTROL_HEAD + 4 * i));
       return;
     }
-    if (kind !== CONTROL_STEP) throw invalid(`group control frame of unknown kind ${kind}`);
     const dim = this.member.config.dim;
+    if (kind === CONTROL_LOGITS) {
+      if (entries < 1 || entries > this.member.batch || frame.length !== CONTROL_HEAD + 4 * entries * dim)
+        throw invalid(`group head frame of ${entries} rows in ${frame.length} bytes`);
+      if (!this.member.weights.share.vocabRows) throw invalid('a head frame to a member without head rows');
+      const x = this.x.subarray(0, entries * dim);
+      new Uint8Array(x.buffer, x.byteOffset, 4 * entries * dim).set(frame.subarray(CONTROL_HEAD));
+      this.sync.sendGather(this.member.head(x, entries));
+      return;
+    }
+    if (kind !== CONTROL_STEP) throw invalid(`group control frame of unknown kind ${kind}`);
     const segments: Segment[] = [];
     let rows = 0;
     for (let i = 0; i < entries; i++) {

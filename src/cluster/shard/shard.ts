@@ -48,28 +48,37 @@ export function shardTensorNames(file: GgufFile, start: number, end: number, nLa
 
 /** A member's share of [start, end) in a group of `size`, file-name safe: its slice's name and its manifest's. */
 export function shareName(start: number, end: number, size: number, s: TensorShare): string {
+  return `${start}-${end}.m${s.member}of${size}.${shareTag(s, '.')}`;
+}
+
+/** The heads and rows of a share, e.g. "kv0-2.ffn0-704.v0-16000" (with sep '.'). */
+export function shareTag(s: TensorShare, sep: string): string {
   const [k0, k1] = s.kvHeads;
   const [f0, f1] = s.ffnRows;
-  return `${start}-${end}.m${s.member}of${size}.kv${k0}-${k1}.ffn${f0}-${f1}`;
+  const v = s.vocabRows ? `${sep}v${s.vocabRows[0]}-${s.vocabRows[1]}` : '';
+  return `kv${k0}-${k1}${sep}ffn${f0}-${f1}${v}`;
 }
 
 /** Tensors only a stage's leader reads: the group's other members get hidden states from it and send none on. */
 const LEADER_ONLY = new Set(['token_embd.weight', 'output_norm.weight', 'output.weight']);
+/** ... unless the share has rows of the head: then it also computes those rows' logits. */
+const HEAD = new Set(['output_norm.weight', 'output.weight']);
 
 /**
- * The tensors member `member` of a tensor-parallel group holding [start, end) reads (each whole
- * or its part, model/share-cut.ts): the range's, less the embedding and head for all but the
- * leader (member 0), which embeds the tokens and runs the head (node/group.ts).
+ * The tensors a member of a tensor-parallel group holding [start, end) reads (each whole or its
+ * part, model/share-cut.ts): the range's, less the embedding and head for all but the leader
+ * (member 0), which embeds the tokens — and the head too, unless the share has head rows.
  */
 export function shareTensorNames(
   file: GgufFile,
   start: number,
   end: number,
   nLayers: number,
-  member: number,
+  share: TensorShare,
 ): string[] {
   const names = shardTensorNames(file, start, end, nLayers);
-  return member === 0 ? names : names.filter((n) => !LEADER_ONLY.has(n));
+  if (share.member === 0) return names;
+  return names.filter((n) => !LEADER_ONLY.has(n) || (share.vocabRows !== undefined && HEAD.has(n)));
 }
 
 /** Whether a tensor name may belong to the slice of [start, end) (checks what a peer sends). */

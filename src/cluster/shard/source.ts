@@ -11,7 +11,7 @@ import type { ServerWritableStream } from '@grpc/grpc-js';
 import { GgufFile } from '../../gguf/reader.ts';
 import { readConfig, type ModelConfig } from '../../model/config.ts';
 import { cutLayout, shareCut, type CutLayout } from '../../model/share-cut.ts';
-import { TensorShareError, type TensorShare } from '../../model/tensor-share.ts';
+import { describeShare, TensorShareError, type TensorShare } from '../../model/tensor-share.ts';
 import { partsFromWire, type FetchTensorsReply, type FetchTensorsRequest, type TensorPart } from '../wire.ts';
 import { ClusterError, invalid } from '../errors.ts';
 import { metadataDigest, modelManifest, sliceOf, type SliceManifest } from './manifest.ts';
@@ -71,8 +71,8 @@ export class ModelSource {
     if (missing.length > 0) {
       const wanted = missing.map((s) => ({
         key: key(s),
-        who: `member ${s.member}'s share (KV heads [${s.kvHeads[0]}, ${s.kvHeads[1]}), FFN rows [${s.ffnRows[0]}, ${s.ffnRows[1]})) of layers [${start}, ${end})`,
-        tensors: shareTensorNames(this.file, start, end, this.nLayers, s.member).map((name) => {
+        who: `${describeShare(s)} of layers [${start}, ${end})`,
+        tensors: shareTensorNames(this.file, start, end, this.nLayers, s).map((name) => {
           const cut = shareCut(name, this.config, s);
           return cut ? { name, cut } : { name };
         }),

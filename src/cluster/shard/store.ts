@@ -36,7 +36,7 @@ import type { ClusterKey } from '../auth.ts';
 import { checkSlice, metadataDigest, sameTensor, type SliceManifest } from './manifest.ts';
 import { modelHash } from './model-hash.ts';
 import { commitSlice, discardSlice, lastUsed, touch, verifiedManifest } from './record.ts';
-import { describeShard, HASH_RE, shardKey, shareName } from './shard.ts';
+import { describeShard, HASH_RE, shardKey, shareName, shareTag } from './shard.ts';
 import { SliceWriter, type SliceTensor } from './slice.ts';
 import { watchSilence, type Silence } from '../silence.ts';
 
@@ -76,8 +76,7 @@ export interface ShardGroup {
 export function loadKey(req: Pick<LoadRequest, 'modelHash' | 'start' | 'end' | 'share'>): string {
   const g = req.share;
   if (!g) return shardKey(req);
-  const { member, kvHeads, ffnRows } = g.share;
-  return `${shardKey(req)}#${member}/${g.size}:kv${kvHeads[0]}-${kvHeads[1]}:ffn${ffnRows[0]}-${ffnRows[1]}`;
+  return `${shardKey(req)}#${g.share.member}/${g.size}:${shareTag(g.share, ':')}`;
 }
 
 interface SliceFile {
@@ -416,7 +415,7 @@ export class ShardStore {
     for (const hash of readdirSync(root)) {
       if (!HASH_RE.test(hash)) continue;
       for (const name of readdirSync(join(root, hash))) {
-        const m = /^(\d+)-(\d+)(\.m\d+of\d+\.kv\d+-\d+\.ffn\d+-\d+)?\.gguf$/.exec(name);
+        const m = /^(\d+)-(\d+)(\.m\d+of\d+\.kv\d+-\d+\.ffn\d+-\d+(?:\.v\d+-\d+)?)?\.gguf$/.exec(name);
         if (!m) continue;
         const path = join(root, hash, name);
         try {
