@@ -9,6 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { nodeClient, unary } from '../src/cluster/rpc.ts';
 import { CoordinatorServer } from '../src/cluster/coordinator/server.ts';
@@ -29,7 +30,9 @@ import { shares, splitShape } from '../src/model/tensor-share.ts';
 import type { SliceManifest } from '../src/cluster/shard/manifest.ts';
 import { loopbackNodeArgs, startNode, type RunningNode } from './helpers/herd-proc.ts';
 import { HUNG_MS } from './helpers/serve.ts';
-import { bundledModel } from './helpers/paths.ts';
+import { bundledModel, fixtureModels } from './helpers/paths.ts';
+import { SyncGroup } from '../src/cluster/dataplane/group.ts';
+import { herdTls } from '../src/cluster/tls.ts';
 
 const KEY = 'f'.repeat(64);
 const key = Buffer.from(KEY);
@@ -71,7 +74,7 @@ async function startHerdNode(t: ExecutionContext, name: string, extra: string[] 
  * Opens a greedy session of ctx 32768 over all 5 layers of `good` on `h` (the stream is cancelled
  * at teardown); `result` is 'ready' once the node admitted it, or the error it refused it with.
  */
-function openWholeModelSession(t: ExecutionContext, h: Herd, coord: string, sessionId: string) {
+function openWholeModelSession(t: ExecutionContext, h: Herd, coord: string, sessionId: string, source = good) {
   const stream = h.client.forward();
   t.teardown(() => stream.cancel());
   const result = new Promise<ServiceError | 'ready'>((resolve) => {
@@ -81,7 +84,7 @@ function openWholeModelSession(t: ExecutionContext, h: Herd, coord: string, sess
   stream.write({
     open: {
       sessionId,
-      modelHash: good.hash,
+      modelHash: source.hash,
       route: [{ address: `127.0.0.1:${h.node.port}`, start: 0, end: 5 }],
       hop: 0,
       ctx: 32768,
@@ -200,6 +203,7 @@ test.serial("a member's share with tampered bytes is refused against its share's
     size: 2,
     member: 0,
     ...shareToWire(leader),
+    sessions: 1,
     sync: 'f32',
     token: Buffer.alloc(32, 7),
     peers: [],
@@ -210,6 +214,62 @@ test.serial("a member's share with tampered bytes is refused against its share's
   t.deepEqual(sliceFiles(h), [], 'no slice, record or temporary file is left');
   t.true((await unary(h.client, h.client.health, {}, HUNG_MS)).ok);
 });
+
+test.serial(
+  "a follower reserves its KV cache shares for the group's sessions at load, until the group ends",
+  async (t) => {
+    // Member 1 of a group of 2 over layers [1, 5) holds 2 of stories260K's 4 KV heads: 16 MiB of
+    // f32 KV cache per session of ctx 32768. Its node has 100 MiB.
+    const h = await startHerdNode(t, 'follower-budget', ['--max-memory', '100']);
+    const coord = await serveSource(t, good);
+    const pair = shares(splitShape(good.file, good.config, [1, 5]), [1, 1]);
+    const manifest = (await good.shareManifestsFor(1, 5, pair))[1];
+    const token = randomBytes(32);
+    // member 0 is this test, on the data plane
+    const leader = await SyncGroup.listen(
+      { member: 0, size: 2, token, format: 'f32', maxValues: 32 * good.config.dim, tls: herdTls(key) },
+      { host: '127.0.0.1', port: 0 },
+    );
+    t.teardown(() => leader.close());
+    const at = leader.endpoint as { host: string; port: number };
+    const group = (sessions: number): TensorGroup => ({
+      size: 2,
+      member: 1,
+      ...shareToWire(pair[1]),
+      sessions,
+      sync: 'f32',
+      token,
+      peers: [`127.0.0.1:${at.port}`],
+    });
+    const refused = (await load(h, coord, 1, 5, { ctx: 32768, group: group(8), manifest }).catch(
+      (e: ServiceError) => e,
+    )) as ServiceError;
+    t.is(refused.code, status.RESOURCE_EXHAUSTED);
+    t.regex(
+      refused.details,
+      /node follower-budget: .* asks 134217728 bytes .*member 1's KV cache shares for 8 sessions/,
+    );
+
+    const linked = leader.connect([at, { host: '', port: 0 }]);
+    t.is((await load(h, coord, 1, 5, { ctx: 32768, group: group(4), manifest })).phase, 'done');
+    await linked;
+    // 64 MiB reserved for the group: a whole-model session of another model (40 MiB) waits.
+    const other = await ModelSource.open(join(fixtureModels, 'stories260K-q8_0.gguf'), tempDir());
+    const otherCoord = await serveSource(t, other);
+    t.is((await load(h, otherCoord, 0, 5, { ctx: 32768, source: other })).phase, 'done');
+    const waits = await openWholeModelSession(t, h, otherCoord, 'beside-a-group', other).result;
+    t.not(waits, 'ready');
+    if (waits !== 'ready') t.is(waits.code, status.RESOURCE_EXHAUSTED);
+    // The group ends (its leader goes): the follower's reservation goes with it.
+    leader.close();
+    let admitted: ServiceError | 'ready' = waits;
+    for (let i = 0; i < 100 && admitted !== 'ready'; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      admitted = await openWholeModelSession(t, h, otherCoord, `after-the-group-${i}`, other).result;
+    }
+    t.is(admitted, 'ready');
+  },
+);
 
 test.serial('a corrupted cached slice is not advertised, not used, and is replaced', async (t) => {
   const h = await startHerdNode(t, 'corrupt-cache');

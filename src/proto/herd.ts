@@ -376,6 +376,12 @@ export interface TensorGroup {
    */
   vocabStart: number;
   vocabEnd: number;
+  /**
+   * Sessions the group holds at once (0: 1). Each member other than the leader reserves their
+   * KV cache shares in its node's memory budget at load, or refuses the load; the leader opens
+   * at most this many (another waits: RESOURCE_EXHAUSTED).
+   */
+  sessions: number;
 }
 
 /**
@@ -2175,6 +2181,7 @@ function createBaseTensorGroup(): TensorGroup {
     peers: [],
     vocabStart: 0,
     vocabEnd: 0,
+    sessions: 0,
   };
 }
 
@@ -2212,6 +2219,9 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     }
     if (message.vocabEnd !== 0) {
       writer.uint32(88).uint32(message.vocabEnd);
+    }
+    if (message.sessions !== 0) {
+      writer.uint32(96).uint32(message.sessions);
     }
     return writer;
   },
@@ -2317,6 +2327,14 @@ export const TensorGroup: MessageFns<TensorGroup> = {
             message.vocabEnd = reader.uint32();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.sessions = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2368,6 +2386,7 @@ export const TensorGroup: MessageFns<TensorGroup> = {
         : isSet(object.vocab_end)
         ? globalThis.Number(object.vocab_end)
         : 0,
+      sessions: isSet(object.sessions) ? globalThis.Number(object.sessions) : 0,
     };
   },
 
@@ -2406,6 +2425,9 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     if (message.vocabEnd !== 0) {
       obj.vocabEnd = Math.round(message.vocabEnd);
     }
+    if (message.sessions !== 0) {
+      obj.sessions = Math.round(message.sessions);
+    }
     return obj;
   },
 
@@ -2425,6 +2447,7 @@ export const TensorGroup: MessageFns<TensorGroup> = {
     message.peers = object.peers?.map((e) => e) || [];
     message.vocabStart = object.vocabStart ?? 0;
     message.vocabEnd = object.vocabEnd ?? 0;
+    message.sessions = object.sessions ?? 0;
     return message;
   },
 };

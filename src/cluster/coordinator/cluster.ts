@@ -205,6 +205,8 @@ export class HerdCluster {
         member: m,
         ...shareToWire(share),
         sync: this.o.sync ?? DEFAULT_SYNC,
+        // the sessions the plan counted on every node: the followers reserve their KV shares
+        sessions: this.o.sessions ?? 1,
         token,
         peers: [...peers],
       };

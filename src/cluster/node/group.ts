@@ -34,7 +34,7 @@ import type { SliceManifest } from '../shard/manifest.ts';
 
 /** Rows a group step takes at most: the batch every shard loads with (Transformer's and TensorMember's default). */
 export const GROUP_BATCH = 32;
-/** KV slots a follower holds at most (the node's session limit). */
+/** Sessions a group holds at most (the node's session limit). */
 const MAX_SLOTS = 256;
 const MAX_GROUP = 64;
 /** A lost member fails the group at once (its link closes); this bounds a silent one and the linking. */
@@ -61,6 +61,8 @@ export interface MemberPlace {
   readonly sync: SyncFormat;
   readonly token: Buffer;
   readonly peers: readonly Endpoint[];
+  /** Sessions the group holds at once: the leader opens at most this many, a follower reserves their KV shares. */
+  readonly sessions: number;
 }
 
 /** Checks a LoadShard's group (its shares' bounds are the model's: checked at load). */
@@ -83,6 +85,8 @@ export function checkGroup(g: WireTensorGroup): MemberPlace {
   if (!(g.ffnStart < g.ffnEnd)) throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are empty`);
   const headShared = g.vocabEnd > 0;
   if (headShared && !(g.vocabStart < g.vocabEnd)) throw invalid(`head rows [${g.vocabStart}, ${g.vocabEnd}) are empty`);
+  const sessions = g.sessions || 1;
+  if (sessions > MAX_SLOTS) throw invalid(`a group holds at most ${MAX_SLOTS} sessions, asked ${sessions}`);
   const share: TensorShare = { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] };
   return {
     size: g.size,
@@ -90,6 +94,7 @@ export function checkGroup(g: WireTensorGroup): MemberPlace {
     sync: g.sync,
     token: Buffer.from(g.token),
     peers,
+    sessions,
   };
 }
 
@@ -140,7 +145,9 @@ export async function linkMember(
   // the leader takes each other member's head rows' logits of up to a step's rows
   await sync.connect(peers, place.share.member === 0 ? member.batch * member.config.vocabSize : 0);
   const id = groupId(place.token);
-  return place.share.member === 0 ? new GroupLeader(member, sync, id) : new GroupFollower(member, sync, id, log);
+  return place.share.member === 0
+    ? new GroupLeader(member, sync, id, place.sessions)
+    : new GroupFollower(member, sync, id, place.sessions, log);
 }
 
 export type GroupRole = GroupLeader | GroupFollower;
@@ -149,6 +156,8 @@ export type GroupRole = GroupLeader | GroupFollower;
 export class GroupLeader implements SliceModel, ShardGroup {
   private readonly slots = new WeakMap<KvCache, number>();
   private nextSlot = 1;
+  /** Sessions open on the group now (at most `sessions`: the followers hold KV room for that many). */
+  open = 0;
   private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
   /** The gathered logits of a shared head (grown on demand). */
   private logits = new Float32Array(0);
@@ -157,6 +166,7 @@ export class GroupLeader implements SliceModel, ShardGroup {
     readonly member: TensorMember,
     readonly sync: SyncGroup,
     readonly id: string,
+    readonly sessions: number,
   ) {}
 
   get config() {
@@ -177,8 +187,11 @@ export class GroupLeader implements SliceModel, ShardGroup {
 
   /** A session's KV cache share here; the followers open theirs on its first step. */
   newCache(): KvCache {
+    if (this.open >= this.sessions)
+      throw new ClusterError('pipeline', `group ${this.id} holds ${this.open} sessions, its most`);
     const c = this.member.newCache();
     this.slots.set(c, this.nextSlot++);
+    this.open++;
     return c;
   }
 
@@ -252,7 +265,10 @@ export class GroupLeader implements SliceModel, ShardGroup {
   /** The session of this cache closed: the followers drop their share of it. */
   release(cache: KvCache): void {
     const slot = this.slots.get(cache);
-    if (slot === undefined || this.sync.failed) return;
+    if (slot === undefined) return;
+    this.slots.delete(cache);
+    this.open--;
+    if (this.sync.failed) return;
     this.sync.sendControl(CONTROL_HEAD + 4, (frame) => {
       frame[0] = CONTROL_FREE;
       frame[1] = 0;
@@ -278,6 +294,8 @@ export class GroupFollower implements ShardGroup {
     readonly member: TensorMember,
     readonly sync: SyncGroup,
     readonly id: string,
+    /** KV slots it holds at most (reserved in its node's budget at load). */
+    private readonly sessions: number,
     private readonly log: Logger,
   ) {
     this.x = new Float32Array(member.batch * member.config.dim);
@@ -324,7 +342,8 @@ export class GroupFollower implements ShardGroup {
       const n = frame.readUInt32LE(off + 8);
       let cache = this.caches.get(slot);
       if (!cache) {
-        if (this.caches.size >= MAX_SLOTS) throw invalid(`the leader opened more than ${MAX_SLOTS} sessions`);
+        if (this.caches.size >= this.sessions)
+          throw invalid(`the leader opened more than the group's ${this.sessions} sessions`);
         this.caches.set(slot, (cache = this.member.newCache()));
       }
       segments.push({ start, n, cache });

@@ -26,7 +26,7 @@ import type { Logger } from '../log.ts';
 import { parseHostPort } from '../net.ts';
 import { bind, coordinatorClient, describeCallError, isServiceError, nodeClient, shutdown, toStatus } from '../rpc.ts';
 import { HASH_RE } from '../shard/shard.ts';
-import { ShardStore, type StoreCounters } from '../shard/store.ts';
+import { ShardStore, type LoadedShard, type StoreCounters } from '../shard/store.ts';
 import {
   HerdNodeService,
   kvTypeFromWire,
@@ -47,7 +47,16 @@ import {
   type WireLoadProgress,
 } from '../wire.ts';
 import { checkOpen, StageSession } from './stage.ts';
-import { checkGroup, groupMaxValues, linkMember, listenMember } from './group.ts';
+import {
+  checkGroup,
+  GroupLeader,
+  groupId,
+  groupMaxValues,
+  linkMember,
+  listenMember,
+  type MemberPlace,
+} from './group.ts';
+import type { SyncGroup } from '../dataplane/group.ts';
 import { TensorMember } from '../../engine/tensor-split.ts';
 import { herdTls } from '../tls.ts';
 import { kvCacheBytes, MemoryBudget } from './budget.ts';
@@ -401,6 +410,7 @@ export class NodeServer {
             const { shard } = loaded;
             if (!(shard.model instanceof TensorMember))
               throw new ClusterError('shard', 'a member shard without its share');
+            if (place.share.member > 0) this.reserveFollower(place, shard, ctx, sync);
             const role = await linkMember(sync, place, shard.model, maxValues, this.o.log);
             linked = true;
             shard.group?.close();
@@ -432,6 +442,23 @@ export class NodeServer {
       }
     })();
   };
+
+  /**
+   * A follower's KV cache shares for the group's sessions, reserved in the node's budget for the
+   * group's life (the leader admits the sessions; the follower opens their caches as steps come).
+   */
+  private reserveFollower(place: MemberPlace, shard: LoadedShard, ctx: number, sync: SyncGroup): void {
+    const id = `group ${groupId(place.token)}`;
+    const bytes = place.sessions * kvCacheBytes(shard, ctx);
+    const refusal = this.budget.refusal(this.o.name, id, bytes);
+    if (refusal)
+      throw new StatusError(
+        status.RESOURCE_EXHAUSTED,
+        `${refusal} (member ${place.share.member}'s KV cache shares for ${place.sessions} sessions)`,
+      );
+    this.budget.reserve(id, bytes);
+    sync.onFail(() => this.budget.release(id));
+  }
 
   // --- Forward -------------------------------------------------------------------------------
 
@@ -474,7 +501,10 @@ export class NodeServer {
       const c = checkOpen(o, this.store, (id) => this.sessions.has(id));
       // Admitted against the node's budget before anything is allocated (budget.ts).
       const ask = kvCacheBytes(c.shard, o.ctx);
-      const refusal = this.budget.refusal(this.o.name, o.sessionId, ask);
+      const refusal =
+        c.model instanceof GroupLeader && c.model.open >= c.model.sessions
+          ? `node ${this.o.name}: group ${c.model.id} holds ${c.model.open} sessions, the most its members reserved KV cache room for (session ${o.sessionId} waits for one to end)`
+          : this.budget.refusal(this.o.name, o.sessionId, ask);
       if (refusal) throw new StatusError(status.RESOURCE_EXHAUSTED, refusal);
       const s = new StageSession(o.sessionId, o.ctx, c, this.o.nodeId, this.steps);
       this.budget.reserve(s.id, ask);
