@@ -155,6 +155,32 @@ const evenShares = (_start: number, _end: number, weights: readonly number[]) =>
   weights.map((_, i) => ({ member: i, kvHeads: [i, i + 1] as const, ffnRows: [10 * i, 10 * i + 10] as const }));
 const linked = (n: PlanNode, rttMs: number): PlanNode => ({ ...n, rttSeconds: rttMs / 1000 });
 
+test("members' shares follow their speeds in quarters of the fastest's: some percent of noise cuts the same shares", (t) => {
+  const asked: number[][] = [];
+  const record = (start: number, end: number, weights: readonly number[]) => {
+    asked.push([...weights]);
+    return evenShares(start, end, weights);
+  };
+  const pair = (a: number, b: number) => [linked(node('a', a, 8), 0.2), linked(node('b', b, 8), 0.2)];
+  for (const [a, b] of [
+    [1, 1],
+    [1.06, 0.95],
+    [0.94, 1.07],
+    [2, 1],
+    [2.2, 0.96],
+    [4, 1],
+  ])
+    plan(pair(a, b), shape, { shares: record, tensor: 2 });
+  t.deepEqual(asked, [
+    [4, 4],
+    [4, 4],
+    [4, 4],
+    [4, 2],
+    [4, 2],
+    [4, 1],
+  ]);
+});
+
 test('fast equal nodes on a fast link become a group, and the plan says why', (t) => {
   const nodes = [linked(node('a', 1, 8), 0.2), linked(node('b', 1, 8), 0.2)];
   const p = plan(nodes, shape, { shares: evenShares });

@@ -155,7 +155,8 @@ const GROUP_MARGIN = 0.15;
 /** A group of nodes planned as one: what the members sum to. */
 interface GroupNode extends PlanNode {
   readonly members: readonly PlanNode[];
-  /** The members' throughputs summed (each at least 1): their shares are in proportion to them. */
+  /** Each member's weight in the shares (shareWeights), and their sum. */
+  readonly shareWeights: readonly number[];
   readonly shareTotal: number;
   /** Seconds of one sync between the members. */
   readonly syncSeconds: number;
@@ -211,7 +212,7 @@ function costs(m: ModelShape, o: PlanOptions): Costs {
   // to its throughput, as the shares are cut), the replicated tensors and its own buffers; the
   // leader alone also the embedding and a head that is not shared.
   const memberNeed = (g: GroupNode, i: number, a: number, b: number) =>
-    (Math.max(g.members[i].throughput, 1) / g.shareTotal) * (layers(a, b) + kv(a, b) + sharedHead(b)) +
+    (g.shareWeights[i] / g.shareTotal) * (layers(a, b) + kv(a, b) + sharedHead(b)) +
     m.sharedBytes +
     (i === 0 ? weights(a, b) - layers(a, b) - m.sharedBytes - sharedHead(b) : 0) +
     buffers +
@@ -523,6 +524,16 @@ function groupCandidates(nodes: readonly PlanNode[], m: ModelShape, o: PlanOptio
   return { plans, why: `no group fits (${refused.join('; ')})` };
 }
 
+/**
+ * The members' weights in their shares: their measured speeds in quarters of the fastest's. A
+ * herd re-measured after a restart, its speeds some percent off, cuts the same shares, so each
+ * member finds its share's slice in its cache instead of pulling it again.
+ */
+function shareWeights(members: readonly PlanNode[]): number[] {
+  const top = Math.max(1, ...members.map((n) => n.throughput));
+  return members.map((n) => Math.max(1, Math.round((4 * n.throughput) / top)));
+}
+
 /** Groups of `tensor` nodes (fastest first) planned as nodes, then each group's members given their shares. */
 function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number): Staged {
   const sorted = [...nodesIn].sort(byThroughput);
@@ -535,7 +546,8 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
   for (let i = 0; i + tensor <= sorted.length; i += tensor) {
     const members = sorted.slice(i, i + tensor);
     const rtt = Math.max(...members.map((n) => n.rttSeconds ?? ASSUMED_RTT));
-    const shareTotal = members.reduce((sum, n) => sum + Math.max(n.throughput, 1), 0);
+    const weights = shareWeights(members);
+    const shareTotal = weights.reduce((a, b) => a + b, 0);
     groups.push({
       id: members.map((n) => n.id).join('+'),
       name: members.map((n) => n.name).join('+'),
@@ -544,11 +556,12 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       memAvailable: members.reduce((sum, n) => sum + n.memAvailable, 0),
       throughput: members.reduce((sum, n) => sum + n.throughput, 0),
       members,
+      shareWeights: weights,
       shareTotal,
       syncSeconds: rtt + syncBytes / LINK_BYTES_PER_SECOND,
       // the others' f32 logits of a shared head, in proportion to their shares, into the leader's link
       gatherSeconds:
-        rtt + (4 * m.vocabSize * (1 - Math.max(members[0].throughput, 1) / shareTotal)) / LINK_BYTES_PER_SECOND,
+        rtt + (4 * m.vocabSize * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
     });
   }
   if (o.stages !== undefined && o.stages > groups.length)
@@ -563,7 +576,7 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       shares = o.shares!(
         st.start,
         st.end,
-        g.members.map((n) => Math.max(n.throughput, 1)),
+        g.shareWeights,
       );
     } catch (e) {
       if (e instanceof TensorShareError) throw new PlanError(`layers [${st.start}, ${st.end}): ${e.message}`);
