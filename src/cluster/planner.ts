@@ -560,8 +560,7 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       shareTotal,
       syncSeconds: rtt + syncBytes / LINK_BYTES_PER_SECOND,
       // the others' f32 logits of a shared head, in proportion to their shares, into the leader's link
-      gatherSeconds:
-        rtt + (4 * m.vocabSize * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
+      gatherSeconds: rtt + (4 * m.vocabSize * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
     });
   }
   if (o.stages !== undefined && o.stages > groups.length)
@@ -573,11 +572,7 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
     const g = st.node as GroupNode;
     let shares: TensorShare[];
     try {
-      shares = o.shares!(
-        st.start,
-        st.end,
-        g.shareWeights,
-      );
+      shares = o.shares!(st.start, st.end, g.shareWeights);
     } catch (e) {
       if (e instanceof TensorShareError) throw new PlanError(`layers [${st.start}, ${st.end}): ${e.message}`);
       throw e;
