@@ -268,6 +268,23 @@ test('--stages counts groups as stages: two stages of 2-node groups need four no
   t.regex(two.reason, /2 nodes make no groups for 2 stages/);
 });
 
+test('nodes left over after forming groups become stages of their own when that is faster', (t) => {
+  // Three equal nodes of 600 MiB: a 2-node group alone does not fit (its leader needs 639 MiB),
+  // three single stages do; a group beside one single stage shares most layers two ways.
+  const mib = (name: string): PlanNode => linked({ ...node(name, 1, 0), memAvailable: 600 * MiB }, 0.2);
+  const p = plan([mib('a'), mib('b'), mib('c')], shape, { shares: evenShares });
+  t.is(p.kind, '2 stages, 1 of them 2-node groups', p.reason);
+  const stages = p.stages.map((s) => (s.members?.map((m) => m.node.name) ?? [s.node.name]).join('+')).sort();
+  t.true(['a+b,c', 'a+c,b', 'b+c,a'].includes(stages.join(',')), stages.join(','));
+  t.deepEqual(p.stages.map((s) => s.members?.length ?? 1).sort(), [1, 2]);
+  t.is(p.rejected?.kind, '3 stages');
+  t.true(p.tokenSeconds <= 0.85 * p.rejected!.tokenSeconds, p.reason);
+  // --tensor 2 still makes every stage a group: the third node stays out, and the group alone does not fit.
+  t.throws(() => plan([mib('a'), mib('b'), mib('c')], shape, { shares: evenShares, tensor: 2 }), {
+    message: /the model does not fit/,
+  });
+});
+
 test('each group member must hold its own share: the leader also the embedding', (t) => {
   // One stage of two equal members: each holds half of the layers and KV cache (484 MiB), half
   // of the head (30 MiB: its rows are shared) and its buffers and overhead (65 MiB); the leader

@@ -429,8 +429,10 @@ type Summarised = Staged & PlanSummary;
 
 function summarise(p: Staged): Summarised {
   const k = p.stages.length;
-  const n = p.stages[0].members?.length;
+  const groups = p.stages.filter((s) => s.members);
+  const n = groups[0]?.members?.length;
   if (n === undefined) return { ...p, kind: k === 1 ? 'one node' : `${k} stages` };
+  if (groups.length < k) return { ...p, kind: `${k} stages, ${groups.length} of them ${n}-node groups` };
   return { ...p, kind: k === 1 ? `a ${n}-node group` : `${k} stages of ${n}-node groups` };
 }
 
@@ -514,11 +516,14 @@ function groupCandidates(nodes: readonly PlanNode[], m: ModelShape, o: PlanOptio
   const plans: Staged[] = [];
   const refused: string[] = [];
   for (const n of sizes) {
-    try {
-      plans.push(groupPlan(nodes, m, o, n));
-    } catch (e) {
-      if (!(e instanceof PlanError)) throw e;
-      refused.push(`${n}-node groups: ${e.message}`);
+    // the nodes left over after forming groups of n may be stages of their own (mixed)
+    for (const mixed of nodes.length % n === 0 ? [false] : [false, true]) {
+      try {
+        plans.push(groupPlan(nodes, m, o, n, mixed));
+      } catch (e) {
+        if (!(e instanceof PlanError)) throw e;
+        refused.push(`${n}-node groups${mixed ? ' beside single nodes' : ''}: ${e.message}`);
+      }
     }
   }
   return { plans, why: `no group fits (${refused.join('; ')})` };
@@ -534,8 +539,11 @@ function shareWeights(members: readonly PlanNode[]): number[] {
   return members.map((n) => Math.max(1, Math.round((4 * n.throughput) / top)));
 }
 
-/** Groups of `tensor` nodes (fastest first) planned as nodes, then each group's members given their shares. */
-function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number): Staged {
+/**
+ * Groups of `tensor` nodes (fastest first) planned as nodes, then each group's members given
+ * their shares; `mixed`: the nodes left over may be stages of one node beside them.
+ */
+function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, tensor: number, mixed = false): Staged {
   const sorted = [...nodesIn].sort(byThroughput);
   if (sorted.length < tensor)
     throw new PlanError(`--tensor ${tensor} needs at least ${tensor} nodes, ${sorted.length} available`);
@@ -563,13 +571,15 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       gatherSeconds: rtt + (4 * m.vocabSize * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
     });
   }
-  if (o.stages !== undefined && o.stages > groups.length)
+  const singles = mixed ? sorted.slice(groups.length * tensor) : [];
+  if (o.stages !== undefined && o.stages > groups.length + singles.length)
     throw new PlanError(
       `--stages ${o.stages} with --tensor ${tensor} needs ${o.stages * tensor} nodes, ${sorted.length} available`,
     );
-  const p = pipelinePlan(groups, m, o);
+  const p = pipelinePlan([...groups, ...singles], m, o);
   const stages = p.stages.map((st): PlannedStage => {
-    const g = st.node as GroupNode;
+    if (!isGroup(st.node)) return st;
+    const g = st.node;
     let shares: TensorShare[];
     try {
       shares = o.shares!(st.start, st.end, g.shareWeights);
