@@ -3,6 +3,8 @@
 // greedy and seeded, prompts of different lengths (one longer than a step's budget, run in
 // pieces beside the others' decode), a session joining while the others decode, one cancelled
 // mid-way, one ending on a stop string — on the native and wasm kernels, f32 and Q4_0 weights.
+// Over a pipeline of 2 stages (a node's batcher at each), sessions that start out of step settle
+// into 2 even groups that go round the ring together, and still get exactly their tokens alone.
 
 import test from 'ava';
 import { join } from 'node:path';
@@ -11,11 +13,12 @@ import { Tokenizer } from '../src/tokenizer/index.ts';
 import { createBackend } from '../src/kernels/select.ts';
 import type { BackendName, KernelBackend } from '../src/kernels/backend.ts';
 import { loadLocalModel, type LocalModel } from '../src/engine/local.ts';
-import { SessionClosedError } from '../src/engine/batcher.ts';
+import { SessionClosedError, StepBatcher } from '../src/engine/batcher.ts';
 import { generate, type GenerateResult } from '../src/engine/generate.ts';
 import type { InferenceSession } from '../src/engine/session.ts';
-import { SliceRunner } from '../src/engine/slice.ts';
-import type { Transformer } from '../src/model/transformer.ts';
+import { SliceRunner, type SliceModel, type StepEntry, type StepOutcome } from '../src/engine/slice.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { readConfig } from '../src/model/config.ts';
 import { defaultSampling, type SamplingOptions } from '../src/engine/sampler.ts';
 import { bundledModel, fixtureModels } from './helpers/paths.ts';
 import { nativeAvailable } from './helpers/kernel-backends.ts';
@@ -188,3 +191,174 @@ test.serial('a session closed while its prompt runs in pieces drops its step; th
     await backend.close?.();
   }
 });
+
+/**
+ * A stage of a 2-stage ring as a node runs it: a slice of the layers whose steps take STAGE_MS
+ * of their own (the node's core; the tiny model's compute is a fraction of a millisecond), during
+ * which other sessions' steps queue. Records how many sessions each step served.
+ */
+const STAGE_MS = 15;
+class TimedRunner extends SliceRunner {
+  readonly sizes: number[] = [];
+  constructor(
+    model: SliceModel,
+    readonly ms = STAGE_MS,
+  ) {
+    super(model);
+  }
+
+  override async step(entries: readonly StepEntry[]): Promise<StepOutcome> {
+    this.sizes.push(entries.length);
+    await sleep(this.ms);
+    return { ...(await super.step(entries)), seconds: this.ms / 1000 };
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** One session going round the ring (stage 1, stage 2, back to stage 1 with its token): its tokens. */
+async function ring(stages: StepBatcher[], prompt: number[], n: number): Promise<number[]> {
+  const [first, last] = stages;
+  const dim = first.runner.model.config.dim;
+  const a = first.runner.open(CTX);
+  const b = last.runner.open(CTX, greedy);
+  const out: number[] = [];
+  let tokens = prompt;
+  try {
+    while (out.length < n) {
+      const start = a.position;
+      const hidden = new Float32Array(tokens.length * dim);
+      await first.step({ seq: a, tokens, start, hiddenOut: (rows, from) => hidden.set(rows, from * dim) }, 2);
+      const { token } = await last.step(
+        {
+          seq: b,
+          tokens,
+          start,
+          hiddenIn: (rows, from) => rows.set(hidden.subarray(from * dim, from * dim + rows.length)),
+        },
+        2,
+      );
+      out.push(token);
+      tokens = [token];
+    }
+  } finally {
+    // As a node closes a session's stream.
+    first.cancel(a);
+    last.cancel(b);
+  }
+  return out;
+}
+
+/** A fresh 2-stage ring over the model's layers, halved. */
+function twoStages(file: GgufFile): StepBatcher[] {
+  const { nLayers } = readConfig(file);
+  const cut = Math.floor(nLayers / 2);
+  return [
+    [0, cut],
+    [cut, nLayers],
+  ].map(
+    ([from, to]) =>
+      new StepBatcher(new TimedRunner(Transformer.load(file, { ctx: CTX, kvType: 'f32', layers: [from, to] }))),
+  );
+}
+
+const sizesOf = (b: StepBatcher) => (b.runner as TimedRunner).sizes;
+
+/**
+ * The sessions of `prompts` round one ring at once, each starting 4/3 of a step after the one
+ * before (so they meet the stages out of step), `n` tokens each: their tokens, and the ring.
+ */
+async function together(file: GgufFile, prompts: number[][], n: number) {
+  const stages = twoStages(file);
+  const tokens = await Promise.all(
+    prompts.map(async (p, i) => {
+      await sleep((i * 4 * STAGE_MS) / 3);
+      return ring(stages, p, n);
+    }),
+  );
+  return { tokens, stages };
+}
+
+test.serial('over 2 stages, sessions started apart settle into 2 groups that go round together', async (t) => {
+  const file = GgufFile.open(bundledModel);
+  const tokenizer = Tokenizer.fromGguf(file);
+  const n = 40;
+  const prompts = texts.slice(0, 4).map((text) => tokenizer.encode(text));
+  const alone: number[][] = [];
+  for (const p of prompts) alone.push(await ring(twoStages(file), p, n));
+
+  const { tokens, stages } = await together(file, prompts, n);
+  t.deepEqual(tokens, alone, 'each session gets the tokens it gets alone');
+  for (const [i, stage] of stages.entries()) {
+    // Once every session decodes, each stage runs 2 steps of 2 a round, not 2 + 1 + 1.
+    const sizes = sizesOf(stage);
+    const steady = sizes.slice(Math.floor(sizes.length / 4), Math.floor((sizes.length * 3) / 4));
+    const pairs = steady.filter((s) => s === 2).length;
+    t.log(
+      `stage ${i + 1}: steps of ${sizes.join(' ')}; ${stage.holds.steps} held, ${stage.holds.seconds.toFixed(3)} s`,
+    );
+    t.true(pairs >= 0.9 * steady.length, `stage ${i + 1}: steps of ${steady.join(' ')}`);
+    t.true(stage.stats.maxEntries <= 2, 'a step takes at most half the sessions');
+    t.true(stage.holds.seconds < 0.2 * stage.stats.steps * (STAGE_MS / 1000), 'the steps waited little');
+  }
+});
+
+test.serial('over 2 stages, 3 sessions settle into 2 + 1 and then no step waits', async (t) => {
+  const file = GgufFile.open(bundledModel);
+  const tokenizer = Tokenizer.fromGguf(file);
+  const n = 40;
+  const prompts = texts.slice(0, 3).map((text) => tokenizer.encode(text));
+  const { tokens, stages } = await together(file, prompts, n);
+  for (const [i, p] of prompts.entries()) t.deepEqual(tokens[i], await ring(twoStages(file), p, n));
+  for (const [i, stage] of stages.entries()) {
+    const sizes = sizesOf(stage);
+    t.true(sizes.length <= 2 * n + 8, `stage ${i + 1}: ${sizes.length} steps for ${n} tokens each: ${sizes.join(' ')}`);
+    t.true(stage.holds.steps <= 6, `stage ${i + 1}: ${stage.holds.steps} steps held`);
+  }
+});
+
+test.serial(
+  'over a pipeline, a step waits for the group due while it fits, and not for a closed session',
+  async (t) => {
+    const file = GgufFile.open(bundledModel);
+    const tokenizer = Tokenizer.fromGguf(file);
+    // The whole model as a stage of 2 (the batcher only needs to know the ring's length).
+    const runner = new TimedRunner(Transformer.load(file, { ctx: CTX, kvType: 'f32' }), 40);
+    const batcher = new StepBatcher(runner);
+    const prompts = [0, 1, 4, 5].map((i) => tokenizer.encode(texts[i]));
+    const seqs = prompts.map(() => runner.open(CTX, greedy));
+    const step = async (i: number, tokens: number[]) =>
+      (await batcher.step({ seq: seqs[i], tokens, start: seqs[i].position }, 2)).token;
+    const all = (f: (i: number) => number[]) => Promise.all(seqs.map((_, i) => step(i, f(i))));
+
+    // 4 prompts, then 4 decode steps, at once: groups of 2 (a + b, c + d).
+    let next = await all((i) => prompts[i]);
+    next = await all((i) => [next[i]]);
+    t.deepEqual(runner.sizes, [2, 2, 2, 2]);
+    t.is(batcher.holds.steps, 0);
+
+    // a's step waits for b, the rest of its group, arriving 10 ms later: they run as one.
+    const a = step(0, [next[0]]);
+    await sleep(10);
+    [next[0], next[1]] = await Promise.all([a, step(1, [next[1]])]);
+    t.deepEqual(runner.sizes.slice(4), [2]);
+    t.is(batcher.holds.steps, 1);
+    // c + d fill a step: no wait.
+    [next[2], next[3]] = await Promise.all([step(2, [next[2]]), step(3, [next[3]])]);
+    t.is(batcher.holds.steps, 1);
+
+    // a waits for b again; b's session closes: a runs at once (the group due now, c + d, does not fit).
+    const held = batcher.holds.seconds;
+    const again = step(0, [next[0]]);
+    await sleep(10);
+    t.false(batcher.cancel(seqs[1]), 'b had no step queued');
+    await again;
+    t.deepEqual(runner.sizes.slice(5), [2, 1]);
+    t.is(batcher.holds.steps, 2);
+    t.true(
+      batcher.holds.seconds - held < 0.06,
+      `held ${batcher.holds.seconds - held} s, at most 0.08 s without the close`,
+    );
+    t.is(batcher.pending, 0);
+  },
+);
