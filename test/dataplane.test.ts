@@ -224,27 +224,41 @@ test('an all-reduce a member never joins times out', async (t) => {
   }
 });
 
-test("the leader gathers the others' parts in member order, in step with the all-reduces", async (t) => {
-  const groups = await makeGroup(3, { maxGather: 1000 });
-  try {
-    for (let r = 0; r < 3; r++) {
-      await rounds(t, groups, 'f32', 256, 2);
-      // parts of unequal sizes (a head's rows shared 2:1:1), bit for bit
-      const parts = [1, 2].map((m) => partial(m, r, m === 1 ? 300 : 200));
-      groups[1].sendGather(parts[0]);
-      groups[2].sendGather(parts[1]);
-      const got = await groups[0].gather();
-      t.deepEqual(
-        got.map((b) => new Float32Array(Uint8Array.from(b).buffer)),
-        parts,
-      );
+for (const format of ['f32', 'q8_0'] as const) {
+  test(`the leader gathers the others' parts in member order, in step with the all-reduces (${format} group)`, async (t) => {
+    const groups = await makeGroup(3, { format, maxGather: 1000 });
+    // an f32 group gathers f32, bit for bit; any other f16
+    const wire = new SyncCodec(format === 'f32' ? 'f32' : 'f16');
+    t.is(groups[0].gatherCodec.format, wire.format);
+    try {
+      for (let r = 0; r < 3; r++) {
+        await rounds(t, groups, format, 256, 2);
+        // parts of unequal sizes (a head's rows shared 2:1:1)
+        const parts = [1, 2].map((m) => partial(m, r, m === 1 ? 300 : 200));
+        groups[1].sendGather(parts[0]);
+        groups[2].sendGather(parts[1]);
+        const got = (await groups[0].gather()).map((b) => {
+          const out = new Float32Array(b.length / wire.bytes(1));
+          wire.decode(b, out.length, out);
+          return out;
+        });
+        const want = parts.map((p) => {
+          const bytes = new Uint8Array(wire.bytes(p.length));
+          wire.encode(p, bytes);
+          const out = new Float32Array(p.length);
+          wire.decode(bytes, p.length, out);
+          return out;
+        });
+        t.deepEqual(got, want);
+        if (format === 'f32') t.deepEqual(got, parts);
+      }
+      t.throws(() => groups[0].sendGather(new Float32Array(4)), { message: /the leader takes the gathers/ });
+      await t.throwsAsync(groups[1].gather(), { message: /only the leader/ });
+    } finally {
+      for (const g of groups) g.close();
     }
-    t.throws(() => groups[0].sendGather(new Float32Array(4)), { message: /the leader takes the gathers/ });
-    await t.throwsAsync(groups[1].gather(), { message: /only the leader/ });
-  } finally {
-    for (const g of groups) g.close();
-  }
-});
+  });
+}
 
 test('a gather part larger than the leader takes, or one nobody asked for, fails the group', async (t) => {
   const gatherFrame = (round: number, count: number) => {

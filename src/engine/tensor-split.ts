@@ -69,20 +69,17 @@ export class TensorMember extends LayerRange<ShareWeights> {
 
 /**
  * Puts a member's logits of n rows (n × width, its head rows from `from`) into the group's
- * logits of those rows (n × vocabSize): what the leader does with each member's part of a split
- * head. `part` is bytes (a data plane frame is not 4-byte aligned) or the leader's own floats.
+ * logits of those rows (n × vocabSize): the leader's own part of a split head.
  */
 export function placeHeadRows(
   logits: Float32Array,
   vocabSize: number,
-  part: Float32Array | Uint8Array,
+  part: Float32Array,
   n: number,
   from: number,
 ): void {
-  const bytes = part instanceof Float32Array ? new Uint8Array(part.buffer, part.byteOffset, part.byteLength) : part;
-  const width = bytes.length / 4 / n;
+  const width = part.length / n;
   if (!(Number.isInteger(width) && width >= 1 && from + width <= vocabSize))
-    throw new RangeError(`a head part of ${bytes.length} bytes for ${n} rows from row ${from} of ${vocabSize}`);
-  const out = new Uint8Array(logits.buffer, logits.byteOffset, logits.byteLength);
-  for (let i = 0; i < n; i++) out.set(bytes.subarray(i * width * 4, (i + 1) * width * 4), (i * vocabSize + from) * 4);
+    throw new RangeError(`a head part of ${part.length} values for ${n} rows from row ${from} of ${vocabSize}`);
+  for (let i = 0; i < n; i++) logits.set(part.subarray(i * width, (i + 1) * width), i * vocabSize + from);
 }

@@ -16,8 +16,10 @@
 //
 // Besides the syncs, the leader (member 0) may send control frames to the others (sendControl):
 // opaque to the data plane, read by the group's owner (onControl), in order with the syncs; and
-// the others may send it their parts of a gather (sendGather: f32 values, e.g. their rows of
-// the head's logits), which it takes in member order (gather).
+// the others may send it their parts of a gather (sendGather: e.g. their rows of the head's
+// logits), which it takes in member order (gather). A gather goes as f32 in an f32 group, else
+// as f16: a q8_0 or f16 group has chosen fewer bytes over exact values, and q8_0 blocks would
+// blur logits more than sampling should bear.
 //
 // Counters (stats) say where a member's sync time goes: encoding and writing its frame,
 // waiting for the peers', decoding and summing; and the gathers, their bytes and the leader's
@@ -138,6 +140,8 @@ export class SyncGroup {
   private readonly gatherBox: Buffer[][];
   /** Most values one gather part carries (set at connect: 0, none). */
   private maxGather = 0;
+  /** How gather parts go on the wire: f32 in an f32 group, else f16. */
+  readonly gatherCodec: SyncCodec;
   private failure: Error | undefined;
   private readonly scratch: Float32Array;
   /**
@@ -162,6 +166,7 @@ export class SyncGroup {
     private readonly server: net.Server,
   ) {
     this.codec = new SyncCodec(opts.format);
+    this.gatherCodec = new SyncCodec(opts.format === 'f32' ? 'f32' : 'f16');
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.log = (opts.log ?? silentLogger).child({ member: opts.member, group: opts.size });
     this.links = new Array<net.Socket | undefined>(opts.size).fill(undefined);
@@ -304,19 +309,19 @@ export class SyncGroup {
     this.lastRoundEnd = t3;
   }
 
-  /** A follower's part of the leader's next gather (f32 values), in order with its syncs. */
+  /** A follower's part of the leader's next gather (in gatherCodec's format), in order with its syncs. */
   sendGather(part: Float32Array): void {
     if (this.failure) throw this.failure;
     if (this.opts.member === 0) throw new ClusterError('usage', 'the leader takes the gathers, it sends none');
     const frame = newFrame({
       kind: FrameKind.gather,
-      format: formatCode('f32'),
+      format: formatCode(this.gatherCodec.format),
       from: this.opts.member,
       round: ++this.gatherRound,
       count: part.length,
-      bytes: part.byteLength,
+      bytes: this.gatherCodec.bytes(part.length),
     });
-    frame.set(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), HEADER_BYTES);
+    this.gatherCodec.encode(part, frame.subarray(HEADER_BYTES));
     this.links[0]!.write(frame);
     this.stats.gathers++;
     this.stats.gatherBytes += frame.length;
@@ -324,7 +329,7 @@ export class SyncGroup {
 
   /**
    * The leader's next gather: every other member's part, in member order (entry m − 1 is member
-   * m's), as bytes of f32 values — views into the read buffers, unaligned: copy them out.
+   * m's), in gatherCodec's format — views into the read buffers: decode them before the next await.
    */
   async gather(): Promise<Buffer[]> {
     if (this.failure) throw this.failure;
@@ -516,8 +521,10 @@ export class SyncGroup {
           throw invalid(
             `data plane: member ${peer} sent a gather part of ${h.count} values (at most ${this.maxGather})`,
           );
-        if (h.bytes !== 4 * h.count)
-          throw invalid(`data plane: member ${peer} sent ${h.bytes} bytes for ${h.count} f32 gather values`);
+        if (h.format !== formatCode(this.gatherCodec.format) || h.bytes !== this.gatherCodec.bytes(h.count))
+          throw invalid(
+            `data plane: member ${peer} sent ${h.bytes} bytes for ${h.count} gather values (format ${h.format}, the group's is ${this.gatherCodec.format})`,
+          );
         if (h.round !== this.gathered[peer] + 1)
           throw invalid(`data plane: member ${peer} sent gather part ${h.round} after ${this.gathered[peer]}`);
         return;

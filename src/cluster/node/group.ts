@@ -8,7 +8,8 @@
 // its session closes. Batching carries over: a step of several sessions is one frame and one
 // set of syncs. A shared head (model/tensor-share.ts: each member holds rows of output.weight)
 // is one more control frame — the rows to sample from — after which every member computes its
-// rows' logits, and the leader gathers the followers' parts beside its own before sampling.
+// rows' logits, and the leader gathers the followers' parts beside its own before sampling (f32
+// in an f32 group, else f16: dataplane/group.ts).
 //
 // Linking: at LoadShard the member listens on an ephemeral port (reported in LoadProgress),
 // the coordinator passes each member the ports of the members before it, and the member
@@ -218,13 +219,21 @@ export class GroupLeader implements SliceModel, ShardGroup {
     const own = this.member.head(x, n);
     placeHeadRows(logits, vocabSize, own, n, 0);
     let rows = own.length / n;
+    const codec = this.sync.gatherCodec;
     for (const [i, part] of (await this.sync.gather()).entries()) {
-      const width = part.length / 4 / n;
-      if (!(Number.isInteger(width) && rows + width <= vocabSize))
+      const rowBytes = part.length / n;
+      const width = rowBytes / codec.bytes(1);
+      if (!(Number.isInteger(width) && width >= 1 && rows + width <= vocabSize))
         throw this.fails(
           `member ${i + 1} sent ${part.length} bytes of logits for ${n} rows from head row ${rows} of ${vocabSize}`,
         );
-      placeHeadRows(logits, vocabSize, part, n, rows);
+      // row by row into the logits' rows, each vocabSize apart
+      for (let r = 0; r < n; r++)
+        codec.decode(
+          part.subarray(r * rowBytes, (r + 1) * rowBytes),
+          width,
+          logits.subarray(r * vocabSize + rows, r * vocabSize + rows + width),
+        );
       rows += width;
     }
     if (rows !== vocabSize) throw this.fails(`the members' head rows cover ${rows} of the ${vocabSize}`);
