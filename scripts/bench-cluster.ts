@@ -180,7 +180,7 @@ interface SyncCost {
  * Single-stream decode on cores pinned one per node: one node, a 2-node group (q8_0 and f32
  * sync), 2 stages. Bytes per token are the data plane's frames of one decode step, both
  * directions (a 16-byte header each): the leader's step frame (an entry and the hidden row),
- * every member's partial of 2 syncs per layer, the leader's head frame (the row again) and the
+ * every member's partial of 2 syncs per layer, the leader's head frame (the index of the row to sample from) and the
  * follower's logits of its head rows (counted). Time per sync is the members' counters over the
  * measured run (its prompt step's rounds included).
  */
@@ -198,7 +198,7 @@ async function tensorRows(
     for (const model of models) {
       const c = readConfig(GgufFile.open(model.path));
       const stepFrame = HEADER_BYTES + 4 + 12 + 4 * c.dim;
-      const headFrame = HEADER_BYTES + 4 + 4 * c.dim;
+      const headFrame = HEADER_BYTES + 4 + 4; // one row index
       const wire = (sync: SyncFormat, cost: SyncCost | undefined) =>
         stepFrame +
         2 * 2 * c.nLayers * (HEADER_BYTES + payloadBytes(sync, c.dim)) +
@@ -363,7 +363,7 @@ interface PiInputs {
  * herd's predicted ms per token on n Pis as one group: a member's share of the layers and of the
  * head's rows at the Pi's read rate, plus per token one step frame (the f32 hidden row) to each
  * other member, 2 syncs per layer, each latency + the bytes every member sends its n - 1 peers
- * over its one link, and the head: its frame (the row again) out, then the others' f32 logits of
+ * over its one link, and the head: its frame (a row index) out, then the others' f32 logits of
  * their (n - 1)/n of the vocabulary into the leader's one link.
  */
 function piModel(p: PiInputs, n: number): { computeMs: number; syncMs: number } {
@@ -371,7 +371,7 @@ function piModel(p: PiInputs, n: number): { computeMs: number; syncMs: number } 
   if (n === 1) return { computeMs, syncMs: 0 };
   const wire = (bytes: number) => p.latencyMs + (((n - 1) * bytes) / p.linkBytesPerSec) * 1000;
   const stepFrame = HEADER_BYTES + 4 + 12 + 4 * p.dim;
-  const headFrame = HEADER_BYTES + 4 + 4 * p.dim;
+  const headFrame = HEADER_BYTES + 4 + 4; // one row index
   const gather = p.latencyMs + ((((n - 1) / n) * 4 * p.vocabSize + (n - 1) * HEADER_BYTES) / p.linkBytesPerSec) * 1000;
   return { computeMs, syncMs: wire(stepFrame) + 2 * p.nLayers * wire(p.syncBytes) + wire(headFrame) + gather };
 }

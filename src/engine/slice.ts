@@ -109,8 +109,12 @@ export interface SliceModel {
     segments: readonly Segment[],
     turn?: () => Promise<void> | undefined,
   ): void | Promise<void>;
-  /** Logits (n × vocabulary) of n rows of hidden state (n × dim); a group's leader awaits its members' parts. */
-  head(x: Float32Array, n: number): Float32Array | Promise<Float32Array>;
+  /**
+   * Logits (n × vocabulary) of n rows of hidden state (n × dim); `at`: which row of the step's
+   * hidden states each is (a group's leader names them to its members, which hold the same rows,
+   * and awaits their parts).
+   */
+  head(x: Float32Array, n: number, at?: readonly number[]): Float32Array | Promise<Float32Array>;
 }
 
 export class SliceRunner {
@@ -210,6 +214,7 @@ export class SliceRunner {
 
       // entries whose last row is in this chunk, in order: each the head's row it samples from, or -1
       const ends: { p: Piece; row: number }[] = [];
+      const at: number[] = [];
       let heads = 0;
       for (const p of chunk) {
         // the rows out: hidden states to the next slice; the tokens now held, to the history
@@ -220,13 +225,14 @@ export class SliceRunner {
         if (p.entry.sample === false) ends.push({ p, row: -1 });
         else {
           this.last.set(rows(p).subarray((p.m - 1) * dim), heads * dim);
+          at.push(p.row + p.m - 1);
           ends.push({ p, row: heads++ });
         }
       }
 
       // the head of those rows, one product for all: final rmsnorm, classifier, then each
       // session's own sampler
-      const head = heads > 0 ? model.head(this.last, heads) : undefined;
+      const head = heads > 0 ? model.head(this.last, heads, at) : undefined;
       const logits = head instanceof Promise ? await head : head;
       for (const { p, row } of ends)
         sampled.push(row < 0 ? -1 : p.entry.seq.sample(logits!.subarray(row * vocabSize, (row + 1) * vocabSize)));

@@ -43,7 +43,10 @@ const GROUP_TIMEOUT_MS = 120_000;
 
 const CONTROL_STEP = 1;
 const CONTROL_FREE = 2;
-/** The head of n rows (u16 entries = n, then n × dim f32 hidden states): each member's logits of its head rows, gathered. */
+/**
+ * The head of n rows (u16 entries = n, then n × u32: which rows of the last step's hidden
+ * states, which every member holds alike): each member's logits of its head rows, gathered.
+ */
 const CONTROL_LOGITS = 3;
 /** u8 kind, u8 0, u16 entries. */
 const CONTROL_HEAD = 4;
@@ -201,18 +204,20 @@ export class GroupLeader implements SliceModel, ShardGroup {
   }
 
   /**
-   * The logits of n rows: with a shared head the followers are sent the rows and compute their
-   * head rows while the leader computes its own, then the leader puts the parts side by side;
-   * else the leader's whole head.
+   * The logits of n rows: with a shared head the followers are told which rows of the step's
+   * hidden states (`at`) and compute their head rows while the leader computes its own, then the
+   * leader puts the parts side by side; else the leader's whole head.
    */
-  async head(x: Float32Array, n: number): Promise<Float32Array> {
+  async head(x: Float32Array, n: number, at?: readonly number[]): Promise<Float32Array> {
     if (!this.member.weights.share.vocabRows) return this.member.head(x, n);
-    const { dim, vocabSize } = this.config;
-    this.sync.sendControl(CONTROL_HEAD + 4 * n * dim, (frame) => {
+    if (!at || at.length !== n)
+      throw new ClusterError('pipeline', 'a shared head needs the rows its hidden states are');
+    const { vocabSize } = this.config;
+    this.sync.sendControl(CONTROL_HEAD + 4 * n, (frame) => {
       frame[0] = CONTROL_LOGITS;
       frame[1] = 0;
       frame.writeUInt16LE(n, 2);
-      frame.set(new Uint8Array(x.buffer, x.byteOffset, 4 * n * dim), CONTROL_HEAD);
+      for (let i = 0; i < n; i++) frame.writeUInt32LE(at[i], CONTROL_HEAD + 4 * i);
     });
     if (this.logits.length < n * vocabSize) this.logits = new Float32Array(n * vocabSize);
     const logits = this.logits.subarray(0, n * vocabSize);
@@ -294,7 +299,11 @@ export class GroupLeader implements SliceModel, ShardGroup {
 /** A member other than the leader: runs each step the leader sends, on its share, in order. */
 export class GroupFollower implements ShardGroup {
   private readonly caches = new Map<number, KvCache>();
+  /** The hidden states of the last step, as its layers left them (a head frame names rows of them). */
   private readonly x: Float32Array;
+  private stepRows = 0;
+  /** The rows a head frame names, side by side. */
+  private readonly headX: Float32Array;
   private chain: Promise<void> = Promise.resolve();
   private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
   steps = 0;
@@ -308,6 +317,7 @@ export class GroupFollower implements ShardGroup {
     private readonly log: Logger,
   ) {
     this.x = new Float32Array(member.batch * member.config.dim);
+    this.headX = new Float32Array(member.batch * member.config.dim);
     sync.onControl((payload) => {
       // copied: the payload is a view into the socket's read buffer
       const frame = Buffer.from(payload);
@@ -332,12 +342,16 @@ export class GroupFollower implements ShardGroup {
     }
     const dim = this.member.config.dim;
     if (kind === CONTROL_LOGITS) {
-      if (entries < 1 || entries > this.member.batch || frame.length !== CONTROL_HEAD + 4 * entries * dim)
+      if (entries < 1 || entries > this.member.batch || frame.length !== CONTROL_HEAD + 4 * entries)
         throw invalid(`group head frame of ${entries} rows in ${frame.length} bytes`);
       if (!this.member.weights.share.vocabRows) throw invalid('a head frame to a member without head rows');
-      const x = this.x.subarray(0, entries * dim);
-      new Uint8Array(x.buffer, x.byteOffset, 4 * entries * dim).set(frame.subarray(CONTROL_HEAD));
-      this.sync.sendGather(this.member.head(x, entries));
+      // the named rows of the last step's hidden states (this.x, as its layers left them), side by side
+      for (let i = 0; i < entries; i++) {
+        const row = frame.readUInt32LE(CONTROL_HEAD + 4 * i);
+        if (row >= this.stepRows) throw invalid(`group head frame names row ${row} of a step of ${this.stepRows}`);
+        this.headX.set(this.x.subarray(row * dim, (row + 1) * dim), i * dim);
+      }
+      this.sync.sendGather(this.member.head(this.headX, entries));
       return;
     }
     if (kind !== CONTROL_STEP) throw invalid(`group control frame of unknown kind ${kind}`);
@@ -363,7 +377,9 @@ export class GroupFollower implements ShardGroup {
       throw invalid(`group step of ${rows} rows in a frame of ${frame.length} bytes`);
     const x = this.x.subarray(0, rows * dim);
     new Uint8Array(x.buffer, x.byteOffset, 4 * rows * dim).set(frame.subarray(off));
+    this.stepRows = 0;
     await this.member.forwardLayers(x, segments, this.allReduce);
+    this.stepRows = rows;
     this.steps++;
   }
 
