@@ -89,6 +89,9 @@ export function checkGroup(g: WireTensorGroup): MemberPlace {
   if (!(g.ffnStart < g.ffnEnd)) throw invalid(`FFN rows [${g.ffnStart}, ${g.ffnEnd}) are empty`);
   const headShared = g.vocabEnd > 0;
   if (headShared && !(g.vocabStart < g.vocabEnd)) throw invalid(`head rows [${g.vocabStart}, ${g.vocabEnd}) are empty`);
+  // the leader places the members' parts after its own, in member order
+  if (headShared && g.member === 0 && g.vocabStart !== 0)
+    throw invalid(`the leader's head rows must start at row 0, not ${g.vocabStart}`);
   const sessions = g.sessions || 1;
   if (sessions > MAX_SLOTS) throw invalid(`a group holds at most ${MAX_SLOTS} sessions, asked ${sessions}`);
   const share: TensorShare = { member: g.member, kvHeads: [g.kvStart, g.kvEnd], ffnRows: [g.ffnStart, g.ffnEnd] };
