@@ -25,7 +25,7 @@ import { createInterface } from 'node:readline';
 import { synthShape } from '../src/model/synth.ts';
 import { GgufFile } from '../src/gguf/reader.ts';
 import { readConfig } from '../src/model/config.ts';
-import { payloadBytes, type SyncFormat } from '../src/cluster/sync/format.ts';
+import { gatherFormat, payloadBytes, type SyncFormat } from '../src/cluster/sync/format.ts';
 import { HEADER_BYTES } from '../src/cluster/dataplane/frame.ts';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
@@ -363,7 +363,7 @@ interface PiInputs {
  * herd's predicted ms per token on n Pis as one group: a member's share of the layers and of the
  * head's rows at the Pi's read rate, plus per token one step frame (the f32 hidden row) to each
  * other member, 2 syncs per layer, each latency + the bytes every member sends its n - 1 peers
- * over its one link, and the head: its frame (a row index) out, then the others' f32 logits of
+ * over its one link, and the head: its frame (a row index) out, then the others' logits (f16 in a q8_0 group) of
  * their (n - 1)/n of the vocabulary into the leader's one link.
  */
 function piModel(p: PiInputs, n: number): { computeMs: number; syncMs: number } {
@@ -372,7 +372,8 @@ function piModel(p: PiInputs, n: number): { computeMs: number; syncMs: number } 
   const wire = (bytes: number) => p.latencyMs + (((n - 1) * bytes) / p.linkBytesPerSec) * 1000;
   const stepFrame = HEADER_BYTES + 4 + 12 + 4 * p.dim;
   const headFrame = HEADER_BYTES + 4 + 4; // one row index
-  const gather = p.latencyMs + ((((n - 1) / n) * 4 * p.vocabSize + (n - 1) * HEADER_BYTES) / p.linkBytesPerSec) * 1000;
+  const logits = payloadBytes(gatherFormat('q8_0'), p.vocabSize);
+  const gather = p.latencyMs + ((((n - 1) / n) * logits + (n - 1) * HEADER_BYTES) / p.linkBytesPerSec) * 1000;
   return { computeMs, syncMs: wire(stepFrame) + 2 * p.nLayers * wire(p.syncBytes) + wire(headFrame) + gather };
 }
 
@@ -406,7 +407,7 @@ function piReport(model7b: string, q8: SyncCost | undefined): string {
     `Raspberry Pi 4B x N over gigabit, Llama 2 7B Q4_0 (herd, modelled): layers ${fmt(p.layerBytes / 1e9, 3)} GB + head ${fmt(p.headBytes / 1e9, 3)} GB ` +
       `(of the synthetic 7B file); Pi read rate ${fmt(p.piBytesPerSec / 1e9, 2)} GB/s = those bytes / distributed-llama's one-Pi ${DLLAMA_MS[1]} ms; ` +
       `${fmt(p.syncBytes, 0)} B per q8_0 sync (measured bytes per value x ${p.dim}), ${p.latencyMs} ms latency per sync (stated), ` +
-      `${fmt(p.linkBytesPerSec / 1e6, 0)} MB/s link, ${2 * p.nLayers} syncs and a gather of the head's f32 logits per token`,
+      `${fmt(p.linkBytesPerSec / 1e6, 0)} MB/s link, ${2 * p.nLayers} syncs and a gather of the head's f16 logits per token`,
   ];
   for (const n of [1, 2, 4]) {
     const m = piModel(p, n);

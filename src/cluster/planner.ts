@@ -30,7 +30,7 @@
 import { formatBytes } from './caps.ts';
 import { ClusterError } from './errors.ts';
 import { TensorShareError, type TensorShare } from '../model/tensor-share.ts';
-import { DEFAULT_SYNC, payloadBytes, type SyncFormat } from './sync/format.ts';
+import { DEFAULT_SYNC, gatherFormat, payloadBytes, type SyncFormat } from './sync/format.ts';
 
 export interface PlanNode {
   readonly id: string;
@@ -549,7 +549,8 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
     throw new PlanError(`--tensor ${tensor} needs at least ${tensor} nodes, ${sorted.length} available`);
   if (!o.shares) throw new PlanError('internal: a tensor plan needs the model to share its layers');
   // Each member sends its partial sums to every other member at each sync.
-  const syncBytes = (tensor - 1) * payloadBytes(o.sync ?? DEFAULT_SYNC, m.dim);
+  const sync = o.sync ?? DEFAULT_SYNC;
+  const syncBytes = (tensor - 1) * payloadBytes(sync, m.dim);
   const groups: GroupNode[] = [];
   for (let i = 0; i + tensor <= sorted.length; i += tensor) {
     const members = sorted.slice(i, i + tensor);
@@ -567,8 +568,9 @@ function groupPlan(nodesIn: readonly PlanNode[], m: ModelShape, o: PlanOptions, 
       shareWeights: weights,
       shareTotal,
       syncSeconds: rtt + syncBytes / LINK_BYTES_PER_SECOND,
-      // the others' f32 logits of a shared head, in proportion to their shares, into the leader's link
-      gatherSeconds: rtt + (4 * m.vocabSize * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
+      // the others' logits of a shared head, in proportion to their shares, into the leader's link
+      gatherSeconds:
+        rtt + (payloadBytes(gatherFormat(sync), m.vocabSize) * (1 - weights[0] / shareTotal)) / LINK_BYTES_PER_SECOND,
     });
   }
   const singles = mixed ? sorted.slice(groups.length * tensor) : [];

@@ -17,9 +17,7 @@
 // Besides the syncs, the leader (member 0) may send control frames to the others (sendControl):
 // opaque to the data plane, read by the group's owner (onControl), in order with the syncs; and
 // the others may send it their parts of a gather (sendGather: e.g. their rows of the head's
-// logits), which it takes in member order (gather). A gather goes as f32 in an f32 group, else
-// as f16: a q8_0 or f16 group has chosen fewer bytes over exact values, and q8_0 blocks would
-// blur logits more than sampling should bear.
+// logits), which it takes in member order (gather), in the group's gatherFormat.
 //
 // Counters (stats) say where a member's sync time goes: encoding and writing its frame,
 // waiting for the peers', decoding and summing; and the gathers, their bytes and the leader's
@@ -37,7 +35,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { ClusterError, invalid } from '../errors.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { TLS_NAME } from '../tls.ts';
-import { SyncCodec, sumPayloads, type SyncFormat } from '../sync/format.ts';
+import { gatherFormat, SyncCodec, sumPayloads, type SyncFormat } from '../sync/format.ts';
 import {
   FrameKind,
   FrameReader,
@@ -140,7 +138,7 @@ export class SyncGroup {
   private readonly gatherBox: Buffer[][];
   /** Most values one gather part carries (set at connect: 0, none). */
   private maxGather = 0;
-  /** How gather parts go on the wire: f32 in an f32 group, else f16. */
+  /** How gather parts go on the wire (sync/format.ts gatherFormat). */
   readonly gatherCodec: SyncCodec;
   private failure: Error | undefined;
   private readonly scratch: Float32Array;
@@ -166,7 +164,7 @@ export class SyncGroup {
     private readonly server: net.Server,
   ) {
     this.codec = new SyncCodec(opts.format);
-    this.gatherCodec = new SyncCodec(opts.format === 'f32' ? 'f32' : 'f16');
+    this.gatherCodec = new SyncCodec(gatherFormat(opts.format));
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.log = (opts.log ?? silentLogger).child({ member: opts.member, group: opts.size });
     this.links = new Array<net.Socket | undefined>(opts.size).fill(undefined);

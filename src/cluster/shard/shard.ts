@@ -46,17 +46,21 @@ export function shardTensorNames(file: GgufFile, start: number, end: number, nLa
   return names;
 }
 
-/** A member's share of [start, end) in a group of `size`, file-name safe: its slice's name and its manifest's. */
+/**
+ * A member's share of [start, end) in a group of `size`, file-name safe: its slice's name and
+ * its manifest's, e.g. "0-22.m1of2.kv2-4.ffn2816-5632.v16000-32000" (sliceName reads it back).
+ */
 export function shareName(start: number, end: number, size: number, s: TensorShare): string {
-  return `${start}-${end}.m${s.member}of${size}.${shareTag(s, '.')}`;
-}
-
-/** The heads and rows of a share, e.g. "kv0-2.ffn0-704.v0-16000" (with sep '.'). */
-export function shareTag(s: TensorShare, sep: string): string {
   const [k0, k1] = s.kvHeads;
   const [f0, f1] = s.ffnRows;
-  const v = s.vocabRows ? `${sep}v${s.vocabRows[0]}-${s.vocabRows[1]}` : '';
-  return `kv${k0}-${k1}${sep}ffn${f0}-${f1}${v}`;
+  const v = s.vocabRows ? `.v${s.vocabRows[0]}-${s.vocabRows[1]}` : '';
+  return `${start}-${end}.m${s.member}of${size}.kv${k0}-${k1}.ffn${f0}-${f1}${v}`;
+}
+
+/** A cached slice file's range and whether it holds a member's share (its name: "start-end.gguf" or shareName's). */
+export function sliceName(file: string): { start: number; end: number; share: boolean } | undefined {
+  const m = /^(\d+)-(\d+)(\.m\d+of\d+\.kv\d+-\d+\.ffn\d+-\d+(?:\.v\d+-\d+)?)?\.gguf$/.exec(file);
+  return m ? { start: Number(m[1]), end: Number(m[2]), share: m[3] !== undefined } : undefined;
 }
 
 /** Tensors only a stage's leader reads: the group's other members get hidden states from it and send none on. */

@@ -36,7 +36,7 @@ import type { ClusterKey } from '../auth.ts';
 import { checkSlice, metadataDigest, sameTensor, type SliceManifest } from './manifest.ts';
 import { modelHash } from './model-hash.ts';
 import { commitSlice, discardSlice, lastUsed, touch, verifiedManifest } from './record.ts';
-import { describeShard, HASH_RE, shardKey, shareName, shareTag } from './shard.ts';
+import { describeShard, HASH_RE, shardKey, shareName, sliceName } from './shard.ts';
 import { SliceWriter, type SliceTensor } from './slice.ts';
 import { watchSilence, type Silence } from '../silence.ts';
 
@@ -76,7 +76,7 @@ export interface ShardGroup {
 export function loadKey(req: Pick<LoadRequest, 'modelHash' | 'start' | 'end' | 'share'>): string {
   const g = req.share;
   if (!g) return shardKey(req);
-  return `${shardKey(req)}#${g.share.member}/${g.size}:${shareTag(g.share, ':')}`;
+  return `${shardKey(req)}#${shareName(req.start, req.end, g.size, g.share)}`;
 }
 
 interface SliceFile {
@@ -415,12 +415,12 @@ export class ShardStore {
     for (const hash of readdirSync(root)) {
       if (!HASH_RE.test(hash)) continue;
       for (const name of readdirSync(join(root, hash))) {
-        const m = /^(\d+)-(\d+)(\.m\d+of\d+\.kv\d+-\d+\.ffn\d+-\d+(?:\.v\d+-\d+)?)?\.gguf$/.exec(name);
-        if (!m) continue;
+        const slice = sliceName(name);
+        if (!slice) continue;
         const path = join(root, hash, name);
         try {
           const bytes = statSync(path).size;
-          out.push({ modelHash: hash, start: Number(m[1]), end: Number(m[2]), share: m[3] !== undefined, path, bytes });
+          out.push({ modelHash: hash, ...slice, path, bytes });
         } catch {
           // removed meanwhile
         }

@@ -29,6 +29,15 @@ export function isSyncFormat(s: string): s is SyncFormat {
 }
 
 /** Bytes of n values in this format. */
+/**
+ * How a group's gather parts (its members' logits of the head) go on the wire: f32 in an f32
+ * group, else f16 — a q8_0 or f16 group has chosen fewer bytes over exact values, and q8_0
+ * blocks would blur logits more than sampling should bear.
+ */
+export function gatherFormat(sync: SyncFormat): 'f32' | 'f16' {
+  return sync === 'f32' ? 'f32' : 'f16';
+}
+
 export function payloadBytes(format: SyncFormat, n: number): number {
   if (format === 'f32') return 4 * n;
   if (format === 'f16') return 2 * n;
@@ -40,8 +49,6 @@ export class SyncCodec {
   private readonly pad = new Float32Array(QK);
   private readonly padBytes = new Uint8Array(Q8_BLOCK_BYTES);
   private readonly f16 = f16Float32Table();
-  private readonly scaleBits = new Uint32Array(1);
-  private readonly scale = new Float32Array(this.scaleBits.buffer);
 
   constructor(readonly format: SyncFormat) {}
 
@@ -65,35 +72,11 @@ export class SyncCodec {
       }
     } else {
       const whole = n - (n % QK);
-      this.quantize(src, whole, dst);
+      q8_0.quantizeRow(src, 0, whole, dst, 0);
       if (whole < n) {
         this.pad.fill(0);
         this.pad.set(src.subarray(whole));
         q8_0.quantizeRow(this.pad, 0, QK, dst, (whole / QK) * Q8_BLOCK_BYTES);
-      }
-    }
-  }
-
-  /**
-   * q8_0.quantizeRow's blocks, bit for bit (d = amax / 127 in f32, stored as f16; q = x · (1/d)
-   * rounded half away from zero), in one loop: the sync runs it 2 × layers times a token.
-   */
-  private quantize(src: Float32Array, n: number, dst: Uint8Array): void {
-    const q = new Int8Array(dst.buffer, dst.byteOffset, (n / QK) * Q8_BLOCK_BYTES);
-    for (let i = 0, o = 0; i < n; i += QK, o += Q8_BLOCK_BYTES) {
-      let amax = 0;
-      for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(src[i + j]));
-      this.scale[0] = amax / 127;
-      const d = this.scale[0];
-      const h = f32BitsToF16(this.scaleBits[0]);
-      dst[o] = h & 0xff;
-      dst[o + 1] = h >>> 8;
-      const id = d !== 0 ? Math.fround(1 / d) : 0;
-      for (let j = 0; j < QK; j++) {
-        // an f32 times an f32, rounded to f32: |v| <= 127.5, so adding ±0.5 is exact in f64
-        // (truncation toward zero after adding ±0.5 rounds half away from zero)
-        const v = Math.fround(src[i + j] * id);
-        q[o + 2 + j] = (v < 0 ? v - 0.5 : v + 0.5) | 0;
       }
     }
   }
