@@ -81,10 +81,11 @@ typedef struct {
   int isa;
   napi_env env;
   // Activation scratch, grown on demand: never freed while the backend lives.
-  size_t cap_f, cap_qs, cap_d, cap_s, cap_bs, cap_acts;
+  size_t cap_f, cap_qs, cap_d, cap_s, cap_bs, cap_qoff, cap_acts;
   float *f, *d, *s;
   int8_t *qs;
   int16_t *bsums;
+  int32_t *qoff;
   herd_act *acts;
 } backend;
 
@@ -106,6 +107,7 @@ static void backend_finalize(napi_env env, void *data, void *hint) {
   free(b->s);
   free(b->qs);
   free(b->bsums);
+  free(b->qoff);
   free(b->acts);
   free(b);
 }
@@ -268,12 +270,30 @@ static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n, 
   return 1;
 }
 
+// Gives n prepared Q8_0 activations of `cols` values their qoff: -8·Σq per block, Q4_0's
+// offset for the gemm (herd.h). 0 when out of memory.
+static int fold_q4_0_offsets(backend *b, int cols, int n) {
+  const int nb = cols / QK;
+  GROW(qoff, cap_qoff, (size_t)n * (size_t)nb);
+  for (int t = 0; t < n; t++) {
+    herd_act *a = &b->acts[t];
+    a->qoff = b->qoff + (size_t)t * (size_t)nb;
+    for (int k = 0; k < nb; k++) {
+      int32_t sum = 0;
+      for (int i = 0; i < QK; i++) sum += a->qs[(size_t)k * QK + i];
+      a->qoff[k] = -8 * sum;
+    }
+  }
+  return 1;
+}
+
 // ---- products ----
 
 typedef struct {
   herd_dot_fn dot;
   herd_dot4_fn dot4;  // NULL: every vector goes through dot
   herd_tile_fn tile;  // when set, runs every output instead of dot/dot4
+  herd_gemm_fn gemm;  // when set, runs every output instead of the tile
   const uint8_t *w;
   size_t row_bytes;
   int rows, cols, n;
@@ -293,6 +313,13 @@ static void product_chunk(void *ctx, int chunk) {
   // over them; the weights are unpacked once per four vectors where the type has a
   // four-vector kernel.
   int t = 0;
+  if (p->gemm) {
+    for (int r = r0; r < r1; r += HERD_TILE_ROWS) {
+      p->gemm(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS, p->acts,
+              p->n, p->out + r, (size_t)p->rows);
+    }
+    return;
+  }
   if (p->tile) {
     // Four vectors × four rows per tile, two leftover vectors × eight rows (a batch of two
     // decoding sessions: the weights are unpacked once for both), then 16 rows at a time.
@@ -371,6 +398,8 @@ static napi_value run_product(napi_env env, napi_callback_info info, int with_n)
   p.dot = herd_dot(t, b->isa);
   p.dot4 = herd_dot4(t, b->isa);
   p.tile = herd_tile(t, b->isa);
+  p.gemm = n >= HERD_GEMM_MIN ? herd_gemm(t, b->isa) : NULL;
+  if (p.gemm && !fold_q4_0_offsets(b, cols, n)) THROW("out of memory preparing activations");
   p.w = w.data;
   p.row_bytes = row_bytes;
   p.rows = rows;
@@ -383,8 +412,8 @@ static napi_value run_product(napi_env env, napi_callback_info info, int with_n)
   const int nth = herd_pool_threads(b->pool);
   const int chunk = rows / (4 * nth);
   p.chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
-  // Tiles cover 16 rows of a vector: whole tiles per chunk (only the last one is short).
-  if (p.tile) p.chunk = (p.chunk + HERD_TILE_ROWS - 1) / HERD_TILE_ROWS * HERD_TILE_ROWS;
+  // Tiles and gemms cover 16 rows: whole ones per chunk (only the last one is short).
+  if (p.tile || p.gemm) p.chunk = (p.chunk + HERD_TILE_ROWS - 1) / HERD_TILE_ROWS * HERD_TILE_ROWS;
   herd_pool_run(b->pool, product_chunk, &p, (rows + p.chunk - 1) / p.chunk, parallel);
   return NULL;
 }

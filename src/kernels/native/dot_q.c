@@ -389,6 +389,86 @@ void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
   else q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 1);
 }
 
+// ---- AVX-512 gemm: 16 rows against every vector of a prefill ----
+//
+// The tile unpacks each row's nibbles once per four vectors and pays a transposing reduction
+// per 16 outputs; in a prefill that work, not the dot products, takes most of its time. The
+// gemm lays its 16 rows out with lane = row instead. Per block, the rows' 16 nibble bytes are
+// transposed (dword j of every row in one vector: eight unpacks) and split into 8 vectors of
+// four unsigned quants a lane, once for every vector. Each vector then costs 8 vpdpbusd
+// against its block's quants, a dword broadcast each, started from its -8·Σq (qoff: Q4_0's
+// offset, folded into the activation once per matmul), and one conversion, scale product and
+// FMA for all 16 rows: the tile's chain
+//   acc = fma(dw_b·dx_b, (float)Σ_b (q - 8)·qx, acc)   for b = 0, 1, … in order,
+// so the gemm's outputs equal the tile's (and the matvec's) bit for bit. The vectors'
+// accumulators (16 floats each) stay in L1.
+#define GEMM_VECS 64
+
+static HERD_INLINE __m512i load_4x128(const uint8_t *const *rows, size_t at) {
+  __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rows[0] + at)));
+  v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[1] + at)), 1);
+  v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[2] + at)), 2);
+  return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[3] + at)), 3);
+}
+
+void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
+                           size_t out_stride) {
+  const int nb = n / QK;
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  // After the transpose, lane 4i + k holds row 4k + i.
+  const uint8_t *wr[16];
+  int row_of[16];
+  for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
+  for (int l = 0; l < 16; l++) row_of[l] = 4 * (l & 3) + (l >> 2);
+  __m512 acc[GEMM_VECS];
+  for (int t0 = 0; t0 < nx; t0 += GEMM_VECS) {
+    const int T = nx - t0 < GEMM_VECS ? nx - t0 : GEMM_VECS;
+    const herd_act *xs = x + t0;
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+      const size_t at = (size_t)b * 18;
+      __m512i q[4];
+      for (int k = 0; k < 4; k++) q[k] = load_4x128(wr + 4 * k, at + 2);
+      const __m512i a0 = _mm512_unpacklo_epi32(q[0], q[1]), a1 = _mm512_unpackhi_epi32(q[0], q[1]);
+      const __m512i a2 = _mm512_unpacklo_epi32(q[2], q[3]), a3 = _mm512_unpackhi_epi32(q[2], q[3]);
+      const __m512i d0 = _mm512_unpacklo_epi64(a0, a2), d1 = _mm512_unpackhi_epi64(a0, a2);
+      const __m512i d2 = _mm512_unpacklo_epi64(a1, a3), d3 = _mm512_unpackhi_epi64(a1, a3);
+      // lo[j]: quants 4j … 4j+3 of each row (low nibbles), hi[j]: quants 16 + 4j … (high)
+      const __m512i lo0 = _mm512_and_si512(d0, m4), lo1 = _mm512_and_si512(d1, m4);
+      const __m512i lo2 = _mm512_and_si512(d2, m4), lo3 = _mm512_and_si512(d3, m4);
+      const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(d0, 4), m4), hi1 = _mm512_and_si512(_mm512_srli_epi16(d1, 4), m4);
+      const __m512i hi2 = _mm512_and_si512(_mm512_srli_epi16(d2, 4), m4), hi3 = _mm512_and_si512(_mm512_srli_epi16(d3, 4), m4);
+      // The rows' f16 scales, in lane order (scalar loads: the vector ports are the busy ones).
+      uint16_t dh[16];
+      for (int l = 0; l < 16; l++) memcpy(&dh[l], wr[row_of[l]] + at, 2);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh));
+      for (int t = 0; t < T; t++) {
+        const herd_act *a = &xs[t];
+        int32_t y[8];
+        memcpy(y, a->qs + (size_t)b * QK, 32);
+        __m512i s0 = _mm512_set1_epi32(a->qoff[b]), s1 = _mm512_setzero_si512();
+        s0 = _mm512_dpbusd_epi32(s0, lo0, _mm512_set1_epi32(y[0]));
+        s1 = _mm512_dpbusd_epi32(s1, hi0, _mm512_set1_epi32(y[4]));
+        s0 = _mm512_dpbusd_epi32(s0, lo1, _mm512_set1_epi32(y[1]));
+        s1 = _mm512_dpbusd_epi32(s1, hi1, _mm512_set1_epi32(y[5]));
+        s0 = _mm512_dpbusd_epi32(s0, lo2, _mm512_set1_epi32(y[2]));
+        s1 = _mm512_dpbusd_epi32(s1, hi2, _mm512_set1_epi32(y[6]));
+        s0 = _mm512_dpbusd_epi32(s0, lo3, _mm512_set1_epi32(y[3]));
+        s1 = _mm512_dpbusd_epi32(s1, hi3, _mm512_set1_epi32(y[7]));
+        const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[b]));
+        acc[t] = _mm512_fmadd_ps(dwdx, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; t++) {
+      float v[16];
+      _mm512_storeu_ps(v, acc[t]);
+      for (int l = 0; l < 16; l++) {
+        if (row_of[l] < nrows) out[(size_t)(t0 + t) * out_stride + row_of[l]] = v[l];
+      }
+    }
+  }
+}
+
 #endif
 
 // ---- NEON: 16 bytes per vector; the integer dot is vdotq_s32 when the CPU has it (Pi 5),

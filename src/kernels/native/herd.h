@@ -52,8 +52,9 @@ enum herd_act_kind { ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 enum herd_isa { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_NEON_DOTPROD, ISA_COUNT };
 
 // One prepared activation vector of n values. Float kinds use f; quantized kinds use qs
-// (n quants), d (one scale per 32 values, or per 256 for Q8_K), s (Q8_1: d·Σq per 32) and
-// bsums (Q8_K: Σq per 16).
+// (n quants), d (one scale per 32 values, or per 256 for Q8_K), s (Q8_1: d·Σq per 32),
+// bsums (Q8_K: Σq per 16) and qoff (Q8_0 for a gemm: -8·Σq per 32, the offset of Q4_0's
+// quants folded into the activation; set only where a gemm runs).
 typedef struct {
   int kind;
   int n;
@@ -62,6 +63,7 @@ typedef struct {
   float *d;
   float *s;
   int16_t *bsums;
+  int32_t *qoff;
 } herd_act;
 
 // The dot product of the n-value weight row at w with the activation x.
@@ -76,6 +78,12 @@ typedef void (*herd_dot4_fn)(int n, const uint8_t *w, const herd_act *const *x, 
 typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
                              size_t out_stride);
 #define HERD_TILE_ROWS 16
+// A matmul's 16 rows (nrows ≤ 16 of them from w) against all n activations (prefill): the
+// same outputs, bit for bit, as the tile of the same type and path (see dot_q.c).
+typedef void (*herd_gemm_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
+                             size_t out_stride);
+// Activations from which a matmul runs the gemm instead of tiles (fewer: the tiles are faster).
+#define HERD_GEMM_MIN 4
 
 #define HERD_INLINE inline __attribute__((always_inline))
 
@@ -102,6 +110,7 @@ typedef struct {
   herd_dot_fn dot[ISA_COUNT];    // NULL where a path has no kernel of its own
   herd_dot4_fn dot4[ISA_COUNT];  // NULL where matmul runs the single-vector dot
   herd_tile_fn tile[ISA_COUNT];  // when set, matvec and matmul both run it instead of dot/dot4
+  herd_gemm_fn gemm[ISA_COUNT];  // when set, a matmul of HERD_GEMM_MIN or more vectors runs it
 } herd_type_traits;
 
 // The type's row, or NULL when herd has no native kernels for it.
@@ -112,6 +121,8 @@ herd_dot_fn herd_dot(const herd_type_traits *t, int isa);
 herd_dot4_fn herd_dot4(const herd_type_traits *t, int isa);
 // The tile kernel of the path herd_dot picks, or NULL when that path has none.
 herd_tile_fn herd_tile(const herd_type_traits *t, int isa);
+// The gemm kernel of the path herd_dot picks, or NULL when that path has none.
+herd_gemm_fn herd_gemm(const herd_type_traits *t, int isa);
 // Which paths this build compiled.
 int herd_isa_compiled(int isa);
 const char *herd_isa_name(int isa);
@@ -260,6 +271,8 @@ static inline float herd_half(const uint8_t *p) {
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
 void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
+                           size_t out_stride);
+void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                            size_t out_stride);
 
 HERD_DECLARE_DOT4(q8_0, avx2)
