@@ -321,28 +321,10 @@ static void product_chunk(void *ctx, int chunk) {
     return;
   }
   if (p->tile) {
-    // Four vectors × four rows per tile, two leftover vectors × eight rows (a batch of two
-    // decoding sessions: the weights are unpacked once for both), then 16 rows at a time.
-    for (; t + 4 <= p->n; t += 4) {
-      const herd_act *xs[4] = {&p->acts[t], &p->acts[t + 1], &p->acts[t + 2], &p->acts[t + 3]};
-      for (int r = r0; r < r1; r += 4) {
-        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < 4 ? r1 - r : 4, xs, 4, p->out + (size_t)t * p->rows + r,
-                (size_t)p->rows);
-      }
-    }
-    if (t + 2 <= p->n) {
-      const herd_act *xs[2] = {&p->acts[t], &p->acts[t + 1]};
-      for (int r = r0; r < r1; r += 8) {
-        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < 8 ? r1 - r : 8, xs, 2, p->out + (size_t)t * p->rows + r,
-                (size_t)p->rows);
-      }
-      t += 2;
-    }
     for (; t < p->n; t++) {
-      const herd_act *xs[1] = {&p->acts[t]};
       for (int r = r0; r < r1; r += HERD_TILE_ROWS) {
-        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS, xs, 1,
-                p->out + (size_t)t * p->rows + r, (size_t)p->rows);
+        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS,
+                &p->acts[t], p->out + (size_t)t * p->rows + r);
       }
     }
     return;

@@ -241,21 +241,21 @@ static HERD_INLINE void q8_0_q4_0_avx512(int n, const uint8_t *w, const herd_act
 HERD_DEFINE_DOTS(q8_0, avx512, q8_0_q4_0_avx512, 0)
 HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
 
-// ---- AVX-512 tiles: 16 outputs per pass, one per f32 lane ----
+// ---- AVX-512 tile: 16 rows of a matvec per pass, one output per f32 lane ----
 //
 // The kernels above leave each output as 16 partial sums in a vector's lanes and pay a
 // conversion, a scale product and an FMA per output per two blocks, then a horizontal sum.
-// For Q4_0 (the type prefill and decode spend their time in) a tile instead computes 16
-// outputs at once (16 rows × 1 vector for matvec, 4 rows × 4 or 8 rows × 2 vectors for matmul): the
-// exact integer Σ q·qx of every (output, block) is gathered into one vector with lane =
-// output (a transposing reduction, ~3 adds or shuffles per output per four blocks), so the
-// float work per block is one conversion, one scale product and one FMA for all 16
-// outputs. Measured on Zen 4, one thread: matvec 21 → 33 GB/s, matmul ~2× faster. Every output is the same chain in either shape,
+// For Q4_0 (the type decode spends its time in) the tile instead computes 16 rows at once:
+// the exact integer Σ q·qx of every (row, block) is gathered into one vector with lane = row
+// (a transposing reduction, ~3 adds or shuffles per row per four blocks), so the float work
+// per block is one conversion, one scale product and one FMA for all 16 rows. Measured on
+// Zen 4, one thread: matvec 21 → 33 GB/s. Every output is the chain
 //   acc = fma(dw_b·dx_b, (float)Σ_b q·qx, acc)   for b = 0, 1, … in order,
-// so a matmul equals its matvecs bit for bit, whatever the tiling or thread count.
-// (Q8_0 tried the same way was no faster than its kernel above: its quants need no
-// unpacking, so there is less per-row work for the tile to share.) The weight scales come
-// through the same reduction, not a gather: vpgatherdd is microcoded and far slower here.
+// which the gemm below follows too, so a matmul equals its matvecs bit for bit, whatever the
+// tiling or thread count. (Q8_0 tried the same way was no faster than its kernel above: its
+// quants need no unpacking, so there is less per-row work for the tile to share.) The weight
+// scales come through the same reduction, not a gather: vpgatherdd is microcoded and far
+// slower here.
 
 // A 4×4 transpose of 128-bit lanes: out[g] lane j = u[j] lane g.
 static HERD_INLINE void transpose_4x128(const __m512i u[4], __m512i out[4]) {
@@ -285,29 +285,12 @@ static inline __mmask64 first_bytes(int bytes) {
   return bytes >= 64 ? ~(__mmask64)0 : bytes <= 0 ? 0 : (((__mmask64)1 << bytes) - 1);
 }
 
-// The activation scale of block b for every lane (lane r·T + t: vector t).
-static HERD_INLINE __m512 tile_dx(const herd_act *const *x, int b, const int T) {
-  if (T == 1) return _mm512_set1_ps(x[0]->d[b]);
-  if (T == 2) return _mm512_broadcast_f32x2(_mm_set_ps(0, 0, x[1]->d[b], x[0]->d[b]));
-  return _mm512_broadcast_f32x4(_mm_set_ps(x[3]->d[b], x[2]->d[b], x[1]->d[b], x[0]->d[b]));
-}
-
-static HERD_INLINE void tile_store(__m512 acc, int nrows, float *out, size_t out_stride, const int T) {
-  float v[16];
-  _mm512_storeu_ps(v, acc);
-  for (int i = 0; i < 16; i++) {
-    if (i / T < nrows) out[(size_t)(i % T) * out_stride + i / T] = v[i];
-  }
-}
-
 // Q4_0, four blocks per step. The 16 nibble bytes of each block are packed into one vector
 // (vpermt2b over the step's 72 bytes), so the low nibbles are values 0-15 of the four
-// blocks and the high nibbles values 16-31; the activation is permuted to match once per
-// vector, shared by every row. Σ (q - 8)·qx: vpdpbusd of the unsigned nibbles, started from
+// blocks and the high nibbles values 16-31; the activation is permuted to match once,
+// shared by every row. Σ (q - 8)·qx: vpdpbusd of the unsigned nibbles, started from
 // -Σ 8·qx of the same lanes.
-static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, float *out,
-                                  size_t out_stride, const int T) {
-  const int R = 16 / T;
+void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out) {
   const int nb = n / QK;
   const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
   uint8_t iq[64], ilo[64], ihi[64];
@@ -318,11 +301,10 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
   }
   const __m512i idx_q = _mm512_loadu_si512((const void *)iq);
   const __m512i idx_d = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 27, 0, 0, 0, 0, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i idx_d4 = _mm512_set_epi16(0, 27, 0, 27, 0, 27, 0, 27, 0, 18, 0, 18, 0, 18, 0, 18, 0, 9, 0, 9, 0, 9, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i idx_lo = _mm512_loadu_si512((const void *)ilo), idx_hi = _mm512_loadu_si512((const void *)ihi);
   const uint8_t *wr[16];
-  for (int r = 0; r < R; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
-  const size_t span = (size_t)R * row_bytes;
+  for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
+  const size_t span = (size_t)16 * row_bytes;
   const size_t pf_step = (span / (size_t)((nb + 3) / 4) + 63) & ~(size_t)63;
   const uint8_t *pf = w + span, *const pf_end = w + 2 * span;
   __m512 acc = _mm512_setzero_ps();
@@ -330,15 +312,11 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
     const int nv = nb - b < 4 ? nb - b : 4;
     const __mmask64 wa = first_bytes(18 * nv), wb = first_bytes(18 * nv - 64);
     const __mmask64 ya = first_bytes(32 * nv), yb = first_bytes(32 * nv - 64);
-    __m512i ylo[4], yhi[4], start[4];
-    for (int t = 0; t < T; t++) {
-      const int8_t *y = x[t]->qs + (size_t)b * QK;
-      const __m512i a = _mm512_maskz_loadu_epi8(ya, y), c = _mm512_maskz_loadu_epi8(yb, y + 64);
-      ylo[t] = _mm512_permutex2var_epi8(a, idx_lo, c);
-      yhi[t] = _mm512_permutex2var_epi8(a, idx_hi, c);
-      const __m512i off = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, ylo[t]), eight, yhi[t]);
-      start[t] = _mm512_sub_epi32(_mm512_setzero_si512(), off);
-    }
+    const int8_t *y = x->qs + (size_t)b * QK;
+    const __m512i ya_ = _mm512_maskz_loadu_epi8(ya, y), yb_ = _mm512_maskz_loadu_epi8(yb, y + 64);
+    const __m512i ylo = _mm512_permutex2var_epi8(ya_, idx_lo, yb_), yhi = _mm512_permutex2var_epi8(ya_, idx_hi, yb_);
+    const __m512i start =
+        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, ylo), eight, yhi));
     // The tile reads its rows side by side, 72 bytes of each per step: too many streams
     // for the hardware prefetcher, which left a DRAM-bound matvec at a third of the
     // bandwidth. Instead, each step asks for its share of the rows that follow the tile
@@ -346,54 +324,35 @@ static HERD_INLINE void q4_0_tile(int n, const uint8_t *w, size_t row_bytes, int
     for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
     pf += pf_step;
     __m512i v[16], sc[16];
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < 16; r++) {
       const uint8_t *p = wr[r] + (size_t)b * 18;
       const __m512i a = _mm512_maskz_loadu_epi8(wa, p);
       const __m512i q = _mm512_permutex2var_epi8(a, idx_q, _mm512_maskz_loadu_epi8(wb, p + 64));
       const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-      for (int t = 0; t < T; t++) v[r * T + t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start[t], lo, ylo[t]), hi, yhi[t]);
-      if (T != 4) {
-        // The step's four f16 scales (bytes 18k) in the first int32 lane of group k, zeros
-        // elsewhere: the same reduction then moves them to lane = row.
-        sc[r] = _mm512_maskz_permutexvar_epi16(0x01010101u, idx_d, a);
-      } else {
-        // Scale k in every int32 lane of 128-bit lane k; a transpose of the four rows'
-        // vectors then gives lane r·4 + t the scale of row r.
-        sc[r] = _mm512_maskz_permutexvar_epi16(0x55555555u, idx_d4, a);
-      }
+      v[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, ylo), hi, yhi);
+      // The step's four f16 scales (bytes 18k) in the first int32 lane of group k, zeros
+      // elsewhere: the same reduction then moves them to lane = row.
+      sc[r] = _mm512_maskz_permutexvar_epi16(0x01010101u, idx_d, a);
     }
     __m512i sums[4], dws[4];
     reduce_16x4(v, sums);
-    if (T == 1) {
-      reduce_16x4(sc, dws);
-    } else if (T == 2) {
-      // Each of the 8 rows' scales twice (lanes r·2 and r·2 + 1), through the T == 1 reduction.
-      __m512i sc2[16];
-      for (int i = 0; i < 16; i++) sc2[i] = sc[i / 2];
-      reduce_16x4(sc2, dws);
-    } else {
-      transpose_4x128(sc, dws);
-    }
+    reduce_16x4(sc, dws);
     for (int k = 0; k < nv; k++) {
       const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dws[k]));
-      acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, tile_dx(x, b + k, T)), _mm512_cvtepi32_ps(sums[k]), acc);
+      acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x->d[b + k])), _mm512_cvtepi32_ps(sums[k]), acc);
     }
   }
-  tile_store(acc, nrows, out, out_stride, T);
+  float v[16];
+  _mm512_storeu_ps(v, acc);
+  for (int r = 0; r < nrows; r++) out[r] = v[r];
 }
 
-void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
-                           size_t out_stride) {
-  if (T == 4) q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 4);
-  else if (T == 2) q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 2);
-  else q4_0_tile(n, w, row_bytes, nrows, x, out, out_stride, 1);
-}
-
-// ---- AVX-512 gemm: 16 rows against every vector of a prefill ----
+// ---- AVX-512 gemm: 16 rows against every vector of a matmul ----
 //
-// The tile unpacks each row's nibbles once per four vectors and pays a transposing reduction
-// per 16 outputs; in a prefill that work, not the dot products, takes most of its time. The
-// gemm lays its 16 rows out with lane = row instead. Per block, the rows' 16 nibble bytes are
+// The tile's unpacking and transposing reduction, per row and per output, would be paid again
+// for every vector of a matmul; in a prefill that work, not the dot products, took most of its
+// time (when the tile ran 4 rows × 4 vectors). The gemm lays its 16 rows out with lane = row
+// instead. Per block, the rows' 16 nibble bytes are
 // transposed (dword j of every row in one vector: eight unpacks) and split into 8 vectors of
 // four unsigned quants a lane, once for every vector. Each vector then costs 8 vpdpbusd
 // against its block's quants, a dword broadcast each, started from its -8·Σq (qoff: Q4_0's
@@ -401,7 +360,10 @@ void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
 // FMA for all 16 rows: the tile's chain
 //   acc = fma(dw_b·dx_b, (float)Σ_b (q - 8)·qx, acc)   for b = 0, 1, … in order,
 // so the gemm's outputs equal the tile's (and the matvec's) bit for bit. The vectors'
-// accumulators (16 floats each) stay in L1.
+// accumulators (16 floats each) stay in L1. Like the tile, each block prefetches its share of
+// the next 16 rows: without it, steps of two decoding sessions over two stages (bench:serve,
+// K = 4, runs alternated) had an ITL of 90 ms against the tile's 82, with it 68–72 against
+// 75–77, although bench-native's synthetic matrices favoured it without.
 #define GEMM_VECS 64
 
 static HERD_INLINE __m512i load_4x128(const uint8_t *const *rows, size_t at) {
@@ -420,13 +382,19 @@ void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
   int row_of[16];
   for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
   for (int l = 0; l < 16; l++) row_of[l] = 4 * (l & 3) + (l >> 2);
+  const size_t span = (size_t)16 * row_bytes;
+  const size_t pf_step = (span / (size_t)nb + 63) & ~(size_t)63;
+  const uint8_t *const pf_end = w + 2 * span;
   __m512 acc[GEMM_VECS];
   for (int t0 = 0; t0 < nx; t0 += GEMM_VECS) {
+    const uint8_t *pf = w + span;  // once per group of vectors: the rows are back in cache for the next
     const int T = nx - t0 < GEMM_VECS ? nx - t0 : GEMM_VECS;
     const herd_act *xs = x + t0;
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
       const size_t at = (size_t)b * 18;
+      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+      pf += pf_step;
       __m512i q[4];
       for (int k = 0; k < 4; k++) q[k] = load_4x128(wr + 4 * k, at + 2);
       const __m512i a0 = _mm512_unpacklo_epi32(q[0], q[1]), a1 = _mm512_unpackhi_epi32(q[0], q[1]);

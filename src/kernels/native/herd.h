@@ -72,18 +72,16 @@ typedef float (*herd_dot_fn)(int n, const uint8_t *w, const herd_act *x);
 // bit, what the herd_dot_fn of the same type and path returns for x[t].
 typedef void (*herd_dot4_fn)(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
-// A tile of 16 outputs: nrows (≤ 16/T) rows from w, row_bytes apart, against T (1, 2 or 4)
-// activations; out[t·out_stride + r]. Each output is computed by the same chain whatever T
-// and nrows are (see dot_q.c), so matvec (T = 1) and matmul (T = 2, 4) agree bit for bit.
-typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
-                             size_t out_stride);
+// A matvec's 16 rows at once: nrows (≤ 16) rows from w, row_bytes apart, against x; out[r].
+typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out);
 #define HERD_TILE_ROWS 16
-// A matmul's 16 rows (nrows ≤ 16 of them from w) against all n activations (prefill): the
-// same outputs, bit for bit, as the tile of the same type and path (see dot_q.c).
+// A matmul's 16 rows (nrows ≤ 16 of them from w) against all nx activations: out[t·out_stride
+// + r], the same outputs, bit for bit, as the tile of the same type and path (see dot_q.c).
 typedef void (*herd_gemm_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                              size_t out_stride);
-// Activations from which a matmul runs the gemm instead of tiles (fewer: the tiles are faster).
-#define HERD_GEMM_MIN 4
+// Activations from which a product runs the gemm rather than the tile (a matvec stays on the
+// tile: the gemm decoded slower, 23.0 against 26.6 tok/s in alternated runs of npm run bench).
+#define HERD_GEMM_MIN 2
 
 #define HERD_INLINE inline __attribute__((always_inline))
 
@@ -109,8 +107,8 @@ typedef struct {
   int act;          // enum herd_act_kind
   herd_dot_fn dot[ISA_COUNT];    // NULL where a path has no kernel of its own
   herd_dot4_fn dot4[ISA_COUNT];  // NULL where matmul runs the single-vector dot
-  herd_tile_fn tile[ISA_COUNT];  // when set, matvec and matmul both run it instead of dot/dot4
-  herd_gemm_fn gemm[ISA_COUNT];  // when set, a matmul of HERD_GEMM_MIN or more vectors runs it
+  herd_tile_fn tile[ISA_COUNT];  // when set, runs a product's vectors one by one instead of dot/dot4
+  herd_gemm_fn gemm[ISA_COUNT];  // when set, runs a product of HERD_GEMM_MIN or more vectors instead
 } herd_type_traits;
 
 // The type's row, or NULL when herd has no native kernels for it.
@@ -270,8 +268,7 @@ static inline float herd_half(const uint8_t *p) {
 #define HERD_DECLARE_DOT4(type, isa) \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
-void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *const *x, int T, float *out,
-                           size_t out_stride);
+void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out);
 void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                            size_t out_stride);
 
