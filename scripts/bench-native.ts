@@ -6,7 +6,7 @@
 //
 // Say which regime a figure is in: this VM's L3 is 300 MiB, so "in cache" is a 2048×5632
 // matrix (6–12 MB) and "DRAM" one over 1 GiB by default. On a Pi 4/5 (1–2 MiB L2, no L3)
-// both are DRAM-bound. With --matmul N it also times an N-vector matmul (prefill) and
+// both are DRAM-bound. With --matmul N it also times an N-vector matmul (prefill) in both regimes and
 // reports it as GB/s of weights and as effective GB/s (n × weight bytes per second).
 
 import { parseArgs } from 'node:util';
@@ -85,8 +85,6 @@ for (const name of values.types.split(',')) {
           const outs = new Float32Array(s.rows * matmulN);
           const t = best(() => b.matmul(w, xs, matmulN, outs));
           row.push((bytes / t / 1e9).toFixed(2), ((matmulN * bytes) / t / 1e9).toFixed(1));
-        } else if (matmulN > 0 && threads === 2) {
-          row.push('-', '-');
         }
         await b.close();
       }
