@@ -157,8 +157,8 @@ for (const s of SUBJECTS) {
     // Eight-vector (relaxed Q4_0) and four-vector tiles (wasm wide: i16 activations, the x86
     // default; narrow: int8, arm's and the relaxed build's) and the single-vector remainder
     // must all give the matvec's bits: 5 vectors take a tile and one, 13 every form; on native
-    // AVX-512, Q4_0 runs its gemm for every n ≥ 2 (2: a batch of two decoding sessions; 70:
-    // more vectors than the gemm holds accumulators for at once).
+    // AVX-512, Q4_0 runs its gemm for every n (2: a batch of two decoding sessions; 70: more
+    // vectors than the gemm holds accumulators for at once).
     const form = wideTiles === undefined ? '' : `, ${wideTiles ? 'wide' : 'narrow'} tiles`;
     test(`${s.label}: matmul over n vectors equals n matvecs bit for bit, rows split over 3 threads${form}`, async (t) => {
       await withBackend(s, { threads: 3, minParallelBytes: 0, wideTiles }, (b) => {

@@ -199,6 +199,7 @@ typedef struct {
   int kind, cols;
   const float *xs;
   size_t qstride, dstride, bstride;
+  int qoff;  // Q8_0 for Q4_0's gemm: also -8·Σq per block (herd.h)
 } prepare_job;
 
 static void prepare_one(void *ctx, int t) {
@@ -225,7 +226,17 @@ static void prepare_one(void *ctx, int t) {
       break;
     case ACT_F16: herd_round_f16(x, cols, a->f); break;
     case ACT_BF16: herd_round_bf16(x, cols, a->f); break;
-    case ACT_Q8_0: herd_quantize_q8_0(x, cols, a->qs, a->d); break;
+    case ACT_Q8_0:
+      herd_quantize_q8_0(x, cols, a->qs, a->d);
+      if (j->qoff) {
+        a->qoff = b->qoff + (size_t)t * j->dstride;
+        for (int k = 0; k < cols / QK; k++) {
+          int32_t sum = 0;
+          for (int i = 0; i < QK; i++) sum += a->qs[(size_t)k * QK + i];
+          a->qoff[k] = -8 * sum;
+        }
+      }
+      break;
     case ACT_Q8_1:
       a->s = b->s + (size_t)t * j->dstride;
       herd_quantize_q8_1(x, cols, a->qs, a->d, a->s);
@@ -238,10 +249,11 @@ static void prepare_one(void *ctx, int t) {
 }
 
 // Prepares n activation vectors of `cols` values (xs: n·cols floats) in the backend's
-// scratch, in the form `kind` (enum herd_act_kind). 0 when out of memory. The vectors of
-// a matmul are prepared on the pool's threads (parallel ≠ 0): each is written by one call,
-// so the bits do not depend on which thread ran it.
-static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n, int parallel) {
+// scratch, in the form `kind` (enum herd_act_kind), with Q4_0's offsets when `qoff` (a Q8_0
+// kind for the gemm). 0 when out of memory. The vectors of a matmul are prepared on the
+// pool's threads (parallel ≠ 0): each is written by one call, so the bits do not depend on
+// which thread ran it.
+static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n, int qoff, int parallel) {
   const size_t blocks32 = ((size_t)cols + QK - 1) / QK;
   const size_t blocksK = ((size_t)cols + QK_K - 1) / QK_K;
   const size_t qstride = kind == ACT_Q8_K ? blocksK * QK_K : blocks32 * QK;
@@ -261,29 +273,13 @@ static int prepare_acts(backend *b, int kind, const float *xs, int cols, int n, 
       GROW(d, cap_d, (size_t)n * dstride);
       if (kind == ACT_Q8_1) GROW(s, cap_s, (size_t)n * dstride);
       if (kind == ACT_Q8_K) GROW(bsums, cap_bs, (size_t)n * bstride);
+      if (qoff) GROW(qoff, cap_qoff, (size_t)n * dstride);
       break;
     default:
       break;
   }
-  prepare_job job = {b, kind, cols, xs, qstride, dstride, bstride};
+  prepare_job job = {b, kind, cols, xs, qstride, dstride, bstride, qoff && kind == ACT_Q8_0};
   herd_pool_run(b->pool, prepare_one, &job, n, parallel);
-  return 1;
-}
-
-// Gives n prepared Q8_0 activations of `cols` values their qoff: -8·Σq per block, Q4_0's
-// offset for the gemm (herd.h). 0 when out of memory.
-static int fold_q4_0_offsets(backend *b, int cols, int n) {
-  const int nb = cols / QK;
-  GROW(qoff, cap_qoff, (size_t)n * (size_t)nb);
-  for (int t = 0; t < n; t++) {
-    herd_act *a = &b->acts[t];
-    a->qoff = b->qoff + (size_t)t * (size_t)nb;
-    for (int k = 0; k < nb; k++) {
-      int32_t sum = 0;
-      for (int i = 0; i < QK; i++) sum += a->qs[(size_t)k * QK + i];
-      a->qoff[k] = -8 * sum;
-    }
-  }
   return 1;
 }
 
@@ -292,8 +288,7 @@ static int fold_q4_0_offsets(backend *b, int cols, int n) {
 typedef struct {
   herd_dot_fn dot;
   herd_dot4_fn dot4;  // NULL: every vector goes through dot
-  herd_tile_fn tile;  // when set, runs every output instead of dot/dot4
-  herd_gemm_fn gemm;  // when set, runs every output instead of the tile
+  herd_gemm_fn gemm;  // when set, runs every output instead of dot/dot4
   const uint8_t *w;
   size_t row_bytes;
   int rows, cols, n;
@@ -309,26 +304,18 @@ static void product_chunk(void *ctx, int chunk) {
   product *p = ctx;
   const int r0 = chunk * p->chunk;
   const int r1 = r0 + p->chunk < p->rows ? r0 + p->chunk : p->rows;
-  // Four activations at a time stay in L1 while the chunk's rows (≤ 64, within L2) pass
-  // over them; the weights are unpacked once per four vectors where the type has a
-  // four-vector kernel.
-  int t = 0;
+  // A gemm unpacks 16 rows' weights once for every vector.
   if (p->gemm) {
-    for (int r = r0; r < r1; r += HERD_TILE_ROWS) {
-      p->gemm(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS, p->acts,
+    for (int r = r0; r < r1; r += HERD_GEMM_ROWS) {
+      p->gemm(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_GEMM_ROWS ? r1 - r : HERD_GEMM_ROWS, p->acts,
               p->n, p->out + r, (size_t)p->rows);
     }
     return;
   }
-  if (p->tile) {
-    for (; t < p->n; t++) {
-      for (int r = r0; r < r1; r += HERD_TILE_ROWS) {
-        p->tile(p->cols, p->w + (size_t)r * p->row_bytes, p->row_bytes, r1 - r < HERD_TILE_ROWS ? r1 - r : HERD_TILE_ROWS,
-                &p->acts[t], p->out + (size_t)t * p->rows + r);
-      }
-    }
-    return;
-  }
+  // Else four activations at a time stay in L1 while the chunk's rows (≤ 64, within L2) pass
+  // over them; the weights are unpacked once per four vectors where the type has a
+  // four-vector kernel.
+  int t = 0;
   if (p->dot4) {
     for (; t + 4 <= p->n; t += 4) {
       const herd_act *xs[4] = {&p->acts[t], &p->acts[t + 1], &p->acts[t + 2], &p->acts[t + 3]};
@@ -374,14 +361,11 @@ static napi_value run_product(napi_env env, napi_callback_info info, int with_n)
   if (x.length < (size_t)cols * (size_t)n) THROW("input holds %zu values, %zu needed", x.length, (size_t)cols * (size_t)n);
   if (out.length < (size_t)rows * (size_t)n) THROW("output holds %zu values, %zu needed", out.length, (size_t)rows * (size_t)n);
   if (rows == 0) return NULL;
-  if (!prepare_acts(b, t->act, x.data, cols, n, parallel)) THROW("out of memory preparing activations");
-
   product p;
   p.dot = herd_dot(t, b->isa);
   p.dot4 = herd_dot4(t, b->isa);
-  p.tile = herd_tile(t, b->isa);
-  p.gemm = n >= HERD_GEMM_MIN ? herd_gemm(t, b->isa) : NULL;
-  if (p.gemm && !fold_q4_0_offsets(b, cols, n)) THROW("out of memory preparing activations");
+  p.gemm = herd_gemm(t, b->isa);
+  if (!prepare_acts(b, t->act, x.data, cols, n, p.gemm != NULL, parallel)) THROW("out of memory preparing activations");
   p.w = w.data;
   p.row_bytes = row_bytes;
   p.rows = rows;
@@ -394,8 +378,8 @@ static napi_value run_product(napi_env env, napi_callback_info info, int with_n)
   const int nth = herd_pool_threads(b->pool);
   const int chunk = rows / (4 * nth);
   p.chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
-  // Tiles and gemms cover 16 rows: whole ones per chunk (only the last one is short).
-  if (p.tile || p.gemm) p.chunk = (p.chunk + HERD_TILE_ROWS - 1) / HERD_TILE_ROWS * HERD_TILE_ROWS;
+  // A gemm covers 16 rows: whole ones per chunk (only the last one is short).
+  if (p.gemm) p.chunk = (p.chunk + HERD_GEMM_ROWS - 1) / HERD_GEMM_ROWS * HERD_GEMM_ROWS;
   herd_pool_run(b->pool, product_chunk, &p, (rows + p.chunk - 1) / p.chunk, parallel);
   return NULL;
 }

@@ -241,129 +241,30 @@ static HERD_INLINE void q8_0_q4_0_avx512(int n, const uint8_t *w, const herd_act
 HERD_DEFINE_DOTS(q8_0, avx512, q8_0_q4_0_avx512, 0)
 HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
 
-// ---- AVX-512 tile: 16 rows of a matvec per pass, one output per f32 lane ----
+// ---- AVX-512 gemm: 16 rows against every vector of a product, matvec or matmul ----
 //
 // The kernels above leave each output as 16 partial sums in a vector's lanes and pay a
 // conversion, a scale product and an FMA per output per two blocks, then a horizontal sum.
-// For Q4_0 (the type decode spends its time in) the tile instead computes 16 rows at once:
-// the exact integer Σ q·qx of every (row, block) is gathered into one vector with lane = row
-// (a transposing reduction, ~3 adds or shuffles per row per four blocks), so the float work
-// per block is one conversion, one scale product and one FMA for all 16 rows. Measured on
-// Zen 4, one thread: matvec 21 → 33 GB/s. Every output is the chain
-//   acc = fma(dw_b·dx_b, (float)Σ_b q·qx, acc)   for b = 0, 1, … in order,
-// which the gemm below follows too, so a matmul equals its matvecs bit for bit, whatever the
-// tiling or thread count. (Q8_0 tried the same way was no faster than its kernel above: its
-// quants need no unpacking, so there is less per-row work for the tile to share.) The weight
-// scales come through the same reduction, not a gather: vpgatherdd is microcoded and far
-// slower here.
-
-// A 4×4 transpose of 128-bit lanes: out[g] lane j = u[j] lane g.
-static HERD_INLINE void transpose_4x128(const __m512i u[4], __m512i out[4]) {
-  const __m512i t0 = _mm512_shuffle_i32x4(u[0], u[1], 0x44), t1 = _mm512_shuffle_i32x4(u[0], u[1], 0xee);
-  const __m512i t2 = _mm512_shuffle_i32x4(u[2], u[3], 0x44), t3 = _mm512_shuffle_i32x4(u[2], u[3], 0xee);
-  out[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
-  out[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
-  out[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
-  out[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
-}
-
-// v[i] holds 16 int32 lanes in four groups of four; out[g] lane i = Σ of group g of v[i].
-static HERD_INLINE void reduce_16x4(const __m512i v[16], __m512i out[4]) {
-  __m512i s[8], u[4];
-  for (int i = 0; i < 8; i++) {
-    s[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-  }
-  // u[j], in each 128-bit lane g: the group-g sums of v[4j … 4j+3].
-  for (int j = 0; j < 4; j++) {
-    u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(s[2 * j], s[2 * j + 1]), _mm512_unpackhi_epi64(s[2 * j], s[2 * j + 1]));
-  }
-  transpose_4x128(u, out);
-}
-
-// A byte mask of the first `bytes` (clamped to 0 … 64) of a vector.
-static inline __mmask64 first_bytes(int bytes) {
-  return bytes >= 64 ? ~(__mmask64)0 : bytes <= 0 ? 0 : (((__mmask64)1 << bytes) - 1);
-}
-
-// Q4_0, four blocks per step. The 16 nibble bytes of each block are packed into one vector
-// (vpermt2b over the step's 72 bytes), so the low nibbles are values 0-15 of the four
-// blocks and the high nibbles values 16-31; the activation is permuted to match once,
-// shared by every row. Σ (q - 8)·qx: vpdpbusd of the unsigned nibbles, started from
-// -Σ 8·qx of the same lanes.
-void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out) {
-  const int nb = n / QK;
-  const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
-  uint8_t iq[64], ilo[64], ihi[64];
-  for (int j = 0; j < 64; j++) {
-    iq[j] = (uint8_t)(18 * (j >> 4) + 2 + (j & 15));
-    ilo[j] = (uint8_t)(32 * (j >> 4) + (j & 15));
-    ihi[j] = (uint8_t)(32 * (j >> 4) + 16 + (j & 15));
-  }
-  const __m512i idx_q = _mm512_loadu_si512((const void *)iq);
-  const __m512i idx_d = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 27, 0, 0, 0, 0, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i idx_lo = _mm512_loadu_si512((const void *)ilo), idx_hi = _mm512_loadu_si512((const void *)ihi);
-  const uint8_t *wr[16];
-  for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
-  const size_t span = (size_t)16 * row_bytes;
-  const size_t pf_step = (span / (size_t)((nb + 3) / 4) + 63) & ~(size_t)63;
-  const uint8_t *pf = w + span, *const pf_end = w + 2 * span;
-  __m512 acc = _mm512_setzero_ps();
-  for (int b = 0; b < nb; b += 4) {
-    const int nv = nb - b < 4 ? nb - b : 4;
-    const __mmask64 wa = first_bytes(18 * nv), wb = first_bytes(18 * nv - 64);
-    const __mmask64 ya = first_bytes(32 * nv), yb = first_bytes(32 * nv - 64);
-    const int8_t *y = x->qs + (size_t)b * QK;
-    const __m512i ya_ = _mm512_maskz_loadu_epi8(ya, y), yb_ = _mm512_maskz_loadu_epi8(yb, y + 64);
-    const __m512i ylo = _mm512_permutex2var_epi8(ya_, idx_lo, yb_), yhi = _mm512_permutex2var_epi8(ya_, idx_hi, yb_);
-    const __m512i start =
-        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, ylo), eight, yhi));
-    // The tile reads its rows side by side, 72 bytes of each per step: too many streams
-    // for the hardware prefetcher, which left a DRAM-bound matvec at a third of the
-    // bandwidth. Instead, each step asks for its share of the rows that follow the tile
-    // (the next tile's), in address order; a prefetch past the matrix is harmless.
-    for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
-    pf += pf_step;
-    __m512i v[16], sc[16];
-    for (int r = 0; r < 16; r++) {
-      const uint8_t *p = wr[r] + (size_t)b * 18;
-      const __m512i a = _mm512_maskz_loadu_epi8(wa, p);
-      const __m512i q = _mm512_permutex2var_epi8(a, idx_q, _mm512_maskz_loadu_epi8(wb, p + 64));
-      const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-      v[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, ylo), hi, yhi);
-      // The step's four f16 scales (bytes 18k) in the first int32 lane of group k, zeros
-      // elsewhere: the same reduction then moves them to lane = row.
-      sc[r] = _mm512_maskz_permutexvar_epi16(0x01010101u, idx_d, a);
-    }
-    __m512i sums[4], dws[4];
-    reduce_16x4(v, sums);
-    reduce_16x4(sc, dws);
-    for (int k = 0; k < nv; k++) {
-      const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dws[k]));
-      acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x->d[b + k])), _mm512_cvtepi32_ps(sums[k]), acc);
-    }
-  }
-  float v[16];
-  _mm512_storeu_ps(v, acc);
-  for (int r = 0; r < nrows; r++) out[r] = v[r];
-}
-
-// ---- AVX-512 gemm: 16 rows against every vector of a matmul ----
-//
-// The tile's unpacking and transposing reduction, per row and per output, would be paid again
-// for every vector of a matmul; in a prefill that work, not the dot products, took most of its
-// time (when the tile ran 4 rows × 4 vectors). The gemm lays its 16 rows out with lane = row
-// instead. Per block, the rows' 16 nibble bytes are
-// transposed (dword j of every row in one vector: eight unpacks) and split into 8 vectors of
-// four unsigned quants a lane, once for every vector. Each vector then costs 8 vpdpbusd
-// against its block's quants, a dword broadcast each, started from its -8·Σq (qoff: Q4_0's
-// offset, folded into the activation once per matmul), and one conversion, scale product and
-// FMA for all 16 rows: the tile's chain
+// For Q4_0 (the type decode and prefill spend their time in) the gemm lays 16 rows out with
+// lane = row instead. Per block, the rows' 16 nibble bytes are transposed (dword j of every
+// row in one vector: eight unpacks) and split into 8 vectors of four unsigned quants a lane,
+// once for all the product's vectors. Each vector then costs 8 vpdpbusd against its block's
+// quants, a dword broadcast each, started from its -8·Σq (qoff: Q4_0's offset, folded into
+// the activation as it is prepared), and one conversion, scale product and FMA for all 16 rows:
 //   acc = fma(dw_b·dx_b, (float)Σ_b (q - 8)·qx, acc)   for b = 0, 1, … in order,
-// so the gemm's outputs equal the tile's (and the matvec's) bit for bit. The vectors'
-// accumulators (16 floats each) stay in L1. Like the tile, each block prefetches its share of
-// the next 16 rows: without it, steps of two decoding sessions over two stages (bench:serve,
-// K = 4, runs alternated) had an ITL of 90 ms against the tile's 82, with it 68–72 against
-// 75–77, although bench-native's synthetic matrices favoured it without.
+// whatever the number of vectors, so a matmul equals its matvecs bit for bit. The vectors'
+// accumulators (16 floats each) stay in L1.
+//
+// It replaced a tile that gathered each row's integer sums into lanes by a transposing
+// reduction (Zen 4, one thread: matvec 21 → 33 GB/s over the kernels above) and ran 4 rows × 4
+// vectors in a matmul, re-unpacking every row per four vectors: a 32-vector matmul went 66.6 →
+// 151–157 GB/s effective (bench-native, 2 threads, Intel Xeon), and decode ran alike on either
+// (npm run bench 27.4 / 26.3 against 26.7 / 27.3 tok/s at 2 threads; 15.8–16.4 against
+// 15.7–16.4 pinned to one core). Each block prefetches its share of the next 16 rows, as the
+// tile did: the rows are read side by side, 18 bytes of each per block, too many streams for
+// the hardware prefetcher (on Zen 4 a DRAM-bound matvec ran at a third of the bandwidth
+// without), and without it steps of two decoding sessions over two stages had an ITL of 90 ms
+// against the tile's 82 (bench:serve, K = 4, runs alternated; 68–72 against 75–77 with it).
 #define GEMM_VECS 64
 
 static HERD_INLINE __m512i load_4x128(const uint8_t *const *rows, size_t at) {
@@ -387,7 +288,7 @@ void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
   const uint8_t *const pf_end = w + 2 * span;
   __m512 acc[GEMM_VECS];
   for (int t0 = 0; t0 < nx; t0 += GEMM_VECS) {
-    const uint8_t *pf = w + span;  // once per group of vectors: the rows are back in cache for the next
+    const uint8_t *pf = w + span;
     const int T = nx - t0 < GEMM_VECS ? nx - t0 : GEMM_VECS;
     const herd_act *xs = x + t0;
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();

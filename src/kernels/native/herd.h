@@ -19,8 +19,10 @@
 #include <immintrin.h>
 #endif
 // The AVX-512 path wants byte/word ops (BW), 256-bit EVEX forms (VL), the int8 dot
-// product (VNNI) and byte permutes (VBMI, the Q4_0 tile): what every AVX-512 CPU since Ice
-// Lake and Zen 4 has. Cascade Lake (VNNI without VBMI) runs the AVX2 path.
+// product (VNNI) and byte permutes (VBMI): what every AVX-512 CPU since Ice Lake and Zen 4
+// has. Cascade Lake (VNNI without VBMI) runs the AVX2 path. (No kernel uses VBMI since the
+// Q4_0 gemm replaced a tile that did; the prebuilt levels and the loader's CPU check still
+// name it.)
 #if defined(HERD_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define HERD_AVX512 1
@@ -53,8 +55,8 @@ enum herd_isa { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_NEON_DOTPROD, IS
 
 // One prepared activation vector of n values. Float kinds use f; quantized kinds use qs
 // (n quants), d (one scale per 32 values, or per 256 for Q8_K), s (Q8_1: d·Σq per 32),
-// bsums (Q8_K: Σq per 16) and qoff (Q8_0 for a gemm: -8·Σq per 32, the offset of Q4_0's
-// quants folded into the activation; set only where a gemm runs).
+// bsums (Q8_K: Σq per 16) and qoff (Q8_0 for Q4_0's gemm: -8·Σq per 32, the offset of Q4_0's
+// quants folded into the activation; set only where the gemm runs).
 typedef struct {
   int kind;
   int n;
@@ -72,16 +74,11 @@ typedef float (*herd_dot_fn)(int n, const uint8_t *w, const herd_act *x);
 // bit, what the herd_dot_fn of the same type and path returns for x[t].
 typedef void (*herd_dot4_fn)(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
-// A matvec's 16 rows at once: nrows (≤ 16) rows from w, row_bytes apart, against x; out[r].
-typedef void (*herd_tile_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out);
-#define HERD_TILE_ROWS 16
-// A matmul's 16 rows (nrows ≤ 16 of them from w) against all nx activations: out[t·out_stride
-// + r], the same outputs, bit for bit, as the tile of the same type and path (see dot_q.c).
+// A product's 16 rows (nrows ≤ 16 of them from w, row_bytes apart) against its nx activations:
+// out[t·out_stride + r], each output the same chain whatever nx is (see dot_q.c).
 typedef void (*herd_gemm_fn)(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                              size_t out_stride);
-// Activations from which a product runs the gemm rather than the tile (a matvec stays on the
-// tile: the gemm decoded slower, 23.0 against 26.6 tok/s in alternated runs of npm run bench).
-#define HERD_GEMM_MIN 2
+#define HERD_GEMM_ROWS 16
 
 #define HERD_INLINE inline __attribute__((always_inline))
 
@@ -107,8 +104,7 @@ typedef struct {
   int act;          // enum herd_act_kind
   herd_dot_fn dot[ISA_COUNT];    // NULL where a path has no kernel of its own
   herd_dot4_fn dot4[ISA_COUNT];  // NULL where matmul runs the single-vector dot
-  herd_tile_fn tile[ISA_COUNT];  // when set, runs a product's vectors one by one instead of dot/dot4
-  herd_gemm_fn gemm[ISA_COUNT];  // when set, runs a product of HERD_GEMM_MIN or more vectors instead
+  herd_gemm_fn gemm[ISA_COUNT];  // when set, runs every product instead of dot/dot4
 } herd_type_traits;
 
 // The type's row, or NULL when herd has no native kernels for it.
@@ -117,8 +113,6 @@ const herd_type_traits *herd_traits(int type);
 herd_dot_fn herd_dot(const herd_type_traits *t, int isa);
 // The four-vector dot of the path herd_dot picks, or NULL when that path has none.
 herd_dot4_fn herd_dot4(const herd_type_traits *t, int isa);
-// The tile kernel of the path herd_dot picks, or NULL when that path has none.
-herd_tile_fn herd_tile(const herd_type_traits *t, int isa);
 // The gemm kernel of the path herd_dot picks, or NULL when that path has none.
 herd_gemm_fn herd_gemm(const herd_type_traits *t, int isa);
 // Which paths this build compiled.
@@ -268,7 +262,6 @@ static inline float herd_half(const uint8_t *p) {
 #define HERD_DECLARE_DOT4(type, isa) \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
-void herd_tile_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, float *out);
 void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                            size_t out_stride);
 
