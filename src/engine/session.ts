@@ -11,6 +11,7 @@
 // holds and how long each stage computed, for whoever keeps sessions and times them (api/).
 
 import type { SamplingOptions, TokenLogprobs } from './sampler.ts';
+import type { ShareJson } from '../model/tensor-share.ts';
 
 export interface InferenceSession {
   /** Positions the session's KV caches hold. */
@@ -77,14 +78,6 @@ export interface PlanMember {
   readonly name: string;
   readonly address: string;
   readonly share: ShareJson | null;
-}
-
-/** A tensor-parallel member's share as herd's JSON outputs show it (model/tensor-share.ts shareJson). */
-export interface ShareJson {
-  readonly kv_heads: [number, number];
-  readonly ffn_rows: [number, number];
-  /** Rows of the output head whose logits the member computes (absent: the leader runs it whole). */
-  readonly vocab_rows?: [number, number];
 }
 
 /** A model loaded once, serving a session per request. */

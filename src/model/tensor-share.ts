@@ -12,7 +12,6 @@
 
 import type { GgufFile } from '../gguf/reader.ts';
 import { ModelError, type ModelConfig } from './config.ts';
-import type { ShareJson } from '../engine/session.ts';
 
 export interface TensorShare {
   readonly member: number;
@@ -30,7 +29,14 @@ export function describeShare(s: TensorShare): string {
   return `member ${s.member}'s share (KV heads [${s.kvHeads[0]}, ${s.kvHeads[1]}), FFN rows [${s.ffnRows[0]}, ${s.ffnRows[1]})${v})`;
 }
 
-/** A share as herd's JSON outputs show it (plan, run --json, /api/state). */
+/** A tensor-parallel member's share as herd's JSON outputs show it (plan, run --json, /api/state). */
+export interface ShareJson {
+  readonly kv_heads: [number, number];
+  readonly ffn_rows: [number, number];
+  /** Rows of the output head whose logits the member computes (absent: the leader runs it whole). */
+  readonly vocab_rows?: [number, number];
+}
+
 export function shareJson(s: TensorShare): ShareJson {
   return {
     kv_heads: [s.kvHeads[0], s.kvHeads[1]],

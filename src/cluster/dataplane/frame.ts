@@ -2,7 +2,8 @@
 //
 //   u8  kind      1 hello (opens a link), 2 sync (one member's partial of one all-reduce),
 //                 3 control (the leader's word to the others: what a step runs; cluster/node/group.ts)
-//                 4 gather (a member's part of a gather to the leader, f32: its rows of the head's logits)
+//                 4 gather (a member's part of a gather to the leader: its rows of the head's logits,
+//                   in sync/format.ts gatherFormat)
 //   u8  format    the sync format of the payload (sync and gather frames; 0 in a hello)
 //   u16 from      the sender's member index
 //   u32 round     sync and gather frames: the all-reduce's (gather's) sequence number on this link, from 1

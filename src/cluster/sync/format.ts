@@ -28,7 +28,6 @@ export function isSyncFormat(s: string): s is SyncFormat {
   return (SYNC_FORMATS as readonly string[]).includes(s);
 }
 
-/** Bytes of n values in this format. */
 /**
  * How a group's gather parts (its members' logits of the head) go on the wire: f32 in an f32
  * group, else f16 — a q8_0 or f16 group has chosen fewer bytes over exact values, and q8_0
@@ -38,6 +37,7 @@ export function gatherFormat(sync: SyncFormat): 'f32' | 'f16' {
   return sync === 'f32' ? 'f32' : 'f16';
 }
 
+/** Bytes of n values in this format. */
 export function payloadBytes(format: SyncFormat, n: number): number {
   if (format === 'f32') return 4 * n;
   if (format === 'f16') return 2 * n;
