@@ -120,8 +120,10 @@ export function runHerd(
       stderr += `\n[test: killed after ${timeoutMs} ms]`;
       child.kill('SIGKILL');
     }, timeoutMs);
-    child.once('exit', (code) => {
+    child.once('exit', (code, signal) => {
       clearTimeout(timer);
+      // a process killed by a signal has no exit code: say which, for the failure message
+      if (signal) stderr += `\n[test: exited on ${signal}]`;
       resolve({ code, stdout, stderr, ms: Date.now() - t0 });
     });
   });
