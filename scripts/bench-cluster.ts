@@ -188,7 +188,7 @@ async function tensorRows(
   models: readonly TensorModel[],
   dir: string,
   env: NodeJS.ProcessEnv,
-): Promise<{ rows: string[][]; costs: Map<string, SyncCost[]>; splits: string[] }> {
+): Promise<{ rows: string[][]; costs: Map<string, SyncCost[]>; splits: string[]; backends: string[] }> {
   const pinned = [await startNode(10, dir, 0), await startNode(11, dir, 1)];
   const rows: string[][] = [];
   const splits: string[] = [];
@@ -289,10 +289,19 @@ async function tensorRows(
       // a later model's groups start afresh
       for (const n of pinned) n.bursts.length = 0;
     }
-    return { rows, costs, splits };
+    return { rows, costs, splits, backends: backendsOf(pinned.map((n) => `127.0.0.1:${n.port}`).join(',')) };
   } finally {
     for (const n of pinned) n.stop();
   }
+}
+
+/** The kernel backends the nodes at these addresses run (herd nodes --json). */
+function backendsOf(peers: string): string[] {
+  const listed = spawnSync(process.execPath, [herdBin, 'nodes', '--peers', peers, '--json'], {
+    encoding: 'utf8',
+    cwd: root,
+  });
+  return (JSON.parse(listed.stdout || '{"nodes":[]}') as { nodes: { backend: string }[] }).nodes.map((n) => n.backend);
 }
 
 /** The measured run's counters of both members, per round; undefined if a member logged none. */
@@ -503,15 +512,9 @@ try {
   process.stdout.write(
     `${line(head)}\n| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |\n${rows.map(line).join('\n')}\n`,
   );
-  const listed = spawnSync(process.execPath, [herdBin, 'nodes', '--peers', peers, '--json'], {
-    encoding: 'utf8',
-    cwd: root,
-  });
-  const backends = [
-    ...new Set(
-      (JSON.parse(listed.stdout || '{"nodes":[]}') as { nodes: { backend: string }[] }).nodes.map((n) => n.backend),
-    ),
-  ].join(', ');
+  const backends = [...new Set([...(nodes.length > 0 ? backendsOf(peers) : []), ...(tensor?.backends ?? [])])].join(
+    ', ',
+  );
   process.stdout.write(
     `(loopback, ${tokens} decoded tokens per run (7B: ${TOKENS_7B}), ${reps > 1 ? `pinned rows the best of ${reps} rounds, ` : ''}nodes on the ${backends || '?'} kernel backend, ${spawnSync('nproc', { encoding: 'utf8' }).stdout.trim()} cores, load average ${loadAvg()})\n`,
   );

@@ -37,13 +37,14 @@ export class LocalGroup {
 
   /** Member m's all-reduce. */
   allReduce(m: number): AllReduce {
-    return async (buf) => {
+    return async (buf, idle) => {
       const own = new Uint8Array(this.codec.bytes(buf.length));
       this.codec.encode(buf, own);
       this.payloads[m] = own;
       this.bytesSent += own.length * (this.size - 1);
       const parts = new Promise<Uint8Array[]>((resolve) => this.waiting.push(resolve));
-      if (++this.arrived === this.size) {
+      if (++this.arrived < this.size) idle?.();
+      else {
         const all = this.payloads;
         const waiting = this.waiting;
         this.payloads = [];
