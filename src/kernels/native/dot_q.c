@@ -265,6 +265,10 @@ HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
 // the hardware prefetcher (on Zen 4 a DRAM-bound matvec ran at a third of the bandwidth
 // without), and without it steps of two decoding sessions over two stages had an ITL of 90 ms
 // against the tile's 82 (bench:serve, K = 4, runs alternated; 68–72 against 75–77 with it).
+// The prefetches go to L2 (T1), not L1 (T0): on a 2-core AMD EPYC VM one pinned thread then
+// decoded TinyLlama Q4_0 at 33–37 ms a token against 54–58, and 2 threads at 35.2 tok/s
+// (1.09× llama.cpp) against 29.6 (0.85×), npm run bench in one session; prefetching 2 or 4
+// row groups ahead instead was slower (60–67 ms).
 #define GEMM_VECS 64
 
 static HERD_INLINE __m512i load_4x128(const uint8_t *const *rows, size_t at) {
@@ -294,7 +298,7 @@ void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
       const size_t at = (size_t)b * 18;
-      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T1);
       pf += pf_step;
       __m512i q[4];
       for (int k = 0; k < 4; k++) q[k] = load_4x128(wr + 4 * k, at + 2);
