@@ -8,11 +8,11 @@ import { readConfig } from '../src/model/config.ts';
 import { synthModel } from '../src/model/synth.ts';
 import { apportion, shares, splitShape, TensorShareError, type TensorShare } from '../src/model/tensor-share.ts';
 import { copyCut, cutLayout, type TensorCut } from '../src/model/share-cut.ts';
-import { getRow, makeWeight, type Weight } from '../src/kernels/matvec.ts';
+import { getRow, makeWeight } from '../src/kernels/matvec.ts';
 import { kernelType } from '../src/kernels/types.ts';
 import { GgmlType, ggmlTypeInfo, rowBytes } from '../src/ggml/types.ts';
 import { createBackend } from '../src/kernels/select.ts';
-import { JsBackend, type KernelBackend } from '../src/kernels/backend.ts';
+import type { KernelBackend } from '../src/kernels/backend.ts';
 import { TensorMember } from '../src/engine/tensor-split.ts';
 import { SyncCodec, payloadBytes, type SyncFormat } from '../src/cluster/sync/format.ts';
 import { joinHeads, LocalGroup } from './helpers/local-group.ts';
@@ -280,31 +280,6 @@ test('a batched prompt step through the group equals one node', async (t) => {
   const got = joinHeads(members, members.map(last));
   t.true(maxAbsDiff([got], [ref]) <= 1e-4);
   t.is(g.rounds, 2 * tinyShape.nLayers);
-});
-
-test('while it waits for a sync, a member warms the weights it multiplies next', async (t) => {
-  const file = GgufFile.open(bundledModel);
-  const warmed: (readonly Weight[])[] = [];
-  class Warming extends JsBackend {
-    warm(next: readonly Weight[]): void {
-      warmed.push(next);
-    }
-  }
-  const g = new LocalGroup(2);
-  const [first, second] = shareOf(bundledModel, [1, 1]).map((share, i) =>
-    TensorMember.load(file, { share, backend: i === 0 ? new Warming() : undefined }),
-  );
-  // the first member reaches every sync before the second starts its block: it always waits
-  await Promise.all([first.forward(prompt[0], 0, g.allReduce(0)), second.forward(prompt[0], 0, g.allReduce(1))]);
-  const layers = first.weights.layers;
-  const want = layers.flatMap((lw, l) => [
-    [lw.wGate, lw.wUp],
-    l + 1 < layers.length ? [layers[l + 1].wq, layers[l + 1].wk, layers[l + 1].wv] : [first.weights.output!],
-  ]);
-  t.is(warmed.length, 2 * layers.length);
-  warmed.forEach((next, i) =>
-    t.true(next.length === want[i].length && next.every((w, k) => w === want[i][k]), `sync ${i}`),
-  );
 });
 
 test('members on the fastest backend here match one node on it', async (t) => {

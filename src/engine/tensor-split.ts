@@ -19,10 +19,9 @@ import { checkLoad, LayerRange, type RangeOptions, type Segment } from '../model
 /**
  * Replaces buf, this member's partial output of a block (rows × dim), with the sum of every
  * member's partial. It must give every member the same values bit for bit (sum the partials
- * in member order), or the replicated hidden states drift apart. `idle`, if given, runs once
- * after this member's partial is on its way while the others' are not all in yet.
+ * in member order), or the replicated hidden states drift apart.
  */
-export type AllReduce = (buf: Float32Array, idle?: () => void) => Promise<void>;
+export type AllReduce = (buf: Float32Array) => Promise<void>;
 
 export interface MemberOptions extends RangeOptions {
   readonly share: TensorShare;
@@ -64,9 +63,7 @@ export class TensorMember extends LayerRange<ShareWeights> {
    * same call with the same x.
    */
   async forwardLayers(x: Float32Array, segments: readonly Segment[], allReduce: AllReduce): Promise<void> {
-    // While the others' partials are on their way, the weights multiplied next come into the
-    // caches: the wait does some of the next products' reading.
-    for (const block of this.walk(x, segments)) await allReduce(block.partial, () => this.backend.warm?.(block.next));
+    for (const partial of this.walk(x, segments)) await allReduce(partial);
   }
 }
 

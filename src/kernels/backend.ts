@@ -25,12 +25,6 @@ export interface KernelBackend {
    * Optional: without it the model runs n matvecs.
    */
   matmul?(w: Weight, xs: Float32Array, n: number, out: Float32Array): void;
-  /**
-   * Optional: reads the start of the weights, in order, into the caches (as much as sits well
-   * in this machine's), for products over them that follow soon: a group member does it while
-   * it waits for its peers' partials.
-   */
-  warm?(next: readonly Weight[]): void;
   /** Causal grouped-query attention of a step's tokens over one layer's KV cache. */
   attend(step: AttentionStep): void;
   /** out[i] = silu(gate[i]) · up[i] for i < n (out may be gate). */

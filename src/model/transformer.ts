@@ -122,16 +122,6 @@ export function checkLoad(file: GgufFile, opts: RangeOptions) {
   return { config, ctx, batch, start, end, kvType: opts.kvType ?? 'f32', backend: opts.backend ?? new JsBackend() };
 }
 
-/**
- * A block's output as the layer walk yields it (its partial, in a group), and the weights the
- * walk multiplies next: a group member reads their first bytes into the caches while the
- * partials are summed.
- */
-export interface BlockOutput {
-  readonly partial: Float32Array;
-  readonly next: readonly Weight[];
-}
-
 /** Layers [start, end) of the model, or a tensor-parallel member's share of them: embed, walk the layers, head. */
 export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
   readonly state: RunState;
@@ -202,12 +192,11 @@ export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
    * Runs the range's layers, in place, over the hidden states x: the segments' rows one after
    * the other (n × dim in all). Each layer is one matrix product per weight over every row;
    * attention runs per segment over its own KV cache. Twice a layer it yields a block's output
-   * (n × dim, workspace; with the weights it multiplies next) before adding it to x: the
-   * driver replaces it with the sum of the
+   * (n × dim, workspace) before adding it to x: the driver replaces it with the sum of the
    * group's partial outputs (a member computes only its heads and FFN rows), or, for a group
    * of one, leaves it as it is.
    */
-  protected *walk(x: Float32Array, segments: readonly Segment[]): Generator<BlockOutput, void, void> {
+  protected *walk(x: Float32Array, segments: readonly Segment[]): Generator<Float32Array, void, void> {
     const c = this.config;
     const h = this.heads;
     const s = this.state;
@@ -291,7 +280,7 @@ export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
 
       // output projection (over the range's heads' columns: a partial sum, summed by the group) and residual
       this.matmul(lw.wo, s.attOut, n, s.xb2);
-      yield { partial: out, next: [lw.wGate, lw.wUp] };
+      yield out;
       addInPlace(x, out, n * c.dim);
 
       // ffn rmsnorm
@@ -302,11 +291,7 @@ export abstract class LayerRange<W extends RangeWeights = RangeWeights> {
       this.matmul(lw.wUp, s.xb, n, s.hb2);
       this.backend.swiglu(s.hb, s.hb, s.hb2, n * h.ffnRows);
       this.matmul(lw.wDown, s.hb, n, s.xb2);
-      const following = this.weights.layers[l + 1];
-      yield {
-        partial: out,
-        next: following ? [following.wq, following.wk, following.wv] : this.weights.output ? [this.weights.output] : [],
-      };
+      yield out;
 
       // residual
       addInPlace(x, out, n * c.dim);

@@ -37,14 +37,13 @@ export class LocalGroup {
 
   /** Member m's all-reduce. */
   allReduce(m: number): AllReduce {
-    return async (buf, idle) => {
+    return async (buf) => {
       const own = new Uint8Array(this.codec.bytes(buf.length));
       this.codec.encode(buf, own);
       this.payloads[m] = own;
       this.bytesSent += own.length * (this.size - 1);
       const parts = new Promise<Uint8Array[]>((resolve) => this.waiting.push(resolve));
-      if (++this.arrived < this.size) idle?.();
-      else {
+      if (++this.arrived === this.size) {
         const all = this.payloads;
         const waiting = this.waiting;
         this.payloads = [];

@@ -246,10 +246,9 @@ export class SyncGroup {
 
   /**
    * Replaces buf (this member's partial) with the sum, in member order, of every member's
-   * partial as the sync format carries it; the same bits on every member. `idle` runs once,
-   * after this member's frame is written, when the peers' are not all in yet.
+   * partial as the sync format carries it; the same bits on every member.
    */
-  async allReduce(buf: Float32Array, idle?: () => void): Promise<void> {
+  async allReduce(buf: Float32Array): Promise<void> {
     if (this.failure) throw this.failure;
     const n = buf.length;
     if (n < 1 || n > this.opts.maxValues)
@@ -276,15 +275,12 @@ export class SyncGroup {
     }
     const t1 = performance.now();
 
-    if (!this.roundIn(round)) {
-      // the peers' frames arrive meanwhile: the socket events read them once idle returns
-      idle?.();
+    if (!this.roundIn(round))
       await this.until(
         () => this.roundIn(round),
         () =>
           `all-reduce ${round} incomplete after ${this.timeoutMs} ms (missing members ${this.missing(round).join(', ')})`,
       );
-    }
 
     const payloads = this.payloads;
     for (let m = 0; m < this.opts.size; m++) {

@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import type { KvCache } from '../../model/kv-cache.ts';
 import type { Segment } from '../../model/transformer.ts';
 import type { SliceModel } from '../../engine/slice.ts';
-import { placeHeadRows, type AllReduce, type TensorMember } from '../../engine/tensor-split.ts';
+import { placeHeadRows, type TensorMember } from '../../engine/tensor-split.ts';
 import type { TensorShare } from '../../model/tensor-share.ts';
 import { SyncGroup, type Endpoint } from '../dataplane/group.ts';
 import { TOKEN_BYTES } from '../dataplane/frame.ts';
@@ -165,7 +165,7 @@ export class GroupLeader implements SliceModel, ShardGroup {
   private nextSlot = 1;
   /** Sessions open on the group now (at most `sessions`: the followers hold KV room for that many). */
   open = 0;
-  private readonly allReduce: AllReduce = (buf, idle) => this.sync.allReduce(buf, idle);
+  private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
   /** The gathered logits of a shared head (grown on demand). */
   private logits = new Float32Array(0);
 
@@ -308,7 +308,7 @@ export class GroupFollower implements ShardGroup {
   /** The rows a head frame names, side by side. */
   private readonly headX: Float32Array;
   private chain: Promise<void> = Promise.resolve();
-  private readonly allReduce: AllReduce = (buf, idle) => this.sync.allReduce(buf, idle);
+  private readonly allReduce = (buf: Float32Array) => this.sync.allReduce(buf);
   steps = 0;
 
   constructor(

@@ -8,7 +8,6 @@
 //   matvec(handle, type, w, rows, cols, x, out, parallel)
 //   matmul(handle, type, w, rows, cols, xs, n, out, parallel)    out[t·rows + r]
 //   prepare(kind, x, n, f, qs, d, s, bsums)  an activation, for tests against activation.ts
-//   warm(w, offset, bytes)                   w[offset, offset + bytes) read into the caches
 
 #ifndef NAPI_VERSION
 #define NAPI_VERSION 8
@@ -452,32 +451,6 @@ static napi_value js_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
-// warm(u8, offset, bytes): loads one byte of every cache line of u8[offset, offset + bytes).
-// A group member calls it while it waits for its peers' partials, on the weights it multiplies
-// next: a load loop streams from memory about twice as fast as a product that computes as it
-// reads, and the product then finds those lines in the caches.
-static volatile uint32_t warm_sink;
-
-static napi_value js_warm(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 3) THROW("warm takes 3 arguments");
-  view v;
-  if (!typed_as(env, argv[0], napi_uint8_array, &v)) THROW("warm: not a Uint8Array");
-  double off, bytes;
-  CHECK(napi_get_value_double(env, argv[1], &off));
-  CHECK(napi_get_value_double(env, argv[2], &bytes));
-  if (!(off >= 0 && bytes >= 0)) THROW("warm: offset and bytes must be >= 0");
-  const size_t from = off < (double)v.length ? (size_t)off : v.length;
-  const size_t end = off + bytes < (double)v.length ? (size_t)(off + bytes) : v.length;
-  const uint8_t *p = v.data;
-  uint32_t acc = 0;
-  for (size_t i = from; i < end; i += 64) acc += p[i];
-  warm_sink = acc;
-  return NULL;
-}
-
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"info", NULL, js_info, NULL, NULL, NULL, napi_default, NULL},
@@ -488,7 +461,6 @@ static napi_value init(napi_env env, napi_value exports) {
       {"matvec", NULL, js_matvec, NULL, NULL, NULL, napi_default, NULL},
       {"matmul", NULL, js_matmul, NULL, NULL, NULL, napi_default, NULL},
       {"prepare", NULL, js_prepare, NULL, NULL, NULL, napi_default, NULL},
-      {"warm", NULL, js_warm, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
   CHECK(herd_register_ops(env, exports));  // attend, swiglu (ops.c)

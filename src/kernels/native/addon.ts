@@ -23,7 +23,6 @@ export interface NativeAddon {
   close(handle: NativeHandle): void;
   threads(handle: NativeHandle): number;
   alloc(bytes: number): ArrayBuffer;
-  warm(w: Uint8Array, offset: number, bytes: number): void;
   matvec(
     handle: NativeHandle,
     type: number,

@@ -14,7 +14,6 @@
 // head computed alike on any thread, so it too is independent of the thread count and a
 // step of n tokens equals n one-token steps bit for bit.
 
-import { readdirSync, readFileSync } from 'node:fs';
 import type { KernelBackend } from '../backend.ts';
 import type { AttentionStep } from '../attention.ts';
 import { Activation, type ActivationKind } from '../activation.ts';
@@ -29,34 +28,6 @@ import {
   threadOptions,
 } from '../checks.ts';
 import { ACT_KINDS, NATIVE_ISAS, loadAddon, type NativeAddon, type NativeHandle, type NativeIsa } from './addon.ts';
-
-/**
- * Bytes warm() reads: about what a group member's wait for a sync lasts at the rate a load loop
- * streams (0.05–0.2 ms at 5–25 GB/s), and at most half the largest cache Linux reports (a Pi
- * 4's L2 is 1 MiB), so the lines are still there when the product reads them. A loopback
- * group of two pinned members decoded TinyLlama Q4_0 at 26.5 tok/s with 1 MiB against 25.3
- * with none and 25.1 with 4 MiB (12 runs each, alternated).
- */
-const WARM_BYTES = Math.min(1 << 20, largestCacheBytes() / 2);
-
-/** The largest CPU cache of cpu0 in bytes, from sysfs; 1 MiB where Linux does not say. */
-function largestCacheBytes(): number {
-  const dir = '/sys/devices/system/cpu/cpu0/cache';
-  let largest = 0;
-  try {
-    for (const index of readdirSync(dir).filter((d) => d.startsWith('index'))) {
-      const m = /^(\d+)([KMG]?)$/.exec(readFileSync(`${dir}/${index}/size`, 'utf8').trim());
-      if (m)
-        largest = Math.max(
-          largest,
-          Number(m[1]) * { '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 }[m[2] as '' | 'K' | 'M' | 'G'],
-        );
-    }
-  } catch {
-    // no sysfs (not Linux, or a container without it)
-  }
-  return largest > 0 ? largest : 1 << 20;
-}
 
 export type { NativeIsa } from './addon.ts';
 
@@ -154,16 +125,6 @@ export class NativeBackend implements KernelBackend {
       return;
     }
     this.addon.matvec(handle, w.kernel.info.id, w.data, w.rows, w.cols, x, out, this.parallel(w));
-  }
-
-  warm(next: readonly Weight[]): void {
-    this.live();
-    let left = WARM_BYTES;
-    for (const w of next) {
-      if (left <= 0) return;
-      this.addon.warm(w.data, 0, Math.min(left, w.data.length));
-      left -= w.data.length;
-    }
   }
 
   /**
