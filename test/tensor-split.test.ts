@@ -318,6 +318,21 @@ test('sync formats: f32 exact, f16 rounded, q8_0 as ggml blocks with a padded ta
   const viaKernel = new Uint8Array(34 * 3);
   kernelType(GgmlType.Q8_0)!.quantizeRow(x, 0, 96, viaKernel, 0);
   t.deepEqual(p8.subarray(0, 102), viaKernel, "whole blocks are ggml's quantize_row_q8_0");
+  // a hidden state's worth: a block of zeros, a block of halfway ties (d = 1: ±k.5 rounds away from 0), wide values
+  const y = Float32Array.from({ length: 2048 }, (_, i) =>
+    i < 32
+      ? 0
+      : i < 64
+        ? i === 32
+          ? 127
+          : ((i % 2 ? -1 : 1) * (i - 32)) / 2
+        : Math.sin(i * 0.61) * (1 + (i % 7)) * 40,
+  );
+  const py = new Uint8Array(q.bytes(y.length));
+  q.encode(y, py);
+  const yKernel = new Uint8Array(py.length);
+  kernelType(GgmlType.Q8_0)!.quantizeRow(y, 0, y.length, yKernel, 0);
+  t.deepEqual(py, yKernel, "2048 values: ggml's quantize_row_q8_0, ties and zeros included");
   q.decode(p8, n, back);
   for (let b = 0; b < 4; b++) {
     const block = x.subarray(b * 32, Math.min(n, b * 32 + 32));
