@@ -99,6 +99,33 @@ test('the native addon is built and loads', (t) => {
     t.true(nativeIsas.includes('neon'), `an arm64 build without NEON? paths: ${nativeIsas.join(', ')}`);
 });
 
+test('Q4_0 products: the AVX2 and AVX-512 gemms give the same bits, matvec and matmul alike', async (t) => {
+  if (!(nativeIsas.includes('avx2') && nativeIsas.includes('avx512'))) {
+    t.pass(`this build has ${nativeIsas.join(', ')}: nothing to compare`);
+    return;
+  }
+  const info = supportedTypes.find((i) => i.name === 'Q4_0')!;
+  const outs: Float32Array[][] = [];
+  for (const isa of ['avx2', 'avx512'] as const) {
+    const b = await NativeBackend.create({ threads: 2, isa });
+    try {
+      const next = rng(7);
+      // 37 rows: two whole groups of 16 and a short one (and an odd group of 8 on AVX2)
+      const w = weightPair(b, info, 37, 256, 11).own;
+      const xs = randomVector(5 * 256, next);
+      const mat = new Float32Array(5 * 37);
+      b.matmul(w, xs, 5, mat);
+      const vec = new Float32Array(37);
+      b.matvec(w, xs.subarray(3 * 256, 4 * 256), vec);
+      outs.push([mat, vec]);
+    } finally {
+      await b.close();
+    }
+  }
+  t.deepEqual(outs[0], outs[1]);
+  t.deepEqual(outs[0][1], outs[0][0].subarray(3 * 37, 4 * 37), 'a matvec is its row of the matmul');
+});
+
 test('relaxed SIMD is available and checked correct on this runtime (x64 and arm64 Node 20+)', (t) => {
   t.true(relaxedAvailable);
 });

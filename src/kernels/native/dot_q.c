@@ -131,6 +131,96 @@ static HERD_INLINE void q8_0_q4_0_avx2(int n, const uint8_t *w, const herd_act *
 HERD_DEFINE_DOTS(q8_0, avx2, q8_0_q4_0_avx2, 0)
 HERD_DEFINE_DOTS(q4_0, avx2, q8_0_q4_0_avx2, 1)
 
+#define GEMM_VECS_AVX2 32
+
+// ---- AVX2 gemm: Q4_0 rows with lane = row, eight at a time, matvec or matmul ----
+//
+// The AVX-512 gemm's layout (below) on 256 bits without VNNI. Per block the eight rows' 16
+// nibble bytes are transposed (dword j of every row in one vector) and split into four low
+// and four high nibble vectors, once for all the product's vectors. Each vector then costs 8
+// maddubs against its quants' dwords broadcast (unsigned nibbles 0-15 by signed int8: a pair
+// is at most 2·15·128, eight pairs summed at most 30720, so the int16 adds cannot saturate),
+// one madd to int32, its -8·Σq offset (qoff, as the AVX-512 gemm) and one conversion, scale
+// product and FMA for all eight rows:
+//   acc = fma(dw_b·dx_b, (float)Σ_b (q - 8)·qx, acc)   for b = 0, 1, … in order,
+// the AVX-512 gemm's chain, so the two paths give the same bits, and a matmul its matvecs'.
+// The per-row kernel above pays two sign operations, a horizontal sum per row and a scale
+// broadcast per block instead.
+static void gemm8_q4_0_avx2(int nb, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
+                            size_t out_stride) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const uint8_t *wr[8];
+  for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
+  const size_t span = (size_t)8 * row_bytes;
+  const size_t pf_step = (span / (size_t)nb + 63) & ~(size_t)63;
+  const uint8_t *const pf_end = w + 2 * span;
+  __m256 acc[GEMM_VECS_AVX2];
+  for (int t0 = 0; t0 < nx; t0 += GEMM_VECS_AVX2) {
+    const uint8_t *pf = w + span;
+    const int T = nx - t0 < GEMM_VECS_AVX2 ? nx - t0 : GEMM_VECS_AVX2;
+    const herd_act *xs = x + t0;
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+      const size_t at = (size_t)b * 18;
+      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T1);
+      pf += pf_step;
+      // v[k]: row k in the low 128 bits, row k + 4 in the high
+      __m256i v[4];
+      for (int k = 0; k < 4; k++)
+        v[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[k] + at + 2))),
+                                       _mm_loadu_si128((const __m128i *)(wr[k + 4] + at + 2)), 1);
+      const __m256i a0 = _mm256_unpacklo_epi32(v[0], v[1]), a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+      const __m256i a2 = _mm256_unpacklo_epi32(v[2], v[3]), a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+      // d[j]: dword j of rows 0 … 7, in lane order
+      const __m256i d[4] = {_mm256_unpacklo_epi64(a0, a2), _mm256_unpackhi_epi64(a0, a2), _mm256_unpacklo_epi64(a1, a3),
+                            _mm256_unpackhi_epi64(a1, a3)};
+      __m256i lo[4], hi[4];  // quants 4j … 4j+3 (low nibbles) and 16 + 4j … (high) of each row
+      for (int j = 0; j < 4; j++) {
+        lo[j] = _mm256_and_si256(d[j], m4);
+        hi[j] = _mm256_and_si256(_mm256_srli_epi16(d[j], 4), m4);
+      }
+      // The rows' f16 scales in lane order, gathered in registers: eight 2-byte stores then a
+      // 16-byte load would stall on store forwarding every block.
+      const __m256i dd = _mm256_and_si256(
+          _mm256_setr_epi32((int)herd_le32(wr[0] + at), (int)herd_le32(wr[1] + at), (int)herd_le32(wr[2] + at),
+                            (int)herd_le32(wr[3] + at), (int)herd_le32(wr[4] + at), (int)herd_le32(wr[5] + at),
+                            (int)herd_le32(wr[6] + at), (int)herd_le32(wr[7] + at)),
+          _mm256_set1_epi32(0xffff));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(dd, dd), 0x08);
+      const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
+      for (int t = 0; t < T; t++) {
+        const herd_act *a = &xs[t];
+        int32_t y[8];
+        memcpy(y, a->qs + (size_t)b * QK, 32);
+        __m256i p = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(y[0]));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi[0], _mm256_set1_epi32(y[4])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo[1], _mm256_set1_epi32(y[1])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi[1], _mm256_set1_epi32(y[5])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo[2], _mm256_set1_epi32(y[2])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi[2], _mm256_set1_epi32(y[6])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo[3], _mm256_set1_epi32(y[3])));
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi[3], _mm256_set1_epi32(y[7])));
+        const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(p, ones), _mm256_set1_epi32(a->qoff[b]));
+        const __m256 dwdx = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[b]));
+        acc[t] = _mm256_fmadd_ps(dwdx, _mm256_cvtepi32_ps(s), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; t++) {
+      float v8[8];
+      _mm256_storeu_ps(v8, acc[t]);
+      for (int r = 0; r < nrows && r < 8; r++) out[(size_t)(t0 + t) * out_stride + r] = v8[r];
+    }
+  }
+}
+
+// The product's HERD_GEMM_ROWS rows as groups of eight.
+void herd_gemm_q4_0_avx2(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
+                         size_t out_stride) {
+  for (int r = 0; r < nrows; r += 8)
+    gemm8_q4_0_avx2(n / QK, w + (size_t)r * row_bytes, row_bytes, nrows - r < 8 ? nrows - r : 8, x, nx, out + r, out_stride);
+}
+
 // Q4_1, Q5_0 and Q5_1 (Q4_0 runs the two-block body above).
 static HERD_INLINE float q45_avx2(int n, const uint8_t *w, const herd_act *x, const int five, const int with_min) {
   const int bytes = q45_bytes(five, with_min);

@@ -262,6 +262,8 @@ static inline float herd_half(const uint8_t *p) {
 #define HERD_DECLARE_DOT4(type, isa) \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out);
 
+void herd_gemm_q4_0_avx2(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
+                         size_t out_stride);
 void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows, const herd_act *x, int nx, float *out,
                            size_t out_stride);
 
