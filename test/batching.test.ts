@@ -205,7 +205,6 @@ interface TimedStep {
   readonly end: number;
 }
 class TimedRunner extends SliceRunner {
-  readonly sizes: number[] = [];
   readonly steps: TimedStep[] = [];
   constructor(
     model: SliceModel,
@@ -215,7 +214,6 @@ class TimedRunner extends SliceRunner {
   }
 
   override async step(entries: readonly StepEntry[]): Promise<StepOutcome> {
-    this.sizes.push(entries.length);
     await sleep(this.ms);
     const outcome = await super.step(entries);
     this.steps.push({
@@ -224,6 +222,11 @@ class TimedRunner extends SliceRunner {
       end: performance.now(),
     });
     return { ...outcome, seconds: this.ms / 1000 };
+  }
+
+  /** How many sessions each step served. */
+  get sizes(): number[] {
+    return this.steps.map((s) => s.seqs.length);
   }
 }
 

@@ -88,10 +88,11 @@ static inline __m256 dot_ss8(__m256i x, __m256i y) {
   return dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-// Q8_0 and Q4_0 are the types prefill spends its time in, so their kernels take T
-// activation vectors at once (T = 1 for matvec, 4 for matmul): each weight block is
-// unpacked once and met by every vector. Per vector the arithmetic is the same whatever T
-// is, so a matmul gives bit for bit the results of T matvecs. Two accumulators per vector
+// Q8_0 is a type prefill spends its time in, so its kernel takes T activation vectors at once
+// (T = 1 for matvec, 4 for matmul): each weight block is unpacked once and met by every
+// vector. Per vector the arithmetic is the same whatever T is, so a matmul gives bit for bit
+// the results of T matvecs. (Q4_0's products run the gemm below; its single-vector dot here
+// stands for the path in the type table.) Two accumulators per vector
 // (even and odd blocks) hide the FMA latency. One body serves both types: `four` (a
 // constant after inlining) picks Q4_0's 18-byte blocks of nibbles over Q8_0's 34 of bytes.
 static inline __m256i quants_q8_0_q4_0(const uint8_t *block, const int four) {
@@ -129,9 +130,34 @@ static HERD_INLINE void q8_0_q4_0_avx2(int n, const uint8_t *w, const herd_act *
 }
 
 HERD_DEFINE_DOTS(q8_0, avx2, q8_0_q4_0_avx2, 0)
-HERD_DEFINE_DOTS(q4_0, avx2, q8_0_q4_0_avx2, 1)
+HERD_DEFINE_DOT(q4_0, avx2, q8_0_q4_0_avx2, 1)
 
-#define GEMM_VECS_AVX2 32
+// ---- the gemms' prefetch of the next row group ----
+//
+// A gemm reads its rows side by side, 18 bytes of each per block: too many streams for the
+// hardware prefetcher (on Zen 4 a DRAM-bound matvec ran at a third of the bandwidth without).
+// So each block prefetches its share of the next row group, into L2 (T1), not L1 (T0): on a
+// 2-core AMD EPYC VM one pinned thread then decoded TinyLlama Q4_0 at 33–37 ms a token
+// against 54–58, and 2 threads at 35.2 tok/s (1.09× llama.cpp) against 29.6 (0.85×), npm run
+// bench in one session; prefetching 2 or 4 row groups ahead instead was slower (60–67 ms).
+typedef struct {
+  const uint8_t *at, *end;
+  size_t step;
+} row_prefetch;
+
+// The row group after the one of `span` bytes at w, spread over its nb blocks.
+static inline row_prefetch next_rows(const uint8_t *w, size_t span, int nb) {
+  return (row_prefetch){w + span, w + 2 * span, (span / (size_t)nb + 63) & ~(size_t)63};
+}
+
+// One block's share of the prefetch.
+static inline void prefetch_step(row_prefetch *pf) {
+  for (const uint8_t *p = pf->at; p < pf->end && p < pf->at + pf->step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T1);
+  pf->at += pf->step;
+}
+
+// Activation vectors a gemm runs at once: their accumulators stay in L1.
+#define GEMM_VECS 64
 
 // ---- AVX2 gemm: Q4_0 rows with lane = row, eight at a time, matvec or matmul ----
 //
@@ -152,19 +178,15 @@ static void gemm8_q4_0_avx2(int nb, const uint8_t *w, size_t row_bytes, int nrow
   const __m256i ones = _mm256_set1_epi16(1);
   const uint8_t *wr[8];
   for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
-  const size_t span = (size_t)8 * row_bytes;
-  const size_t pf_step = (span / (size_t)nb + 63) & ~(size_t)63;
-  const uint8_t *const pf_end = w + 2 * span;
-  __m256 acc[GEMM_VECS_AVX2];
-  for (int t0 = 0; t0 < nx; t0 += GEMM_VECS_AVX2) {
-    const uint8_t *pf = w + span;
-    const int T = nx - t0 < GEMM_VECS_AVX2 ? nx - t0 : GEMM_VECS_AVX2;
+  __m256 acc[GEMM_VECS];
+  for (int t0 = 0; t0 < nx; t0 += GEMM_VECS) {
+    row_prefetch pf = next_rows(w, (size_t)8 * row_bytes, nb);
+    const int T = nx - t0 < GEMM_VECS ? nx - t0 : GEMM_VECS;
     const herd_act *xs = x + t0;
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
       const size_t at = (size_t)b * 18;
-      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T1);
-      pf += pf_step;
+      prefetch_step(&pf);
       // v[k]: row k in the low 128 bits, row k + 4 in the high
       __m256i v[4];
       for (int k = 0; k < 4; k++)
@@ -329,7 +351,7 @@ static HERD_INLINE void q8_0_q4_0_avx512(int n, const uint8_t *w, const herd_act
 }
 
 HERD_DEFINE_DOTS(q8_0, avx512, q8_0_q4_0_avx512, 0)
-HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
+HERD_DEFINE_DOT(q4_0, avx512, q8_0_q4_0_avx512, 1)
 
 // ---- AVX-512 gemm: 16 rows against every vector of a product, matvec or matmul ----
 //
@@ -350,16 +372,10 @@ HERD_DEFINE_DOTS(q4_0, avx512, q8_0_q4_0_avx512, 1)
 // vectors in a matmul, re-unpacking every row per four vectors: a 32-vector matmul went 66.6 →
 // 151–157 GB/s effective (bench-native, 2 threads, Intel Xeon), and decode ran alike on either
 // (npm run bench 27.4 / 26.3 against 26.7 / 27.3 tok/s at 2 threads; 15.8–16.4 against
-// 15.7–16.4 pinned to one core). Each block prefetches its share of the next 16 rows, as the
-// tile did: the rows are read side by side, 18 bytes of each per block, too many streams for
-// the hardware prefetcher (on Zen 4 a DRAM-bound matvec ran at a third of the bandwidth
-// without), and without it steps of two decoding sessions over two stages had an ITL of 90 ms
-// against the tile's 82 (bench:serve, K = 4, runs alternated; 68–72 against 75–77 with it).
-// The prefetches go to L2 (T1), not L1 (T0): on a 2-core AMD EPYC VM one pinned thread then
-// decoded TinyLlama Q4_0 at 33–37 ms a token against 54–58, and 2 threads at 35.2 tok/s
-// (1.09× llama.cpp) against 29.6 (0.85×), npm run bench in one session; prefetching 2 or 4
-// row groups ahead instead was slower (60–67 ms).
-#define GEMM_VECS 64
+// 15.7–16.4 pinned to one core). Each block prefetches its share of the next 16 rows
+// (next_rows, above), as the tile did: without it steps of two decoding sessions over two
+// stages had an ITL of 90 ms against the tile's 82 (bench:serve, K = 4, runs alternated; 68–72
+// against 75–77 with it).
 
 static HERD_INLINE __m512i load_4x128(const uint8_t *const *rows, size_t at) {
   __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rows[0] + at)));
@@ -377,19 +393,15 @@ void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
   int row_of[16];
   for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrows ? r : nrows - 1) * row_bytes;
   for (int l = 0; l < 16; l++) row_of[l] = 4 * (l & 3) + (l >> 2);
-  const size_t span = (size_t)16 * row_bytes;
-  const size_t pf_step = (span / (size_t)nb + 63) & ~(size_t)63;
-  const uint8_t *const pf_end = w + 2 * span;
   __m512 acc[GEMM_VECS];
   for (int t0 = 0; t0 < nx; t0 += GEMM_VECS) {
-    const uint8_t *pf = w + span;
+    row_prefetch pf = next_rows(w, (size_t)16 * row_bytes, nb);
     const int T = nx - t0 < GEMM_VECS ? nx - t0 : GEMM_VECS;
     const herd_act *xs = x + t0;
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
       const size_t at = (size_t)b * 18;
-      for (const uint8_t *p = pf; p < pf_end && p < pf + pf_step; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T1);
-      pf += pf_step;
+      prefetch_step(&pf);
       __m512i q[4];
       for (int k = 0; k < 4; k++) q[k] = load_4x128(wr + 4 * k, at + 2);
       const __m512i a0 = _mm512_unpacklo_epi32(q[0], q[1]), a1 = _mm512_unpackhi_epi32(q[0], q[1]);

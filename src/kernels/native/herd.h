@@ -82,18 +82,20 @@ typedef void (*herd_gemm_fn)(int n, const uint8_t *w, size_t row_bytes, int nrow
 
 #define HERD_INLINE inline __attribute__((always_inline))
 
-// Defines herd_dot_<type>_<isa> (one vector) and herd_dot4_<type>_<isa> (four) from one
-// body(n, w, x, out, T, ...) taking T vectors: the same code computes both. Any arguments
-// after body (constants that pick the type, where one body serves several) follow T.
-#define HERD_DEFINE_DOTS(type, isa, body, ...)                                            \
-  float herd_dot_##type##_##isa(int n, const uint8_t *w, const herd_act *x) {             \
-    float r;                                                                              \
-    const herd_act *xs[1] = {x};                                                          \
-    body(n, w, xs, &r, 1, ##__VA_ARGS__);                                                 \
-    return r;                                                                             \
-  }                                                                                       \
+// Defines herd_dot_<type>_<isa> (one vector) from body(n, w, x, out, T, ...) taking T vectors;
+// HERD_DEFINE_DOTS also herd_dot4_<type>_<isa> (four): the same code computes both. Any
+// arguments after body (constants that pick the type, where one body serves several) follow T.
+#define HERD_DEFINE_DOT(type, isa, body, ...)                                 \
+  float herd_dot_##type##_##isa(int n, const uint8_t *w, const herd_act *x) { \
+    float r;                                                                  \
+    const herd_act *xs[1] = {x};                                              \
+    body(n, w, xs, &r, 1, ##__VA_ARGS__);                                     \
+    return r;                                                                 \
+  }
+#define HERD_DEFINE_DOTS(type, isa, body, ...)                                                    \
+  HERD_DEFINE_DOT(type, isa, body, ##__VA_ARGS__)                                                 \
   void herd_dot4_##type##_##isa(int n, const uint8_t *w, const herd_act *const *x, float *out) { \
-    body(n, w, x, out, 4, ##__VA_ARGS__);                                                 \
+    body(n, w, x, out, 4, ##__VA_ARGS__);                                                         \
   }
 
 typedef struct {
@@ -269,8 +271,6 @@ void herd_gemm_q4_0_avx512(int n, const uint8_t *w, size_t row_bytes, int nrows,
 
 HERD_DECLARE_DOT4(q8_0, avx2)
 HERD_DECLARE_DOT4(q8_0, avx512)
-HERD_DECLARE_DOT4(q4_0, avx2)
-HERD_DECLARE_DOT4(q4_0, avx512)
 HERD_DECLARE_DOT4(q4_k, avx2)
 HERD_DECLARE_DOT4(q6_k, avx2)
 HERD_DECLARE_DOT4(q4_k, avx512)

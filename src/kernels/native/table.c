@@ -30,10 +30,10 @@
 #define ROW4(TYPE, name, block, bytes, act, scalar, avx2, avx512, neon, neondot, avx2_4, avx512_4)     \
   {TYPE, name, block, bytes, act, {scalar, AVX2(avx2), AVX512(avx512), NEON(neon), NEONDOT(neondot)}, \
    {NULL, AVX2(avx2_4), AVX512(avx512_4), NULL, NULL}, {NULL}}
-// ROW4 plus AVX2 and AVX-512 gemm kernels (dot_q.c), which then run every product on their paths.
-#define ROWG(TYPE, name, block, bytes, act, scalar, avx2, avx512, neon, neondot, avx2_4, avx512_4, avx2_g, avx512_g) \
-  {TYPE, name, block, bytes, act, {scalar, AVX2(avx2), AVX512(avx512), NEON(neon), NEONDOT(neondot)},              \
-   {NULL, AVX2(avx2_4), AVX512(avx512_4), NULL, NULL}, {NULL, AVX2(avx2_g), AVX512(avx512_g), NULL, NULL}}
+// ROW plus AVX2 and AVX-512 gemm kernels (dot_q.c), which then run every product on their paths.
+#define ROWG(TYPE, name, block, bytes, act, scalar, avx2, avx512, neon, neondot, avx2_g, avx512_g) \
+  {TYPE, name, block, bytes, act, {scalar, AVX2(avx2), AVX512(avx512), NEON(neon), NEONDOT(neondot)}, \
+   {NULL}, {NULL, AVX2(avx2_g), AVX512(avx512_g), NULL, NULL}}
 
 static const herd_type_traits table[] = {
     ROW(HERD_F32, "F32", 1, 4, ACT_F32, herd_dot_f32_scalar, herd_dot_f32_avx2, herd_dot_f32_avx512, herd_dot_f32_neon, NULL),
@@ -42,7 +42,7 @@ static const herd_type_traits table[] = {
     ROW4(HERD_Q8_0, "Q8_0", 32, 34, ACT_Q8_0, herd_dot_q8_0_scalar, herd_dot_q8_0_avx2, herd_dot_q8_0_avx512, herd_dot_q8_0_neon, herd_dot_q8_0_neondot,
          herd_dot4_q8_0_avx2, herd_dot4_q8_0_avx512),
     ROWG(HERD_Q4_0, "Q4_0", 32, 18, ACT_Q8_0, herd_dot_q4_0_scalar, herd_dot_q4_0_avx2, herd_dot_q4_0_avx512, herd_dot_q4_0_neon, herd_dot_q4_0_neondot,
-         herd_dot4_q4_0_avx2, herd_dot4_q4_0_avx512, herd_gemm_q4_0_avx2, herd_gemm_q4_0_avx512),
+         herd_gemm_q4_0_avx2, herd_gemm_q4_0_avx512),
     ROW(HERD_Q4_1, "Q4_1", 32, 20, ACT_Q8_1, herd_dot_q4_1_scalar, herd_dot_q4_1_avx2, NULL, herd_dot_q4_1_neon, herd_dot_q4_1_neondot),
     ROW(HERD_Q5_0, "Q5_0", 32, 22, ACT_Q8_0, herd_dot_q5_0_scalar, herd_dot_q5_0_avx2, NULL, herd_dot_q5_0_neon, herd_dot_q5_0_neondot),
     ROW(HERD_Q5_1, "Q5_1", 32, 24, ACT_Q8_1, herd_dot_q5_1_scalar, herd_dot_q5_1_avx2, NULL, herd_dot_q5_1_neon, herd_dot_q5_1_neondot),
